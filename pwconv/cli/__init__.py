@@ -1,0 +1,1 @@
+"""The ``pwconv`` command line (typer). Commands parse, call one library function, report."""

@@ -1,0 +1,1 @@
+"""``pwconv batch`` (filled in by the batch command module)."""

@@ -1,0 +1,1 @@
+"""``pwconv explain`` (filled in by the explain command module)."""

@@ -1,0 +1,1 @@
+"""Pure numpy core of pwconv: no file I/O, no terminal output."""

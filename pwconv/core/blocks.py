@@ -1,0 +1,106 @@
+"""Block planning for streaming: pure arithmetic on shapes, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+
+def plan_blocks(
+    shape: tuple[int, ...],
+    channel_axis: int,
+    pixel_bytes: int,
+    max_bytes: int,
+    *,
+    contiguous: bool = False,
+    align: dict[int, int] | None = None,
+) -> list[tuple[slice, ...]]:
+    """Split ``shape`` into blocks along non-channel axes, each costing at most ``max_bytes``.
+
+    ``pixel_bytes`` is what one position (all channels) costs in memory. Axes are cut from
+    the outside in: outer axes one index at a time, then one axis in runs of as many indices as
+    fit. With ``contiguous`` only axes before the channel axis are cut, so each block is one
+    contiguous run of a C-ordered array (what a pipe needs). ``align`` maps an axis to a
+    multiple that block starts should keep (HDF5 chunk extents).
+
+    >>> plan_blocks((4, 3, 2), 2, 8, 48)
+    [(slice(0, 2, None), slice(0, 3, None), slice(0, 2, None)), (slice(2, 4, None), slice(0, 3, None), slice(0, 2, None))]
+    """
+    full = tuple(slice(0, n) for n in shape)
+    pixels = math.prod(n for i, n in enumerate(shape) if i != channel_axis)
+    if pixels == 0 or pixels * pixel_bytes <= max_bytes:
+        return [full]
+    candidates = [i for i in range(len(shape)) if i != channel_axis]
+    if contiguous:
+        candidates = [i for i in candidates if i < channel_axis]
+    if not candidates:
+        return [full]
+
+    def cost(axis: int) -> int:
+        inner = math.prod(shape[i] for i in range(axis + 1, len(shape)) if i != channel_axis)
+        return inner * pixel_bytes
+
+    cut = next((i for i in candidates if cost(i) <= max_bytes), candidates[-1])
+    step = max(1, max_bytes // cost(cut))
+    if align and align.get(cut, 1) > 1 and step >= align[cut]:
+        step -= step % align[cut]
+    outer = [i for i in candidates if i < cut]
+    blocks = []
+    for outer_index in _product([shape[i] for i in outer]):
+        for start in range(0, shape[cut], step):
+            index = list(full)
+            for axis, value in zip(outer, outer_index):
+                index[axis] = slice(value, value + 1)
+            index[cut] = slice(start, min(start + step, shape[cut]))
+            blocks.append(tuple(index))
+    return blocks
+
+
+def _product(sizes: list[int]) -> Iterator[tuple[int, ...]]:
+    if not sizes:
+        yield ()
+        return
+    for head in range(sizes[0]):
+        for tail in _product(sizes[1:]):
+            yield (head, *tail)
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a memory size: ``512MiB``, ``2GB``, ``1.5GiB`` or a number of bytes.
+
+    >>> parse_size("256MiB")
+    268435456
+    """
+    from pwconv.errors import UsageError
+
+    if isinstance(text, int):
+        value, unit = float(text), ""
+    else:
+        stripped = text.strip().lower().replace(" ", "")
+        number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = stripped[len(number) :]
+        try:
+            value = float(number)
+        except ValueError:
+            value, unit = -1.0, unit or "?"
+    if unit not in _UNITS or value <= 0:
+        raise UsageError(f"expected a memory size such as 512MiB or 2GB, found {text!r}")
+    return max(1, int(value * _UNITS[unit]))

@@ -1,0 +1,322 @@
+"""The vectorised 1x1 convolution.
+
+:func:`plan_conv` checks shapes and dtypes once and returns a frozen :class:`ConvPlan`;
+:func:`compute_block` runs the plan on an input block that already has the stride applied.
+Streaming engines call the two separately; :func:`pointwise_conv` does both for an in-memory
+array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pwconv.core.layout import Layout, parse_layout
+from pwconv.core.weights import (
+    FilterBank,
+    normalise_bias,
+    normalise_filters,
+    possible_channel_counts,
+)
+from pwconv.errors import ShapeError, UsageError
+
+# Largest integer every float type represents exactly (mantissa bits + 1).
+_EXACT_INT_LIMIT: dict[np.dtype, int] = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
+
+# Rows per matmul call when the input is channels-last: the block of input rows, the
+# filters and the output rows stay in the L2 cache while BLAS packs them.
+_TARGET_BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Everything :func:`compute_block` needs, checked once.
+
+    ``filters`` is (K, C // groups) in ``compute_dtype``; ``bias`` is (K,) or None.
+    """
+
+    in_shape: tuple[int, ...]
+    in_dtype: np.dtype
+    layout: Layout
+    bank: FilterBank
+    filters: np.ndarray
+    bias: np.ndarray | None
+    groups: int
+    stride: int
+    out_shape: tuple[int, ...]
+    out_dtype: np.dtype
+    compute_dtype: np.dtype
+
+    @property
+    def channel_axis(self) -> int:
+        return self.layout.channel_axis
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_shape[self.channel_axis]
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.filters.shape[0])
+
+    @property
+    def pixels(self) -> int:
+        """Output positions (every axis but the channel axis)."""
+        return math.prod(self.out_shape) // max(self.out_channels, 1)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two operations."""
+        return 2 * self.pixels * self.out_channels * int(self.filters.shape[1])
+
+    def strided_index(self, out_index: tuple[slice, ...] | None = None) -> tuple[slice, ...]:
+        """The input region (with steps) that produces ``out_index`` of the output.
+
+        ``out_index`` has one step-1 slice per axis; the channel axis slice is ignored.
+        """
+        if out_index is None:
+            out_index = tuple(slice(0, n) for n in self.out_shape)
+        index = []
+        for axis, sl in enumerate(out_index):
+            if axis == self.channel_axis:
+                index.append(slice(None))
+            elif axis in self.layout.spatial_axes and self.stride > 1:
+                start, stop, _ = sl.indices(self.out_shape[axis])
+                s = self.stride
+                index.append(slice(start * s, (stop - 1) * s + 1 if stop > start else start * s, s))
+            else:
+                index.append(sl)
+        return tuple(index)
+
+
+def _compute_dtype(
+    x_dtype: np.dtype, filters: np.ndarray, bias: np.ndarray | None, out_dtype: np.dtype
+) -> np.dtype:
+    """The dtype BLAS runs in. Integers run in a float type when every sum is exact there."""
+    if out_dtype.kind == "f" and out_dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    if out_dtype.kind not in "iu":
+        return out_dtype
+    if x_dtype.kind not in "biu" or filters.dtype.kind not in "biu":
+        return np.dtype(np.int64)
+    x_max = 1 if x_dtype.kind == "b" else max(abs(int(np.iinfo(x_dtype).min)), int(np.iinfo(x_dtype).max))
+    w_sum = int(np.abs(filters.astype(np.int64)).sum(axis=1).max()) if filters.size else 0
+    b_max = int(np.abs(bias.astype(np.int64)).max()) if bias is not None and bias.size else 0
+    bound = x_max * w_sum + b_max
+    for float_type, limit in _EXACT_INT_LIMIT.items():
+        if bound < limit and filters.size and int(np.abs(filters.astype(np.int64)).max()) < limit:
+            return float_type
+    return np.dtype(np.int64)
+
+
+def _channel_hint(x_shape: tuple[int, ...], layout: Layout, counts: set[int], groups: int) -> str:
+    first = 0 if len(x_shape) <= 3 else 1
+    total = {c * groups for c in counts}
+    if layout.channel_axis != len(x_shape) - 1 and x_shape[-1] in total:
+        return "use --layout channels-last"
+    if layout.channel_axis != first and first < len(x_shape) and x_shape[first] in total:
+        return "use --layout channels-first"
+    for axis, n in enumerate(x_shape):
+        if axis != layout.channel_axis and n in total:
+            return f"use --layout {axis} (axis {axis} has {n})"
+    return "check that the filters belong to this input (or use --weights-layout)"
+
+
+def plan_conv(
+    x_shape: tuple[int, ...],
+    x_dtype: np.dtype | type,
+    filters: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    layout: str | int = "channels-last",
+    groups: int = 1,
+    stride: int = 1,
+    weights_layout: str = "auto",
+    dtype: np.dtype | type | str | None = None,
+) -> ConvPlan:
+    """Check every argument of :func:`pointwise_conv` against an input's shape and dtype.
+
+    >>> plan_conv((2, 2, 2), np.int64, np.array([2, 3]), layout="CHW").out_shape
+    (1, 2, 2)
+    """
+    x_shape = tuple(int(n) for n in x_shape)
+    x_dtype = np.dtype(x_dtype)
+    if x_dtype.hasobject or x_dtype.kind not in "biufc":
+        raise ShapeError(
+            f"expected a numeric input, found dtype {x_dtype}; convert the data to a numeric type"
+        )
+    lay = parse_layout(layout, len(x_shape))
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise UsageError(f"expected groups to be a positive integer, found {groups!r}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise UsageError(f"expected stride to be a positive integer, found {stride!r}")
+    groups, stride = int(groups), int(stride)
+    c = x_shape[lay.channel_axis]
+    if c == 0:
+        raise ShapeError(
+            f"expected at least one input channel, found 0 on axis {lay.channel_axis} of shape {x_shape}"
+        )
+    if c % groups:
+        raise ShapeError(
+            f"groups={groups} must divide the {c} input channels; use a divisor of {c} as --groups"
+        )
+    w = np.asarray(filters)
+    counts = possible_channel_counts(tuple(w.shape), weights_layout) if w.ndim else set()
+    if w.ndim and w.size and (c // groups) not in counts:
+        per = f"{c // groups} per group, " if groups > 1 else ""
+        raise ShapeError(
+            f"channel mismatch: filters of shape {tuple(w.shape)} take "
+            f"{' or '.join(str(n) for n in sorted(counts))} input channels, found {per}{c} on axis "
+            f"{lay.channel_axis} of the input {x_shape} (layout {lay.name}); "
+            + _channel_hint(x_shape, lay, counts, groups)
+        )
+    bank = normalise_filters(w, c // groups, weights_layout)
+    k = bank.matrix.shape[0]
+    if k % groups:
+        raise ShapeError(f"groups={groups} must divide the {k} filters; use a divisor of {k} as --groups")
+    b = normalise_bias(bias, k)
+    if dtype is None:
+        out_dtype = np.result_type(x_dtype, bank.matrix.dtype)
+        if out_dtype.kind in "biu":
+            out_dtype = np.dtype(np.int64)
+    else:
+        try:
+            out_dtype = np.dtype(dtype)
+        except TypeError:
+            raise UsageError(f"expected a numpy dtype name such as float32, found {dtype!r}") from None
+        if out_dtype.kind not in "iufc":
+            raise UsageError(f"expected a numeric output dtype, found {out_dtype}")
+    if b is not None and out_dtype.kind in "iu" and b.dtype.kind in "fc":
+        raise ShapeError(
+            f"expected an integer bias for integer output {out_dtype}, found {b.dtype}; "
+            "use --dtype float32 or an integer bias"
+        )
+    compute = _compute_dtype(x_dtype, bank.matrix, b, out_dtype)
+    out_shape = list(x_shape)
+    for axis in lay.spatial_axes:
+        out_shape[axis] = -(-x_shape[axis] // stride)
+    out_shape[lay.channel_axis] = k
+    return ConvPlan(
+        in_shape=x_shape,
+        in_dtype=x_dtype,
+        layout=lay,
+        bank=bank,
+        filters=np.ascontiguousarray(bank.matrix, dtype=compute),
+        bias=None if b is None else b.astype(compute),
+        groups=groups,
+        stride=stride,
+        out_shape=tuple(out_shape),
+        out_dtype=out_dtype,
+        compute_dtype=compute,
+    )
+
+
+def _as_3d(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+
+
+def _matmul_rows(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
+    """out2 = x2 @ wt, in row blocks that keep the working set in cache."""
+    rows = x2.shape[0]
+    row_bytes = (x2.shape[1] + out2.shape[1]) * x2.itemsize
+    block = max(256, _TARGET_BLOCK_BYTES // max(row_bytes, 1))
+    if rows <= block * 2:
+        np.matmul(x2, wt, out=out2)
+        return
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        np.matmul(x2[start:stop], wt, out=out2[start:stop])
+
+
+def compute_block(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Apply ``plan`` to ``xs``, a block of the input with the stride already applied.
+
+    ``xs`` may have any extent on non-channel axes; the result has the same extents and
+    ``plan.out_channels`` on the channel axis, in ``plan.out_dtype`` (or written into ``out``).
+    """
+    axis = plan.channel_axis
+    if xs.shape[axis] != plan.in_channels:
+        raise ShapeError(f"expected {plan.in_channels} channels on axis {axis}, found shape {xs.shape}")
+    out_shape = xs.shape[:axis] + (plan.out_channels,) + xs.shape[axis + 1 :]
+    if out is None:
+        out = np.empty(out_shape, dtype=plan.out_dtype)
+    elif out.shape != out_shape:
+        raise ShapeError(f"expected out of shape {out_shape}, found {out.shape}")
+    elif not np.can_cast(plan.out_dtype, out.dtype, casting="same_kind"):
+        raise ShapeError(
+            f"expected out with a dtype that {plan.out_dtype} casts to, found {out.dtype}; "
+            f"pass an out array of dtype {plan.out_dtype}"
+        )
+    if out.size == 0:
+        return out
+    compute = plan.compute_dtype
+    x = xs if xs.dtype == compute else xs.astype(compute)
+    a, c, b = _as_3d(x.shape, axis)
+    x3 = x.reshape(a, c, b)
+    direct = out.dtype == compute and out.flags.c_contiguous
+    target = out if direct else np.empty(out_shape, dtype=compute)
+    k = plan.out_channels
+    y3 = target.reshape(a, k, b)
+    g = plan.groups
+    cg, kg = c // g, k // g
+    for gi in range(g):
+        w = plan.filters[gi * kg : (gi + 1) * kg]
+        xg = x3[:, gi * cg : (gi + 1) * cg, :]
+        yg = y3[:, gi * kg : (gi + 1) * kg, :]
+        if b == 1:
+            _matmul_rows(xg[:, :, 0], w.T, yg[:, :, 0])
+        elif a == 1:
+            np.matmul(w, xg[0], out=yg[0])
+        else:
+            np.matmul(w, xg, out=yg)
+    if plan.bias is not None:
+        y3 += plan.bias.reshape(1, k, 1)
+    if not direct:
+        np.copyto(out, target, casting="unsafe")
+    return out
+
+
+def apply_stride(plan: ConvPlan, x: np.ndarray) -> np.ndarray:
+    """The strided view of ``x`` that :func:`compute_block` expects."""
+    if plan.stride == 1:
+        return x
+    return x[plan.strided_index()]
+
+
+def pointwise_conv(
+    x: np.ndarray,
+    filters: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    layout: str | int = "channels-last",
+    groups: int = 1,
+    stride: int = 1,
+    weights_layout: str = "auto",
+    dtype: np.dtype | type | str | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply a 1x1 convolution: every pixel's channel vector times each filter.
+
+    ``x`` has any number of axes, one of them channels (``layout``); ``filters`` is (K, C)
+    or any shape listed in :mod:`pwconv.core.weights`. The output keeps the channel axis
+    where the input had it, with K channels.
+
+    >>> m = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])
+    >>> pointwise_conv(m, np.array([2, 3]), layout="channels-first").tolist()
+    [[[17, 22], [27, 32]]]
+    """
+    x = np.asarray(x)
+    plan = plan_conv(
+        x.shape,
+        x.dtype,
+        filters,
+        bias,
+        layout=layout,
+        groups=groups,
+        stride=stride,
+        weights_layout=weights_layout,
+        dtype=dtype,
+    )
+    return compute_block(plan, apply_stride(plan, x), out)

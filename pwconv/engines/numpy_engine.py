@@ -1,0 +1,148 @@
+"""The default engine: blocks read, computed and written in a three-stage pipeline.
+
+Reading block i+1 and writing block i-1 overlap computing block i (file reads and BLAS both
+release the GIL), so streaming costs little over a single in-memory pass while memory stays
+bounded by the block size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pwconv.core.blocks import plan_blocks
+from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.io.base import Sink, Source
+
+# A streamed block costs at most this much (input, conversions and output); larger blocks
+# gain nothing in speed and cost memory.
+STREAM_BLOCK_BYTES = 32 << 20
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each phase (phases overlap when streaming) and the block count."""
+
+    load: float = 0.0
+    compute: float = 0.0
+    save: float = 0.0
+    blocks: int = 0
+    block_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+def pixel_bytes(plan: ConvPlan) -> int:
+    """Memory one output position costs while its block is in flight."""
+    spatial = len(plan.layout.spatial_axes)
+    read = plan.in_channels * plan.in_dtype.itemsize * plan.stride**spatial
+    convert = plan.in_channels * plan.compute_dtype.itemsize if plan.in_dtype != plan.compute_dtype else 0
+    out = plan.out_channels * plan.out_dtype.itemsize
+    cast = plan.out_channels * plan.compute_dtype.itemsize if plan.out_dtype != plan.compute_dtype else 0
+    return read + convert + out + cast
+
+
+def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> list[tuple[slice, ...]]:
+    """Blocks of the output to compute: one when everything fits in ``max_bytes``."""
+    per_pixel = pixel_bytes(plan)
+    pixels = plan.pixels
+    if pixels * per_pixel <= max_bytes:
+        budget = max_bytes
+    else:
+        # Two blocks are in flight at once (one being read or written, one computed).
+        budget = max(per_pixel, min(max_bytes // 2, STREAM_BLOCK_BYTES))
+    align = {}
+    chunks = source.chunks()
+    if chunks and plan.stride == 1:
+        align = {axis: c for axis, c in enumerate(chunks) if axis != plan.channel_axis}
+    return plan_blocks(
+        plan.out_shape,
+        plan.channel_axis,
+        per_pixel,
+        budget,
+        contiguous=source.sequential or sink.sequential,
+        align=align,
+    )
+
+
+def run(
+    plan: ConvPlan,
+    source: Source,
+    sink: Sink,
+    *,
+    max_bytes: int,
+    squeeze: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Timings:
+    """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
+    blocks = block_plan(plan, source, sink, max_bytes)
+    timings = Timings(blocks=len(blocks))
+    axis = plan.channel_axis
+
+    def load(index: tuple[slice, ...]) -> np.ndarray:
+        start = time.perf_counter()
+        data = source.read(plan.strided_index(index))
+        timings.load += time.perf_counter() - start
+        return data
+
+    def save(index: tuple[slice, ...], block: np.ndarray) -> None:
+        start = time.perf_counter()
+        if squeeze:
+            index = index[:axis] + index[axis + 1 :]
+            block = block.reshape(block.shape[:axis] + block.shape[axis + 1 :])
+        sink.write(index, block)
+        timings.save += time.perf_counter() - start
+
+    def compute(data: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        result = compute_block(plan, data)
+        timings.compute += time.perf_counter() - start
+        return result
+
+    if len(blocks) == 1:
+        save(blocks[0], compute(load(blocks[0])))
+        if progress:
+            progress(1, 1)
+        return timings
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix="pwconv-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="pwconv-write")
+    finished = False
+    try:
+        pending_read: Future[np.ndarray] = reader.submit(load, blocks[0])
+        pending_write: Future[None] | None = None
+        for i, index in enumerate(blocks):
+            data = pending_read.result()
+            if i + 1 < len(blocks):
+                pending_read = reader.submit(load, blocks[i + 1])
+            result = compute(data)
+            del data
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = writer.submit(save, index, result)
+            if progress:
+                progress(i + 1, len(blocks))
+        if pending_write is not None:
+            pending_write.result()
+        finished = True
+    finally:
+        # On failure do not wait: a read may block on a pipe; the caller aborts the sink.
+        reader.shutdown(wait=finished, cancel_futures=True)
+        writer.shutdown(wait=finished, cancel_futures=True)
+    return timings
+
+
+def largest_block_bytes(plan: ConvPlan, blocks: list[tuple[slice, ...]]) -> int:
+    """Memory of the largest block (for reports and tests)."""
+    sizes = [
+        math.prod(
+            len(range(*sl.indices(n)))
+            for i, (sl, n) in enumerate(zip(b, plan.out_shape))
+            if i != plan.channel_axis
+        )
+        for b in blocks
+    ]
+    return max(sizes, default=0) * pixel_bytes(plan)

@@ -1,0 +1,1 @@
+"""File formats: lazy readers and atomic writers. Nothing here knows about the CLI."""

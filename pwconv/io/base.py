@@ -1,0 +1,131 @@
+"""What every reader and writer offers, and helpers they share."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any, Protocol
+
+import numpy as np
+
+from pwconv.errors import InputFileError, OutputExistsError, UsageError, WriteError
+
+
+class Source(Protocol):
+    """A lazily read tensor: shape and dtype are known before any data is read."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    sequential: bool  # only contiguous blocks, in order (a pipe)
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray: ...
+
+    def chunks(self) -> tuple[int, ...] | None: ...
+
+    def storage(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """A tensor being written; invisible under its final name until :meth:`commit`."""
+
+    sequential: bool
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def check_readable(path: str, what: str = "input") -> None:
+    """Raise a one-line error for a missing, unreadable or directory input path."""
+    if not os.path.exists(path):
+        raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
+    if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
+        raise InputFileError(f"expected a {what} file, found a directory at {path!r}")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"expected a readable {what} file, found {path!r} without read permission")
+
+
+def check_output_path(path: str, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite`` and a missing output directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f"expected an existing directory for the output, found none at {parent!r}; create it first"
+        )
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"output {path!r} exists; pass --overwrite to replace it, or choose another name"
+        )
+    if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
+        raise UsageError(f"expected a file name for the output, found the directory {path!r}")
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def temp_path_beside(path: str) -> tuple[int, str]:
+    """Create a hidden temporary file in the target's directory (same filesystem: atomic rename)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
+    except OSError as exc:
+        raise WriteError(
+            f"cannot create the output in {directory!r}: {exc.strerror}; check permissions and free space"
+        ) from exc
+
+
+def publish(temp: str, final: str) -> None:
+    """Give the finished temp file normal permissions and rename it over ``final``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, final)
+
+
+def remove_quietly(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def box_of(
+    index: tuple[slice, ...], shape: tuple[int, ...]
+) -> tuple[list[tuple[int, int]], tuple[slice, ...]]:
+    """The step-1 bounding box of ``index`` and the steps to apply to it afterwards."""
+    box, steps = [], []
+    for sl, n in zip(index, shape):
+        start, stop, step = sl.indices(n)
+        count = max(0, -(-(stop - start) // step))
+        last = start + (count - 1) * step + 1 if count else start
+        box.append((start, last))
+        steps.append(slice(None, None, step) if step != 1 else slice(None))
+    return box, tuple(steps)
+
+
+def contiguous_runs(shape: tuple[int, ...], box: list[tuple[int, int]]) -> tuple[int, list[int]]:
+    """Split a C-order box into runs: (elements per run, element offset of each run)."""
+    ndim = len(shape)
+    k = ndim  # first axis from which everything after is whole
+    while k > 0 and box[k - 1] == (0, shape[k - 1]):
+        k -= 1
+    if k == 0:
+        return math.prod(shape), [0]
+    strides = [math.prod(shape[i + 1 :]) for i in range(ndim)]
+    run = (box[k - 1][1] - box[k - 1][0]) * strides[k - 1]
+    outer_axes = list(range(k - 1))
+    offsets = [box[k - 1][0] * strides[k - 1]]
+    for axis in reversed(outer_axes):
+        start, stop = box[axis]
+        offsets = [o + i * strides[axis] for i in range(start, stop) for o in offsets]
+    return run, sorted(offsets)

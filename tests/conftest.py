@@ -1,0 +1,55 @@
+"""Shared helpers: run the real CLI in a subprocess (never a bare ``pwconv`` from PATH)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_data"
+
+WORKED_M = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])
+WORKED_FILTER = np.array([2, 3])
+WORKED_RESULT = np.array([[17, 22], [27, 32]])
+
+
+def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pwconv ARGS``; stdout as bytes, stderr as text."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwconv", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    proc.stderr = proc.stderr.decode("utf-8", "replace")  # type: ignore[assignment]
+    return proc
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    """A failure is one line on stderr, with the given exit code, naming the fragments."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pwconv: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temp files a failed run might have left behind."""
+    return sorted(p.name for p in directory.iterdir() if "pwconv-part" in p.name)
+
+
+@pytest.fixture
+def worked(tmp_path: Path) -> Path:
+    """The worked example as files in a fresh folder."""
+    np.save(tmp_path / "M.npy", WORKED_M)
+    np.save(tmp_path / "f.npy", WORKED_FILTER)
+    np.save(tmp_path / "f211.npy", WORKED_FILTER.reshape(2, 1, 1))
+    return tmp_path

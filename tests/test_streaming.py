@@ -1,0 +1,178 @@
+"""Streaming in blocks gives the in-memory result, for every format and block size."""
+
+from __future__ import annotations
+
+import io
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pwconv import pointwise_conv
+from pwconv.core.blocks import parse_size, plan_blocks
+from pwconv.core.conv import plan_conv
+from pwconv.engines.numpy_engine import block_plan, pixel_bytes, run
+from pwconv.io.hdf5 import H5Sink, H5Source
+from pwconv.io.npy import NpySink, NpySource, StreamSink, StreamSource
+
+from .conftest import run_cli
+
+# float32 sums of up to 16 terms in another order differ by a few ulps of the largest term.
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _covering(blocks, shape, channel_axis):
+    seen = np.zeros([n for i, n in enumerate(shape) if i != channel_axis] or [1], dtype=int)
+    for index in blocks:
+        seen[tuple(sl for i, sl in enumerate(index) if i != channel_axis)] += 1
+    return seen
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    st.data(),
+    st.integers(1, 64),
+    st.integers(1, 2000),
+    st.booleans(),
+)
+def test_blocks_cover_every_position_once(shape, data, pixel, budget, contiguous):
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    blocks = plan_blocks(tuple(shape), axis, pixel, budget, contiguous=contiguous)
+    assert (_covering(blocks, shape, axis) == 1).all()
+    for index in blocks:
+        assert index[axis] == slice(0, shape[axis])
+        if contiguous:
+            cut = [i for i, sl in enumerate(index) if sl != slice(0, shape[i])]
+            assert all(i < axis for i in cut)
+
+
+@pytest.mark.parametrize("kind", ["npy", "h5"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW", "HWC", "CHW", "HCW"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("max_bytes", [1, 200, 1000, 4096, 10**9])
+def test_streamed_equals_in_memory(tmp_path, kind, layout, stride, max_bytes):
+    rng = np.random.default_rng(len(layout) * 100 + stride)
+    shapes = {
+        "NHWC": (3, 7, 5, 6),
+        "NCHW": (3, 6, 7, 5),
+        "HWC": (7, 5, 6),
+        "CHW": (6, 7, 5),
+        "HCW": (7, 6, 5),
+    }
+    x = rng.standard_normal(shapes[layout]).astype(np.float32)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    expected = pointwise_conv(x, w, layout=layout, stride=stride)
+    plan = plan_conv(x.shape, x.dtype, w, layout=layout, stride=stride)
+    if kind == "npy":
+        np.save(tmp_path / "x.npy", x)
+        source, sink = (
+            NpySource(str(tmp_path / "x.npy")),
+            NpySink(str(tmp_path / "y.npy"), plan.out_shape, plan.out_dtype),
+        )
+    else:
+        with h5py.File(tmp_path / "x.h5", "w") as handle:
+            handle.create_dataset("x", data=x, chunks=tuple(max(1, n // 2) for n in x.shape))
+        source = H5Source(str(tmp_path / "x.h5"), None)
+        sink = H5Sink(
+            str(tmp_path / "y.h5"),
+            None,
+            plan.out_shape,
+            plan.out_dtype,
+            overwrite=False,
+            attrs={},
+            channel_axis=plan.channel_axis,
+        )
+    timings = run(plan, source, sink, max_bytes=max_bytes)
+    sink.commit()
+    source.close()
+    if kind == "npy":
+        result = np.load(tmp_path / "y.npy")
+    else:
+        with h5py.File(tmp_path / "y.h5") as handle:
+            result = handle["data"][...]
+    np.testing.assert_allclose(result, expected, rtol=RTOL, atol=ATOL)
+    if max_bytes < 1000:
+        assert timings.blocks > 1
+
+
+def test_stdin_to_stdout_streams_in_order():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 4, 3)).astype(np.float32)
+    w = rng.standard_normal((2, 3)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    buffer.seek(0)
+    plan = plan_conv(x.shape, x.dtype, w)
+    out = io.BytesIO()
+    source, sink = StreamSource(buffer), StreamSink(plan.out_shape, plan.out_dtype, out)
+    source._stream.isatty = lambda: False  # type: ignore[attr-defined]
+    timings = run(plan, source, sink, max_bytes=100)
+    sink.commit()
+    assert timings.blocks > 1
+    np.testing.assert_allclose(np.load(io.BytesIO(out.getvalue())), x @ w.T, rtol=RTOL, atol=ATOL)
+
+
+def test_pipe_blocks_are_contiguous_for_channels_first():
+    plan = plan_conv((2, 8, 16, 16), np.float32, np.ones((4, 8)), layout="NCHW")
+
+    class Pipe:
+        sequential = True
+
+        def chunks(self):
+            return None
+
+    blocks = block_plan(plan, Pipe(), Pipe(), max_bytes=pixel_bytes(plan) * 10)  # type: ignore[arg-type]
+    assert [b[0] for b in blocks] == [slice(0, 1), slice(1, 2)]
+
+
+def test_same_command_writes_the_same_bytes(tmp_path):
+    rng = np.random.default_rng(11)
+    np.save(tmp_path / "x.npy", rng.standard_normal((64, 32, 16)).astype(np.float32))
+    np.save(tmp_path / "w.npy", rng.standard_normal((8, 16)).astype(np.float32))
+    outputs = []
+    for name in ("a.npy", "b.npy"):
+        proc = run_cli("apply", "x.npy", "w.npy", "-o", name, "--max-memory", "20KiB", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_fortran_order_npy_is_read_correctly(tmp_path):
+    x = np.asfortranarray(np.arange(60, dtype=np.float64).reshape(3, 4, 5))
+    np.save(tmp_path / "f.npy", x)
+    source = NpySource(str(tmp_path / "f.npy"))
+    assert source.fortran
+    np.testing.assert_array_equal(source.read((slice(1, 3), slice(0, 4, 2), slice(0, 5))), x[1:3, ::2])
+
+
+def test_h5_output_chunks_and_compression(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((64, 64, 8), np.float32))
+    proc = run_cli(
+        "apply",
+        "x.npy",
+        "1,1,1,1,1,1,1,1",
+        "-o",
+        "y.h5",
+        "--compression",
+        "gzip",
+        "--chunks",
+        "8,64,1",
+        "--max-memory",
+        "64KiB",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "y.h5") as handle:
+        assert handle["data"].compression == "gzip"
+        assert handle["data"].chunks == (8, 64, 1)
+        np.testing.assert_array_equal(handle["data"][...], 8.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("512MiB", 512 << 20), ("2GB", 2 * 10**9), ("1.5KiB", 1536), ("100", 100)]
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
