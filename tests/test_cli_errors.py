@@ -229,3 +229,15 @@ def test_closed_pipe_downstream_is_quiet(files):
     proc = subprocess.run(["bash", "-c", cmd], cwd=files, capture_output=True, text=True)
     assert proc.stdout.strip() in ("0", "141")
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr
+
+
+def test_unreadable_input_message(tmp_path, monkeypatch):
+    # Runs as root too (where file modes do not stop reads): the permission check itself.
+    from pwconv.errors import InputFileError
+    from pwconv.io.base import check_readable
+
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda *args: False)
+    with pytest.raises(InputFileError, match="without read permission"):
+        check_readable(str(path))
