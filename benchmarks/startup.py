@@ -29,14 +29,19 @@ def measure(repeats: int = 15) -> dict[str, dict[str, float]]:
         commands = {
             "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
             "pwconv apply (sample)": [
-                sys.executable, "-m", "pwconv", "apply",
+                sys.executable,
+                "-m",
+                "pwconv",
+                "apply",
                 str(ROOT / "sample_data/input_28x28x192.npy"),
                 str(ROOT / "sample_data/filters_64x192.npy"),
-                "-o", out, "--overwrite",
+                "-o",
+                out,
+                "--overwrite",
             ],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
-        for name, cmd in commands.items():
+        for cmd in commands.values():
             _time(cmd)  # warm the page cache and .pyc files
         for _ in range(repeats):
             for name, cmd in commands.items():

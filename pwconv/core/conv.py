@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pwconv.core import kernels
 from pwconv.core.layout import Layout, parse_layout
 from pwconv.core.weights import (
     FilterBank,
@@ -27,7 +28,11 @@ _EXACT_INT_LIMIT: dict[np.dtype, int] = {np.dtype(np.float32): 2**24, np.dtype(n
 
 # Rows per matmul call when the input is channels-last: the block of input rows, the
 # filters and the output rows stay in the L2 cache while BLAS packs them.
-_TARGET_BLOCK_BYTES = 1 << 20
+_TARGET_BLOCK_BYTES = 4 << 20
+_MIN_BLOCK_ROWS = 4096
+
+# Block size for in-memory inputs that need a dtype conversion (integers, float16).
+_CONVERT_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,9 @@ def plan_conv(
             f"groups={groups} must divide the {c} input channels; use a divisor of {c} as --groups"
         )
     w = np.asarray(filters)
-    counts = possible_channel_counts(tuple(w.shape), weights_layout) if w.ndim else set()
-    if w.ndim and w.size and (c // groups) not in counts:
+    canonical = w.ndim == 2 and weights_layout in ("auto", "kc") and w.shape[1] == c // groups
+    counts = possible_channel_counts(tuple(w.shape), weights_layout) if w.ndim and not canonical else set()
+    if w.ndim and w.size and not canonical and (c // groups) not in counts:
         per = f"{c // groups} per group, " if groups > 1 else ""
         raise ShapeError(
             f"channel mismatch: filters of shape {tuple(w.shape)} take "
@@ -217,11 +223,22 @@ def _as_3d(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
 
 
+def _channels_last(x2: np.ndarray, w: np.ndarray, out2: np.ndarray) -> None:
+    """out2 = x2 @ w.T for a (rows, C) input: the C kernel, a matrix-vector product, or GEMM."""
+    if kernels.accepts(x2, w, out2):
+        kernels.apply_rows(x2, w, out2)
+    elif w.shape[0] == 1 and out2.flags.c_contiguous:
+        # One filter: a matrix-vector product reads the input once, at memory bandwidth.
+        np.matmul(x2, w[0], out=out2.reshape(-1))
+    else:
+        _matmul_rows(x2, w.T, out2)
+
+
 def _matmul_rows(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
     """out2 = x2 @ wt, in row blocks that keep the working set in cache."""
     rows = x2.shape[0]
     row_bytes = (x2.shape[1] + out2.shape[1]) * x2.itemsize
-    block = max(256, _TARGET_BLOCK_BYTES // max(row_bytes, 1))
+    block = max(_MIN_BLOCK_ROWS, _TARGET_BLOCK_BYTES // max(row_bytes, 1))
     if rows <= block * 2:
         np.matmul(x2, wt, out=out2)
         return
@@ -266,7 +283,7 @@ def compute_block(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None)
         xg = x3[:, gi * cg : (gi + 1) * cg, :]
         yg = y3[:, gi * kg : (gi + 1) * kg, :]
         if b == 1:
-            _matmul_rows(xg[:, :, 0], w.T, yg[:, :, 0])
+            _channels_last(xg[:, :, 0], w, yg[:, :, 0])
         elif a == 1:
             np.matmul(w, xg[0], out=yg[0])
         else:
@@ -319,4 +336,20 @@ def pointwise_conv(
         weights_layout=weights_layout,
         dtype=dtype,
     )
-    return compute_block(plan, apply_stride(plan, x), out)
+    xs = apply_stride(plan, x)
+    converts = xs.dtype != plan.compute_dtype or plan.out_dtype != plan.compute_dtype
+    if not converts or xs.nbytes <= 2 * _CONVERT_BLOCK_BYTES:
+        return compute_block(plan, xs, out)
+    # Convert (integers, float16) block by block: the temporaries stay small and in cache.
+    from pwconv.core.blocks import plan_blocks
+
+    if out is None:
+        out = np.empty(plan.out_shape, dtype=plan.out_dtype)
+    elif out.shape != plan.out_shape:
+        raise ShapeError(f"expected out of shape {plan.out_shape}, found {out.shape}")
+    axis = plan.channel_axis
+    per_pixel = plan.in_channels * plan.compute_dtype.itemsize + plan.out_channels * out.itemsize
+    for index in plan_blocks(plan.out_shape, axis, per_pixel, _CONVERT_BLOCK_BYTES):
+        x_index = index[:axis] + (slice(None),) + index[axis + 1 :]
+        compute_block(plan, xs[x_index], out[index])
+    return out

@@ -7,6 +7,7 @@ which are spatial (the ones ``stride`` subsamples).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pwconv.errors import UsageError
 
@@ -46,6 +47,19 @@ def _implied_batch_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
 
 
 def parse_layout(spec: str | int, ndim: int) -> Layout:
+    """Resolve ``spec`` for a tensor with ``ndim`` axes (see :func:`_parse_layout`)."""
+    try:
+        return _parse_cached(spec, ndim)
+    except TypeError:  # unhashable spec: let the parser report it
+        return _parse_layout(spec, ndim)
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(spec: str | int, ndim: int) -> Layout:
+    return _parse_layout(spec, ndim)
+
+
+def _parse_layout(spec: str | int, ndim: int) -> Layout:
     """Resolve ``spec`` for a tensor with ``ndim`` axes.
 
     ``channels-last`` puts C on the last axis; ``channels-first`` on axis 0 for tensors of up

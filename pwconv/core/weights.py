@@ -139,6 +139,11 @@ def normalise_filters(filters: np.ndarray, in_channels: int, weights_layout: str
         )
     if w.size == 0:
         raise ShapeError(f"expected a non-empty filter bank, found shape {shape}")
+    if w.ndim == 2 and weights_layout in ("auto", "kc") and shape[1] == in_channels:
+        # The canonical (K, C) form: no other reading is consulted.
+        return FilterBank(
+            matrix=w if w.flags.c_contiguous else np.ascontiguousarray(w), reading="kc", source_shape=shape
+        )
     readings = _allowed(shape, weights_layout)
     matching = [r for r in readings if r.in_channels == in_channels]
     fitting = [r for r in matching if all(k == 1 for k in r.kernel)]
