@@ -1,0 +1,313 @@
+"""``pwconv explain``: the calculation behind one output pixel, term by term.
+
+Reads only the line of input that holds the pixel, computes the pixel with the reference
+loop (Python numbers: exact for integers) and with the fast path on that line, and says how
+far apart they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.core.reference import pixel_terms
+from pwconv.errors import UsageError
+from pwconv.io.base import Source
+from pwconv.io.sources import open_source
+from pwconv.io.spec import parse_spec
+from pwconv.jobs import ApplyOptions, load_filter_bank, make_plan
+
+# Positions of the line read around the pixel (bounds memory on huge axes).
+_LINE_CAP = 4096
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    input: str
+    weights: str
+    options: ApplyOptions
+    at: str | None = None
+    filters: str | None = None
+    max_terms: int = 8
+    dataset: str | None = None
+
+
+def axis_names(plan: ConvPlan) -> list[str]:
+    """A letter per input axis: the user's letters, or N/C and H, W (D, L) for the rest."""
+    layout = plan.layout
+    if layout.name.isalpha() and layout.name.isupper() and len(layout.name) == layout.ndim:
+        return list(layout.name)
+    spatial = {1: ["L"], 2: ["H", "W"], 3: ["D", "H", "W"]}.get(
+        len(layout.spatial_axes), [f"S{i}" for i in range(len(layout.spatial_axes))]
+    )
+    names = []
+    for axis in range(layout.ndim):
+        if axis == layout.channel_axis:
+            names.append("C")
+        elif axis in layout.batch_axes:
+            names.append("N" if len(layout.batch_axes) == 1 else f"N{layout.batch_axes.index(axis)}")
+        else:
+            names.append(spatial[layout.spatial_axes.index(axis)])
+    return names
+
+
+def _parse_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise UsageError(f"expected whole numbers separated by commas for {what}, found {text!r}") from None
+
+
+def _position(plan: ConvPlan, at: str | None) -> tuple[int, ...]:
+    """Output coordinates of every non-channel axis; batch axes may be left out (0)."""
+    axes = [a for a in range(len(plan.out_shape)) if a != plan.channel_axis]
+    if at is None:
+        return tuple(0 for _ in axes)
+    values = _parse_list(at, "--at")
+    if len(values) == len(axes):
+        coords = values
+    elif len(values) == len(plan.layout.spatial_axes):
+        coords = [0 if a in plan.layout.batch_axes else values.pop(0) for a in axes]
+    else:
+        names = axis_names(plan)
+        expect = ",".join(names[a] for a in axes)
+        raise UsageError(
+            f"expected --at with {len(axes)} coordinates ({expect}), found {len(values)} in {at!r}"
+        )
+    for axis, value in zip(axes, coords):
+        if not 0 <= value < plan.out_shape[axis]:
+            raise UsageError(
+                f"expected --at inside the output ({axis_names(plan)[axis]} from 0 to "
+                f"{plan.out_shape[axis] - 1}), found {value}"
+            )
+    return tuple(coords)
+
+
+def _read_line(source: Source, plan: ConvPlan, coords: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """The input line (innermost non-channel axis) through the pixel, and the pixel's place in it."""
+    axes = [a for a in range(len(plan.out_shape)) if a != plan.channel_axis]
+    line_axis = axes[-1] if axes else None
+    out_index: list[slice] = [slice(0, n) for n in plan.out_shape]
+    offset = 0
+    for axis, value in zip(axes, coords):
+        if axis == line_axis:
+            start = max(0, min(value - _LINE_CAP // 2, plan.out_shape[axis] - _LINE_CAP))
+            out_index[axis] = slice(start, min(plan.out_shape[axis], start + _LINE_CAP))
+            offset = value - start
+        else:
+            out_index[axis] = slice(value, value + 1)
+    index = plan.strided_index(tuple(out_index))
+    if source.sequential and line_axis is not None and line_axis > plan.channel_axis:
+        # A pipe is read front to back: take the contiguous stretch that holds the line.
+        wide = tuple(sl if a < plan.channel_axis else slice(None) for a, sl in enumerate(index))
+        block = source.read(wide)
+        narrow = tuple(slice(None) if a < plan.channel_axis else sl for a, sl in enumerate(index))
+        return block[narrow], offset
+    return source.read(index), offset
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _tolerance(plan: ConvPlan, terms: list[tuple[Any, Any]], bias: Any) -> float:
+    if plan.out_dtype.kind in "iu":
+        return 0.0
+    magnitude = sum(abs(v * w) for v, w in terms) + (abs(bias) if bias is not None else 0)
+    compute_eps = float(np.finfo(plan.compute_dtype).eps)
+    out_eps = float(np.finfo(plan.out_dtype).eps)
+    return 4 * compute_eps * math.sqrt(len(terms) + 1) * magnitude + out_eps * magnitude
+
+
+def explain(request: ExplainRequest) -> dict[str, Any]:
+    """The explanation as a JSON-ready document (see :func:`render_text` for the text form)."""
+    if request.max_terms < 2:
+        raise UsageError(f"expected --max-terms of at least 2, found {request.max_terms}")
+    spec = parse_spec(request.input, request.dataset)
+    loaded = load_filter_bank(request.weights, request.options.bias)
+    source = open_source(spec)
+    try:
+        plan = make_plan(source, loaded, request.options)
+        coords = _position(plan, request.at)
+        line, offset = _read_line(source, plan, coords)
+    finally:
+        source.close()
+    axis = plan.channel_axis
+    fast_line = compute_block(plan, line)
+    pixel_at = [0] * line.ndim
+    axes = [a for a in range(line.ndim) if a != axis]
+    if axes:
+        pixel_at[axes[-1]] = offset
+    pixel_at[axis] = slice(None)  # type: ignore[call-overload]
+    pixel = line[tuple(pixel_at)].reshape(-1)
+    fast = fast_line[tuple(pixel_at)].reshape(-1)
+
+    k_total = plan.out_channels
+    chosen = _parse_list(request.filters, "--filters") if request.filters else list(range(min(k_total, 4)))
+    for k in chosen:
+        if not 0 <= k < k_total:
+            raise UsageError(f"expected --filters between 0 and {k_total - 1}, found {k}")
+    names = axis_names(plan)
+    filters_doc = []
+    worst = 0.0
+    for k in chosen:
+        terms = pixel_terms(plan, pixel, k)
+        bias = plan.bias[k].item() if plan.bias is not None else None
+        total: Any = 0
+        for value, weight in terms:
+            total = total + value * weight
+        if bias is not None:
+            total = total + bias
+        fast_value = fast[k].item()
+        difference = abs(fast_value - total)
+        tolerance = _tolerance(plan, terms, bias)
+        ok = difference <= tolerance or (isinstance(total, float) and not math.isfinite(total))
+        worst = max(worst, difference - tolerance)
+        group = k // (k_total // plan.groups)
+        cg = plan.filters.shape[1]
+        filters_doc.append(
+            {
+                "filter": k,
+                "group": group,
+                "channels": [group * cg, (group + 1) * cg],
+                "terms": [[_number(v), _number(w), _number(v * w)] for v, w in terms],
+                "bias": _number(bias),
+                "sum": _number(total),
+                "fast_path": _number(fast_value),
+                "difference": _number(difference),
+                "tolerance": tolerance,
+                "ok": bool(ok),
+            }
+        )
+    out_positions = [a for a in range(len(plan.out_shape)) if a != axis]
+    in_coords = [
+        c * plan.stride if a in plan.layout.spatial_axes else c for a, c in zip(out_positions, coords)
+    ]
+    pixels = plan.pixels
+    c, k = plan.in_channels, plan.out_channels
+    in_bytes = math.prod(plan.in_shape) * plan.in_dtype.itemsize
+    out_bytes = math.prod(plan.out_shape) * plan.out_dtype.itemsize
+    return {
+        "input": {
+            "path": spec.text,
+            "shape": list(plan.in_shape),
+            "axes": names,
+            "dtype": plan.in_dtype.name,
+            "layout": plan.layout.name,
+            "channel_axis": axis,
+        },
+        "filters": {
+            "source": loaded.filters.source,
+            "shape": list(loaded.filters.array.shape),
+            "matrix_shape": list(plan.bank.matrix.shape),
+            "read_as": plan.bank.description,
+            "groups": plan.groups,
+        },
+        "bias": None if loaded.bias is None else loaded.bias.source,
+        "stride": plan.stride,
+        "output": {"shape": list(plan.out_shape), "dtype": plan.out_dtype.name},
+        "pixel": {
+            "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
+            "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
+            "channels": [_number(v.item()) for v in pixel],
+        },
+        "results": filters_doc,
+        "filters_not_shown": k_total - len(chosen),
+        "matrix": {
+            "pixels": pixels,
+            "channels": c,
+            "filters": k,
+            "groups": plan.groups,
+            "multiply_adds": pixels * k * plan.filters.shape[1],
+            "flops": plan.flops,
+            "bytes": {"input": in_bytes, "weights": plan.bank.matrix.nbytes, "output": out_bytes},
+        },
+        "ok": all(item["ok"] for item in filters_doc),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "nan"
+    if isinstance(value, list):
+        return f"({_fmt(value[0])}{'+' if value[1] >= 0 else '-'}{_fmt(abs(value[1]))}j)"
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+        return f"({text})" if text.startswith("-") else text
+    return f"({value})" if value < 0 else str(value)
+
+
+def _shape(dims: list[int], names: list[str]) -> str:
+    return "x".join(str(n) for n in dims) + f" ({', '.join(names)})"
+
+
+def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list[str]]]:
+    """The explanation as titled sections of plain lines."""
+    inp, filt, out, matrix = doc["input"], doc["filters"], doc["output"], doc["matrix"]
+    names = inp["axes"]
+    axis = inp["channel_axis"]
+    out_names = names[:axis] + ["K"] + names[axis + 1 :]
+    c, k = matrix["channels"], matrix["filters"]
+    cg = filt["matrix_shape"][1]
+    shapes = [
+        f"input    {_shape(inp['shape'], names)}  {inp['dtype']}, layout {inp['layout']}: C = {c} channels on axis {axis}",
+        f"filters  {k} x {cg} (K x C{'/groups' if matrix['groups'] > 1 else ''}), {filt['read_as']}",
+        f"output   {_shape(out['shape'], out_names)}  {out['dtype']}",
+        f"Each output value is one dot product: a pixel's {cg} channel values times one filter's {cg} weights"
+        + (" plus its bias." if doc["bias"] else "."),
+        f"So the channel axis ({c}) disappears and K = {k} value{'s' if k != 1 else ''} per pixel take"
+        f"{'' if k != 1 else 's'} its place.",
+    ]
+    if matrix["groups"] > 1:
+        shapes.append(f"groups {matrix['groups']}: filter k sees only the {cg} channels of its group.")
+    if doc["stride"] > 1:
+        shapes.append(f"stride {doc['stride']}: every {doc['stride']}th position along each spatial axis.")
+    px = doc["pixel"]
+    where = ", ".join(f"{n}={v}" for n, v in px["output_index"].items())
+    src = ", ".join(f"{n}={v}" for n, v in px["input_index"].items())
+    channels = px["channels"]
+    shown = _elide([_fmt(v) for v in channels], max_terms, "values")
+    pixel_lines = [f"input channels at ({src}): [{', '.join(shown)}]"]
+    for item in doc["results"]:
+        products = [f"{_fmt(v)}*{_fmt(w)}" for v, w, _ in item["terms"]]
+        text = " + ".join(_elide(products, max_terms, "terms"))
+        if item["bias"] is not None:
+            text += f" + {_fmt(item['bias'])} (bias)"
+        label = f"filter {item['filter']}"
+        if matrix["groups"] > 1:
+            lo, hi = item["channels"]
+            label += f" (group {item['group']}, channels {lo}-{hi - 1})"
+        pixel_lines.append(f"{label}:  {text} = {_fmt(item['sum'])}")
+        verdict = "ok" if item["ok"] else "MISMATCH (a pwconv bug: please report it)"
+        pixel_lines.append(
+            f"    fast path: {_fmt(item['fast_path'])}   difference {item['difference']:.3g}"
+            f" (tolerance {item['tolerance']:.3g}) {verdict}"
+        )
+    if doc["filters_not_shown"]:
+        pixel_lines.append(f"({doc['filters_not_shown']} more filters not shown; choose some with --filters)")
+    spatial = " * ".join(str(n) for i, n in enumerate(out["shape"]) if i != axis) or "1"
+    b = matrix["bytes"]
+    matrix_lines = [
+        f"({spatial}) x {c}  @  {c} x {k}  =  ({spatial}) x {k}",
+        f"i.e. {matrix['pixels']} x {c} times {c} x {k}: one row per pixel, one column per filter"
+        + (f" (block-diagonal: {matrix['groups']} groups)" if matrix["groups"] > 1 else ""),
+        f"{matrix['multiply_adds']:,} multiply-adds = {matrix['flops']:,} FLOPs; "
+        f"reads {b['input']:,} B of input and {b['weights']:,} B of filters, writes {b['output']:,} B",
+    ]
+    return [("shapes", shapes), (f"pixel ({where})", pixel_lines), ("matrix view", matrix_lines)]
+
+
+def _elide(items: list[str], max_terms: int, what: str) -> list[str]:
+    if len(items) <= max_terms:
+        return items
+    head = max_terms // 2
+    tail = max_terms - head
+    return items[:head] + [f"... {len(items) - max_terms} more {what} ..."] + items[-tail:]
