@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pwconv.core.conv import ConvPlan, apply_stride, plan_conv
 
 
-def pixel_terms(plan: ConvPlan, pixel: np.ndarray, k: int) -> list[tuple[object, object]]:
+def pixel_terms(plan: ConvPlan, pixel: np.ndarray, k: int) -> list[tuple[Any, Any]]:
     """The (input value, weight) pairs that filter ``k`` multiplies at one pixel."""
     cg = plan.filters.shape[1]
     group = k // (plan.out_channels // plan.groups)
