@@ -90,9 +90,28 @@ def _time(fn: Callable[[], object], calls: int = 1) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def implementations(case: Case, x: np.ndarray, w: np.ndarray) -> dict[str, Callable[[], object]]:
+STREAM_DIR: str | None = None
+
+
+def _streamed(case: Case, x: np.ndarray, w: np.ndarray) -> Callable[[], object]:
+    """pwconv apply from an .npy file to an .npy file in 64 MiB blocks (page-cached files)."""
+    import tempfile
+
+    from pwconv.jobs import ApplyOptions, apply_file
+
+    folder = tempfile.mkdtemp(prefix="pwconv-bench-", dir=STREAM_DIR)
+    np.save(os.path.join(folder, "x.npy"), x)
+    np.save(os.path.join(folder, "w.npy"), w)
+    options = ApplyOptions(layout=case.layout, overwrite=True, max_memory="64MiB")
+    src, weights, dst = (os.path.join(folder, n) for n in ("x.npy", "w.npy", "y.npy"))
+    return lambda: apply_file(src, weights, dst, options)
+
+
+def implementations(case: Case, x: np.ndarray, w: np.ndarray, streamed: bool = False) -> dict[str, Callable[[], object]]:
     c = w.shape[1]
     impls: dict[str, Callable[[], object]] = {"pwconv": lambda: pointwise_conv(x, w, layout=case.layout)}
+    if streamed and x.nbytes > 64 << 20:
+        impls["pwconv streamed file"] = _streamed(case, x, w)
     if case.layout == "NCHW":
         n = x.shape[0]
         x3 = x.reshape(n, c, -1)
@@ -129,12 +148,12 @@ def implementations(case: Case, x: np.ndarray, w: np.ndarray) -> dict[str, Calla
     return impls
 
 
-def run_case(case: Case, repeats: int, peak: float) -> dict[str, object]:
+def run_case(case: Case, repeats: int, peak: float, streamed: bool = False) -> dict[str, object]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal(case.shape, dtype=np.float32)
     c = case.shape[1] if case.layout == "NCHW" else case.shape[-1]
     w = rng.standard_normal((case.k, c), dtype=np.float32)
-    impls = implementations(case, x, w)
+    impls = implementations(case, x, w, streamed)
     for fn in impls.values():  # warm-up: first-touch, thread pools, caches
         fn()
     # Enough calls per sample that one sample takes about 20 ms (timer and noise).
@@ -168,6 +187,11 @@ def run_case(case: Case, repeats: int, peak: float) -> dict[str, object]:
         "rows": rows,
     }
     pw = rows["pwconv"]["best_ms"]
+    if "pwconv streamed file" in rows:
+        result["streamed"] = (
+            f"streamed file -> file: {rows['pwconv streamed file']['best_ms'] / pw:.2f}x in-memory pwconv, "
+            f"{rows['pwconv streamed file']['vs_matmul']:.2f}x raw matmul"
+        )
     if "floor" in case.goal:
         ratio = pw / rows["read floor"]["best_ms"]
         limit = 1.1 if case.k == 1 else 1.67
@@ -199,6 +223,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--only", help="run the cases whose name contains this text")
+    parser.add_argument("--streamed", action="store_true", help="also time file -> file runs in 64 MiB blocks")
     args = parser.parse_args()
     env = environment()
     print("environment:", json.dumps(env))
@@ -208,7 +233,7 @@ def main() -> None:
     for case in CASES:
         if args.only and args.only not in case.name:
             continue
-        result = run_case(case, args.repeats, peak)
+        result = run_case(case, args.repeats, peak, args.streamed)
         results.append(result)
         shape = "x".join(map(str, case.shape))
         print(

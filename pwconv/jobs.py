@@ -303,3 +303,136 @@ def guess_layout(shape: tuple[int, ...]) -> str:
     if len(set(shape[first + 1 :])) == 1 and shape[first] != shape[-1]:
         return "channels-first"
     return "channels-last" if shape[-1] <= shape[first] else "channels-first"
+
+
+@dataclass
+class FileResult:
+    """One input of a batch: its output, and the report or the error."""
+
+    input: str
+    output: str | None
+    report: Report | None = None
+    error: str | None = None
+    exit_code: int = 0
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"input": self.input, "output": self.output, "exit_code": self.exit_code}
+        if self.skipped:
+            doc["status"] = "skipped"
+        elif self.error is not None:
+            doc["status"] = "failed"
+            doc["error"] = self.error
+        else:
+            doc["status"] = "ok"
+            doc["report"] = self.report.as_dict() if self.report else None
+        return doc
+
+
+INPUT_SUFFIXES = (".npy", ".h5", ".hdf5")
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """(input path, output name relative to the output folder) for files and walked folders."""
+    import os
+
+    found: list[tuple[str, str]] = []
+    for item in inputs:
+        if os.path.isdir(item) and not item.rstrip("/").endswith(".zarr"):
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(INPUT_SUFFIXES):
+                        path = os.path.join(root, name)
+                        found.append((path, os.path.relpath(path, item)))
+        else:
+            found.append((item, os.path.basename(item.split(":")[0] if ":" in item and not os.path.exists(item) else item)))
+    return found
+
+
+def output_name(relative: str, suffix: str) -> str:
+    """``a/x.npy`` -> ``a/x{suffix}.npy``."""
+    import os
+
+    stem, ext = os.path.splitext(relative)
+    return f"{stem}{suffix}{ext}"
+
+
+def batch_files(
+    weights: str,
+    inputs: list[str],
+    out_dir: str,
+    options: ApplyOptions,
+    *,
+    suffix: str = ".pw",
+    jobs: int = 1,
+    fail_fast: bool = False,
+    weights_dataset: str | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> list[FileResult]:
+    """Apply one filter bank (loaded and checked once) to every input; a bad file does not stop the rest."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pwconv.errors import PwconvError
+
+    if jobs < 1:
+        raise UsageError(f"expected --jobs of at least 1, found {jobs}")
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"expected an existing output folder for --out-dir, found none at {out_dir!r}; create it first")
+    loaded = load_filter_bank(weights, options.bias, weights_dataset)
+    planned = expand_inputs(inputs)
+    if not planned:
+        raise UsageError("expected at least one .npy or .h5 input, found none; check the paths")
+    claimed: dict[str, str] = {}
+    tasks: list[tuple[str, str | None, str | None]] = []
+    for path, relative in planned:
+        target = os.path.join(out_dir, output_name(relative, suffix))
+        key = os.path.abspath(target)
+        if key in claimed:
+            tasks.append((path, target, f"output {target!r} would also be written for {claimed[key]!r}; rename one input"))
+        else:
+            claimed[key] = path
+            tasks.append((path, target, None))
+    stop = False
+
+    def one(task: tuple[str, str | None, str | None]) -> FileResult:
+        path, target, problem = task
+        if stop:
+            return FileResult(path, target, skipped=True)
+        if problem is not None:
+            return FileResult(path, target, error=problem, exit_code=2)
+        try:
+            if target is not None:
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            report = apply_file(path, loaded, str(target), options)
+            return FileResult(path, target, report=report)
+        except PwconvError as exc:
+            return FileResult(path, target, error=str(exc), exit_code=exc.exit_code)
+        except OSError as exc:
+            return FileResult(path, target, error=f"I/O failure: {exc.strerror or exc}", exit_code=1)
+
+    results: list[FileResult] = []
+
+    def record(result: FileResult) -> None:
+        nonlocal stop
+        results.append(result)
+        if on_result:
+            on_result(result)
+        if fail_fast and result.exit_code:
+            stop = True
+
+    if jobs == 1:
+        for task in tasks:
+            record(one(task))
+    else:
+        with ThreadPoolExecutor(jobs, thread_name_prefix="pwconv-batch") as pool:
+            for result in pool.map(one, tasks):
+                record(result)
+    return results
+
+
+def batch_exit_code(results: list[FileResult]) -> int:
+    """1 if any runtime failure, else 2 if any bad input, else 0."""
+    codes = {r.exit_code for r in results}
+    return 1 if 1 in codes else 2 if 2 in codes else 0

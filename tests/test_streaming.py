@@ -176,3 +176,46 @@ def test_h5_output_chunks_and_compression(tmp_path):
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+def _streamed_run(tmp_path, stderr):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", np.ones((256, 64, 16), np.float32))
+    env = {**__import__("os").environ, "PWCONV_PROGRESS_DELAY": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "pwconv", "apply", "x.npy", "1" + ",0" * 15, "-o", "y.npy", "--max-memory", "8KiB"],
+        cwd=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=120,
+    )
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    import os
+    import pty
+    import subprocess
+
+    piped = _streamed_run(tmp_path, subprocess.PIPE)
+    assert piped.returncode == 0
+    assert "\r" not in piped.stderr.decode() and "━" not in piped.stderr.decode()
+    (tmp_path / "y.npy").unlink()
+    leader, follower = pty.openpty()
+    try:
+        proc = _streamed_run(tmp_path, follower)
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert "pwconv apply" in b"".join(chunks).decode("utf-8", "replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -99,6 +100,8 @@ class Progress:
     def __init__(self, description: str, *, enabled: bool) -> None:
         self.description = description
         self.enabled = enabled and stderr_is_tty()
+        # Jobs shorter than this never show a bar (PWCONV_PROGRESS_DELAY overrides, in seconds).
+        self.delay = float(os.environ.get("PWCONV_PROGRESS_DELAY", "1.0"))
         self._start = time.perf_counter()
         self._bar: Any = None
         self._task: Any = None
@@ -107,11 +110,12 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is None:
-            if time.perf_counter() - self._start < 1.0 or done >= total:
+            if time.perf_counter() - self._start < self.delay or done >= total:
                 return
+            from rich.console import Console
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(transient=True)
+            self._bar = RichProgress(console=Console(stderr=True), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=total)
         self._bar.update(self._task, completed=done)

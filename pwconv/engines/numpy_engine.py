@@ -96,14 +96,18 @@ def run(
         sink.write(index, block)
         timings.save += time.perf_counter() - start
 
-    def compute(data: np.ndarray) -> np.ndarray:
+    release = getattr(source, "release", None)
+
+    def compute(data: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
         result = compute_block(plan, data)
+        if release is not None:
+            release(plan.strided_index(index))
         timings.compute += time.perf_counter() - start
         return result
 
     if len(blocks) == 1:
-        save(blocks[0], compute(load(blocks[0])))
+        save(blocks[0], compute(load(blocks[0]), blocks[0]))
         if progress:
             progress(1, 1)
         return timings
@@ -118,7 +122,7 @@ def run(
             data = pending_read.result()
             if i + 1 < len(blocks):
                 pending_read = reader.submit(load, blocks[i + 1])
-            result = compute(data)
+            result = compute(data, index)
             del data
             if pending_write is not None:
                 pending_write.result()

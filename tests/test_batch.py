@@ -1,0 +1,108 @@
+"""pwconv batch: weights loaded once, every file processed, bad files reported, no partial outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pwconv.core.reference import reference_conv
+
+from .conftest import leftovers, run_cli
+
+W = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]], np.float32)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    rng = np.random.default_rng(9)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    data = {}
+    for name in ("in/a.npy", "in/sub/b.npy", "in/c.npy"):
+        data[name] = rng.standard_normal((5, 4, 3)).astype(np.float32)
+        np.save(tmp_path / name, data[name])
+    np.save(tmp_path / "w.npy", W)
+    return tmp_path, data
+
+
+def test_batch_walks_folders_and_matches_apply(tree):
+    root, data = tree
+    proc = run_cli("batch", "w.npy", "in", "--out-dir", "out", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    for name, x in data.items():
+        out = root / "out" / name.removeprefix("in/").replace(".npy", ".pw.npy")
+        np.testing.assert_allclose(np.load(out), reference_conv(x, W), rtol=1e-5, atol=1e-5)
+    lines = proc.stderr.splitlines()
+    assert sum(line.startswith("ok ") for line in lines) == 3
+    assert lines[-1].startswith("3 files: 3 ok, 0 failed")
+
+
+def test_bad_file_does_not_stop_the_others(tree):
+    root, _ = tree
+    np.save(root / "in" / "wrong.npy", np.ones((2, 2, 7), np.float32))
+    (root / "in" / "junk.npy").write_bytes(b"not npy")
+    proc = run_cli("batch", "w.npy", "in", "--out-dir", "out", "--suffix", "", "--json", cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    doc = json.loads(proc.stdout)
+    status = {item["input"].split("/")[-1]: item["status"] for item in doc["files"]}
+    assert status == {"a.npy": "ok", "b.npy": "ok", "c.npy": "ok", "wrong.npy": "failed", "junk.npy": "failed"}
+    assert doc["summary"] == {**doc["summary"], "files": 5, "ok": 3, "failed": 2, "skipped": 0}
+    assert not (root / "out" / "wrong.npy").exists() and not (root / "out" / "junk.npy").exists()
+    assert "FAIL" in proc.stderr and "channel mismatch" in proc.stderr
+    assert leftovers(root / "out") == []
+
+
+def test_fail_fast_skips_the_rest(tree):
+    root, _ = tree
+    (root / "bad.npy").write_bytes(b"nope")
+    proc = run_cli("batch", "w.npy", "bad.npy", "in/a.npy", "in/c.npy", "--out-dir", "out", "--fail-fast", "--json", cwd=root)
+    assert proc.returncode == 2
+    assert [item["status"] for item in json.loads(proc.stdout)["files"]] == ["failed", "skipped", "skipped"]
+    assert not list((root / "out").iterdir())
+
+
+def test_parallel_jobs_give_the_same_outputs(tree):
+    root, data = tree
+    proc = run_cli("batch", "w.npy", "in/a.npy", "in/c.npy", "in/sub/b.npy", "--out-dir", "out", "-j", "3", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("a", "c", "b"):
+        assert (root / "out" / f"{name}.pw.npy").exists()
+
+
+def test_colliding_output_names_are_refused_for_the_second(tree):
+    root, _ = tree
+    np.save(root / "a.npy", np.ones((2, 2, 3), np.float32))
+    proc = run_cli("batch", "w.npy", "in/a.npy", "a.npy", "--out-dir", "out", cwd=root)
+    assert proc.returncode == 2
+    assert "would also be written" in proc.stderr
+
+
+def test_existing_outputs_need_overwrite(tree):
+    root, _ = tree
+    assert run_cli("batch", "w.npy", "in/a.npy", "--out-dir", "out", cwd=root).returncode == 0
+    again = run_cli("batch", "w.npy", "in/a.npy", "--out-dir", "out", cwd=root)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert run_cli("batch", "w.npy", "in/a.npy", "--out-dir", "out", "--overwrite", cwd=root).returncode == 0
+
+
+def test_bad_weights_stop_before_any_file(tree):
+    root, _ = tree
+    proc = run_cli("batch", "1,,2", "in", "--out-dir", "out", cwd=root)
+    assert proc.returncode == 2 and proc.stderr.startswith("pwconv: error:")
+    assert not list((root / "out").iterdir())
+    missing = run_cli("batch", "w.npy", "in", "--out-dir", "nowhere", cwd=root)
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_h5_inputs_keep_their_format(tree):
+    import h5py
+
+    root, data = tree
+    with h5py.File(root / "in" / "d.h5", "w") as handle:
+        handle["x"] = data["in/a.npy"]
+    proc = run_cli("batch", "w.npy", "in/d.h5", "--out-dir", "out", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(root / "out" / "d.pw.h5") as handle:
+        np.testing.assert_allclose(handle["data"][...], reference_conv(data["in/a.npy"], W), rtol=1e-5, atol=1e-5)
