@@ -107,7 +107,9 @@ def _streamed(case: Case, x: np.ndarray, w: np.ndarray) -> Callable[[], object]:
     return lambda: apply_file(src, weights, dst, options)
 
 
-def implementations(case: Case, x: np.ndarray, w: np.ndarray, streamed: bool = False) -> dict[str, Callable[[], object]]:
+def implementations(
+    case: Case, x: np.ndarray, w: np.ndarray, streamed: bool = False
+) -> dict[str, Callable[[], object]]:
     c = w.shape[1]
     impls: dict[str, Callable[[], object]] = {"pwconv": lambda: pointwise_conv(x, w, layout=case.layout)}
     if streamed and x.nbytes > 64 << 20:
@@ -223,7 +225,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--only", help="run the cases whose name contains this text")
-    parser.add_argument("--streamed", action="store_true", help="also time file -> file runs in 64 MiB blocks")
+    parser.add_argument(
+        "--streamed", action="store_true", help="also time file -> file runs in 64 MiB blocks"
+    )
     args = parser.parse_args()
     env = environment()
     print("environment:", json.dumps(env))

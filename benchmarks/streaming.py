@@ -37,8 +37,14 @@ SCRIPT_PIPE = (
 def run(cmd: list[str] | str, cwd: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS in bytes (largest process, pipelines included)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, shell=isinstance(cmd, str), executable="/bin/bash" if isinstance(cmd, str) else None,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        shell=isinstance(cmd, str),
+        executable="/bin/bash" if isinstance(cmd, str) else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -65,7 +71,9 @@ def make_data(folder: Path, gib: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-gib", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", help="work folder (default: a temp folder)")
@@ -78,7 +86,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
         # In a child process: a forked child's peak RSS counts the parent's pages up to exec.
-        subprocess.run([py, __file__, "--make-data", str(folder), "--size-gib", str(args.size_gib)], check=True)
+        subprocess.run(
+            [py, __file__, "--make-data", str(folder), "--size-gib", str(args.size_gib)], check=True
+        )
         pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]
         cases = {
             "npy -> npy": (
@@ -96,10 +106,14 @@ def main() -> None:
         }
         for cmd in (cases["npy -> npy"][0],):
             run(cmd, folder)  # warm the page cache
-        print(f"input {args.size_gib:g} GiB float32 ({int(2048 * args.size_gib)}x2048x64) -> 16 filters; "
-              f"best of {args.repeats}")
-        print(f"{'case':16s} {'script s':>9s} {'pwconv s':>9s} {'time ratio':>10s} "
-              f"{'script RSS':>11s} {'pwconv RSS':>11s} {'RSS ratio':>9s}")
+        print(
+            f"input {args.size_gib:g} GiB float32 ({int(2048 * args.size_gib)}x2048x64) -> 16 filters; "
+            f"best of {args.repeats}"
+        )
+        print(
+            f"{'case':16s} {'script s':>9s} {'pwconv s':>9s} {'time ratio':>10s} "
+            f"{'script RSS':>11s} {'pwconv RSS':>11s} {'RSS ratio':>9s}"
+        )
         for name, (script, ours) in cases.items():
             best = {"script": (1e9, 0), "pwconv": (1e9, 0)}
             for _ in range(args.repeats):
@@ -107,8 +121,10 @@ def main() -> None:
                     wall, rss = run(cmd, folder)
                     best[label] = (min(best[label][0], wall), max(best[label][1], rss))
             (ts, rs), (tp, rp) = best["script"], best["pwconv"]
-            print(f"{name:16s} {ts:9.2f} {tp:9.2f} {tp / ts:9.2f}x {rs / 2**20:9.0f}Mi {rp / 2**20:9.0f}Mi {rp / rs:8.2f}x",
-                  flush=True)
+            print(
+                f"{name:16s} {ts:9.2f} {tp:9.2f} {tp / ts:9.2f}x {rs / 2**20:9.0f}Mi {rp / 2**20:9.0f}Mi {rp / rs:8.2f}x",
+                flush=True,
+            )
         check = (
             "import numpy as np; a = np.load('script.npy', mmap_mode='r'); b = np.load('pw.npy', mmap_mode='r'); "
             "print(f'max |script - pwconv| = {max(float(abs(a[i:i+256] - b[i:i+256]).max()) "

@@ -346,7 +346,14 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
                         path = os.path.join(root, name)
                         found.append((path, os.path.relpath(path, item)))
         else:
-            found.append((item, os.path.basename(item.split(":")[0] if ":" in item and not os.path.exists(item) else item)))
+            found.append(
+                (
+                    item,
+                    os.path.basename(
+                        item.split(":")[0] if ":" in item and not os.path.exists(item) else item
+                    ),
+                )
+            )
     return found
 
 
@@ -379,7 +386,9 @@ def batch_files(
     if jobs < 1:
         raise UsageError(f"expected --jobs of at least 1, found {jobs}")
     if not os.path.isdir(out_dir):
-        raise UsageError(f"expected an existing output folder for --out-dir, found none at {out_dir!r}; create it first")
+        raise UsageError(
+            f"expected an existing output folder for --out-dir, found none at {out_dir!r}; create it first"
+        )
     loaded = load_filter_bank(weights, options.bias, weights_dataset)
     planned = expand_inputs(inputs)
     if not planned:
@@ -390,7 +399,13 @@ def batch_files(
         target = os.path.join(out_dir, output_name(relative, suffix))
         key = os.path.abspath(target)
         if key in claimed:
-            tasks.append((path, target, f"output {target!r} would also be written for {claimed[key]!r}; rename one input"))
+            tasks.append(
+                (
+                    path,
+                    target,
+                    f"output {target!r} would also be written for {claimed[key]!r}; rename one input",
+                )
+            )
         else:
             claimed[key] = path
             tasks.append((path, target, None))

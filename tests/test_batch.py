@@ -47,7 +47,13 @@ def test_bad_file_does_not_stop_the_others(tree):
     assert proc.returncode == 2, proc.stderr
     doc = json.loads(proc.stdout)
     status = {item["input"].split("/")[-1]: item["status"] for item in doc["files"]}
-    assert status == {"a.npy": "ok", "b.npy": "ok", "c.npy": "ok", "wrong.npy": "failed", "junk.npy": "failed"}
+    assert status == {
+        "a.npy": "ok",
+        "b.npy": "ok",
+        "c.npy": "ok",
+        "wrong.npy": "failed",
+        "junk.npy": "failed",
+    }
     assert doc["summary"] == {**doc["summary"], "files": 5, "ok": 3, "failed": 2, "skipped": 0}
     assert not (root / "out" / "wrong.npy").exists() and not (root / "out" / "junk.npy").exists()
     assert "FAIL" in proc.stderr and "channel mismatch" in proc.stderr
@@ -57,7 +63,18 @@ def test_bad_file_does_not_stop_the_others(tree):
 def test_fail_fast_skips_the_rest(tree):
     root, _ = tree
     (root / "bad.npy").write_bytes(b"nope")
-    proc = run_cli("batch", "w.npy", "bad.npy", "in/a.npy", "in/c.npy", "--out-dir", "out", "--fail-fast", "--json", cwd=root)
+    proc = run_cli(
+        "batch",
+        "w.npy",
+        "bad.npy",
+        "in/a.npy",
+        "in/c.npy",
+        "--out-dir",
+        "out",
+        "--fail-fast",
+        "--json",
+        cwd=root,
+    )
     assert proc.returncode == 2
     assert [item["status"] for item in json.loads(proc.stdout)["files"]] == ["failed", "skipped", "skipped"]
     assert not list((root / "out").iterdir())
@@ -65,7 +82,9 @@ def test_fail_fast_skips_the_rest(tree):
 
 def test_parallel_jobs_give_the_same_outputs(tree):
     root, data = tree
-    proc = run_cli("batch", "w.npy", "in/a.npy", "in/c.npy", "in/sub/b.npy", "--out-dir", "out", "-j", "3", cwd=root)
+    proc = run_cli(
+        "batch", "w.npy", "in/a.npy", "in/c.npy", "in/sub/b.npy", "--out-dir", "out", "-j", "3", cwd=root
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("a", "c", "b"):
         assert (root / "out" / f"{name}.pw.npy").exists()
@@ -105,4 +124,6 @@ def test_h5_inputs_keep_their_format(tree):
     proc = run_cli("batch", "w.npy", "in/d.h5", "--out-dir", "out", cwd=root)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(root / "out" / "d.pw.h5") as handle:
-        np.testing.assert_allclose(handle["data"][...], reference_conv(data["in/a.npy"], W), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            handle["data"][...], reference_conv(data["in/a.npy"], W), rtol=1e-5, atol=1e-5
+        )

@@ -185,8 +185,23 @@ def _streamed_run(tmp_path, stderr):
     np.save(tmp_path / "x.npy", np.ones((256, 64, 16), np.float32))
     env = {**__import__("os").environ, "PWCONV_PROGRESS_DELAY": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "pwconv", "apply", "x.npy", "1" + ",0" * 15, "-o", "y.npy", "--max-memory", "8KiB"],
-        cwd=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pwconv",
+            "apply",
+            "x.npy",
+            "1" + ",0" * 15,
+            "-o",
+            "y.npy",
+            "--max-memory",
+            "8KiB",
+        ],
+        cwd=tmp_path,
+        stderr=stderr,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        timeout=120,
     )
 
 

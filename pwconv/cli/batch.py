@@ -28,9 +28,13 @@ from pwconv.cli.output import emit_json, say, seconds_text, shape_text
 @guarded
 def batch(
     weights: Annotated[str, typer.Argument(help="Filter bank: a file or a literal, loaded once.")],
-    inputs: Annotated[list[str], typer.Argument(help="Input files (.npy, .h5[:/dataset]) or folders to walk.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Input files (.npy, .h5[:/dataset]) or folders to walk.")
+    ],
     out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the outputs (must exist).")],
-    suffix: Annotated[str, typer.Option("--suffix", help="Added to each output's name before the extension.")] = ".pw",
+    suffix: Annotated[
+        str, typer.Option("--suffix", help="Added to each output's name before the extension.")
+    ] = ".pw",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files processed at once (threads).")] = 1,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed file.")] = False,
     layout: LayoutOpt = "channels-last",
@@ -39,20 +43,32 @@ def batch(
     groups: GroupsOpt = 1,
     stride: StrideOpt = 1,
     dtype: DtypeOpt = None,
-    squeeze: Annotated[bool, typer.Option("--squeeze", help="Drop a size-1 channel axis from the outputs.")] = False,
+    squeeze: Annotated[
+        bool, typer.Option("--squeeze", help="Drop a size-1 channel axis from the outputs.")
+    ] = False,
     overwrite: OverwriteOpt = False,
     max_memory: MaxMemoryOpt = "512MiB",
     compression: CompressionOpt = None,
     json_report: JsonOpt = False,
     quiet: QuietOpt = False,
-    weights_dataset: Annotated[Optional[str], typer.Option("--weights-dataset", help="Dataset of an .h5 weights file.")] = None,
+    weights_dataset: Annotated[
+        Optional[str], typer.Option("--weights-dataset", help="Dataset of an .h5 weights file.")
+    ] = None,
 ) -> None:
     """Apply one filter bank to many files: a line per file, a summary, and no partial outputs."""
     from pwconv.jobs import ApplyOptions, FileResult, batch_exit_code, batch_files
 
     options = ApplyOptions(
-        layout=layout, weights_layout=weights_layout, bias=bias, groups=groups, stride=stride, dtype=dtype,
-        squeeze=squeeze, overwrite=overwrite, max_memory=max_memory, compression=compression,
+        layout=layout,
+        weights_layout=weights_layout,
+        bias=bias,
+        groups=groups,
+        stride=stride,
+        dtype=dtype,
+        squeeze=squeeze,
+        overwrite=overwrite,
+        max_memory=max_memory,
+        compression=compression,
     )
     quiet_lines = quiet or json_report
     start = time.perf_counter()
@@ -71,14 +87,27 @@ def batch(
             )
 
     results = batch_files(
-        weights, inputs, out_dir, options, suffix=suffix, jobs=jobs, fail_fast=fail_fast,
-        weights_dataset=weights_dataset, on_result=show,
+        weights,
+        inputs,
+        out_dir,
+        options,
+        suffix=suffix,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        weights_dataset=weights_dataset,
+        on_result=show,
     )
     elapsed = time.perf_counter() - start
     ok = sum(1 for r in results if r.exit_code == 0 and not r.skipped)
     failed = sum(1 for r in results if r.exit_code)
     skipped = sum(1 for r in results if r.skipped)
-    summary = {"files": len(results), "ok": ok, "failed": failed, "skipped": skipped, "seconds": round(elapsed, 6)}
+    summary = {
+        "files": len(results),
+        "ok": ok,
+        "failed": failed,
+        "skipped": skipped,
+        "seconds": round(elapsed, 6),
+    }
     if json_report:
         emit_json({"summary": summary, "files": [r.as_dict() for r in results]})
     say(

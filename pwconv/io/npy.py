@@ -22,7 +22,6 @@ from pwconv.io.base import (
     temp_path_beside,
 )
 
-
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
 
 
@@ -102,8 +101,14 @@ class NpySource:
         self._map: mmap.mmap | None = None
         if self.nbytes:
             try:
-                order = "F" if self.fortran else "C"
-                mapped = np.memmap(path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=order)
+                mapped = np.memmap(
+                    path,
+                    dtype=self.dtype,
+                    mode="r",
+                    offset=self.offset,
+                    shape=self.shape,
+                    order="F" if self.fortran else "C",
+                )
                 self._array, self._map = mapped, getattr(mapped, "_mmap", None)
             except (OSError, ValueError):
                 self._array, self._map = None, None
