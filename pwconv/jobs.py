@@ -155,8 +155,10 @@ def apply_file(
     if options.engine not in ("numpy", "dask"):
         raise UsageError(f"expected --engine numpy or dask, found {options.engine!r}")
     max_bytes = parse_size(options.max_memory)
-    if options.compression not in (None, "none", "gzip", "lzf"):
-        raise UsageError(f"expected --compression gzip, lzf or none, found {options.compression!r}")
+    if options.compression not in (None, "none", "gzip", "lzf", "zstd"):
+        raise UsageError(f"expected --compression gzip, lzf, zstd or none, found {options.compression!r}")
+    if options.compression == "zstd" and out_spec.kind != "zarr":
+        raise UsageError("expected --compression zstd only with .zarr output; use gzip or lzf for HDF5")
     compression = None if options.compression in (None, "none") else options.compression
     loaded = (
         weights

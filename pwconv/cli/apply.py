@@ -30,7 +30,10 @@ MaxMemoryOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 CompressionOpt = Annotated[
-    Optional[str], typer.Option("--compression", help="HDF5 output: gzip, lzf or none.")
+    Optional[str],
+    typer.Option(
+        "--compression", help="Output compression: gzip, lzf (HDF5), zstd, gzip (Zarr) or none (the default)."
+    ),
 ]
 ChunksOpt = Annotated[
     str, typer.Option("--chunks", help="HDF5 output chunks: auto, none or sizes like 1,64,64,16.")

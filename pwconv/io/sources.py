@@ -92,7 +92,19 @@ def open_sink(
         check_output_path(spec.path, overwrite)
         from pwconv.io.zarr_store import ZarrSink
 
-        return ZarrSink(spec.path, shape, dtype, overwrite=overwrite, attrs=attrs)
+        if spec.dataset:
+            raise UsageError(
+                f"expected a zarr output without an array name, found {spec.text!r}; write to {spec.path}"
+            )
+        return ZarrSink(
+            spec.path,
+            shape,
+            dtype,
+            overwrite=overwrite,
+            attrs=attrs,
+            channel_axis=channel_axis,
+            compression=compression,
+        )
     check_output_path(spec.path, overwrite)
     if compression:
         raise UsageError("expected --compression only with HDF5 output, found a .npy output; drop the option")

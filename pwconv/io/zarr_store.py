@@ -1,0 +1,291 @@
+"""Zarr (v3) arrays: read lazily by block, written chunk by chunk into a folder renamed on commit."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from pwconv.errors import FormatError, InputFileError, UsageError, WriteError
+from pwconv.io.base import check_readable
+
+_CHUNK_TARGET_BYTES = 16 << 20
+
+
+def _zarr() -> Any:
+    from pwconv.io.sources import require
+
+    return require("zarr", "dask", ".zarr files")
+
+
+def open_zarr_array(path: str, dataset: str | None) -> Any:
+    """The array at ``path`` (or ``dataset`` inside a group there); errors list what exists."""
+    zarr = _zarr()
+    check_readable(path)
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a folder that is not zarr
+        raise FormatError(
+            f"expected a zarr store at {path!r}, found one zarr cannot open ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(node, zarr.Array):
+        if dataset:
+            raise UsageError(
+                f"expected a zarr group for {path}:{dataset}, found an array; drop the dataset name"
+            )
+        return node
+    names = sorted(name for name, item in node.arrays())
+    if dataset is None:
+        if len(names) == 1:
+            return node[names[0]]
+        raise UsageError(
+            f"expected one array in the zarr group {path!r} or an array name, found {len(names)}: "
+            f"{', '.join(names[:10]) or 'none'}; name one as {path}:{names[0] if names else 'NAME'}"
+        )
+    key = dataset.strip("/")
+    if key not in node or not isinstance(node[key], zarr.Array):
+        raise InputFileError(
+            f"expected an array {dataset!r} in {path!r}, found none; arrays there: {', '.join(names) or 'none'}"
+        )
+    return node[key]
+
+
+class ZarrSource:
+    """A zarr array read block by block."""
+
+    sequential = False
+
+    def __init__(self, path: str, dataset: str | None) -> None:
+        self.path = path
+        self._array = open_zarr_array(path, dataset)
+        self.dataset = dataset
+        self.shape = tuple(int(n) for n in self._array.shape)
+        self.dtype = np.dtype(self._array.dtype)
+        if self.dtype.kind not in "biufc":
+            raise FormatError(f"expected a numeric zarr array in {path!r}, found dtype {self.dtype}")
+
+    def chunks(self) -> tuple[int, ...] | None:
+        return tuple(int(c) for c in self._array.chunks)
+
+    def storage(self) -> dict[str, Any]:
+        return {
+            "format": f"zarr v{self._array.metadata.zarr_format}",
+            "chunks": list(self.chunks() or ()),
+            "compressors": [type(c).__name__ for c in getattr(self._array, "compressors", ())],
+            "data_bytes": math.prod(self.shape) * self.dtype.itemsize,
+        }
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self._array[index])
+
+    def close(self) -> None:
+        pass
+
+
+def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> tuple[int, ...]:
+    """Whole channel vectors and about 16 MiB per chunk, cut from the outer axes."""
+    chunk = [max(1, n) for n in shape]
+    for axis in range(len(shape)):
+        if math.prod(chunk) * dtype.itemsize <= _CHUNK_TARGET_BYTES or axis == channel_axis:
+            continue
+        rest = math.prod(chunk) // chunk[axis]
+        chunk[axis] = max(1, _CHUNK_TARGET_BYTES // max(rest * dtype.itemsize, 1))
+    return tuple(chunk)
+
+
+def _compressors(name: str | None) -> Any:
+    if name in (None, "none"):
+        return None
+    from zarr import codecs
+
+    if name == "zstd":
+        return codecs.ZstdCodec()
+    if name == "gzip":
+        return codecs.GzipCodec()
+    raise UsageError(f"expected --compression zstd, gzip or none for zarr output, found {name!r}")
+
+
+def temp_dir_beside(path: str) -> str:
+    directory, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    try:
+        return tempfile.mkdtemp(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
+    except OSError as exc:
+        raise WriteError(f"cannot create the output in {directory!r}: {exc.strerror}") from None
+
+
+def publish_dir(temp: str, final: str) -> None:
+    """Move a finished store into place; an old store (--overwrite) is removed only after."""
+    final = final.rstrip("/")
+    old = None
+    if os.path.exists(final):
+        old = temp + ".old"
+        os.rename(final, old)
+    os.rename(temp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class ZarrSink:
+    """A zarr v3 array written block by block into a hidden folder, renamed on commit."""
+
+    sequential = False
+
+    def __init__(
+        self,
+        path: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        *,
+        overwrite: bool,
+        attrs: dict[str, Any],
+        chunks: tuple[int, ...] | None = None,
+        channel_axis: int = -1,
+        compression: str | None = None,
+    ) -> None:
+        zarr = _zarr()
+        compressors = _compressors(compression)
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self._temp = temp_dir_beside(path)
+        self.folder = self._temp
+        try:
+            self.array = zarr.create_array(
+                store=self._temp,
+                shape=shape,
+                dtype=self.dtype,
+                chunks=chunks or zarr_chunks(shape, self.dtype, channel_axis % max(len(shape), 1)),
+                zarr_format=3,
+                compressors=compressors,
+                attributes={k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
+                overwrite=True,
+            )
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if block.size:
+            try:
+                self.array[index] = block
+            except OSError as exc:
+                raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        try:
+            publish_dir(self._temp, self.path)
+            self._temp = ""
+        except OSError as exc:
+            self.abort()
+            raise WriteError(f"cannot finish {self.path}: {exc.strerror or exc}") from None
+
+    def abort(self) -> None:
+        if self._temp:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = ""
+
+
+def raw_chunk_layout(array: Any) -> tuple[str, Any] | None:
+    """(store folder, metadata) when chunks are plain little-endian bytes files, else None.
+
+    Such chunks can be read straight from their files, several times faster than through
+    zarr's generic codec pipeline.
+    """
+    metadata = getattr(array, "metadata", None)
+    if metadata is None or getattr(metadata, "zarr_format", 2) != 3:
+        return None
+    codecs: Any = getattr(metadata, "codecs", ())
+    if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+        return None
+    endian = getattr(getattr(codecs[0], "endian", None), "value", "little")
+    dtype = np.dtype(array.dtype)
+    if dtype.itemsize > 1 and (endian or "little") != "little":
+        return None
+    root = getattr(array.store, "root", None)
+    if root is None or type(array.store).__name__ != "LocalStore":
+        return None
+    folder = os.path.join(str(root), array.path) if getattr(array, "path", "") else str(root)
+    return folder, metadata
+
+
+class ZarrBlocks:
+    """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
+
+    def __init__(self, path: str, dataset: str | None) -> None:
+        array = open_zarr_array(path, dataset)
+        self.path, self.dataset = os.path.abspath(path), dataset
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = (
+            np.dtype(array.dtype).newbyteorder("<")
+            if np.dtype(array.dtype).itemsize > 1
+            else np.dtype(array.dtype)
+        )
+        self.ndim = len(self.shape)
+        self.chunks = tuple(int(c) for c in array.chunks)
+        raw = raw_chunk_layout(array)
+        self._folder = os.path.abspath(raw[0]) if raw else None
+        self._keys: Any = raw[1] if raw else None
+        self._fill = array.metadata.fill_value if raw else None
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        if self._folder is not None:
+            block = self._read_chunk(index)
+            if block is not None:
+                return block
+        return np.asarray(open_zarr_array(self.path, self.dataset)[index])
+
+    def _read_chunk(self, index: tuple[slice, ...]) -> np.ndarray | None:
+        coords = []
+        for sl, n, c in zip(index, self.shape, self.chunks):
+            start, stop, step = sl.indices(n)
+            if step != 1 or start % c or stop != min(start + c, n):
+                return None
+            coords.append(start // c)
+        assert self._keys is not None and self._folder is not None
+        path = os.path.join(self._folder, self._keys.encode_chunk_key(tuple(coords)))
+        extents = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(index, self.shape))
+        if not os.path.exists(path):
+            return np.full(extents, self._fill, dtype=self.dtype)
+        # A read-only map of the chunk file: the kernel reads the page cache with no copy.
+        chunk = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunks)
+        return np.asarray(chunk[tuple(slice(0, e) for e in extents)])
+
+
+class ZarrChunkWriter:
+    """``target[index] = block`` for ``dask.array.store``: whole chunks of a bytes-only array
+    are written straight to their files; anything else goes through zarr."""
+
+    def __init__(self, folder: str) -> None:
+        array = _zarr().open_array(folder, mode="r")
+        self.folder = os.path.abspath(folder)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.chunks = tuple(int(c) for c in array.chunks)
+        self.dtype = np.dtype(array.dtype)
+        raw = raw_chunk_layout(array)
+        self._keys: Any = raw[1] if raw else None
+        self._fill = array.metadata.fill_value if raw else None
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if self._keys is not None and self._write_chunk(index, block):
+            return
+        _zarr().open_array(self.folder, mode="r+")[index] = block
+
+    def _write_chunk(self, index: tuple[slice, ...], block: np.ndarray) -> bool:
+        coords = []
+        for sl, n, c in zip(index, self.shape, self.chunks):
+            start, stop, step = sl.indices(n)
+            if step != 1 or start % c or stop != min(start + c, n):
+                return False
+            coords.append(start // c)
+        assert self._keys is not None
+        data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
+        if data.shape != self.chunks:  # edge chunks are stored at full size
+            full = np.full(self.chunks, self._fill, dtype=data.dtype)
+            full[tuple(slice(0, e) for e in data.shape)] = data
+            data = full
+        path = os.path.join(self.folder, self._keys.encode_chunk_key(tuple(coords)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data.tofile(path)
+        return True

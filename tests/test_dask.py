@@ -1,0 +1,215 @@
+"""The dask engine and Zarr storage: equal to the numpy engine on every scheduler."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pwconv import pointwise_conv
+from pwconv.core.reference import reference_conv
+
+from .conftest import assert_clean_error, leftovers, run_cli
+
+da = pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+distributed = pytest.importorskip("distributed")
+
+import pwconv.dask as pwdask  # noqa: E402
+
+CASES = [
+    ((6, 7, 8), "channels-last", 4, 1, 1, False),
+    ((8, 6, 7), "channels-first", 4, 2, 1, True),
+    ((3, 9, 7, 6), "NHWC", 6, 3, 2, True),
+    ((3, 6, 9, 7), "NCHW", 2, 1, 3, False),
+]
+
+
+@pytest.mark.parametrize(("shape", "layout", "k", "groups", "stride", "with_bias"), CASES)
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_dask_api_equals_numpy_engine(shape, layout, k, groups, stride, with_bias, chunk):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    c = shape[-1] if layout in ("channels-last", "NHWC") else shape[1] if layout == "NCHW" else shape[0]
+    w = rng.standard_normal((k, c // groups)).astype(np.float32)
+    bias = rng.standard_normal(k) if with_bias else None
+    xd = da.from_array(x, chunks=chunk)
+    lazy = pwdask.pointwise_conv(xd, w, bias, layout=layout, groups=groups, stride=stride, chunk_bytes=256)
+    result = lazy.compute(scheduler="threads")
+    expected = pointwise_conv(x, w, bias, layout=layout, groups=groups, stride=stride)
+    assert result.shape == expected.shape and result.dtype == expected.dtype
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        result, reference_conv(x, w, bias, layout=layout, groups=groups, stride=stride), rtol=1e-5, atol=1e-5
+    )
+    channel_axis = {"channels-last": -1, "NHWC": -1, "NCHW": 1, "channels-first": 0}[layout]
+    assert lazy.chunks[channel_axis] == (k,)
+
+
+def test_channel_axis_is_one_chunk_and_others_bounded():
+    x = da.zeros((64, 64, 32), chunks=(8, 8, 4), dtype=np.float32)
+    y = pwdask.pointwise_conv(x, np.ones((5, 32), np.float32), chunk_bytes=64 * 32 * 4 * 16)
+    assert y.chunks[2] == (5,)
+    assert max(max(c) for c in y.chunks[:2]) * 64 <= 64 * 16 * 64
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 30, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    zarr.create_array(store=str(tmp_path / "x.zarr"), data=x, chunks=(10, 30, 16), zarr_format=3)
+    return tmp_path, x, w
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "synchronous"])
+@pytest.mark.parametrize(
+    ("src", "dst"), [("x.npy", "y.zarr"), ("x.zarr", "y.npy"), ("x.zarr", "y.zarr"), ("x.npy", "y.npy")]
+)
+def test_cli_formats_and_schedulers(files, scheduler, src, dst):
+    root, x, w = files
+    proc = run_cli("apply", src, "w.npy", "-o", dst, "--engine", "dask", "--scheduler", scheduler, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    result = (
+        np.asarray(zarr.open_array(str(root / dst), mode="r")[...])
+        if dst.endswith(".zarr")
+        else np.load(root / dst)
+    )
+    np.testing.assert_allclose(result, x @ w.T, rtol=1e-5, atol=1e-5)
+    assert "dask (" + scheduler in proc.stderr
+
+
+def test_zarr_round_trip_with_numpy_engine_and_attributes(files):
+    root, x, w = files
+    assert run_cli("apply", "x.zarr", "w.npy", "-o", "y.zarr", cwd=root).returncode == 0
+    stored = zarr.open_array(str(root / "y.zarr"), mode="r")
+    assert stored.metadata.zarr_format == 3
+    assert stored.attrs["weights_source"] == "w.npy"
+    np.testing.assert_allclose(stored[...], x @ w.T, rtol=1e-5, atol=1e-5)
+    again = run_cli("apply", "x.zarr", "w.npy", "-o", "y.zarr", cwd=root)
+    assert_clean_error(again, 2, "exists", "--overwrite")
+    assert run_cli("apply", "y.zarr", "1,1,1", "-o", "z.npy", cwd=root).returncode == 0
+    np.testing.assert_allclose(np.load(root / "z.npy")[..., 0], (x @ w.T).sum(axis=-1), rtol=1e-4, atol=1e-4)
+
+
+def test_hdf5_output_refused_with_processes(files):
+    root, _, _ = files
+    proc = run_cli(
+        "apply", "x.npy", "w.npy", "-o", "y.h5", "--engine", "dask", "--scheduler", "processes", cwd=root
+    )
+    assert_clean_error(proc, 2, "HDF5", "threads or synchronous")
+    assert not (root / "y.h5").exists() and leftovers(root) == []
+    ok = run_cli(
+        "apply", "x.npy", "w.npy", "-o", "y.h5", "--engine", "dask", "--scheduler", "threads", cwd=root
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_missing_extra_is_named(files, monkeypatch):
+    from pwconv.errors import MissingExtraError
+    from pwconv.io import sources
+
+    real = __import__("importlib").import_module
+
+    def fake(name, *args):
+        if name.startswith(("dask", "zarr", "distributed")):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr("importlib.import_module", fake)
+    with pytest.raises(MissingExtraError, match=r"pip install 'pwconv\[dask\]'"):
+        sources.require("dask.array", "dask", "--engine dask")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    ) as local:
+        yield local
+
+
+@pytest.mark.parametrize(("shape", "layout", "k", "groups", "stride", "with_bias"), CASES)
+def test_local_cluster_equals_numpy_engine(tmp_path, cluster, shape, layout, k, groups, stride, with_bias):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    c = shape[-1] if layout in ("channels-last", "NHWC") else shape[1] if layout == "NCHW" else shape[0]
+    w = rng.standard_normal((k, c // groups)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    args = [
+        "apply",
+        "x.npy",
+        "w.npy",
+        "-o",
+        "y.zarr",
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.scheduler_address,
+        "--layout",
+        layout,
+        "--groups",
+        str(groups),
+        "--stride",
+        str(stride),
+    ]
+    bias = rng.standard_normal(k) if with_bias else None
+    if bias is not None:
+        args += ["--bias", ",".join(repr(float(b)) for b in bias)]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = pointwise_conv(x, w, bias, layout=layout, groups=groups, stride=stride)
+    np.testing.assert_allclose(
+        zarr.open_array(str(tmp_path / "y.zarr"), mode="r")[...], expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def _slow(block):
+    time.sleep(0.05)
+    return block
+
+
+def test_worker_killed_mid_job_still_gives_the_right_result(cluster):
+    from distributed import Client
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 16, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 8)).astype(np.float32)
+    with Client(cluster) as client:
+        slow = da.from_array(x, chunks=(2, 16, 8)).map_blocks(_slow, dtype=x.dtype)
+        future = client.compute(pwdask.pointwise_conv(slow, w, chunk_bytes=2 * 16 * 8 * 4))
+        time.sleep(0.4)
+        victim = next(iter(cluster.workers.values()))
+        victim.process.process.kill()  # the worker process dies; its nanny restarts it
+        result = future.result(timeout=120)
+    np.testing.assert_allclose(result, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_unreachable_scheduler_is_a_clear_error(files):
+    root, _, _ = files
+    proc = run_cli(
+        "apply",
+        "x.npy",
+        "w.npy",
+        "-o",
+        "y.zarr",
+        "--engine",
+        "dask",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        cwd=root,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "tcp://127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (root / "y.zarr").exists() and leftovers(root) == []
