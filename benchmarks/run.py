@@ -161,12 +161,15 @@ def run_case(case: Case, repeats: int, peak: float, streamed: bool = False) -> d
     # Enough calls per sample that one sample takes about 20 ms (timer and noise).
     calls = max(1, int(0.02 / max(_time(impls["raw matmul"]), 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(repeats):
-        for name, fn in impls.items():
+    names = list(impls)
+    for repeat in range(repeats):
+        # Rotate the order every repeat so no implementation always follows the same one.
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
             # Let the previous library's worker threads (OpenMP, OpenBLAS) stop spinning,
             # so no implementation is measured while another one's threads hold the cores.
-            time.sleep(0.05)
-            times[name].append(_time(fn, calls))
+            time.sleep(0.1)
+            times[name].append(_time(impls[name], calls))
     flops = 2 * x.size // c * case.k * c
     rows = {}
     for name, samples in times.items():

@@ -126,6 +126,18 @@ def make_plan(source: Source, loaded: LoadedWeights, options: ApplyOptions) -> C
     return plan
 
 
+def output_attrs(input_text: str, loaded: LoadedWeights, plan: ConvPlan) -> dict[str, Any]:
+    """What an HDF5 or Zarr output records about how it was made."""
+    return {
+        "pwconv_version": __version__,
+        "input": input_text,
+        "weights_source": loaded.filters.source,
+        "weights_sha256": loaded.filters.sha256,
+        "layout": plan.layout.name,
+        "channel_axis": plan.channel_axis,
+    }
+
+
 def output_shape(plan: ConvPlan, squeeze: bool) -> tuple[int, ...]:
     shape = plan.out_shape
     if squeeze:
@@ -180,14 +192,7 @@ def apply_file(
         chunks: Any = options.chunks
         if chunks not in ("auto", "none"):
             chunks = _parse_chunks(chunks, len(output_shape(plan, options.squeeze)))
-        attrs = {
-            "pwconv_version": __version__,
-            "input": in_spec.text,
-            "weights_source": loaded.filters.source,
-            "weights_sha256": loaded.filters.sha256,
-            "layout": plan.layout.name,
-            "channel_axis": plan.channel_axis,
-        }
+        attrs = output_attrs(in_spec.text, loaded, plan)
         load_seconds = time.perf_counter() - start
         sink = open_sink(
             out_spec,

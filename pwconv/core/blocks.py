@@ -56,6 +56,27 @@ def plan_blocks(
     return blocks
 
 
+def chunk_shape(
+    shape: tuple[int, ...], itemsize: int, channel_axis: int, target_bytes: int
+) -> tuple[int, ...]:
+    """Storage chunks that hold whole channel vectors and about ``target_bytes``.
+
+    Outer axes are cut first, so a later block read along them touches few chunks.
+
+    >>> chunk_shape((100, 64, 8), 4, 2, 4096)
+    (2, 64, 8)
+    """
+    chunk = [max(1, n) for n in shape]
+    for axis in range(len(shape)):
+        if math.prod(chunk) * itemsize <= target_bytes:
+            break
+        if axis == channel_axis:
+            continue
+        rest = math.prod(chunk) // chunk[axis]
+        chunk[axis] = max(1, target_bytes // max(rest * itemsize, 1))
+    return tuple(chunk)
+
+
 def _product(sizes: list[int]) -> Iterator[tuple[int, ...]]:
     if not sizes:
         yield ()

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from pwconv import __version__
 from pwconv.errors import UsageError
 from pwconv.io.base import check_output_path
 from pwconv.io.sources import open_source, require
@@ -114,7 +113,7 @@ def apply_with_dask(
 
     from pwconv.core.blocks import parse_size
     from pwconv.dask import apply_plan
-    from pwconv.jobs import Report, describe_tensor, describe_weights, make_plan, output_shape
+    from pwconv.jobs import Report, describe_tensor, describe_weights, make_plan, output_attrs, output_shape
 
     if out_spec.kind == "stream":
         raise UsageError("expected a file output for --engine dask, found '-'; pipes use the numpy engine")
@@ -134,14 +133,7 @@ def apply_with_dask(
     finally:
         source.close()
     y = apply_plan(x, plan, chunk_bytes=max(chunk_bytes, 1 << 20))
-    attrs = {
-        "pwconv_version": __version__,
-        "input": in_spec.text,
-        "weights_source": loaded.filters.source,
-        "weights_sha256": loaded.filters.sha256,
-        "layout": plan.layout.name,
-        "channel_axis": plan.channel_axis,
-    }
+    attrs = output_attrs(in_spec.text, loaded, plan)
     config, client = _scheduler(options.scheduler)
     load_seconds = time.perf_counter() - start
     compute_start = time.perf_counter()

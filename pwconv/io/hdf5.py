@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, InputFileError, OutputExistsError, UsageError, WriteError
 from pwconv.io.base import check_readable, publish, remove_quietly, temp_path_beside
 
@@ -121,21 +122,10 @@ class H5Source:
 
 
 def auto_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> tuple[int, ...] | None:
-    """Chunks that hold whole channel vectors and about 1 MiB, cut from the outer axes.
-
-    Whole trailing extents keep a later block read (along the outer axes) to few chunks.
-    """
+    """About 1 MiB chunks of whole channel vectors (None for an empty dataset)."""
     if not shape or math.prod(shape) == 0:
         return None
-    chunk = list(shape)
-    for axis in range(len(shape)):
-        if math.prod(chunk) * dtype.itemsize <= _CHUNK_TARGET_BYTES:
-            break
-        if axis == channel_axis:
-            continue
-        rest = math.prod(chunk) // chunk[axis]
-        chunk[axis] = max(1, _CHUNK_TARGET_BYTES // max(rest * dtype.itemsize, 1))
-    return tuple(max(1, c) for c in chunk)
+    return chunk_shape(shape, dtype.itemsize, channel_axis, _CHUNK_TARGET_BYTES)
 
 
 class H5Sink:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, InputFileError, UsageError, WriteError
 from pwconv.io.base import check_readable
 
@@ -87,14 +88,8 @@ class ZarrSource:
 
 
 def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> tuple[int, ...]:
-    """Whole channel vectors and about 16 MiB per chunk, cut from the outer axes."""
-    chunk = [max(1, n) for n in shape]
-    for axis in range(len(shape)):
-        if math.prod(chunk) * dtype.itemsize <= _CHUNK_TARGET_BYTES or axis == channel_axis:
-            continue
-        rest = math.prod(chunk) // chunk[axis]
-        chunk[axis] = max(1, _CHUNK_TARGET_BYTES // max(rest * dtype.itemsize, 1))
-    return tuple(chunk)
+    """About 16 MiB chunks of whole channel vectors."""
+    return chunk_shape(shape, dtype.itemsize, channel_axis, _CHUNK_TARGET_BYTES)
 
 
 def _compressors(name: str | None) -> Any:
