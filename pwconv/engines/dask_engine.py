@@ -144,7 +144,7 @@ def apply_with_dask(
             _local_threads(not remote and options.scheduler == "threads"),
             _progress(progress is not None and not remote),
         ):
-            _store(y, out_spec, shape, plan, attrs, options, client)
+            _store(y, out_spec, shape, plan, attrs, options, client, options_quiet=progress is None)
     finally:
         if client is not None:
             client.close()
@@ -172,14 +172,24 @@ def _store(
     attrs: dict[str, Any],
     options: Any,
     client: Any,
+    options_quiet: bool = False,
 ) -> None:
     da: Any = require("dask.array", "dask", "the dask engine")
 
     def run(graph: Any) -> None:
-        if client is not None:
-            client.compute(graph, sync=True)
-        else:
+        if client is None:
             graph.compute()
+            return
+        future = client.compute(graph)
+        if sys.stderr.isatty() and not options_quiet:
+            import contextlib
+
+            from distributed import progress
+
+            # distributed draws its bar on stdout; stdout is kept for data and --json.
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(future)
+        future.result()
 
     if out_spec.kind == "zarr":
         from pwconv.io.zarr_store import ZarrSink
