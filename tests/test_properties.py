@@ -143,3 +143,17 @@ def test_large_integer_weights_fall_back_to_exact_int64():
     x = np.array([[2**40, 3]], dtype=np.int64)
     f = np.array([[2**12 + 1, 1]], dtype=np.int64)
     assert pointwise_conv(x, f)[0, 0] == 2**40 * (2**12 + 1) + 3
+
+
+def test_repeated_calls_see_changes_to_the_filters():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    w = np.ones((2, 4), np.float32)
+    first = pointwise_conv(x, w)
+    w[1] = 2.0  # changed in place between calls
+    second = pointwise_conv(x, w)
+    np.testing.assert_allclose(second[..., 0], first[..., 0])
+    np.testing.assert_allclose(second[..., 1], 2 * first[..., 1])
+    w16 = np.ones((2, 4), np.float16)  # converted to float32 in the plan: a copy, not kept
+    before = pointwise_conv(x, w16)
+    w16[0] = 3.0
+    np.testing.assert_allclose(pointwise_conv(x, w16)[..., 0], 3 * before[..., 0])

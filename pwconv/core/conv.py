@@ -317,6 +317,74 @@ def apply_stride(plan: ConvPlan, x: np.ndarray) -> np.ndarray:
     return x[plan.strided_index()]
 
 
+# Plans of recent calls. Repeated calls on small tensors would otherwise spend as long
+# checking arguments as BLAS spends computing. A plan is reused only while it holds the
+# caller's own filters array (no copy was made), so changes to that array stay visible.
+_PLAN_CACHE: dict[tuple[object, ...], ConvPlan] = {}
+_PLAN_CACHE_SIZE = 16
+_PLAN_CACHE_MAX_FILTER_BYTES = 1 << 20
+
+
+def _cached_plan(
+    x: np.ndarray,
+    filters: np.ndarray,
+    bias: np.ndarray | None,
+    layout: str | int,
+    groups: int,
+    stride: int,
+    weights_layout: str,
+    dtype: np.dtype | type | str | None,
+) -> ConvPlan:
+    cacheable = (
+        type(filters) is np.ndarray
+        and bias is None
+        and filters.nbytes <= _PLAN_CACHE_MAX_FILTER_BYTES
+        and isinstance(layout, (str, int))
+        and (dtype is None or isinstance(dtype, str))
+    )
+    key: tuple[object, ...] = ()
+    if cacheable:
+        key = (
+            x.shape,
+            x.dtype,
+            id(filters),
+            filters.shape,
+            filters.dtype,
+            layout,
+            groups,
+            stride,
+            weights_layout,
+            dtype,
+        )
+        plan = _PLAN_CACHE.get(key)
+        if plan is not None and _holds(plan, filters):
+            return plan
+    plan = plan_conv(
+        x.shape,
+        x.dtype,
+        filters,
+        bias,
+        layout=layout,
+        groups=groups,
+        stride=stride,
+        weights_layout=weights_layout,
+        dtype=dtype,
+    )
+    if cacheable and _holds(plan, filters):
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+            try:
+                _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)), None)
+            except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+                pass
+        _PLAN_CACHE[key] = plan
+    return plan
+
+
+def _holds(plan: ConvPlan, filters: np.ndarray) -> bool:
+    """Whether the plan computes with the caller's filters array itself (or a view of it)."""
+    return plan.filters is filters or plan.filters.base is filters
+
+
 def pointwise_conv(
     x: np.ndarray,
     filters: np.ndarray,
@@ -340,17 +408,7 @@ def pointwise_conv(
     [[[17, 22], [27, 32]]]
     """
     x = np.asarray(x)
-    plan = plan_conv(
-        x.shape,
-        x.dtype,
-        filters,
-        bias,
-        layout=layout,
-        groups=groups,
-        stride=stride,
-        weights_layout=weights_layout,
-        dtype=dtype,
-    )
+    plan = _cached_plan(x, filters, bias, layout, groups, stride, weights_layout, dtype)
     xs = apply_stride(plan, x)
     converts = xs.dtype != plan.compute_dtype or plan.out_dtype != plan.compute_dtype
     if not converts or xs.nbytes <= 2 * _CONVERT_BLOCK_BYTES:
