@@ -22,8 +22,6 @@ from pwconv.io.base import (
     temp_path_beside,
 )
 
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-
 
 def read_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype, bool]:
     """Parse an npy header: (shape, dtype, fortran_order). Never unpickles."""
@@ -67,7 +65,8 @@ def _read_exact(stream: IO[bytes], view: memoryview, name: str) -> None:
 class NpySource:
     """A ``.npy`` file read in blocks.
 
-    Blocks are zero-copy views of a read-only memory map; :meth:`release` drops a finished
+    Blocks are zero-copy views of a read-only memory map (mapping the pages ahead in the
+    reader thread was measured: no faster); :meth:`release` drops a finished
     block's pages from this process (they stay in the page cache), so resident memory stays
     at the block size however large the file. Where a file cannot be mapped, blocks are read
     with positioned reads into fresh arrays.
@@ -130,18 +129,6 @@ class NpySource:
         start, stop = -(-start // page) * page, stop // page * page
         return (start, stop) if stop > start else None
 
-    def _populate(self, index: tuple[slice, ...]) -> None:
-        # Map the block's pages now (this runs in the reader thread, ahead of the compute),
-        # so BLAS does not stop on page faults. Needs Linux 5.14; elsewhere a no-op.
-        if self._map is None or self.fortran or not hasattr(self._map, "madvise"):
-            return
-        span = self._byte_range(index)
-        if span is not None:
-            try:
-                self._map.madvise(_MADV_POPULATE_READ, span[0], span[1] - span[0])
-            except OSError:
-                pass
-
     def release(self, index: tuple[slice, ...]) -> None:
         """Drop the pages of a finished block from this process's memory (not from the file)."""
         if self._map is None or self.fortran or not hasattr(self._map, "madvise"):
@@ -160,9 +147,7 @@ class NpySource:
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         if self._array is not None:
-            block = self._array[index]
-            self._populate(index)
-            return block
+            return self._array[index]
         # Fortran order: read the same bytes as the C-order transpose, then transpose back.
         shape = self.shape[::-1] if self.fortran else self.shape
         index = index[::-1] if self.fortran else index
