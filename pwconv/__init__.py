@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pwconv.core.conv import pointwise_conv
 from pwconv.errors import PwconvError
 
@@ -15,8 +17,12 @@ __version__ = "0.1.0"
 __all__ = ["PwconvError", "__version__", "load_weights", "pointwise_conv"]
 
 
-def load_weights(source: str, dataset: str | None = None):  # type: ignore[no-untyped-def]
-    """Load a filter bank from a .npy/.h5 file or an inline literal such as ``"2,3"``."""
+def load_weights(source: str, dataset: str | None = None) -> np.ndarray:
+    """Load a filter bank from a .npy/.h5/.zarr file or an inline literal such as ``"2,3"``.
+
+    >>> load_weights("1,0,0;0,1,0").shape
+    (2, 3)
+    """
     from pwconv.io.sources import load_weights as _load
 
     return _load(source, dataset).array

@@ -336,31 +336,30 @@ class FileResult:
         return doc
 
 
-INPUT_SUFFIXES = (".npy", ".h5", ".hdf5")
+INPUT_SUFFIXES = (".npy", ".h5", ".hdf5", ".zarr")
 
 
 def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
-    """(input path, output name relative to the output folder) for files and walked folders."""
+    """(input, output name relative to the output folder) for files and walked folders.
+
+    Folders are walked for .npy and .h5 files and .zarr stores, keeping relative paths.
+    """
     import os
 
     found: list[tuple[str, str]] = []
     for item in inputs:
         if os.path.isdir(item) and not item.rstrip("/").endswith(".zarr"):
             for root, dirs, files in os.walk(item):
-                dirs.sort()
-                for name in sorted(files):
+                stores = sorted(d for d in dirs if d.lower().endswith(".zarr"))
+                dirs[:] = sorted(d for d in dirs if d not in stores)
+                for name in sorted(files + stores):
                     if name.lower().endswith(INPUT_SUFFIXES):
                         path = os.path.join(root, name)
                         found.append((path, os.path.relpath(path, item)))
         else:
-            found.append(
-                (
-                    item,
-                    os.path.basename(
-                        item.split(":")[0] if ":" in item and not os.path.exists(item) else item
-                    ),
-                )
-            )
+            # A bad name fails as that file's own error later, not here for the whole batch.
+            path = item.rpartition(":")[0] if ":" in item and not os.path.exists(item) else item
+            found.append((item, os.path.basename(path.rstrip("/")) or item))
     return found
 
 

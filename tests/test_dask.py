@@ -255,3 +255,20 @@ def test_without_the_extra_dask_and_zarr_are_refused_clearly(files, args):
     assert first.startswith("pwconv: error:") and "pip install 'pwconv[dask]'" in first
     assert "Traceback" not in proc.stderr
     assert not (root / out).exists() and leftovers(root) == []
+
+
+def test_batch_walks_zarr_stores_in_folders(files):
+    root, x, w = files
+    (root / "tree").mkdir()
+    zarr.create_array(store=str(root / "tree" / "a.zarr"), data=x, chunks=(20, 30, 16), zarr_format=3)
+    np.save(root / "tree" / "b.npy", x)
+    (root / "out").mkdir()
+    proc = run_cli("batch", "w.npy", "tree", "x.csv", "--out-dir", "out", "--json", cwd=root)
+    assert proc.returncode == 2, proc.stderr  # x.csv: not a known format
+    import json
+
+    status = {item["input"]: item["status"] for item in json.loads(proc.stdout)["files"]}
+    assert status == {"tree/a.zarr": "ok", "tree/b.npy": "ok", "x.csv": "failed"}
+    np.testing.assert_allclose(
+        zarr.open_array(str(root / "out" / "a.pw.zarr"), mode="r")[...], x @ w.T, rtol=1e-5, atol=1e-5
+    )

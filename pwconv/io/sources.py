@@ -44,12 +44,11 @@ def check_distinct(output: Spec, *inputs: Spec) -> None:
     if output.kind == "stream":
         return
     for other in inputs:
-        if other.kind != "stream" and os.path.exists(output.path) and same_file(output.path, other.path):
-            raise OutputExistsError(
-                f"output {output.text!r} is the same file as {other.text!r}, which is read; "
-                "write to another file"
-            )
-        if other.kind != "stream" and os.path.abspath(output.path) == os.path.abspath(other.path):
+        if other.kind == "stream":
+            continue
+        if os.path.abspath(output.path) == os.path.abspath(other.path) or (
+            os.path.exists(output.path) and same_file(output.path, other.path)
+        ):
             raise OutputExistsError(
                 f"output {output.text!r} is the same file as {other.text!r}, which is read; "
                 "write to another file"
