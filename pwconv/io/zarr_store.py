@@ -205,6 +205,23 @@ def raw_chunk_layout(array: Any) -> tuple[str, Any] | None:
     return folder, metadata
 
 
+def whole_chunk(
+    index: tuple[slice, ...], shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The chunk coordinates when ``index`` covers exactly one whole chunk, else None.
+
+    >>> whole_chunk((slice(4, 8), slice(0, 3)), (10, 3), (4, 3))
+    (1, 0)
+    """
+    coords = []
+    for sl, n, c in zip(index, shape, chunks):
+        start, stop, step = sl.indices(n)
+        if step != 1 or start % c or stop != min(start + c, n):
+            return None
+        coords.append(start // c)
+    return tuple(coords)
+
+
 class ZarrBlocks:
     """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
 
@@ -232,14 +249,11 @@ class ZarrBlocks:
         return np.asarray(open_zarr_array(self.path, self.dataset)[index])
 
     def _read_chunk(self, index: tuple[slice, ...]) -> np.ndarray | None:
-        coords = []
-        for sl, n, c in zip(index, self.shape, self.chunks):
-            start, stop, step = sl.indices(n)
-            if step != 1 or start % c or stop != min(start + c, n):
-                return None
-            coords.append(start // c)
+        coords = whole_chunk(index, self.shape, self.chunks)
+        if coords is None:
+            return None
         assert self._keys is not None and self._folder is not None
-        path = os.path.join(self._folder, self._keys.encode_chunk_key(tuple(coords)))
+        path = os.path.join(self._folder, self._keys.encode_chunk_key(coords))
         extents = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(index, self.shape))
         if not os.path.exists(path):
             return np.full(extents, self._fill, dtype=self.dtype)
@@ -268,19 +282,16 @@ class ZarrChunkWriter:
         _zarr().open_array(self.folder, mode="r+")[index] = block
 
     def _write_chunk(self, index: tuple[slice, ...], block: np.ndarray) -> bool:
-        coords = []
-        for sl, n, c in zip(index, self.shape, self.chunks):
-            start, stop, step = sl.indices(n)
-            if step != 1 or start % c or stop != min(start + c, n):
-                return False
-            coords.append(start // c)
+        coords = whole_chunk(index, self.shape, self.chunks)
+        if coords is None:
+            return False
         assert self._keys is not None
         data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
         if data.shape != self.chunks:  # edge chunks are stored at full size
             full = np.full(self.chunks, self._fill, dtype=data.dtype)
             full[tuple(slice(0, e) for e in data.shape)] = data
             data = full
-        path = os.path.join(self.folder, self._keys.encode_chunk_key(tuple(coords)))
+        path = os.path.join(self.folder, self._keys.encode_chunk_key(coords))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data.tofile(path)
         return True
