@@ -16,10 +16,10 @@ import numpy as np
 from pwconv.core import kernels
 from pwconv.core.layout import Layout, parse_layout
 from pwconv.core.weights import (
+    ChannelMismatch,
     FilterBank,
     normalise_bias,
     normalise_filters,
-    possible_channel_counts,
 )
 from pwconv.errors import ShapeError, UsageError
 
@@ -168,17 +168,17 @@ def plan_conv(
             f"groups={groups} must divide the {c} input channels; use a divisor of {c} as --groups"
         )
     w = np.asarray(filters)
-    canonical = w.ndim == 2 and weights_layout in ("auto", "kc") and w.shape[1] == c // groups
-    counts = possible_channel_counts(tuple(w.shape), weights_layout) if w.ndim and not canonical else set()
-    if w.ndim and w.size and not canonical and (c // groups) not in counts:
+    try:
+        bank = normalise_filters(w, c // groups, weights_layout)
+    except ChannelMismatch as exc:
+        # Said again with what only the input knows: its shape, layout, and a better layout.
         per = f"{c // groups} per group, " if groups > 1 else ""
         raise ShapeError(
             f"channel mismatch: filters of shape {tuple(w.shape)} take "
-            f"{' or '.join(str(n) for n in sorted(counts))} input channels, found {per}{c} on axis "
+            f"{' or '.join(str(n) for n in sorted(exc.counts))} input channels, found {per}{c} on axis "
             f"{lay.channel_axis} of the input {x_shape} (layout {lay.name}); "
-            + _channel_hint(x_shape, lay, counts, groups)
-        )
-    bank = normalise_filters(w, c // groups, weights_layout)
+            + _channel_hint(x_shape, lay, exc.counts, groups)
+        ) from None
     k = bank.matrix.shape[0]
     if k % groups:
         raise ShapeError(f"groups={groups} must divide the {k} filters; use a divisor of {k} as --groups")

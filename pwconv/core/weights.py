@@ -37,6 +37,17 @@ _DESCRIPTIONS = {
 }
 
 
+class ChannelMismatch(ShapeError):
+    """No reading of the filters takes the input's channel count; ``counts`` are those they take."""
+
+    def __init__(self, shape: tuple[int, ...], in_channels: int, counts: set[int]) -> None:
+        self.counts = counts
+        super().__init__(
+            f"channel mismatch: the input has {in_channels} channels per filter but filters of "
+            f"shape {shape} take {' or '.join(map(str, sorted(counts)))}"
+        )
+
+
 @dataclass(frozen=True)
 class FilterBank:
     """Filters as a (K, C_per_group) matrix plus how they were read from the source shape."""
@@ -78,11 +89,6 @@ def _readings(shape: tuple[int, ...], forced: str) -> list[_Reading]:
         out.append(_Reading("chw", shape[0], shape[1:], lambda w: w.reshape(1, -1)))
         out.append(_Reading("hwc", shape[-1], shape[:-1], lambda w: w.reshape(1, -1)))
     return out
-
-
-def possible_channel_counts(shape: tuple[int, ...], weights_layout: str = "auto") -> set[int]:
-    """Input channel counts (per group) that some reading of ``shape`` accepts."""
-    return {r.in_channels for r in _allowed(shape, weights_layout)}
 
 
 def _allowed(shape: tuple[int, ...], weights_layout: str) -> list[_Reading]:
@@ -154,11 +160,7 @@ def normalise_filters(filters: np.ndarray, in_channels: int, weights_layout: str
                 f"pwconv applies 1x1 kernels; got {_kernel_text(kernel)} (filters of shape {shape}); "
                 "use a 1x1 filter bank, or a convolution library for larger kernels"
             )
-        counts = sorted({r.in_channels for r in readings})
-        raise ShapeError(
-            f"channel mismatch: the input has {in_channels} channels per filter but filters of "
-            f"shape {shape} take {' or '.join(map(str, counts))}"
-        )
+        raise ChannelMismatch(shape, in_channels, {r.in_channels for r in readings})
     if len(fitting) > 1 and fitting[0].name == "kc":
         # (K, C) is the canonical form: a square matrix is read row-per-filter.
         fitting = fitting[:1]
