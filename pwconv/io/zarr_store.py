@@ -222,39 +222,40 @@ def whole_chunk(
     return tuple(coords)
 
 
-class ZarrBlocks:
-    """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
+class _ChunkFiles:
+    """Shape, chunks and, for a bytes-only local array, where each chunk's file is."""
 
-    def __init__(self, path: str, dataset: str | None) -> None:
-        array = open_zarr_array(path, dataset)
-        self.path, self.dataset = os.path.abspath(path), dataset
+    def __init__(self, array: Any) -> None:
         self.shape = tuple(int(n) for n in array.shape)
-        self.dtype = (
-            np.dtype(array.dtype).newbyteorder("<")
-            if np.dtype(array.dtype).itemsize > 1
-            else np.dtype(array.dtype)
-        )
         self.ndim = len(self.shape)
         self.chunks = tuple(int(c) for c in array.chunks)
+        # raw_chunk_layout admits only little-endian chunk files.
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
         raw = raw_chunk_layout(array)
         self._folder = os.path.abspath(raw[0]) if raw else None
         self._keys: Any = raw[1] if raw else None
         self._fill = array.metadata.fill_value if raw else None
 
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        if self._folder is not None:
-            block = self._read_chunk(index)
-            if block is not None:
-                return block
-        return np.asarray(open_zarr_array(self.path, self.dataset)[index])
-
-    def _read_chunk(self, index: tuple[slice, ...]) -> np.ndarray | None:
-        coords = whole_chunk(index, self.shape, self.chunks)
-        if coords is None:
+    def chunk_file(self, index: tuple[slice, ...]) -> str | None:
+        """The file of the one whole chunk ``index`` covers, when it can be used directly."""
+        if self._folder is None:
             return None
-        assert self._keys is not None and self._folder is not None
-        path = os.path.join(self._folder, self._keys.encode_chunk_key(coords))
-        extents = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(index, self.shape))
+        coords = whole_chunk(index, self.shape, self.chunks)
+        return None if coords is None else os.path.join(self._folder, self._keys.encode_chunk_key(coords))
+
+
+class ZarrBlocks(_ChunkFiles):
+    """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
+
+    def __init__(self, path: str, dataset: str | None) -> None:
+        super().__init__(open_zarr_array(path, dataset))
+        self.path, self.dataset = os.path.abspath(path), dataset
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        path = self.chunk_file(index)
+        if path is None:
+            return np.asarray(open_zarr_array(self.path, self.dataset)[index])
+        extents = tuple(len(range(*sl.indices(n))) for sl, n in zip(index, self.shape))
         if not os.path.exists(path):
             return np.full(extents, self._fill, dtype=self.dtype)
         # A read-only map of the chunk file: the kernel reads the page cache with no copy.
@@ -262,36 +263,23 @@ class ZarrBlocks:
         return np.asarray(chunk[tuple(slice(0, e) for e in extents)])
 
 
-class ZarrChunkWriter:
+class ZarrChunkWriter(_ChunkFiles):
     """``target[index] = block`` for ``dask.array.store``: whole chunks of a bytes-only array
     are written straight to their files; anything else goes through zarr."""
 
     def __init__(self, folder: str) -> None:
-        array = _zarr().open_array(folder, mode="r")
+        super().__init__(_zarr().open_array(folder, mode="r"))
         self.folder = os.path.abspath(folder)
-        self.shape = tuple(int(n) for n in array.shape)
-        self.chunks = tuple(int(c) for c in array.chunks)
-        self.dtype = np.dtype(array.dtype)
-        raw = raw_chunk_layout(array)
-        self._keys: Any = raw[1] if raw else None
-        self._fill = array.metadata.fill_value if raw else None
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
-        if self._keys is not None and self._write_chunk(index, block):
+        path = self.chunk_file(index)
+        if path is None:
+            _zarr().open_array(self.folder, mode="r+")[index] = block
             return
-        _zarr().open_array(self.folder, mode="r+")[index] = block
-
-    def _write_chunk(self, index: tuple[slice, ...], block: np.ndarray) -> bool:
-        coords = whole_chunk(index, self.shape, self.chunks)
-        if coords is None:
-            return False
-        assert self._keys is not None
-        data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
+        data = np.ascontiguousarray(block, dtype=self.dtype)
         if data.shape != self.chunks:  # edge chunks are stored at full size
             full = np.full(self.chunks, self._fill, dtype=data.dtype)
             full[tuple(slice(0, e) for e in data.shape)] = data
             data = full
-        path = os.path.join(self.folder, self._keys.encode_chunk_key(coords))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data.tofile(path)
-        return True
