@@ -58,11 +58,6 @@ def _apply_block(block: np.ndarray, plan: ConvPlan) -> np.ndarray:
     return compute_block(plan, block)
 
 
-def conv_chunks(shape: tuple[int, ...], channel_axis: int, itemsize: int, chunk_bytes: int) -> dict[int, Any]:
-    """Rechunk spec: the channel axis whole, other axes 'auto' within ``chunk_bytes``."""
-    return {axis: (-1 if axis == channel_axis else "auto") for axis in range(len(shape))}
-
-
 def apply_plan(x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
     """Map :func:`~pwconv.core.conv.compute_block` over ``x`` (a dask array) for ``plan``."""
     da = require("dask.array", "dask", "the dask engine")
@@ -70,7 +65,9 @@ def apply_plan(x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -
     if plan.stride > 1:
         x = x[plan.strided_index(tuple(slice(0, n) for n in plan.out_shape))]
     chunk_bytes = int(chunk_bytes)
-    x = x.rechunk(conv_chunks(x.shape, axis, x.dtype.itemsize, chunk_bytes), block_size_limit=chunk_bytes)
+    # The channel axis whole, the other axes 'auto' within chunk_bytes.
+    spec = {a: (-1 if a == axis else "auto") for a in range(x.ndim)}
+    x = x.rechunk(spec, block_size_limit=chunk_bytes)
     chunks = tuple((plan.out_channels,) if a == axis else c for a, c in enumerate(x.chunks))
     result = da.map_blocks(
         _apply_block,

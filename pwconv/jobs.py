@@ -189,9 +189,6 @@ def apply_file(
     source = open_source(in_spec)
     try:
         plan = make_plan(source, loaded, options)
-        chunks: Any = options.chunks
-        if chunks not in ("auto", "none"):
-            chunks = _parse_chunks(chunks, len(output_shape(plan, options.squeeze)))
         attrs = output_attrs(in_spec.text, loaded, plan)
         load_seconds = time.perf_counter() - start
         sink = open_sink(
@@ -202,7 +199,7 @@ def apply_file(
             attrs=attrs,
             channel_axis=plan.channel_axis if not options.squeeze else max(plan.channel_axis - 1, 0),
             compression=compression,
-            chunks=chunks,
+            chunks=options.chunks,
         )
         try:
             from pwconv.engines.numpy_engine import run
@@ -260,18 +257,6 @@ def describe_weights(weights: Weights, plan: ConvPlan) -> dict[str, Any]:
         "matrix_shape": list(plan.bank.matrix.shape),
         "sha256": weights.sha256,
     }
-
-
-def _parse_chunks(text: str, ndim: int) -> tuple[int, ...]:
-    try:
-        chunks = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        chunks = ()
-    if len(chunks) != ndim or any(c < 1 for c in chunks):
-        raise UsageError(
-            f"expected --chunks auto, none or {ndim} positive comma-separated sizes, found {text!r}"
-        )
-    return chunks
 
 
 def tensor_info(path: str, dataset: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from pwconv.errors import UsageError
-from pwconv.io.base import check_output_path
 from pwconv.io.sources import open_source, require
 from pwconv.io.spec import Spec
 
@@ -49,7 +48,7 @@ class NpyBlockWriter:
         del target
 
 
-def _dask_input(spec: Spec, source: Any, chunk_bytes: int) -> Any:
+def _dask_input(spec: Spec, source: Any) -> Any:
     import dataclasses
     import os
 
@@ -129,7 +128,7 @@ def apply_with_dask(
     try:
         plan = make_plan(source, loaded, options)
         chunk_bytes = min(parse_size(options.max_memory) // 4, 100_000_000)
-        x = _dask_input(in_spec, source, chunk_bytes)
+        x = _dask_input(in_spec, source)
     finally:
         source.close()
     y = apply_plan(x, plan, chunk_bytes=max(chunk_bytes, 1 << 20))
@@ -191,64 +190,43 @@ def _store(
                 progress(future)
         future.result()
 
-    if out_spec.kind == "zarr":
-        from pwconv.io.zarr_store import ZarrSink
-
-        check_output_path(out_spec.path, options.overwrite)
-        chunks = tuple(c[0] for c in y.chunks)
-        compression = None if options.compression in (None, "none") else options.compression
-        zarr_sink = ZarrSink(
-            out_spec.path,
-            shape,
-            plan.out_dtype,
-            overwrite=options.overwrite,
-            attrs=attrs,
-            chunks=chunks,
-            compression=compression,
-        )
-        try:
-            from pwconv.io.zarr_store import ZarrChunkWriter
-
-            run(da.store(y, ZarrChunkWriter(zarr_sink.folder), lock=False, compute=False))
-            zarr_sink.commit()
-        except BaseException:
-            zarr_sink.abort()
-            raise
-        return
-    if out_spec.kind == "npy":
-        from pwconv.io.npy import NpySink
-
-        check_output_path(out_spec.path, options.overwrite)
-        sink = NpySink(out_spec.path, shape, plan.out_dtype)
-        try:
-            writer = NpyBlockWriter(sink._temp, sink.offset, shape, plan.out_dtype)  # noqa: SLF001
-            run(da.store(y, writer, lock=False, compute=False))
-            sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
-        return
+    from pwconv.io.npy import NpySink
     from pwconv.io.sources import open_sink
+    from pwconv.io.zarr_store import ZarrChunkWriter, ZarrSink
 
-    h5 = open_sink(
+    # Zarr chunks follow the dask blocks: each task then writes whole chunks of its own.
+    chunks = tuple(c[0] for c in y.chunks) if out_spec.kind == "zarr" else options.chunks
+    sink = open_sink(
         out_spec,
         shape,
         plan.out_dtype,
         overwrite=options.overwrite,
         attrs=attrs,
         channel_axis=plan.channel_axis,
+        compression=None if options.compression in (None, "none") else options.compression,
+        chunks=chunks,
     )
-    try:
+    lock: Any = False
+    target: Any
+    if isinstance(sink, ZarrSink):
+        target = ZarrChunkWriter(sink.folder)
+    elif isinstance(sink, NpySink):
+        target = NpyBlockWriter(sink._temp, sink.offset, shape, plan.out_dtype)  # noqa: SLF001
+    else:  # HDF5: one writer at a time, in this process (the threaded scheduler)
         import threading
 
-        run(da.store(y, _H5Target(h5), lock=threading.Lock(), compute=False))
-        h5.commit()
+        target, lock = _SinkTarget(sink), threading.Lock()
+    try:
+        run(da.store(y, target, lock=lock, compute=False))
+        sink.commit()
     except BaseException:
-        h5.abort()
+        sink.abort()
         raise
 
 
-class _H5Target:
+class _SinkTarget:
+    """``target[index] = block`` through a sink's own write (for ``dask.array.store``)."""
+
     def __init__(self, sink: Any) -> None:
         self.sink = sink
 

@@ -66,7 +66,12 @@ def open_sink(
     compression: str | None = None,
     chunks: str | tuple[int, ...] | None = "auto",
 ) -> Sink:
-    """A writer that makes the output visible only when it is complete."""
+    """A writer that makes the output visible only when it is complete.
+
+    ``chunks`` is ``auto``, ``none``, sizes as text (``"8,64,16"``) or a tuple.
+    """
+    if isinstance(chunks, str) and chunks not in ("auto", "none"):
+        chunks = _parse_chunks(chunks, len(shape))
     if spec.kind == "stream":
         from pwconv.io.npy import StreamSink
 
@@ -101,15 +106,30 @@ def open_sink(
             dtype,
             overwrite=overwrite,
             attrs=attrs,
+            chunks=chunks if isinstance(chunks, tuple) else None,
             channel_axis=channel_axis,
             compression=compression,
         )
     check_output_path(spec.path, overwrite)
     if compression:
-        raise UsageError("expected --compression only with HDF5 output, found a .npy output; drop the option")
+        raise UsageError(
+            "expected --compression only with HDF5 or Zarr output, found a .npy output; drop the option"
+        )
     from pwconv.io.npy import NpySink
 
     return NpySink(spec.path, shape, dtype)
+
+
+def _parse_chunks(text: str, ndim: int) -> tuple[int, ...]:
+    try:
+        chunks = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        chunks = ()
+    if len(chunks) != ndim or any(c < 1 for c in chunks):
+        raise UsageError(
+            f"expected --chunks auto, none or {ndim} positive comma-separated sizes, found {text!r}"
+        )
+    return chunks
 
 
 @dataclass(frozen=True)
