@@ -170,7 +170,9 @@ def test_bad_option_values(files):
     assert_clean_error(_apply(files, "x.npy", "w.npy", "--max-memory", "lots"), 2, "memory size")
     assert_clean_error(_apply(files, "x.npy", "w.npy", "--dtype", "floaty"), 2, "dtype")
     assert_clean_error(_apply(files, "x.npy", "w.npy", "--weights-layout", "xyz"), 2, "weights")
-    assert_clean_error(_apply(files, "x.npy", "w.npy", "--chunks", "1,2", out="out.h5"), 2, "--chunks", "3 positive")
+    assert_clean_error(
+        _apply(files, "x.npy", "w.npy", "--chunks", "1,2", out="out.h5"), 2, "--chunks", "3 positive"
+    )
     _no_output(files)
     _no_output(files, "out.h5")
 

@@ -276,15 +276,29 @@ def test_batch_walks_zarr_stores_in_folders(files):
 
 def test_dask_engine_uses_the_same_output_checks(files):
     root, x, w = files
-    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.npy", "--engine", "dask", "--compression", "gzip", cwd=root)
+    proc = run_cli(
+        "apply", "x.npy", "w.npy", "-o", "y.npy", "--engine", "dask", "--compression", "gzip", cwd=root
+    )
     assert_clean_error(proc, 2, "--compression", "HDF5 or Zarr")
     proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.zarr:arr", "--engine", "dask", cwd=root)
     assert_clean_error(proc, 2, "without an array name")
     assert not (root / "y.npy").exists() and not (root / "y.zarr").exists() and leftovers(root) == []
     import h5py
 
-    ok = run_cli("apply", "x.npy", "w.npy", "-o", "y.h5", "--engine", "dask", "--chunks", "10,30,3",
-                 "--compression", "gzip", cwd=root)
+    ok = run_cli(
+        "apply",
+        "x.npy",
+        "w.npy",
+        "-o",
+        "y.h5",
+        "--engine",
+        "dask",
+        "--chunks",
+        "10,30,3",
+        "--compression",
+        "gzip",
+        cwd=root,
+    )
     assert ok.returncode == 0, ok.stderr
     with h5py.File(root / "y.h5") as handle:
         assert handle["data"].chunks == (10, 30, 3) and handle["data"].compression == "gzip"

@@ -36,8 +36,9 @@ CompressionOpt = Annotated[
     ),
 ]
 ChunksOpt = Annotated[
-    str, typer.Option("--chunks", help="HDF5 output chunks: auto, none or sizes like 1,64,64,16.")
+    str, typer.Option("--chunks", help="HDF5/Zarr output chunks: auto, none or sizes like 1,64,64,16.")
 ]
+SqueezeOpt = Annotated[bool, typer.Option("--squeeze", help="Drop a size-1 channel axis from the output.")]
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="numpy (default, streaming) or dask (pip install 'pwconv[dask]').")
 ]
@@ -78,9 +79,7 @@ def apply(
     stride: StrideOpt = 1,
     dtype: DtypeOpt = None,
     dataset: DatasetOpt = None,
-    squeeze: Annotated[
-        bool, typer.Option("--squeeze", help="Drop a size-1 channel axis from the output.")
-    ] = False,
+    squeeze: SqueezeOpt = False,
     overwrite: OverwriteOpt = False,
     max_memory: MaxMemoryOpt = "512MiB",
     compression: CompressionOpt = None,

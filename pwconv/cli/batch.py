@@ -20,7 +20,7 @@ from pwconv.cli.app import (
     app,
     guarded,
 )
-from pwconv.cli.apply import CompressionOpt, MaxMemoryOpt, OverwriteOpt
+from pwconv.cli.apply import CompressionOpt, MaxMemoryOpt, OverwriteOpt, SqueezeOpt
 from pwconv.cli.output import emit_json, say, seconds_text, shape_text
 
 
@@ -43,9 +43,7 @@ def batch(
     groups: GroupsOpt = 1,
     stride: StrideOpt = 1,
     dtype: DtypeOpt = None,
-    squeeze: Annotated[
-        bool, typer.Option("--squeeze", help="Drop a size-1 channel axis from the outputs.")
-    ] = False,
+    squeeze: SqueezeOpt = False,
     overwrite: OverwriteOpt = False,
     max_memory: MaxMemoryOpt = "512MiB",
     compression: CompressionOpt = None,
