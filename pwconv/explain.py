@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pwconv.core.conv import ConvPlan, compute_block
-from pwconv.core.reference import pixel_terms
+from pwconv.core.reference import pixel_terms, pixel_value
 from pwconv.errors import UsageError
 from pwconv.io.base import Source
 from pwconv.io.sources import open_source
@@ -157,20 +157,14 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
             raise UsageError(f"expected --filters between 0 and {k_total - 1}, found {k}")
     names = axis_names(plan)
     filters_doc = []
-    worst = 0.0
     for k in chosen:
         terms = pixel_terms(plan, pixel, k)
         bias = plan.bias[k].item() if plan.bias is not None else None
-        total: Any = 0
-        for value, weight in terms:
-            total = total + value * weight
-        if bias is not None:
-            total = total + bias
+        total = pixel_value(plan, pixel, k)
         fast_value = fast[k].item()
         difference = abs(fast_value - total)
         tolerance = _tolerance(plan, terms, bias)
         ok = difference <= tolerance or (isinstance(total, float) and not math.isfinite(total))
-        worst = max(worst, difference - tolerance)
         group = k // (k_total // plan.groups)
         cg = plan.filters.shape[1]
         filters_doc.append(

@@ -18,13 +18,13 @@ def pixel_terms(plan: ConvPlan, pixel: np.ndarray, k: int) -> list[tuple[Any, An
     return [(channels[j].item(), weights[j].item()) for j in range(cg)]
 
 
-def pixel_value(plan: ConvPlan, pixel: np.ndarray, k: int) -> object:
+def pixel_value(plan: ConvPlan, pixel: np.ndarray, k: int) -> Any:
     """Filter ``k`` at one pixel, summed term by term in Python numbers (exact for integers)."""
-    total: object = 0
+    total: Any = 0
     for value, weight in pixel_terms(plan, pixel, k):
-        total = total + value * weight  # type: ignore[operator]
+        total = total + value * weight
     if plan.bias is not None:
-        total = total + plan.bias[k].item()  # type: ignore[operator]
+        total = total + plan.bias[k].item()
     return total
 
 
