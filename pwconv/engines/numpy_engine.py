@@ -79,12 +79,13 @@ def run(
 ) -> Timings:
     """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
     blocks = block_plan(plan, source, sink, max_bytes)
+    reads = [plan.strided_index(index) for index in blocks]  # the input region of each block
     timings = Timings(blocks=len(blocks))
     axis = plan.channel_axis
 
-    def load(index: tuple[slice, ...]) -> np.ndarray:
+    def load(read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
-        data = source.read(plan.strided_index(index))
+        data = source.read(read)
         timings.load += time.perf_counter() - start
         return data
 
@@ -98,16 +99,16 @@ def run(
 
     release = getattr(source, "release", None)
 
-    def compute(data: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+    def compute(data: np.ndarray, read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
         result = compute_block(plan, data)
         if release is not None:
-            release(plan.strided_index(index))
+            release(read)
         timings.compute += time.perf_counter() - start
         return result
 
     if len(blocks) == 1:
-        save(blocks[0], compute(load(blocks[0]), blocks[0]))
+        save(blocks[0], compute(load(reads[0]), reads[0]))
         if progress:
             progress(1, 1)
         return timings
@@ -116,13 +117,13 @@ def run(
     writer = ThreadPoolExecutor(1, thread_name_prefix="pwconv-write")
     finished = False
     try:
-        pending_read: Future[np.ndarray] = reader.submit(load, blocks[0])
+        pending_read: Future[np.ndarray] = reader.submit(load, reads[0])
         pending_write: Future[None] | None = None
         for i, index in enumerate(blocks):
             data = pending_read.result()
             if i + 1 < len(blocks):
-                pending_read = reader.submit(load, blocks[i + 1])
-            result = compute(data, index)
+                pending_read = reader.submit(load, reads[i + 1])
+            result = compute(data, reads[i])
             del data
             if pending_write is not None:
                 pending_write.result()
