@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pwconv import pointwise_conv
+from pwconv.core.layout import parse_layout
 from pwconv.core.reference import reference_conv
 
 from .conftest import assert_clean_error, leftovers, run_cli
@@ -26,14 +27,20 @@ CASES = [
 ]
 
 
+def _problem(shape, layout, k, groups, with_bias, seed):
+    """Input, filters and optional bias for one of CASES."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    c = shape[parse_layout(layout, len(shape)).channel_axis]
+    w = rng.standard_normal((k, c // groups)).astype(np.float32)
+    bias = rng.standard_normal(k) if with_bias else None
+    return x, w, bias
+
+
 @pytest.mark.parametrize(("shape", "layout", "k", "groups", "stride", "with_bias"), CASES)
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_dask_api_equals_numpy_engine(shape, layout, k, groups, stride, with_bias, chunk):
-    rng = np.random.default_rng(sum(shape))
-    x = rng.standard_normal(shape).astype(np.float32)
-    c = shape[-1] if layout in ("channels-last", "NHWC") else shape[1] if layout == "NCHW" else shape[0]
-    w = rng.standard_normal((k, c // groups)).astype(np.float32)
-    bias = rng.standard_normal(k) if with_bias else None
+    x, w, bias = _problem(shape, layout, k, groups, with_bias, seed=sum(shape))
     xd = da.from_array(x, chunks=chunk)
     lazy = pwdask.pointwise_conv(xd, w, bias, layout=layout, groups=groups, stride=stride, chunk_bytes=256)
     result = lazy.compute(scheduler="threads")
@@ -43,8 +50,7 @@ def test_dask_api_equals_numpy_engine(shape, layout, k, groups, stride, with_bia
     np.testing.assert_allclose(
         result, reference_conv(x, w, bias, layout=layout, groups=groups, stride=stride), rtol=1e-5, atol=1e-5
     )
-    channel_axis = {"channels-last": -1, "NHWC": -1, "NCHW": 1, "channels-first": 0}[layout]
-    assert lazy.chunks[channel_axis] == (k,)
+    assert lazy.chunks[parse_layout(layout, len(shape)).channel_axis] == (k,)
 
 
 def test_channel_axis_is_one_chunk_and_others_bounded():
@@ -141,10 +147,7 @@ def cluster():
 
 @pytest.mark.parametrize(("shape", "layout", "k", "groups", "stride", "with_bias"), CASES)
 def test_local_cluster_equals_numpy_engine(tmp_path, cluster, shape, layout, k, groups, stride, with_bias):
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal(shape).astype(np.float32)
-    c = shape[-1] if layout in ("channels-last", "NHWC") else shape[1] if layout == "NCHW" else shape[0]
-    w = rng.standard_normal((k, c // groups)).astype(np.float32)
+    x, w, bias = _problem(shape, layout, k, groups, with_bias, seed=7)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "w.npy", w)
     args = [
@@ -164,7 +167,6 @@ def test_local_cluster_equals_numpy_engine(tmp_path, cluster, shape, layout, k, 
         "--stride",
         str(stride),
     ]
-    bias = rng.standard_normal(k) if with_bias else None
     if bias is not None:
         args += ["--bias", ",".join(repr(float(b)) for b in bias)]
     proc = run_cli(*args, cwd=tmp_path)
