@@ -68,7 +68,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _finish(code: int) -> NoReturn:
     # Leave at once: a reader thread may still wait on a pipe that never closes.
-    sys.stdout.flush() if code not in (130, 141) else None
+    if code not in (130, 141):  # a closed or abandoned stdout would fail to flush
+        sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
@@ -85,8 +86,10 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except PwconvError as exc:
             error(str(exc))
-            # A failed HDF5 write can leave the library unable to shut down cleanly.
-            _finish(exc.exit_code) if exc.exit_code != 2 else sys.exit(2)
+            if exc.exit_code != 2:
+                # A failed HDF5 write can leave the library unable to shut down cleanly.
+                _finish(exc.exit_code)
+            sys.exit(2)
         except KeyboardInterrupt:
             error("interrupted; no output was written")
             _finish(130)
