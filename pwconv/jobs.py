@@ -17,7 +17,7 @@ from pwconv import __version__
 from pwconv.core.blocks import parse_size
 from pwconv.core.conv import ConvPlan, plan_conv
 from pwconv.core.weights import literal_dtype
-from pwconv.errors import ShapeError, UsageError
+from pwconv.errors import PwconvError, ShapeError, UsageError
 from pwconv.io.base import Source
 from pwconv.io.sources import Weights, check_distinct, load_weights, open_sink, open_source
 from pwconv.io.spec import parse_spec
@@ -342,8 +342,10 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
                         path = os.path.join(root, name)
                         found.append((path, os.path.relpath(path, item)))
         else:
-            # A bad name fails as that file's own error later, not here for the whole batch.
-            path = item.rpartition(":")[0] if ":" in item and not os.path.exists(item) else item
+            try:
+                path = parse_spec(item).path  # drops a ":/dataset" part
+            except PwconvError:
+                path = item  # a bad name fails as that file's own error, not the whole batch's
             found.append((item, os.path.basename(path.rstrip("/")) or item))
     return found
 
@@ -371,8 +373,6 @@ def batch_files(
     """Apply one filter bank (loaded and checked once) to every input; a bad file does not stop the rest."""
     import os
     from concurrent.futures import ThreadPoolExecutor
-
-    from pwconv.errors import PwconvError
 
     if jobs < 1:
         raise UsageError(f"expected --jobs of at least 1, found {jobs}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -74,9 +75,18 @@ def same_file(a: str, b: str) -> bool:
 
 def temp_path_beside(path: str) -> tuple[int, str]:
     """Create a hidden temporary file in the target's directory (same filesystem: atomic rename)."""
-    directory, name = os.path.split(os.path.abspath(path))
+    return _beside(path, tempfile.mkstemp)
+
+
+def temp_dir_beside(path: str) -> str:
+    """Create a hidden temporary folder in the target's directory (for stores such as Zarr)."""
+    return _beside(path, tempfile.mkdtemp)
+
+
+def _beside(path: str, make: Callable[..., Any]) -> Any:
+    directory, name = os.path.split(os.path.abspath(path.rstrip("/")))
     try:
-        return tempfile.mkstemp(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
+        return make(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
     except OSError as exc:
         raise WriteError(
             f"cannot create the output in {directory!r}: {exc.strerror}; check permissions and free space"

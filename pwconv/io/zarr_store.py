@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, InputFileError, UsageError, WriteError
-from pwconv.io.base import check_readable
+from pwconv.io.base import check_readable, temp_dir_beside
 
 _CHUNK_TARGET_BYTES = 16 << 20
 
@@ -102,14 +101,6 @@ def _compressors(name: str | None) -> Any:
     if name == "gzip":
         return codecs.GzipCodec()
     raise UsageError(f"expected --compression zstd, gzip or none for zarr output, found {name!r}")
-
-
-def temp_dir_beside(path: str) -> str:
-    directory, name = os.path.split(os.path.abspath(path.rstrip("/")))
-    try:
-        return tempfile.mkdtemp(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
-    except OSError as exc:
-        raise WriteError(f"cannot create the output in {directory!r}: {exc.strerror}") from None
 
 
 def publish_dir(temp: str, final: str) -> None:
