@@ -385,7 +385,7 @@ def batch_files(
     if not planned:
         raise UsageError("expected at least one .npy or .h5 input, found none; check the paths")
     claimed: dict[str, str] = {}
-    tasks: list[tuple[str, str | None, str | None]] = []
+    tasks: list[tuple[str, str, str | None]] = []  # (input, output, why it cannot run)
     for path, relative in planned:
         target = os.path.join(out_dir, output_name(relative, suffix))
         key = os.path.abspath(target)
@@ -402,16 +402,15 @@ def batch_files(
             tasks.append((path, target, None))
     stop = False
 
-    def one(task: tuple[str, str | None, str | None]) -> FileResult:
+    def one(task: tuple[str, str, str | None]) -> FileResult:
         path, target, problem = task
         if stop:
             return FileResult(path, target, skipped=True)
         if problem is not None:
             return FileResult(path, target, error=problem, exit_code=2)
         try:
-            if target is not None:
-                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-            report = apply_file(path, loaded, str(target), options)
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            report = apply_file(path, loaded, target, options)
             return FileResult(path, target, report=report)
         except PwconvError as exc:
             return FileResult(path, target, error=str(exc), exit_code=exc.exit_code)
