@@ -97,7 +97,8 @@ def _streamed(case: Case, x: np.ndarray, w: np.ndarray) -> Callable[[], object]:
     """pwconv apply from an .npy file to an .npy file in 64 MiB blocks (page-cached files)."""
     import tempfile
 
-    from pwconv.jobs import ApplyOptions, apply_file
+    from pwconv.jobs.apply import apply_file
+    from pwconv.jobs.options import ApplyOptions
 
     folder = tempfile.mkdtemp(prefix="pwconv-bench-", dir=STREAM_DIR)
     np.save(os.path.join(folder, "x.npy"), x)

@@ -18,11 +18,11 @@ __all__ = ["PwconvError", "__version__", "load_weights", "pointwise_conv"]
 
 
 def load_weights(source: str, dataset: str | None = None) -> np.ndarray:
-    """Load a filter bank from a .npy/.h5/.zarr file or an inline literal such as ``"2,3"``.
+    """Load a filter bank from a file of any readable format or an inline literal such as ``"2,3"``.
 
     >>> load_weights("1,0,0;0,1,0").shape
     (2, 3)
     """
-    from pwconv.io.sources import load_weights as _load
+    from pwconv.io.weights import read_operand
 
-    return _load(source, dataset).array
+    return read_operand(source, dataset).array

@@ -4,15 +4,62 @@ Every error pwconv raises on purpose is a :class:`PwconvError`. Its message is o
 says what was expected, what was found and how to fix it; ``exit_code`` is what the command
 line returns for it. The subclasses also derive from the matching built-in exception so that
 callers who catch ``ValueError`` or ``OSError`` keep working.
+
+A message names an option of the call as ``[[name]]``, ``[[name=value]]`` (``value`` may
+list choices as ``a|b|c``) or ``[[name!]]`` for a switch that is turned on. ``str(error)`` words it as a Python keyword
+(``layout='channels-first'``) and :meth:`PwconvError.for_cli` as a flag
+(``--layout channels-first``), so that the library never speaks of flags and the command
+line never speaks of keywords.
+
+>>> e = UsageError("expected one filter, found 2; use [[layout=channels-first]]")
+>>> str(e), e.for_cli()
+("expected one filter, found 2; use layout='channels-first'", 'expected one filter, found 2; use --layout channels-first')
 """
 
 from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+_OPTION = re.compile(r"\[\[([a-z_]+)(!|=[^\]]*)?\]\]")
+
+
+def _choices(value: str, quote: bool) -> str:
+    items = [repr(v) if quote else v for v in value.split("|")]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _as_keyword(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    if value is None:
+        return name
+    return f"{name}=True" if value == "!" else f"{name}={_choices(value[1:], quote=True)}"
+
+
+def _as_flag(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    flag = "--" + name.replace("_", "-")
+    if value is None or value == "!":
+        return flag
+    return f"{flag} {_choices(value[1:], quote=False)}"
 
 
 class PwconvError(Exception):
     """Base class of all pwconv errors (bad input: exit code 2)."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.template = message
+
+    def __str__(self) -> str:
+        return _OPTION.sub(_as_keyword, self.template)
+
+    def for_cli(self) -> str:
+        """The message with options worded as command-line flags."""
+        return _OPTION.sub(_as_flag, self.template)
 
 
 class UsageError(PwconvError, ValueError):
@@ -32,7 +79,7 @@ class InputFileError(PwconvError, FileNotFoundError):
 
 
 class OutputExistsError(PwconvError, FileExistsError):
-    """The output exists and ``--overwrite`` was not given, or output equals input."""
+    """The output exists and overwriting was not asked for, or output equals input."""
 
 
 class WriteError(PwconvError, OSError):
@@ -43,3 +90,14 @@ class WriteError(PwconvError, OSError):
 
 class MissingExtraError(PwconvError, ImportError):
     """An optional dependency is not installed."""
+
+
+def require_extra(module: str, extra: str, feature: str) -> Any:
+    """Import an optional dependency, or raise an error naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"expected the optional package {module!r} for {feature}, found it not installed; "
+            f"install it with: pip install 'pwconv[{extra}]'"
+        ) from None

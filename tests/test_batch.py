@@ -9,7 +9,7 @@ import pytest
 
 from pwconv.core.reference import reference_conv
 
-from .conftest import leftovers, run_cli
+from .conftest import assert_clean_error, leftovers, run_cli
 
 W = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]], np.float32)
 
@@ -111,8 +111,24 @@ def test_bad_weights_stop_before_any_file(tree):
     proc = run_cli("batch", "1,,2", "in", "--out-dir", "out", cwd=root)
     assert proc.returncode == 2 and proc.stderr.startswith("pwconv: error:")
     assert not list((root / "out").iterdir())
-    missing = run_cli("batch", "w.npy", "in", "--out-dir", "nowhere", cwd=root)
-    assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_missing_out_dir_is_created_like_mkdir_p(tree):
+    root, _ = tree
+    proc = run_cli("batch", "w.npy", "in", "--out-dir", "new/deeper", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (root / "new" / "deeper").rglob("*.npy")) == [
+        "a.pw.npy",
+        "b.pw.npy",
+        "c.pw.npy",
+    ]
+
+
+def test_out_dir_that_is_a_file_is_refused(tree):
+    root, _ = tree
+    (root / "plain").write_text("not a folder")
+    proc = run_cli("batch", "w.npy", "in", "--out-dir", "plain", cwd=root)
+    assert_clean_error(proc, 2, "--out-dir", "plain")
 
 
 def test_h5_inputs_keep_their_format(tree):

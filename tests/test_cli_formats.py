@@ -191,3 +191,33 @@ def test_console_script_beside_the_interpreter():
         pytest.skip("console script not installed beside this interpreter")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_info_lists_every_array_of_a_container():
+    proc = run_cli("info", SAMPLES / "sample.h5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    items = json.loads(proc.stdout)
+    assert [i["storage"]["dataset"] for i in items] == ["/filters", "/input"]
+    assert [i["shape"] for i in items] == [[64, 192], [28, 28, 192]]
+
+
+def test_info_describes_the_other_files_when_one_is_bad(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not an npy file at all")
+    proc = run_cli("info", SAMPLES / "example_M.npy", "bad.npy", SAMPLES / "sample.h5", cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pwconv: error:")]
+    assert len(errors) == 1 and "bad.npy" in errors[0] and "Traceback" not in proc.stderr
+    assert "2x2x2" in proc.stderr and "28x28x192" in proc.stderr and "64x192" in proc.stderr
+
+
+def test_python_api_words_fixes_as_keywords_and_the_cli_as_flags(tmp_path):
+    from pwconv import PwconvError, pointwise_conv
+
+    x = np.zeros((192, 28, 28), np.float32)
+    with pytest.raises(PwconvError) as info:
+        pointwise_conv(x, np.zeros((64, 192), np.float32))
+    assert "layout='channels-first'" in str(info.value) and "--" not in str(info.value)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", np.zeros((64, 192), np.float32))
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.npy", cwd=tmp_path)
+    assert proc.returncode == 2 and "use --layout channels-first" in proc.stderr

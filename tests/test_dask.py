@@ -115,8 +115,7 @@ def test_hdf5_output_refused_with_processes(files):
 
 
 def test_missing_extra_is_named(files, monkeypatch):
-    from pwconv.errors import MissingExtraError
-    from pwconv.io import sources
+    from pwconv.errors import MissingExtraError, require_extra
 
     real = __import__("importlib").import_module
 
@@ -127,7 +126,7 @@ def test_missing_extra_is_named(files, monkeypatch):
 
     monkeypatch.setattr("importlib.import_module", fake)
     with pytest.raises(MissingExtraError, match=r"pip install 'pwconv\[dask\]'"):
-        sources.require("dask.array", "dask", "--engine dask")
+        require_extra("dask.array", "dask", "--engine dask")
 
 
 @pytest.fixture(scope="module")

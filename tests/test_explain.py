@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pwconv.core.reference import reference_conv
-from pwconv.explain import ExplainRequest, explain
-from pwconv.jobs import ApplyOptions
+from pwconv.jobs.explain import ExplainRequest, explain
+from pwconv.jobs.options import ApplyOptions
 
 from .conftest import SAMPLES, assert_clean_error, run_cli
 
@@ -112,7 +112,7 @@ def test_json_values_equal_the_reference_loop(tmp_path, case, dtype):
 
 
 def test_explain_api_reports_groups(monkeypatch):
-    import pwconv.explain as module
+    import pwconv.jobs.explain as module
 
     x = np.arange(2 * 2 * 4, dtype=np.float64).reshape(2, 2, 4)
 

@@ -15,7 +15,8 @@ from pwconv.core.blocks import parse_size, plan_blocks
 from pwconv.core.conv import plan_conv
 from pwconv.engines.numpy_engine import block_plan, pixel_bytes, run
 from pwconv.io.hdf5 import H5Sink, H5Source
-from pwconv.io.npy import NpySink, NpySource, StreamSink, StreamSource
+from pwconv.io.npy import NpySink, NpySource
+from pwconv.io.stream import StreamSink, StreamSource
 
 from .conftest import run_cli
 

@@ -63,7 +63,8 @@ def test_auto_reading_uses_the_input_channels(shape, in_channels, reading):
 
 def test_square_bank_reports_how_it_was_read():
     bank = normalise_filters(np.eye(3), 3)
-    assert "--weights-layout ck" in bank.description
+    assert bank.square and "square: rows taken as filters" in bank.description
+    assert not normalise_filters(np.ones((2, 3)), 3).square
 
 
 def test_forced_reading_that_does_not_fit_is_a_mismatch():
@@ -81,7 +82,7 @@ def test_hwio_and_oihw_disagree_on_a_square_bank():
 
 def test_channel_mismatch_suggests_channels_first():
     x = np.zeros((192, 28, 28), np.float32)
-    with pytest.raises(ShapeError, match="use --layout channels-first") as info:
+    with pytest.raises(ShapeError, match="use layout='channels-first'") as info:
         pointwise_conv(x, np.zeros((64, 192), np.float32))
     assert "axis 2" in str(info.value) and "28" in str(info.value)
 

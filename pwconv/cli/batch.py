@@ -4,78 +4,53 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from pwconv.cli.app import (
-    BiasOpt,
-    DtypeOpt,
-    GroupsOpt,
-    JsonOpt,
-    LayoutOpt,
-    QuietOpt,
-    StrideOpt,
-    WeightsLayoutOpt,
-    app,
-    guarded,
-)
-from pwconv.cli.apply import CompressionOpt, MaxMemoryOpt, OverwriteOpt, SqueezeOpt
-from pwconv.cli.output import emit_json, say, seconds_text, shape_text
+from pwconv.cli import options as o
+from pwconv.cli.output import emit_json, guarded, say, seconds_text, shape_text
 
 
-@app.command()
 @guarded
 def batch(
     weights: Annotated[str, typer.Argument(help="Filter bank: a file or a literal, loaded once.")],
     inputs: Annotated[
         list[str], typer.Argument(help="Input files (.npy, .h5[:/dataset]) or folders to walk.")
     ],
-    out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the outputs (must exist).")],
+    out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the outputs (created if missing).")],
     suffix: Annotated[
         str, typer.Option("--suffix", help="Added to each output's name before the extension.")
     ] = ".pw",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files processed at once (threads).")] = 1,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed file.")] = False,
-    layout: LayoutOpt = "channels-last",
-    weights_layout: WeightsLayoutOpt = "auto",
-    bias: BiasOpt = None,
-    groups: GroupsOpt = 1,
-    stride: StrideOpt = 1,
-    dtype: DtypeOpt = None,
-    squeeze: SqueezeOpt = False,
-    overwrite: OverwriteOpt = False,
-    max_memory: MaxMemoryOpt = "512MiB",
-    compression: CompressionOpt = None,
-    json_report: JsonOpt = False,
-    quiet: QuietOpt = False,
-    weights_dataset: Annotated[
-        Optional[str], typer.Option("--weights-dataset", help="Dataset of an .h5 weights file.")
-    ] = None,
+    layout: o.LayoutOpt = o.LAYOUT,
+    weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
+    bias: o.BiasOpt = None,
+    groups: o.GroupsOpt = 1,
+    stride: o.StrideOpt = 1,
+    dtype: o.DtypeOpt = None,
+    squeeze: o.SqueezeOpt = False,
+    overwrite: o.OverwriteOpt = False,
+    max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
+    compression: o.CompressionOpt = None,
+    json_report: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    weights_dataset: o.WeightsDatasetOpt = None,
 ) -> None:
     """Apply one filter bank to many files: a line per file, a summary, and no partial outputs."""
-    from pwconv.jobs import ApplyOptions, FileResult, batch_exit_code, batch_files
+    from pwconv.jobs.batch import FileResult, batch_files, exit_code
+    from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions(
-        layout=layout,
-        weights_layout=weights_layout,
-        bias=bias,
-        groups=groups,
-        stride=stride,
-        dtype=dtype,
-        squeeze=squeeze,
-        overwrite=overwrite,
-        max_memory=max_memory,
-        compression=compression,
-    )
+    options = ApplyOptions.pick(locals())
     quiet_lines = quiet or json_report
     start = time.perf_counter()
 
     def show(result: FileResult) -> None:
         if result.skipped:
             say(f"skip  {result.input}", quiet=quiet_lines)
-        elif result.error is not None:
-            print(f"FAIL  {result.input}: {result.error}", file=sys.stderr, flush=True)
+        elif result.failure is not None:
+            print(f"FAIL  {result.input}: {result.failure.for_cli()}", file=sys.stderr, flush=True)
         elif result.report is not None:
             r = result.report
             say(
@@ -114,6 +89,6 @@ def batch(
         + f" in {seconds_text(elapsed)}",
         quiet=quiet_lines,
     )
-    code = batch_exit_code(results)
+    code = exit_code([r.exit_code for r in results])
     if code:
         sys.exit(code)

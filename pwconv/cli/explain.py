@@ -7,21 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from pwconv.cli.app import (
-    BiasOpt,
-    DatasetOpt,
-    GroupsOpt,
-    JsonOpt,
-    LayoutOpt,
-    StrideOpt,
-    WeightsLayoutOpt,
-    app,
-    guarded,
-)
-from pwconv.cli.output import emit_json
+from pwconv.cli import options as o
+from pwconv.cli.output import emit_json, error, guarded
 
 
-@app.command()
 @guarded
 def explain(
     input: Annotated[str, typer.Argument(help="Input tensor: .npy, .h5[:/dataset], .zarr or - (stdin).")],
@@ -36,22 +25,20 @@ def explain(
     max_terms: Annotated[
         int, typer.Option("--max-terms", help="Products shown before eliding the middle.")
     ] = 8,
-    layout: LayoutOpt = "channels-last",
-    weights_layout: WeightsLayoutOpt = "auto",
-    bias: BiasOpt = None,
-    groups: GroupsOpt = 1,
-    stride: StrideOpt = 1,
-    dataset: DatasetOpt = None,
-    json_report: JsonOpt = False,
+    layout: o.LayoutOpt = o.LAYOUT,
+    weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
+    bias: o.BiasOpt = None,
+    groups: o.GroupsOpt = 1,
+    stride: o.StrideOpt = 1,
+    dataset: o.DatasetOpt = None,
+    json_report: o.JsonOpt = False,
 ) -> None:
     """Show, for one pixel, every product and sum the 1x1 convolution computes, and check the fast path."""
-    from pwconv.explain import ExplainRequest, render_text
-    from pwconv.explain import explain as run_explain
-    from pwconv.jobs import ApplyOptions
+    from pwconv.jobs.explain import ExplainRequest, render_text
+    from pwconv.jobs.explain import explain as run_explain
+    from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions(
-        layout=layout, weights_layout=weights_layout, bias=bias, groups=groups, stride=stride
-    )
+    options = ApplyOptions.pick(locals())
     request = ExplainRequest(
         input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset
     )
@@ -74,7 +61,5 @@ def explain(
                 for line in lines:
                     print("  " + line)
     if not doc["ok"]:
-        from pwconv.cli.output import error
-
         error("the fast path differs from the reference beyond float tolerance; this is a pwconv bug")
         sys.exit(1)

@@ -2,44 +2,57 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from pwconv.cli.app import DatasetOpt, JsonOpt, app, guarded
-from pwconv.cli.output import emit_json, print_rows, shape_text
+from pwconv.cli import options as o
+from pwconv.cli.output import emit_json, error, guarded, print_rows, shape_text
 
 
-def _size_text(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+def _size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
-@app.command()
 @guarded
 def info(
     files: Annotated[list[str], typer.Argument(help="Files to describe (.npy, .h5[:/dataset], .zarr).")],
-    dataset: DatasetOpt = None,
-    json_report: JsonOpt = False,
+    dataset: o.DatasetOpt = None,
+    json_report: o.JsonOpt = False,
 ) -> None:
-    """Describe tensors in files: shape, dtype, size, storage and a layout guess."""
-    from pwconv.jobs import tensor_info
+    """Describe the arrays in files: shape, dtype, size, storage and a layout guess.
 
-    infos = [tensor_info(path, dataset) for path in files]
+    A container (HDF5 file, Zarr group) named without a dataset lists every array in it.
+    """
+    from pwconv.jobs.batch import exit_code
+    from pwconv.jobs.info import describe_files
+
+    described = describe_files(files, dataset)
     if json_report:
-        emit_json(infos if len(infos) > 1 else infos[0])
-        return
-    for item in infos:
-        storage = item["storage"]
-        details = ", ".join(f"{k} {v}" for k, v in storage.items() if k not in ("format", "data_bytes"))
-        print_rows(
-            [
-                ("file", item["path"]),
-                ("shape", f"{shape_text(item['shape'])}  {item['dtype']}  {_size_text(item['bytes'])}"),
-                ("layout", f"probably {item['layout_guess']}"),
-                ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
-            ]
-        )
+        arrays = [a for item in described for a in item.arrays]
+        emit_json(arrays[0] if len(files) == 1 and len(arrays) == 1 else arrays)
+    for item in described:
+        if item.failure is not None:
+            error(f"{item.path}: {item.failure.for_cli()}")
+        for array in [] if json_report else item.arrays:
+            storage = array["storage"]
+            details = ", ".join(f"{k} {v}" for k, v in storage.items() if k not in ("format", "data_bytes"))
+            print_rows(
+                [
+                    ("file", array["path"]),
+                    (
+                        "shape",
+                        f"{shape_text(array['shape'])}  {array['dtype']}  {_size_text(array['bytes'])}",
+                    ),
+                    ("layout", f"probably {array['layout_guess']}"),
+                    ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
+                ]
+            )
+    code = exit_code([item.exit_code for item in described])
+    if code:
+        sys.exit(code)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+from pwconv.errors import PwconvError
 
 
 def stderr_is_tty() -> bool:
@@ -54,7 +57,8 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
             "weights",
             f"{w['source']}  {shape_text(w['shape'])} {w['dtype']}  "
             f"read as {w['interpretation'].split(' read as ')[-1]}: "
-            f"{w['matrix_shape'][0]} filters x {w['matrix_shape'][1]} channels",
+            f"{w['matrix_shape'][0]} filters x {w['matrix_shape'][1]} channels"
+            + ("; --weights-layout ck reads columns as filters" if w.get("square") else ""),
         ),
     ]
     if report.get("bias"):
@@ -130,3 +134,53 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _leave_after_failure(code: int) -> NoReturn:
+    # os._exit, not sys.exit: after a failed write h5py can crash while the interpreter shuts
+    # down (its cleanup of a file left in a bad state), which would turn exit code 1 into a
+    # signal. Nothing else skips that cleanup; the outputs are already aborted here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _leave_quietly_on_broken_pipe() -> NoReturn:
+    # The reader downstream went away (``| head``). Point stdout at /dev/null so that the
+    # interpreter's final flush does not fail again, and stop as other tools do.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
+
+
+def guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn every failure of a command into one line on stderr and the documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except PwconvError as exc:
+            error(exc.for_cli())
+            if exc.exit_code != 2:
+                _leave_after_failure(exc.exit_code)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            error("interrupted; no output was written")
+            sys.exit(130)
+        except BrokenPipeError:
+            _leave_quietly_on_broken_pipe()
+        except MemoryError:
+            error("out of memory; lower --max-memory so the input is processed in smaller blocks")
+            sys.exit(1)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            error(f"I/O failure: {exc.strerror or exc}{where}; check the disk and permissions")
+            _leave_after_failure(1)
+        except Exception as exc:
+            if os.environ.get("PWCONV_DEBUG"):
+                raise
+            error(f"internal error: {type(exc).__name__}: {exc} (set PWCONV_DEBUG=1 for a traceback)")
+            sys.exit(1)
+
+    return wrapper

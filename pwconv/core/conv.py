@@ -120,13 +120,13 @@ def _channel_hint(x_shape: tuple[int, ...], layout: Layout, counts: set[int], gr
     first = 0 if len(x_shape) <= 3 else 1
     total = {c * groups for c in counts}
     if layout.channel_axis != len(x_shape) - 1 and x_shape[-1] in total:
-        return "use --layout channels-last"
+        return "use [[layout=channels-last]]"
     if layout.channel_axis != first and first < len(x_shape) and x_shape[first] in total:
-        return "use --layout channels-first"
+        return "use [[layout=channels-first]]"
     for axis, n in enumerate(x_shape):
         if axis != layout.channel_axis and n in total:
-            return f"use --layout {axis} (axis {axis} has {n})"
-    return "check that the filters belong to this input (or use --weights-layout)"
+            return f"use [[layout={axis}]] (axis {axis} has {n})"
+    return "check that the filters belong to this input (or use [[weights_layout]])"
 
 
 def plan_conv(
@@ -165,7 +165,7 @@ def plan_conv(
         )
     if c % groups:
         raise ShapeError(
-            f"groups={groups} must divide the {c} input channels; use a divisor of {c} as --groups"
+            f"groups={groups} must divide the {c} input channels; use a divisor of {c} as [[groups]]"
         )
     w = np.asarray(filters)
     try:
@@ -181,7 +181,7 @@ def plan_conv(
         ) from None
     k = bank.matrix.shape[0]
     if k % groups:
-        raise ShapeError(f"groups={groups} must divide the {k} filters; use a divisor of {k} as --groups")
+        raise ShapeError(f"groups={groups} must divide the {k} filters; use a divisor of {k} as [[groups]]")
     b = normalise_bias(bias, k)
     if dtype is None:
         out_dtype = np.result_type(x_dtype, bank.matrix.dtype)
@@ -197,7 +197,7 @@ def plan_conv(
     if b is not None and out_dtype.kind in "iu" and b.dtype.kind in "fc":
         raise ShapeError(
             f"expected an integer bias for integer output {out_dtype}, found {b.dtype}; "
-            "use --dtype float32 or an integer bias"
+            "use [[dtype=float32]] or an integer bias"
         )
     compute = _compute_dtype(x_dtype, bank.matrix, b, out_dtype)
     out_shape = list(x_shape)

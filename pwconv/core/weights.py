@@ -60,9 +60,14 @@ class FilterBank:
     def description(self) -> str:
         """How the source shape was read, e.g. ``(2, 1, 1) read as one filter (C, 1x1)``."""
         text = f"{self.source_shape} read as {_DESCRIPTIONS[self.reading]}"
-        if self.reading == "kc" and self.matrix.shape[0] == self.matrix.shape[1] > 1:
-            text += " (square: rows taken as filters; --weights-layout ck for columns)"
+        if self.square:
+            text += " (square: rows taken as filters)"
         return text
+
+    @property
+    def square(self) -> bool:
+        """A square (K, C) matrix, where reading columns as filters would also fit."""
+        return self.reading == "kc" and self.matrix.shape[0] == self.matrix.shape[1] > 1
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,11 @@ def _allowed(shape: tuple[int, ...], weights_layout: str) -> list[_Reading]:
         return readings[:1] if weights_layout == "oihw" else readings[-1:]
     if weights_layout in ("kc", "ck") and len(shape) > 2:
         raise UsageError(
-            f"expected a 1-d or 2-d filter bank for --weights-layout {weights_layout}, found shape "
-            f"{shape}; use --weights-layout oihw, hwio or auto"
+            f"expected a 1-d or 2-d filter bank for [[weights_layout={weights_layout}]], found shape "
+            f"{shape}; use [[weights_layout=oihw|hwio|auto]]"
         )
     raise UsageError(
-        f"expected --weights-layout one of {', '.join(WEIGHTS_LAYOUTS)}, found {weights_layout!r}"
+        f"expected [[weights_layout]] one of {', '.join(WEIGHTS_LAYOUTS)}, found {weights_layout!r}"
     )
 
 
@@ -172,7 +177,7 @@ def normalise_filters(filters: np.ndarray, in_channels: int, weights_layout: str
             names = ", ".join(r.name for r in fitting)
             raise ShapeError(
                 f"ambiguous filters: shape {shape} fits {in_channels} input channels as {names}; "
-                f"choose one with --weights-layout {fitting[0].name} (or {fitting[1].name})"
+                f"choose one with [[weights_layout={fitting[0].name}|{fitting[1].name}]]"
             )
     return FilterBank(matrix=np.ascontiguousarray(matrix), reading=chosen.name, source_shape=shape)
 

@@ -1,284 +1,211 @@
-"""``--engine dask``: the numpy kernel mapped over a dask array, on any dask scheduler.
+"""``engine="dask"``: the numpy kernel mapped over a dask array, on any dask scheduler.
 
 Inputs are read by small picklable readers (no data travels with the task graph); outputs
-are written block by block into a temp file or folder that is renamed when complete.
+are written through the sink's parallel writer where the format has one, else through the
+sink itself from this process, one block at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from pwconv.errors import UsageError
-from pwconv.io.sources import open_source, require
+from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.engines.numpy_engine import Timings
+from pwconv.errors import UsageError, require_extra
+from pwconv.io.base import Sink, Source
+from pwconv.io.formats import parallel_reader
 from pwconv.io.spec import Spec
 
-SCHEDULERS = ("threads", "processes", "synchronous")
+#: Schedulers that run in this process or its children; anything else is a cluster address.
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+#: Schedulers whose tasks all run in this process (a sink without a parallel writer works there).
+IN_PROCESS_SCHEDULERS = ("threads", "synchronous")
+DEFAULT_CHUNK_BYTES = 100_000_000
+
+_limited_pid: int | None = None
 
 
-class FileBlocks:
-    """A lazily read .npy or HDF5 dataset that dask slices; it opens the file per read."""
-
-    def __init__(self, spec: Spec, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.spec, self.shape, self.dtype, self.ndim = spec, shape, np.dtype(dtype), len(shape)
-
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        source = open_source(self.spec)
-        try:
-            return np.asarray(source.read(index))
-        finally:
-            source.close()
-
-
-class NpyBlockWriter:
-    """``target[index] = block`` into a preallocated .npy file (for ``dask.array.store``)."""
-
-    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, np.dtype(dtype)
-
-    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
-        target = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset, shape=self.shape)
-        target[index] = block
-        target.flush()
-        del target
-
-
-def _dask_input(spec: Spec, source: Any) -> Any:
-    import dataclasses
-    import os
-
-    da = require("dask.array", "dask", "the dask engine")
-    # Workers may run elsewhere (another folder, another machine on a shared filesystem).
-    spec = dataclasses.replace(spec, path=os.path.abspath(spec.path))
-    if spec.kind == "zarr":
-        from pwconv.io.zarr_store import ZarrBlocks
-
-        blocks = ZarrBlocks(spec.path, spec.dataset)
-        return da.from_array(
-            blocks,
-            chunks=blocks.chunks,
-            lock=False,
-            asarray=True,
-            fancy=False,
-            name=f"pwconv-zarr-{spec.text}",
-        )
-    if spec.kind == "stream":
-        raise UsageError("expected a file input for --engine dask, found '-'; pipes use the numpy engine")
-    chunks: Any = "auto"
-    native = source.chunks()
-    if native:
-        chunks = native
-    reader = FileBlocks(spec, tuple(source.shape), source.dtype)
-    return da.from_array(
-        reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
-    )
-
-
-def _scheduler(name: str) -> tuple[dict[str, Any], Any]:
-    """dask config for a local scheduler, or a distributed client for tcp://HOST:PORT."""
-    if name in SCHEDULERS:
-        return {"scheduler": name}, None
-    if name.startswith(("tcp://", "tls://", "ucx://")):
-        distributed = require("distributed", "dask", "--scheduler " + name)
-        try:
-            client = distributed.Client(name, timeout="10s", set_as_default=False)
-        except OSError as exc:
-            raise UsageError(
-                f"expected a running dask scheduler at {name}, found none ({exc}); start one or check the address"
-            ) from None
-        return {}, client
-    raise UsageError(
-        f"expected --scheduler threads, processes, synchronous or tcp://HOST:PORT, found {name!r}"
-    )
-
-
-def apply_with_dask(
-    in_spec: Spec,
-    loaded: Any,
-    out_spec: Spec,
-    options: Any,
-    *,
-    start: float,
-    progress: Callable[[int, int], None] | None = None,
-) -> Any:
-    """Run ``pwconv apply`` on dask; returns the same report as the numpy engine."""
-    require("dask.array", "dask", "--engine dask")
-    import dask
-
-    from pwconv.core.blocks import parse_size
-    from pwconv.dask import apply_plan
-    from pwconv.jobs import Report, describe_tensor, describe_weights, make_plan, output_attrs, output_shape
-
-    if out_spec.kind == "stream":
-        raise UsageError("expected a file output for --engine dask, found '-'; pipes use the numpy engine")
-    remote = options.scheduler not in SCHEDULERS
-    if out_spec.kind == "h5" and options.scheduler not in ("threads", "synchronous"):
+def check_scheduler(name: str) -> None:
+    """Refuse a scheduler that is neither local nor a cluster address."""
+    if name not in LOCAL_SCHEDULERS and not name.startswith(("tcp://", "tls://", "ucx://")):
         raise UsageError(
-            f"expected --scheduler threads or synchronous for HDF5 output, found {options.scheduler}; "
-            "HDF5 files cannot be written from several processes: write .zarr or .npy instead"
+            f"expected [[scheduler=threads|processes|synchronous|tcp://HOST:PORT]], found {name!r}"
         )
-    if options.squeeze:
-        raise UsageError("expected no --squeeze with --engine dask; use the numpy engine or drop it")
-    source = open_source(in_spec)
+
+
+def _one_blas_thread_in_workers() -> None:
+    """In a worker process, run BLAS and the C kernel on one thread (workers share the cores).
+
+    The threaded scheduler runs in the caller's process; the engine limits threads there
+    for the duration of the run instead.
+    """
+    global _limited_pid
+    if _limited_pid == os.getpid():
+        return
+    _limited_pid = os.getpid()
+    in_worker = False
     try:
-        plan = make_plan(source, loaded, options)
-        chunk_bytes = min(parse_size(options.max_memory) // 4, 100_000_000)
-        x = _dask_input(in_spec, source)
-    finally:
-        source.close()
-    y = apply_plan(x, plan, chunk_bytes=max(chunk_bytes, 1 << 20))
-    attrs = output_attrs(in_spec.text, loaded, plan)
-    config, client = _scheduler(options.scheduler)
-    load_seconds = time.perf_counter() - start
-    compute_start = time.perf_counter()
-    shape = output_shape(plan, False)
-    try:
-        with (
-            dask.config.set(config),
-            _local_threads(not remote and options.scheduler == "threads"),
-            _progress(progress is not None and not remote),
-        ):
-            _store(y, out_spec, shape, plan, attrs, options, client, options_quiet=progress is None)
-    finally:
-        if client is not None:
-            client.close()
-    compute_seconds = time.perf_counter() - compute_start
-    total = time.perf_counter() - start
-    return Report(
-        input=describe_tensor(in_spec.text, source, plan),
-        weights=describe_weights(loaded.filters, plan),
-        output={"path": out_spec.text, "shape": list(shape), "dtype": plan.out_dtype.name},
-        bias=None if loaded.bias is None else loaded.bias.source,
-        groups=plan.groups,
-        stride=plan.stride,
-        engine=f"dask ({options.scheduler})",
-        blocks=math.prod(len(c) for c in y.chunks),
-        seconds={"load": load_seconds, "compute": compute_seconds, "save": 0.0, "total": total},
-        flops=plan.flops,
-    )
+        from distributed import get_worker
+
+        get_worker()
+        in_worker = True
+    except (ImportError, ValueError):
+        import multiprocessing
+
+        in_worker = multiprocessing.parent_process() is not None
+    if in_worker:
+        from pwconv.core import kernels
+
+        kernels.threads = 1
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=1, user_api="blas")
 
 
-def _store(
-    y: Any,
-    out_spec: Spec,
-    shape: tuple[int, ...],
-    plan: Any,
-    attrs: dict[str, Any],
-    options: Any,
-    client: Any,
-    options_quiet: bool = False,
-) -> None:
-    da: Any = require("dask.array", "dask", "the dask engine")
+def _apply_block(block: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    _one_blas_thread_in_workers()
+    return compute_block(plan, block)
 
-    def run(graph: Any) -> None:
-        if client is None:
-            graph.compute()
-            return
-        future = client.compute(graph)
-        if sys.stderr.isatty() and not options_quiet:
-            import contextlib
 
-            from distributed import progress
-
-            # distributed draws its bar on stdout; stdout is kept for data and --json.
-            with contextlib.redirect_stdout(sys.stderr):
-                progress(future)
-        future.result()
-
-    from pwconv.io.npy import NpySink
-    from pwconv.io.sources import open_sink
-    from pwconv.io.zarr_store import ZarrChunkWriter, ZarrSink
-
-    # Zarr chunks follow the dask blocks: each task then writes whole chunks of its own.
-    chunks = tuple(c[0] for c in y.chunks) if out_spec.kind == "zarr" else options.chunks
-    sink = open_sink(
-        out_spec,
-        shape,
-        plan.out_dtype,
-        overwrite=options.overwrite,
-        attrs=attrs,
-        channel_axis=plan.channel_axis,
-        compression=None if options.compression in (None, "none") else options.compression,
+def map_plan(x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
+    """Map :func:`~pwconv.core.conv.compute_block` over ``x`` (a dask array) for ``plan``."""
+    da = require_extra("dask.array", "dask", "the dask engine")
+    axis = plan.channel_axis
+    if plan.stride > 1:
+        x = x[plan.strided_index(tuple(slice(0, n) for n in plan.out_shape))]
+    # The channel axis whole, the other axes 'auto' within chunk_bytes.
+    spec = {a: (-1 if a == axis else "auto") for a in range(x.ndim)}
+    x = x.rechunk(spec, block_size_limit=int(chunk_bytes))
+    chunks = tuple((plan.out_channels,) if a == axis else c for a, c in enumerate(x.chunks))
+    return da.map_blocks(
+        _apply_block,
+        x,
+        plan=plan,
+        dtype=plan.out_dtype,
         chunks=chunks,
+        meta=np.empty((0,) * x.ndim, plan.out_dtype),
     )
-    lock: Any = False
-    target: Any
-    if isinstance(sink, ZarrSink):
-        target = ZarrChunkWriter(sink.folder)
-    elif isinstance(sink, NpySink):
-        target = NpyBlockWriter(sink._temp, sink.offset, shape, plan.out_dtype)  # noqa: SLF001
-    else:  # HDF5: one writer at a time, in this process (the threaded scheduler)
-        import threading
 
-        target, lock = _SinkTarget(sink), threading.Lock()
+
+class DaskRun:
+    """One run on dask: the task graph is built first, so its block shape is known before the
+    output is opened (formats that chunk their output take one chunk per block)."""
+
+    def __init__(self, plan: ConvPlan, spec: Spec, source: Source, *, max_bytes: int, scheduler: str) -> None:
+        da = require_extra("dask.array", "dask", "the dask engine")
+        check_scheduler(scheduler)
+        self.scheduler = scheduler
+        reader = parallel_reader(spec, source)
+        chunks: Any = getattr(reader, "chunks", None) or source.chunks() or "auto"
+        x = da.from_array(
+            reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
+        )
+        chunk_bytes = max(min(max_bytes // 4, DEFAULT_CHUNK_BYTES), 1 << 20)
+        self.result = map_plan(x, plan, chunk_bytes)
+        self.block_shape = tuple(int(c[0]) for c in self.result.chunks)
+        self.blocks = math.prod(len(c) for c in self.result.chunks)
+
+    @property
+    def name(self) -> str:
+        return f"dask ({self.scheduler})"
+
+    def run(self, sink: Sink, progress: Callable[[int, int], None] | None = None) -> Timings:
+        """Compute every block into ``sink`` (not committed here)."""
+        da = require_extra("dask.array", "dask", "the dask engine")
+        import dask
+
+        writer = sink.parallel_writer()
+        lock: Any = False
+        target: Any = writer
+        if writer is None:
+            if self.scheduler not in IN_PROCESS_SCHEDULERS:
+                raise UsageError(
+                    f"expected [[scheduler=threads|synchronous]] for this output, found {self.scheduler}; "
+                    "its format cannot be written from several processes: write .zarr or .npy instead"
+                )
+            target, lock = _SinkTarget(sink), threading.Lock()
+        start = time.perf_counter()
+        graph = da.store(self.result, target, lock=lock, compute=False)
+        if self.scheduler in LOCAL_SCHEDULERS:
+            with (
+                dask.config.set(scheduler=self.scheduler),
+                _one_blas_thread_here(self.scheduler == "threads"),
+                _local_progress(progress is not None),
+            ):
+                graph.compute()
+        else:
+            _compute_on_cluster(graph, self.scheduler, show_progress=progress is not None)
+        return Timings(compute=time.perf_counter() - start, blocks=self.blocks)
+
+
+def _compute_on_cluster(graph: Any, address: str, *, show_progress: bool) -> None:
+    distributed = require_extra("distributed", "dask", "a dask cluster")
     try:
-        run(da.store(y, target, lock=lock, compute=False))
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
+        client = distributed.Client(address, timeout="10s", set_as_default=False)
+    except OSError as exc:
+        raise UsageError(
+            f"expected a running dask scheduler at {address}, found none ({exc}); start one or check the address"
+        ) from None
+    try:
+        future = client.compute(graph)
+        if show_progress and sys.stderr.isatty():
+            # distributed draws its bar on stdout; stdout is kept for data and JSON.
+            with contextlib.redirect_stdout(sys.stderr):
+                distributed.progress(future)
+        future.result()
+    finally:
+        client.close()
 
 
 class _SinkTarget:
     """``target[index] = block`` through a sink's own write (for ``dask.array.store``)."""
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         self.sink.write(index, block)
 
 
-class _local_threads:
+@contextlib.contextmanager
+def _one_blas_thread_here(active: bool) -> Iterator[None]:
     """One BLAS thread per dask thread while the threaded scheduler runs in this process."""
+    if not active:
+        yield
+        return
+    from pwconv.core import kernels
 
-    def __init__(self, active: bool) -> None:
-        self.active = active
-        self._limits: Any = None
-        self._kernel_threads = 0
+    saved, kernels.threads = kernels.threads, 1
+    limits: Any = None
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
 
-    def __enter__(self) -> None:
-        if not self.active:
-            return
-        from pwconv.core import kernels
-
-        self._kernel_threads, kernels.threads = kernels.threads, 1
-        try:
-            from threadpoolctl import threadpool_limits
-
-            self._limits = threadpool_limits(limits=1, user_api="blas")
-        except ImportError:
-            self._limits = None
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.active:
-            return
-        from pwconv.core import kernels
-
-        kernels.threads = self._kernel_threads
-        if self._limits is not None:
-            self._limits.restore_original_limits()
+        limits = threadpool_limits(limits=1, user_api="blas")
+    try:
+        yield
+    finally:
+        kernels.threads = saved
+        if limits is not None:
+            limits.restore_original_limits()
 
 
-class _progress:
+@contextlib.contextmanager
+def _local_progress(active: bool) -> Iterator[None]:
     """dask's progress bar on stderr, when stderr is a terminal."""
+    if not (active and sys.stderr.isatty()):
+        yield
+        return
+    from dask.diagnostics import ProgressBar
 
-    def __init__(self, active: bool) -> None:
-        self.active = active and sys.stderr.isatty()
-        self._bar: Any = None
-
-    def __enter__(self) -> None:
-        if self.active:
-            from dask.diagnostics import ProgressBar
-
-            self._bar = ProgressBar(out=sys.stderr, minimum=1.0)
-            self._bar.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    with ProgressBar(out=sys.stderr, minimum=1.0):
+        yield

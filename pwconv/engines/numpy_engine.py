@@ -8,10 +8,13 @@ bounded by the block size.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,20 +71,49 @@ def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> li
     )
 
 
+class _Worker:
+    """One daemon thread that runs submitted calls in order.
+
+    A daemon, because a read from a pipe may block for ever after the run has failed: it
+    must not hold up the exit of the process (``concurrent.futures`` joins its threads).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def _loop(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, function, args = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+                    future.set_exception(exc)
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._calls.put((future, function, args))
+        return future
+
+    def close(self) -> None:
+        self._calls.put(None)
+
+
 def run(
     plan: ConvPlan,
     source: Source,
     sink: Sink,
     *,
     max_bytes: int,
-    squeeze: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Timings:
     """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
     blocks = block_plan(plan, source, sink, max_bytes)
     reads = [plan.strided_index(index) for index in blocks]  # the input region of each block
     timings = Timings(blocks=len(blocks))
-    axis = plan.channel_axis
 
     def load(read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
@@ -91,9 +123,6 @@ def run(
 
     def save(index: tuple[slice, ...], block: np.ndarray) -> None:
         start = time.perf_counter()
-        if squeeze:
-            index = index[:axis] + index[axis + 1 :]
-            block = block.reshape(block.shape[:axis] + block.shape[axis + 1 :])
         sink.write(index, block)
         timings.save += time.perf_counter() - start
 
@@ -113,12 +142,10 @@ def run(
             progress(1, 1)
         return timings
 
-    reader = ThreadPoolExecutor(1, thread_name_prefix="pwconv-read")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="pwconv-write")
-    finished = False
+    reader, writer = _Worker("pwconv-read"), _Worker("pwconv-write")
+    pending_read: Future[np.ndarray] = reader.submit(load, reads[0])
+    pending_write: Future[None] | None = None
     try:
-        pending_read: Future[np.ndarray] = reader.submit(load, reads[0])
-        pending_write: Future[None] | None = None
         for i, index in enumerate(blocks):
             data = pending_read.result()
             if i + 1 < len(blocks):
@@ -132,11 +159,11 @@ def run(
                 progress(i + 1, len(blocks))
         if pending_write is not None:
             pending_write.result()
-        finished = True
     finally:
-        # On failure do not wait: a read may block on a pipe; the caller aborts the sink.
-        reader.shutdown(wait=finished, cancel_futures=True)
-        writer.shutdown(wait=finished, cancel_futures=True)
+        # On failure nothing is waited for (a read may block on a pipe); the caller aborts the sink.
+        pending_read.cancel()
+        reader.close()
+        writer.close()
     return timings
 
 

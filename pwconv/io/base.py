@@ -6,11 +6,12 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from pwconv.errors import InputFileError, OutputExistsError, UsageError, WriteError
+from pwconv.errors import FormatError, InputFileError, OutputExistsError, UsageError, WriteError
 
 
 class Source(Protocol):
@@ -29,16 +30,99 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class BlockWriter(Protocol):
+    """``writer[index] = block``: picklable, and safe to use from several processes at once."""
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None: ...
+
+
 class Sink(Protocol):
-    """A tensor being written; invisible under its final name until :meth:`commit`."""
+    """A tensor being written; invisible under its final name until :meth:`commit`.
+
+    :meth:`write` is for the process that opened the sink, one block at a time.
+    :meth:`parallel_writer` hands out a writer that other processes may use at the same
+    time, or None when the format cannot be written that way (HDF5, a pipe).
+    """
 
     sequential: bool
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None: ...
 
+    def parallel_writer(self) -> BlockWriter | None: ...
+
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SinkRequest:
+    """What an output must hold, and how the writer should lay it out.
+
+    ``chunks`` is ``auto``, ``none`` or one size per axis; ``block_shape`` is the shape of
+    the blocks an engine will write, for formats that chunk best along them.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    channel_axis: int
+    overwrite: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
+    compression: str | None = None
+    chunks: str | tuple[int, ...] = "auto"
+    block_shape: tuple[int, ...] | None = None
+
+
+class SqueezedSink:
+    """A sink for an output whose size-1 channel axis is dropped (``squeeze``)."""
+
+    def __init__(self, sink: Sink, axis: int) -> None:
+        self.sink, self.axis = sink, axis
+        self.sequential = sink.sequential
+
+    def _drop(self, index: tuple[slice, ...], block: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+        axis = self.axis
+        return index[:axis] + index[axis + 1 :], block.reshape(block.shape[:axis] + block.shape[axis + 1 :])
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        self.sink.write(*self._drop(index, block))
+
+    def parallel_writer(self) -> BlockWriter | None:
+        inner = self.sink.parallel_writer()
+        return None if inner is None else _SqueezedWriter(inner, self.axis)
+
+    def commit(self) -> None:
+        self.sink.commit()
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
+class _SqueezedWriter:
+    def __init__(self, writer: BlockWriter, axis: int) -> None:
+        self.writer, self.axis = writer, axis
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        axis = self.axis
+        self.writer[index[:axis] + index[axis + 1 :]] = block.reshape(
+            block.shape[:axis] + block.shape[axis + 1 :]
+        )
+
+
+def numeric_dtype(dtype: Any, where: str) -> np.dtype:
+    """``dtype`` as a numpy dtype if it holds numbers, else a one-line error naming ``where``."""
+    try:
+        found = np.dtype(dtype)
+    except TypeError:
+        raise FormatError(f"expected a numeric array in {where}, found an unknown dtype {dtype!r}") from None
+    if found.hasobject:
+        raise FormatError(
+            f"expected a numeric array in {where}, found an object array; pwconv never unpickles "
+            "data: save a numeric array instead"
+        )
+    if found.kind not in "biufc":
+        raise FormatError(f"expected a numeric array in {where}, found dtype {found}; convert it to numbers")
+    return found
 
 
 def check_readable(path: str, what: str = "input") -> None:
@@ -60,7 +144,7 @@ def check_output_path(path: str, overwrite: bool) -> None:
         )
     if os.path.exists(path) and not overwrite:
         raise OutputExistsError(
-            f"output {path!r} exists; pass --overwrite to replace it, or choose another name"
+            f"output {path!r} exists; pass [[overwrite!]] to replace it, or choose another name"
         )
     if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
         raise UsageError(f"expected a file name for the output, found the directory {path!r}")

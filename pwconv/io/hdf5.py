@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, InputFileError, OutputExistsError, UsageError, WriteError
-from pwconv.io.base import check_readable, publish, remove_quietly, temp_path_beside
+from pwconv.io.base import (
+    SinkRequest,
+    check_output_path,
+    check_readable,
+    numeric_dtype,
+    publish,
+    remove_quietly,
+    temp_path_beside,
+)
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+COMPRESSIONS = ("gzip", "lzf")
+# HDF5 files cannot be written from several processes at once.
+PARALLEL_WRITE = False
 
 _CHUNK_TARGET_BYTES = 1 << 20
 
@@ -62,7 +77,7 @@ def resolve_dataset(handle: Any, path: str, dataset: str | None) -> Any:
             raise InputFileError(f"expected a dataset in {path!r}, found none; the file is empty")
         raise UsageError(
             f"expected one dataset in {path!r} or a dataset name, found {len(names)}: "
-            f"{', '.join(names[:10])}; name one as {path}:{names[0]} or with --dataset"
+            f"{', '.join(names[:10])}; name one as {path}:{names[0]} or with [[dataset]]"
         )
     obj = handle.get(dataset)
     if not isinstance(obj, h5py.Dataset):
@@ -87,11 +102,7 @@ class H5Source:
             self._ds = resolve_dataset(self._file, path, dataset)
             self.dataset = self._ds.name
             self.shape = tuple(int(n) for n in self._ds.shape)
-            self.dtype = np.dtype(self._ds.dtype)
-            if self.dtype.kind not in "biufc" or self.dtype.hasobject:
-                raise FormatError(
-                    f"expected a numeric dataset in {path}:{self.dataset}, found dtype {self.dtype}"
-                )
+            self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
         except BaseException:
             self._file.close()
             raise
@@ -169,7 +180,7 @@ class H5Sink:
                 existing = self._file.get(self.dataset)
                 if existing is not None and not overwrite:
                     raise OutputExistsError(
-                        f"dataset {self.dataset!r} exists in {path!r}; pass --overwrite to replace it, "
+                        f"dataset {self.dataset!r} exists in {path!r}; pass [[overwrite!]] to replace it, "
                         "or choose another dataset name"
                     )
                 self._target = self.dataset
@@ -208,6 +219,9 @@ class H5Sink:
                     "free some space, check permissions or write elsewhere"
                 ) from None
 
+    def parallel_writer(self) -> None:
+        return None
+
     def commit(self) -> None:
         try:
             if self._in_place:
@@ -237,3 +251,35 @@ class H5Sink:
             self._file = None
         remove_quietly(self._temp)
         self._temp = ""
+
+
+def open_source(spec: Spec) -> H5Source:
+    return H5Source(spec.path, spec.dataset)
+
+
+def open_sink(spec: Spec, request: SinkRequest) -> H5Sink:
+    if not (spec.dataset and os.path.exists(spec.path)):
+        check_output_path(spec.path, request.overwrite)
+    return H5Sink(
+        spec.path,
+        spec.dataset,
+        request.shape,
+        request.dtype,
+        overwrite=request.overwrite,
+        attrs=request.attrs,
+        channel_axis=request.channel_axis,
+        compression=request.compression,
+        chunks=request.chunks,
+    )
+
+
+def array_name(name: str) -> str:
+    """HDF5 names are absolute: ``group/x`` is ``/group/x``."""
+    return name if name.startswith("/") else "/" + name
+
+
+def list_arrays(path: str) -> list[str]:
+    """Every dataset in the file, depth first."""
+    check_readable(path)
+    with _open_file(path, "r") as handle:
+        return list_datasets(handle)

@@ -1,56 +1,113 @@
-"""``.npy`` files and npy streams on stdin/stdout, read and written in blocks."""
+"""``.npy`` files, read through a memory map and written in blocks into a preallocated file."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import math
 import mmap
 import os
-from typing import IO, Any
+import struct
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.lib.format as npformat
 
-from pwconv.errors import FormatError, InputFileError, UsageError, WriteError
+from pwconv.errors import FormatError, InputFileError, WriteError
 from pwconv.io.base import (
+    BlockWriter,
+    SinkRequest,
     box_of,
+    check_output_path,
     check_readable,
     contiguous_runs,
+    numeric_dtype,
     publish,
     remove_quietly,
     temp_path_beside,
 )
 
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+
+# Header rules per format version, kept as data: (length field, text encoding).
+_VERSIONS: dict[tuple[int, int], tuple[str, str]] = {
+    (1, 0): ("<H", "latin1"),
+    (2, 0): ("<I", "latin1"),
+    (3, 0): ("<I", "utf8"),
+}
+_MAGIC = b"\x93NUMPY"
+# A numeric array's header is under 200 bytes; anything near this is not one.
+_MAX_HEADER_BYTES = 1 << 16
+_MAX_DIMS = 64
+_MAX_DATA_BYTES = 2**63 - 1
+_SAVE_FIX = "save the array with numpy.save"
+
+
+def _corrupt(name: str, found: str) -> FormatError:
+    return FormatError(
+        f"expected an npy file in {name}, found a corrupt or non-npy header ({found}); {_SAVE_FIX}"
+    )
+
+
+def _take(stream: IO[bytes], count: int, name: str, what: str) -> bytes:
+    data = b""
+    while len(data) < count:
+        got = stream.read(count - len(data))
+        if not got:
+            raise _corrupt(name, f"the end of the data after {len(data)} of the {count} bytes of its {what}")
+        data += got
+    return data
+
 
 def read_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """Parse an npy header: (shape, dtype, fortran_order). Never unpickles."""
+    """Parse an npy header strictly: (shape, dtype, fortran_order). Never unpickles.
+
+    Every field is checked (magic, version, header length, the header's literal, descr,
+    fortran_order, each shape entry, the data size); any fault is a one-line FormatError.
+    """
+    magic = _take(stream, len(_MAGIC) + 2, name, "magic string")
+    if magic[: len(_MAGIC)] != _MAGIC:
+        raise _corrupt(name, f"the magic bytes {magic[: len(_MAGIC)]!r} instead of {_MAGIC!r}")
+    version = (magic[-2], magic[-1])
+    if version not in _VERSIONS:
+        raise _corrupt(name, f"format version {version[0]}.{version[1]} (known: 1.0, 2.0, 3.0)")
+    length_format, encoding = _VERSIONS[version]
+    (length,) = struct.unpack(
+        length_format, _take(stream, struct.calcsize(length_format), name, "header length")
+    )
+    if length > _MAX_HEADER_BYTES:
+        raise _corrupt(name, f"a header length of {length} bytes (at most {_MAX_HEADER_BYTES})")
+    raw = _take(stream, length, name, "header")
     try:
-        version = npformat.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npformat.read_array_header_2_0(stream)
-        else:
-            shape, fortran, dtype = npformat._read_array_header(stream, version)  # type: ignore[attr-defined]
-    except (ValueError, SyntaxError, EOFError, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FormatError(
-            f"expected an npy file in {name}, found a corrupt or non-npy header ({detail}); "
-            "save the array with numpy.save"
-        ) from None
-    dtype = np.dtype(dtype)
-    if dtype.hasobject:
-        raise FormatError(
-            f"expected a numeric array in {name}, found an object array; pwconv never unpickles "
-            "data: save a numeric array instead"
-        )
-    if dtype.kind not in "biufc":
-        raise FormatError(f"expected a numeric array in {name}, found dtype {dtype}; convert it to numbers")
-    return tuple(int(n) for n in shape), dtype, bool(fortran)
+        header = ast.literal_eval(raw.decode(encoding))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise _corrupt(name, "a header that is not a Python literal") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        keys = sorted(map(repr, header)) if isinstance(header, dict) else type(header).__name__
+        raise _corrupt(name, f"header keys {keys} instead of 'descr', 'fortran_order', 'shape'")
+    fortran, shape = header["fortran_order"], header["shape"]
+    if not isinstance(fortran, bool):
+        raise _corrupt(name, f"fortran_order {fortran!r} instead of True or False")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_DIMS
+        or not all(type(n) is int and n >= 0 for n in shape)
+    ):
+        raise _corrupt(name, f"shape {shape!r} instead of a tuple of at most {_MAX_DIMS} whole numbers >= 0")
+    try:
+        dtype = npformat.descr_to_dtype(header["descr"])
+    except Exception:  # noqa: BLE001 - numpy raises several types for a bad descr
+        raise _corrupt(name, f"descr {header['descr']!r}, which is not a numpy dtype") from None
+    dtype = numeric_dtype(dtype, name)
+    if math.prod(shape) * dtype.itemsize > _MAX_DATA_BYTES:
+        raise _corrupt(name, f"shape {shape} of {dtype}, more bytes than any file holds")
+    return shape, dtype, fortran
 
 
-def _read_exact(stream: IO[bytes], view: memoryview, name: str) -> None:
+def read_exact(stream: IO[bytes], view: memoryview, name: str) -> None:
     done = 0
     while done < len(view):
         got = stream.readinto(view[done:])  # type: ignore[attr-defined]
@@ -94,21 +151,20 @@ class NpySource:
         except BaseException:
             self._file.close()
             raise
-        # np.memmap keeps the mapping alive for as long as any view of it exists: a block
-        # handed out is never left pointing at unmapped memory.
+        # The array holds the mapping (through its buffer) for as long as any view of it
+        # exists: a block handed out never points at unmapped memory.
         self._array: np.ndarray | None = None
         self._map: mmap.mmap | None = None
         if self.nbytes:
             try:
-                mapped = np.memmap(
-                    path,
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                self._array = np.ndarray(
+                    self.shape,
                     dtype=self.dtype,
-                    mode="r",
+                    buffer=self._map,
                     offset=self.offset,
-                    shape=self.shape,
                     order="F" if self.fortran else "C",
                 )
-                self._array, self._map = mapped, getattr(mapped, "_mmap", None)
             except (OSError, ValueError):
                 self._array, self._map = None, None
 
@@ -121,10 +177,9 @@ class NpySource:
         if any(stop <= start for start, stop in box):
             return None
         run, offsets = contiguous_runs(self.shape, box)
-        # np.memmap maps from the page holding the data's first byte.
-        base = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY
-        start = self.offset - base + offsets[0] * self.dtype.itemsize
-        stop = self.offset - base + (offsets[-1] + run) * self.dtype.itemsize
+        # The mapping starts at the beginning of the file.
+        start = self.offset + offsets[0] * self.dtype.itemsize
+        stop = self.offset + (offsets[-1] + run) * self.dtype.itemsize
         page = mmap.PAGESIZE
         start, stop = -(-start // page) * page, stop // page * page
         return (start, stop) if stop > start else None
@@ -160,17 +215,18 @@ class NpySource:
             run_bytes = run * self.dtype.itemsize
             for i, offset in enumerate(offsets):
                 self._file.seek(self.offset + offset * self.dtype.itemsize)
-                _read_exact(self._file, flat[i * run_bytes : (i + 1) * run_bytes], repr(self.path))
+                read_exact(self._file, flat[i * run_bytes : (i + 1) * run_bytes], repr(self.path))
         block = block[steps]
         return block.T if self.fortran else block
 
     def close(self) -> None:
-        # The mapping goes when the last block that uses it goes (np.memmap owns it).
+        # The mapping goes when the last block that uses it goes (its views hold it).
         self._array, self._map = None, None
         self._file.close()
 
 
-def _header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+def header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The npy header numpy itself writes for a C-order array (version 1.0 when it fits)."""
     buffer = io.BytesIO()
     header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     npformat.write_array_header_1_0(buffer, header) if _fits_v1(header) else npformat.write_array_header_2_0(
@@ -193,7 +249,7 @@ class NpySink:
         fd, self._temp = temp_path_beside(path)
         self._file: IO[bytes] | None = os.fdopen(fd, "w+b")
         try:
-            header = _header_bytes(shape, self.dtype)
+            header = header_bytes(shape, self.dtype)
             self._file.write(header)
             self.offset = len(header)
             total = self.offset + math.prod(shape) * self.dtype.itemsize
@@ -231,6 +287,9 @@ class NpySink:
             self._file.seek(self.offset + offset * self.dtype.itemsize)
             self._file.write(flat[i * run_bytes : (i + 1) * run_bytes])
 
+    def parallel_writer(self) -> BlockWriter:
+        return _NpyBlockWriter(self._temp)
+
     def commit(self) -> None:
         assert self._file is not None
         self._file.close()
@@ -249,75 +308,27 @@ class NpySink:
         self._temp = ""
 
 
-class StreamSource:
-    """An npy stream on stdin: header first, then blocks read strictly in order."""
+class _NpyBlockWriter:
+    """``writer[index] = block`` into the preallocated temp file, from any process."""
 
-    sequential = True
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
 
-    def __init__(self, stream: IO[bytes] | None = None) -> None:
-        import sys
-
-        self._stream = stream if stream is not None else sys.stdin.buffer
-        if self._stream.isatty():
-            raise UsageError("expected npy data on stdin for input '-', found a terminal; pipe a file in")
-        self.shape, self.dtype, fortran = read_header(self._stream, "stdin")
-        if fortran:
-            raise FormatError(
-                "expected a C-order npy stream on stdin, found Fortran order; save it with "
-                "numpy.save(numpy.ascontiguousarray(a))"
-            )
-        self._position = 0
-
-    def chunks(self) -> tuple[int, ...] | None:
-        return None
-
-    def storage(self) -> dict[str, Any]:
-        return {"format": "npy stream"}
-
-    def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        box, steps = box_of(index, self.shape)
-        extents = tuple(stop - start for start, stop in box)
-        block = np.empty(extents, dtype=self.dtype)
-        if block.size:
-            run, offsets = contiguous_runs(self.shape, box)
-            if len(offsets) != 1 or offsets[0] < self._position:
-                raise FormatError("internal error: stdin blocks must be contiguous and in order")
-            skip = (offsets[0] - self._position) * self.dtype.itemsize
-            while skip:
-                skip -= len(self._stream.read(min(skip, 1 << 20)) or b"") or skip
-            _read_exact(self._stream, block.reshape(-1).view(np.uint8).data, "stdin")
-            self._position = offsets[0] + run
-        return block[steps]
-
-    def close(self) -> None:
-        pass
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        target = npformat.open_memmap(self.path, mode="r+")
+        target[index] = block
+        target.flush()
+        del target
 
 
-class StreamSink:
-    """An npy stream on stdout: the header goes out with the first block."""
+COMPRESSIONS: tuple[str, ...] = ()
+PARALLEL_WRITE = True
 
-    sequential = True
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, stream: IO[bytes] | None = None) -> None:
-        import sys
+def open_source(spec: Spec) -> NpySource:
+    return NpySource(spec.path)
 
-        self.shape, self.dtype = shape, np.dtype(dtype)
-        self._stream = stream if stream is not None else sys.stdout.buffer
-        self._started = False
 
-    def _start(self) -> None:
-        if not self._started:
-            self._stream.write(_header_bytes(self.shape, self.dtype))
-            self._started = True
-
-    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
-        self._start()
-        if block.size:
-            self._stream.write(np.ascontiguousarray(block, dtype=self.dtype).reshape(-1).view(np.uint8).data)
-
-    def commit(self) -> None:
-        self._start()
-        self._stream.flush()
-
-    def abort(self) -> None:
-        pass
+def open_sink(spec: Spec, request: SinkRequest) -> NpySink:
+    check_output_path(spec.path, request.overwrite)
+    return NpySink(spec.path, request.shape, request.dtype)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, InputFileError, UsageError, WriteError
-from pwconv.io.base import check_readable, temp_dir_beside
+from pwconv.errors import FormatError, InputFileError, UsageError, WriteError, require_extra
+from pwconv.io.base import SinkRequest, check_output_path, check_readable, numeric_dtype, temp_dir_beside
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+COMPRESSIONS = ("zstd", "gzip")
+# Whole chunks go straight to their own files: any number of processes can write at once.
+PARALLEL_WRITE = True
 
 _CHUNK_TARGET_BYTES = 16 << 20
 
 
 def _zarr() -> Any:
-    from pwconv.io.sources import require
-
-    return require("zarr", "dask", ".zarr files")
+    return require_extra("zarr", "dask", ".zarr files")
 
 
 def open_zarr_array(path: str, dataset: str | None) -> Any:
@@ -64,9 +69,7 @@ class ZarrSource:
         self._array = open_zarr_array(path, dataset)
         self.dataset = dataset
         self.shape = tuple(int(n) for n in self._array.shape)
-        self.dtype = np.dtype(self._array.dtype)
-        if self.dtype.kind not in "biufc":
-            raise FormatError(f"expected a numeric zarr array in {path!r}, found dtype {self.dtype}")
+        self.dtype = numeric_dtype(self._array.dtype, repr(path))
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(int(c) for c in self._array.chunks)
@@ -80,7 +83,16 @@ class ZarrSource:
         }
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._array[index])
+        try:
+            return np.asarray(self._array[index])
+        except Exception as exc:  # noqa: BLE001 - codecs raise many types for corrupt chunks
+            raise FormatError(
+                f"cannot read {self.path!r}: a chunk is corrupt or unreadable ({type(exc).__name__}); "
+                "write the store again"
+            ) from None
+
+    def parallel_reader(self) -> ZarrBlocks:
+        return ZarrBlocks(self.path, self.dataset)
 
     def close(self) -> None:
         pass
@@ -100,11 +112,11 @@ def _compressors(name: str | None) -> Any:
         return codecs.ZstdCodec()
     if name == "gzip":
         return codecs.GzipCodec()
-    raise UsageError(f"expected --compression zstd, gzip or none for zarr output, found {name!r}")
+    raise UsageError(f"expected [[compression=zstd|gzip|none]] for zarr output, found {name!r}")
 
 
 def publish_dir(temp: str, final: str) -> None:
-    """Move a finished store into place; an old store (--overwrite) is removed only after."""
+    """Move a finished store into place; an old store (overwritten) is removed only after."""
     final = final.rstrip("/")
     old = None
     if os.path.exists(final):
@@ -158,6 +170,9 @@ class ZarrSink:
                 self.array[index] = block
             except OSError as exc:
                 raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def parallel_writer(self) -> ZarrChunkWriter:
+        return ZarrChunkWriter(self.folder)
 
     def commit(self) -> None:
         try:
@@ -274,3 +289,46 @@ class ZarrChunkWriter(_ChunkFiles):
             data = full
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data.tofile(path)
+
+
+def open_source(spec: Spec) -> ZarrSource:
+    return ZarrSource(spec.path, spec.dataset)
+
+
+def open_sink(spec: Spec, request: SinkRequest) -> ZarrSink:
+    check_output_path(spec.path, request.overwrite)
+    if spec.dataset:
+        raise UsageError(
+            f"expected a zarr output without an array name, found {spec.text!r}; write to {spec.path}"
+        )
+    # Engines that write blocks in parallel get one chunk per block: each writes whole chunks.
+    chunks = request.block_shape or (request.chunks if isinstance(request.chunks, tuple) else None)
+    return ZarrSink(
+        spec.path,
+        request.shape,
+        request.dtype,
+        overwrite=request.overwrite,
+        attrs=request.attrs,
+        chunks=chunks,
+        channel_axis=request.channel_axis,
+        compression=request.compression,
+    )
+
+
+def array_name(name: str) -> str:
+    return name.strip("/")
+
+
+def list_arrays(path: str) -> list[str]:
+    """The arrays of a group (every array, depth first), or ``[]`` for a store that is one array."""
+    zarr = _zarr()
+    check_readable(path)
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for a folder that is not zarr
+        raise FormatError(
+            f"expected a zarr store at {path!r}, found one zarr cannot open ({type(exc).__name__})"
+        ) from None
+    if isinstance(node, zarr.Array):
+        return []
+    return sorted(name for name, _ in node.arrays())

@@ -17,9 +17,11 @@ from pwconv.core.conv import ConvPlan, compute_block
 from pwconv.core.reference import pixel_terms, pixel_value
 from pwconv.errors import UsageError
 from pwconv.io.base import Source
-from pwconv.io.sources import open_source
+from pwconv.io.formats import open_source
 from pwconv.io.spec import parse_spec
-from pwconv.jobs import ApplyOptions, load_filter_bank, make_plan
+from pwconv.jobs.apply import load_weights, make_plan
+from pwconv.jobs.options import ApplyOptions
+from pwconv.jobs.report import describe_bias, describe_input, describe_weights
 
 # Positions of the line read around the pixel (bounds memory on huge axes).
 _LINE_CAP = 4096
@@ -132,7 +134,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     if request.max_terms < 2:
         raise UsageError(f"expected --max-terms of at least 2, found {request.max_terms}")
     spec = parse_spec(request.input, request.dataset)
-    loaded = load_filter_bank(request.weights, request.options.bias)
+    loaded = load_weights(request.weights, request.options)
     source = open_source(spec)
     try:
         plan = make_plan(source, loaded, request.options)
@@ -190,22 +192,10 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     in_bytes = math.prod(plan.in_shape) * plan.in_dtype.itemsize
     out_bytes = math.prod(plan.out_shape) * plan.out_dtype.itemsize
     return {
-        "input": {
-            "path": spec.text,
-            "shape": list(plan.in_shape),
-            "axes": names,
-            "dtype": plan.in_dtype.name,
-            "layout": plan.layout.name,
-            "channel_axis": axis,
-        },
-        "filters": {
-            "source": loaded.filters.source,
-            "shape": list(loaded.filters.array.shape),
-            "matrix_shape": list(plan.bank.matrix.shape),
-            "read_as": plan.bank.description,
-            "groups": plan.groups,
-        },
-        "bias": None if loaded.bias is None else loaded.bias.source,
+        "input": {**describe_input(spec.text, plan), "axes": names},
+        "weights": describe_weights(loaded, plan),
+        "bias": describe_bias(loaded),
+        "groups": plan.groups,
         "stride": plan.stride,
         "output": {"shape": list(plan.out_shape), "dtype": plan.out_dtype.name},
         "pixel": {
@@ -245,7 +235,7 @@ def _shape(dims: list[int], names: list[str]) -> str:
 
 def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list[str]]]:
     """The explanation as titled sections of plain lines."""
-    inp, filt, out, matrix = doc["input"], doc["filters"], doc["output"], doc["matrix"]
+    inp, filt, out, matrix = doc["input"], doc["weights"], doc["output"], doc["matrix"]
     names = inp["axes"]
     axis = inp["channel_axis"]
     out_names = names[:axis] + ["K"] + names[axis + 1 :]
@@ -253,7 +243,7 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
     cg = filt["matrix_shape"][1]
     shapes = [
         f"input    {_shape(inp['shape'], names)}  {inp['dtype']}, layout {inp['layout']}: C = {c} channels on axis {axis}",
-        f"filters  {k} x {cg} (K x C{'/groups' if matrix['groups'] > 1 else ''}), {filt['read_as']}",
+        f"filters  {k} x {cg} (K x C{'/groups' if matrix['groups'] > 1 else ''}), {filt['interpretation']}",
         f"output   {_shape(out['shape'], out_names)}  {out['dtype']}",
         f"Each output value is one dot product: a pixel's {cg} channel values times one filter's {cg} weights"
         + (" plus its bias." if doc["bias"] else "."),

@@ -1,0 +1,202 @@
+"""The format registry: which module reads and writes which files.
+
+Each format is one module (``pwconv.io.npy``, ``pwconv.io.hdf5``, ...) that offers
+
+- ``open_source(spec) -> Source``: a lazy reader (shape and dtype before any data);
+- ``open_sink(spec, request) -> Sink``: an atomic writer (``commit``/``abort``);
+- ``list_arrays(path) -> list[str]`` and ``array_name(name) -> str`` (containers only): the
+  arrays a container holds, and a user's name for one in the module's own spelling;
+- ``COMPRESSIONS``: the output compressions it takes; ``PARALLEL_WRITE``: whether several
+  processes may write one output at once (the dask engine's process schedulers).
+
+A format is found here by its suffix (or, to explain a wrong name, its magic bytes) and its
+module is imported only when a file of that format is used. Nothing outside its module and
+this table names a format: adding one is a module and a line in :data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import OutputExistsError, UsageError
+from pwconv.io.base import Sink, SinkRequest, Source, same_file
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the registry."""
+
+    name: str
+    title: str  # as messages write it
+    module: str
+    suffixes: tuple[str, ...]
+    magic: bytes = b""
+    containers: bool = False  # FILE:NAME selects one array inside a file
+    folder: bool = False  # stored as a directory
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def matches(self, path: str) -> bool:
+        return path.lower().rstrip("/").endswith(self.suffixes)
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("npy", ".npy", "pwconv.io.npy", (".npy",), magic=b"\x93NUMPY"),
+    Format(
+        "hdf5",
+        "HDF5",
+        "pwconv.io.hdf5",
+        (".h5", ".hdf5", ".hdf", ".he5"),
+        b"\x89HDF\r\n\x1a\n",
+        containers=True,
+    ),
+    Format("zarr", "Zarr", "pwconv.io.zarr_store", (".zarr",), containers=True, folder=True),
+)
+
+#: ``-``: an npy stream on stdin or stdout.
+STREAM = Format("npy stream", "an npy stream ('-')", "pwconv.io.stream", ())
+
+_BY_NAME = {f.name: f for f in (*FORMATS, STREAM)}
+
+
+def format_named(name: str) -> Format:
+    return _BY_NAME[name]
+
+
+def format_of(path: str) -> Format | None:
+    """The format whose suffix ``path`` has, or None."""
+    for fmt in FORMATS:
+        if fmt.matches(path):
+            return fmt
+    return None
+
+
+def sniff(path: str) -> Format | None:
+    """The format whose magic bytes ``path`` starts with (to explain a misnamed file)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    for fmt in FORMATS:
+        if fmt.magic and head.startswith(fmt.magic):
+            return fmt
+    return None
+
+
+def known_suffixes() -> str:
+    """``.npy, .h5/.hdf5/.hdf/.he5, .zarr`` for messages."""
+    return ", ".join("/".join(f.suffixes) for f in FORMATS)
+
+
+def all_suffixes() -> tuple[str, ...]:
+    return tuple(s for f in FORMATS for s in f.suffixes)
+
+
+def module_of(spec: Spec) -> ModuleType:
+    return format_named(spec.format).load()
+
+
+def open_source(spec: Spec) -> Source:
+    """A lazy reader for ``spec`` (a :class:`~pwconv.io.spec.Spec`); only the header is read."""
+    source: Source = module_of(spec).open_source(spec)
+    return source
+
+
+def open_sink(spec: Spec, request: SinkRequest) -> Sink:
+    """A writer that makes the output visible only when it is complete."""
+    sink: Sink = module_of(spec).open_sink(spec, request)
+    return sink
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a format's writer can do, for checking options before anything is opened."""
+
+    title: str
+    compressions: tuple[str, ...]
+    parallel_write: bool  # several processes may write one output at once
+    sequential: bool  # written front to back only (a pipe)
+
+
+def capabilities(spec: Spec) -> Capabilities:
+    module = module_of(spec)
+    return Capabilities(
+        title=format_named(spec.format).title,
+        compressions=tuple(getattr(module, "COMPRESSIONS", ())),
+        parallel_write=bool(getattr(module, "PARALLEL_WRITE", False)),
+        sequential=spec.format == STREAM.name,
+    )
+
+
+def formats_compressed_with(compression: str) -> list[str]:
+    """The titles of the formats whose outputs take ``compression``."""
+    return [f.title for f in FORMATS if compression in getattr(f.load(), "COMPRESSIONS", ())]
+
+
+def array_specs(spec: Spec) -> list[Spec]:
+    """Every array that ``spec`` stands for: itself, or each array of a container it names whole."""
+    fmt = format_named(spec.format)
+    if not fmt.containers or spec.dataset:
+        return [spec]
+    names = fmt.load().list_arrays(spec.path)
+    return [dataclasses.replace(spec, dataset=name) for name in names] or [spec]
+
+
+def check_distinct(output: Spec, *inputs: Spec) -> None:
+    """OUTPUT may never be one of the files read (it would be destroyed while read)."""
+    if output.format == STREAM.name:
+        return
+    for other in inputs:
+        if other.format == STREAM.name:
+            continue
+        if os.path.abspath(output.path) == os.path.abspath(other.path) or (
+            os.path.exists(output.path) and same_file(output.path, other.path)
+        ):
+            raise OutputExistsError(
+                f"output {output.text!r} is the same file as {other.text!r}, which is read; "
+                "write to another file"
+            )
+
+
+class ReopeningReader:
+    """A file's array that another process can slice: it opens the file for every read.
+
+    Only the spec travels (no data, no open handle), so it pickles to dask workers.
+    """
+
+    def __init__(self, spec: Spec, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.spec, self.shape, self.dtype, self.ndim = spec, shape, np.dtype(dtype), len(shape)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        source = open_source(self.spec)
+        try:
+            return np.asarray(source.read(index))
+        finally:
+            source.close()
+
+
+def parallel_reader(spec: Spec, source: Source) -> Any:
+    """A picklable sliceable view of ``source`` for readers in other processes.
+
+    A format may offer a faster one (``source.parallel_reader()``); paths are made absolute,
+    since workers may run in another folder.
+    """
+    if source.sequential:
+        raise UsageError("expected a file input for [[engine=dask]], found '-'; pipes use the numpy engine")
+    own = getattr(source, "parallel_reader", None)
+    if own is not None:
+        return own()
+    absolute = dataclasses.replace(spec, path=os.path.abspath(spec.path))
+    return ReopeningReader(absolute, tuple(source.shape), source.dtype)

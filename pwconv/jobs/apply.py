@@ -1,0 +1,175 @@
+"""``pwconv apply``: read an input, apply the filters, write the output, report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pwconv import __version__
+from pwconv.core.conv import ConvPlan, plan_conv
+from pwconv.core.weights import literal_dtype
+from pwconv.engines import numpy_engine
+from pwconv.engines.numpy_engine import Timings
+from pwconv.errors import ShapeError, UsageError
+from pwconv.io.base import Sink, SinkRequest, Source, SqueezedSink
+from pwconv.io.formats import check_distinct, open_sink, open_source
+from pwconv.io.spec import Spec, parse_spec
+from pwconv.io.weights import Weights, read_weights
+from pwconv.jobs.options import ApplyOptions, check_output
+from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
+
+
+def load_weights(weights: str, options: ApplyOptions, dataset: str | None = None) -> Weights:
+    """The filters and the bias that ``options`` names."""
+    return read_weights(weights, options.bias, dataset=dataset)
+
+
+def make_plan(source: Source, weights: Weights, options: ApplyOptions) -> ConvPlan:
+    """Check the weights and options against an input's shape and dtype."""
+    dtype = options.dtype
+    if dtype is None and weights.filters.literal:
+        dtype = literal_dtype(source.dtype, weights.filters.array).name
+    plan = plan_conv(
+        source.shape,
+        source.dtype,
+        weights.filters.array,
+        None if weights.bias is None else weights.bias.array,
+        layout=options.layout,
+        groups=options.groups,
+        stride=options.stride,
+        weights_layout=options.weights_layout,
+        dtype=dtype,
+    )
+    if 0 in plan.in_shape:
+        raise ShapeError(
+            f"expected a non-empty input, found shape {plan.in_shape}; there is nothing to convolve"
+        )
+    if options.squeeze and plan.out_channels != 1:
+        raise UsageError(
+            f"expected one filter for [[squeeze]] (it drops a size-1 channel axis), found {plan.out_channels}; "
+            "drop [[squeeze]]"
+        )
+    return plan
+
+
+def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:
+    """What an HDF5 or Zarr output records about how it was made."""
+    return {
+        "pwconv_version": __version__,
+        "input": input_text,
+        "weights_source": weights.filters.source,
+        "weights_sha256": weights.filters.sha256,
+        "layout": plan.layout.name,
+        "channel_axis": plan.channel_axis,
+    }
+
+
+def squeezed(shape: tuple[int, ...], axis: int, squeeze: bool) -> tuple[int, ...]:
+    """``shape`` as written: ``squeeze`` drops the (size-1) channel axis."""
+    return shape[:axis] + shape[axis + 1 :] if squeeze else shape
+
+
+def open_output(
+    spec: Spec,
+    plan: ConvPlan,
+    options: ApplyOptions,
+    attrs: dict[str, Any],
+    block_shape: tuple[int, ...] | None = None,
+) -> Sink:
+    """The output's sink; engines always write blocks of ``plan.out_shape`` into it."""
+    axis = plan.channel_axis
+    squeeze = options.squeeze
+    shape = squeezed(plan.out_shape, axis, squeeze)
+    if isinstance(options.output_chunks, tuple) and len(options.output_chunks) != len(shape):
+        raise UsageError(
+            f"expected [[chunks]] auto, none or {len(shape)} positive comma-separated sizes (the output "
+            f"has {len(shape)} axes), found {options.chunks!r}"
+        )
+    request = SinkRequest(
+        shape=shape,
+        dtype=plan.out_dtype,
+        channel_axis=max(axis - 1, 0) if squeeze else axis,
+        overwrite=options.overwrite,
+        attrs=attrs,
+        compression=options.compression,
+        chunks=options.output_chunks,
+        block_shape=squeezed(block_shape, axis, squeeze) if block_shape else None,
+    )
+    sink = open_sink(spec, request)
+    return SqueezedSink(sink, axis) if squeeze else sink
+
+
+def apply_file(
+    input: str,
+    weights: str | Weights,
+    output: str,
+    options: ApplyOptions | None = None,
+    *,
+    dataset: str | None = None,
+    weights_dataset: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Read ``input``, apply the filters, write ``output``; return the report.
+
+    Nothing is visible under ``output`` unless the whole run succeeds.
+    """
+    options = options or ApplyOptions()
+    start = time.perf_counter()
+    in_spec = parse_spec(input, dataset)
+    out_spec = parse_spec(output, what="output")
+    check_output(options, out_spec)
+    loaded = weights if isinstance(weights, Weights) else load_weights(weights, options, weights_dataset)
+    check_distinct(out_spec, in_spec, *loaded.specs)
+    source = open_source(in_spec)
+    try:
+        plan = make_plan(source, loaded, options)
+        engine_name = "numpy"
+        block_shape = None
+        run: Callable[[Sink], Timings]
+        if options.engine == "dask":
+            from pwconv.engines.dask_engine import DaskRun
+
+            job = DaskRun(plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler)
+            engine_name, block_shape = job.name, job.block_shape
+
+            def run(sink: Sink) -> Timings:
+                return job.run(sink, progress)
+        else:
+
+            def run(sink: Sink) -> Timings:
+                return numpy_engine.run(plan, source, sink, max_bytes=options.max_bytes, progress=progress)
+
+        sink = open_output(out_spec, plan, options, output_attrs(in_spec.text, loaded, plan), block_shape)
+        load_seconds = time.perf_counter() - start
+        try:
+            timings = run(sink)
+            commit_start = time.perf_counter()
+            sink.commit()
+            timings.save += time.perf_counter() - commit_start
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        source.close()
+    return Report(
+        input=describe_input(in_spec.text, plan),
+        weights=describe_weights(loaded, plan),
+        output={
+            "path": out_spec.text,
+            "shape": list(squeezed(plan.out_shape, plan.channel_axis, options.squeeze)),
+            "dtype": plan.out_dtype.name,
+        },
+        bias=describe_bias(loaded),
+        groups=plan.groups,
+        stride=plan.stride,
+        engine=engine_name,
+        blocks=timings.blocks,
+        seconds={
+            "load": load_seconds + timings.load,
+            "compute": timings.compute,
+            "save": timings.save,
+            "total": time.perf_counter() - start,
+        },
+        flops=plan.flops,
+    )

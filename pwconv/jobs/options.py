@@ -1,0 +1,99 @@
+"""The options of a run, parsed and checked once, together.
+
+Every option that takes text (sizes, compression, chunks, engine, scheduler) is checked when
+:class:`ApplyOptions` is made; :func:`check_output` adds what depends on the output's format.
+Either is the first place a bad combination is caught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pwconv.core.blocks import parse_size
+from pwconv.engines.dask_engine import IN_PROCESS_SCHEDULERS, check_scheduler
+from pwconv.errors import UsageError
+from pwconv.io.formats import capabilities, formats_compressed_with
+from pwconv.io.spec import Spec
+
+DEFAULT_MAX_MEMORY = "512MiB"
+ENGINES = ("numpy", "dask")
+COMPRESSIONS = ("gzip", "lzf", "zstd")
+
+
+def _parse_chunks(text: str) -> str | tuple[int, ...]:
+    if text in ("auto", "none"):
+        return text
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(c < 1 for c in sizes):
+        raise UsageError(f"expected [[chunks]] auto, none or positive comma-separated sizes, found {text!r}")
+    return sizes
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """Everything about a run except which files it reads and writes.
+
+    >>> ApplyOptions(max_memory="1MiB").max_bytes
+    1048576
+    """
+
+    layout: str = "channels-last"
+    weights_layout: str = "auto"
+    bias: str | None = None
+    groups: int = 1
+    stride: int = 1
+    dtype: str | None = None
+    squeeze: bool = False
+    overwrite: bool = False
+    max_memory: str = DEFAULT_MAX_MEMORY
+    compression: str | None = None
+    chunks: str = "auto"
+    engine: str = "numpy"
+    scheduler: str = "threads"
+    # Parsed from the fields above.
+    max_bytes: int = field(init=False, repr=False)
+    output_chunks: str | tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(f"expected [[engine=numpy|dask]], found {self.engine!r}")
+        if self.compression not in (None, "none", *COMPRESSIONS):
+            raise UsageError(f"expected [[compression=gzip|lzf|zstd|none]], found {self.compression!r}")
+        if self.compression == "none":
+            object.__setattr__(self, "compression", None)
+        check_scheduler(self.scheduler)
+        object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
+        object.__setattr__(self, "output_chunks", _parse_chunks(self.chunks))
+
+    @classmethod
+    def pick(cls, values: dict[str, Any]) -> ApplyOptions:
+        """The options among ``values`` (a command's parameters); the rest keep their defaults."""
+        names = {f.name for f in fields(cls) if f.init}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def check_output(options: ApplyOptions, output: Spec) -> None:
+    """Refuse options that the output's format cannot honour."""
+    can = capabilities(output)
+    if options.compression and options.compression not in can.compressions:
+        takes = "|".join(can.compressions)
+        others = " or ".join(formats_compressed_with(options.compression))
+        fix = f"use [[compression={takes}]]" if takes else "drop the option"
+        raise UsageError(
+            f"expected a [[compression]] that {can.title} output takes ({takes.replace('|', ', ') or 'none'}), "
+            f"found {options.compression!r}, which is for {others} output; {fix}"
+        )
+    if options.engine == "dask":
+        if can.sequential:
+            raise UsageError(
+                "expected a file output for [[engine=dask]], found '-'; pipes use the numpy engine"
+            )
+        if not can.parallel_write and options.scheduler not in IN_PROCESS_SCHEDULERS:
+            raise UsageError(
+                f"expected [[scheduler=threads|synchronous]] for {can.title} output, found {options.scheduler}; "
+                f"{can.title} files cannot be written from several processes: write .zarr or .npy instead"
+            )

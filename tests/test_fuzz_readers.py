@@ -1,0 +1,231 @@
+"""Every byte of an input file is hostile: readers fed malformed files end in one clean error.
+
+In process, each reader must either read the file or raise a PwconvError (never another
+exception). Through the CLI, a sample of the same files must end with exit code 2 (or 1),
+one line on stderr, no traceback, never "internal error", and no output left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pwconv.errors import PwconvError
+from pwconv.io.formats import open_source
+from pwconv.io.npy import read_header
+from pwconv.io.spec import parse_spec
+
+from .conftest import leftovers, run_cli
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MAGIC = b"\x93NUMPY"
+
+
+def _header(text: str | bytes, version: tuple[int, int] = (1, 0), length: int | None = None) -> bytes:
+    body = text.encode("latin1") if isinstance(text, str) else text
+    size = len(body) if length is None else length
+    field = struct.pack("<H" if version == (1, 0) else "<I", size % (1 << (16 if version == (1, 0) else 32)))
+    return MAGIC + bytes(version) + field + body
+
+
+def _read_whole(spec_text: str) -> None:
+    source = open_source(parse_spec(spec_text))
+    try:
+        source.read(tuple(slice(0, n) for n in source.shape))
+    finally:
+        source.close()
+
+
+def _only_clean_errors(spec_text: str) -> None:
+    try:
+        _read_whole(spec_text)
+    except PwconvError as exc:
+        text = exc.for_cli()
+        assert "\n" not in text and "internal error" not in text
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+# --- the npy header parser ---------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_bytes_after_the_magic_parse_or_fail_cleanly(tail):
+    try:
+        shape, dtype, fortran = read_header(io.BytesIO(MAGIC + tail), "fuzz")
+    except PwconvError:
+        return
+    assert all(isinstance(n, int) and n >= 0 for n in shape)
+    assert dtype.kind in "biufc" and isinstance(fortran, bool)
+
+
+@FUZZ
+@given(st.integers(0, 255), st.integers(0, 255))
+def test_every_version_byte_pair(major, minor):
+    data = _header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", (major, minor)) + bytes(8)
+    if (major, minor) in ((1, 0), (2, 0), (3, 0)):
+        assert read_header(io.BytesIO(data), "v")[0] == (2,)
+    else:
+        with pytest.raises(PwconvError, match=f"version {major}.{minor}"):
+            read_header(io.BytesIO(data), "v")
+
+
+shape_entries = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(alphabet="ab1-", max_size=3),
+    st.none(),
+)
+
+
+@FUZZ
+@given(
+    st.lists(shape_entries, max_size=5), st.sampled_from(["<f4", "|O", "<U3", "x", "<c16", "[('a','<i4')]"])
+)
+def test_lying_shapes_and_descrs(entries, descr):
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': ({', '.join(map(repr, entries))}{',' if len(entries) == 1 else ''}), }}"
+    try:
+        shape, dtype, _ = read_header(io.BytesIO(_header(text)), "lie")
+    except PwconvError:
+        return
+    assert all(type(n) is int and 0 <= n for n in shape) and dtype.kind in "biufc"
+
+
+def test_version_3_header_is_read():
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+    data = _header(text.encode("utf8"), (3, 0)) + array.tobytes()
+    shape, dtype, fortran = read_header(io.BytesIO(data), "v3")
+    assert (shape, dtype, fortran) == ((2, 3), np.dtype(np.float32), False)
+
+
+@pytest.mark.parametrize(
+    "header, fragment",
+    [
+        (_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3), }"), "shape"),
+        (_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2.5,), }"), "shape"),
+        (_header("{'descr': '<f4', 'fortran_order': 1, 'shape': (2,), }"), "fortran_order"),
+        (_header("{'descr': '<f4', 'shape': (2,), }"), "header keys"),
+        (_header("{'descr': '<f4' 'fortran_order"), "not a Python literal"),
+        (_header("((((((((((((((((((((((((((((((((((((((((((((((((((("), "not a Python literal"),
+        (_header("{}", length=60000), "end of the data"),
+        (_header("{}", (2, 0), length=1 << 30), "header length"),
+        (_header(f"{{'descr': '<f8', 'fortran_order': False, 'shape': ({2**62}, {2**62}), }}"), "more bytes"),
+        (MAGIC[:4], "end of the data"),
+    ],
+)
+def test_each_malformed_field_is_named(header, fragment):
+    with pytest.raises(PwconvError, match=fragment):
+        read_header(io.BytesIO(header), "bad")
+
+
+# --- whole files: truncated, bit-flipped, lying ---------------------------------------------
+
+
+def _mutations(data: bytes):
+    """(cut, flips): a truncation point and byte positions to flip."""
+    return st.tuples(
+        st.integers(0, len(data)),
+        st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(1, 255)), max_size=4),
+    )
+
+
+def _mutate(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    mutable = bytearray(data)
+    for position, mask in flips:
+        mutable[position] ^= mask
+    return bytes(mutable[:cut])
+
+
+NPY_SAMPLE = _npy_bytes(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+
+
+@FUZZ
+@given(_mutations(NPY_SAMPLE))
+def test_damaged_npy_files(tmp_path, mutation):
+    path = tmp_path / "x.npy"
+    path.write_bytes(_mutate(NPY_SAMPLE, *mutation))
+    _only_clean_errors(str(path))
+
+
+def _h5_sample(tmp_path: Path) -> bytes:
+    path = tmp_path / "sample.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("x", data=np.arange(60, dtype=np.float32).reshape(3, 4, 5), chunks=(1, 4, 5))
+    return path.read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=st.data())
+def test_damaged_h5_files(tmp_path, mutation):
+    sample = _h5_sample(tmp_path)
+    cut, flips = mutation.draw(_mutations(sample))
+    path = tmp_path / "x.h5"
+    path.write_bytes(_mutate(sample, cut, flips))
+    _only_clean_errors(str(path))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=st.data())
+def test_damaged_zarr_stores(tmp_path, mutation):
+    zarr = pytest.importorskip("zarr")
+    store = tmp_path / "x.zarr"
+    if not store.exists():
+        zarr.create_array(store=str(store), shape=(4, 4, 3), chunks=(2, 4, 3), dtype="float32")[:] = 1.0
+    files = sorted(p for p in store.rglob("*") if p.is_file())
+    target = mutation.draw(st.sampled_from(files))
+    original = target.read_bytes()
+    cut, flips = mutation.draw(_mutations(original)) if original else (0, [])
+    target.write_bytes(_mutate(original, cut, flips))
+    try:
+        _only_clean_errors(str(store))
+    finally:
+        target.write_bytes(original)
+
+
+# --- the same through the command line, files and stdin -------------------------------------
+
+CLI_CASES = [
+    _header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3), }"),
+    _header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", (9, 9)),
+    _header("{'descr': '<f4', 'fortran_order': False, 'sha"),
+    _header("{'descr': '|O', 'fortran_order': False, 'shape': (2, 3), }") + bytes(48),
+    _header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }") + bytes(7),
+    NPY_SAMPLE[:-5],
+    NPY_SAMPLE[:9],
+]
+
+
+def _clean_cli_failure(proc) -> None:
+    assert proc.returncode in (1, 2), (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pwconv: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize("data", CLI_CASES)
+def test_cli_refuses_malformed_npy_from_files_and_stdin(tmp_path, data):
+    (tmp_path / "bad.npy").write_bytes(data)
+    _clean_cli_failure(run_cli("apply", "bad.npy", "1,1,1", "-o", "out.npy", cwd=tmp_path))
+    _clean_cli_failure(run_cli("apply", "-", "1,1,1", "-o", "out.npy", stdin=data, cwd=tmp_path))
+    assert not (tmp_path / "out.npy").exists() and leftovers(tmp_path) == []
+
+
+def test_cli_refuses_a_truncated_h5_file(tmp_path):
+    sample = _h5_sample(tmp_path)
+    (tmp_path / "bad.h5").write_bytes(sample[: len(sample) // 2])
+    _clean_cli_failure(run_cli("apply", "bad.h5", "1,1,1,1,1", "-o", "out.npy", cwd=tmp_path))
+    assert not (tmp_path / "out.npy").exists() and leftovers(tmp_path) == []
