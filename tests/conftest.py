@@ -53,3 +53,24 @@ def worked(tmp_path: Path) -> Path:
     np.save(tmp_path / "f.npy", WORKED_FILTER)
     np.save(tmp_path / "f211.npy", WORKED_FILTER.reshape(2, 1, 1))
     return tmp_path
+
+
+# Packages that an .npy run must never import.
+HEAVY = ("dask", "zarr", "distributed", "h5py", "rich", "torch", "onnx", "keras", "safetensors")
+
+
+def cli_in_process(cwd: Path, blocked: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter where the ``blocked`` packages cannot be imported;
+    the last stderr line lists the HEAVY packages the run loaded."""
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "from pwconv.cli.app import main\n"
+        f"sys.argv = ['pwconv'] + {args!r}\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        f"    heavy = sorted(m for m in {HEAVY!r} if sys.modules.get(m))\n"
+        "    print('loaded:', ','.join(heavy), file=sys.stderr)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)

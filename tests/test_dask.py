@@ -11,7 +11,7 @@ from pwconv import pointwise_conv
 from pwconv.core.layout import parse_layout
 from pwconv.core.reference import reference_conv
 
-from .conftest import assert_clean_error, leftovers, run_cli
+from .conftest import assert_clean_error, cli_in_process, leftovers, run_cli
 
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
@@ -216,29 +216,9 @@ def test_unreachable_scheduler_is_a_clear_error(files):
     assert not (root / "y.zarr").exists() and leftovers(root) == []
 
 
-def _cli_in_process(cwd, blocked: list[str], args: list[str]):
-    """Run the CLI in a fresh interpreter where the ``blocked`` packages cannot be imported."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "from pwconv.cli.app import main\n"
-        f"sys.argv = ['pwconv'] + {args!r}\n"
-        "try:\n"
-        "    main()\n"
-        "finally:\n"
-        "    heavy = sorted(m for m in ('dask', 'zarr', 'distributed', 'h5py', 'rich') if sys.modules.get(m))\n"
-        "    print('loaded:', ','.join(heavy), file=sys.stderr)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
-    return proc
-
-
 def test_plain_install_needs_no_extra_and_imports_nothing_heavy(files):
     root, x, w = files
-    proc = _cli_in_process(root, ["dask", "zarr", "distributed"], ["apply", "x.npy", "w.npy", "-o", "y.npy"])
+    proc = cli_in_process(root, ["dask", "zarr", "distributed"], ["apply", "x.npy", "w.npy", "-o", "y.npy"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "loaded:"
     np.testing.assert_allclose(np.load(root / "y.npy"), x @ w.T, rtol=1e-5, atol=1e-5)
@@ -248,7 +228,7 @@ def test_plain_install_needs_no_extra_and_imports_nothing_heavy(files):
 def test_without_the_extra_dask_and_zarr_are_refused_clearly(files, args):
     root, _, _ = files
     out = "y.npy" if args else "y.zarr"
-    proc = _cli_in_process(
+    proc = cli_in_process(
         root, ["dask", "zarr", "distributed"], ["apply", "x.npy", "w.npy", "-o", out, *args]
     )
     assert proc.returncode == 2, proc.stderr

@@ -229,3 +229,50 @@ def test_cli_refuses_a_truncated_h5_file(tmp_path):
     (tmp_path / "bad.h5").write_bytes(sample[: len(sample) // 2])
     _clean_cli_failure(run_cli("apply", "bad.h5", "1,1,1,1,1", "-o", "out.npy", cwd=tmp_path))
     assert not (tmp_path / "out.npy").exists() and leftovers(tmp_path) == []
+
+
+# --- model and bank files --------------------------------------------------------------------
+
+
+def _model_samples(tmp_path: Path) -> dict[str, bytes]:
+    """One small real file per model format, written by its own library."""
+    import os
+    import zipfile
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    weights = np.arange(24, dtype=np.float32).reshape(4, 6)
+    samples: dict[str, bytes] = {}
+    np.savez(tmp_path / "s.npz", weights=weights, bias=np.ones(4, np.float32))
+    save_file({"weights": weights, "bias": np.ones(4, np.float32)}, str(tmp_path / "s.safetensors"))
+    torch.save({"conv.weight": torch.from_numpy(weights)}, tmp_path / "s.pt")
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph([], "g", [], [], [numpy_helper.from_array(weights, "W")])
+    onnx.save_model(helper.make_model(graph), tmp_path / "s.onnx")
+    with h5py.File(tmp_path / "inner.h5", "w") as handle:
+        handle["layers/conv2d/vars/0"] = weights.reshape(1, 1, 6, 4)
+        handle["layers/conv2d/vars"].attrs["name"] = "mix"
+    with zipfile.ZipFile(tmp_path / "s.keras", "w") as archive:
+        archive.write(tmp_path / "inner.h5", "model.weights.h5")
+    for suffix in ("npz", "safetensors", "pt", "onnx", "keras"):
+        samples[suffix] = (tmp_path / f"s.{suffix}").read_bytes()
+    return samples
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt", "onnx", "keras"])
+def test_damaged_model_files(tmp_path, suffix):
+    sample = _model_samples(tmp_path)[suffix]
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_mutations(sample))
+    def check(mutation):
+        path = tmp_path / f"damaged.{suffix}"
+        path.write_bytes(_mutate(sample, *mutation))
+        for name in ("", ":weights", ":conv.weight", ":W", ":mix"):
+            _only_clean_errors(f"{path}{name}")
+
+    check()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,10 +19,28 @@ def _size_text(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, str]]:
+    if channels is None:
+        return []
+    bank = array["filter_bank"]
+    if bank is None:
+        return [("1x1 bank", f"no (not 1x1 filters for {channels} channels)")]
+    bias = f", bias {bank['bias']}" if bank["bias"] else ", no bias"
+    return [
+        ("1x1 bank", f"yes: {bank['filters']} filters x {channels} channels, read as {bank['read_as']}{bias}")
+    ]
+
+
 @guarded
 def info(
     files: Annotated[list[str], typer.Argument(help="Files to describe (.npy, .h5[:/dataset], .zarr).")],
     dataset: o.DatasetOpt = None,
+    channels: Annotated[
+        Optional[int],
+        typer.Option(
+            "--channels", help="Mark the tensors that are 1x1 filter banks for this many input channels."
+        ),
+    ] = None,
     json_report: o.JsonOpt = False,
 ) -> None:
     """Describe the arrays in files: shape, dtype, size, storage and a layout guess.
@@ -32,7 +50,7 @@ def info(
     from pwconv.jobs.batch import exit_code
     from pwconv.jobs.info import describe_files
 
-    described = describe_files(files, dataset)
+    described = describe_files(files, dataset, channels)
     if json_report:
         arrays = [a for item in described for a in item.arrays]
         emit_json(arrays[0] if len(files) == 1 and len(arrays) == 1 else arrays)
@@ -51,6 +69,7 @@ def info(
                     ),
                     ("layout", f"probably {array['layout_guess']}"),
                     ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
+                    *_bank_row(array, channels),
                 ]
             )
     code = exit_code([item.exit_code for item in described])

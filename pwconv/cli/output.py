@@ -62,7 +62,9 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
         ),
     ]
     if report.get("bias"):
-        rows.append(("bias", report["bias"]))
+        rows.append(("bias", report["bias"] + ("  (from the filter-bank file)" if w.get("bank") else "")))
+    elif w.get("unused_bias"):
+        rows.append(("bias", f"none (the file has {w['unused_bias']}; --bias auto applies it)"))
     if report["groups"] != 1 or report["stride"] != 1:
         rows.append(("options", f"groups {report['groups']}  stride {report['stride']}"))
     rows.append(("output", f"{out['path']}  {shape_text(out['shape'])} {out['dtype']}"))

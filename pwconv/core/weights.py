@@ -182,6 +182,24 @@ def normalise_filters(filters: np.ndarray, in_channels: int, weights_layout: str
     return FilterBank(matrix=np.ascontiguousarray(matrix), reading=chosen.name, source_shape=shape)
 
 
+def reading_for(shape: tuple[int, ...], in_channels: int) -> tuple[str, int] | None:
+    """(reading, K) when a tensor of ``shape`` is a 1x1 bank of K filters for ``in_channels``
+    channels (no data needed), else None. Vectors are not counted: they are usually biases.
+
+    >>> reading_for((64, 192, 1, 1), 192)
+    ('oihw', 64)
+    """
+    if len(shape) < 2:
+        return None
+    for reading in _readings(tuple(shape), "auto"):
+        if reading.in_channels == in_channels and all(k == 1 for k in reading.kernel):
+            filters = {"kc": shape[0], "ck": shape[-1], "oihw": shape[0], "hwio": shape[-1]}.get(
+                reading.name, 1
+            )
+            return reading.name, int(filters)
+    return None
+
+
 def normalise_bias(bias: np.ndarray | None, n_filters: int) -> np.ndarray | None:
     """Return ``bias`` as a (K,) vector, or raise if it does not hold one value per filter."""
     if bias is None:

@@ -223,3 +223,82 @@ def contiguous_runs(shape: tuple[int, ...], box: list[tuple[int, int]]) -> tuple
         start, stop = box[axis]
         offsets = [o + i * strides[axis] for i in range(start, stop) for o in offsets]
     return run, sorted(offsets)
+
+
+class ArraySource:
+    """A tensor of a model or bank file: shape and dtype from its header, data loaded at the
+    first read (only this tensor's bytes) and sliced from memory after that."""
+
+    sequential = False
+
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        load: Callable[[], np.ndarray],
+        storage: dict[str, Any],
+    ) -> None:
+        self.name, self.shape, self.dtype = name, tuple(int(n) for n in shape), np.dtype(dtype)
+        self._load, self._storage = load, storage
+        self._data: np.ndarray | None = None
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        if self._data is None:
+            data = np.asarray(self._load())
+            if data.shape != self.shape:
+                raise FormatError(
+                    f"expected tensor {self.name!r} of shape {self.shape}, found {data.shape} in its data; "
+                    "the file is damaged, write it again"
+                )
+            self._data = data
+        return self._data[index]
+
+    def chunks(self) -> tuple[int, ...] | None:
+        return None
+
+    def storage(self) -> dict[str, Any]:
+        return self._storage
+
+    def close(self) -> None:
+        self._data = None
+
+
+def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor") -> str:
+    """``name`` if ``path`` holds it; with no name, the only one there is. Else a one-line error
+    that lists the closest names (or the first few)."""
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise InputFileError(f"expected a {what} in {path!r}, found none; the file holds no arrays")
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise UsageError(
+            f"expected one {what} in {path!r} or a name, found {len(names)}: {shown}; "
+            f"name one as {path}:{names[0]}"
+        )
+    if name in names:
+        return name
+    for suffix in (".weight", "/kernel"):  # a layer's name selects its weights
+        if name + suffix in names:
+            return name + suffix
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
+    raise InputFileError(
+        f"expected a {what} {name!r} in {path!r}, found none; closest: {', '.join(close) or 'none'}"
+        " (pwconv info lists them all)"
+    )
+
+
+def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
+    """Refuse a zip member that would inflate far beyond its stored size (a zip bomb)."""
+    if (
+        info.compress_size
+        and info.file_size > (16 << 20)
+        and info.file_size > limit_ratio * info.compress_size
+    ):
+        raise FormatError(
+            f"expected an ordinary zip member in {path!r}, found {info.filename!r} declaring "
+            f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
+        )

@@ -9,6 +9,8 @@ Each format is one module (``pwconv.io.npy``, ``pwconv.io.hdf5``, ...) that offe
 - ``COMPRESSIONS``: the output compressions it takes; ``PARALLEL_WRITE``: whether several
   processes may write one output at once (the dask engine's process schedulers).
 
+A format that is only read (model files) has no ``open_sink``.
+
 A format is found here by its suffix (or, to explain a wrong name, its magic bytes) and its
 module is imported only when a file of that format is used. Nothing outside its module and
 this table names a format: adding one is a module and a line in :data:`FORMATS`.
@@ -43,6 +45,9 @@ class Format:
     magic: bytes = b""
     containers: bool = False  # FILE:NAME selects one array inside a file
     folder: bool = False  # stored as a directory
+    # Suffixes of other formats that this one takes over when its module's claims(path)
+    # recognises the content (a legacy Keras model saved as .h5).
+    claims: tuple[str, ...] = ()
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -50,18 +55,27 @@ class Format:
     def matches(self, path: str) -> bool:
         return path.lower().rstrip("/").endswith(self.suffixes)
 
+    def claims_file(self, path: str) -> bool:
+        return (
+            bool(self.claims)
+            and path.lower().endswith(self.claims)
+            and os.path.isfile(path)
+            and bool(self.load().claims(path))
+        )
 
+
+_H5 = (".h5", ".hdf5", ".hdf", ".he5")
+
+# One line a format. Order matters where suffixes overlap: the first match wins.
 FORMATS: tuple[Format, ...] = (
     Format("npy", ".npy", "pwconv.io.npy", (".npy",), magic=b"\x93NUMPY"),
-    Format(
-        "hdf5",
-        "HDF5",
-        "pwconv.io.hdf5",
-        (".h5", ".hdf5", ".hdf", ".he5"),
-        b"\x89HDF\r\n\x1a\n",
-        containers=True,
-    ),
+    Format("keras", "Keras", "pwconv.io.keras_file", (".keras", ".weights.h5"), containers=True, claims=_H5),
+    Format("hdf5", "HDF5", "pwconv.io.hdf5", _H5, magic=b"\x89HDF\r\n\x1a\n", containers=True),
     Format("zarr", "Zarr", "pwconv.io.zarr_store", (".zarr",), containers=True, folder=True),
+    Format("npz", ".npz", "pwconv.io.npz", (".npz",), containers=True),
+    Format("safetensors", "safetensors", "pwconv.io.safetensors_file", (".safetensors",), containers=True),
+    Format("torch", "PyTorch", "pwconv.io.torch_file", (".pt", ".pth", ".bin"), containers=True),
+    Format("onnx", "ONNX", "pwconv.io.onnx_file", (".onnx",), containers=True),
 )
 
 #: ``-``: an npy stream on stdin or stdout.
@@ -75,9 +89,9 @@ def format_named(name: str) -> Format:
 
 
 def format_of(path: str) -> Format | None:
-    """The format whose suffix ``path`` has, or None."""
+    """The format whose suffix ``path`` has (or whose content it is, for a claimed suffix), or None."""
     for fmt in FORMATS:
-        if fmt.matches(path):
+        if fmt.matches(path) or fmt.claims_file(path):
             return fmt
     return None
 
@@ -125,6 +139,7 @@ class Capabilities:
     """What a format's writer can do, for checking options before anything is opened."""
 
     title: str
+    writable: bool
     compressions: tuple[str, ...]
     parallel_write: bool  # several processes may write one output at once
     sequential: bool  # written front to back only (a pipe)
@@ -134,10 +149,16 @@ def capabilities(spec: Spec) -> Capabilities:
     module = module_of(spec)
     return Capabilities(
         title=format_named(spec.format).title,
+        writable=hasattr(module, "open_sink"),
         compressions=tuple(getattr(module, "COMPRESSIONS", ())),
         parallel_write=bool(getattr(module, "PARALLEL_WRITE", False)),
         sequential=spec.format == STREAM.name,
     )
+
+
+def writable_suffixes() -> str:
+    """``.npy, .h5, .zarr``: the formats pwconv writes, for messages."""
+    return ", ".join(f.suffixes[0] for f in FORMATS if hasattr(f.load(), "open_sink"))
 
 
 def formats_compressed_with(compression: str) -> list[str]:

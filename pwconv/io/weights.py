@@ -1,7 +1,15 @@
-"""Filters and bias as given on the command line: a file of any registered format or a literal."""
+"""Filters and bias as given on the command line: a file of any registered format or a literal.
+
+A tensor inside a model or bank file is named ``FILE:NAME``. A container named without a
+tensor whose arrays include ``weights`` is a filter-bank file: its ``weights`` are the
+filters and its ``bias``, if any, is applied. ``bias="auto"`` takes the bias that belongs to
+the selected weights (the sibling ``bias`` of a ``.weight``/``kernel`` tensor, an ONNX Conv
+node's B); without it, a bias that the file holds is reported as not applied.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -11,7 +19,7 @@ import numpy as np
 
 from pwconv.core.weights import parse_literal
 from pwconv.errors import UsageError
-from pwconv.io.formats import open_source
+from pwconv.io.formats import format_named, open_source
 from pwconv.io.spec import Spec, parse_spec
 
 _LITERAL = re.compile(r"^[\s0-9eE+\-.,;]+$")
@@ -22,9 +30,9 @@ class Operand:
     """One array given as weights or bias: its values and where they came from."""
 
     array: np.ndarray
-    source: str  # the path (``file.h5:/w``) or ``literal '2,3'``
+    source: str  # the path (``file.h5:/w``, ``model.pt:head.weight``) or ``literal '2,3'``
     sha256: str  # of the file's bytes, or of the literal's text
-    spec: Spec | None  # None for a literal
+    spec: Spec | None  # None for a literal; its dataset is the tensor's full name
 
     @property
     def literal(self) -> bool:
@@ -37,6 +45,8 @@ class Weights:
 
     filters: Operand
     bias: Operand | None = None
+    bank: bool = False  # read from a filter-bank file (``weights`` + ``bias``)
+    unused_bias: str | None = None  # a bias in the weights' file that was not applied
 
     @property
     def specs(self) -> list[Spec]:
@@ -76,17 +86,95 @@ def read_operand(text: str, dataset: str | None = None, *, what: str = "weights"
         if not os.path.exists(text) and ("," in text or ";" in text):
             parse_literal(text)  # raises the literal's own error
         raise
+    return _read_spec(spec)
+
+
+def _read_spec(spec: Spec) -> Operand:
     source = open_source(spec)
     try:
         array = source.read(tuple(slice(0, n) for n in source.shape))
+        name = getattr(source, "name", None)  # the tensor a model format resolved the name to
     finally:
         source.close()
+    if name is not None:
+        spec = dataclasses.replace(spec, dataset=name)
     return Operand(np.asarray(array), spec.text, _file_sha256(spec.path), spec)
 
 
+def _names(spec: Spec) -> list[str]:
+    fmt = format_named(spec.format)
+    return list(fmt.load().list_arrays(spec.path)) if fmt.containers else []
+
+
+def _bank_names(spec: Spec) -> tuple[str, str]:
+    """``weights`` and ``bias`` as the format spells array names (``/weights`` in HDF5)."""
+    fmt = format_named(spec.format)
+    if not fmt.containers:
+        return "weights", "bias"
+    module = fmt.load()
+    return module.array_name("weights"), module.array_name("bias")
+
+
+def sibling_bias(tensor: str, names: list[str]) -> str | None:
+    """The bias named like ``tensor``: ``x.weight`` -> ``x.bias``, ``x/kernel`` -> ``x/bias``.
+
+    >>> sibling_bias("head.proj.weight", ["head.proj.weight", "head.proj.bias"])
+    'head.proj.bias'
+    """
+    for suffix in ("weights", "weight", "kernel"):
+        stem = tensor[: -len(suffix)]
+        if tensor.endswith(suffix) and (not stem or stem[-1] in "./_:"):
+            candidate = stem + "bias"
+            if candidate in names:
+                return candidate
+    return None
+
+
+def companion_bias(spec: Spec) -> str | None:
+    """The name of the bias that belongs to the tensor ``spec`` names, if its file has one."""
+    fmt = format_named(spec.format)
+    if not fmt.containers or spec.dataset is None:
+        return None
+    module = fmt.load()
+    own = getattr(module, "companion_bias", None)
+    if own is not None:
+        found: str | None = own(spec.path, spec.dataset)
+        return found
+    return sibling_bias(spec.dataset, _names(spec))
+
+
 def read_weights(filters: str, bias: str | None = None, *, dataset: str | None = None) -> Weights:
-    """Load the filters and the optional bias (files or literals)."""
-    return Weights(
-        read_operand(filters, dataset),
-        read_operand(bias, what="bias") if bias is not None else None,
-    )
+    """Load the filters and the bias: ``bias`` is a file, a literal, ``"auto"`` or None."""
+    if looks_like_literal(filters) or filters == "-":
+        if bias == "auto":
+            raise UsageError(
+                f"expected weights from a model or bank file for [[bias=auto]], found {filters!r}; "
+                "give the bias as a file or a literal"
+            )
+        return Weights(read_operand(filters, dataset), read_operand(bias, what="bias") if bias else None)
+    try:
+        spec = parse_spec(filters, dataset, what="weights")
+    except UsageError:
+        read_operand(filters, dataset)  # raises the literal's or the name's own error
+        raise
+    names = _names(spec) if spec.dataset is None else []
+    bank_weights, bank_bias_name = _bank_names(spec)
+    if bank_weights in names:  # a filter-bank file
+        weights = _read_spec(dataclasses.replace(spec, dataset=bank_weights))
+        bank_bias = dataclasses.replace(spec, dataset=bank_bias_name) if bank_bias_name in names else None
+        if bias in (None, "auto"):
+            return Weights(weights, _read_spec(bank_bias) if bank_bias else None, bank=True)
+        return Weights(weights, read_operand(bias, what="bias"), bank=True)
+    weights = _read_spec(spec)
+    assert weights.spec is not None
+    belonging = companion_bias(weights.spec)
+    if bias == "auto":
+        if belonging is None:
+            raise UsageError(
+                f"expected a bias that belongs to {weights.source!r} for [[bias=auto]], found none in "
+                f"{spec.path!r}; name one with [[bias=FILE:NAME]] or drop the option"
+            )
+        return Weights(weights, _read_spec(dataclasses.replace(weights.spec, dataset=belonging)))
+    if bias is None:
+        return Weights(weights, unused_bias=belonging)
+    return Weights(weights, read_operand(bias, what="bias"))

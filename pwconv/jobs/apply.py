@@ -60,6 +60,8 @@ def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str,
         "input": input_text,
         "weights_source": weights.filters.source,
         "weights_sha256": weights.filters.sha256,
+        "weights_tensor": weights.filters.spec.dataset or "" if weights.filters.spec else "",
+        "bias_source": weights.bias.source if weights.bias else "",
         "layout": plan.layout.name,
         "channel_axis": plan.channel_axis,
     }

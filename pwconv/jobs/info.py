@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pwconv.core.weights import reading_for
 from pwconv.errors import PwconvError, UsageError
 from pwconv.io.formats import array_specs, open_source
 from pwconv.io.spec import Spec, parse_spec
+from pwconv.io.weights import companion_bias
 
 
 def guess_layout(shape: tuple[int, ...]) -> str:
@@ -29,14 +32,16 @@ def guess_layout(shape: tuple[int, ...]) -> str:
     return "channels-last" if shape[-1] <= shape[first] else "channels-first"
 
 
-def array_info(spec: Spec) -> dict[str, Any]:
-    """What ``info`` says of one array."""
+def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
+    """What ``info`` says of one array; with ``channels``, whether it is a 1x1 filter bank
+    for that many input channels (and which bias belongs to it)."""
     source = open_source(spec)
     try:
         shape = tuple(source.shape)
         dtype = np.dtype(source.dtype)
-        return {
-            "path": spec.text,
+        name = getattr(source, "name", None)
+        info: dict[str, Any] = {
+            "path": spec.text if name is None else f"{spec.path}:{name}",
             "shape": list(shape),
             "dtype": dtype.name,
             "bytes": math.prod(shape) * dtype.itemsize,
@@ -45,6 +50,18 @@ def array_info(spec: Spec) -> dict[str, Any]:
         }
     finally:
         source.close()
+    if channels is not None:
+        fits = reading_for(shape, channels)
+        info["filter_bank"] = (
+            None
+            if fits is None
+            else {
+                "read_as": fits[0],
+                "filters": fits[1],
+                "bias": companion_bias(spec if name is None else dataclasses.replace(spec, dataset=name)),
+            }
+        )
+    return info
 
 
 @dataclass
@@ -60,17 +77,21 @@ class FileInfo:
         return self.failure.exit_code if self.failure else 0
 
 
-def describe_file(path: str, dataset: str | None = None) -> FileInfo:
-    """Every array ``path`` stands for (each dataset of a container named whole)."""
+def describe_file(path: str, dataset: str | None = None, channels: int | None = None) -> FileInfo:
+    """Every array ``path`` stands for (each tensor of a container named whole)."""
     try:
+        if channels is not None and channels < 1:
+            raise UsageError(f"expected [[channels]] of at least 1, found {channels}")
         spec = parse_spec(path, dataset)
         if spec.path == "-":
             raise UsageError("expected a file for info, found '-'; give a path")
-        return FileInfo(path, [array_info(s) for s in array_specs(spec)])
+        return FileInfo(path, [array_info(s, channels) for s in array_specs(spec)])
     except PwconvError as exc:
         return FileInfo(path, [], exc)
 
 
-def describe_files(paths: list[str], dataset: str | None = None) -> list[FileInfo]:
+def describe_files(
+    paths: list[str], dataset: str | None = None, channels: int | None = None
+) -> list[FileInfo]:
     """:func:`describe_file` for each path; one unreadable file does not stop the others."""
-    return [describe_file(path, dataset) for path in paths]
+    return [describe_file(path, dataset, channels) for path in paths]

@@ -13,7 +13,7 @@ from typing import Any
 from pwconv.core.blocks import parse_size
 from pwconv.engines.dask_engine import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
-from pwconv.io.formats import capabilities, formats_compressed_with
+from pwconv.io.formats import capabilities, formats_compressed_with, writable_suffixes
 from pwconv.io.spec import Spec
 
 DEFAULT_MAX_MEMORY = "512MiB"
@@ -79,6 +79,11 @@ class ApplyOptions:
 def check_output(options: ApplyOptions, output: Spec) -> None:
     """Refuse options that the output's format cannot honour."""
     can = capabilities(output)
+    if not can.writable:
+        raise UsageError(
+            f"expected an output format pwconv writes ({writable_suffixes()} or -), found {can.title} "
+            f"{output.text!r}, which it only reads; choose another output name"
+        )
     if options.compression and options.compression not in can.compressions:
         takes = "|".join(can.compressions)
         others = " or ".join(formats_compressed_with(options.compression))

@@ -36,6 +36,8 @@ def describe_weights(weights: Weights, plan: ConvPlan) -> dict[str, Any]:
         "square": plan.bank.square,
         "matrix_shape": list(plan.bank.matrix.shape),
         "sha256": filters.sha256,
+        "bank": weights.bank,
+        "unused_bias": weights.unused_bias,
     }
 
 

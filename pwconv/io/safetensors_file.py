@@ -1,0 +1,143 @@
+"""``.safetensors`` files: a JSON header, then raw little-endian tensors. No code can run.
+
+Only the header is parsed to list or open a tensor; reading maps just the selected tensor's
+bytes. Every header field is checked against the file (offsets inside the data, sizes that
+match shape and dtype, no overlaps) and the ``safetensors`` library validates it too. bf16
+tensors are widened to float32 exactly (bf16 is the top half of a float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import FormatError
+from pwconv.io.base import ArraySource, check_readable, pick_name
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",  # widened to float32 when read
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+def _fail(path: str, found: str) -> FormatError:
+    return FormatError(
+        f"expected a safetensors file at {path!r}, found {found}; write it again with safetensors.save_file"
+    )
+
+
+def read_header(path: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(offset of the data, {name: {dtype, shape, data_offsets}}) after checking every entry."""
+    check_readable(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise _fail(path, f"{len(head)} bytes, too short for a header")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(_MAX_HEADER_BYTES, size - 8):
+            raise _fail(path, f"a header length of {length} bytes in a file of {size}")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _fail(path, "a header that is not JSON") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"a JSON {type(header).__name__} as header instead of an object")
+    header.pop("__metadata__", None)
+    data_bytes = size - 8 - length
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _fail(path, f"entry {name!r} without exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPES:
+            raise _fail(path, f"tensor {name!r} of dtype {dtype!r} (pwconv reads {', '.join(_DTYPES)})")
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise _fail(path, f"tensor {name!r} with shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(n) is int for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+        ):
+            raise _fail(path, f"tensor {name!r} with offsets {offsets!r} outside the {data_bytes} data bytes")
+        if offsets[1] - offsets[0] != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+            raise _fail(
+                path,
+                f"tensor {name!r} whose {offsets[1] - offsets[0]} bytes do not hold shape {shape} {dtype}",
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise _fail(path, f"tensors {first!r} and {second!r} that overlap")
+    return 8 + length, header
+
+
+def _library_check(path: str) -> None:
+    import safetensors  # a core dependency: small, and it runs no code from the file
+
+    try:
+        with safetensors.safe_open(path, framework="numpy"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - the library raises its own error types
+        raise _fail(
+            path, f"a header the safetensors library refuses ({str(exc).splitlines()[0][:120]})"
+        ) from None
+
+
+def list_arrays(path: str) -> list[str]:
+    return sorted(read_header(path)[1])
+
+
+def array_name(name: str) -> str:
+    return name
+
+
+def _load(path: str, offset: int, entry: dict[str, Any]) -> np.ndarray:
+    begin, _ = entry["data_offsets"]
+    dtype = np.dtype(_DTYPES[entry["dtype"]])
+    shape = tuple(entry["shape"])
+    if not math.prod(shape):
+        data = np.empty(shape, dtype)
+    else:
+        data = np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset + begin, shape=shape))
+    if entry["dtype"] == "BF16":
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    return data
+
+
+def open_source(spec: Spec) -> ArraySource:
+    offset, header = read_header(spec.path)
+    _library_check(spec.path)
+    name = pick_name(spec.path, spec.dataset, sorted(header))
+    entry = header[name]
+    dtype = np.dtype(np.float32) if entry["dtype"] == "BF16" else np.dtype(_DTYPES[entry["dtype"]])
+    storage = {
+        "format": "safetensors",
+        "tensor": name,
+        "stored_dtype": entry["dtype"],
+        "data_bytes": entry["data_offsets"][1] - entry["data_offsets"][0],
+    }
+    return ArraySource(name, tuple(entry["shape"]), dtype, lambda: _load(spec.path, offset, entry), storage)
