@@ -56,7 +56,19 @@ def worked(tmp_path: Path) -> Path:
 
 
 # Packages that an .npy run must never import.
-HEAVY = ("dask", "zarr", "distributed", "h5py", "rich", "torch", "onnx", "keras", "safetensors")
+HEAVY = (
+    "dask",
+    "zarr",
+    "distributed",
+    "h5py",
+    "rich",
+    "torch",
+    "onnx",
+    "keras",
+    "safetensors",
+    "PIL",
+    "tifffile",
+)
 
 
 def cli_in_process(cwd: Path, blocked: list[str], args: list[str]) -> subprocess.CompletedProcess:

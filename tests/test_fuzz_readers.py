@@ -258,12 +258,23 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
         handle["layers/conv2d/vars"].attrs["name"] = "mix"
     with zipfile.ZipFile(tmp_path / "s.keras", "w") as archive:
         archive.write(tmp_path / "inner.h5", "model.weights.h5")
-    for suffix in ("npz", "safetensors", "pt", "onnx", "keras"):
+    import tifffile
+    from PIL import Image
+
+    photo = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "s.png")
+    Image.fromarray(photo).save(tmp_path / "s.jpg")
+    Image.fromarray(photo).convert("P").save(tmp_path / "s.gif")
+    tifffile.imwrite(
+        tmp_path / "s.tif", np.moveaxis(photo, -1, 0), photometric="minisblack", planarconfig="separate",
+        tile=(16, 16), compression="zlib",
+    )  # fmt: skip
+    for suffix in ("npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif"):
         samples[suffix] = (tmp_path / f"s.{suffix}").read_bytes()
     return samples
 
 
-@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt", "onnx", "keras"])
+@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif"])
 def test_damaged_model_files(tmp_path, suffix):
     sample = _model_samples(tmp_path)[suffix]
 

@@ -47,6 +47,7 @@ def apply(
     chunks: o.ChunksOpt = o.CHUNKS,
     engine: o.EngineOpt = o.ENGINE,
     scheduler: o.SchedulerOpt = o.SCHEDULER,
+    quality: o.QualityOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:

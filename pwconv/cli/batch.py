@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -34,6 +34,13 @@ def batch(
     overwrite: o.OverwriteOpt = False,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     compression: o.CompressionOpt = None,
+    quality: o.QualityOpt = None,
+    output_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format", help="Output format by suffix (png, tif, npy, ...); default: each input's own."
+        ),
+    ] = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     weights_dataset: o.WeightsDatasetOpt = None,
@@ -65,6 +72,7 @@ def batch(
         out_dir,
         options,
         suffix=suffix,
+        output_format=output_format,
         jobs=jobs,
         fail_fast=fail_fast,
         weights_dataset=weights_dataset,

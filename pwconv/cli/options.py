@@ -61,6 +61,10 @@ SchedulerOpt = Annotated[
     typer.Option("--scheduler", help="Dask scheduler: threads, processes, synchronous or tcp://HOST:PORT."),
 ]
 
+QualityOpt = Annotated[
+    Optional[int], typer.Option("--quality", help="JPEG/WebP output quality, 1-100 (default 95).")
+]
+
 # Defaults, written once (the library's own where it has one).
 MAX_MEMORY = DEFAULT_MAX_MEMORY
 LAYOUT = "channels-last"

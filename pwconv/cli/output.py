@@ -68,6 +68,16 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report["groups"] != 1 or report["stride"] != 1:
         rows.append(("options", f"groups {report['groups']}  stride {report['stride']}"))
     rows.append(("output", f"{out['path']}  {shape_text(out['shape'])} {out['dtype']}"))
+    clipped = out.get("clipped")
+    if clipped is not None:
+        rows.append(
+            (
+                "clipped",
+                f"{clipped['low']} low, {clipped['high']} high (rounded to nearest and saturated into {out['dtype']})",
+            )
+        )
+    for note in [*inp.get("notes", []), *out.get("notes", [])]:
+        rows.append(("note", note))
     blocks = report["blocks"]
     rows.append(
         (

@@ -426,3 +426,25 @@ def pointwise_conv(
         x_index = index[:axis] + (slice(None),) + index[axis + 1 :]
         compute_block(plan, xs[x_index], out[index])
     return out
+
+
+def saturate(block: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int, int]:
+    """``block`` rounded to nearest and clipped into the integer ``dtype``, never wrapped.
+
+    Returns the converted block and how many values were clipped low and high (NaN counts as
+    low and becomes the smallest value).
+
+    >>> saturate(np.array([-3.0, 1.5, 2.5, 300.0]), np.dtype(np.uint8))
+    (array([  0,   2,   2, 255], dtype=uint8), 1, 1)
+    """
+    info = np.iinfo(dtype)
+    values = np.rint(block) if block.dtype.kind == "f" else block
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            values = np.where(nan, -np.inf, values)
+    low = int(np.count_nonzero(values < info.min))
+    high = int(np.count_nonzero(values > info.max))
+    if low or high:
+        values = np.clip(values, info.min, info.max)
+    return values.astype(dtype), low, high

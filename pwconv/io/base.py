@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pwconv.core.conv import saturate
 from pwconv.errors import FormatError, InputFileError, OutputExistsError, UsageError, WriteError
 
 
@@ -71,6 +72,7 @@ class SinkRequest:
     compression: str | None = None
     chunks: str | tuple[int, ...] = "auto"
     block_shape: tuple[int, ...] | None = None
+    quality: int | None = None  # lossy formats (JPEG, WebP)
 
 
 class SqueezedSink:
@@ -226,21 +228,29 @@ def contiguous_runs(shape: tuple[int, ...], box: list[tuple[int, int]]) -> tuple
 
 
 class ArraySource:
-    """A tensor of a model or bank file: shape and dtype from its header, data loaded at the
-    first read (only this tensor's bytes) and sliced from memory after that."""
+    """A tensor of a model or bank file, or a whole image: shape and dtype from its header,
+    data loaded at the first read (only this tensor's bytes) and sliced from memory after.
+
+    ``name`` is the tensor's full name inside its file (None for an image); ``notes`` are
+    what the report should say about how it was read.
+    """
 
     sequential = False
 
     def __init__(
         self,
-        name: str,
+        name: str | None,
         shape: tuple[int, ...],
         dtype: np.dtype,
         load: Callable[[], np.ndarray],
         storage: dict[str, Any],
+        *,
+        is_image: bool = False,
+        notes: list[str] | None = None,
     ) -> None:
         self.name, self.shape, self.dtype = name, tuple(int(n) for n in shape), np.dtype(dtype)
         self._load, self._storage = load, storage
+        self.is_image, self.notes = is_image, notes or []
         self._data: np.ndarray | None = None
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
@@ -248,8 +258,8 @@ class ArraySource:
             data = np.asarray(self._load())
             if data.shape != self.shape:
                 raise FormatError(
-                    f"expected tensor {self.name!r} of shape {self.shape}, found {data.shape} in its data; "
-                    "the file is damaged, write it again"
+                    f"expected {self.name or 'the data'!r} of shape {self.shape}, found {data.shape} in the "
+                    "file; it is damaged, write it again"
                 )
             self._data = data
         return self._data[index]
@@ -302,3 +312,41 @@ def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
             f"expected an ordinary zip member in {path!r}, found {info.filename!r} declaring "
             f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
         )
+
+
+class SaturatingSink:
+    """A sink of integers for results computed in another type: values are rounded to nearest
+    and clipped into range (never wrapped), and the clipped values are counted."""
+
+    def __init__(self, sink: Sink, dtype: np.dtype) -> None:
+        self.sink, self.dtype = sink, np.dtype(dtype)
+        self.sequential = sink.sequential
+        self.clipped_low = self.clipped_high = 0
+        self.counted = True
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        converted, low, high = saturate(block, self.dtype)
+        self.clipped_low += low
+        self.clipped_high += high
+        self.sink.write(index, converted)
+
+    def parallel_writer(self) -> BlockWriter | None:
+        inner = self.sink.parallel_writer()
+        if inner is None:
+            return None
+        self.counted = False  # workers in other processes cannot report their counts
+        return _SaturatingWriter(inner, self.dtype)
+
+    def commit(self) -> None:
+        self.sink.commit()
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
+class _SaturatingWriter:
+    def __init__(self, writer: BlockWriter, dtype: np.dtype) -> None:
+        self.writer, self.dtype = writer, dtype
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        self.writer[index] = saturate(block, self.dtype)[0]

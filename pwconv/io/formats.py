@@ -76,6 +76,14 @@ FORMATS: tuple[Format, ...] = (
     Format("safetensors", "safetensors", "pwconv.io.safetensors_file", (".safetensors",), containers=True),
     Format("torch", "PyTorch", "pwconv.io.torch_file", (".pt", ".pth", ".bin"), containers=True),
     Format("onnx", "ONNX", "pwconv.io.onnx_file", (".onnx",), containers=True),
+    Format(
+        "image",
+        "image",
+        "pwconv.io.image",
+        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"),
+        magic=b"\x89PNG",
+    ),
+    Format("tiff", "TIFF", "pwconv.io.tiff", (".tif", ".tiff"), magic=b"II*\x00"),
 )
 
 #: ``-``: an npy stream on stdin or stdout.
@@ -114,8 +122,9 @@ def known_suffixes() -> str:
     return ", ".join("/".join(f.suffixes) for f in FORMATS)
 
 
-def all_suffixes() -> tuple[str, ...]:
-    return tuple(s for f in FORMATS for s in f.suffixes)
+def data_suffixes() -> tuple[str, ...]:
+    """The suffixes of the formats pwconv writes too (data, as opposed to model files)."""
+    return tuple(s for f in FORMATS if hasattr(f.load(), "open_sink") for s in f.suffixes)
 
 
 def module_of(spec: Spec) -> ModuleType:
@@ -159,6 +168,17 @@ def capabilities(spec: Spec) -> Capabilities:
 def writable_suffixes() -> str:
     """``.npy, .h5, .zarr``: the formats pwconv writes, for messages."""
     return ", ".join(f.suffixes[0] for f in FORMATS if hasattr(f.load(), "open_sink"))
+
+
+def default_output_dtype(spec: Spec, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
+    """The dtype an output of this format takes when none is asked for (None: numpy's rule)."""
+    rule = getattr(module_of(spec), "default_dtype", None)
+    return None if rule is None else rule(input_dtype, input_is_image)
+
+
+def all_compressions() -> tuple[str, ...]:
+    """Every output compression some format takes."""
+    return tuple(dict.fromkeys(c for f in FORMATS for c in getattr(f.load(), "COMPRESSIONS", ())))
 
 
 def formats_compressed_with(compression: str) -> list[str]:

@@ -6,14 +6,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from pwconv import __version__
 from pwconv.core.conv import ConvPlan, plan_conv
 from pwconv.core.weights import literal_dtype
 from pwconv.engines import numpy_engine
 from pwconv.engines.numpy_engine import Timings
 from pwconv.errors import ShapeError, UsageError
-from pwconv.io.base import Sink, SinkRequest, Source, SqueezedSink
-from pwconv.io.formats import check_distinct, open_sink, open_source
+from pwconv.io.base import SaturatingSink, Sink, SinkRequest, Source, SqueezedSink
+from pwconv.io.formats import check_distinct, default_output_dtype, open_sink, open_source
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.io.weights import Weights, read_weights
 from pwconv.jobs.options import ApplyOptions, check_output
@@ -25,22 +27,40 @@ def load_weights(weights: str, options: ApplyOptions, dataset: str | None = None
     return read_weights(weights, options.bias, dataset=dataset)
 
 
-def make_plan(source: Source, weights: Weights, options: ApplyOptions) -> ConvPlan:
-    """Check the weights and options against an input's shape and dtype."""
-    dtype = options.dtype
+def make_plan(
+    source: Source, weights: Weights, options: ApplyOptions, output: Spec | None = None
+) -> tuple[ConvPlan, np.dtype | None]:
+    """Check the weights and options against an input's shape and dtype.
+
+    Returns the plan and, when the output is integers that the plan computes in another
+    type (``dtype="uint8"`` on float data, an image output), the dtype to saturate into.
+    """
+    dtype: Any = options.dtype
+    if dtype is None and output is not None:
+        dtype = default_output_dtype(output, np.dtype(source.dtype), bool(getattr(source, "is_image", False)))
     if dtype is None and weights.filters.literal:
         dtype = literal_dtype(source.dtype, weights.filters.array).name
-    plan = plan_conv(
-        source.shape,
-        source.dtype,
-        weights.filters.array,
-        None if weights.bias is None else weights.bias.array,
-        layout=options.layout,
-        groups=options.groups,
-        stride=options.stride,
-        weights_layout=options.weights_layout,
-        dtype=dtype,
-    )
+
+    def plan_for(out_dtype: Any) -> ConvPlan:
+        return plan_conv(
+            source.shape,
+            source.dtype,
+            weights.filters.array,
+            None if weights.bias is None else weights.bias.array,
+            layout=options.layout,
+            groups=options.groups,
+            stride=options.stride,
+            weights_layout=options.weights_layout,
+            dtype=out_dtype,
+        )
+
+    plan = plan_for(None)
+    target = None if dtype is None else _dtype(dtype)
+    saturate_to = None
+    if target is not None and target.kind in "iu" and target != plan.out_dtype:
+        saturate_to = target  # computed in the natural type, then rounded and clipped
+    elif target is not None and target != plan.out_dtype:
+        plan = plan_for(target)
     if 0 in plan.in_shape:
         raise ShapeError(
             f"expected a non-empty input, found shape {plan.in_shape}; there is nothing to convolve"
@@ -50,7 +70,21 @@ def make_plan(source: Source, weights: Weights, options: ApplyOptions) -> ConvPl
             f"expected one filter for [[squeeze]] (it drops a size-1 channel axis), found {plan.out_channels}; "
             "drop [[squeeze]]"
         )
-    return plan
+    if saturate_to is not None and plan.out_dtype.kind == "c":
+        raise UsageError(
+            f"expected real results for {saturate_to} output, found {plan.out_dtype}; drop [[dtype]]"
+        )
+    return plan, saturate_to
+
+
+def _dtype(value: Any) -> np.dtype:
+    try:
+        found = np.dtype(value)
+    except TypeError:
+        raise UsageError(f"expected a numpy dtype name such as float32, found {value!r}") from None
+    if found.kind not in "iufc":
+        raise UsageError(f"expected a numeric output dtype, found {found}")
+    return found
 
 
 def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:
@@ -78,8 +112,10 @@ def open_output(
     options: ApplyOptions,
     attrs: dict[str, Any],
     block_shape: tuple[int, ...] | None = None,
+    saturate_to: np.dtype | None = None,
 ) -> Sink:
-    """The output's sink; engines always write blocks of ``plan.out_shape`` into it."""
+    """The output's sink; engines always write blocks of ``plan.out_shape`` in ``plan.out_dtype``
+    into it (squeezing and saturating happen here, in wrappers)."""
     axis = plan.channel_axis
     squeeze = options.squeeze
     shape = squeezed(plan.out_shape, axis, squeeze)
@@ -90,16 +126,43 @@ def open_output(
         )
     request = SinkRequest(
         shape=shape,
-        dtype=plan.out_dtype,
+        dtype=saturate_to or plan.out_dtype,
         channel_axis=max(axis - 1, 0) if squeeze else axis,
         overwrite=options.overwrite,
         attrs=attrs,
         compression=options.compression,
         chunks=options.output_chunks,
         block_shape=squeezed(block_shape, axis, squeeze) if block_shape else None,
+        quality=options.quality,
     )
-    sink = open_sink(spec, request)
+    sink: Sink = open_sink(spec, request)
+    if saturate_to is not None:
+        sink = SaturatingSink(sink, saturate_to)
     return SqueezedSink(sink, axis) if squeeze else sink
+
+
+def _unwrapped(sink: Any) -> Any:
+    while hasattr(sink, "sink"):
+        if isinstance(sink, SaturatingSink):
+            return sink
+        sink = sink.sink
+    return sink
+
+
+def clipped_counts(sink: Sink) -> dict[str, int] | None:
+    """Values clipped into an integer output's range (None when nothing was saturated or the
+    counts stayed in other processes)."""
+    found = _unwrapped(sink)
+    if not isinstance(found, SaturatingSink) or not found.counted:
+        return None
+    return {"low": found.clipped_low, "high": found.clipped_high}
+
+
+def sink_notes(sink: Any) -> list[str]:
+    """What the output's writer wants said (a lossy format, say)."""
+    while hasattr(sink, "sink"):
+        sink = sink.sink
+    return list(getattr(sink, "notes", []))
 
 
 def apply_file(
@@ -125,7 +188,7 @@ def apply_file(
     check_distinct(out_spec, in_spec, *loaded.specs)
     source = open_source(in_spec)
     try:
-        plan = make_plan(source, loaded, options)
+        plan, saturate_to = make_plan(source, loaded, options, out_spec)
         engine_name = "numpy"
         block_shape = None
         run: Callable[[Sink], Timings]
@@ -142,7 +205,8 @@ def apply_file(
             def run(sink: Sink) -> Timings:
                 return numpy_engine.run(plan, source, sink, max_bytes=options.max_bytes, progress=progress)
 
-        sink = open_output(out_spec, plan, options, output_attrs(in_spec.text, loaded, plan), block_shape)
+        attrs = output_attrs(in_spec.text, loaded, plan)
+        sink = open_output(out_spec, plan, options, attrs, block_shape, saturate_to)
         load_seconds = time.perf_counter() - start
         try:
             timings = run(sink)
@@ -154,14 +218,17 @@ def apply_file(
             raise
     finally:
         source.close()
+    output_doc: dict[str, Any] = {
+        "path": out_spec.text,
+        "shape": list(squeezed(plan.out_shape, plan.channel_axis, options.squeeze)),
+        "dtype": (saturate_to or plan.out_dtype).name,
+        "clipped": clipped_counts(sink),
+        "notes": sink_notes(sink),
+    }
     return Report(
-        input=describe_input(in_spec.text, plan),
+        input={**describe_input(in_spec.text, plan), "notes": getattr(source, "notes", [])},
         weights=describe_weights(loaded, plan),
-        output={
-            "path": out_spec.text,
-            "shape": list(squeezed(plan.out_shape, plan.channel_axis, options.squeeze)),
-            "dtype": plan.out_dtype.name,
-        },
+        output=output_doc,
         bias=describe_bias(loaded),
         groups=plan.groups,
         stride=plan.stride,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pwconv.errors import PwconvError, UsageError, WriteError
-from pwconv.io.formats import all_suffixes, format_of
+from pwconv.io.formats import data_suffixes, format_of, writable_suffixes
 from pwconv.io.spec import parse_spec
 from pwconv.jobs.apply import apply_file, load_weights
 from pwconv.jobs.options import ApplyOptions
@@ -46,9 +46,10 @@ class FileResult:
 def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     """(input, output name relative to the output folder) for files and walked folders.
 
-    Folders are walked for files and stores of every registered format, keeping relative paths.
+    Folders are walked for files and stores of every format pwconv writes (data, not model
+    files), keeping relative paths.
     """
-    suffixes = all_suffixes()
+    suffixes = data_suffixes()
     found: list[tuple[str, str]] = []
     for item in inputs:
         if os.path.isdir(item) and format_of(item) is None:
@@ -68,10 +69,17 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return found
 
 
-def output_name(relative: str, suffix: str) -> str:
-    """``a/x.npy`` -> ``a/x{suffix}.npy``."""
+def output_name(relative: str, suffix: str, output_format: str | None = None) -> str:
+    """``a/x.npy`` -> ``a/x{suffix}.npy`` (or ``.{output_format}``)."""
     stem, ext = os.path.splitext(relative)
-    return f"{stem}{suffix}{ext}"
+    return f"{stem}{suffix}{'.' + output_format.lstrip('.') if output_format else ext}"
+
+
+def check_output_format(output_format: str | None) -> None:
+    if output_format is not None and "." + output_format.lstrip(".").lower() not in data_suffixes():
+        raise UsageError(
+            f"expected [[format]] as a suffix pwconv writes ({writable_suffixes()}), found {output_format!r}"
+        )
 
 
 def make_out_dir(out_dir: str) -> None:
@@ -93,6 +101,7 @@ def batch_files(
     options: ApplyOptions,
     *,
     suffix: str = ".pw",
+    output_format: str | None = None,
     jobs: int = 1,
     fail_fast: bool = False,
     weights_dataset: str | None = None,
@@ -101,17 +110,18 @@ def batch_files(
     """Apply one filter bank (loaded and checked once) to every input; a bad file does not stop the rest."""
     if jobs < 1:
         raise UsageError(f"expected [[jobs]] of at least 1, found {jobs}")
+    check_output_format(output_format)
     loaded = load_weights(weights, options, weights_dataset)
     planned = expand_inputs(inputs)
     if not planned:
         raise UsageError(
-            f"expected at least one input ({', '.join(all_suffixes())}), found none; check the paths"
+            f"expected at least one input ({', '.join(data_suffixes())}), found none; check the paths"
         )
     make_out_dir(out_dir)
     claimed: dict[str, str] = {}
     tasks: list[tuple[str, str, PwconvError | None]] = []  # (input, output, why it cannot run)
     for path, relative in planned:
-        target = os.path.join(out_dir, output_name(relative, suffix))
+        target = os.path.join(out_dir, output_name(relative, suffix, output_format))
         key = os.path.abspath(target)
         if key in claimed:
             problem = UsageError(

@@ -137,7 +137,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     loaded = load_weights(request.weights, request.options)
     source = open_source(spec)
     try:
-        plan = make_plan(source, loaded, request.options)
+        plan, _ = make_plan(source, loaded, request.options)
         coords = _position(plan, request.at)
         line, offset = _read_line(source, plan, coords)
     finally:

@@ -13,12 +13,11 @@ from typing import Any
 from pwconv.core.blocks import parse_size
 from pwconv.engines.dask_engine import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
-from pwconv.io.formats import capabilities, formats_compressed_with, writable_suffixes
+from pwconv.io.formats import all_compressions, capabilities, formats_compressed_with, writable_suffixes
 from pwconv.io.spec import Spec
 
 DEFAULT_MAX_MEMORY = "512MiB"
 ENGINES = ("numpy", "dask")
-COMPRESSIONS = ("gzip", "lzf", "zstd")
 
 
 def _parse_chunks(text: str) -> str | tuple[int, ...]:
@@ -54,6 +53,7 @@ class ApplyOptions:
     chunks: str = "auto"
     engine: str = "numpy"
     scheduler: str = "threads"
+    quality: int | None = None
     # Parsed from the fields above.
     max_bytes: int = field(init=False, repr=False)
     output_chunks: str | tuple[int, ...] = field(init=False, repr=False)
@@ -61,8 +61,13 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise UsageError(f"expected [[engine=numpy|dask]], found {self.engine!r}")
-        if self.compression not in (None, "none", *COMPRESSIONS):
-            raise UsageError(f"expected [[compression=gzip|lzf|zstd|none]], found {self.compression!r}")
+        known = all_compressions()
+        if self.compression not in (None, "none", *known):
+            raise UsageError(
+                f"expected [[compression={'|'.join((*known, 'none'))}]], found {self.compression!r}"
+            )
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise UsageError(f"expected [[quality]] from 1 to 100, found {self.quality}")
         if self.compression == "none":
             object.__setattr__(self, "compression", None)
         check_scheduler(self.scheduler)

@@ -1,0 +1,276 @@
+"""TIFF files through tifffile (extra ``pwconv[image]``): any channel count and dtype.
+
+A TIFF is presented as (H, W, C), channels last, whatever its storage: the samples of a
+contiguous (HWC) or planar (CHW) image, or the pages of a multi-page stack, become the
+channels, in storage order. Uncompressed contiguous files are memory-mapped; tiled, striped
+or compressed files are read through tifffile's zarr view, which decodes only the strips or
+tiles a block needs, so large files stream with bounded memory. BigTIFF is read and, for
+outputs over 4 GiB, written.
+
+Outputs: uncompressed TIFFs are written block by block into a memory-mapped temp file
+(several processes may write at once); ``compression="deflate"`` builds the image in memory
+and writes it on commit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import FormatError, UsageError, WriteError, require_extra
+from pwconv.io.base import (
+    BlockWriter,
+    SinkRequest,
+    box_of,
+    check_output_path,
+    check_readable,
+    contiguous_runs,
+    numeric_dtype,
+    publish,
+    remove_quietly,
+    temp_path_beside,
+)
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+COMPRESSIONS = ("deflate",)
+PARALLEL_WRITE = True
+_BIGTIFF_BYTES = 2**32 - 2**25
+
+
+def _tifffile() -> Any:
+    return require_extra("tifffile", "image", "TIFF files")
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+class TiffSource:
+    """The first series of a TIFF file as (H, W, C)."""
+
+    sequential = False
+    is_image = True
+    name = None
+
+    def __init__(self, path: str) -> None:
+        tifffile = _tifffile()
+        check_readable(path)
+        self.path = path
+        self.notes: list[str] = []
+        try:
+            self._tif = tifffile.TiffFile(path)
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
+            raise FormatError(
+                f"expected a TIFF file at {path!r}, found one tifffile cannot open ({_short(exc)})"
+            ) from None
+        try:
+            self._describe()
+        except BaseException:
+            self._tif.close()
+            raise
+
+    def _describe(self) -> None:
+        try:
+            series = self._tif.series[0]
+            axes, shape, page = series.axes, tuple(int(n) for n in series.shape), series.pages[0]
+            self._page_info = {
+                "compression": page.compression.name.lower(),
+                "tiled": bool(page.is_tiled),
+                "planar": int(page.planarconfig) == 2,
+                "bit_depth": int(page.bitspersample),
+                "photometric": page.photometric.name.lower(),
+            }
+            dtype = series.dtype
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(
+                f"expected a readable TIFF at {self.path!r}, found damaged tags ({_short(exc)})"
+            ) from None
+        if "Y" not in axes or "X" not in axes:
+            raise FormatError(f"expected an image (Y and X axes) in {self.path!r}, found axes {axes}")
+        self.dtype = numeric_dtype(dtype, repr(self.path))
+        others = [i for i, a in enumerate(axes) if a not in "YX"]
+        self._y, self._x = axes.index("Y"), axes.index("X")
+        self._order = [self._y, self._x, *others]
+        self._axes, self._storage_shape = axes, shape
+        self.shape = (shape[self._y], shape[self._x], math.prod(shape[i] for i in others))
+        self._pages = len(self._tif.pages)
+        self._array = self._open_data(series)
+
+    def _open_data(self, series: Any) -> Any:
+        tifffile = _tifffile()
+        try:
+            return tifffile.memmap(self.path, series=0, mode="r")
+        except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
+            pass
+        try:
+            zarr = require_extra("zarr", "image", "tiled or compressed TIFF files")
+            return zarr.open(series.aszarr(), mode="r")
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, (FormatError, UsageError)):
+                raise
+            raise FormatError(
+                f"expected readable image data in {self.path!r}, found ({_short(exc)})"
+            ) from None
+
+    def chunks(self) -> tuple[int, ...] | None:
+        chunks = getattr(self._array, "chunks", None)
+        if not chunks:
+            return None
+        return (int(chunks[self._y]), self.shape[1], self.shape[2])
+
+    def storage(self) -> dict[str, Any]:
+        return {
+            "format": "tiff",
+            "axes": self._axes,
+            **self._page_info,
+            "bigtiff": bool(self._tif.is_bigtiff),
+            "pages": self._pages,
+            "data_bytes": math.prod(self.shape) * self.dtype.itemsize,
+        }
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        stored: list[Any] = [slice(None)] * len(self._storage_shape)
+        stored[self._y], stored[self._x] = index[0], index[1]
+        try:
+            data = np.asarray(self._array[tuple(stored)])
+        except Exception as exc:  # noqa: BLE001 - codecs and offsets past the end
+            raise FormatError(
+                f"cannot read {self.path!r}: its image data is damaged ({_short(exc)})"
+            ) from None
+        block = data.transpose(self._order)
+        block = block.reshape(block.shape[0], block.shape[1], -1)
+        return block[:, :, index[2]] if len(index) > 2 else block
+
+    def close(self) -> None:
+        self._array = None
+        self._tif.close()
+
+
+def open_source(spec: Spec) -> TiffSource:
+    return TiffSource(spec.path)
+
+
+def default_dtype(input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
+    """A TIFF output keeps an image input's dtype (uint16 in, uint16 out); else numpy's rule."""
+    return input_dtype if input_is_image else None
+
+
+def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
+    channels = shape[2] if len(shape) == 3 else 1
+    if channels in (3, 4) and dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        extra = {"extrasamples": ("unassalpha",)} if channels == 4 else {}
+        return {"photometric": "rgb", "planarconfig": "contig", **extra}
+    return {"photometric": "minisblack", **({"planarconfig": "contig"} if channels > 1 else {})}
+
+
+class TiffSink:
+    """A TIFF output: blocks written at their offsets into an uncompressed temp file, or an
+    in-memory image for ``deflate``."""
+
+    sequential = False
+
+    def __init__(self, path: str, request: SinkRequest) -> None:
+        tifffile = _tifffile()
+        shape, dtype = request.shape, np.dtype(request.dtype)
+        if len(shape) not in (2, 3):
+            raise UsageError(
+                f"expected an (H, W, C) result for TIFF output, found shape {shape}; write .npy, .h5 or .zarr"
+            )
+        self.path, self.dtype = path, dtype
+        self._stored_shape = shape if len(shape) == 2 or shape[2] > 1 else shape[:2]
+        self._compression = request.compression
+        fd, self._temp = temp_path_beside(path)
+        os.close(fd)
+        self._data: np.ndarray | None = None
+        self._file: Any = None
+        self._offset = 0
+        try:
+            if self._compression:
+                self._data = np.zeros(self._stored_shape, dtype)
+            else:
+                # tifffile lays out an uncompressed contiguous image; blocks are then written at
+                # their offsets with plain file writes (a writable map of the whole output would
+                # keep every page written resident).
+                big = math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
+                layout = tifffile.memmap(
+                    self._temp, shape=self._stored_shape, dtype=dtype, bigtiff=big, **_layout(shape, dtype)
+                )
+                self._offset = int(layout.offset)
+                del layout
+                self._file = open(self._temp, "r+b")  # noqa: SIM115 - closed in commit or abort
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise WriteError(
+                f"cannot create {path!r}: {_short(exc)}; check the disk and permissions"
+            ) from None
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        stored = index[: len(self._stored_shape)]
+        if self._data is not None:
+            self._data[stored] = block.reshape(self._data[stored].shape)
+            return
+        box, _ = box_of(stored, self._stored_shape)
+        data = np.ascontiguousarray(block, dtype=self.dtype).reshape(-1).view(np.uint8).data
+        run, offsets = contiguous_runs(self._stored_shape, box)
+        size = run * self.dtype.itemsize
+        try:
+            for i, offset in enumerate(offsets):
+                where = self._offset + offset * self.dtype.itemsize
+                os.pwrite(self._file.fileno(), data[i * size : (i + 1) * size], where)
+        except OSError as exc:
+            raise WriteError(
+                f"cannot write {self.path!r}: {exc.strerror}; free some space or write elsewhere"
+            ) from None
+
+    def parallel_writer(self) -> BlockWriter | None:
+        if self._compression:
+            return None
+        return _TiffBlockWriter(self._temp, len(self._stored_shape))
+
+    def commit(self) -> None:
+        try:
+            if self._data is not None:
+                _tifffile().imwrite(
+                    self._temp, self._data, compression="zlib", **_layout(self._data.shape, self.dtype)
+                )
+            else:
+                self._file.close()
+                self._file = None
+            self._data = None
+            publish(self._temp, self.path)
+            self._temp = ""
+        except OSError as exc:
+            self.abort()
+            raise WriteError(f"cannot write {self.path!r}: {exc}; check the disk and permissions") from None
+
+    def abort(self) -> None:
+        self._data = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        remove_quietly(self._temp)
+        self._temp = ""
+
+
+class _TiffBlockWriter:
+    """``writer[index] = block`` into the memory-mapped temp TIFF, from any process."""
+
+    def __init__(self, path: str, ndim: int) -> None:
+        self.path, self.ndim = os.path.abspath(path), ndim
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        target = _tifffile().memmap(self.path, mode="r+")
+        view = index[: self.ndim]
+        target[view] = block.reshape(target[view].shape)
+        target.flush()
+        del target
+
+
+def open_sink(spec: Spec, request: SinkRequest) -> TiffSink:
+    check_output_path(spec.path, request.overwrite)
+    return TiffSink(spec.path, request)
