@@ -42,9 +42,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from pwconv.cli import apply, batch, explain, info
+    from pwconv.cli import apply, batch, explain, fit, info
 
     for command in (apply.apply, batch.batch, explain.explain, info.info):
         app.command()(command)
+    app.add_typer(fit.fit_app)
     signal.signal(signal.SIGTERM, _on_sigterm)
     app(prog_name="pwconv")

@@ -350,3 +350,21 @@ class _SaturatingWriter:
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         self.writer[index] = saturate(block, self.dtype)[0]
+
+
+def write_atomically(path: str, overwrite: bool, write: Callable[[str], None]) -> None:
+    """Run ``write(temp)`` on a temp file beside ``path``, then rename it into place."""
+    check_output_path(path, overwrite)
+    fd, temp = temp_path_beside(path)
+    os.close(fd)
+    try:
+        write(temp)
+        publish(temp, path)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise WriteError(
+            f"cannot write {path!r}: {exc.strerror or exc}; check the disk and permissions"
+        ) from None
+    except BaseException:
+        remove_quietly(temp)
+        raise

@@ -165,6 +165,18 @@ def capabilities(spec: Spec) -> Capabilities:
     )
 
 
+def write_arrays(spec: Spec, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+    """Write named arrays (a filter bank) atomically, in the format of ``spec``; returns the paths."""
+    writer = getattr(module_of(spec), "write_arrays", None)
+    if writer is None:
+        takes = ", ".join(f.suffixes[0] for f in FORMATS if hasattr(f.load(), "write_arrays"))
+        raise UsageError(
+            f"expected a filter-bank file ({takes}), found {format_named(spec.format).title} {spec.text!r}"
+        )
+    written: list[str] = writer(spec.path, arrays, overwrite)
+    return written
+
+
 def writable_suffixes() -> str:
     """``.npy, .h5, .zarr``: the formats pwconv writes, for messages."""
     return ", ".join(f.suffixes[0] for f in FORMATS if hasattr(f.load(), "open_sink"))

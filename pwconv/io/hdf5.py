@@ -18,6 +18,7 @@ from pwconv.io.base import (
     publish,
     remove_quietly,
     temp_path_beside,
+    write_atomically,
 )
 
 if TYPE_CHECKING:
@@ -283,3 +284,15 @@ def list_arrays(path: str) -> list[str]:
     check_readable(path)
     with _open_file(path, "r") as handle:
         return list_datasets(handle)
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+    """Named arrays as datasets of a new HDF5 file, written atomically."""
+
+    def write(temp: str) -> None:
+        with _h5py().File(temp, "w") as handle:
+            for name, array in arrays.items():
+                handle[name] = array
+
+    write_atomically(path, overwrite, write)
+    return [path]

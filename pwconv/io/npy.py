@@ -26,6 +26,7 @@ from pwconv.io.base import (
     publish,
     remove_quietly,
     temp_path_beside,
+    write_atomically,
 )
 
 if TYPE_CHECKING:
@@ -332,3 +333,24 @@ def open_source(spec: Spec) -> NpySource:
 def open_sink(spec: Spec, request: SinkRequest) -> NpySink:
     check_output_path(spec.path, request.overwrite)
     return NpySink(spec.path, request.shape, request.dtype)
+
+
+def bias_path(path: str) -> str:
+    """Where a weights-only ``.npy`` bank keeps its bias: ``bank.npy`` -> ``bank.bias.npy``."""
+    return path[: -len(".npy")] + ".bias.npy" if path.endswith(".npy") else path + ".bias.npy"
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+    """An ``.npy`` holds one array: the ``weights``; a ``bias`` goes to ``NAME.bias.npy``."""
+    written = []
+    for name, target in (("weights", path), ("bias", bias_path(path))):
+        if name in arrays:
+            array = arrays[name]
+
+            def write(temp: str, array: np.ndarray = array) -> None:
+                with open(temp, "wb") as handle:
+                    np.save(handle, array)
+
+            write_atomically(target, overwrite, write)
+            written.append(target)
+    return written

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, pick_name, zip_member_guard
+from pwconv.io.base import ArraySource, check_readable, pick_name, write_atomically, zip_member_guard
 from pwconv.io.npy import read_exact, read_header
 
 if TYPE_CHECKING:
@@ -85,3 +85,14 @@ def open_source(spec: Spec) -> ArraySource:
         "data_bytes": nbytes,
     }
     return ArraySource(name, shape, dtype, lambda: _load(spec.path, info, where), storage)
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+    """A filter-bank (or any named arrays) ``.npz``, written atomically."""
+
+    def write(temp: str) -> None:
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy types only the keyword flag
+
+    write_atomically(path, overwrite, write)
+    return [path]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, pick_name
+from pwconv.io.base import ArraySource, check_readable, pick_name, write_atomically
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -141,3 +141,12 @@ def open_source(spec: Spec) -> ArraySource:
         "data_bytes": entry["data_offsets"][1] - entry["data_offsets"][0],
     }
     return ArraySource(name, tuple(entry["shape"]), dtype, lambda: _load(spec.path, offset, entry), storage)
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+    """Named arrays as a ``.safetensors`` file, written atomically."""
+    from safetensors.numpy import save_file
+
+    contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp))
+    return [path]

@@ -1,0 +1,73 @@
+"""`pwconv fit pca` on a large file against `pwconv apply` on it and scikit-learn's PCA().fit.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fit.py [--size-gib 1] [--repeats 2]
+
+Input: float32 (2048, 2048, 64) per GiB, 10 components. Each command is its own process;
+wall time and peak RSS (wait4), best of --repeats. The scikit-learn script loads the array
+and fits PCA(n_components=10) on its (pixels, 64) view, as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAKE = (
+    "import numpy as np, sys\n"
+    "rows = int(2048 * float(sys.argv[1]))\n"
+    "rng = np.random.default_rng(0)\n"
+    "mix = rng.standard_normal((64, 64)).astype(np.float32)\n"
+    "x = np.lib.format.open_memmap('in.npy', mode='w+', dtype=np.float32, shape=(rows, 2048, 64))\n"
+    "for s in range(0, rows, 128):\n"
+    "    x[s:s + 128] = rng.standard_normal((min(128, rows - s), 2048, 64), dtype=np.float32) @ mix\n"
+    "x.flush()\n"
+    "np.save('w.npy', rng.standard_normal((16, 64)).astype(np.float32))\n"
+)
+SKLEARN = (
+    "import numpy as np; from sklearn.decomposition import PCA; "
+    "x = np.load('in.npy'); PCA(n_components=10).fit(x.reshape(-1, x.shape[-1]))"
+)
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gib", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        folder = Path(tmp)
+        subprocess.run([py, "-c", MAKE, str(args.size_gib)], cwd=folder, check=True)
+        commands = {
+            "pwconv fit pca -k 10": [py, "-m", "pwconv", "fit", "pca", "in.npy", "-k", "10", "-o", "bank.npz", "--overwrite"],
+            "pwconv apply (64 -> 16)": [py, "-m", "pwconv", "apply", "in.npy", "w.npy", "-o", "y.npy", "--overwrite"],
+            "scikit-learn PCA().fit": [py, "-c", SKLEARN],
+        }  # fmt: skip
+        best = {name: (float("inf"), 0) for name in commands}
+        for _ in range(args.repeats):
+            for name, cmd in commands.items():
+                wall, rss = run(cmd, folder)
+                best[name] = (min(best[name][0], wall), max(best[name][1], rss))
+        fit_time = best["pwconv fit pca -k 10"][0]
+        print(f"{args.size_gib:g} GiB float32 (2048x2048x64 per GiB); best of {args.repeats}, peak RSS")
+        for name, (wall, rss) in best.items():
+            print(f"  {name:<26} {wall:6.2f} s  {rss / 2**20:6.0f} MiB   fit / this: {fit_time / wall:4.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""``pwconv fit pca|lstsq``: learn a filter bank from the data, for ``pwconv apply``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pwconv.cli import options as o
+from pwconv.cli.output import emit_json, guarded, print_rows, seconds_text
+
+fit_app = typer.Typer(
+    name="fit",
+    help="Learn a filter bank from data in one streamed pass: pca (and whitening) or lstsq.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+BankOpt = Annotated[
+    str,
+    typer.Option(
+        "--output", "-o", help="Filter-bank file: .npz, .safetensors, .h5 or .npy (+ NAME.bias.npy)."
+    ),
+]
+NodataOpt = Annotated[
+    str,
+    typer.Option(
+        "--nodata", help="A value marking missing pixels (any channel), nan, or none. NaN is always left out."
+    ),
+]
+SampleOpt = Annotated[
+    Optional[int], typer.Option("--sample", help="Fit on a seeded random subset of N pixels.")
+]
+
+
+def _options(values: dict[str, Any]) -> Any:
+    from pwconv.jobs.fit import FitOptions
+
+    return FitOptions(
+        layout=values["layout"],
+        nodata=values["nodata"],
+        sample=values["sample"],
+        max_memory=values["max_memory"],
+        overwrite=values["overwrite"],
+    )
+
+
+def _report(doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
+    if json_report:
+        emit_json(doc)
+        return
+    pixels = doc["pixels"]
+    rows = [
+        ("fit", f"{doc['method']} of {', '.join(doc['inputs'])}" + (f" onto {doc['target']}" if "target" in doc else "")),
+        ("pixels", f"{pixels['used']} used of {pixels['read']} read, {pixels['nodata']} nodata or NaN left out"
+         + (" (a random sample)" if pixels["sampled"] else "")),
+    ]  # fmt: skip
+    if pixels["note"]:
+        rows.append(("note", pixels["note"]))
+    if "explained_variance_ratio" in doc:
+        ratios = ", ".join(f"{r:.4f}" for r in doc["explained_variance_ratio"][:8])
+        more = " ..." if len(doc["explained_variance_ratio"]) > 8 else ""
+        rows.append(
+            ("explained", f"{doc['explained_total']:.4%} by {doc['components']} components ({ratios}{more})")
+        )
+    else:
+        rms = ", ".join(f"{v:.4g}" for v in doc["rms"][:8])
+        r2 = ", ".join(f"{v:.4f}" for v in doc["r2"][:8])
+        rows.append(("residual", f"RMS {rms}; R² {r2}; condition number {doc['condition']:.3g}"))
+    bank = doc["bank"]
+    rows.append(("bank", f"{', '.join(doc['output'])}  weights {'x'.join(map(str, bank['weights']))} {bank['dtype']}"
+                 + (" + bias" if bank["bias"] else "")))  # fmt: skip
+    rows.append(("time", seconds_text(doc["seconds"])))
+    rows.append(("apply", doc["apply"]))
+    print_rows(rows, quiet=quiet)
+
+
+@fit_app.command("pca")
+@guarded
+def fit_pca(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Input tensors (same channel count); all their pixels are used.")
+    ],
+    output: BankOpt,
+    k: Annotated[
+        float,
+        typer.Option("-k", "--components", help="Components to keep, or a fraction of the variance (0.99)."),
+    ],
+    whiten: Annotated[bool, typer.Option("--whiten", help="Scale each component to unit variance.")] = False,
+    layout: o.LayoutOpt = o.LAYOUT,
+    nodata: NodataOpt = "none",
+    sample: SampleOpt = None,
+    max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
+    overwrite: o.OverwriteOpt = False,
+    json_report: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Principal components of the channel vectors: a bank whose outputs are centred projections."""
+    from pwconv.jobs.fit import fit_pca as run
+
+    _report(run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
+
+
+@fit_app.command("lstsq")
+@guarded
+def fit_lstsq(
+    input: Annotated[str, typer.Argument(help="Input tensor (C channels).")],
+    target: Annotated[str, typer.Argument(help="Target tensor: the same pixels, K channels.")],
+    output: BankOpt,
+    no_bias: Annotated[bool, typer.Option("--no-bias", help="Fit weights only (no offset).")] = False,
+    ridge: Annotated[float, typer.Option("--ridge", help="Tikhonov regularisation (added to X^T X).")] = 0.0,
+    layout: o.LayoutOpt = o.LAYOUT,
+    target_layout: Annotated[
+        Optional[str],
+        typer.Option("--target-layout", help="Where the target's channels are (default: --layout)."),
+    ] = None,
+    nodata: NodataOpt = "none",
+    sample: SampleOpt = None,
+    max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
+    overwrite: o.OverwriteOpt = False,
+    json_report: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """The K x C bank (plus bias) minimising the squared error between apply(INPUT) and TARGET."""
+    from pwconv.jobs.fit import fit_lstsq as run
+
+    doc = run(
+        input, target, output, _options(locals()), target_layout=target_layout, bias=not no_bias, ridge=ridge
+    )
+    _report(doc, json_report, quiet)

@@ -1,0 +1,342 @@
+"""``pwconv fit``: learn a filter bank (PCA, whitening, least squares) in one streamed pass.
+
+Every input is read in blocks within ``max_memory``; each block's channel vectors are merged
+into float64 moments (:mod:`pwconv.core.fit`), so peak memory does not grow with the files.
+Pixels with nodata or NaN in any channel are left out and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pwconv import __version__
+from pwconv.core.blocks import parse_size, plan_blocks
+from pwconv.core.fit import Moments, lstsq, pca
+from pwconv.core.layout import parse_layout
+from pwconv.errors import ShapeError, UsageError
+from pwconv.io.base import Source
+from pwconv.io.formats import check_distinct, open_source, write_arrays
+from pwconv.io.spec import Spec, parse_spec
+from pwconv.jobs.options import DEFAULT_MAX_MEMORY
+
+SAMPLE_SEED = 0
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What every fit takes: where the channels are, what is nodata, how much to read."""
+
+    layout: str = "channels-last"
+    nodata: str = "none"  # a number, "nan" or "none"; NaN is always left out
+    sample: int | None = None
+    max_memory: str = DEFAULT_MAX_MEMORY
+    overwrite: bool = False
+    max_bytes: int = field(init=False, repr=False)
+    nodata_value: float | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
+        value: float | None = None
+        if self.nodata not in ("none", "nan"):
+            try:
+                value = float(self.nodata)
+            except ValueError:
+                raise UsageError(
+                    f"expected [[nodata]] as a number, nan or none, found {self.nodata!r}"
+                ) from None
+        object.__setattr__(self, "nodata_value", value)
+        if self.sample is not None and self.sample < 1:
+            raise UsageError(f"expected [[sample]] of at least 1 pixel, found {self.sample}")
+
+
+@dataclass
+class Pixels:
+    """What a pass over the inputs counted."""
+
+    total: int = 0
+    used: int = 0
+    nodata: int = 0
+    sampled: bool = False
+    sample_note: str | None = None
+
+
+def _channel_axis(source: Source, layout: str) -> int:
+    return parse_layout(layout, len(source.shape)).channel_axis
+
+
+def _pixel_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def _blocks(
+    shape: tuple[int, ...], axes: list[int], per_pixel: int, max_bytes: int
+) -> list[tuple[slice, ...]]:
+    """Blocks over the pixel axes (every axis but the channel axis), contiguous in pixel order."""
+    budget = max(per_pixel, max_bytes // 4)  # the block, its float64 copy and the centred copy
+    pixel_axes_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
+    return plan_blocks(pixel_axes_shape + (1,), len(pixel_axes_shape), per_pixel, budget, contiguous=True)
+
+
+def _rows(source: Source, axis: int, pixel_index: tuple[slice, ...]) -> np.ndarray:
+    index = pixel_index[:axis] + (slice(None),) + pixel_index[axis:]
+    block = np.asarray(source.read(index))
+    return np.moveaxis(block, axis, -1).reshape(-1, block.shape[axis])
+
+
+class _Sampler:
+    """A seeded random subset of the pixel positions, drawn once up front."""
+
+    def __init__(self, totals: list[int], wanted: int | None, counts: Pixels) -> None:
+        total = sum(totals)
+        self.chosen: list[np.ndarray] | None = None
+        if wanted is None:
+            return
+        if wanted >= total:
+            counts.sample_note = f"--sample {wanted} is not below the {total} pixels: every pixel was used"
+            return
+        picks = np.sort(np.random.default_rng(SAMPLE_SEED).choice(total, size=wanted, replace=False))
+        edges = np.cumsum([0, *totals])
+        self.chosen = [picks[(picks >= a) & (picks < b)] - a for a, b in zip(edges[:-1], edges[1:])]
+        counts.sampled = True
+
+    def keep(self, file: int, start: int, count: int) -> np.ndarray | None:
+        if self.chosen is None:
+            return None
+        picks = self.chosen[file]
+        inside = picks[(picks >= start) & (picks < start + count)]
+        return inside - start
+
+
+def _valid(rows: np.ndarray, nodata: float | None) -> np.ndarray:
+    bad = np.zeros(rows.shape[0], bool)
+    if rows.dtype.kind in "fc":
+        bad |= np.isnan(rows).any(axis=1)
+    if nodata is not None:
+        bad |= (rows == nodata).any(axis=1)
+    return ~bad
+
+
+def _open_all(specs: list[Spec]) -> list[Source]:
+    sources: list[Source] = []
+    try:
+        for spec in specs:
+            sources.append(open_source(spec))
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+def _passes(sources: list[Source], layouts: list[str], options: FitOptions) -> Iterator[list[np.ndarray]]:
+    """Blocks of valid (pixels, channels) rows, one list entry per source, in lockstep.
+
+    All sources here share their pixel shape (the input and target of lstsq) or are read one
+    after another (the inputs of pca: one source per call).
+    """
+    axes = [_channel_axis(s, layout) for s, layout in zip(sources, layouts)]
+    per_pixel = sum(s.shape[a] * (np.dtype(s.dtype).itemsize + 16) for s, a in zip(sources, axes))
+    for index in _blocks(tuple(sources[0].shape), [axes[0]], per_pixel, options.max_bytes):
+        pixel_index = index[:-1]
+        yield [_rows(s, a, pixel_index) for s, a in zip(sources, axes)]
+        for source, axis in zip(sources, axes):
+            release = getattr(source, "release", None)  # a memory-mapped file's finished pages
+            if release is not None:
+                release(pixel_index[:axis] + (slice(None),) + pixel_index[axis:])
+
+
+def _accumulate(
+    groups: list[list[Spec]], layouts: list[str], options: FitOptions, joint: bool
+) -> tuple[Moments, Pixels, list[int]]:
+    """Moments over every pixel of every group (a group: the specs read in lockstep)."""
+    counts = Pixels()
+    opened = [_open_all(group) for group in groups]
+    try:
+        channel_counts = [[s.shape[_channel_axis(s, lay)] for s, lay in zip(g, layouts)] for g in opened]
+        shapes = [_pixel_shape(tuple(g[0].shape), _channel_axis(g[0], layouts[0])) for g in opened]
+        totals = [math.prod(shape) for shape in shapes]
+        sampler = _Sampler(totals, options.sample, counts)
+        moments = Moments(sum(channel_counts[0]))
+        for file, group in enumerate(opened):
+            start = 0
+            for rows in _passes(group, layouts, options):
+                count = rows[0].shape[0]
+                block = (
+                    np.concatenate([r.astype(np.float64, copy=False) for r in rows], axis=1)
+                    if joint
+                    else rows[0]
+                )
+                keep = sampler.keep(file, start, count)
+                if keep is not None:
+                    block = block[keep]
+                counts.total += count if keep is None else len(keep)
+                valid = _valid(block, options.nodata_value)
+                counts.nodata += int(np.count_nonzero(~valid))
+                moments.add(block[valid])
+                start += count
+        counts.used = moments.count
+        return moments, counts, channel_counts[0]
+    finally:
+        for group in opened:
+            for source in group:
+                source.close()
+
+
+def _check_specs(specs: list[Spec], output: Spec) -> None:
+    check_distinct(output, *specs)
+    for spec in specs:
+        if spec.path == "-":
+            raise UsageError("expected files to fit, found '-'; fit reads every input in blocks, give paths")
+
+
+def _bank_dtype(sources_dtypes: list[np.dtype]) -> np.dtype:
+    """float32 when every input is float32 (so that applying the bank keeps float32), else float64."""
+    return np.dtype(np.float32) if all(d == np.float32 for d in sources_dtypes) else np.dtype(np.float64)
+
+
+def _input_dtypes(specs: list[Spec]) -> list[np.dtype]:
+    dtypes = []
+    for source in _open_all(specs):
+        dtypes.append(np.dtype(source.dtype))
+        source.close()
+    return dtypes
+
+
+def _apply_command(inputs: list[str], output: str, layout: str) -> str:
+    flag = "" if layout == "channels-last" else f" --layout {layout}"
+    return f"pwconv apply {inputs[0]} {output}{flag} -o OUTPUT"
+
+
+def fit_pca(
+    inputs: list[str], output: str, k: float, options: FitOptions, *, whiten: bool = False
+) -> dict[str, Any]:
+    """Principal components of the channel vectors of every input, written as a filter bank."""
+    start = time.perf_counter()
+    if not inputs:
+        raise UsageError("expected at least one input to fit, found none")
+    specs = [parse_spec(text) for text in inputs]
+    out_spec = parse_spec(output, what="output")
+    _check_specs(specs, out_spec)
+    channels = set()
+    for spec in specs:
+        source = open_source(spec)
+        try:
+            channels.add(source.shape[_channel_axis(source, options.layout)])
+        finally:
+            source.close()
+    if len(channels) > 1:
+        raise ShapeError(
+            f"expected inputs with the same number of channels, found {sorted(channels)}; fit each kind separately"
+        )
+    if k >= 1 and int(k) > next(iter(channels)):
+        c = next(iter(channels))
+        raise UsageError(
+            f"expected [[k]] of at most the {c} input channels, found {int(k)}; use [[k={c}]] or fewer"
+        )
+    moments, counts, _ = _accumulate([[s] for s in specs], [options.layout], options, joint=False)
+    if counts.used == 0:
+        raise ShapeError(
+            f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
+        )
+    result = pca(moments, k, whiten)
+    dtype = _bank_dtype(_input_dtypes(specs))
+    arrays = {
+        "weights": result.weights.astype(dtype),
+        "bias": result.bias.astype(dtype),
+        "mean": result.mean,
+        "components": result.components,
+        "explained_variance": result.explained_variance,
+        "explained_variance_ratio": result.explained_variance_ratio,
+        "n_pixels": np.array(result.n_pixels),
+    }
+    written = write_arrays(out_spec, arrays, options.overwrite)
+    return {
+        "pwconv": __version__,
+        "method": "pca" + (" (whitened)" if whiten else ""),
+        "inputs": [s.text for s in specs],
+        "output": written,
+        "bank": {"weights": list(arrays["weights"].shape), "dtype": dtype.name, "bias": True},
+        "pixels": _pixels_doc(counts),
+        "components": int(result.weights.shape[0]),
+        "explained_variance": result.explained_variance.tolist(),
+        "explained_variance_ratio": result.explained_variance_ratio.tolist(),
+        "explained_total": float(result.explained_variance_ratio.sum()),
+        "seconds": round(time.perf_counter() - start, 6),
+        "apply": _apply_command(inputs, output, options.layout),
+    }
+
+
+def fit_lstsq(
+    input: str,
+    target: str,
+    output: str,
+    options: FitOptions,
+    *,
+    target_layout: str | None = None,
+    bias: bool = True,
+    ridge: float = 0.0,
+) -> dict[str, Any]:
+    """The K x C bank (and bias) that maps INPUT's channel vectors onto TARGET's, written as a bank."""
+    start = time.perf_counter()
+    in_spec, target_spec = parse_spec(input), parse_spec(target, what="target")
+    out_spec = parse_spec(output, what="output")
+    _check_specs([in_spec, target_spec], out_spec)
+    layouts = [options.layout, target_layout or options.layout]
+    sources = _open_all([in_spec, target_spec])
+    try:
+        shapes = [_pixel_shape(tuple(s.shape), _channel_axis(s, lay)) for s, lay in zip(sources, layouts)]
+    finally:
+        for source in sources:
+            source.close()
+    if shapes[0] != shapes[1]:
+        raise ShapeError(
+            f"expected TARGET with the same pixels as INPUT, found {math.prod(shapes[1])} pixels {shapes[1]} "
+            f"against {math.prod(shapes[0])} {shapes[0]}; give a target of the same size (or [[target_layout]])"
+        )
+    moments, counts, channels = _accumulate([[in_spec, target_spec]], layouts, options, joint=True)
+    if counts.used == 0:
+        raise ShapeError(
+            f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
+        )
+    result = lstsq(moments, channels[0], bias=bias, ridge=ridge)
+    dtype = _bank_dtype(_input_dtypes([in_spec]))
+    arrays: dict[str, np.ndarray] = {"weights": result.weights.astype(dtype)}
+    if result.bias is not None:
+        arrays["bias"] = result.bias.astype(dtype)
+    arrays |= {
+        "rms": result.rms,
+        "r2": result.r2,
+        "condition": np.array(result.condition),
+        "n_pixels": np.array(result.n_pixels),
+    }
+    written = write_arrays(out_spec, arrays, options.overwrite)
+    return {
+        "pwconv": __version__,
+        "method": "lstsq" + (f" (ridge {ridge:g})" if ridge else ""),
+        "inputs": [in_spec.text],
+        "target": target_spec.text,
+        "output": written,
+        "bank": {"weights": list(result.weights.shape), "dtype": dtype.name, "bias": result.bias is not None},
+        "pixels": _pixels_doc(counts),
+        "rms": result.rms.tolist(),
+        "r2": result.r2.tolist(),
+        "condition": result.condition,
+        "seconds": round(time.perf_counter() - start, 6),
+        "apply": _apply_command([input], output, options.layout),
+    }
+
+
+def _pixels_doc(counts: Pixels) -> dict[str, Any]:
+    return {
+        "read": counts.total,
+        "used": counts.used,
+        "nodata": counts.nodata,
+        "sampled": counts.sampled,
+        "note": counts.sample_note,
+    }
