@@ -269,12 +269,25 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
         tmp_path / "s.tif", np.moveaxis(photo, -1, 0), photometric="minisblack", planarconfig="separate",
         tile=(16, 16), compression="zlib",
     )  # fmt: skip
-    for suffix in ("npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif"):
+    import h5netcdf
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with h5netcdf.File(tmp_path / "s.nc", "w") as f:
+        f.dimensions = {"band": 3, "y": 8}
+        f.create_variable("v", ("band", "y"), data=np.ones((3, 8), "f4"), fillvalue=-1.0)
+    geo = {"driver": "GTiff", "width": 32, "height": 24, "count": 3, "dtype": "uint8", "crs": "EPSG:4326"}
+    with rasterio.open(tmp_path / "g.tif", "w", transform=from_origin(0, 1, 0.1, 0.1), **geo) as ds:
+        ds.write(np.moveaxis(photo, -1, 0))
+    samples["geo.tif"] = (tmp_path / "g.tif").read_bytes()
+    for suffix in ("npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc"):
         samples[suffix] = (tmp_path / f"s.{suffix}").read_bytes()
     return samples
 
 
-@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif"])
+@pytest.mark.parametrize(
+    "suffix", ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc", "geo.tif"]
+)
 def test_damaged_model_files(tmp_path, suffix):
     sample = _model_samples(tmp_path)[suffix]
 
@@ -283,7 +296,7 @@ def test_damaged_model_files(tmp_path, suffix):
     def check(mutation):
         path = tmp_path / f"damaged.{suffix}"
         path.write_bytes(_mutate(sample, *mutation))
-        for name in ("", ":weights", ":conv.weight", ":W", ":mix"):
+        for name in ("", ":weights", ":conv.weight", ":W", ":mix", ":v"):
             _only_clean_errors(f"{path}{name}")
 
     check()

@@ -48,6 +48,10 @@ def apply(
     engine: o.EngineOpt = o.ENGINE,
     scheduler: o.SchedulerOpt = o.SCHEDULER,
     quality: o.QualityOpt = None,
+    nodata: o.NodataOpt = o.NODATA,
+    out_nodata: o.OutNodataOpt = None,
+    channel_dim: o.ChannelDimOpt = None,
+    creation_options: o.CreationOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -55,7 +59,7 @@ def apply(
     from pwconv.jobs.apply import apply_file
     from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions.pick(locals())
+    options = ApplyOptions.pick({**locals(), "creation_options": tuple(creation_options or ())})
     check_stdout_use(output, json_report)
     with Progress("pwconv apply", enabled=not quiet and not json_report) as progress:
         report = apply_file(input, weights, output, options, dataset=dataset, progress=progress)

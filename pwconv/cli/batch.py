@@ -35,6 +35,10 @@ def batch(
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     compression: o.CompressionOpt = None,
     quality: o.QualityOpt = None,
+    nodata: o.NodataOpt = o.NODATA,
+    out_nodata: o.OutNodataOpt = None,
+    channel_dim: o.ChannelDimOpt = None,
+    creation_options: o.CreationOpt = None,
     output_format: Annotated[
         Optional[str],
         typer.Option(
@@ -49,7 +53,7 @@ def batch(
     from pwconv.jobs.batch import FileResult, batch_files, exit_code
     from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions.pick(locals())
+    options = ApplyOptions.pick({**locals(), "creation_options": tuple(creation_options or ())})
     quiet_lines = quiet or json_report
     start = time.perf_counter()
 

@@ -31,6 +31,8 @@ def explain(
     groups: o.GroupsOpt = 1,
     stride: o.StrideOpt = 1,
     dataset: o.DatasetOpt = None,
+    nodata: o.NodataOpt = o.NODATA,
+    channel_dim: o.ChannelDimOpt = None,
     json_report: o.JsonOpt = False,
 ) -> None:
     """Show, for one pixel, every product and sum the 1x1 convolution computes, and check the fast path."""

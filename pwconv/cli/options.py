@@ -65,6 +65,28 @@ QualityOpt = Annotated[
     Optional[int], typer.Option("--quality", help="JPEG/WebP output quality, 1-100 (default 95).")
 ]
 
+NodataOpt = Annotated[
+    str,
+    typer.Option(
+        "--nodata",
+        help="Input nodata: auto (the file's own: GeoTIFF nodata, NetCDF _FillValue), a number, nan or none.",
+    ),
+]
+OutNodataOpt = Annotated[
+    Optional[str],
+    typer.Option("--out-nodata", help="The output's nodata value (default: the input's, or NaN)."),
+]
+ChannelDimOpt = Annotated[
+    Optional[str],
+    typer.Option("--channel-dim", help="NetCDF: the dimension that holds the channels (band, ...)."),
+]
+CreationOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--co", help="GDAL creation option KEY=VALUE for raster outputs (repeatable), e.g. COMPRESS=LZW."
+    ),
+]
+
 # Defaults, written once (the library's own where it has one).
 MAX_MEMORY = DEFAULT_MAX_MEMORY
 LAYOUT = "channels-last"
@@ -72,3 +94,4 @@ WEIGHTS_LAYOUT = "auto"
 CHUNKS = "auto"
 ENGINE = "numpy"
 SCHEDULER = "threads"
+NODATA = "auto"

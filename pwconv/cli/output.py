@@ -76,6 +76,16 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{clipped['low']} low, {clipped['high']} high (rounded to nearest and saturated into {out['dtype']})",
             )
         )
+    nodata = out.get("nodata")
+    if nodata is not None:
+        marker = "NaN" if nodata["nan"] else f"{nodata['input']:g}"
+        pixels = "not counted" if nodata["pixels"] is None else f"{nodata['pixels']} pixels"
+        rows.append(
+            (
+                "nodata",
+                f"{marker} in any input channel -> {nodata['output']:g} in every output channel: {pixels}",
+            )
+        )
     for note in [*inp.get("notes", []), *out.get("notes", [])]:
         rows.append(("note", note))
     blocks = report["blocks"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def plan_blocks(
@@ -14,6 +14,7 @@ def plan_blocks(
     *,
     contiguous: bool = False,
     align: dict[int, int] | None = None,
+    align_limit: int = 0,
 ) -> list[tuple[slice, ...]]:
     """Split ``shape`` into blocks along non-channel axes, each costing at most ``max_bytes``.
 
@@ -21,7 +22,9 @@ def plan_blocks(
     the outside in: outer axes one index at a time, then one axis in runs of as many indices as
     fit. With ``contiguous`` only axes before the channel axis are cut, so each block is one
     contiguous run of a C-ordered array (what a pipe needs). ``align`` maps an axis to a
-    multiple that block starts should keep (HDF5 chunk extents).
+    multiple that block starts should keep (HDF5 chunk extents); a block smaller than one
+    chunk is stretched to a whole chunk when that costs at most ``align_limit`` (reading or
+    writing part of a compressed chunk or tile means decoding or encoding all of it).
 
     >>> plan_blocks((4, 3, 2), 2, 8, 48)
     [(slice(0, 2, None), slice(0, 3, None), slice(0, 2, None)), (slice(2, 4, None), slice(0, 3, None), slice(0, 2, None))]
@@ -44,6 +47,12 @@ def plan_blocks(
     step = max(1, max_bytes // cost(cut))
     if align and align.get(cut, 1) > 1 and step >= align[cut]:
         step -= step % align[cut]
+    elif align and align.get(cut, 1) > step and align[cut] * cost(cut) <= align_limit:
+        step = align[cut]
+    elif align and align.get(cut, 1) > step and not contiguous:
+        tiles = _tile_blocks(shape, cut, candidates, align, cost, max_bytes)
+        if tiles:
+            return tiles
     outer = [i for i in candidates if i < cut]
     blocks = []
     for outer_index in _product([shape[i] for i in outer]):
@@ -53,6 +62,37 @@ def plan_blocks(
                 index[axis] = slice(value, value + 1)
             index[cut] = slice(start, min(start + step, shape[cut]))
             blocks.append(tuple(index))
+    return blocks
+
+
+def _tile_blocks(
+    shape: tuple[int, ...],
+    cut: int,
+    candidates: list[int],
+    align: dict[int, int],
+    cost: Callable[[int], int],
+    max_bytes: int,
+) -> list[tuple[slice, ...]] | None:
+    """Blocks of whole chunks along ``cut`` and as many whole chunks of the next axis as fit
+    (the tiles of a tiled raster), or None when the next axis is not chunked."""
+    inner = next((i for i in candidates if i > cut), None)
+    if inner is None or align.get(inner, 1) <= 1:
+        return None
+    rows = align[cut]
+    per_chunk = rows * align[inner] * cost(inner)
+    cols = align[inner] * max(1, max_bytes // max(per_chunk, 1))
+    outer = [i for i in candidates if i < cut]
+    full = tuple(slice(0, n) for n in shape)
+    blocks = []
+    for outer_index in _product([shape[i] for i in outer]):
+        for start in range(0, shape[cut], rows):
+            for left in range(0, shape[inner], cols):
+                index = list(full)
+                for axis, value in zip(outer, outer_index):
+                    index[axis] = slice(value, value + 1)
+                index[cut] = slice(start, min(start + rows, shape[cut]))
+                index[inner] = slice(left, min(left + cols, shape[inner]))
+                blocks.append(tuple(index))
     return blocks
 
 

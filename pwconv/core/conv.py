@@ -448,3 +448,40 @@ def saturate(block: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int, int]:
     if low or high:
         values = np.clip(values, info.min, info.max)
     return values.astype(dtype), low, high
+
+
+@dataclass(frozen=True)
+class Nodata:
+    """Pixels to leave out: any input channel equal to ``value`` (or NaN, with ``nan``) makes
+    the output pixel ``out_value`` in every output channel."""
+
+    value: float | None  # None: only NaN marks nodata
+    nan: bool
+    out_value: float
+
+    def mask(self, xs: np.ndarray, axis: int) -> np.ndarray:
+        """True where a pixel of the block ``xs`` is nodata (the channel axis reduced away)."""
+        bad = np.zeros(xs.shape[:axis] + xs.shape[axis + 1 :], bool)
+        if self.value is not None:
+            bad |= np.any(xs == self.value, axis=axis)
+        if self.nan and xs.dtype.kind in "fc":
+            bad |= np.any(np.isnan(xs), axis=axis)
+        return bad
+
+    def fill(self, out: np.ndarray, bad: np.ndarray, axis: int) -> int:
+        """Set every channel of the nodata pixels of ``out``; returns how many pixels."""
+        count = int(np.count_nonzero(bad))
+        if count:
+            np.moveaxis(out, axis, -1)[bad] = self.out_value
+        return count
+
+
+def compute_masked(
+    plan: ConvPlan, xs: np.ndarray, nodata: Nodata | None, out: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """:func:`compute_block` with nodata pixels filled with the output's nodata; (result, count)."""
+    result = compute_block(plan, xs, out)
+    if nodata is None:
+        return result, 0
+    axis = plan.channel_axis
+    return result, nodata.fill(result, nodata.mask(xs, axis), axis)

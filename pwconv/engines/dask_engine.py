@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.core.conv import ConvPlan, Nodata, compute_masked
 from pwconv.engines.numpy_engine import Timings
 from pwconv.errors import UsageError, require_extra
 from pwconv.io.base import Sink, Source
@@ -72,12 +72,14 @@ def _one_blas_thread_in_workers() -> None:
             threadpool_limits(limits=1, user_api="blas")
 
 
-def _apply_block(block: np.ndarray, plan: ConvPlan) -> np.ndarray:
+def _apply_block(block: np.ndarray, plan: ConvPlan, nodata: Nodata | None = None) -> np.ndarray:
     _one_blas_thread_in_workers()
-    return compute_block(plan, block)
+    return compute_masked(plan, block, nodata)[0]
 
 
-def map_plan(x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
+def map_plan(
+    x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, nodata: Nodata | None = None
+) -> Any:
     """Map :func:`~pwconv.core.conv.compute_block` over ``x`` (a dask array) for ``plan``."""
     da = require_extra("dask.array", "dask", "the dask engine")
     axis = plan.channel_axis
@@ -91,6 +93,7 @@ def map_plan(x: Any, plan: ConvPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> 
         _apply_block,
         x,
         plan=plan,
+        nodata=nodata,
         dtype=plan.out_dtype,
         chunks=chunks,
         meta=np.empty((0,) * x.ndim, plan.out_dtype),
@@ -101,7 +104,16 @@ class DaskRun:
     """One run on dask: the task graph is built first, so its block shape is known before the
     output is opened (formats that chunk their output take one chunk per block)."""
 
-    def __init__(self, plan: ConvPlan, spec: Spec, source: Source, *, max_bytes: int, scheduler: str) -> None:
+    def __init__(
+        self,
+        plan: ConvPlan,
+        spec: Spec,
+        source: Source,
+        *,
+        max_bytes: int,
+        scheduler: str,
+        nodata: Nodata | None = None,
+    ) -> None:
         da = require_extra("dask.array", "dask", "the dask engine")
         check_scheduler(scheduler)
         self.scheduler = scheduler
@@ -111,7 +123,7 @@ class DaskRun:
             reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
         )
         chunk_bytes = max(min(max_bytes // 4, DEFAULT_CHUNK_BYTES), 1 << 20)
-        self.result = map_plan(x, plan, chunk_bytes)
+        self.result = map_plan(x, plan, chunk_bytes, nodata)
         self.block_shape = tuple(int(c[0]) for c in self.result.chunks)
         self.blocks = math.prod(len(c) for c in self.result.chunks)
 

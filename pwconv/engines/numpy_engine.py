@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pwconv.core.blocks import plan_blocks
-from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.core.conv import ConvPlan, Nodata, compute_masked
 from pwconv.io.base import Sink, Source
 
 # A streamed block costs at most this much (input, conversions and output); larger blocks
@@ -35,6 +35,7 @@ class Timings:
     compute: float = 0.0
     save: float = 0.0
     blocks: int = 0
+    nodata_pixels: int | None = None  # None: not counted (another process computed)
     block_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
@@ -68,6 +69,7 @@ def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> li
         budget,
         contiguous=source.sequential or sink.sequential,
         align=align,
+        align_limit=max_bytes // 2,
     )
 
 
@@ -109,11 +111,12 @@ def run(
     *,
     max_bytes: int,
     progress: Callable[[int, int], None] | None = None,
+    nodata: Nodata | None = None,
 ) -> Timings:
     """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
     blocks = block_plan(plan, source, sink, max_bytes)
     reads = [plan.strided_index(index) for index in blocks]  # the input region of each block
-    timings = Timings(blocks=len(blocks))
+    timings = Timings(blocks=len(blocks), nodata_pixels=0 if nodata is not None else None)
 
     def load(read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
@@ -130,7 +133,9 @@ def run(
 
     def compute(data: np.ndarray, read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
-        result = compute_block(plan, data)
+        result, masked = compute_masked(plan, data, nodata)
+        if masked:
+            timings.nodata_pixels = (timings.nodata_pixels or 0) + masked
         if release is not None:
             release(read)
         timings.compute += time.perf_counter() - start

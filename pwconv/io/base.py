@@ -73,6 +73,10 @@ class SinkRequest:
     chunks: str | tuple[int, ...] = "auto"
     block_shape: tuple[int, ...] | None = None
     quality: int | None = None  # lossy formats (JPEG, WebP)
+    nodata: float | None = None  # the output's nodata value, for formats that record one
+    stride: int = 1
+    creation_options: tuple[str, ...] = ()  # KEY=VALUE, for GDAL drivers
+    metadata: dict[str, Any] = field(default_factory=dict)  # what the input's format passes on
 
 
 class SqueezedSink:

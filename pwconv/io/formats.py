@@ -65,6 +65,7 @@ class Format:
 
 
 _H5 = (".h5", ".hdf5", ".hdf", ".he5")
+_PILLOW = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 # One line a format. Order matters where suffixes overlap: the first match wins.
 FORMATS: tuple[Format, ...] = (
@@ -77,12 +78,10 @@ FORMATS: tuple[Format, ...] = (
     Format("torch", "PyTorch", "pwconv.io.torch_file", (".pt", ".pth", ".bin"), containers=True),
     Format("onnx", "ONNX", "pwconv.io.onnx_file", (".onnx",), containers=True),
     Format(
-        "image",
-        "image",
-        "pwconv.io.image",
-        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"),
-        magic=b"\x89PNG",
+        "raster", "raster", "pwconv.io.raster", (".vrt", ".img", ".dat", ".jp2"), claims=(".tif", ".tiff")
     ),
+    Format("netcdf", "NetCDF", "pwconv.io.netcdf", (".nc", ".nc4"), magic=b"CDF", containers=True),
+    Format("image", "image", "pwconv.io.image", _PILLOW, magic=b"\x89PNG"),
     Format("tiff", "TIFF", "pwconv.io.tiff", (".tif", ".tiff"), magic=b"II*\x00"),
 )
 
@@ -180,6 +179,13 @@ def write_arrays(spec: Spec, arrays: dict[str, np.ndarray], overwrite: bool) -> 
 def writable_suffixes() -> str:
     """``.npy, .h5, .zarr``: the formats pwconv writes, for messages."""
     return ", ".join(f.suffixes[0] for f in FORMATS if hasattr(f.load(), "open_sink"))
+
+
+def retarget_output(spec: Spec, source: Source) -> Spec:
+    """The output in the input's own format where its module asks (a raster written as a raster)."""
+    choose = getattr(source, "output_format", None)
+    name = choose(spec) if choose is not None else None
+    return dataclasses.replace(spec, format=name) if name else spec
 
 
 def default_output_dtype(spec: Spec, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pwconv import __version__
-from pwconv.core.conv import ConvPlan, plan_conv
+from pwconv.core.conv import ConvPlan, Nodata, plan_conv
 from pwconv.core.weights import literal_dtype
 from pwconv.engines import numpy_engine
 from pwconv.engines.numpy_engine import Timings
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.base import SaturatingSink, Sink, SinkRequest, Source, SqueezedSink
-from pwconv.io.formats import check_distinct, default_output_dtype, open_sink, open_source
+from pwconv.io.formats import check_distinct, default_output_dtype, open_sink, open_source, retarget_output
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.io.weights import Weights, read_weights
 from pwconv.jobs.options import ApplyOptions, check_output
@@ -87,6 +90,62 @@ def _dtype(value: Any) -> np.dtype:
     return found
 
 
+def resolve_nodata(options: ApplyOptions, source: Source, out_dtype: np.dtype) -> Nodata | None:
+    """What counts as nodata in the input, and what the output writes there (None: no masking)."""
+    text = options.nodata
+    if text == "none":
+        return None
+    if text == "auto":
+        declared = getattr(source, "nodata", None)
+        if declared is None:
+            return None
+        value = float(declared)
+    else:
+        value = float(text)
+    nan = math.isnan(value)
+    if options.out_nodata is not None:
+        out_value = float(options.out_nodata)
+    elif _holds(out_dtype, value):
+        out_value = value
+    elif out_dtype.kind in "fc":
+        out_value = math.nan
+    else:
+        raise UsageError(
+            f"expected an output nodata value that {out_dtype} holds, found {value:g} from the input; "
+            "pass [[out_nodata]] with one, or a float [[dtype]]"
+        )
+    if not _holds(out_dtype, out_value):
+        raise UsageError(
+            f"expected an output nodata value that {out_dtype} holds, found {out_value:g}; change [[out_nodata]]"
+        )
+    return Nodata(None if nan else value, nan, out_value)
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    if dtype.kind in "fc":
+        return True
+    if math.isnan(value) or value != int(value):
+        return False
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
+
+
+def with_channel_dim(options: ApplyOptions, source: Source) -> ApplyOptions:
+    """``channel_dim`` (a NetCDF dimension name) turned into the layout's axis number."""
+    if options.channel_dim is None:
+        return options
+    dims = getattr(source, "dimensions", None)
+    if dims is None:
+        raise UsageError(
+            "expected an input with named dimensions (NetCDF) for [[channel_dim]], found none; use [[layout]]"
+        )
+    if options.channel_dim not in dims:
+        raise UsageError(
+            f"expected [[channel_dim]] among the dimensions {', '.join(dims)}, found {options.channel_dim!r}"
+        )
+    return dataclasses.replace(options, layout=str(dims.index(options.channel_dim)))
+
+
 def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:
     """What an HDF5 or Zarr output records about how it was made."""
     return {
@@ -106,16 +165,21 @@ def squeezed(shape: tuple[int, ...], axis: int, squeeze: bool) -> tuple[int, ...
     return shape[:axis] + shape[axis + 1 :] if squeeze else shape
 
 
-def open_output(
-    spec: Spec,
-    plan: ConvPlan,
-    options: ApplyOptions,
-    attrs: dict[str, Any],
-    block_shape: tuple[int, ...] | None = None,
-    saturate_to: np.dtype | None = None,
-) -> Sink:
+@dataclass(frozen=True)
+class OutputSettings:
+    """What the run decided about its output beyond the options."""
+
+    attrs: dict[str, Any]
+    block_shape: tuple[int, ...] | None = None
+    saturate_to: np.dtype | None = None
+    nodata: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: OutputSettings) -> Sink:
     """The output's sink; engines always write blocks of ``plan.out_shape`` in ``plan.out_dtype``
     into it (squeezing and saturating happen here, in wrappers)."""
+    block_shape, saturate_to = output.block_shape, output.saturate_to
     axis = plan.channel_axis
     squeeze = options.squeeze
     shape = squeezed(plan.out_shape, axis, squeeze)
@@ -129,11 +193,15 @@ def open_output(
         dtype=saturate_to or plan.out_dtype,
         channel_axis=max(axis - 1, 0) if squeeze else axis,
         overwrite=options.overwrite,
-        attrs=attrs,
+        attrs=output.attrs if output.nodata is None else {**output.attrs, "nodata": output.nodata},
         compression=options.compression,
         chunks=options.output_chunks,
         block_shape=squeezed(block_shape, axis, squeeze) if block_shape else None,
         quality=options.quality,
+        nodata=output.nodata,
+        stride=plan.stride,
+        creation_options=options.creation_options,
+        metadata=output.metadata,
     )
     sink: Sink = open_sink(spec, request)
     if saturate_to is not None:
@@ -188,14 +256,20 @@ def apply_file(
     check_distinct(out_spec, in_spec, *loaded.specs)
     source = open_source(in_spec)
     try:
+        out_spec = retarget_output(out_spec, source)
+        check_output(options, out_spec)
+        options = with_channel_dim(options, source)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
+        nodata = resolve_nodata(options, source, saturate_to or plan.out_dtype)
         engine_name = "numpy"
         block_shape = None
         run: Callable[[Sink], Timings]
         if options.engine == "dask":
             from pwconv.engines.dask_engine import DaskRun
 
-            job = DaskRun(plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler)
+            job = DaskRun(
+                plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler, nodata=nodata
+            )
             engine_name, block_shape = job.name, job.block_shape
 
             def run(sink: Sink) -> Timings:
@@ -203,10 +277,16 @@ def apply_file(
         else:
 
             def run(sink: Sink) -> Timings:
-                return numpy_engine.run(plan, source, sink, max_bytes=options.max_bytes, progress=progress)
+                return numpy_engine.run(
+                    plan, source, sink, max_bytes=options.max_bytes, progress=progress, nodata=nodata
+                )
 
         attrs = output_attrs(in_spec.text, loaded, plan)
-        sink = open_output(out_spec, plan, options, attrs, block_shape, saturate_to)
+        metadata = source.output_metadata() if hasattr(source, "output_metadata") else {}
+        settings = OutputSettings(
+            attrs, block_shape, saturate_to, nodata.out_value if nodata else None, metadata
+        )
+        sink = open_output(out_spec, plan, options, settings)
         load_seconds = time.perf_counter() - start
         try:
             timings = run(sink)
@@ -224,6 +304,14 @@ def apply_file(
         "dtype": (saturate_to or plan.out_dtype).name,
         "clipped": clipped_counts(sink),
         "notes": sink_notes(sink),
+        "nodata": None
+        if nodata is None
+        else {
+            "input": nodata.value,
+            "nan": nodata.nan,
+            "output": nodata.out_value,
+            "pixels": timings.nodata_pixels,
+        },
     }
     return Report(
         input={**describe_input(in_spec.text, plan), "notes": getattr(source, "notes", [])},

@@ -19,7 +19,7 @@ from pwconv.errors import UsageError
 from pwconv.io.base import Source
 from pwconv.io.formats import open_source
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import load_weights, make_plan
+from pwconv.jobs.apply import load_weights, make_plan, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import describe_bias, describe_input, describe_weights
 
@@ -137,7 +137,9 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     loaded = load_weights(request.weights, request.options)
     source = open_source(spec)
     try:
-        plan, _ = make_plan(source, loaded, request.options)
+        options = with_channel_dim(request.options, source)
+        plan, _ = make_plan(source, loaded, options)
+        nodata = resolve_nodata(options, source, np.dtype(np.float64))
         coords = _position(plan, request.at)
         line, offset = _read_line(source, plan, coords)
     finally:
@@ -151,6 +153,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     pixel_at[axis] = slice(None)  # type: ignore[call-overload]
     pixel = line[tuple(pixel_at)].reshape(-1)
     fast = fast_line[tuple(pixel_at)].reshape(-1)
+    is_nodata = bool(nodata is not None and nodata.mask(pixel.reshape(1, -1), 1)[0])
 
     k_total = plan.out_channels
     chosen = _parse_list(request.filters, "--filters") if request.filters else list(range(min(k_total, 4)))
@@ -202,6 +205,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
             "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
             "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
             "channels": [_number(v.item()) for v in pixel],
+            "nodata": is_nodata,
         },
         "results": filters_doc,
         "filters_not_shown": k_total - len(chosen),
@@ -260,6 +264,11 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
     channels = px["channels"]
     shown = _elide([_fmt(v) for v in channels], max_terms, "values")
     pixel_lines = [f"input channels at ({src}): [{', '.join(shown)}]"]
+    if px.get("nodata"):
+        pixel_lines.append(
+            "this pixel is nodata (a channel holds the input's nodata value): apply writes the output's "
+            "nodata in every channel here; the sums below are what the filters would give"
+        )
     for item in doc["results"]:
         products = [f"{_fmt(v)}*{_fmt(w)}" for v, w, _ in item["terms"]]
         text = " + ".join(_elide(products, max_terms, "terms"))

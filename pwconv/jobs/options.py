@@ -54,6 +54,10 @@ class ApplyOptions:
     engine: str = "numpy"
     scheduler: str = "threads"
     quality: int | None = None
+    nodata: str = "auto"  # auto (the input's own), a number, nan or none
+    out_nodata: str | None = None
+    channel_dim: str | None = None  # NetCDF: the channel axis by dimension name
+    creation_options: tuple[str, ...] = ()  # GDAL KEY=VALUE
     # Parsed from the fields above.
     max_bytes: int = field(init=False, repr=False)
     output_chunks: str | tuple[int, ...] = field(init=False, repr=False)
@@ -71,6 +75,17 @@ class ApplyOptions:
         if self.compression == "none":
             object.__setattr__(self, "compression", None)
         check_scheduler(self.scheduler)
+        for name, text in (("nodata", self.nodata), ("out_nodata", self.out_nodata)):
+            if text is not None and text not in ("auto", "none", "nan"):
+                try:
+                    float(text)
+                except ValueError:
+                    raise UsageError(
+                        f"expected [[{name}]] as auto, a number, nan or none, found {text!r}"
+                    ) from None
+        if self.out_nodata in ("auto", "none"):
+            raise UsageError(f"expected [[out_nodata]] as a number or nan, found {self.out_nodata!r}")
+        object.__setattr__(self, "creation_options", tuple(self.creation_options))
         object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
         object.__setattr__(self, "output_chunks", _parse_chunks(self.chunks))
 

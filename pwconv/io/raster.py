@@ -1,0 +1,277 @@
+"""Geospatial rasters through rasterio (extra ``pwconv[geo]``): GeoTIFF/COG, VRT, ENVI, JPEG2000.
+
+Bands are the channels: a raster is presented as (rows, cols, bands), so no layout is needed.
+Blocks are windows aligned to the file's internal blocks. The output keeps the input's CRS,
+transform (scaled by the stride), block layout and the nodata value; its driver comes from
+the extension, new GeoTIFFs are tiled and deflate-compressed unless creation options
+(``--co KEY=VALUE``) say otherwise. A TIFF carrying GeoTIFF tags is read here, never by the
+plain TIFF reader, so that its georeferencing is not silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import FormatError, UsageError, WriteError, require_extra
+from pwconv.io.base import (
+    SinkRequest,
+    check_output_path,
+    check_readable,
+    numeric_dtype,
+    publish,
+    remove_quietly,
+    temp_path_beside,
+)
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+COMPRESSIONS: tuple[str, ...] = ()
+PARALLEL_WRITE = False
+# GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory.
+_GEO_TAGS = {33550, 33922, 34264, 34735}
+_DRIVERS = {
+    ".tif": "GTiff",
+    ".tiff": "GTiff",
+    ".vrt": "VRT",
+    ".img": "ENVI",
+    ".dat": "ENVI",
+    ".jp2": "JP2OpenJPEG",
+}
+_WRITES = {".tif", ".tiff", ".img", ".dat"}
+
+
+def _rasterio() -> Any:
+    # GDAL's block cache defaults to 5% of RAM and would hold every block written: keep it
+    # small (MB), so that memory follows the block size (GDAL_CACHEMAX set by the user wins).
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
+    return require_extra(
+        "rasterio", "geo", "georeferenced rasters (a GeoTIFF's georeferencing would be lost)"
+    )
+
+
+def claims(path: str) -> bool:
+    """Whether a ``.tif`` carries GeoTIFF tags (read from its first directory, no library)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None:
+                return False
+            version = struct.unpack(order + "H", head[2:4])[0]
+            if version == 42:
+                (offset,) = struct.unpack(order + "I", head[4:8])
+                handle.seek(offset)
+                (count,) = struct.unpack(order + "H", handle.read(2))
+                entries = handle.read(12 * min(count, 4096))
+                tags = {
+                    struct.unpack(order + "H", entries[i : i + 2])[0] for i in range(0, len(entries) - 1, 12)
+                }
+            elif version == 43:
+                (offset,) = struct.unpack(order + "Q", head[8:16])
+                handle.seek(offset)
+                (count,) = struct.unpack(order + "Q", handle.read(8))
+                entries = handle.read(20 * min(count, 4096))
+                tags = {
+                    struct.unpack(order + "H", entries[i : i + 2])[0] for i in range(0, len(entries) - 1, 20)
+                }
+            else:
+                return False
+    except (OSError, struct.error):
+        return False
+    return bool(tags & _GEO_TAGS)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+
+
+class RasterSource:
+    """A raster's bands as (rows, cols, bands), read window by window."""
+
+    sequential = False
+    is_image = False
+    name = None
+    layout = "channels-last"
+
+    def __init__(self, path: str) -> None:
+        rasterio = _rasterio()
+        check_readable(path)
+        self.path = path
+        self.notes: list[str] = []
+        try:
+            self._ds = rasterio.open(path)
+        except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
+            raise FormatError(f"expected a raster GDAL can read at {path!r}, found ({_short(exc)})") from None
+        ds = self._ds
+        dtypes = set(ds.dtypes)
+        if len(dtypes) != 1:
+            ds.close()
+            raise FormatError(f"expected bands of one dtype in {path!r}, found {sorted(dtypes)}")
+        self.dtype = numeric_dtype(ds.dtypes[0], repr(path))
+        self.shape = (ds.height, ds.width, ds.count)
+        self.nodata = ds.nodata
+
+    def chunks(self) -> tuple[int, ...] | None:
+        rows, cols = self._ds.block_shapes[0]
+        return (int(rows), int(cols), self.shape[2])
+
+    def storage(self) -> dict[str, Any]:
+        ds = self._ds
+        return {
+            "format": ds.driver,
+            "crs": ds.crs.to_string() if ds.crs else None,
+            "transform": list(ds.transform)[:6],
+            "blocks": list(ds.block_shapes[0]),
+            "nodata": ds.nodata,
+            "bands": ds.count,
+            "data_bytes": math.prod(self.shape) * self.dtype.itemsize,
+        }
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        from rasterio.windows import Window
+
+        rows = range(*index[0].indices(self.shape[0]))
+        cols = range(*index[1].indices(self.shape[1]))
+        if not len(rows) or not len(cols):
+            return np.empty((len(rows), len(cols), self.shape[2]), self.dtype)
+        window = Window(cols.start, rows.start, cols[-1] - cols.start + 1, rows[-1] - rows.start + 1)
+        try:
+            data = self._ds.read(window=window)
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"cannot read {self.path!r}: its data is damaged ({_short(exc)})") from None
+        block = np.moveaxis(data, 0, -1)[:: rows.step, :: cols.step]
+        return block[:, :, index[2]] if len(index) > 2 else block
+
+    def output_format(self, spec: Spec) -> str | None:
+        """Outputs named like rasters are written as rasters, keeping the georeferencing."""
+        return "raster" if os.path.splitext(spec.path)[1].lower() in _WRITES else None
+
+    def output_metadata(self) -> dict[str, Any]:
+        ds = self._ds
+        return {"raster": {"crs": ds.crs, "transform": ds.transform, "blocks": ds.block_shapes[0]}}
+
+    def close(self) -> None:
+        self._ds.close()
+
+
+def open_source(spec: Spec) -> RasterSource:
+    return RasterSource(spec.path)
+
+
+def _creation_options(
+    driver: str, request: SinkRequest, shape: tuple[int, ...], blocks: Any
+) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if driver == "GTiff":
+        rows, cols = blocks if blocks else (256, 256)
+        tiles_fit = rows % 16 == 0 and cols % 16 == 0 and rows <= shape[0] and cols <= shape[1]
+        options = {"tiled": True, "compress": "deflate", "num_threads": "all_cpus"}
+        options |= (
+            {"blockysize": rows, "blockxsize": cols} if tiles_fit else {"blockysize": 256, "blockxsize": 256}
+        )
+    for item in request.creation_options:
+        key, _, value = item.partition("=")
+        if not key or not _:
+            raise UsageError(f"expected [[co]] as KEY=VALUE, found {item!r}")
+        options[key.strip().lower()] = value.strip()
+    return options
+
+
+class RasterSink:
+    """A raster written window by window into a temp file renamed on commit."""
+
+    sequential = False
+
+    def __init__(self, path: str, request: SinkRequest) -> None:
+        rasterio = _rasterio()
+        shape = request.shape
+        if len(shape) != 3:
+            raise UsageError(
+                f"expected (rows, cols, bands) for a raster output, found shape {shape}; write .npy"
+            )
+        suffix = os.path.splitext(path)[1].lower()
+        driver = _DRIVERS[suffix]
+        geo = request.metadata.get("raster", {})
+        transform = geo.get("transform")
+        if transform is not None and request.stride > 1:
+            transform = transform @ transform.scale(request.stride)
+        options = _creation_options(driver, request, shape, geo.get("blocks"))
+        self.path = path
+        fd, self._temp = temp_path_beside(path)
+        os.close(fd)
+        warnings: list[str] = []
+        handler = _Collect(warnings)
+        logger = logging.getLogger("rasterio._env")
+        logger.addHandler(handler)
+        try:
+            self._ds = rasterio.open(
+                self._temp, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
+                dtype=np.dtype(request.dtype).name, crs=geo.get("crs"), transform=transform,
+                nodata=request.nodata, **options,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            remove_quietly(self._temp)
+            raise UsageError(
+                f"expected creation options {driver} takes, found a failure ({_short(exc)})"
+            ) from None
+        finally:
+            logger.removeHandler(handler)
+        unknown = [w for w in warnings if "creation option" in w.lower()]
+        if unknown:
+            self.abort()
+            raise UsageError(
+                f"expected creation options the {driver} driver knows, found: {unknown[0]}; check [[co]]"
+            )
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        rows, cols = index[0], index[1]
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        try:
+            self._ds.write(np.moveaxis(block, -1, 0), window=window)
+        except Exception as exc:  # noqa: BLE001
+            raise WriteError(f"cannot write {self.path!r}: {_short(exc)}; check the disk") from None
+
+    def parallel_writer(self) -> None:
+        return None
+
+    def commit(self) -> None:
+        try:
+            self._ds.close()
+            publish(self._temp, self.path)
+            self._temp = ""
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise WriteError(f"cannot write {self.path!r}: {_short(exc)}; check the disk") from None
+
+    def abort(self) -> None:
+        try:
+            self._ds.close()
+        except Exception:  # noqa: BLE001 - cleanup must not mask the first error
+            pass
+        remove_quietly(self._temp)
+        for extra in (self._temp + ".aux.xml", os.path.splitext(self._temp)[0] + ".hdr"):
+            remove_quietly(extra)
+        self._temp = ""
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+def open_sink(spec: Spec, request: SinkRequest) -> RasterSink:
+    check_output_path(spec.path, request.overwrite)
+    return RasterSink(spec.path, request)
