@@ -10,12 +10,12 @@ and fits PCA(n_components=10) on its (pixels, 64) view, as a user would.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run
 
 MAKE = (
     "import numpy as np, sys\n"
@@ -32,16 +32,6 @@ SKLEARN = (
     "import numpy as np; from sklearn.decomposition import PCA; "
     "x = np.load('in.npy'); PCA(n_components=10).fit(x.reshape(-1, x.shape[-1]))"
 )
-
-
-def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss * 1024
 
 
 def main() -> None:

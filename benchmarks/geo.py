@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure import run
 
 MAKE = (
     "import numpy as np, rasterio, sys\n"
@@ -44,16 +44,6 @@ SCRIPT = (
     "with rasterio.open('s.tif', 'w', **profile) as dst:\n"
     "    dst.write(y)\n"
 )
-
-
-def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss * 1024
 
 
 def masking(folder: Path, repeats: int) -> None:

@@ -11,12 +11,12 @@ Cases, each command its own process (wall time and peak RSS from wait4, best of 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run
 
 SCRIPT_PNG = (
     "import numpy as np, sys; from PIL import Image; "
@@ -39,16 +39,6 @@ MAKE = (
     "    tif.write((tile for _ in range(rows // 512 * 16)), shape=(rows, 8192, 4), dtype=np.float32,\n"
     "              tile=(512, 512), photometric='minisblack', planarconfig='contig')\n"
 )
-
-
-def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss * 1024
 
 
 def main() -> None:

@@ -11,21 +11,13 @@ the largest over --repeats runs. The goal: a model run stays under 150 MiB above
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-
-def peak_rss(cmd: list[str], cwd: Path) -> int:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return usage.ru_maxrss * 1024
+from measure import run
 
 
 def make_files(folder: Path, gib: float) -> None:
@@ -69,7 +61,7 @@ def main() -> None:
         peaks = {name: 0 for name in runs}
         for _ in range(args.repeats):
             for name, cmd in runs.items():
-                peaks[name] = max(peaks[name], peak_rss(cmd, folder))
+                peaks[name] = max(peaks[name], run(cmd, folder)[1])
         size = (folder / "model.safetensors").stat().st_size / (1 << 30)
         base = peaks[".npy weights"]
         print(

@@ -9,13 +9,15 @@ within float rounding.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 _module: Any = None
 _loaded = False
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
 _pool: ThreadPoolExecutor | None = None
 
 # Set to False (or PWCONV_KERNEL=blas in the environment) to run everything through BLAS.
@@ -73,6 +75,8 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
         module.apply_rows(x2, filters, out2, rows, c, k, itemsize)
         return
     if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor  # only when a job is split: start-up
+
         _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
     step = -(-rows // parts)
 

@@ -20,26 +20,15 @@ import numpy as np
 
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
 from pwconv.engines.numpy_engine import Timings
+from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, LOCAL_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError, require_extra
 from pwconv.io.base import Sink, Source
 from pwconv.io.formats import parallel_reader
 from pwconv.io.spec import Spec
 
-#: Schedulers that run in this process or its children; anything else is a cluster address.
-LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
-#: Schedulers whose tasks all run in this process (a sink without a parallel writer works there).
-IN_PROCESS_SCHEDULERS = ("threads", "synchronous")
 DEFAULT_CHUNK_BYTES = 100_000_000
 
 _limited_pid: int | None = None
-
-
-def check_scheduler(name: str) -> None:
-    """Refuse a scheduler that is neither local nor a cluster address."""
-    if name not in LOCAL_SCHEDULERS and not name.startswith(("tcp://", "tls://", "ucx://")):
-        raise UsageError(
-            f"expected [[scheduler=threads|processes|synchronous|tcp://HOST:PORT]], found {name!r}"
-        )
 
 
 def _one_blas_thread_in_workers() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pwconv.core.blocks import parse_size
-from pwconv.engines.dask_engine import IN_PROCESS_SCHEDULERS, check_scheduler
+from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
 from pwconv.io.formats import all_compressions, capabilities, formats_compressed_with, writable_suffixes
 from pwconv.io.spec import Spec
@@ -65,7 +65,7 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise UsageError(f"expected [[engine=numpy|dask]], found {self.engine!r}")
-        known = all_compressions()
+        known = all_compressions() if self.compression not in (None, "none") else ()
         if self.compression not in (None, "none", *known):
             raise UsageError(
                 f"expected [[compression={'|'.join((*known, 'none'))}]], found {self.compression!r}"
