@@ -175,6 +175,15 @@ def _leave_quietly_on_broken_pipe() -> NoReturn:
     sys.exit(141)
 
 
+def _quiet_abandoned_tasks() -> None:
+    # zarr (under tifffile) reads chunks as asyncio tasks; after one fails, its siblings'
+    # errors are logged with a traceback when they are collected at exit. The failure was
+    # already reported in one line.
+    import logging
+
+    logging.getLogger("asyncio").disabled = True
+
+
 def guarded(command: Callable[..., None]) -> Callable[..., None]:
     """Turn every failure of a command into one line on stderr and the documented exit code."""
 
@@ -184,6 +193,7 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except PwconvError as exc:
             error(exc.for_cli())
+            _quiet_abandoned_tasks()
             if exc.exit_code != 2:
                 _leave_after_failure(exc.exit_code)
             sys.exit(2)

@@ -131,6 +131,12 @@ def numeric_dtype(dtype: Any, where: str) -> np.dtype:
     return found
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """A library's exception as one short line for a message (its type when it says nothing)."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]
+
+
 def check_readable(path: str, what: str = "input") -> None:
     """Raise a one-line error for a missing, unreadable or directory input path."""
     if not os.path.exists(path):

@@ -14,6 +14,7 @@ from pwconv.io.base import (
     SinkRequest,
     check_output_path,
     check_readable,
+    first_line,
     numeric_dtype,
     publish,
     remove_quietly,
@@ -29,11 +30,6 @@ COMPRESSIONS = ("gzip", "lzf")
 PARALLEL_WRITE = False
 
 _CHUNK_TARGET_BYTES = 1 << 20
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.split(" (")[0][:120]
 
 
 def _h5py() -> Any:
@@ -216,7 +212,7 @@ class H5Sink:
                 self._ds[index] = block
             except (OSError, ValueError, RuntimeError) as exc:
                 raise WriteError(
-                    f"cannot write {self.path}:{self.dataset}: the file system refused it ({_short(exc)}); "
+                    f"cannot write {self.path}:{self.dataset}: the file system refused it ({first_line(exc)}); "
                     "free some space, check permissions or write elsewhere"
                 ) from None
 
@@ -237,7 +233,7 @@ class H5Sink:
         except (OSError, RuntimeError) as exc:
             self.abort()
             raise WriteError(
-                f"cannot write {self.path}: the file system refused it ({_short(exc)}); "
+                f"cannot write {self.path}: the file system refused it ({first_line(exc)}); "
                 "free some space, check permissions or write elsewhere"
             ) from None
 

@@ -21,6 +21,7 @@ from pwconv.io.base import (
     SinkRequest,
     check_output_path,
     check_readable,
+    first_line,
     publish,
     remove_quietly,
     temp_path_beside,
@@ -69,7 +70,7 @@ def _open(path: str) -> Any:
             "(a possible decompression bomb); if you trust it, set PWCONV_MAX_IMAGE_PIXELS to a larger number"
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
-        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(f"expected an image at {path!r}, found one Pillow cannot open ({detail})") from None
 
 
@@ -101,7 +102,7 @@ def _decode(path: str, target: str | None) -> np.ndarray:
     except FormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
-        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(
             f"expected a complete image at {path!r}, found damaged pixel data ({detail})"
         ) from None

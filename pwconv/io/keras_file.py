@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, numeric_dtype, pick_name, zip_member_guard
+from pwconv.io.base import ArraySource, check_readable, first_line, numeric_dtype, pick_name, zip_member_guard
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -65,7 +65,7 @@ def _weights_file(path: str) -> Iterator[Any]:
     except FormatError:
         raise
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, RuntimeError, EOFError) as exc:
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(
             f"expected a Keras weights file at {path!r}, found one that cannot be read ({detail}); "
             "check that it is complete"

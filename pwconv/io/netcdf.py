@@ -23,6 +23,7 @@ from pwconv.io.base import (
     SinkRequest,
     check_output_path,
     check_readable,
+    first_line,
     numeric_dtype,
     pick_name,
     publish,
@@ -42,10 +43,6 @@ def _h5netcdf() -> Any:
     return require_extra("h5netcdf", "geo", "NetCDF files")
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-
-
 def _open(path: str) -> Any:
     h5netcdf = _h5netcdf()
     check_readable(path)
@@ -60,7 +57,7 @@ def _open(path: str) -> Any:
         return h5netcdf.File(path, "r")
     except Exception as exc:  # noqa: BLE001
         raise FormatError(
-            f"expected a NetCDF-4 file at {path!r}, found one that cannot be read ({_short(exc)})"
+            f"expected a NetCDF-4 file at {path!r}, found one that cannot be read ({first_line(exc)})"
         ) from None
 
 
@@ -125,7 +122,7 @@ class NetcdfSource:
         try:
             return np.asarray(self._var[index])
         except Exception as exc:  # noqa: BLE001
-            raise FormatError(f"cannot read {self.path}:{self.variable}: {_short(exc)}") from None
+            raise FormatError(f"cannot read {self.path}:{self.variable}: {first_line(exc)}") from None
 
     def output_metadata(self) -> dict[str, Any]:
         handle = self._file
@@ -205,7 +202,7 @@ class NetcdfSink:
         except (OSError, ValueError, TypeError) as exc:
             self.abort()
             raise WriteError(
-                f"cannot create {path!r}: {_short(exc)}; check the disk and permissions"
+                f"cannot create {path!r}: {first_line(exc)}; check the disk and permissions"
             ) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
@@ -213,7 +210,7 @@ class NetcdfSink:
             self._var[index] = block
         except (OSError, ValueError) as exc:
             raise WriteError(
-                f"cannot write {self.path!r}: {_short(exc)}; free some space or write elsewhere"
+                f"cannot write {self.path!r}: {first_line(exc)}; free some space or write elsewhere"
             ) from None
 
     def parallel_writer(self) -> None:
@@ -226,7 +223,7 @@ class NetcdfSink:
             self._temp = ""
         except OSError as exc:
             self.abort()
-            raise WriteError(f"cannot write {self.path!r}: {_short(exc)}") from None
+            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}") from None
 
     def abort(self) -> None:
         try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, require_extra
-from pwconv.io.base import ArraySource, check_readable, numeric_dtype, pick_name
+from pwconv.io.base import ArraySource, check_readable, first_line, numeric_dtype, pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -36,7 +36,7 @@ def _model_cached(path: str, mtime_ns: int, size: int) -> Any:
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for damaged data
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(
             f"expected an ONNX model at {path!r}, found one that does not parse ({detail}); check that it is complete"
         ) from None
@@ -90,7 +90,7 @@ def _read(path: str, tensor: Any) -> np.ndarray:
     except FormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnx raises several types for missing or damaged data
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(
             f"cannot read tensor {tensor.name!r} of {path!r} ({detail}); check the model's data"
         ) from None

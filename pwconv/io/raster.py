@@ -23,6 +23,7 @@ from pwconv.io.base import (
     SinkRequest,
     check_output_path,
     check_readable,
+    first_line,
     numeric_dtype,
     publish,
     remove_quietly,
@@ -88,10 +89,6 @@ def claims(path: str) -> bool:
     return bool(tags & _GEO_TAGS)
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-
-
 class RasterSource:
     """A raster's bands as (rows, cols, bands), read window by window."""
 
@@ -108,7 +105,9 @@ class RasterSource:
         try:
             self._ds = rasterio.open(path)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
-            raise FormatError(f"expected a raster GDAL can read at {path!r}, found ({_short(exc)})") from None
+            raise FormatError(
+                f"expected a raster GDAL can read at {path!r}, found ({first_line(exc)})"
+            ) from None
         ds = self._ds
         dtypes = set(ds.dtypes)
         if len(dtypes) != 1:
@@ -145,7 +144,7 @@ class RasterSource:
         try:
             data = self._ds.read(window=window)
         except Exception as exc:  # noqa: BLE001
-            raise FormatError(f"cannot read {self.path!r}: its data is damaged ({_short(exc)})") from None
+            raise FormatError(f"cannot read {self.path!r}: its data is damaged ({first_line(exc)})") from None
         block = np.moveaxis(data, 0, -1)[:: rows.step, :: cols.step]
         return block[:, :, index[2]] if len(index) > 2 else block
 
@@ -219,7 +218,7 @@ class RasterSink:
         except Exception as exc:  # noqa: BLE001
             remove_quietly(self._temp)
             raise UsageError(
-                f"expected creation options {driver} takes, found a failure ({_short(exc)})"
+                f"expected creation options {driver} takes, found a failure ({first_line(exc)})"
             ) from None
         finally:
             logger.removeHandler(handler)
@@ -238,7 +237,7 @@ class RasterSink:
         try:
             self._ds.write(np.moveaxis(block, -1, 0), window=window)
         except Exception as exc:  # noqa: BLE001
-            raise WriteError(f"cannot write {self.path!r}: {_short(exc)}; check the disk") from None
+            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}; check the disk") from None
 
     def parallel_writer(self) -> None:
         return None
@@ -250,7 +249,7 @@ class RasterSink:
             self._temp = ""
         except Exception as exc:  # noqa: BLE001
             self.abort()
-            raise WriteError(f"cannot write {self.path!r}: {_short(exc)}; check the disk") from None
+            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}; check the disk") from None
 
     def abort(self) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, pick_name, write_atomically
+from pwconv.io.base import ArraySource, check_readable, first_line, pick_name, write_atomically
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -102,9 +102,7 @@ def _library_check(path: str) -> None:
         with safetensors.safe_open(path, framework="numpy"):
             pass
     except Exception as exc:  # noqa: BLE001 - the library raises its own error types
-        raise _fail(
-            path, f"a header the safetensors library refuses ({str(exc).splitlines()[0][:120]})"
-        ) from None
+        raise _fail(path, f"a header the safetensors library refuses ({first_line(exc)})") from None
 
 
 def list_arrays(path: str) -> list[str]:

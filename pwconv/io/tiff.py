@@ -28,6 +28,7 @@ from pwconv.io.base import (
     check_output_path,
     check_readable,
     contiguous_runs,
+    first_line,
     numeric_dtype,
     publish,
     remove_quietly,
@@ -46,10 +47,6 @@ def _tifffile() -> Any:
     return require_extra("tifffile", "image", "TIFF files")
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-
-
 class TiffSource:
     """The first series of a TIFF file as (H, W, C)."""
 
@@ -66,7 +63,7 @@ class TiffSource:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
             raise FormatError(
-                f"expected a TIFF file at {path!r}, found one tifffile cannot open ({_short(exc)})"
+                f"expected a TIFF file at {path!r}, found one tifffile cannot open ({first_line(exc)})"
             ) from None
         try:
             self._describe()
@@ -88,7 +85,7 @@ class TiffSource:
             dtype = series.dtype
         except Exception as exc:  # noqa: BLE001
             raise FormatError(
-                f"expected a readable TIFF at {self.path!r}, found damaged tags ({_short(exc)})"
+                f"expected a readable TIFF at {self.path!r}, found damaged tags ({first_line(exc)})"
             ) from None
         if "Y" not in axes or "X" not in axes:
             raise FormatError(f"expected an image (Y and X axes) in {self.path!r}, found axes {axes}")
@@ -114,7 +111,7 @@ class TiffSource:
             if isinstance(exc, (FormatError, UsageError)):
                 raise
             raise FormatError(
-                f"expected readable image data in {self.path!r}, found ({_short(exc)})"
+                f"expected readable image data in {self.path!r}, found ({first_line(exc)})"
             ) from None
 
     def chunks(self) -> tuple[int, ...] | None:
@@ -140,7 +137,7 @@ class TiffSource:
             data = np.asarray(self._array[tuple(stored)])
         except Exception as exc:  # noqa: BLE001 - codecs and offsets past the end
             raise FormatError(
-                f"cannot read {self.path!r}: its image data is damaged ({_short(exc)})"
+                f"cannot read {self.path!r}: its image data is damaged ({first_line(exc)})"
             ) from None
         block = data.transpose(self._order)
         block = block.reshape(block.shape[0], block.shape[1], -1)
@@ -206,7 +203,7 @@ class TiffSink:
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise WriteError(
-                f"cannot create {path!r}: {_short(exc)}; check the disk and permissions"
+                f"cannot create {path!r}: {first_line(exc)}; check the disk and permissions"
             ) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:

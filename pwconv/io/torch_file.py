@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, require_extra
-from pwconv.io.base import ArraySource, check_readable, pick_name
+from pwconv.io.base import ArraySource, check_readable, first_line, pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -48,7 +48,7 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
             "(it could run code), so it was refused; save model.state_dict() with torch.save"
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise FormatError(
             f"expected a PyTorch file at {path!r}, found one torch cannot read ({detail}); "
             "check that it is complete"
