@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -284,3 +285,26 @@ def test_dask_engine_uses_the_same_output_checks(files):
     with h5py.File(root / "y.h5") as handle:
         assert handle["data"].chunks == (10, 30, 3) and handle["data"].compression == "gzip"
         np.testing.assert_allclose(handle["data"][...], x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_default_engine_streams_zarr_through_chunk_files(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    x = np.random.default_rng(11).standard_normal((64, 40, 8)).astype(np.float32)
+    store = zarr.create_array(
+        store=str(tmp_path / "in.zarr"), shape=x.shape, chunks=(5, 40, 8), dtype="float32", compressors=None
+    )
+    store[:] = x
+    w = np.random.default_rng(12).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    proc = run_cli(
+        "apply", "in.zarr", "w.npy", "-o", "out.zarr", "--max-memory", "16KiB", "--json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["blocks"] > 1
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_allclose(out[...], x @ w.T, rtol=1e-5, atol=1e-5)
+    chunk = sorted(p for p in (tmp_path / "in.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    chunk.write_bytes(chunk.read_bytes()[:-4])
+    bad = run_cli("apply", "in.zarr", "w.npy", "-o", "bad.zarr", cwd=tmp_path)
+    assert_clean_error(bad, 2, "chunk files", "damaged")
+    assert not (tmp_path / "bad.zarr").exists() and leftovers(tmp_path) == []

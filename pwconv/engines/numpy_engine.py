@@ -49,8 +49,23 @@ def pixel_bytes(plan: ConvPlan) -> int:
     return read + convert + out + cast
 
 
+def first_block_shape(
+    plan: ConvPlan, source: Source, sequential_output: bool, max_bytes: int
+) -> tuple[int, ...] | None:
+    """The shape of the blocks :func:`run` will write when it streams (the last ones may be
+    smaller), for outputs that chunk best along them; None for a single block."""
+    blocks = _plan(plan, source, source.sequential or sequential_output, max_bytes)
+    if len(blocks) == 1:
+        return None
+    return tuple(len(range(*sl.indices(n))) for sl, n in zip(blocks[0], plan.out_shape))
+
+
 def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> list[tuple[slice, ...]]:
     """Blocks of the output to compute: one when everything fits in ``max_bytes``."""
+    return _plan(plan, source, source.sequential or sink.sequential, max_bytes)
+
+
+def _plan(plan: ConvPlan, source: Source, contiguous: bool, max_bytes: int) -> list[tuple[slice, ...]]:
     per_pixel = pixel_bytes(plan)
     pixels = plan.pixels
     if pixels * per_pixel <= max_bytes:
@@ -67,7 +82,7 @@ def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> li
         plan.channel_axis,
         per_pixel,
         budget,
-        contiguous=source.sequential or sink.sequential,
+        contiguous=contiguous,
         align=align,
         align_limit=max_bytes // 2,
     )

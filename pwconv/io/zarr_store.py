@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -70,6 +71,9 @@ class ZarrSource:
         self.dataset = dataset
         self.shape = tuple(int(n) for n in self._array.shape)
         self.dtype = numeric_dtype(self._array.dtype, repr(path))
+        # Uncompressed local chunks are read straight from their files, several times faster
+        # than zarr's codec pipeline.
+        self._files = _ChunkFiles(self._array)
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(int(c) for c in self._array.chunks)
@@ -84,7 +88,12 @@ class ZarrSource:
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
+            direct = self._files.read_box(index)
+            if direct is not None:
+                return direct
             return np.asarray(self._array[index])
+        except FormatError:
+            raise
         except Exception as exc:  # noqa: BLE001 - codecs raise many types for corrupt chunks
             raise FormatError(
                 f"cannot read {self.path!r}: a chunk is corrupt or unreadable ({type(exc).__name__}); "
@@ -160,6 +169,8 @@ class ZarrSink:
                 attributes={k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
                 overwrite=True,
             )
+            # Whole chunks of an uncompressed array go straight to their files.
+            self._writer = ZarrChunkWriter(self._temp)
         except BaseException:
             self.abort()
             raise
@@ -167,12 +178,12 @@ class ZarrSink:
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:
             try:
-                self.array[index] = block
+                self._writer[index] = block
             except OSError as exc:
                 raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def parallel_writer(self) -> ZarrChunkWriter:
-        return ZarrChunkWriter(self.folder)
+        return self._writer
 
     def commit(self) -> None:
         try:
@@ -249,6 +260,37 @@ class _ChunkFiles:
         coords = whole_chunk(index, self.shape, self.chunks)
         return None if coords is None else os.path.join(self._folder, self._keys.encode_chunk_key(coords))
 
+    def read_box(self, index: tuple[slice, ...]) -> np.ndarray | None:
+        """A step-1 box assembled straight from the chunk files it meets (a map of each, no
+        codec pipeline), or None where that cannot be done."""
+        bounds = [sl.indices(n) for sl, n in zip(index, self.shape)]
+        if self._folder is None or any(step != 1 for _, _, step in bounds):
+            return None
+        out = np.empty(tuple(max(0, stop - start) for start, stop, _ in bounds), self.dtype)
+        if out.size == 0:
+            return out
+        grids = [range(start // c, (stop - 1) // c + 1) for (start, stop, _), c in zip(bounds, self.chunks)]
+        expected = math.prod(self.chunks) * self.dtype.itemsize
+        for coords in itertools.product(*grids):
+            low = [k * c for k, c in zip(coords, self.chunks)]
+            inside = [
+                (max(start, lo), min(stop, lo + c))
+                for (start, stop, _), lo, c in zip(bounds, low, self.chunks)
+            ]
+            source = tuple(slice(a - lo, b - lo) for (a, b), lo in zip(inside, low))
+            target = tuple(slice(a - start, b - start) for (a, b), (start, _, _) in zip(inside, bounds))
+            path = os.path.join(self._folder, self._keys.encode_chunk_key(coords))
+            if not os.path.exists(path):
+                out[target] = self._fill
+                continue
+            if os.path.getsize(path) != expected:
+                raise FormatError(
+                    f"expected chunk files of {expected} bytes in {self._folder!r}, found {path!r} of "
+                    f"{os.path.getsize(path)}; the store is damaged, write it again"
+                )
+            out[target] = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunks)[source]
+        return out
+
 
 class ZarrBlocks(_ChunkFiles):
     """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
@@ -278,6 +320,26 @@ class ZarrChunkWriter(_ChunkFiles):
         self.folder = os.path.abspath(folder)
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        bounds = [sl.indices(n) for sl, n in zip(index, self.shape)]
+        if self._folder is not None and all(step == 1 for _, _, step in bounds) and block.size:
+            # Split the block at chunk boundaries: whole chunks go to their files.
+            grids = [
+                range(start // c, (stop - 1) // c + 1) for (start, stop, _), c in zip(bounds, self.chunks)
+            ]
+            for coords in itertools.product(*grids):
+                low = [k * c for k, c in zip(coords, self.chunks)]
+                part = tuple(
+                    slice(max(start, lo), min(stop, lo + c))
+                    for (start, stop, _), lo, c in zip(bounds, low, self.chunks)
+                )
+                inner = tuple(
+                    slice(p.start - start, p.stop - start) for p, (start, _, _) in zip(part, bounds)
+                )
+                self._write_one(part, block[inner])
+            return
+        _zarr().open_array(self.folder, mode="r+")[index] = block
+
+    def _write_one(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         path = self.chunk_file(index)
         if path is None:
             _zarr().open_array(self.folder, mode="r+")[index] = block

@@ -18,7 +18,14 @@ from pwconv.engines import numpy_engine
 from pwconv.engines.numpy_engine import Timings
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.base import SaturatingSink, Sink, SinkRequest, Source, SqueezedSink
-from pwconv.io.formats import check_distinct, default_output_dtype, open_sink, open_source, retarget_output
+from pwconv.io.formats import (
+    capabilities,
+    check_distinct,
+    default_output_dtype,
+    open_sink,
+    open_source,
+    retarget_output,
+)
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.io.weights import Weights, read_weights
 from pwconv.jobs.options import ApplyOptions, check_output
@@ -275,6 +282,9 @@ def apply_file(
             def run(sink: Sink) -> Timings:
                 return job.run(sink, progress)
         else:
+            if options.output_chunks == "auto":  # a chunked output takes one chunk per block
+                sequential = capabilities(out_spec).sequential
+                block_shape = numpy_engine.first_block_shape(plan, source, sequential, options.max_bytes)
 
             def run(sink: Sink) -> Timings:
                 return numpy_engine.run(
