@@ -37,6 +37,9 @@ COMPRESSIONS: tuple[str, ...] = ()
 PARALLEL_WRITE = False
 # GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory.
 _GEO_TAGS = {33550, 33922, 34264, 34735}
+# Where a TIFF's first directory is and how it is laid out, by version (42 classic, 43 BigTIFF):
+# (offset of the pointer in the header, its format, entry count format, bytes per entry).
+_IFD_LAYOUT = {42: (4, "I", "H", 12), 43: (8, "Q", "Q", 20)}
 _DRIVERS = {
     ".tif": "GTiff",
     ".tiff": "GTiff",
@@ -66,24 +69,17 @@ def claims(path: str) -> bool:
             if order is None:
                 return False
             version = struct.unpack(order + "H", head[2:4])[0]
-            if version == 42:
-                (offset,) = struct.unpack(order + "I", head[4:8])
-                handle.seek(offset)
-                (count,) = struct.unpack(order + "H", handle.read(2))
-                entries = handle.read(12 * min(count, 4096))
-                tags = {
-                    struct.unpack(order + "H", entries[i : i + 2])[0] for i in range(0, len(entries) - 1, 12)
-                }
-            elif version == 43:
-                (offset,) = struct.unpack(order + "Q", head[8:16])
-                handle.seek(offset)
-                (count,) = struct.unpack(order + "Q", handle.read(8))
-                entries = handle.read(20 * min(count, 4096))
-                tags = {
-                    struct.unpack(order + "H", entries[i : i + 2])[0] for i in range(0, len(entries) - 1, 20)
-                }
-            else:
+            if version not in _IFD_LAYOUT:
                 return False
+            offset_at, offset_format, count_format, entry_bytes = _IFD_LAYOUT[version]
+            (offset,) = struct.unpack_from(order + offset_format, head, offset_at)
+            handle.seek(offset)
+            (count,) = struct.unpack(order + count_format, handle.read(struct.calcsize(count_format)))
+            entries = handle.read(entry_bytes * min(count, 4096))
+            tags = {
+                struct.unpack_from(order + "H", entries, i)[0]
+                for i in range(0, len(entries) - 1, entry_bytes)
+            }
     except (OSError, struct.error):
         return False
     return bool(tags & _GEO_TAGS)

@@ -216,28 +216,26 @@ def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: Outpu
     return SqueezedSink(sink, axis) if squeeze else sink
 
 
-def _unwrapped(sink: Any) -> Any:
-    while hasattr(sink, "sink"):
-        if isinstance(sink, SaturatingSink):
-            return sink
-        sink = sink.sink
-    return sink
+def _layers(sink: Any) -> list[Any]:
+    """The sink and the sinks it wraps (squeezing, saturating), outermost first."""
+    layers = [sink]
+    while hasattr(layers[-1], "sink"):
+        layers.append(layers[-1].sink)
+    return layers
 
 
 def clipped_counts(sink: Sink) -> dict[str, int] | None:
     """Values clipped into an integer output's range (None when nothing was saturated or the
     counts stayed in other processes)."""
-    found = _unwrapped(sink)
-    if not isinstance(found, SaturatingSink) or not found.counted:
-        return None
-    return {"low": found.clipped_low, "high": found.clipped_high}
+    for layer in _layers(sink):
+        if isinstance(layer, SaturatingSink) and layer.counted:
+            return {"low": layer.clipped_low, "high": layer.clipped_high}
+    return None
 
 
 def sink_notes(sink: Any) -> list[str]:
     """What the output's writer wants said (a lossy format, say)."""
-    while hasattr(sink, "sink"):
-        sink = sink.sink
-    return list(getattr(sink, "notes", []))
+    return list(getattr(_layers(sink)[-1], "notes", []))
 
 
 def apply_file(

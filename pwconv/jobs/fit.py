@@ -200,12 +200,25 @@ def _bank_dtype(sources_dtypes: list[np.dtype]) -> np.dtype:
     return np.dtype(np.float32) if all(d == np.float32 for d in sources_dtypes) else np.dtype(np.float64)
 
 
-def _input_dtypes(specs: list[Spec]) -> list[np.dtype]:
-    dtypes = []
-    for source in _open_all(specs):
-        dtypes.append(np.dtype(source.dtype))
-        source.close()
-    return dtypes
+@dataclass(frozen=True)
+class _Header:
+    pixel_shape: tuple[int, ...]
+    channels: int
+    dtype: np.dtype
+
+
+def _headers(specs: list[Spec], layouts: list[str]) -> list[_Header]:
+    """Each input's pixel shape, channel count and dtype, from its header (no data read)."""
+    headers = []
+    for spec, layout in zip(specs, layouts):
+        source = open_source(spec)
+        try:
+            axis = _channel_axis(source, layout)
+            shape = tuple(source.shape)
+            headers.append(_Header(_pixel_shape(shape, axis), shape[axis], np.dtype(source.dtype)))
+        finally:
+            source.close()
+    return headers
 
 
 def _apply_command(inputs: list[str], output: str, layout: str) -> str:
@@ -223,13 +236,8 @@ def fit_pca(
     specs = [parse_spec(text) for text in inputs]
     out_spec = parse_spec(output, what="output")
     _check_specs(specs, out_spec)
-    channels = set()
-    for spec in specs:
-        source = open_source(spec)
-        try:
-            channels.add(source.shape[_channel_axis(source, options.layout)])
-        finally:
-            source.close()
+    headers = _headers(specs, [options.layout] * len(specs))
+    channels = {h.channels for h in headers}
     if len(channels) > 1:
         raise ShapeError(
             f"expected inputs with the same number of channels, found {sorted(channels)}; fit each kind separately"
@@ -245,7 +253,7 @@ def fit_pca(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
         )
     result = pca(moments, k, whiten)
-    dtype = _bank_dtype(_input_dtypes(specs))
+    dtype = _bank_dtype([h.dtype for h in headers])
     arrays = {
         "weights": result.weights.astype(dtype),
         "bias": result.bias.astype(dtype),
@@ -288,12 +296,8 @@ def fit_lstsq(
     out_spec = parse_spec(output, what="output")
     _check_specs([in_spec, target_spec], out_spec)
     layouts = [options.layout, target_layout or options.layout]
-    sources = _open_all([in_spec, target_spec])
-    try:
-        shapes = [_pixel_shape(tuple(s.shape), _channel_axis(s, lay)) for s, lay in zip(sources, layouts)]
-    finally:
-        for source in sources:
-            source.close()
+    headers = _headers([in_spec, target_spec], layouts)
+    shapes = [h.pixel_shape for h in headers]
     if shapes[0] != shapes[1]:
         raise ShapeError(
             f"expected TARGET with the same pixels as INPUT, found {math.prod(shapes[1])} pixels {shapes[1]} "
@@ -305,7 +309,7 @@ def fit_lstsq(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
         )
     result = lstsq(moments, channels[0], bias=bias, ridge=ridge)
-    dtype = _bank_dtype(_input_dtypes([in_spec]))
+    dtype = _bank_dtype([headers[0].dtype])
     arrays: dict[str, np.ndarray] = {"weights": result.weights.astype(dtype)}
     if result.bias is not None:
         arrays["bias"] = result.bias.astype(dtype)
