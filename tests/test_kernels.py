@@ -14,13 +14,31 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
+_SHAPES = [
+    (64, 2),
+    (65, 3),
+    (100, 4),
+    (3, 5),
+    (8, 7),
+    (64, 8),
+    (33, 9),
+    (128, 16),
+    (257, 13),
+    (1024, 5),
+    (40, 12),
+]
+
+
 @needs_kernel
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    ("c", "k"), [(32, 2), (33, 3), (64, 4), (100, 4), (128, 16), (256, 9), (257, 13), (1024, 5)]
+    ("dtype", "c", "k"),
+    [(np.float32, c, k) for c, k in _SHAPES]
+    + [(np.float64, c, k) for c, k in _SHAPES]
+    + [(np.float32, 17, 24), (np.float32, 64, 32), (np.float32, 256, 29)],  # float32 tiles hold 32
 )
 def test_kernel_matches_reference_loop(dtype, c, k):
     rng = np.random.default_rng(c * 100 + k)
+    # 21 rows: whole tiles of 8, 6, 4 and 3 rows and rows left over after them.
     x = rng.standard_normal((7, 3, c)).astype(dtype)
     w = rng.standard_normal((k, c)).astype(dtype)
     x2, out2 = x.reshape(-1, c), np.empty((21, k), dtype)
@@ -43,11 +61,28 @@ def test_kernel_split_over_threads_equals_blas(monkeypatch):
 
 
 @needs_kernel
-def test_kernel_rows_do_not_depend_on_blocking():
+@pytest.mark.parametrize("k", [3, 16])
+def test_kernel_split_does_not_change_a_bit(monkeypatch, k):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40001, 64)).astype(np.float32)  # 10 MB: up to 5 shares of 2 MiB
+    w = rng.standard_normal((k, 64)).astype(np.float32)
+    monkeypatch.setattr(kernels, "threads", 1)
+    one = np.empty((40001, k), np.float32)
+    kernels.apply_rows(x, w, one)
+    monkeypatch.setattr(kernels, "threads", 3)
+    three = np.empty((40001, k), np.float32)
+    kernels.apply_rows(x, w, three)
+    np.testing.assert_array_equal(one, three)
+
+
+@needs_kernel
+@pytest.mark.parametrize("k", [4, 8, 13, 16, 32])
+def test_kernel_rows_do_not_depend_on_blocking(k):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3000, 64)).astype(np.float32)
-    w = rng.standard_normal((4, 64)).astype(np.float32)
+    w = rng.standard_normal((k, 64)).astype(np.float32)
     whole = pointwise_conv(x, w)
+    # 777 rows: blocks that end inside a tile, so their last rows run one at a time.
     parts = np.concatenate([pointwise_conv(x[i : i + 777], w) for i in range(0, 3000, 777)])
     np.testing.assert_array_equal(whole, parts)
 
@@ -61,6 +96,9 @@ def test_kernel_is_not_used_where_blas_is_faster():
     assert not kernels.accepts(
         x2, np.zeros((64, 256), np.float32), np.zeros((10, 64), np.float32)
     )  # many filters
+    assert not kernels.accepts(
+        x2.astype(np.float64), np.zeros((24, 256)), np.zeros((10, 24))
+    )  # more float64 filters than one tile holds
     assert not kernels.accepts(x2, np.zeros((1, 256), np.float32), np.zeros((10, 1), np.float32))  # matvec
     assert not kernels.accepts(x2.astype(np.int32), np.zeros((4, 256), np.int32), np.zeros((10, 4), np.int32))
 

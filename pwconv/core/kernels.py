@@ -1,4 +1,4 @@
-"""The optional C kernel for few filters on channels-last data, and when to use it.
+"""The optional C kernels for few filters on channels-last data, and when to use them.
 
 BLAS is the fast path for everything else. The kernel is an accelerator only: when its
 module was not built (no compiler at install time), the CPU lacks AVX2/FMA, or
@@ -26,8 +26,9 @@ enabled = os.environ.get("PWCONV_KERNEL", "auto").lower() != "blas"
 # Threads the kernel splits rows over; engines that run several blocks at once set 1.
 threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
-# Below this many input bytes the work is too small to split across threads.
-_SPLIT_BYTES = 1 << 20
+# Each thread gets at least this many input bytes: a smaller share costs more to hand out
+# than it saves (see benchmarks/threads.py).
+_SPLIT_BYTES = 2 << 20
 
 
 def _load() -> Any:
@@ -50,11 +51,13 @@ def instruction_set() -> str:
 
 
 def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
-    """Whether the kernel beats BLAS here: 2-16 filters over enough channels (measured)."""
+    """Whether a kernel beats BLAS here (measured with benchmarks/kernels.py): 2-4 filters
+    over 64+ channels (32+ in float64), or 5-32 filters (5-16 in float64) over up to 2048."""
     k, c = filters.shape
-    if not enabled or k < 2 or k > 16 or c < 32 or (k > 4 and c < 128):
+    if not enabled or x2.dtype.kind != "f" or x2.dtype.itemsize not in (4, 8):
         return False
-    if x2.dtype.kind != "f" or x2.dtype.itemsize not in (4, 8):
+    wide = x2.dtype.itemsize == 8
+    if k < 2 or k > (16 if wide else 32) or c > 2048 or (k <= 4 and c < (32 if wide else 64)):
         return False
     if not (x2.dtype == filters.dtype == out2.dtype):
         return False
@@ -70,7 +73,7 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     rows, c = x2.shape
     k = filters.shape[0]
     itemsize = x2.dtype.itemsize
-    parts = threads if x2.nbytes >= _SPLIT_BYTES * threads else 1
+    parts = max(1, min(threads, x2.nbytes // _SPLIT_BYTES))
     if parts == 1:
         module.apply_rows(x2, filters, out2, rows, c, k, itemsize)
         return
@@ -84,5 +87,8 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
         stop = min(rows, start + step)
         module.apply_rows(x2[start:stop], filters, out2[start:stop], stop - start, c, k, itemsize)
 
-    for future in [_pool.submit(part, start) for start in range(0, rows, step)]:
+    # The calling thread takes the first share itself.
+    futures = [_pool.submit(part, start) for start in range(step, rows, step)]
+    part(0)
+    for future in futures:
         future.result()
