@@ -1,12 +1,21 @@
-"""Streaming a file larger than --max-memory, against the script a user would write.
+"""File to file: pwconv against the cost of just moving the bytes, and against the numpy script.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/streaming.py [--size-gib 1] [--repeats 2]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/streaming.py [--size-gib 1] [--repeats 3]
 
-Input: float32 (2048, 2048, 64) per GiB -> 16 filters. Each command runs as its own process;
-every figure is also given as a ratio to the copy floor (see FLOOR) measured in the same run;
-wall time and peak RSS (wait4) are taken per run, best of --repeats, runs interleaved.
-The scripts are what a user would write: np.save(out, np.load(inp) @ np.load(w).T), its
-h5py equivalent, and for a pipe the same reading stdin into memory.
+Inputs are float32, --size-gib each: (2048, 2048, 64) per GiB for 64 -> 16 and 64 -> 64,
+(1024, 1024, 256) per GiB for 256 -> 256, in .npy, chunked uncompressed .h5 (16 rows a
+chunk) and uncompressed .zarr (64 rows a chunk). Every command runs as its own process,
+page-cached; wall time and peak RSS (wait4) are taken per run, best of --repeats, the
+three commands of a case interleaved. Each case's copy floor (FLOOR) reads as many input
+bytes and writes as many output bytes as pwconv does, so every figure is also given as a
+ratio to it, measured in the same run. The scripts are what a user would write:
+np.save(out, np.load(inp) @ np.load(w).T), its h5py and zarr equivalents, and for a pipe
+the same reading stdin into memory.
+
+For the channel-mixing cases (64 -> 64, 256 -> 256) the product itself may cost more than
+the floor: "compute" is the in-memory ``pointwise_conv`` time on the loaded array (best of
+3, in a child process), and the bound printed is the larger of 1.25x the floor and 1.1x
+compute plus the floor's I/O.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ SCRIPT_H5 = (
     "y = x @ np.load(sys.argv[2]).T\n"
     "with h5py.File(sys.argv[3], 'w') as f: f['data'] = y"
 )
+SCRIPT_ZARR = (
+    "import zarr, numpy as np, sys\n"
+    "x = zarr.open_array(sys.argv[1], mode='r')[...]\n"
+    "y = x @ np.load(sys.argv[2]).T\n"
+    "zarr.save_array(sys.argv[3], y, overwrite=True)"
+)
 SCRIPT_PIPE = (
     "import io, numpy as np, sys; "
     "x = np.load(io.BytesIO(sys.stdin.buffer.read())); "
@@ -47,23 +62,56 @@ FLOOR = (
     "    n = min(left, len(buf)); dst.write(view[:n]); left -= n\n"
     "dst.flush()\n"
 )
+COMPUTE = (
+    "import sys, time, numpy as np\n"
+    "from pwconv import pointwise_conv\n"
+    "x = np.load(sys.argv[1]); w = np.load(sys.argv[2]); out = None\n"
+    "best = 1e9\n"
+    "for _ in range(3):\n"
+    "    start = time.perf_counter(); out = pointwise_conv(x, w); best = min(best, time.perf_counter() - start)\n"
+    "print(best)\n"
+)
 
 
 def make_data(folder: Path, gib: float) -> None:
-    rows = int(2048 * gib)
     rng = np.random.default_rng(0)
-    x = np.lib.format.open_memmap(folder / "in.npy", mode="w+", dtype=np.float32, shape=(rows, 2048, 64))
-    for start in range(0, rows, 128):
-        x[start : start + 128] = rng.standard_normal((min(128, rows - start), 2048, 64), dtype=np.float32)
-    x.flush()
-    np.save(folder / "w.npy", rng.standard_normal((16, 64), dtype=np.float32))
+    for name, (rows, cols, c) in {
+        "in": (int(2048 * gib), 2048, 64),
+        "in256": (int(1024 * gib), 1024, 256),
+    }.items():
+        x = np.lib.format.open_memmap(
+            folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(rows, cols, c)
+        )
+        for start in range(0, rows, 128):
+            x[start : start + 128] = rng.standard_normal((min(128, rows - start), cols, c), dtype=np.float32)
+        x.flush()
+        del x
+    for k, c in ((16, 64), (64, 64), (256, 256)):
+        np.save(folder / f"w{c}_{k}.npy", rng.standard_normal((k, c), dtype=np.float32))
     import h5py
+    import zarr
 
+    x = np.load(folder / "in.npy", mmap_mode="r")
     with h5py.File(folder / "in.h5", "w") as handle:
         ds = handle.create_dataset("x", shape=x.shape, dtype=x.dtype, chunks=(16, 2048, 64))
-        for start in range(0, rows, 128):
+        for start in range(0, x.shape[0], 128):
             ds[start : start + 128] = x[start : start + 128]
-    del x
+    z = zarr.create_array(
+        folder / "in.zarr",
+        shape=x.shape,
+        dtype=x.dtype,
+        chunks=(64, 2048, 64),
+        compressors=None,
+        zarr_format=3,
+    )
+    for start in range(0, x.shape[0], 128):
+        z[start : start + 128] = x[start : start + 128]
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def main() -> None:
@@ -71,72 +119,116 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-gib", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", help="work folder (default: a temp folder)")
+    parser.add_argument("--cases", help="comma-separated case numbers to run (default: all)")
     parser.add_argument("--make-data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_data:
         make_data(Path(args.make_data), args.size_gib)
         return
     py = sys.executable
+    pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]
+    # name: (input, weights, pwconv output, script command, pwconv command)
+    cases = {
+        "npy -> npy 64->16": (
+            "in.npy",
+            "w64_16.npy",
+            "pw.npy",
+            [py, "-c", SCRIPT_NPY, "in.npy", "w64_16.npy", "script.npy"],
+            pw + ["in.npy", "w64_16.npy", "-o", "pw.npy"],
+        ),
+        "h5 -> h5 64->16": (
+            "in.h5",
+            "w64_16.npy",
+            "pw.h5",
+            [py, "-c", SCRIPT_H5, "in.h5", "w64_16.npy", "script.h5"],
+            pw + ["in.h5", "w64_16.npy", "-o", "pw.h5"],
+        ),
+        "zarr -> zarr 64->16": (
+            "in.zarr",
+            "w64_16.npy",
+            "pw.zarr",
+            [py, "-c", SCRIPT_ZARR, "in.zarr", "w64_16.npy", "script.zarr"],
+            pw + ["in.zarr", "w64_16.npy", "-o", "pw.zarr"],
+        ),
+        "stdin -> stdout 64->16": (
+            "in.npy",
+            "w64_16.npy",
+            "pw_pipe.npy",
+            f"cat in.npy | {py} -c '{SCRIPT_PIPE}' w64_16.npy > script_pipe.npy",
+            f"cat in.npy | {py} -m pwconv apply -q - w64_16.npy -o - > pw_pipe.npy",
+        ),
+        "npy -> npy 64->64": (
+            "in.npy",
+            "w64_64.npy",
+            "pw64.npy",
+            [py, "-c", SCRIPT_NPY, "in.npy", "w64_64.npy", "script64.npy"],
+            pw + ["in.npy", "w64_64.npy", "-o", "pw64.npy"],
+        ),
+        "npy -> npy 256->256": (
+            "in256.npy",
+            "w256_256.npy",
+            "pw256.npy",
+            [py, "-c", SCRIPT_NPY, "in256.npy", "w256_256.npy", "script256.npy"],
+            pw + ["in256.npy", "w256_256.npy", "-o", "pw256.npy"],
+        ),
+    }
+    chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
         # In a child process: a forked child's peak RSS counts the parent's pages up to exec.
         subprocess.run(
             [py, __file__, "--make-data", str(folder), "--size-gib", str(args.size_gib)], check=True
         )
-        pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]
-        cases = {
-            "npy -> npy": (
-                [py, "-c", SCRIPT_NPY, "in.npy", "w.npy", "script.npy"],
-                pw[:4] + ["in.npy", "w.npy", "-o", "pw.npy"] + pw[4:],
-            ),
-            "h5 -> h5": (
-                [py, "-c", SCRIPT_H5, "in.h5", "w.npy", "script.h5"],
-                pw[:4] + ["in.h5", "w.npy", "-o", "pw.h5"] + pw[4:],
-            ),
-            "stdin -> stdout": (
-                f"cat in.npy | {py} -c '{SCRIPT_PIPE}' w.npy > script_pipe.npy",
-                f"cat in.npy | {py} -m pwconv apply -q - w.npy -o - > pw_pipe.npy",
-            ),
-        }
-        for cmd in (cases["npy -> npy"][0], cases["npy -> npy"][1], cases["h5 -> h5"][1]):
-            run(cmd, folder)  # warm the page cache, and make the outputs whose sizes the floors copy
-        out_bytes = {
-            name: (folder / out).stat().st_size for name, out in (("npy", "pw.npy"), ("h5", "pw.h5"))
-        }
-        floors = {
-            "npy -> npy": [py, "-c", FLOOR, "in.npy", str(out_bytes["npy"]), "floor.out"],
-            "h5 -> h5": [py, "-c", FLOOR, "in.h5", str(out_bytes["h5"]), "floor.out"],
-            "stdin -> stdout": f'cat in.npy | {py} -c "$FLOOR" - {out_bytes["npy"]} - > floor_pipe.out',
-        }
         os.environ["FLOOR"] = FLOOR
+        print(f"inputs {args.size_gib:g} GiB float32, page-cached; best of {args.repeats}")
         print(
-            f"input {args.size_gib:g} GiB float32 ({int(2048 * args.size_gib)}x2048x64) -> 16 filters; "
-            f"best of {args.repeats}"
+            f"{'case':24s} {'floor s':>8s} {'script s':>9s} {'pwconv s':>9s} {'/floor':>7s} {'/script':>8s} "
+            f"{'pwconv RSS':>11s} {'/script RSS':>11s}  bound"
         )
-        print(
-            f"{'case':16s} {'floor s':>8s} {'script s':>9s} {'pwconv s':>9s} {'/floor':>7s} {'/script':>8s} "
-            f"{'floor RSS':>10s} {'script RSS':>11s} {'pwconv RSS':>11s} {'RSS ratio':>9s}"
-        )
-        for name, (script, ours) in cases.items():
+        for number, (name, (inp, weights, out, script, ours)) in enumerate(cases.items(), start=1):
+            if number not in chosen:
+                continue
+            run(ours, folder)  # warm the page cache, and make the output whose size the floor writes
+            out_bytes = size_of(folder / out)
+            source = "-" if name.startswith("stdin") else inp
+            floor = [
+                py,
+                "-c",
+                FLOOR,
+                source if source != "in.zarr" else "in.npy",
+                str(out_bytes),
+                "floor.out",
+            ]
+            if source == "-":
+                floor = f'cat {inp} | {py} -c "$FLOOR" - {out_bytes} - > floor.out'
             best = {"floor": (1e9, 0), "script": (1e9, 0), "pwconv": (1e9, 0)}
             for _ in range(args.repeats):
-                for label, cmd in (("floor", floors[name]), ("script", script), ("pwconv", ours)):
+                for label, cmd in (("floor", floor), ("script", script), ("pwconv", ours)):
                     wall, rss = run(cmd, folder)
                     best[label] = (min(best[label][0], wall), max(best[label][1], rss))
-            (tf, rf), (ts, rs), (tp, rp) = best["floor"], best["script"], best["pwconv"]
+            (tf, _), (ts, rs), (tp, rp) = best["floor"], best["script"], best["pwconv"]
+            bound = f"<= {1.25 * tf:.2f} s (1.25x floor)"
+            if name.endswith(("64->64", "256->256")):
+                proc = subprocess.run(
+                    [py, "-c", COMPUTE, inp, weights], cwd=folder, check=True, capture_output=True, text=True
+                )
+                compute = float(proc.stdout.strip())
+                limit = max(1.25 * tf, 1.1 * compute + tf)
+                bound = f"<= {limit:.2f} s (compute {compute:.2f} s)"
             print(
-                f"{name:16s} {tf:8.2f} {ts:9.2f} {tp:9.2f} {tp / tf:6.2f}x {tp / ts:7.2f}x "
-                f"{rf / 2**20:8.0f}Mi {rs / 2**20:9.0f}Mi {rp / 2**20:9.0f}Mi {rp / rs:8.2f}x",
+                f"{name:24s} {tf:8.2f} {ts:9.2f} {tp:9.2f} {tp / tf:6.2f}x {tp / ts:7.2f}x "
+                f"{rp / 2**20:9.0f}Mi {rp / rs:10.2f}x  {bound}",
                 flush=True,
             )
-        check = (
-            "import numpy as np; a = np.load('script.npy', mmap_mode='r'); b = np.load('pw.npy', mmap_mode='r'); "
-            "print(f'max |script - pwconv| = {max(float(abs(a[i:i+256] - b[i:i+256]).max()) "
-            "for i in range(0, a.shape[0], 256)):.2e}')"
-        )
-        subprocess.run([py, "-c", check], cwd=folder, check=True)
+        if 1 in chosen:
+            check = (
+                "import numpy as np; a = np.load('script.npy', mmap_mode='r'); b = np.load('pw.npy', mmap_mode='r'); "
+                "print(f'max |script - pwconv| (npy 64->16) = {max(float(abs(a[i:i+256] - b[i:i+256]).max()) "
+                "for i in range(0, a.shape[0], 256)):.2e}')"
+            )
+            subprocess.run([py, "-c", check], cwd=folder, check=True)
 
 
 if __name__ == "__main__":

@@ -168,10 +168,11 @@ def test_damaged_npy_files(tmp_path, mutation):
     _only_clean_errors(str(path))
 
 
-def _h5_sample(tmp_path: Path) -> bytes:
+def _h5_sample(tmp_path: Path, chunks: tuple[int, ...] | None = (1, 4, 5)) -> bytes:
+    """A small HDF5 file: chunked, or contiguous with ``chunks=None`` (both read raw)."""
     path = tmp_path / "sample.h5"
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("x", data=np.arange(60, dtype=np.float32).reshape(3, 4, 5), chunks=(1, 4, 5))
+        handle.create_dataset("x", data=np.arange(60, dtype=np.float32).reshape(3, 4, 5), chunks=chunks)
     return path.read_bytes()
 
 
@@ -181,9 +182,10 @@ def _h5_sample(tmp_path: Path) -> bytes:
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(mutation=st.data())
-def test_damaged_h5_files(tmp_path, mutation):
-    sample = _h5_sample(tmp_path)
+@given(mutation=st.data(), contiguous=st.booleans())
+def test_damaged_h5_files(tmp_path, mutation, contiguous):
+    # Lying chunk or data addresses must end in a clean error too: the raw reader trusts them.
+    sample = _h5_sample(tmp_path, None if contiguous else (1, 4, 5))
     cut, flips = mutation.draw(_mutations(sample))
     path = tmp_path / "x.h5"
     path.write_bytes(_mutate(sample, cut, flips))
