@@ -21,11 +21,11 @@ _SHAPES = [
     (3, 5),
     (8, 7),
     (64, 8),
-    (33, 9),
+    (200, 6),
     (128, 16),
     (257, 13),
     (1024, 5),
-    (40, 12),
+    (40, 15),
 ]
 
 
@@ -34,6 +34,7 @@ _SHAPES = [
     ("dtype", "c", "k"),
     [(np.float32, c, k) for c, k in _SHAPES]
     + [(np.float64, c, k) for c, k in _SHAPES]
+    + [(np.float64, 33, 9), (np.float64, 40, 12)]  # float64 tiles hold 16
     + [(np.float32, 17, 24), (np.float32, 64, 32), (np.float32, 256, 29)],  # float32 tiles hold 32
 )
 def test_kernel_matches_reference_loop(dtype, c, k):
@@ -99,6 +100,9 @@ def test_kernel_is_not_used_where_blas_is_faster():
     assert not kernels.accepts(
         x2.astype(np.float64), np.zeros((24, 256)), np.zeros((10, 24))
     )  # more float64 filters than one tile holds
+    assert not kernels.accepts(
+        x2, np.zeros((10, 256), np.float32), np.zeros((10, 10), np.float32)
+    )  # a last vector of filters mostly padding
     assert not kernels.accepts(x2, np.zeros((1, 256), np.float32), np.zeros((10, 1), np.float32))  # matvec
     assert not kernels.accepts(x2.astype(np.int32), np.zeros((4, 256), np.int32), np.zeros((10, 4), np.int32))
 

@@ -51,13 +51,20 @@ def instruction_set() -> str:
 
 
 def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
-    """Whether a kernel beats BLAS here (measured with benchmarks/kernels.py): 2-4 filters
-    over 64+ channels (32+ in float64), or 5-32 filters (5-16 in float64) over up to 2048."""
+    """Whether a kernel beats BLAS here (measured with benchmarks/kernels.py).
+
+    float32: 2-4 filters over 64+ channels, 5-8 filters, and up to 32 filters where the last
+    vector of 8 is at least 5/8 full (16, 24, 32, 13-15, ...), over up to 2048 channels;
+    a last vector mostly of padding (9-12 filters) measured at BLAS speed or slower.
+    float64: 2-4 filters over 32+ channels, 5-16 filters.
+    """
     k, c = filters.shape
     if not enabled or x2.dtype.kind != "f" or x2.dtype.itemsize not in (4, 8):
         return False
     wide = x2.dtype.itemsize == 8
     if k < 2 or k > (16 if wide else 32) or c > 2048 or (k <= 4 and c < (32 if wide else 64)):
+        return False
+    if not wide and k > 8 and 0 < k % 8 < 5:
         return False
     if not (x2.dtype == filters.dtype == out2.dtype):
         return False
