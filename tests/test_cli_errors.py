@@ -221,7 +221,13 @@ def test_ctrl_c_leaves_no_partial_file(files):
         time.sleep(0.05)
     assert leftovers(files), "the run never started writing"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    # stdin stays open until the process has ended: closing it first would race the signal
+    # with the end of the data (a truncated stream is its own error, exit 2).
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.stdin.close()
+    err = proc.stderr.read()
     assert proc.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
     _no_output(files)

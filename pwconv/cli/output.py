@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -167,12 +168,22 @@ def _leave_after_failure(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _leave(code: int) -> NoReturn:
+    # While the engine's reader thread may still be blocked inside a read of stdin (Ctrl-C
+    # on ``cat big.npy | pwconv ...``), it holds that stream's lock, and the interpreter's
+    # shutdown would abort on it ("could not acquire lock ... at interpreter shutdown").
+    # Then leave without that shutdown; the outputs are already aborted here.
+    if any(thread.name == "pwconv-read" and thread.is_alive() for thread in threading.enumerate()):
+        _leave_after_failure(code)
+    sys.exit(code)
+
+
 def _leave_quietly_on_broken_pipe() -> NoReturn:
     # The reader downstream went away (``| head``). Point stdout at /dev/null so that the
     # interpreter's final flush does not fail again, and stop as other tools do.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(141)
+    _leave(141)
 
 
 def _quiet_abandoned_tasks() -> None:
@@ -196,10 +207,10 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
             _quiet_abandoned_tasks()
             if exc.exit_code != 2:
                 _leave_after_failure(exc.exit_code)
-            sys.exit(2)
+            _leave(2)
         except KeyboardInterrupt:
             error("interrupted; no output was written")
-            sys.exit(130)
+            _leave(130)
         except BrokenPipeError:
             _leave_quietly_on_broken_pipe()
         except MemoryError:
