@@ -19,6 +19,7 @@ line never speaks of keywords.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from typing import Any
 
@@ -92,11 +93,18 @@ class MissingExtraError(PwconvError, ImportError):
     """An optional dependency is not installed."""
 
 
-def require_extra(module: str, extra: str, feature: str) -> Any:
-    """Import an optional dependency, or raise an error naming the extra that installs it."""
+def require_extra(module: str, extra: str, feature: str, *, load: bool = True) -> Any:
+    """Import an optional dependency, or raise an error naming the extra that installs it.
+
+    With ``load=False`` only check that it is installed (without the cost of importing it),
+    for files pwconv reads and writes itself but that belong to that extra."""
     try:
+        if not load:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(module)
+            return None
         return importlib.import_module(module)
-    except ImportError:
+    except (ImportError, ValueError):
         raise MissingExtraError(
             f"expected the optional package {module!r} for {feature}, found it not installed; "
             f"install it with: pip install 'pwconv[{extra}]'"

@@ -198,12 +198,16 @@ def test_damaged_h5_files(tmp_path, mutation, contiguous):
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(mutation=st.data())
-def test_damaged_zarr_stores(tmp_path, mutation):
+@given(mutation=st.data(), raw=st.booleans())
+def test_damaged_zarr_stores(tmp_path, mutation, raw):
+    # raw: uncompressed chunk files, whose zarr.json pwconv parses itself.
     zarr = pytest.importorskip("zarr")
-    store = tmp_path / "x.zarr"
+    store = tmp_path / ("raw.zarr" if raw else "x.zarr")
     if not store.exists():
-        zarr.create_array(store=str(store), shape=(4, 4, 3), chunks=(2, 4, 3), dtype="float32")[:] = 1.0
+        options = {"compressors": None} if raw else {}
+        zarr.create_array(store=str(store), shape=(4, 4, 3), chunks=(2, 4, 3), dtype="float32", **options)[
+            :
+        ] = 1.0
     files = sorted(p for p in store.rglob("*") if p.is_file())
     target = mutation.draw(st.sampled_from(files))
     original = target.read_bytes()

@@ -1,0 +1,133 @@
+"""Uncompressed Zarr v3 arrays read and written without the zarr package.
+
+pwconv parses and writes ``zarr.json`` itself for arrays of plain little-endian chunk files;
+every result is checked against the real zarr library reading or writing the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import zarr
+
+from pwconv import pointwise_conv
+from pwconv.io import zarr_store
+from pwconv.io.formats import open_source
+from pwconv.io.spec import parse_spec
+
+from .conftest import cli_in_process, run_cli
+
+DATA = np.arange(7 * 10 * 6, dtype=np.float32).reshape(7, 10, 6) / 7
+W = np.arange(18, dtype=np.float32).reshape(3, 6) - 8
+
+
+def _read_all(path) -> tuple[np.ndarray, object]:
+    source = open_source(parse_spec(str(path)))
+    try:
+        whole = tuple(slice(0, n) for n in source.shape)
+        return source.read(whole), source
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chunks": (2, 10, 6)},
+        {"chunks": (3, 4, 4)},  # edge chunks on every axis
+        {"chunks": (2, 10, 6), "chunk_key_encoding": {"name": "v2", "separator": "."}},
+        {"chunks": (2, 10, 6), "chunk_key_encoding": {"name": "default", "separator": "."}},
+    ],
+    ids=["rows", "edges", "v2-keys", "dot-separator"],
+)
+def test_raw_reads_equal_zarr(tmp_path, options):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, compressors=None, zarr_format=3, **options)
+    assert zarr_store.read_raw_metadata(str(store)) is not None  # the path under test
+    data, source = _read_all(store)
+    np.testing.assert_array_equal(data, DATA)
+    assert source._array is None  # zarr was never asked
+
+
+@pytest.mark.parametrize("fill", [np.nan, -2.5, np.inf])
+def test_chunks_never_written_read_as_the_fill_value(tmp_path, fill):
+    store = tmp_path / "x.zarr"
+    array = zarr.create_array(
+        store=str(store),
+        shape=(6, 4, 3),
+        dtype="float32",
+        chunks=(2, 4, 3),
+        compressors=None,
+        fill_value=fill,
+    )
+    array[2:4] = 7.0
+    expected = np.full((6, 4, 3), fill, np.float32)
+    expected[2:4] = 7.0
+    assert zarr_store.read_raw_metadata(str(store)) is not None
+    data, _ = _read_all(store)
+    np.testing.assert_array_equal(data, expected)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"codecs": [{"name": "bytes", "configuration": {"endian": "big"}}]},
+        {"data_type": "string"},
+        {"fill_value": "0x7fc00000"},
+        {"chunk_grid": {"name": "rectilinear", "configuration": {}}},
+        {"storage_transformers": [{"name": "sharding"}]},
+        {"zarr_format": 2},
+    ],
+    ids=["big-endian", "string", "hex-fill", "irregular-grid", "transformer", "v2"],
+)
+def test_metadata_pwconv_does_not_know_goes_to_zarr(tmp_path, change):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), compressors=None, zarr_format=3)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta.update(change)
+    (store / "zarr.json").write_text(json.dumps(meta))
+    assert zarr_store.read_raw_metadata(str(store)) is None
+
+
+def test_compressed_stores_go_through_zarr(tmp_path):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), zarr_format=3)  # zstd
+    assert zarr_store.read_raw_metadata(str(store)) is None
+    data, source = _read_all(store)
+    np.testing.assert_array_equal(data, DATA)
+    assert source._array is not None
+
+
+@pytest.mark.parametrize("extra", [[], ["--chunks", "3,4,3"], ["--max-memory", "2KB"]])
+def test_raw_output_is_a_store_zarr_reads(tmp_path, extra):
+    np.save(tmp_path / "x.npy", DATA)
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.zarr", *extra, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    array = zarr.open_array(str(tmp_path / "y.zarr"), mode="r")
+    assert array.metadata.zarr_format == 3 and not array.compressors
+    assert array.attrs["weights_source"] == "w.npy" and array.attrs["channel_axis"] == 2  # provenance kept
+    np.testing.assert_array_equal(array[...], pointwise_conv(DATA, W))
+
+
+def test_zarr_to_zarr_runs_without_importing_zarr(tmp_path):
+    zarr.create_array(store=str(tmp_path / "x.zarr"), data=DATA, chunks=(2, 10, 6), compressors=None)
+    np.save(tmp_path / "w.npy", W)
+    proc = cli_in_process(tmp_path, [], ["apply", "x.zarr", "w.npy", "-o", "y.zarr"])
+    assert proc.returncode == 0, proc.stderr
+    assert "zarr" not in proc.stderr.strip().splitlines()[-1].removeprefix("loaded:").split(",")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "y.zarr"))[...], pointwise_conv(DATA, W))
+
+
+def test_a_chunk_file_of_the_wrong_size_is_refused(tmp_path):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), compressors=None)
+    chunk = store / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[: math.prod((2, 10, 6)) * 4 - 4])
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.zarr", "w.npy", "-o", "y.npy", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "damaged" in proc.stderr and not (tmp_path / "y.npy").exists()
