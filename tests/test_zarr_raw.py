@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 from pwconv import pointwise_conv
+from pwconv.errors import FormatError
 from pwconv.io import zarr_store
 from pwconv.io.formats import open_source
 from pwconv.io.spec import parse_spec
@@ -131,3 +132,21 @@ def test_a_chunk_file_of_the_wrong_size_is_refused(tmp_path):
     proc = run_cli("apply", "x.zarr", "w.npy", "-o", "y.npy", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "damaged" in proc.stderr and not (tmp_path / "y.npy").exists()
+
+
+def test_a_whole_chunk_is_a_read_only_map_of_its_file(tmp_path):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), compressors=None)
+    source = open_source(parse_spec(str(store)))
+    try:
+        chunk = source.read((slice(2, 4), slice(0, 10), slice(0, 6)))
+        assert not chunk.flags.writeable  # a map, not a copy
+        np.testing.assert_array_equal(chunk, DATA[2:4])
+        edge = source.read((slice(6, 7), slice(0, 10), slice(0, 6)))  # the edge chunk holds 1 of 2 rows
+        np.testing.assert_array_equal(edge, DATA[6:7])
+        path = store / "c" / "2" / "0" / "0"
+        path.write_bytes(path.read_bytes()[:-4])
+        with pytest.raises(FormatError, match="damaged"):
+            source.read((slice(4, 6), slice(0, 10), slice(0, 6)))
+    finally:
+        source.close()

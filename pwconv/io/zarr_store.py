@@ -419,11 +419,18 @@ class _ChunkFiles:
         bounds = [sl.indices(n) for sl, n in zip(index, self.shape)]
         if self._folder is None or any(step != 1 for _, _, step in bounds):
             return None
+        whole = self.chunk_file(index)
+        if (
+            whole is not None
+            and os.path.exists(whole)
+            and all(c == n for c, n in zip(self.chunks, self._extents(bounds)))
+        ):
+            # Exactly one whole chunk: a read-only map of its file, no copy (as for .npy).
+            return self._mapped(whole)
         out = np.empty(tuple(max(0, stop - start) for start, stop, _ in bounds), self.dtype)
         if out.size == 0:
             return out
         grids = [range(start // c, (stop - 1) // c + 1) for (start, stop, _), c in zip(bounds, self.chunks)]
-        expected = math.prod(self.chunks) * self.dtype.itemsize
         for coords in itertools.product(*grids):
             low = [k * c for k, c in zip(coords, self.chunks)]
             inside = [
@@ -436,13 +443,23 @@ class _ChunkFiles:
             if not os.path.exists(path):
                 out[target] = self._fill
                 continue
-            if os.path.getsize(path) != expected:
-                raise FormatError(
-                    f"expected chunk files of {expected} bytes in {self._folder!r}, found {path!r} of "
-                    f"{os.path.getsize(path)}; the store is damaged, write it again"
-                )
-            out[target] = np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunks)[source]
+            out[target] = self._mapped(path)[source]
         return out
+
+    @staticmethod
+    def _extents(bounds: list[tuple[int, int, int]]) -> tuple[int, ...]:
+        return tuple(max(0, stop - start) for start, stop, _ in bounds)
+
+    def _mapped(self, path: str) -> np.ndarray:
+        """A read-only map of one chunk file, whose size is checked first."""
+        expected = math.prod(self.chunks) * self.dtype.itemsize
+        size = os.path.getsize(path)
+        if size != expected:
+            raise FormatError(
+                f"expected chunk files of {expected} bytes in {self._folder!r}, found {path!r} of "
+                f"{size}; the store is damaged, write it again"
+            )
+        return np.memmap(path, dtype=self.dtype, mode="r", shape=self.chunks)
 
 
 class ZarrBlocks(_ChunkFiles):
