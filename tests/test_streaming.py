@@ -235,3 +235,24 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
         os.close(leader)
     assert proc.returncode == 0
     assert "pwconv apply" in b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_pipe_is_widened_and_a_file_is_left_alone(tmp_path):
+    import fcntl
+    import os
+
+    from pwconv.io.stream import widen_pipe
+
+    read_end, write_end = os.pipe()
+    try:
+        with os.fdopen(read_end, "rb", closefd=False) as stream:
+            widen_pipe(stream)
+        f_getpipe_sz = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+        with open("/proc/sys/fs/pipe-max-size") as limit:
+            allowed = os.geteuid() == 0 or int(limit.read()) >= 1 << 20
+        assert fcntl.fcntl(read_end, f_getpipe_sz) >= (1 << 20 if allowed else 4096)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with open(tmp_path / "f.bin", "wb") as handle:
+        widen_pipe(handle)  # not a pipe: nothing to do, no error
