@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import threading
@@ -29,6 +28,8 @@ def error(message: str) -> None:
 
 
 def emit_json(document: Any) -> None:
+    import json  # only for --json: start-up
+
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     sys.stdout.flush()
 

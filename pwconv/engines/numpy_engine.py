@@ -12,9 +12,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -88,6 +87,38 @@ def _plan(plan: ConvPlan, source: Source, contiguous: bool, max_bytes: int) -> l
     )
 
 
+T = TypeVar("T")
+
+
+class _Pending(Generic[T]):
+    """The result of a call handed to a :class:`_Worker` (``concurrent.futures.Future`` in
+    a few lines: that module's import costs a start-up of its own)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._cancelled = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def run(self, function: Callable[..., T], args: tuple[Any, ...]) -> None:
+        if not self._cancelled:
+            try:
+                self._value = function(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+                self._error = exc
+        self._done.set()
+
+    def result(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        """Skip the call if it has not started (one that has runs to its end)."""
+        self._cancelled = True
+
+
 class _Worker:
     """One daemon thread that runs submitted calls in order.
 
@@ -96,24 +127,20 @@ class _Worker:
     """
 
     def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+        self._calls: queue.SimpleQueue[tuple[_Pending[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
         )
         threading.Thread(target=self._loop, name=name, daemon=True).start()
 
     def _loop(self) -> None:
         while (call := self._calls.get()) is not None:
-            future, function, args = call
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(function(*args))
-                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
-                    future.set_exception(exc)
+            pending, function, args = call
+            pending.run(function, args)
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._calls.put((future, function, args))
-        return future
+    def submit(self, function: Callable[..., T], *args: Any) -> _Pending[T]:
+        pending: _Pending[T] = _Pending()
+        self._calls.put((pending, function, args))
+        return pending
 
     def close(self) -> None:
         self._calls.put(None)
@@ -163,8 +190,8 @@ def run(
         return timings
 
     reader, writer = _Worker("pwconv-read"), _Worker("pwconv-write")
-    pending_read: Future[np.ndarray] = reader.submit(load, reads[0])
-    pending_write: Future[None] | None = None
+    pending_read: _Pending[np.ndarray] = reader.submit(load, reads[0])
+    pending_write: _Pending[None] | None = None
     try:
         for i, index in enumerate(blocks):
             data = pending_read.result()
