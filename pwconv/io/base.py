@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import tempfile
@@ -195,6 +196,24 @@ def publish(temp: str, final: str) -> None:
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)
     os.replace(temp, final)
+
+
+def reserve_space(fd: int, total: int, name: str) -> bool:
+    """Claim ``total`` bytes of disk for an output now, so that a full disk fails before any
+    computing (and writes land in claimed space, not a sparse file). False where the file
+    system cannot claim space ahead; a full disk is a one-line error."""
+    if not hasattr(os, "posix_fallocate"):
+        return False
+    try:
+        os.posix_fallocate(fd, 0, total)
+        return True
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise WriteError(
+                f"cannot write {total} bytes to {name}: no space left on the device; "
+                "free some space or write elsewhere"
+            ) from None
+        return False
 
 
 def remove_quietly(path: str | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import errno
 import io
 import math
 import mmap
@@ -14,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.lib.format as npformat
 
-from pwconv.errors import FormatError, InputFileError, WriteError
+from pwconv.errors import FormatError, InputFileError
 from pwconv.io.base import (
     BlockWriter,
     SinkRequest,
@@ -25,6 +24,7 @@ from pwconv.io.base import (
     numeric_dtype,
     publish,
     remove_quietly,
+    reserve_space,
     temp_path_beside,
     write_atomically,
 )
@@ -260,20 +260,10 @@ class NpySink:
             raise
 
     def _reserve(self, total: int) -> None:
-        # Claim the space now, so a full disk fails before any computing is done.
         assert self._file is not None
         self._file.flush()
-        if hasattr(os, "posix_fallocate"):
-            try:
-                os.posix_fallocate(self._file.fileno(), 0, total)
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise WriteError(
-                        f"cannot write {total} bytes to {self.path!r}: no space left on the device; "
-                        "free some space or write elsewhere"
-                    ) from None
-        self._file.truncate(total)
+        if not reserve_space(self._file.fileno(), total, repr(self.path)):
+            self._file.truncate(total)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         assert self._file is not None

@@ -9,7 +9,6 @@ they meet in each chunk.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import math
 import mmap
@@ -18,7 +17,7 @@ import os
 import numpy as np
 
 from pwconv.errors import FormatError, WriteError
-from pwconv.io.base import contiguous_runs
+from pwconv.io.base import contiguous_runs, reserve_space
 
 
 class RawChunks:
@@ -60,15 +59,7 @@ class RawChunks:
         """Claim the disk space of every chunk now (writers): a full disk fails before any
         computing, and writes into claimed space are faster than into a sparse file."""
         end = max(self.offsets.values(), default=0) + math.prod(self.chunks) * self.dtype.itemsize
-        if hasattr(os, "posix_fallocate"):
-            try:
-                os.posix_fallocate(self.fd, 0, end)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise WriteError(
-                        f"cannot write {end} bytes to {self.name}: no space left on the device; "
-                        "free some space or write elsewhere"
-                    ) from None
+        reserve_space(self.fd, end, self.name)
 
     def _pieces(
         self, index: tuple[slice, ...]
