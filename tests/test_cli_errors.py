@@ -213,6 +213,9 @@ def test_ctrl_c_leaves_no_partial_file(files):
         cwd=files,
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # A suite started in the background (``cmd &`` in a script) passes SIGINT on ignored,
+        # and Python keeps an ignored SIGINT ignored: give the run the default, as a terminal does.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     proc.stdin.write(buffer.getvalue() + b"\0" * (1 << 20))
     proc.stdin.flush()
