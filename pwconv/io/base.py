@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Callable
@@ -196,6 +197,18 @@ def publish(temp: str, final: str) -> None:
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)
     os.replace(temp, final)
+
+
+def drop_pages(mapping: mmap.mmap, start: int, stop: int) -> None:
+    """Drop the pages wholly inside bytes ``start``-``stop`` of a read-only map from this
+    process's memory (they stay in the page cache), so that resident memory follows the
+    block being computed, not the file."""
+    if not hasattr(mapping, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, stop // page * page
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def reserve_space(fd: int, total: int, name: str) -> bool:

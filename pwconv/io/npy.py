@@ -21,6 +21,7 @@ from pwconv.io.base import (
     check_output_path,
     check_readable,
     contiguous_runs,
+    drop_pages,
     numeric_dtype,
     publish,
     remove_quietly,
@@ -172,26 +173,17 @@ class NpySource:
     def chunks(self) -> tuple[int, ...] | None:
         return None
 
-    def _byte_range(self, index: tuple[slice, ...]) -> tuple[int, int] | None:
-        """Page-aligned (start, stop) in the mapping that lies wholly inside a block."""
+    def release(self, index: tuple[slice, ...]) -> None:
+        """Drop the pages of a finished block from this process's memory (not from the file)."""
+        if self._map is None or self.fortran:
+            return
         box, _ = box_of(index, self.shape)
         if any(stop <= start for start, stop in box):
-            return None
+            return
         run, offsets = contiguous_runs(self.shape, box)
         # The mapping starts at the beginning of the file.
         start = self.offset + offsets[0] * self.dtype.itemsize
-        stop = self.offset + (offsets[-1] + run) * self.dtype.itemsize
-        page = mmap.PAGESIZE
-        start, stop = -(-start // page) * page, stop // page * page
-        return (start, stop) if stop > start else None
-
-    def release(self, index: tuple[slice, ...]) -> None:
-        """Drop the pages of a finished block from this process's memory (not from the file)."""
-        if self._map is None or self.fortran or not hasattr(self._map, "madvise"):
-            return
-        span = self._byte_range(index)
-        if span is not None:
-            self._map.madvise(mmap.MADV_DONTNEED, span[0], span[1] - span[0])
+        drop_pages(self._map, start, self.offset + (offsets[-1] + run) * self.dtype.itemsize)
 
     def storage(self) -> dict[str, Any]:
         return {

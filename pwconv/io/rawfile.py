@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import mmap
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pwconv.errors import FormatError, WriteError
-from pwconv.io.base import contiguous_runs, reserve_space
+from pwconv.io.base import contiguous_runs, drop_pages, reserve_space
+
+if TYPE_CHECKING:
+    import mmap
+
+
+# A chunk a box meets: its byte offset (None: never written), the box inside the chunk, and
+# where that lies in the box.
+Piece = tuple[int | None, list[tuple[int, int]], tuple[slice, ...]]
 
 
 class RawChunks:
@@ -61,9 +69,7 @@ class RawChunks:
         end = max(self.offsets.values(), default=0) + math.prod(self.chunks) * self.dtype.itemsize
         reserve_space(self.fd, end, self.name)
 
-    def _pieces(
-        self, index: tuple[slice, ...]
-    ) -> list[tuple[int | None, list[tuple[int, int]], tuple[slice, ...]]]:
+    def _pieces(self, index: tuple[slice, ...]) -> list[Piece]:
         """For each chunk a step-1 box meets: its byte offset (None: never written), the box
         inside the chunk, and where that lies in the box."""
         bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
@@ -80,15 +86,15 @@ class RawChunks:
         return pieces
 
     def _extents(self, index: tuple[slice, ...]) -> tuple[int, ...]:
-        return tuple(max(0, len(range(*sl.indices(n)))) for sl, n in zip(index, self.shape))
+        return tuple(len(range(*sl.indices(n))) for sl, n in zip(index, self.shape))
 
-    def _one_run(self, index: tuple[slice, ...]) -> tuple[int, int] | None:
-        """(first byte, bytes) when the box ``index`` is one run of bytes in the file, in order."""
-        extents = self._extents(index)
+    def _one_run(self, pieces: list[Piece], extents: tuple[int, ...]) -> tuple[int, int] | None:
+        """(first byte, bytes) when a box cut into ``pieces`` is one run of bytes in the file,
+        in order."""
         if not math.prod(extents):
             return None
         done, first = 0, -1
-        for offset, local, target in self._pieces(index):
+        for offset, local, target in pieces:
             run, starts = contiguous_runs(self.chunks, local)
             size = math.prod(b - a for a, b in local)
             if offset is None or len(starts) != 1 or run != size:
@@ -104,24 +110,24 @@ class RawChunks:
 
     def release(self, index: tuple[slice, ...]) -> None:
         """Drop the mapped pages of a box read as a view (they stay in the page cache)."""
-        span = self._one_run(index) if self.mapping is not None else None
-        if self.mapping is not None and span is not None:
-            start = -(-span[0] // mmap.PAGESIZE) * mmap.PAGESIZE
-            stop = (span[0] + span[1]) // mmap.PAGESIZE * mmap.PAGESIZE
-            if stop > start:
-                self.mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        if self.mapping is None:
+            return
+        span = self._one_run(self._pieces(index), self._extents(index))
+        if span is not None:
+            drop_pages(self.mapping, span[0], span[0] + span[1])
 
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """The step-1 box ``index``: a view of the map where its bytes are one run, else a
         new array."""
         extents = self._extents(index)
-        span = self._one_run(index) if self.mapping is not None else None
+        pieces = self._pieces(index)
+        span = self._one_run(pieces, extents) if self.mapping is not None else None
         if span is not None:
             return np.ndarray(extents, dtype=self.dtype, buffer=self.mapping, offset=span[0])
         out = np.empty(extents, self.dtype)
         if out.size == 0:
             return out
-        for offset, local, target in self._pieces(index):
+        for offset, local, target in pieces:
             part = out[target]
             if offset is None:
                 part[...] = self.fill
