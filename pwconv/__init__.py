@@ -23,6 +23,6 @@ def load_weights(source: str, dataset: str | None = None) -> np.ndarray:
     >>> load_weights("1,0,0;0,1,0").shape
     (2, 3)
     """
-    from pwconv.io.weights import read_operand
+    from pwconv.io.operands import read_operand
 
     return read_operand(source, dataset).array

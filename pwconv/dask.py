@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.conv import plan_conv
+from pwconv.core.conv import ConvSettings, plan_for
 from pwconv.engines.dask_engine import DEFAULT_CHUNK_BYTES, map_plan
 from pwconv.errors import require_extra
 
@@ -37,15 +37,7 @@ def pointwise_conv(
     ``chunk_bytes`` (100 MB); each block runs the numpy kernel (no Python loop per pixel).
     """
     require_extra("dask.array", "dask", "pwconv.dask")
-    plan = plan_conv(
-        x.shape,
-        x.dtype,
-        filters,
-        bias,
-        layout=layout,
-        groups=groups,
-        stride=stride,
-        weights_layout=weights_layout,
-        dtype=dtype,
+    plan = plan_for(
+        x.shape, x.dtype, filters, bias, ConvSettings(layout, groups, stride, weights_layout, dtype)
     )
     return map_plan(x, plan, chunk_bytes)

@@ -89,7 +89,7 @@ def test_missing_h5_dataset_lists_what_exists(files):
         handle["alpha"] = np.ones((2, 2, 3))
         handle["beta"] = np.ones((2, 2, 3))
     assert_clean_error(_apply(files, "in.h5:/gamma", "w.npy"), 2, "/gamma", "/alpha", "/beta")
-    assert_clean_error(_apply(files, "in.h5", "w.npy"), 2, "2", "/alpha", "--dataset")
+    assert_clean_error(_apply(files, "in.h5", "w.npy"), 2, "2", "/alpha", "name one as in.h5:/alpha")
     _no_output(files)
 
 
@@ -247,7 +247,7 @@ def test_closed_pipe_downstream_is_quiet(files):
 def test_unreadable_input_message(tmp_path, monkeypatch):
     # Runs as root too (where file modes do not stop reads): the permission check itself.
     from pwconv.errors import InputFileError
-    from pwconv.io.base import check_readable
+    from pwconv.io.checks import check_readable
 
     path = tmp_path / "x.npy"
     path.write_bytes(b"")

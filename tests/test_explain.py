@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pwconv.core.reference import reference_conv
+from pwconv.io.interface import Source
 from pwconv.jobs.explain import ExplainRequest, explain
 from pwconv.jobs.options import ApplyOptions
 
@@ -117,14 +118,11 @@ def test_explain_api_reports_groups(monkeypatch):
 
     x = np.arange(2 * 2 * 4, dtype=np.float64).reshape(2, 2, 4)
 
-    class InMemory:
-        shape, dtype, sequential = x.shape, x.dtype, False
+    class InMemory(Source):
+        shape, dtype = x.shape, x.dtype
 
         def read(self, index):
             return x[index]
-
-        def close(self):
-            pass
 
     monkeypatch.setattr(module, "open_source", lambda spec: InMemory())
     doc = explain(ExplainRequest("x.npy", "1,2;3,4", ApplyOptions(groups=2), at="1,1"))

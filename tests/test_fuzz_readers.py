@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pwconv.errors import PwconvError
-from pwconv.io.formats import open_source
-from pwconv.io.npy import read_header
+from pwconv.io.formats.npy import read_header
+from pwconv.io.registry import open_source
 from pwconv.io.spec import parse_spec
 
 from .conftest import leftovers, run_cli

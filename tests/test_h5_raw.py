@@ -5,6 +5,7 @@ Every result is checked against h5py reading or writing the same data itself.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -13,9 +14,9 @@ import pytest
 
 from pwconv import pointwise_conv
 from pwconv.errors import FormatError
-from pwconv.io import hdf5
-from pwconv.io.formats import open_source
-from pwconv.io.rawfile import RawChunks
+from pwconv.io.interface import SinkRequest
+from pwconv.io.rawio import RawChunks
+from pwconv.io.registry import open_sink, open_source
 from pwconv.io.spec import parse_spec
 
 from .conftest import assert_clean_error, leftovers, run_cli
@@ -43,7 +44,7 @@ def test_raw_reads_equal_h5py(tmp_path, options):
     _write(tmp_path / "x.h5", **options)
     source = open_source(parse_spec(str(tmp_path / "x.h5")))
     try:
-        assert source._raw is not None  # the raw path is the one under test
+        assert source.description.reader == "raw offsets"  # the raw path is the one under test
         for index in [
             (slice(0, 7), slice(0, 10), slice(0, 6)),
             (slice(1, 6), slice(2, 9), slice(0, 6)),
@@ -62,7 +63,7 @@ def test_unwritten_chunks_read_as_the_fill_value(tmp_path):
         ds[2:4] = 7.0
     source = open_source(parse_spec(str(tmp_path / "x.h5")))
     try:
-        assert source._raw is not None
+        assert source.description.reader == "raw offsets"
         expected = np.full((6, 4, 3), -1.5, np.float32)
         expected[2:4] = 7.0
         np.testing.assert_array_equal(source.read((slice(0, 6), slice(0, 4), slice(0, 3))), expected)
@@ -79,7 +80,7 @@ def test_filtered_datasets_go_through_h5py(tmp_path, options):
     _write(tmp_path / "x.h5", **options)
     source = open_source(parse_spec(str(tmp_path / "x.h5")))
     try:
-        assert source._raw is None
+        assert source.description.reader == "h5py"
         np.testing.assert_array_equal(source.read((slice(1, 5), slice(0, 10), slice(0, 6))), DATA[1:5])
     finally:
         source.close()
@@ -89,7 +90,7 @@ def test_big_endian_data_goes_through_h5py(tmp_path):
     _write(tmp_path / "x.h5", DATA.astype(">f4"))
     source = open_source(parse_spec(str(tmp_path / "x.h5")))
     try:
-        assert source._raw is None
+        assert source.description.reader == "h5py"
         np.testing.assert_array_equal(source.read((slice(0, 7), slice(0, 10), slice(0, 6))), DATA)
     finally:
         source.close()
@@ -146,30 +147,17 @@ def test_compressed_output_is_written_by_h5py(tmp_path):
 
 
 def test_raw_sink_keeps_attributes_and_leaves_nothing_on_failure(tmp_path):
-    sink = hdf5.H5Sink(
-        str(tmp_path / "y.h5"),
-        None,
-        (4, 5, 2),
-        np.dtype(np.float32),
-        overwrite=False,
-        attrs={"pwconv_weights": "w.npy"},
-        channel_axis=2,
-    )
-    assert sink._raw is not None
+    request = SinkRequest((4, 5, 2), np.dtype(np.float32), channel_axis=2, attrs={"pwconv_weights": "w.npy"})
+    sink = open_sink(parse_spec(str(tmp_path / "y.h5"), what="output"), request)
+    assert sink.writer == "raw offsets"
     block = np.arange(40, dtype=np.float32).reshape(4, 5, 2)
     sink.write((slice(0, 4), slice(0, 5), slice(0, 2)), block)
     sink.commit()
     with h5py.File(tmp_path / "y.h5") as handle:
         assert handle["data"].attrs["pwconv_weights"] == "w.npy"
         np.testing.assert_array_equal(handle["data"][...], block)
-    failed = hdf5.H5Sink(
-        str(tmp_path / "z.h5"),
-        None,
-        (4, 5, 2),
-        np.dtype(np.float32),
-        overwrite=False,
-        attrs={},
-        channel_axis=2,
+    failed = open_sink(
+        parse_spec(str(tmp_path / "z.h5"), what="output"), dataclasses.replace(request, attrs={})
     )
     failed.write((slice(0, 2), slice(0, 5), slice(0, 2)), block[:2])
     failed.abort()

@@ -14,9 +14,10 @@ from pwconv import pointwise_conv
 from pwconv.core.blocks import parse_size, plan_blocks
 from pwconv.core.conv import plan_conv
 from pwconv.engines.numpy_engine import block_plan, pixel_bytes, run
-from pwconv.io.hdf5 import H5Sink, H5Source
-from pwconv.io.npy import NpySink, NpySource
-from pwconv.io.stream import StreamSink, StreamSource
+from pwconv.io.formats.stream import StreamSink, StreamSource
+from pwconv.io.interface import SinkRequest
+from pwconv.io.registry import open_sink, open_source
+from pwconv.io.spec import parse_spec
 
 from .conftest import run_cli
 
@@ -69,23 +70,12 @@ def test_streamed_equals_in_memory(tmp_path, kind, layout, stride, max_bytes):
     plan = plan_conv(x.shape, x.dtype, w, layout=layout, stride=stride)
     if kind == "npy":
         np.save(tmp_path / "x.npy", x)
-        source, sink = (
-            NpySource(str(tmp_path / "x.npy")),
-            NpySink(str(tmp_path / "y.npy"), plan.out_shape, plan.out_dtype),
-        )
     else:
         with h5py.File(tmp_path / "x.h5", "w") as handle:
             handle.create_dataset("x", data=x, chunks=tuple(max(1, n // 2) for n in x.shape))
-        source = H5Source(str(tmp_path / "x.h5"), None)
-        sink = H5Sink(
-            str(tmp_path / "y.h5"),
-            None,
-            plan.out_shape,
-            plan.out_dtype,
-            overwrite=False,
-            attrs={},
-            channel_axis=plan.channel_axis,
-        )
+    source = open_source(parse_spec(str(tmp_path / f"x.{kind}")))
+    request = SinkRequest(plan.out_shape, plan.out_dtype, channel_axis=plan.channel_axis)
+    sink = open_sink(parse_spec(str(tmp_path / f"y.{kind}"), what="output"), request)
     timings = run(plan, source, sink, max_bytes=max_bytes)
     sink.commit()
     source.close()
@@ -109,7 +99,6 @@ def test_stdin_to_stdout_streams_in_order():
     plan = plan_conv(x.shape, x.dtype, w)
     out = io.BytesIO()
     source, sink = StreamSource(buffer), StreamSink(plan.out_shape, plan.out_dtype, out)
-    source._stream.isatty = lambda: False  # type: ignore[attr-defined]
     timings = run(plan, source, sink, max_bytes=100)
     sink.commit()
     assert timings.blocks > 1
@@ -144,8 +133,8 @@ def test_same_command_writes_the_same_bytes(tmp_path):
 def test_fortran_order_npy_is_read_correctly(tmp_path):
     x = np.asfortranarray(np.arange(60, dtype=np.float64).reshape(3, 4, 5))
     np.save(tmp_path / "f.npy", x)
-    source = NpySource(str(tmp_path / "f.npy"))
-    assert source.fortran
+    source = open_source(parse_spec(str(tmp_path / "f.npy")))
+    assert source.storage()["fortran_order"]
     np.testing.assert_array_equal(source.read((slice(1, 3), slice(0, 4, 2), slice(0, 5))), x[1:3, ::2])
 
 
@@ -241,7 +230,7 @@ def test_a_pipe_is_widened_and_a_file_is_left_alone(tmp_path):
     import fcntl
     import os
 
-    from pwconv.io.stream import widen_pipe
+    from pwconv.io.formats.stream import widen_pipe
 
     read_end, write_end = os.pipe()
     try:

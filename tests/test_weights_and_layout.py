@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pwconv import PwconvError, pointwise_conv
+from pwconv.core.filters import literal_dtype, normalise_bias, normalise_filters, parse_literal
 from pwconv.core.layout import parse_layout
-from pwconv.core.weights import literal_dtype, normalise_bias, normalise_filters, parse_literal
 from pwconv.errors import ShapeError, UsageError
 
 RNG = np.random.default_rng(7)

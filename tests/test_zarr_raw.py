@@ -15,8 +15,8 @@ import zarr
 
 from pwconv import pointwise_conv
 from pwconv.errors import FormatError
-from pwconv.io import zarr_store
-from pwconv.io.formats import open_source
+from pwconv.io.formats import zarr as zarr_store
+from pwconv.io.registry import open_source
 from pwconv.io.spec import parse_spec
 
 from .conftest import cli_in_process, run_cli
@@ -50,7 +50,7 @@ def test_raw_reads_equal_zarr(tmp_path, options):
     assert zarr_store.read_raw_metadata(str(store)) is not None  # the path under test
     data, source = _read_all(store)
     np.testing.assert_array_equal(data, DATA)
-    assert source._array is None  # zarr was never asked
+    assert source.description.reader == "chunk files"  # zarr was never asked
 
 
 @pytest.mark.parametrize("fill", [np.nan, -2.5, np.inf])
@@ -99,7 +99,7 @@ def test_compressed_stores_go_through_zarr(tmp_path):
     assert zarr_store.read_raw_metadata(str(store)) is None
     data, source = _read_all(store)
     np.testing.assert_array_equal(data, DATA)
-    assert source._array is not None
+    assert source.description.reader == "zarr"
 
 
 @pytest.mark.parametrize("extra", [[], ["--chunks", "3,4,3"], ["--max-memory", "2KB"]])

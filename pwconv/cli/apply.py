@@ -51,7 +51,7 @@ def apply(
     nodata: o.NodataOpt = o.NODATA,
     out_nodata: o.OutNodataOpt = None,
     channel_dim: o.ChannelDimOpt = None,
-    creation_options: o.CreationOpt = None,
+    format_options: o.FormatOptionsOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -59,7 +59,7 @@ def apply(
     from pwconv.jobs.apply import apply_file
     from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions.pick({**locals(), "creation_options": tuple(creation_options or ())})
+    options = ApplyOptions.pick({**locals(), "format_options": tuple(format_options or ())})
     check_stdout_use(output, json_report)
     with Progress("pwconv apply", enabled=not quiet and not json_report) as progress:
         report = apply_file(input, weights, output, options, dataset=dataset, progress=progress)

@@ -38,7 +38,7 @@ def batch(
     nodata: o.NodataOpt = o.NODATA,
     out_nodata: o.OutNodataOpt = None,
     channel_dim: o.ChannelDimOpt = None,
-    creation_options: o.CreationOpt = None,
+    format_options: o.FormatOptionsOpt = None,
     output_format: Annotated[
         Optional[str],
         typer.Option(
@@ -53,7 +53,7 @@ def batch(
     from pwconv.jobs.batch import FileResult, batch_files, exit_code
     from pwconv.jobs.options import ApplyOptions
 
-    options = ApplyOptions.pick({**locals(), "creation_options": tuple(creation_options or ())})
+    options = ApplyOptions.pick({**locals(), "format_options": tuple(format_options or ())})
     quiet_lines = quiet or json_report
     start = time.perf_counter()
 

@@ -80,10 +80,12 @@ ChannelDimOpt = Annotated[
     Optional[str],
     typer.Option("--channel-dim", help="NetCDF: the dimension that holds the channels (band, ...)."),
 ]
-CreationOpt = Annotated[
+FormatOptionsOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--co", help="GDAL creation option KEY=VALUE for raster outputs (repeatable), e.g. COMPRESS=LZW."
+        "--co",
+        help="An option of the output format, KEY=VALUE (repeatable), checked by that format: GDAL "
+        "creation options for rasters (COMPRESS=LZW), quality=90 for JPEG/WebP.",
     ),
 ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -174,7 +173,9 @@ def _leave(code: int) -> NoReturn:
     # on ``cat big.npy | pwconv ...``), it holds that stream's lock, and the interpreter's
     # shutdown would abort on it ("could not acquire lock ... at interpreter shutdown").
     # Then leave without that shutdown; the outputs are already aborted here.
-    if any(thread.name == "pwconv-read" and thread.is_alive() for thread in threading.enumerate()):
+    from pwconv.engines.workers import reader_may_block
+
+    if reader_may_block():
         _leave_after_failure(code)
     sys.exit(code)
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pwconv.core import kernels
-from pwconv.core.layout import Layout, parse_layout
-from pwconv.core.weights import (
+from pwconv.core.filters import (
     ChannelMismatch,
     FilterBank,
     normalise_bias,
     normalise_filters,
 )
+from pwconv.core.layout import Layout, parse_layout
 from pwconv.errors import ShapeError, UsageError
 
 # Largest integer every float type represents exactly (mantissa bits + 1).
@@ -129,6 +129,21 @@ def _channel_hint(x_shape: tuple[int, ...], layout: Layout, counts: set[int], gr
     return "check that the filters belong to this input (or use [[weights_layout]])"
 
 
+@dataclass(frozen=True)
+class ConvSettings:
+    """How to read the input and the filters, parsed once and passed as one object.
+
+    >>> ConvSettings(layout="CHW").stride
+    1
+    """
+
+    layout: str | int = "channels-last"
+    groups: int = 1
+    stride: int = 1
+    weights_layout: str = "auto"
+    dtype: np.dtype | type | str | None = None
+
+
 def plan_conv(
     x_shape: tuple[int, ...],
     x_dtype: np.dtype | type,
@@ -146,30 +161,24 @@ def plan_conv(
     >>> plan_conv((2, 2, 2), np.int64, np.array([2, 3]), layout="CHW").out_shape
     (1, 2, 2)
     """
-    x_shape = tuple(int(n) for n in x_shape)
-    x_dtype = np.dtype(x_dtype)
-    if x_dtype.hasobject or x_dtype.kind not in "biufc":
-        raise ShapeError(
-            f"expected a numeric input, found dtype {x_dtype}; convert the data to a numeric type"
-        )
-    lay = parse_layout(layout, len(x_shape))
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise UsageError(f"expected groups to be a positive integer, found {groups!r}")
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise UsageError(f"expected stride to be a positive integer, found {stride!r}")
-    groups, stride = int(groups), int(stride)
+    return plan_for(
+        x_shape, x_dtype, filters, bias, ConvSettings(layout, groups, stride, weights_layout, dtype)
+    )
+
+
+def _positive(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"expected {name} to be a positive integer, found {value!r}")
+    return int(value)
+
+
+def _bank_for(
+    w: np.ndarray, x_shape: tuple[int, ...], lay: Layout, groups: int, weights_layout: str
+) -> FilterBank:
+    """The filters read for the input's channels per group; a mismatch says what would fit."""
     c = x_shape[lay.channel_axis]
-    if c == 0:
-        raise ShapeError(
-            f"expected at least one input channel, found 0 on axis {lay.channel_axis} of shape {x_shape}"
-        )
-    if c % groups:
-        raise ShapeError(
-            f"groups={groups} must divide the {c} input channels; use a divisor of {c} as [[groups]]"
-        )
-    w = np.asarray(filters)
     try:
-        bank = normalise_filters(w, c // groups, weights_layout)
+        return normalise_filters(w, c // groups, weights_layout)
     except ChannelMismatch as exc:
         # Said again with what only the input knows: its shape, layout, and a better layout.
         per = f"{c // groups} per group, " if groups > 1 else ""
@@ -179,21 +188,52 @@ def plan_conv(
             f"{lay.channel_axis} of the input {x_shape} (layout {lay.name}); "
             + _channel_hint(x_shape, lay, exc.counts, groups)
         ) from None
+
+
+def _output_dtype(x_dtype: np.dtype, bank: FilterBank, dtype: np.dtype | type | str | None) -> np.dtype:
+    if dtype is None:
+        out_dtype = np.result_type(x_dtype, bank.matrix.dtype)
+        return np.dtype(np.int64) if out_dtype.kind in "biu" else out_dtype
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        raise UsageError(f"expected a numpy dtype name such as float32, found {dtype!r}") from None
+    if out_dtype.kind not in "iufc":
+        raise UsageError(f"expected a numeric output dtype, found {out_dtype}")
+    return out_dtype
+
+
+def plan_for(
+    x_shape: tuple[int, ...],
+    x_dtype: np.dtype | type,
+    filters: np.ndarray,
+    bias: np.ndarray | None,
+    settings: ConvSettings,
+) -> ConvPlan:
+    """:func:`plan_conv` with the settings as one object (what the jobs pass)."""
+    x_shape = tuple(int(n) for n in x_shape)
+    x_dtype = np.dtype(x_dtype)
+    if x_dtype.hasobject or x_dtype.kind not in "biufc":
+        raise ShapeError(
+            f"expected a numeric input, found dtype {x_dtype}; convert the data to a numeric type"
+        )
+    lay = parse_layout(settings.layout, len(x_shape))
+    groups, stride = _positive(settings.groups, "groups"), _positive(settings.stride, "stride")
+    c = x_shape[lay.channel_axis]
+    if c == 0:
+        raise ShapeError(
+            f"expected at least one input channel, found 0 on axis {lay.channel_axis} of shape {x_shape}"
+        )
+    if c % groups:
+        raise ShapeError(
+            f"groups={groups} must divide the {c} input channels; use a divisor of {c} as [[groups]]"
+        )
+    bank = _bank_for(np.asarray(filters), x_shape, lay, groups, settings.weights_layout)
     k = bank.matrix.shape[0]
     if k % groups:
         raise ShapeError(f"groups={groups} must divide the {k} filters; use a divisor of {k} as [[groups]]")
     b = normalise_bias(bias, k)
-    if dtype is None:
-        out_dtype = np.result_type(x_dtype, bank.matrix.dtype)
-        if out_dtype.kind in "biu":
-            out_dtype = np.dtype(np.int64)
-    else:
-        try:
-            out_dtype = np.dtype(dtype)
-        except TypeError:
-            raise UsageError(f"expected a numpy dtype name such as float32, found {dtype!r}") from None
-        if out_dtype.kind not in "iufc":
-            raise UsageError(f"expected a numeric output dtype, found {out_dtype}")
+    out_dtype = _output_dtype(x_dtype, bank, settings.dtype)
     if b is not None and out_dtype.kind in "iu" and b.dtype.kind in "fc":
         raise ShapeError(
             f"expected an integer bias for integer output {out_dtype}, found {b.dtype}; "
@@ -326,50 +366,22 @@ _PLAN_CACHE_MAX_FILTER_BYTES = 1 << 20
 
 
 def _cached_plan(
-    x: np.ndarray,
-    filters: np.ndarray,
-    bias: np.ndarray | None,
-    layout: str | int,
-    groups: int,
-    stride: int,
-    weights_layout: str,
-    dtype: np.dtype | type | str | None,
+    x: np.ndarray, filters: np.ndarray, bias: np.ndarray | None, settings: ConvSettings
 ) -> ConvPlan:
     cacheable = (
         type(filters) is np.ndarray
         and bias is None
         and filters.nbytes <= _PLAN_CACHE_MAX_FILTER_BYTES
-        and isinstance(layout, (str, int))
-        and (dtype is None or isinstance(dtype, str))
+        and isinstance(settings.layout, (str, int))
+        and (settings.dtype is None or isinstance(settings.dtype, str))
     )
     key: tuple[object, ...] = ()
     if cacheable:
-        key = (
-            x.shape,
-            x.dtype,
-            id(filters),
-            filters.shape,
-            filters.dtype,
-            layout,
-            groups,
-            stride,
-            weights_layout,
-            dtype,
-        )
+        key = (x.shape, x.dtype, id(filters), filters.shape, filters.dtype, settings)
         plan = _PLAN_CACHE.get(key)
         if plan is not None and _holds(plan, filters):
             return plan
-    plan = plan_conv(
-        x.shape,
-        x.dtype,
-        filters,
-        bias,
-        layout=layout,
-        groups=groups,
-        stride=stride,
-        weights_layout=weights_layout,
-        dtype=dtype,
-    )
+    plan = plan_for(x.shape, x.dtype, filters, bias, settings)
     if cacheable and _holds(plan, filters):
         if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
             try:
@@ -400,7 +412,7 @@ def pointwise_conv(
     """Apply a 1x1 convolution: every pixel's channel vector times each filter.
 
     ``x`` has any number of axes, one of them channels (``layout``); ``filters`` is (K, C)
-    or any shape listed in :mod:`pwconv.core.weights`. The output keeps the channel axis
+    or any shape listed in :mod:`pwconv.core.filters`. The output keeps the channel axis
     where the input had it, with K channels.
 
     >>> m = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])
@@ -408,7 +420,7 @@ def pointwise_conv(
     [[[17, 22], [27, 32]]]
     """
     x = np.asarray(x)
-    plan = _cached_plan(x, filters, bias, layout, groups, stride, weights_layout, dtype)
+    plan = _cached_plan(x, filters, bias, ConvSettings(layout, groups, stride, weights_layout, dtype))
     xs = apply_stride(plan, x)
     converts = xs.dtype != plan.compute_dtype or plan.out_dtype != plan.compute_dtype
     if not converts or xs.nbytes <= 2 * _CONVERT_BLOCK_BYTES:

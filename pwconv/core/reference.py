@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.conv import ConvPlan, apply_stride, plan_conv
+from pwconv.core.conv import ConvPlan, ConvSettings, apply_stride, plan_for
 
 
 def pixel_terms(plan: ConvPlan, pixel: np.ndarray, k: int) -> list[tuple[Any, Any]]:
@@ -46,16 +46,8 @@ def reference_conv(
     [[[17, 22], [27, 32]]]
     """
     x = np.asarray(x)
-    plan = plan_conv(
-        x.shape,
-        x.dtype,
-        filters,
-        bias,
-        layout=layout,
-        groups=groups,
-        stride=stride,
-        weights_layout=weights_layout,
-        dtype=dtype,
+    plan = plan_for(
+        x.shape, x.dtype, filters, bias, ConvSettings(layout, groups, stride, weights_layout, dtype)
     )
     axis = plan.channel_axis
     pixels_first = np.moveaxis(apply_stride(plan, x), axis, -1)

@@ -13,17 +13,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
-from pwconv.engines.numpy_engine import Timings
+from pwconv.engines.base import Progress, Timings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, LOCAL_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError, require_extra
-from pwconv.io.base import Sink, Source
-from pwconv.io.formats import parallel_reader
+from pwconv.io.interface import Sink, Source
+from pwconv.io.registry import parallel_reader
 from pwconv.io.spec import Spec
 
 DEFAULT_CHUNK_BYTES = 100_000_000
@@ -107,7 +107,7 @@ class DaskRun:
         check_scheduler(scheduler)
         self.scheduler = scheduler
         reader = parallel_reader(spec, source)
-        chunks: Any = getattr(reader, "chunks", None) or source.chunks() or "auto"
+        chunks: Any = reader.chunks or source.chunks() or "auto"  # every parallel reader has .chunks
         x = da.from_array(
             reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
         )
@@ -120,7 +120,7 @@ class DaskRun:
     def name(self) -> str:
         return f"dask ({self.scheduler})"
 
-    def run(self, sink: Sink, progress: Callable[[int, int], None] | None = None) -> Timings:
+    def run(self, sink: Sink, progress: Progress | None = None) -> Timings:
         """Compute every block into ``sink`` (not committed here)."""
         da = require_extra("dask.array", "dask", "the dask engine")
         import dask

@@ -8,34 +8,19 @@ bounded by the block size.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from pwconv.core.blocks import plan_blocks
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
-from pwconv.io.base import Sink, Source
+from pwconv.engines.base import Progress, Timings
+from pwconv.engines.workers import Pending, Worker
+from pwconv.io.interface import Sink, Source
 
 # A streamed block costs at most this much (input, conversions and output); larger blocks
 # gain nothing in speed and cost memory.
 STREAM_BLOCK_BYTES = 32 << 20
-
-
-@dataclass
-class Timings:
-    """Seconds spent in each phase (phases overlap when streaming) and the block count."""
-
-    load: float = 0.0
-    compute: float = 0.0
-    save: float = 0.0
-    blocks: int = 0
-    nodata_pixels: int | None = None  # None: not counted (another process computed)
-    block_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def pixel_bytes(plan: ConvPlan) -> int:
@@ -87,72 +72,13 @@ def _plan(plan: ConvPlan, source: Source, contiguous: bool, max_bytes: int) -> l
     )
 
 
-T = TypeVar("T")
-
-
-class _Pending(Generic[T]):
-    """The result of a call handed to a :class:`_Worker` (``concurrent.futures.Future`` in
-    a few lines: that module's import costs a start-up of its own)."""
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._cancelled = False
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def run(self, function: Callable[..., T], args: tuple[Any, ...]) -> None:
-        if not self._cancelled:
-            try:
-                self._value = function(*args)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
-                self._error = exc
-        self._done.set()
-
-    def result(self) -> T:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[no-any-return]
-
-    def cancel(self) -> None:
-        """Skip the call if it has not started (one that has runs to its end)."""
-        self._cancelled = True
-
-
-class _Worker:
-    """One daemon thread that runs submitted calls in order.
-
-    A daemon, because a read from a pipe may block for ever after the run has failed: it
-    must not hold up the exit of the process (``concurrent.futures`` joins its threads).
-    """
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[tuple[_Pending[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        threading.Thread(target=self._loop, name=name, daemon=True).start()
-
-    def _loop(self) -> None:
-        while (call := self._calls.get()) is not None:
-            pending, function, args = call
-            pending.run(function, args)
-
-    def submit(self, function: Callable[..., T], *args: Any) -> _Pending[T]:
-        pending: _Pending[T] = _Pending()
-        self._calls.put((pending, function, args))
-        return pending
-
-    def close(self) -> None:
-        self._calls.put(None)
-
-
 def run(
     plan: ConvPlan,
     source: Source,
     sink: Sink,
     *,
     max_bytes: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     nodata: Nodata | None = None,
 ) -> Timings:
     """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
@@ -171,15 +97,12 @@ def run(
         sink.write(index, block)
         timings.save += time.perf_counter() - start
 
-    release = getattr(source, "release", None)
-
     def compute(data: np.ndarray, read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
         result, masked = compute_masked(plan, data, nodata)
         if masked:
             timings.nodata_pixels = (timings.nodata_pixels or 0) + masked
-        if release is not None:
-            release(read)
+        source.release(read)
         timings.compute += time.perf_counter() - start
         return result
 
@@ -189,9 +112,9 @@ def run(
             progress(1, 1)
         return timings
 
-    reader, writer = _Worker("pwconv-read"), _Worker("pwconv-write")
-    pending_read: _Pending[np.ndarray] = reader.submit(load, reads[0])
-    pending_write: _Pending[None] | None = None
+    reader, writer = Worker(may_block=True), Worker()
+    pending_read: Pending[np.ndarray] = reader.submit(load, reads[0])
+    pending_write: Pending[None] | None = None
     try:
         for i, index in enumerate(blocks):
             data = pending_read.result()
@@ -225,3 +148,26 @@ def largest_block_bytes(plan: ConvPlan, blocks: list[tuple[slice, ...]]) -> int:
         for b in blocks
     ]
     return max(sizes, default=0) * pixel_bytes(plan)
+
+
+class NumpyRun:
+    """One run on the default engine (the :class:`~pwconv.engines.base.Engine` protocol)."""
+
+    name = "numpy"
+
+    def __init__(
+        self,
+        plan: ConvPlan,
+        source: Source,
+        *,
+        max_bytes: int,
+        sequential_output: bool,
+        nodata: Nodata | None = None,
+    ) -> None:
+        self.plan, self.source, self.max_bytes, self.nodata = plan, source, max_bytes, nodata
+        self.block_shape = first_block_shape(plan, source, sequential_output, max_bytes)
+
+    def run(self, sink: Sink, progress: Progress | None = None) -> Timings:
+        return run(
+            self.plan, self.source, sink, max_bytes=self.max_bytes, progress=progress, nodata=self.nodata
+        )

@@ -6,29 +6,30 @@ import os
 from dataclasses import dataclass
 
 from pwconv.errors import UsageError
-from pwconv.io.formats import STREAM, format_of, known_suffixes, sniff
+from pwconv.io.registry import STREAM, format_of, known_suffixes, sniff
 
 
 @dataclass(frozen=True)
 class Spec:
-    """Where a tensor lives: the registry's ``format`` name, the path, and an array inside it."""
+    """Where a tensor lives: the registry's ``format`` name, the path, and the ``member`` of a
+    container that holds it (an HDF5 dataset, a Zarr array, a model's tensor), if any."""
 
     format: str
     path: str
-    dataset: str | None = None
+    member: str | None = None
 
     @property
     def text(self) -> str:
         if self.format == STREAM.name:
             return "-"
-        return f"{self.path}:{self.dataset}" if self.dataset else self.path
+        return f"{self.path}:{self.member}" if self.member else self.path
 
 
 def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") -> Spec:
     """Parse a path argument.
 
     >>> parse_spec("data.h5:/group/x")
-    Spec(format='hdf5', path='data.h5', dataset='/group/x')
+    Spec(format='hdf5', path='data.h5', member='/group/x')
     """
     if text == "-":
         if dataset:

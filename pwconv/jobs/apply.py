@@ -5,36 +5,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pwconv import __version__
-from pwconv.core.conv import ConvPlan, Nodata, plan_conv
-from pwconv.core.weights import literal_dtype
-from pwconv.engines import numpy_engine
-from pwconv.engines.numpy_engine import Timings
+from pwconv.core.conv import ConvPlan, Nodata, plan_for
+from pwconv.core.filters import literal_dtype
+from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
-from pwconv.io.base import SaturatingSink, Sink, SinkRequest, Source, SqueezedSink
-from pwconv.io.formats import (
-    capabilities,
+from pwconv.io.adapters import SaturatingSink, SqueezedSink
+from pwconv.io.interface import Sink, SinkRequest, Source
+from pwconv.io.operands import Weights, read_weights
+from pwconv.io.registry import (
     check_distinct,
     default_output_dtype,
+    format_named,
     open_sink,
     open_source,
     retarget_output,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.io.weights import Weights, read_weights
-from pwconv.jobs.options import ApplyOptions, check_output
+from pwconv.jobs.options import ApplyOptions, check_output, nodata_value
 from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
-
-
-def load_weights(weights: str, options: ApplyOptions, dataset: str | None = None) -> Weights:
-    """The filters and the bias that ``options`` names."""
-    return read_weights(weights, options.bias, dataset=dataset)
 
 
 def make_plan(
@@ -47,30 +41,27 @@ def make_plan(
     """
     dtype: Any = options.dtype
     if dtype is None and output is not None:
-        dtype = default_output_dtype(output, np.dtype(source.dtype), bool(getattr(source, "is_image", False)))
+        dtype = default_output_dtype(output, np.dtype(source.dtype), source.description.is_image)
     if dtype is None and weights.filters.literal:
         dtype = literal_dtype(source.dtype, weights.filters.array).name
 
-    def plan_for(out_dtype: Any) -> ConvPlan:
-        return plan_conv(
-            source.shape,
-            source.dtype,
-            weights.filters.array,
-            None if weights.bias is None else weights.bias.array,
-            layout=options.layout,
-            groups=options.groups,
-            stride=options.stride,
-            weights_layout=options.weights_layout,
-            dtype=out_dtype,
-        )
+    def plan_with(out_dtype: Any) -> ConvPlan:
+        bias = None if weights.bias is None else weights.bias.array
+        conv = dataclasses.replace(options.conv, dtype=out_dtype)
+        return plan_for(source.shape, source.dtype, weights.filters.array, bias, conv)
 
-    plan = plan_for(None)
+    plan = plan_with(None)
     target = None if dtype is None else _dtype(dtype)
     saturate_to = None
     if target is not None and target.kind in "iu" and target != plan.out_dtype:
         saturate_to = target  # computed in the natural type, then rounded and clipped
     elif target is not None and target != plan.out_dtype:
-        plan = plan_for(target)
+        plan = plan_with(target)
+    _check_plan(plan, options, saturate_to)
+    return plan, saturate_to
+
+
+def _check_plan(plan: ConvPlan, options: ApplyOptions, saturate_to: np.dtype | None) -> None:
     if 0 in plan.in_shape:
         raise ShapeError(
             f"expected a non-empty input, found shape {plan.in_shape}; there is nothing to convolve"
@@ -84,7 +75,6 @@ def make_plan(
         raise UsageError(
             f"expected real results for {saturate_to} output, found {plan.out_dtype}; drop [[dtype]]"
         )
-    return plan, saturate_to
 
 
 def _dtype(value: Any) -> np.dtype:
@@ -99,16 +89,9 @@ def _dtype(value: Any) -> np.dtype:
 
 def resolve_nodata(options: ApplyOptions, source: Source, out_dtype: np.dtype) -> Nodata | None:
     """What counts as nodata in the input, and what the output writes there (None: no masking)."""
-    text = options.nodata
-    if text == "none":
+    value = nodata_value(options.nodata, source.description.nodata)
+    if value is None:
         return None
-    if text == "auto":
-        declared = getattr(source, "nodata", None)
-        if declared is None:
-            return None
-        value = float(declared)
-    else:
-        value = float(text)
     nan = math.isnan(value)
     if options.out_nodata is not None:
         out_value = float(options.out_nodata)
@@ -141,7 +124,7 @@ def with_channel_dim(options: ApplyOptions, source: Source) -> ApplyOptions:
     """``channel_dim`` (a NetCDF dimension name) turned into the layout's axis number."""
     if options.channel_dim is None:
         return options
-    dims = getattr(source, "dimensions", None)
+    dims = source.description.dimensions
     if dims is None:
         raise UsageError(
             "expected an input with named dimensions (NetCDF) for [[channel_dim]], found none; use [[layout]]"
@@ -155,12 +138,13 @@ def with_channel_dim(options: ApplyOptions, source: Source) -> ApplyOptions:
 
 def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:
     """What an HDF5 or Zarr output records about how it was made."""
+    filters = weights.filters
     return {
         "pwconv_version": __version__,
         "input": input_text,
-        "weights_source": weights.filters.source,
-        "weights_sha256": weights.filters.sha256,
-        "weights_tensor": weights.filters.spec.dataset or "" if weights.filters.spec else "",
+        "weights_source": filters.source,
+        "weights_sha256": filters.sha256,
+        "weights_tensor": (filters.spec.member or "") if filters.spec else "",
         "bias_source": weights.bias.source if weights.bias else "",
         "layout": plan.layout.name,
         "channel_axis": plan.channel_axis,
@@ -204,10 +188,9 @@ def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: Outpu
         compression=options.compression,
         chunks=options.output_chunks,
         block_shape=squeezed(block_shape, axis, squeeze) if block_shape else None,
-        quality=options.quality,
         nodata=output.nodata,
         stride=plan.stride,
-        creation_options=options.creation_options,
+        options=options.writer_options,
         metadata=output.metadata,
     )
     sink: Sink = open_sink(spec, request)
@@ -216,26 +199,58 @@ def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: Outpu
     return SqueezedSink(sink, axis) if squeeze else sink
 
 
-def _layers(sink: Any) -> list[Any]:
-    """The sink and the sinks it wraps (squeezing, saturating), outermost first."""
-    layers = [sink]
-    while hasattr(layers[-1], "sink"):
-        layers.append(layers[-1].sink)
-    return layers
+def choose_engine(
+    plan: ConvPlan,
+    in_spec: Spec,
+    source: Source,
+    out_spec: Spec,
+    options: ApplyOptions,
+    nodata: Nodata | None,
+) -> Engine:
+    """The run on the engine ``options`` names, set up before the output is opened."""
+    if options.engine == "dask":
+        from pwconv.engines.dask_engine import DaskRun
+
+        return DaskRun(
+            plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler, nodata=nodata
+        )
+    from pwconv.engines.numpy_engine import NumpyRun
+
+    sequential = format_named(out_spec.format).sequential
+    return NumpyRun(plan, source, max_bytes=options.max_bytes, sequential_output=sequential, nodata=nodata)
 
 
-def clipped_counts(sink: Sink) -> dict[str, int] | None:
-    """Values clipped into an integer output's range (None when nothing was saturated or the
-    counts stayed in other processes)."""
-    for layer in _layers(sink):
-        if isinstance(layer, SaturatingSink) and layer.counted:
-            return {"low": layer.clipped_low, "high": layer.clipped_high}
-    return None
+def run_into(sink: Sink, engine: Engine, progress: Progress | None) -> Timings:
+    """Run ``engine`` into ``sink`` and commit it; on any failure the sink is aborted."""
+    try:
+        timings = engine.run(sink, progress)
+        commit_start = time.perf_counter()
+        sink.commit()
+        timings.save += time.perf_counter() - commit_start
+    except BaseException:
+        sink.abort()
+        raise
+    return timings
 
 
-def sink_notes(sink: Any) -> list[str]:
-    """What the output's writer wants said (a lossy format, say)."""
-    return list(getattr(_layers(sink)[-1], "notes", []))
+def _output_doc(
+    spec: Spec, shape: tuple[int, ...], dtype: np.dtype, sink: Sink, nodata: Nodata | None, timings: Timings
+) -> dict[str, Any]:
+    return {
+        "path": spec.text,
+        "shape": list(shape),
+        "dtype": dtype.name,
+        "clipped": sink.clipped(),
+        "notes": sink.notes,
+        "nodata": None
+        if nodata is None
+        else {
+            "input": nodata.value,
+            "nan": nodata.nan,
+            "output": nodata.out_value,
+            "pixels": timings.nodata_pixels,
+        },
+    }
 
 
 def apply_file(
@@ -246,7 +261,7 @@ def apply_file(
     *,
     dataset: str | None = None,
     weights_dataset: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Read ``input``, apply the filters, write ``output``; return the report.
 
@@ -256,8 +271,12 @@ def apply_file(
     start = time.perf_counter()
     in_spec = parse_spec(input, dataset)
     out_spec = parse_spec(output, what="output")
-    check_output(options, out_spec)
-    loaded = weights if isinstance(weights, Weights) else load_weights(weights, options, weights_dataset)
+    check_output(options, out_spec, format_options=False)  # the input may still change its format
+    loaded = (
+        weights
+        if isinstance(weights, Weights)
+        else read_weights(weights, options.bias, member=weights_dataset)
+    )
     check_distinct(out_spec, in_spec, *loaded.specs)
     source = open_source(in_spec)
     try:
@@ -266,69 +285,32 @@ def apply_file(
         options = with_channel_dim(options, source)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
         nodata = resolve_nodata(options, source, saturate_to or plan.out_dtype)
-        engine_name = "numpy"
-        block_shape = None
-        run: Callable[[Sink], Timings]
-        if options.engine == "dask":
-            from pwconv.engines.dask_engine import DaskRun
-
-            job = DaskRun(
-                plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler, nodata=nodata
-            )
-            engine_name, block_shape = job.name, job.block_shape
-
-            def run(sink: Sink) -> Timings:
-                return job.run(sink, progress)
-        else:
-            if options.output_chunks == "auto":  # a chunked output takes one chunk per block
-                sequential = capabilities(out_spec).sequential
-                block_shape = numpy_engine.first_block_shape(plan, source, sequential, options.max_bytes)
-
-            def run(sink: Sink) -> Timings:
-                return numpy_engine.run(
-                    plan, source, sink, max_bytes=options.max_bytes, progress=progress, nodata=nodata
-                )
-
-        attrs = output_attrs(in_spec.text, loaded, plan)
-        metadata = source.output_metadata() if hasattr(source, "output_metadata") else {}
+        engine = choose_engine(plan, in_spec, source, out_spec, options, nodata)
+        # A chunked output takes one chunk per block unless told its chunks.
+        block_shape = (
+            engine.block_shape if options.output_chunks == "auto" or options.engine == "dask" else None
+        )
         settings = OutputSettings(
-            attrs, block_shape, saturate_to, nodata.out_value if nodata else None, metadata
+            output_attrs(in_spec.text, loaded, plan),
+            block_shape,
+            saturate_to,
+            nodata.out_value if nodata else None,
+            dict(source.description.metadata),
         )
         sink = open_output(out_spec, plan, options, settings)
         load_seconds = time.perf_counter() - start
-        try:
-            timings = run(sink)
-            commit_start = time.perf_counter()
-            sink.commit()
-            timings.save += time.perf_counter() - commit_start
-        except BaseException:
-            sink.abort()
-            raise
+        timings = run_into(sink, engine, progress)
     finally:
         source.close()
-    output_doc: dict[str, Any] = {
-        "path": out_spec.text,
-        "shape": list(squeezed(plan.out_shape, plan.channel_axis, options.squeeze)),
-        "dtype": (saturate_to or plan.out_dtype).name,
-        "clipped": clipped_counts(sink),
-        "notes": sink_notes(sink),
-        "nodata": None
-        if nodata is None
-        else {
-            "input": nodata.value,
-            "nan": nodata.nan,
-            "output": nodata.out_value,
-            "pixels": timings.nodata_pixels,
-        },
-    }
+    out_shape = squeezed(plan.out_shape, plan.channel_axis, options.squeeze)
     return Report(
-        input={**describe_input(in_spec.text, plan), "notes": getattr(source, "notes", [])},
+        input={**describe_input(in_spec.text, plan), "notes": list(source.description.notes)},
         weights=describe_weights(loaded, plan),
-        output=output_doc,
+        output=_output_doc(out_spec, out_shape, saturate_to or plan.out_dtype, sink, nodata, timings),
         bias=describe_bias(loaded),
         groups=plan.groups,
         stride=plan.stride,
-        engine=engine_name,
+        engine=engine.name,
         blocks=timings.blocks,
         seconds={
             "load": load_seconds + timings.load,

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pwconv.errors import PwconvError, UsageError, WriteError
-from pwconv.io.formats import data_suffixes, format_of, writable_suffixes
+from pwconv.io.operands import read_weights
+from pwconv.io.registry import data_suffixes, format_of, writable_suffixes
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import apply_file, load_weights
+from pwconv.jobs.apply import apply_file
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import Report
 
@@ -111,7 +112,7 @@ def batch_files(
     if jobs < 1:
         raise UsageError(f"expected [[jobs]] of at least 1, found {jobs}")
     check_output_format(output_format)
-    loaded = load_weights(weights, options, weights_dataset)
+    loaded = read_weights(weights, options.bias, member=weights_dataset)
     planned = expand_inputs(inputs)
     if not planned:
         raise UsageError(

@@ -16,10 +16,11 @@ import numpy as np
 from pwconv.core.conv import ConvPlan, compute_block
 from pwconv.core.reference import pixel_terms, pixel_value
 from pwconv.errors import UsageError
-from pwconv.io.base import Source
-from pwconv.io.formats import open_source
+from pwconv.io.interface import Source
+from pwconv.io.operands import read_weights
+from pwconv.io.registry import open_source
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import load_weights, make_plan, resolve_nodata, with_channel_dim
+from pwconv.jobs.apply import make_plan, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import describe_bias, describe_input, describe_weights
 
@@ -134,7 +135,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     if request.max_terms < 2:
         raise UsageError(f"expected --max-terms of at least 2, found {request.max_terms}")
     spec = parse_spec(request.input, request.dataset)
-    loaded = load_weights(request.weights, request.options)
+    loaded = read_weights(request.weights, request.options.bias)
     source = open_source(spec)
     try:
         options = with_channel_dim(request.options, source)

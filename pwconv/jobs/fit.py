@@ -17,13 +17,14 @@ import numpy as np
 
 from pwconv import __version__
 from pwconv.core.blocks import parse_size, plan_blocks
+from pwconv.core.conv import Nodata
 from pwconv.core.fit import Moments, lstsq, pca
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
-from pwconv.io.base import Source
-from pwconv.io.formats import check_distinct, open_source, write_arrays
+from pwconv.io.interface import Source
+from pwconv.io.registry import check_distinct, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import DEFAULT_MAX_MEMORY
+from pwconv.jobs.options import DEFAULT_MAX_MEMORY, parse_nodata
 
 SAMPLE_SEED = 0
 
@@ -42,15 +43,10 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
-        value: float | None = None
-        if self.nodata not in ("none", "nan"):
-            try:
-                value = float(self.nodata)
-            except ValueError:
-                raise UsageError(
-                    f"expected [[nodata]] as a number, nan or none, found {self.nodata!r}"
-                ) from None
-        object.__setattr__(self, "nodata_value", value)
+        value = parse_nodata(self.nodata, "nodata", ("none",))
+        # NaN is always left out; a number is left out as well.
+        number = None if isinstance(value, str) or math.isnan(value) else value
+        object.__setattr__(self, "nodata_value", number)
         if self.sample is not None and self.sample < 1:
             raise UsageError(f"expected [[sample]] of at least 1 pixel, found {self.sample}")
 
@@ -114,12 +110,8 @@ class _Sampler:
 
 
 def _valid(rows: np.ndarray, nodata: float | None) -> np.ndarray:
-    bad = np.zeros(rows.shape[0], bool)
-    if rows.dtype.kind in "fc":
-        bad |= np.isnan(rows).any(axis=1)
-    if nodata is not None:
-        bad |= (rows == nodata).any(axis=1)
-    return ~bad
+    """Rows with no nodata and no NaN in any channel (the same rule as ``apply``'s masking)."""
+    return ~Nodata(nodata, True, math.nan).mask(rows, axis=1)
 
 
 def _open_all(specs: list[Spec]) -> list[Source]:
@@ -146,9 +138,7 @@ def _passes(sources: list[Source], layouts: list[str], options: FitOptions) -> I
         pixel_index = index[:-1]
         yield [_rows(s, a, pixel_index) for s, a in zip(sources, axes)]
         for source, axis in zip(sources, axes):
-            release = getattr(source, "release", None)  # a memory-mapped file's finished pages
-            if release is not None:
-                release(pixel_index[:axis] + (slice(None),) + pixel_index[axis:])
+            source.release(pixel_index[:axis] + (slice(None),) + pixel_index[axis:])
 
 
 def _accumulate(

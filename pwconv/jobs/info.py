@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.weights import reading_for
+from pwconv.core.filters import reading_for
 from pwconv.errors import PwconvError, UsageError
-from pwconv.io.formats import array_specs, open_source
+from pwconv.io.registry import array_specs, companion_bias, open_source
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.io.weights import companion_bias
 
 
 def guess_layout(shape: tuple[int, ...]) -> str:
@@ -39,7 +38,7 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
     try:
         shape = tuple(source.shape)
         dtype = np.dtype(source.dtype)
-        name = getattr(source, "name", None)
+        name = source.description.name
         info: dict[str, Any] = {
             "path": spec.text if name is None else f"{spec.path}:{name}",
             "shape": list(shape),
@@ -58,7 +57,7 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
             else {
                 "read_as": fits[0],
                 "filters": fits[1],
-                "bias": companion_bias(spec if name is None else dataclasses.replace(spec, dataset=name)),
+                "bias": companion_bias(spec if name is None else dataclasses.replace(spec, member=name)),
             }
         )
     return info

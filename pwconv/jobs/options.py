@@ -7,13 +7,15 @@ Either is the first place a bad combination is caught.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pwconv.core.blocks import parse_size
+from pwconv.core.conv import ConvSettings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
-from pwconv.io.formats import all_compressions, capabilities, formats_compressed_with, writable_suffixes
+from pwconv.io.registry import all_compressions, check_writable, formats_compressed_with, formats_taking
 from pwconv.io.spec import Spec
 
 DEFAULT_MAX_MEMORY = "512MiB"
@@ -30,6 +32,44 @@ def _parse_chunks(text: str) -> str | tuple[int, ...]:
     if not sizes or any(c < 1 for c in sizes):
         raise UsageError(f"expected [[chunks]] auto, none or positive comma-separated sizes, found {text!r}")
     return sizes
+
+
+def parse_nodata(text: str, name: str, words: tuple[str, ...]) -> float | str:
+    """A nodata option: a number, ``nan``, or one of ``words`` (``auto``, ``none``) as itself.
+
+    >>> parse_nodata("-9999", "nodata", ("auto", "none"))
+    -9999.0
+    """
+    if text in words:
+        return text
+    try:
+        return float(text)  # "nan" included
+    except ValueError:
+        items = [w for w in words if w == "auto"] + ["a number", "nan"] + [w for w in words if w != "auto"]
+        choices = ", ".join(items[:-1]) + " or " + items[-1]
+        raise UsageError(f"expected [[{name}]] as {choices}, found {text!r}") from None
+
+
+def nodata_value(text: str, declared: float | None) -> float | None:
+    """The input's nodata for the option ``text``: ``auto`` is the file's own (``declared``),
+    ``none`` is none, else the number (or NaN) given."""
+    value = parse_nodata(text, "nodata", ("auto", "none"))
+    if value == "auto":
+        return None if declared is None else float(declared)
+    return None if value == "none" else float(value)
+
+
+def _parse_format_options(items: tuple[str, ...], quality: int | None) -> Mapping[str, str]:
+    """``KEY=VALUE`` items as one mapping (``quality`` joins it as ``quality=N``)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not key.strip() or not equals:
+            raise UsageError(f"expected [[co]] as KEY=VALUE, found {item!r}")
+        parsed[key.strip()] = value.strip()
+    if quality is not None:
+        parsed["quality"] = str(quality)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -57,10 +97,13 @@ class ApplyOptions:
     nodata: str = "auto"  # auto (the input's own), a number, nan or none
     out_nodata: str | None = None
     channel_dim: str | None = None  # NetCDF: the channel axis by dimension name
-    creation_options: tuple[str, ...] = ()  # GDAL KEY=VALUE
+    # The output format's own options, KEY=VALUE (GDAL creation options, quality, ...): they
+    # travel to the format as one mapping, checked against the formats that take them.
+    format_options: tuple[str, ...] = ()
     # Parsed from the fields above.
     max_bytes: int = field(init=False, repr=False)
     output_chunks: str | tuple[int, ...] = field(init=False, repr=False)
+    writer_options: Mapping[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -75,19 +118,18 @@ class ApplyOptions:
         if self.compression == "none":
             object.__setattr__(self, "compression", None)
         check_scheduler(self.scheduler)
-        for name, text in (("nodata", self.nodata), ("out_nodata", self.out_nodata)):
-            if text is not None and text not in ("auto", "none", "nan"):
-                try:
-                    float(text)
-                except ValueError:
-                    raise UsageError(
-                        f"expected [[{name}]] as auto, a number, nan or none, found {text!r}"
-                    ) from None
-        if self.out_nodata in ("auto", "none"):
-            raise UsageError(f"expected [[out_nodata]] as a number or nan, found {self.out_nodata!r}")
-        object.__setattr__(self, "creation_options", tuple(self.creation_options))
+        parse_nodata(self.nodata, "nodata", ("auto", "none"))
+        if self.out_nodata is not None:
+            parse_nodata(self.out_nodata, "out_nodata", ())
+        object.__setattr__(self, "format_options", tuple(self.format_options))
+        object.__setattr__(self, "writer_options", _parse_format_options(self.format_options, self.quality))
         object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
         object.__setattr__(self, "output_chunks", _parse_chunks(self.chunks))
+
+    @property
+    def conv(self) -> ConvSettings:
+        """How to read the input and the filters, as the planner takes them."""
+        return ConvSettings(self.layout, self.groups, self.stride, self.weights_layout, self.dtype)
 
     @classmethod
     def pick(cls, values: dict[str, Any]) -> ApplyOptions:
@@ -96,14 +138,10 @@ class ApplyOptions:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def check_output(options: ApplyOptions, output: Spec) -> None:
-    """Refuse options that the output's format cannot honour."""
-    can = capabilities(output)
-    if not can.writable:
-        raise UsageError(
-            f"expected an output format pwconv writes ({writable_suffixes()} or -), found {can.title} "
-            f"{output.text!r}, which it only reads; choose another output name"
-        )
+def check_output(options: ApplyOptions, output: Spec, *, format_options: bool = True) -> None:
+    """Refuse options that the output's format cannot honour (``format_options=False``: all
+    but the format's own options, for an output whose format the input may still change)."""
+    can = check_writable(output)
     if options.compression and options.compression not in can.compressions:
         takes = "|".join(can.compressions)
         others = " or ".join(formats_compressed_with(options.compression))
@@ -112,6 +150,14 @@ def check_output(options: ApplyOptions, output: Spec) -> None:
             f"expected a [[compression]] that {can.title} output takes ({takes.replace('|', ', ') or 'none'}), "
             f"found {options.compression!r}, which is for {others} output; {fix}"
         )
+    for key in options.writer_options if format_options else ():
+        if "*" not in can.options and key.lower() not in can.options:
+            others = " or ".join(formats_taking(key))
+            takes = ", ".join(can.options) or "none"
+            raise UsageError(
+                f"expected [[co]] options that {can.title} output takes ({takes}), found {key!r}, which is "
+                f"for {others} output; drop it or choose another output format"
+            )
     if options.engine == "dask":
         if can.sequential:
             raise UsageError(

@@ -11,7 +11,7 @@ from typing import Any
 
 from pwconv import __version__
 from pwconv.core.conv import ConvPlan
-from pwconv.io.weights import Weights
+from pwconv.io.operands import Weights
 
 
 def describe_input(path: str, plan: ConvPlan) -> dict[str, Any]:

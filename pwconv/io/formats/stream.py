@@ -9,18 +9,13 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError
-from pwconv.io.base import SinkRequest, box_of, contiguous_runs
-from pwconv.io.npy import header_bytes, read_exact, read_header
+from pwconv.io.formats.npy import header_bytes, read_exact, read_header
+from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
+from pwconv.io.rawio import box_of, contiguous_runs
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-COMPRESSIONS: tuple[str, ...] = ()
-PARALLEL_WRITE = False
-
-
-# Linux's fcntl code for a pipe's buffer size (not named in Python 3.11's fcntl module).
-_F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
 
 
@@ -33,15 +28,16 @@ def widen_pipe(stream: IO[bytes]) -> None:
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
             import fcntl
 
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), _PIPE_BYTES)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     except (OSError, ValueError, AttributeError, ImportError):
         pass
 
 
-class StreamSource:
+class StreamSource(Source):
     """An npy stream on stdin: header first, then blocks read strictly in order."""
 
     sequential = True
+    description = Description(reader="stream")
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         import sys
@@ -57,9 +53,6 @@ class StreamSource:
                 "numpy.save(numpy.ascontiguousarray(a))"
             )
         self._position = 0
-
-    def chunks(self) -> tuple[int, ...] | None:
-        return None
 
     def storage(self) -> dict[str, Any]:
         return {"format": "npy stream"}
@@ -79,11 +72,8 @@ class StreamSource:
             self._position = offsets[0] + run
         return block[steps]
 
-    def close(self) -> None:
-        pass
 
-
-class StreamSink:
+class StreamSink(Sink):
     """An npy stream on stdout: the header goes out with the first block."""
 
     sequential = True
@@ -106,9 +96,6 @@ class StreamSink:
         if block.size:
             self._stream.write(np.ascontiguousarray(block, dtype=self.dtype).reshape(-1).view(np.uint8).data)
 
-    def parallel_writer(self) -> None:
-        return None
-
     def commit(self) -> None:
         self._start()
         self._stream.flush()
@@ -117,9 +104,11 @@ class StreamSink:
         pass
 
 
-def open_source(spec: Spec) -> StreamSource:
-    return StreamSource()
+class StreamFormat(Backend):
+    """``-``: stdin as an input, stdout as an output."""
 
+    def open_source(self, spec: Spec) -> StreamSource:
+        return StreamSource()
 
-def open_sink(spec: Spec, request: SinkRequest) -> StreamSink:
-    return StreamSink(request.shape, request.dtype)
+    def open_sink(self, spec: Spec, request: SinkRequest) -> StreamSink:
+        return StreamSink(request.shape, request.dtype)

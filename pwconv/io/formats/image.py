@@ -11,27 +11,20 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.base import (
-    ArraySource,
-    SinkRequest,
-    check_output_path,
-    check_readable,
-    first_line,
-    publish,
-    remove_quietly,
-    temp_path_beside,
-)
+from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.io.arrays import ArraySource
+from pwconv.io.atomic import FileSink, check_output_path
+from pwconv.io.checks import check_readable, first_line
+from pwconv.io.interface import Backend, Description, SinkRequest
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-COMPRESSIONS: tuple[str, ...] = ()
-PARALLEL_WRITE = False
 DEFAULT_QUALITY = 95
 
 # What each output suffix holds: Pillow's format name, {dtype: channel counts}.
@@ -125,7 +118,7 @@ def _probe(path: str) -> tuple[tuple[int, ...], np.dtype, str | None, str | None
             "bit_depth": pixel.dtype.itemsize * 8,
             "channels": channels,
             "compression": image.info.get("compression"),
-            "pages": getattr(image, "n_frames", 1),
+            "pages": getattr(image, "n_frames", 1),  # Pillow has it on multi-frame formats only
         }
         shape = (image.height, image.width, channels)
         return shape, pixel.dtype, target, note, storage
@@ -133,23 +126,19 @@ def _probe(path: str) -> tuple[tuple[int, ...], np.dtype, str | None, str | None
         image.close()
 
 
-def open_source(spec: Spec) -> ArraySource:
-    shape, dtype, target, note, storage = _probe(spec.path)
-    load = lambda: _decode(spec.path, target)  # noqa: E731
-    return ArraySource(None, shape, dtype, load, storage, is_image=True, notes=[note] if note else [])
+def _quality(options: Mapping[str, str]) -> int:
+    text = options.get("quality", str(DEFAULT_QUALITY))
+    try:
+        quality = int(text)
+    except ValueError:
+        quality = 0
+    if not 1 <= quality <= 100:
+        raise UsageError(f"expected [[quality]] from 1 to 100, found {text!r}")
+    return quality
 
 
-def default_dtype(input_dtype: np.dtype, input_is_image: bool) -> np.dtype:
-    """An image output keeps an image input's dtype where it can, else 8 bits."""
-    if input_is_image and input_dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
-        return input_dtype
-    return np.dtype(np.uint8)
-
-
-class ImageSink:
+class ImageSink(FileSink):
     """An image held in memory while blocks arrive, saved by Pillow on commit."""
-
-    sequential = False
 
     def __init__(self, path: str, request: SinkRequest) -> None:
         suffix = os.path.splitext(path)[1].lower()
@@ -176,39 +165,41 @@ class ImageSink:
                 "write .tif or .npy, which hold any channel count"
             )
         _pil()
-        self.path, self.quality = path, request.quality or DEFAULT_QUALITY
+        self.quality = _quality(request.options)
+        super().__init__(path)
         self.data = np.zeros(shape[:2] + ((channels,) if channels > 1 else ()), dtype)
-        self.notes = (
-            [f"{self.format} is lossy: quality {self.quality}; write .png for exact values"]
-            if self.format in _LOSSY
-            else []
-        )
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         self.data[index[: self.data.ndim]] = block.reshape(self.data[index[: self.data.ndim]].shape)
 
-    def parallel_writer(self) -> None:
-        return None
+    @property
+    def notes(self) -> list[str]:
+        if self.format in _LOSSY:
+            return [f"{self.format} is lossy: quality {self.quality}; write .png for exact values"]
+        return []
 
-    def commit(self) -> None:
-        pil = _pil()
-        fd, temp = temp_path_beside(self.path)
-        os.close(fd)
-        try:
-            options: dict[str, Any] = {"quality": self.quality} if self.format in _LOSSY else {}
-            pil.fromarray(self.data).save(temp, format=self.format, **options)
-            publish(temp, self.path)
-        except OSError as exc:
-            remove_quietly(temp)
-            raise WriteError(f"cannot write {self.path!r}: {exc}; check the disk and permissions") from None
-        except BaseException:
-            remove_quietly(temp)
-            raise
+    def finish(self) -> None:
+        options: dict[str, Any] = {"quality": self.quality} if self.format in _LOSSY else {}
+        _pil().fromarray(self.data).save(self.temp.path, format=self.format, **options)
 
-    def abort(self) -> None:
+    def close_quietly(self) -> None:
         self.data = np.zeros(0)
 
 
-def open_sink(spec: Spec, request: SinkRequest) -> ImageSink:
-    check_output_path(spec.path, request.overwrite)
-    return ImageSink(spec.path, request)
+class ImageFormat(Backend):
+    """PNG, JPEG, WebP, BMP and GIF (read only) through Pillow."""
+
+    def open_source(self, spec: Spec) -> ArraySource:
+        shape, dtype, target, note, storage = _probe(spec.path)
+        description = Description(is_image=True, notes=(note,) if note else (), reader="pillow")
+        return ArraySource(shape, dtype, lambda: _decode(spec.path, target), storage, description)
+
+    def open_sink(self, spec: Spec, request: SinkRequest) -> ImageSink:
+        check_output_path(spec.path, request.overwrite)
+        return ImageSink(spec.path, request)
+
+    def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype:
+        """An image output keeps an image input's dtype where it can, else 8 bits."""
+        if input_is_image and input_dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+            return input_dtype
+        return np.dtype(np.uint8)

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, first_line, numeric_dtype, pick_name, zip_member_guard
+from pwconv.io.arrays import ArraySource, named
+from pwconv.io.checks import check_readable, first_line, numeric_dtype, zip_member_guard
+from pwconv.io.interface import Backend
+from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -28,17 +31,6 @@ def _h5py() -> Any:
     import h5py
 
     return h5py
-
-
-def claims(path: str) -> bool:
-    """Whether a plain ``.h5`` file is a legacy Keras model or weights file."""
-    try:
-        with _h5py().File(path, "r") as handle:
-            return (
-                "model_weights" in handle or "layer_names" in handle.attrs or "keras_version" in handle.attrs
-            )
-    except Exception:  # noqa: BLE001 - not HDF5, or unreadable: not ours to claim
-        return False
 
 
 @contextlib.contextmanager
@@ -124,15 +116,6 @@ def _names(handle: Any) -> dict[str, str]:
     return _keras3_names(handle) if "layers" in handle else _legacy_names(handle)
 
 
-def list_arrays(path: str) -> list[str]:
-    with _weights_file(path) as handle:
-        return list(_names(handle))
-
-
-def array_name(name: str) -> str:
-    return name
-
-
 def _resolve(path: str, handle: Any, wanted: str | None) -> tuple[str, str]:
     """(name, HDF5 path) of the selected variable; a layer name selects its kernel."""
     names = _names(handle)
@@ -142,23 +125,44 @@ def _resolve(path: str, handle: Any, wanted: str | None) -> tuple[str, str]:
     return name, names[name]
 
 
-def companion_bias(path: str, name: str) -> str | None:
-    """A kernel's bias: ``LAYER/bias`` beside ``LAYER/kernel``."""
-    if not name.endswith("/kernel"):
-        return None
-    bias = name[: -len("kernel")] + "bias"
-    return bias if bias in list_arrays(path) else None
-
-
 def _read(path: str, dataset: str) -> np.ndarray:
     with _weights_file(path) as handle:
         return np.asarray(handle[dataset][()])
 
 
-def open_source(spec: Spec) -> ArraySource:
-    with _weights_file(spec.path) as handle:
-        name, dataset = _resolve(spec.path, handle, spec.dataset)
-        shape = tuple(int(n) for n in handle[dataset].shape)
-        dtype = numeric_dtype(handle[dataset].dtype, f"{spec.path}:{name}")
-    storage = {"format": "keras", "variable": name, "hdf5_path": dataset}
-    return ArraySource(name, shape, dtype, lambda: _read(spec.path, dataset), storage)
+class KerasFormat(Backend):
+    """Keras models (``.keras``, ``.weights.h5``, legacy ``.h5``), by layer name."""
+
+    def claims(self, path: str) -> bool:
+        """Whether a plain ``.h5`` file is a legacy Keras model or weights file."""
+        try:
+            with _h5py().File(path, "r") as handle:
+                return (
+                    "model_weights" in handle
+                    or "layer_names" in handle.attrs
+                    or "keras_version" in handle.attrs
+                )
+        except Exception:  # noqa: BLE001 - not HDF5, or unreadable: not ours to claim
+            return False
+
+    def list_arrays(self, path: str) -> list[str]:
+        with _weights_file(path) as handle:
+            return list(_names(handle))
+
+    def array_name(self, name: str) -> str:
+        return name
+
+    def companion_bias(self, path: str, name: str) -> str | None:
+        """A kernel's bias: ``LAYER/bias`` beside ``LAYER/kernel``."""
+        if not name.endswith("/kernel"):
+            return None
+        bias = name[: -len("kernel")] + "bias"
+        return bias if bias in self.list_arrays(path) else None
+
+    def open_source(self, spec: Spec) -> ArraySource:
+        with _weights_file(spec.path) as handle:
+            name, dataset = _resolve(spec.path, handle, spec.member)
+            shape = tuple(int(n) for n in handle[dataset].shape)
+            dtype = numeric_dtype(handle[dataset].dtype, f"{spec.path}:{name}")
+        storage = {"format": "keras", "variable": name, "hdf5_path": dataset}
+        return ArraySource(shape, dtype, lambda: _read(spec.path, dataset), storage, named(name, "h5py"))

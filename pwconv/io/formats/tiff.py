@@ -20,26 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.base import (
-    BlockWriter,
-    SinkRequest,
-    box_of,
-    check_output_path,
-    check_readable,
-    contiguous_runs,
-    first_line,
-    numeric_dtype,
-    publish,
-    remove_quietly,
-    temp_path_beside,
-)
+from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.io.atomic import FileSink, check_output_path, write_failure
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
+from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-COMPRESSIONS = ("deflate",)
-PARALLEL_WRITE = True
 _BIGTIFF_BYTES = 2**32 - 2**25
 
 
@@ -47,18 +36,14 @@ def _tifffile() -> Any:
     return require_extra("tifffile", "image", "TIFF files")
 
 
-class TiffSource:
+class TiffSource(Source):
     """The first series of a TIFF file as (H, W, C)."""
-
-    sequential = False
-    is_image = True
-    name = None
 
     def __init__(self, path: str) -> None:
         tifffile = _tifffile()
         check_readable(path)
         self.path = path
-        self.notes: list[str] = []
+        self._chunk_rows: int | None = None
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
@@ -100,13 +85,19 @@ class TiffSource:
 
     def _open_data(self, series: Any) -> Any:
         tifffile = _tifffile()
-        try:
-            return tifffile.memmap(self.path, series=0, mode="r")
-        except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
-            pass
+        if raw_paths_enabled():
+            try:
+                array = tifffile.memmap(self.path, series=0, mode="r")
+                self.description = Description(is_image=True, reader="memory map")
+                return array
+            except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
+                pass
         try:
             zarr = require_extra("zarr", "image", "tiled or compressed TIFF files")
-            return zarr.open(series.aszarr(), mode="r")
+            array = zarr.open(series.aszarr(), mode="r")
+            self._chunk_rows = int(array.chunks[self._y])
+            self.description = Description(is_image=True, reader="tifffile")
+            return array
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, (FormatError, UsageError)):
                 raise
@@ -115,10 +106,7 @@ class TiffSource:
             ) from None
 
     def chunks(self) -> tuple[int, ...] | None:
-        chunks = getattr(self._array, "chunks", None)
-        if not chunks:
-            return None
-        return (int(chunks[self._y]), self.shape[1], self.shape[2])
+        return None if self._chunk_rows is None else (self._chunk_rows, self.shape[1], self.shape[2])
 
     def storage(self) -> dict[str, Any]:
         return {
@@ -148,15 +136,6 @@ class TiffSource:
         self._tif.close()
 
 
-def open_source(spec: Spec) -> TiffSource:
-    return TiffSource(spec.path)
-
-
-def default_dtype(input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
-    """A TIFF output keeps an image input's dtype (uint16 in, uint16 out); else numpy's rule."""
-    return input_dtype if input_is_image else None
-
-
 def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
     channels = shape[2] if len(shape) == 3 else 1
     if channels in (3, 4) and dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
@@ -165,11 +144,9 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
     return {"photometric": "minisblack", **({"planarconfig": "contig"} if channels > 1 else {})}
 
 
-class TiffSink:
+class TiffSink(FileSink):
     """A TIFF output: blocks written at their offsets into an uncompressed temp file, or an
     in-memory image for ``deflate``."""
-
-    sequential = False
 
     def __init__(self, path: str, request: SinkRequest) -> None:
         tifffile = _tifffile()
@@ -178,13 +155,12 @@ class TiffSink:
             raise UsageError(
                 f"expected an (H, W, C) result for TIFF output, found shape {shape}; write .npy, .h5 or .zarr"
             )
-        self.path, self.dtype = path, dtype
+        super().__init__(path)
+        self.dtype = dtype
         self._stored_shape = shape if len(shape) == 2 or shape[2] > 1 else shape[:2]
         self._compression = request.compression
-        fd, self._temp = temp_path_beside(path)
-        os.close(fd)
         self._data: np.ndarray | None = None
-        self._file: Any = None
+        self._fd = -1
         self._offset = 0
         try:
             if self._compression:
@@ -195,16 +171,18 @@ class TiffSink:
                 # keep every page written resident).
                 big = math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
                 layout = tifffile.memmap(
-                    self._temp, shape=self._stored_shape, dtype=dtype, bigtiff=big, **_layout(shape, dtype)
+                    self.temp.path,
+                    shape=self._stored_shape,
+                    dtype=dtype,
+                    bigtiff=big,
+                    **_layout(shape, dtype),
                 )
                 self._offset = int(layout.offset)
                 del layout
-                self._file = open(self._temp, "r+b")  # noqa: SIM115 - closed in commit or abort
+                self._fd = os.open(self.temp.path, os.O_RDWR)
         except Exception as exc:  # noqa: BLE001
             self.abort()
-            raise WriteError(
-                f"cannot create {path!r}: {first_line(exc)}; check the disk and permissions"
-            ) from None
+            raise write_failure(path, exc) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         stored = index[: len(self._stored_shape)]
@@ -212,46 +190,29 @@ class TiffSink:
             self._data[stored] = block.reshape(self._data[stored].shape)
             return
         box, _ = box_of(stored, self._stored_shape)
-        data = np.ascontiguousarray(block, dtype=self.dtype).reshape(-1).view(np.uint8).data
-        run, offsets = contiguous_runs(self._stored_shape, box)
-        size = run * self.dtype.itemsize
-        try:
-            for i, offset in enumerate(offsets):
-                where = self._offset + offset * self.dtype.itemsize
-                os.pwrite(self._file.fileno(), data[i * size : (i + 1) * size], where)
-        except OSError as exc:
-            raise WriteError(
-                f"cannot write {self.path!r}: {exc.strerror}; free some space or write elsewhere"
-            ) from None
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        transfer_runs(
+            self._fd, self._offset, self._stored_shape, box, data, write=True, name=repr(self.target)
+        )
 
     def parallel_writer(self) -> BlockWriter | None:
         if self._compression:
             return None
-        return _TiffBlockWriter(self._temp, len(self._stored_shape))
+        return _TiffBlockWriter(self.temp.path, len(self._stored_shape))
 
-    def commit(self) -> None:
-        try:
-            if self._data is not None:
-                _tifffile().imwrite(
-                    self._temp, self._data, compression="zlib", **_layout(self._data.shape, self.dtype)
-                )
-            else:
-                self._file.close()
-                self._file = None
+    def finish(self) -> None:
+        if self._data is not None:
+            _tifffile().imwrite(
+                self.temp.path, self._data, compression="zlib", **_layout(self._data.shape, self.dtype)
+            )
             self._data = None
-            publish(self._temp, self.path)
-            self._temp = ""
-        except OSError as exc:
-            self.abort()
-            raise WriteError(f"cannot write {self.path!r}: {exc}; check the disk and permissions") from None
+        self.close_quietly()
 
-    def abort(self) -> None:
+    def close_quietly(self) -> None:
         self._data = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        remove_quietly(self._temp)
-        self._temp = ""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _TiffBlockWriter:
@@ -268,6 +229,16 @@ class _TiffBlockWriter:
         del target
 
 
-def open_sink(spec: Spec, request: SinkRequest) -> TiffSink:
-    check_output_path(spec.path, request.overwrite)
-    return TiffSink(spec.path, request)
+class TiffFormat(Backend):
+    """Plain TIFF through tifffile: any channel count and dtype (GeoTIFFs go to the raster format)."""
+
+    def open_source(self, spec: Spec) -> TiffSource:
+        return TiffSource(spec.path)
+
+    def open_sink(self, spec: Spec, request: SinkRequest) -> TiffSink:
+        check_output_path(spec.path, request.overwrite)
+        return TiffSink(spec.path, request)
+
+    def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
+        """A TIFF output keeps an image input's dtype (uint16 in, uint16 out); else numpy's rule."""
+        return input_dtype if input_is_image else None

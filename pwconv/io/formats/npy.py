@@ -14,20 +14,17 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from pwconv.errors import FormatError, InputFileError
-from pwconv.io.base import (
-    BlockWriter,
-    SinkRequest,
+from pwconv.io.atomic import FileSink, check_output_path, write_atomically, write_failure
+from pwconv.io.checks import check_readable, numeric_dtype
+from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
+from pwconv.io.rawio import (
     box_of,
-    check_output_path,
-    check_readable,
     contiguous_runs,
     drop_pages,
-    numeric_dtype,
-    publish,
-    remove_quietly,
+    raw_paths_enabled,
     reserve_space,
-    temp_path_beside,
-    write_atomically,
+    transfer_runs,
+    write_all,
 )
 
 if TYPE_CHECKING:
@@ -67,13 +64,17 @@ def _take(stream: IO[bytes], count: int, name: str, what: str) -> bytes:
 def read_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype, bool]:
     """Parse an npy header strictly: (shape, dtype, fortran_order). Never unpickles.
 
-    Every field is checked (magic, version, header length, the header's literal, descr,
-    fortran_order, each shape entry, the data size); any fault is a one-line FormatError.
+    The magic string and version go through numpy's public ``read_magic``; the rest is
+    parsed here, stricter than numpy's readers and naming the field at fault: header length,
+    the header's literal, descr, fortran_order, each shape entry, the data size. Any fault is
+    a one-line FormatError.
     """
-    magic = _take(stream, len(_MAGIC) + 2, name, "magic string")
-    if magic[: len(_MAGIC)] != _MAGIC:
-        raise _corrupt(name, f"the magic bytes {magic[: len(_MAGIC)]!r} instead of {_MAGIC!r}")
-    version = (magic[-2], magic[-1])
+    try:
+        version = npformat.read_magic(stream)  # numpy's own check of the magic string
+    except ValueError as exc:
+        if "EOF" in str(exc):
+            raise _corrupt(name, "the end of the data inside its magic string") from None
+        raise _corrupt(name, f"magic bytes other than {_MAGIC!r}") from None
     if version not in _VERSIONS:
         raise _corrupt(name, f"format version {version[0]}.{version[1]} (known: 1.0, 2.0, 3.0)")
     length_format, encoding = _VERSIONS[version]
@@ -121,17 +122,15 @@ def read_exact(stream: IO[bytes], view: memoryview, name: str) -> None:
         done += got
 
 
-class NpySource:
+class NpySource(Source):
     """A ``.npy`` file read in blocks.
 
     Blocks are zero-copy views of a read-only memory map (mapping the pages ahead in the
     reader thread was measured: no faster); :meth:`release` drops a finished
     block's pages from this process (they stay in the page cache), so resident memory stays
-    at the block size however large the file. Where a file cannot be mapped, blocks are read
-    with positioned reads into fresh arrays.
+    at the block size however large the file. Where a file cannot be mapped (or raw paths
+    are off), blocks are read with positioned reads into fresh arrays.
     """
-
-    sequential = False
 
     def __init__(self, path: str) -> None:
         check_readable(path)
@@ -157,7 +156,7 @@ class NpySource:
         # exists: a block handed out never points at unmapped memory.
         self._array: np.ndarray | None = None
         self._map: mmap.mmap | None = None
-        if self.nbytes:
+        if self.nbytes and raw_paths_enabled():
             try:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
                 self._array = np.ndarray(
@@ -169,9 +168,7 @@ class NpySource:
                 )
             except (OSError, ValueError):
                 self._array, self._map = None, None
-
-    def chunks(self) -> tuple[int, ...] | None:
-        return None
+        self.description = Description(reader="memory map" if self._array is not None else "positioned reads")
 
     def release(self, index: tuple[slice, ...]) -> None:
         """Drop the pages of a finished block from this process's memory (not from the file)."""
@@ -200,15 +197,11 @@ class NpySource:
         shape = self.shape[::-1] if self.fortran else self.shape
         index = index[::-1] if self.fortran else index
         box, steps = box_of(index, shape)
-        extents = tuple(stop - start for start, stop in box)
-        block = np.empty(extents, dtype=self.dtype)
+        block = np.empty(tuple(stop - start for start, stop in box), dtype=self.dtype)
         if block.size:
-            run, offsets = contiguous_runs(shape, box)
-            flat = block.reshape(-1).view(np.uint8).data
-            run_bytes = run * self.dtype.itemsize
-            for i, offset in enumerate(offsets):
-                self._file.seek(self.offset + offset * self.dtype.itemsize)
-                read_exact(self._file, flat[i * run_bytes : (i + 1) * run_bytes], repr(self.path))
+            transfer_runs(
+                self._file.fileno(), self.offset, shape, box, block, write=False, name=repr(self.path)
+            )
         block = block[steps]
         return block.T if self.fortran else block
 
@@ -232,63 +225,45 @@ def _fits_v1(header: dict[str, Any]) -> bool:
     return len(repr(header)) < 60000
 
 
-class NpySink:
+class NpySink(FileSink):
     """A ``.npy`` file written in blocks into a preallocated temp file, renamed on commit."""
 
-    sequential = False
-
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
-        fd, self._temp = temp_path_beside(path)
-        self._file: IO[bytes] | None = os.fdopen(fd, "w+b")
+        super().__init__(path)
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self._fd = -1
         try:
+            self._fd = os.open(self.temp.path, os.O_RDWR)
             header = header_bytes(shape, self.dtype)
-            self._file.write(header)
+            write_all(self._fd, memoryview(header), 0, repr(path))
             self.offset = len(header)
             total = self.offset + math.prod(shape) * self.dtype.itemsize
-            self._reserve(total)
+            if not reserve_space(self._fd, total, repr(path)):
+                os.ftruncate(self._fd, total)
+        except OSError as exc:
+            self.abort()
+            raise write_failure(path, exc) from None
         except BaseException:
             self.abort()
             raise
 
-    def _reserve(self, total: int) -> None:
-        assert self._file is not None
-        self._file.flush()
-        if not reserve_space(self._file.fileno(), total, repr(self.path)):
-            self._file.truncate(total)
-
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
-        assert self._file is not None
-        box, _ = box_of(index, self.shape)
-        if not block.size:
-            return
-        data = np.ascontiguousarray(block, dtype=self.dtype)
-        run, offsets = contiguous_runs(self.shape, box)
-        flat = data.reshape(-1).view(np.uint8).data
-        run_bytes = run * self.dtype.itemsize
-        for i, offset in enumerate(offsets):
-            self._file.seek(self.offset + offset * self.dtype.itemsize)
-            self._file.write(flat[i * run_bytes : (i + 1) * run_bytes])
+        if block.size:
+            box, _ = box_of(index, self.shape)
+            data = np.ascontiguousarray(block, dtype=self.dtype)
+            transfer_runs(self._fd, self.offset, self.shape, box, data, write=True, name=repr(self.target))
 
     def parallel_writer(self) -> BlockWriter:
-        return _NpyBlockWriter(self._temp)
+        return _NpyBlockWriter(self.temp.path)
 
-    def commit(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        self._file = None
-        publish(self._temp, self.path)
-        self._temp = ""
+    def finish(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
 
-    def abort(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-        remove_quietly(self._temp)
-        self._temp = ""
+    def close_quietly(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _NpyBlockWriter:
@@ -304,35 +279,32 @@ class _NpyBlockWriter:
         del target
 
 
-COMPRESSIONS: tuple[str, ...] = ()
-PARALLEL_WRITE = True
-
-
-def open_source(spec: Spec) -> NpySource:
-    return NpySource(spec.path)
-
-
-def open_sink(spec: Spec, request: SinkRequest) -> NpySink:
-    check_output_path(spec.path, request.overwrite)
-    return NpySink(spec.path, request.shape, request.dtype)
-
-
 def bias_path(path: str) -> str:
     """Where a weights-only ``.npy`` bank keeps its bias: ``bank.npy`` -> ``bank.bias.npy``."""
     return path[: -len(".npy")] + ".bias.npy" if path.endswith(".npy") else path + ".bias.npy"
 
 
-def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-    """An ``.npy`` holds one array: the ``weights``; a ``bias`` goes to ``NAME.bias.npy``."""
-    written = []
-    for name, target in (("weights", path), ("bias", bias_path(path))):
-        if name in arrays:
-            array = arrays[name]
+class NpyFormat(Backend):
+    """``.npy``: one array a file; a bank's bias goes beside it as ``NAME.bias.npy``."""
 
-            def write(temp: str, array: np.ndarray = array) -> None:
-                with open(temp, "wb") as handle:
-                    np.save(handle, array)
+    def open_source(self, spec: Spec) -> NpySource:
+        return NpySource(spec.path)
 
-            write_atomically(target, overwrite, write)
-            written.append(target)
-    return written
+    def open_sink(self, spec: Spec, request: SinkRequest) -> NpySink:
+        check_output_path(spec.path, request.overwrite)
+        return NpySink(spec.path, request.shape, request.dtype)
+
+    def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+        """An ``.npy`` holds one array: the ``weights``; a ``bias`` goes to ``NAME.bias.npy``."""
+        written = []
+        for name, target in (("weights", path), ("bias", bias_path(path))):
+            if name in arrays:
+                array = arrays[name]
+
+                def write(temp: str, array: np.ndarray = array) -> None:
+                    with open(temp, "wb") as handle:
+                        np.save(handle, array)
+
+                write_atomically(target, overwrite, write)
+                written.append(target)
+        return written

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, require_extra
-from pwconv.io.base import ArraySource, check_readable, first_line, pick_name
+from pwconv.io.arrays import ArraySource, named
+from pwconv.io.checks import check_readable, first_line
+from pwconv.io.interface import Backend
+from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -69,14 +72,6 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     return tensors
 
 
-def list_arrays(path: str) -> list[str]:
-    return list(_load_tensors(path))
-
-
-def array_name(name: str) -> str:
-    return name
-
-
 def _to_numpy(tensor: Any) -> np.ndarray:
     import torch
 
@@ -88,18 +83,33 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     return np.array(tensor.contiguous().numpy())
 
 
-def open_source(spec: Spec) -> ArraySource:
-    tensors = _load_tensors(spec.path)
-    name = pick_name(spec.path, spec.dataset, list(tensors))
-    tensor = tensors[name]
-    import torch
+class TorchFormat(Backend):
+    """PyTorch checkpoints, loaded with weights_only (no code runs)."""
 
-    dtype = torch.empty(0, dtype=tensor.dtype)
-    try:
-        np_dtype = _to_numpy(dtype).dtype
-    except (TypeError, RuntimeError):
-        raise FormatError(
-            f"expected a numeric tensor at {spec.path}:{name}, found dtype {tensor.dtype}"
-        ) from None
-    storage = {"format": "pytorch", "tensor": name, "stored_dtype": str(tensor.dtype).replace("torch.", "")}
-    return ArraySource(name, tuple(tensor.shape), np_dtype, lambda: _to_numpy(tensor), storage)
+    def list_arrays(self, path: str) -> list[str]:
+        return list(_load_tensors(path))
+
+    def array_name(self, name: str) -> str:
+        return name
+
+    def open_source(self, spec: Spec) -> ArraySource:
+        tensors = _load_tensors(spec.path)
+        name = pick_name(spec.path, spec.member, list(tensors))
+        tensor = tensors[name]
+        import torch
+
+        dtype = torch.empty(0, dtype=tensor.dtype)
+        try:
+            np_dtype = _to_numpy(dtype).dtype
+        except (TypeError, RuntimeError):
+            raise FormatError(
+                f"expected a numeric tensor at {spec.path}:{name}, found dtype {tensor.dtype}"
+            ) from None
+        storage = {
+            "format": "pytorch",
+            "tensor": name,
+            "stored_dtype": str(tensor.dtype).replace("torch.", ""),
+        }
+        return ArraySource(
+            tuple(tensor.shape), np_dtype, lambda: _to_numpy(tensor), storage, named(name, "torch")
+        )

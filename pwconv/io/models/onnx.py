@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, require_extra
-from pwconv.io.base import ArraySource, check_readable, first_line, numeric_dtype, pick_name
+from pwconv.io.arrays import ArraySource, named
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.interface import Backend
+from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -50,22 +53,6 @@ def _conv_nodes(model: Any) -> dict[str, Any]:
     return {n.name: n for n in model.graph.node if n.op_type == "Conv" and n.name}
 
 
-def list_arrays(path: str) -> list[str]:
-    return list(_initializers(_model(path)))
-
-
-def array_name(name: str) -> str:
-    return name
-
-
-def companion_bias(path: str, name: str) -> str | None:
-    """The B input of the Conv node whose W is ``name``."""
-    for node in _model(path).graph.node:
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[1] == name and node.input[2]:
-            return str(node.input[2])
-    return None
-
-
 def _external_file(path: str, tensor: Any) -> None:
     """Refuse external data outside the model's folder."""
     for entry in tensor.external_data:
@@ -99,29 +86,49 @@ def _read(path: str, tensor: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def open_source(spec: Spec) -> ArraySource:
-    onnx = _onnx()
-    model = _model(spec.path)
-    initializers = _initializers(model)
-    wanted = spec.dataset
-    nodes = _conv_nodes(model)
-    if wanted is not None and wanted not in initializers and wanted in nodes and len(nodes[wanted].input) > 1:
-        wanted = str(nodes[wanted].input[1])  # a Conv node's name selects its weights
-    name = pick_name(spec.path, wanted, list(initializers), "initializer")
-    tensor = initializers[name]
-    try:
-        stored = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    except Exception:  # noqa: BLE001 - an unknown or undefined element type
-        raise FormatError(
-            f"expected a numeric tensor at {spec.path}:{name}, found ONNX type {tensor.data_type}"
-        ) from None
-    dtype = stored if stored.kind in "biufc" else np.dtype(np.float32)
-    dtype = numeric_dtype(dtype, f"{spec.path}:{name}")
-    storage = {
-        "format": "onnx",
-        "initializer": name,
-        "external": tensor.data_location == onnx.TensorProto.EXTERNAL,
-    }
-    return ArraySource(
-        name, tuple(int(n) for n in tensor.dims), dtype, lambda: _read(spec.path, tensor), storage
-    )
+class OnnxFormat(Backend):
+    """ONNX models: initializers by name, a Conv node's weights and bias."""
+
+    def list_arrays(self, path: str) -> list[str]:
+        return list(_initializers(_model(path)))
+
+    def array_name(self, name: str) -> str:
+        return name
+
+    def companion_bias(self, path: str, name: str) -> str | None:
+        """The B input of the Conv node whose W is ``name``."""
+        for node in _model(path).graph.node:
+            if node.op_type == "Conv" and len(node.input) > 2 and node.input[1] == name and node.input[2]:
+                return str(node.input[2])
+        return None
+
+    def open_source(self, spec: Spec) -> ArraySource:
+        onnx = _onnx()
+        model = _model(spec.path)
+        initializers = _initializers(model)
+        wanted = spec.member
+        nodes = _conv_nodes(model)
+        if (
+            wanted is not None
+            and wanted not in initializers
+            and wanted in nodes
+            and len(nodes[wanted].input) > 1
+        ):
+            wanted = str(nodes[wanted].input[1])  # a Conv node's name selects its weights
+        name = pick_name(spec.path, wanted, list(initializers), "initializer")
+        tensor = initializers[name]
+        try:
+            stored = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except Exception:  # noqa: BLE001 - an unknown or undefined element type
+            raise FormatError(
+                f"expected a numeric tensor at {spec.path}:{name}, found ONNX type {tensor.data_type}"
+            ) from None
+        dtype = stored if stored.kind in "biufc" else np.dtype(np.float32)
+        dtype = numeric_dtype(dtype, f"{spec.path}:{name}")
+        storage = {
+            "format": "onnx",
+            "initializer": name,
+            "external": tensor.data_location == onnx.TensorProto.EXTERNAL,
+        }
+        shape = tuple(int(n) for n in tensor.dims)
+        return ArraySource(shape, dtype, lambda: _read(spec.path, tensor), storage, named(name, "onnx"))

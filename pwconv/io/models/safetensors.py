@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError
-from pwconv.io.base import ArraySource, check_readable, first_line, pick_name, write_atomically
+from pwconv.io.arrays import ArraySource, named
+from pwconv.io.atomic import write_atomically
+from pwconv.io.checks import check_readable, first_line
+from pwconv.io.interface import Backend
+from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -105,14 +109,6 @@ def _library_check(path: str) -> None:
         raise _fail(path, f"a header the safetensors library refuses ({first_line(exc)})") from None
 
 
-def list_arrays(path: str) -> list[str]:
-    return sorted(read_header(path)[1])
-
-
-def array_name(name: str) -> str:
-    return name
-
-
 def _load(path: str, offset: int, entry: dict[str, Any]) -> np.ndarray:
     begin, _ = entry["data_offsets"]
     dtype = np.dtype(_DTYPES[entry["dtype"]])
@@ -126,25 +122,36 @@ def _load(path: str, offset: int, entry: dict[str, Any]) -> np.ndarray:
     return data
 
 
-def open_source(spec: Spec) -> ArraySource:
-    offset, header = read_header(spec.path)
-    _library_check(spec.path)
-    name = pick_name(spec.path, spec.dataset, sorted(header))
-    entry = header[name]
-    dtype = np.dtype(np.float32) if entry["dtype"] == "BF16" else np.dtype(_DTYPES[entry["dtype"]])
-    storage = {
-        "format": "safetensors",
-        "tensor": name,
-        "stored_dtype": entry["dtype"],
-        "data_bytes": entry["data_offsets"][1] - entry["data_offsets"][0],
-    }
-    return ArraySource(name, tuple(entry["shape"]), dtype, lambda: _load(spec.path, offset, entry), storage)
+class SafetensorsFormat(Backend):
+    """``.safetensors`` files: a checked JSON header, then one tensor's bytes."""
 
+    def list_arrays(self, path: str) -> list[str]:
+        return sorted(read_header(path)[1])
 
-def write_arrays(path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-    """Named arrays as a ``.safetensors`` file, written atomically."""
-    from safetensors.numpy import save_file
+    def array_name(self, name: str) -> str:
+        return name
 
-    contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp))
-    return [path]
+    def open_source(self, spec: Spec) -> ArraySource:
+        offset, header = read_header(spec.path)
+        _library_check(spec.path)
+        name = pick_name(spec.path, spec.member, sorted(header))
+        entry = header[name]
+        dtype = np.dtype(np.float32) if entry["dtype"] == "BF16" else np.dtype(_DTYPES[entry["dtype"]])
+        storage = {
+            "format": "safetensors",
+            "tensor": name,
+            "stored_dtype": entry["dtype"],
+            "data_bytes": entry["data_offsets"][1] - entry["data_offsets"][0],
+        }
+        shape = tuple(entry["shape"])
+        return ArraySource(
+            shape, dtype, lambda: _load(spec.path, offset, entry), storage, named(name, "memory map")
+        )
+
+    def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+        """Named arrays as a ``.safetensors`` file, written atomically."""
+        from safetensors.numpy import save_file
+
+        contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp))
+        return [path]

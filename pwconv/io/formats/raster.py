@@ -18,23 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.base import (
-    SinkRequest,
-    check_output_path,
-    check_readable,
-    first_line,
-    numeric_dtype,
-    publish,
-    remove_quietly,
-    temp_path_beside,
-)
+from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.io.atomic import FileSink, check_output_path, remove_quietly, write_failure
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.interface import Backend, Description, SinkRequest, Source
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-COMPRESSIONS: tuple[str, ...] = ()
-PARALLEL_WRITE = False
 # GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory.
 _GEO_TAGS = {33550, 33922, 34264, 34735}
 # Where a TIFF's first directory is and how it is laid out, by version (42 classic, 43 BigTIFF):
@@ -85,19 +76,13 @@ def claims(path: str) -> bool:
     return bool(tags & _GEO_TAGS)
 
 
-class RasterSource:
+class RasterSource(Source):
     """A raster's bands as (rows, cols, bands), read window by window."""
-
-    sequential = False
-    is_image = False
-    name = None
-    layout = "channels-last"
 
     def __init__(self, path: str) -> None:
         rasterio = _rasterio()
         check_readable(path)
         self.path = path
-        self.notes: list[str] = []
         try:
             self._ds = rasterio.open(path)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
@@ -111,7 +96,8 @@ class RasterSource:
             raise FormatError(f"expected bands of one dtype in {path!r}, found {sorted(dtypes)}")
         self.dtype = numeric_dtype(ds.dtypes[0], repr(path))
         self.shape = (ds.height, ds.width, ds.count)
-        self.nodata = ds.nodata
+        geo = {"crs": ds.crs, "transform": ds.transform, "blocks": ds.block_shapes[0]}
+        self.description = Description(nodata=ds.nodata, reader="rasterio", metadata={"raster": geo})
 
     def chunks(self) -> tuple[int, ...] | None:
         rows, cols = self._ds.block_shapes[0]
@@ -148,16 +134,8 @@ class RasterSource:
         """Outputs named like rasters are written as rasters, keeping the georeferencing."""
         return "raster" if os.path.splitext(spec.path)[1].lower() in _WRITES else None
 
-    def output_metadata(self) -> dict[str, Any]:
-        ds = self._ds
-        return {"raster": {"crs": ds.crs, "transform": ds.transform, "blocks": ds.block_shapes[0]}}
-
     def close(self) -> None:
         self._ds.close()
-
-
-def open_source(spec: Spec) -> RasterSource:
-    return RasterSource(spec.path)
 
 
 def _creation_options(
@@ -171,18 +149,12 @@ def _creation_options(
         options |= (
             {"blockysize": rows, "blockxsize": cols} if tiles_fit else {"blockysize": 256, "blockxsize": 256}
         )
-    for item in request.creation_options:
-        key, _, value = item.partition("=")
-        if not key or not _:
-            raise UsageError(f"expected [[co]] as KEY=VALUE, found {item!r}")
-        options[key.strip().lower()] = value.strip()
+    options.update({key.lower(): value for key, value in request.options.items()})
     return options
 
 
-class RasterSink:
+class RasterSink(FileSink):
     """A raster written window by window into a temp file renamed on commit."""
-
-    sequential = False
 
     def __init__(self, path: str, request: SinkRequest) -> None:
         rasterio = _rasterio()
@@ -198,21 +170,20 @@ class RasterSink:
         if transform is not None and request.stride > 1:
             transform = transform @ transform.scale(request.stride)
         options = _creation_options(driver, request, shape, geo.get("blocks"))
-        self.path = path
-        fd, self._temp = temp_path_beside(path)
-        os.close(fd)
+        super().__init__(path)
+        self._ds: Any = None
         warnings: list[str] = []
         handler = _Collect(warnings)
         logger = logging.getLogger("rasterio._env")
         logger.addHandler(handler)
         try:
             self._ds = rasterio.open(
-                self._temp, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
+                self.temp.path, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
                 dtype=np.dtype(request.dtype).name, crs=geo.get("crs"), transform=transform,
                 nodata=request.nodata, **options,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
-            remove_quietly(self._temp)
+            self.abort()
             raise UsageError(
                 f"expected creation options {driver} takes, found a failure ({first_line(exc)})"
             ) from None
@@ -233,29 +204,21 @@ class RasterSink:
         try:
             self._ds.write(np.moveaxis(block, -1, 0), window=window)
         except Exception as exc:  # noqa: BLE001
-            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}; check the disk") from None
+            raise write_failure(self.target, exc) from None
 
-    def parallel_writer(self) -> None:
-        return None
+    def finish(self) -> None:
+        self._ds.close()
 
-    def commit(self) -> None:
-        try:
+    def close_quietly(self) -> None:
+        if self._ds is not None:
             self._ds.close()
-            publish(self._temp, self.path)
-            self._temp = ""
-        except Exception as exc:  # noqa: BLE001
-            self.abort()
-            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}; check the disk") from None
 
     def abort(self) -> None:
-        try:
-            self._ds.close()
-        except Exception:  # noqa: BLE001 - cleanup must not mask the first error
-            pass
-        remove_quietly(self._temp)
-        for extra in (self._temp + ".aux.xml", os.path.splitext(self._temp)[0] + ".hdr"):
-            remove_quietly(extra)
-        self._temp = ""
+        temp = self.temp.path
+        super().abort()
+        if temp:  # what GDAL may have left beside the temp file
+            remove_quietly(temp + ".aux.xml")
+            remove_quietly(os.path.splitext(temp)[0] + ".hdr")
 
 
 class _Collect(logging.Handler):
@@ -267,6 +230,15 @@ class _Collect(logging.Handler):
         self.into.append(record.getMessage())
 
 
-def open_sink(spec: Spec, request: SinkRequest) -> RasterSink:
-    check_output_path(spec.path, request.overwrite)
-    return RasterSink(spec.path, request)
+class RasterFormat(Backend):
+    """Rasters through rasterio (GDAL): GeoTIFF/COG, ENVI, JPEG 2000 and VRT (read only)."""
+
+    def open_source(self, spec: Spec) -> RasterSource:
+        return RasterSource(spec.path)
+
+    def open_sink(self, spec: Spec, request: SinkRequest) -> RasterSink:
+        check_output_path(spec.path, request.overwrite)
+        return RasterSink(spec.path, request)
+
+    def claims(self, path: str) -> bool:
+        return claims(path)

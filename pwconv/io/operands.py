@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pwconv.core.weights import parse_literal
+from pwconv.core.filters import parse_literal
 from pwconv.errors import UsageError
-from pwconv.io.formats import format_named, open_source
+from pwconv.io.registry import companion_bias, format_named, open_source
 from pwconv.io.spec import Spec, parse_spec
 
 _LITERAL = re.compile(r"^[\s0-9eE+\-.,;]+$")
@@ -32,7 +32,7 @@ class Operand:
     array: np.ndarray
     source: str  # the path (``file.h5:/w``, ``model.pt:head.weight``) or ``literal '2,3'``
     sha256: str  # of the file's bytes, or of the literal's text
-    spec: Spec | None  # None for a literal; its dataset is the tensor's full name
+    spec: Spec | None  # None for a literal; its member is the tensor's full name
 
     @property
     def literal(self) -> bool:
@@ -68,7 +68,7 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def read_operand(text: str, dataset: str | None = None, *, what: str = "weights") -> Operand:
+def read_operand(text: str, member: str | None = None, *, what: str = "weights") -> Operand:
     """Load one array from a file spec or an inline literal such as ``"2,3"``.
 
     >>> read_operand("1,0;0,1").array.shape
@@ -81,7 +81,7 @@ def read_operand(text: str, dataset: str | None = None, *, what: str = "weights"
     if text == "-":
         raise UsageError(f"expected a file or a literal for the {what}, found '-'; stdin is for the input")
     try:
-        spec = parse_spec(text, dataset, what=what)
+        spec = parse_spec(text, member, what=what)
     except UsageError:
         if not os.path.exists(text) and ("," in text or ";" in text):
             parse_literal(text)  # raises the literal's own error
@@ -93,57 +93,27 @@ def _read_spec(spec: Spec) -> Operand:
     source = open_source(spec)
     try:
         array = source.read(tuple(slice(0, n) for n in source.shape))
-        name = getattr(source, "name", None)  # the tensor a model format resolved the name to
+        name = source.description.name  # the tensor a model format resolved the name to
     finally:
         source.close()
     if name is not None:
-        spec = dataclasses.replace(spec, dataset=name)
+        spec = dataclasses.replace(spec, member=name)
     return Operand(np.asarray(array), spec.text, _file_sha256(spec.path), spec)
 
 
 def _names(spec: Spec) -> list[str]:
     fmt = format_named(spec.format)
-    return list(fmt.load().list_arrays(spec.path)) if fmt.containers else []
+    return fmt.load().list_arrays(spec.path) if fmt.containers else []
 
 
 def _bank_names(spec: Spec) -> tuple[str, str]:
     """``weights`` and ``bias`` as the format spells array names (``/weights`` in HDF5)."""
     fmt = format_named(spec.format)
-    if not fmt.containers:
-        return "weights", "bias"
-    module = fmt.load()
-    return module.array_name("weights"), module.array_name("bias")
+    backend = fmt.load()
+    return backend.array_name("weights"), backend.array_name("bias")
 
 
-def sibling_bias(tensor: str, names: list[str]) -> str | None:
-    """The bias named like ``tensor``: ``x.weight`` -> ``x.bias``, ``x/kernel`` -> ``x/bias``.
-
-    >>> sibling_bias("head.proj.weight", ["head.proj.weight", "head.proj.bias"])
-    'head.proj.bias'
-    """
-    for suffix in ("weights", "weight", "kernel"):
-        stem = tensor[: -len(suffix)]
-        if tensor.endswith(suffix) and (not stem or stem[-1] in "./_:"):
-            candidate = stem + "bias"
-            if candidate in names:
-                return candidate
-    return None
-
-
-def companion_bias(spec: Spec) -> str | None:
-    """The name of the bias that belongs to the tensor ``spec`` names, if its file has one."""
-    fmt = format_named(spec.format)
-    if not fmt.containers or spec.dataset is None:
-        return None
-    module = fmt.load()
-    own = getattr(module, "companion_bias", None)
-    if own is not None:
-        found: str | None = own(spec.path, spec.dataset)
-        return found
-    return sibling_bias(spec.dataset, _names(spec))
-
-
-def read_weights(filters: str, bias: str | None = None, *, dataset: str | None = None) -> Weights:
+def read_weights(filters: str, bias: str | None = None, *, member: str | None = None) -> Weights:
     """Load the filters and the bias: ``bias`` is a file, a literal, ``"auto"`` or None."""
     if looks_like_literal(filters) or filters == "-":
         if bias == "auto":
@@ -151,17 +121,17 @@ def read_weights(filters: str, bias: str | None = None, *, dataset: str | None =
                 f"expected weights from a model or bank file for [[bias=auto]], found {filters!r}; "
                 "give the bias as a file or a literal"
             )
-        return Weights(read_operand(filters, dataset), read_operand(bias, what="bias") if bias else None)
+        return Weights(read_operand(filters, member), read_operand(bias, what="bias") if bias else None)
     try:
-        spec = parse_spec(filters, dataset, what="weights")
+        spec = parse_spec(filters, member, what="weights")
     except UsageError:
-        read_operand(filters, dataset)  # raises the literal's or the name's own error
+        read_operand(filters, member)  # raises the literal's or the name's own error
         raise
-    names = _names(spec) if spec.dataset is None else []
+    names = _names(spec) if spec.member is None else []
     bank_weights, bank_bias_name = _bank_names(spec)
     if bank_weights in names:  # a filter-bank file
-        weights = _read_spec(dataclasses.replace(spec, dataset=bank_weights))
-        bank_bias = dataclasses.replace(spec, dataset=bank_bias_name) if bank_bias_name in names else None
+        weights = _read_spec(dataclasses.replace(spec, member=bank_weights))
+        bank_bias = dataclasses.replace(spec, member=bank_bias_name) if bank_bias_name in names else None
         if bias in (None, "auto"):
             return Weights(weights, _read_spec(bank_bias) if bank_bias else None, bank=True)
         return Weights(weights, read_operand(bias, what="bias"), bank=True)
@@ -174,7 +144,7 @@ def read_weights(filters: str, bias: str | None = None, *, dataset: str | None =
                 f"expected a bias that belongs to {weights.source!r} for [[bias=auto]], found none in "
                 f"{spec.path!r}; name one with [[bias=FILE:NAME]] or drop the option"
             )
-        return Weights(weights, _read_spec(dataclasses.replace(weights.spec, dataset=belonging)))
+        return Weights(weights, _read_spec(dataclasses.replace(weights.spec, member=belonging)))
     if bias is None:
         return Weights(weights, unused_bias=belonging)
     return Weights(weights, read_operand(bias, what="bias"))

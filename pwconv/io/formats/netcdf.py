@@ -13,29 +13,19 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.base import (
-    SinkRequest,
-    check_output_path,
-    check_readable,
-    first_line,
-    numeric_dtype,
-    pick_name,
-    publish,
-    remove_quietly,
-    temp_path_beside,
-)
+from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.io.atomic import FileSink, check_output_path, write_failure
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.interface import Backend, Description, SinkRequest, Source
+from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-COMPRESSIONS = ("gzip",)
-PARALLEL_WRITE = False
 _KEEP_VARIABLE_ATTRS = ("grid_mapping",)
 
 
@@ -66,29 +56,15 @@ def _data_variables(handle: Any) -> list[str]:
     return [name for name in handle.variables if name not in handle.dimensions]
 
 
-def list_arrays(path: str) -> list[str]:
-    with _open(path) as handle:
-        return _data_variables(handle)
-
-
-def array_name(name: str) -> str:
-    return name.strip("/")
-
-
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-class NetcdfSource:
+class NetcdfSource(Source):
     """One NetCDF variable, read by hyperslab."""
-
-    sequential = False
-    is_image = False
-    name = None
 
     def __init__(self, path: str, variable: str | None) -> None:
         self.path = path
-        self.notes: list[str] = []
         self._file = _open(path)
         try:
             names = _data_variables(self._file)
@@ -101,6 +77,9 @@ class NetcdfSource:
             fill = attrs.get("_FillValue", attrs.get("missing_value"))
             self.nodata = None if fill is None else float(np.asarray(fill).reshape(-1)[0])
             self._var = var
+            self.description = Description(
+                dimensions=self.dimensions, nodata=self.nodata, reader="h5netcdf", metadata=self._template()
+            )
         except BaseException:
             self._file.close()
             raise
@@ -124,7 +103,8 @@ class NetcdfSource:
         except Exception as exc:  # noqa: BLE001
             raise FormatError(f"cannot read {self.path}:{self.variable}: {first_line(exc)}") from None
 
-    def output_metadata(self) -> dict[str, Any]:
+    def _template(self) -> dict[str, Any]:
+        """What a NetCDF output copies: dimensions, coordinates, attributes, grid mapping."""
         handle = self._file
         coordinates = {}
         for dim in self.dimensions:
@@ -151,14 +131,8 @@ class NetcdfSource:
         self._file.close()
 
 
-def open_source(spec: Spec) -> NetcdfSource:
-    return NetcdfSource(spec.path, spec.dataset)
-
-
-class NetcdfSink:
+class NetcdfSink(FileSink):
     """A new NetCDF-4 file written block by block into a temp file renamed on commit."""
-
-    sequential = False
 
     def __init__(self, path: str, variable: str | None, request: SinkRequest) -> None:
         h5netcdf = _h5netcdf()
@@ -171,11 +145,10 @@ class NetcdfSink:
             dims[axis] = "channel"
             template = None
         name = variable or (template["variable"] if template else "data")
-        self.path = path
-        fd, self._temp = temp_path_beside(path)
-        os.close(fd)
+        super().__init__(path)
+        self._file: Any = None
         try:
-            self._file = h5netcdf.File(self._temp, "w")
+            self._file = h5netcdf.File(self.temp.path, "w")
             self._file.dimensions = dict(zip(dims, shape))
             if template:
                 for dim, (values, attrs) in template["coordinates"].items():
@@ -201,43 +174,39 @@ class NetcdfSink:
             self._var.attrs["long_name"] = f"pwconv 1x1 convolution of {request.attrs.get('input', name)}"
         except (OSError, ValueError, TypeError) as exc:
             self.abort()
-            raise WriteError(
-                f"cannot create {path!r}: {first_line(exc)}; check the disk and permissions"
-            ) from None
+            raise write_failure(path, exc) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         try:
             self._var[index] = block
         except (OSError, ValueError) as exc:
-            raise WriteError(
-                f"cannot write {self.path!r}: {first_line(exc)}; free some space or write elsewhere"
-            ) from None
+            raise write_failure(self.target, exc) from None
 
-    def parallel_writer(self) -> None:
-        return None
+    def finish(self) -> None:
+        self._file.close()
 
-    def commit(self) -> None:
-        try:
+    def close_quietly(self) -> None:
+        if self._file is not None:
             self._file.close()
-            publish(self._temp, self.path)
-            self._temp = ""
-        except OSError as exc:
-            self.abort()
-            raise WriteError(f"cannot write {self.path!r}: {first_line(exc)}") from None
-
-    def abort(self) -> None:
-        try:
-            self._file.close()
-        except Exception:  # noqa: BLE001 - cleanup must not mask the first error
-            pass
-        remove_quietly(self._temp)
-        self._temp = ""
 
 
-def open_sink(spec: Spec, request: SinkRequest) -> NetcdfSink:
-    check_output_path(spec.path, request.overwrite)
-    if request.compression and request.compression != "gzip":
-        raise UsageError(
-            f"expected [[compression=gzip|none]] for NetCDF output, found {request.compression!r}"
-        )
-    return NetcdfSink(spec.path, spec.dataset, request)
+class NetcdfFormat(Backend):
+    """NetCDF-4 files through h5netcdf: a variable read by name, its dimensions named."""
+
+    def open_source(self, spec: Spec) -> NetcdfSource:
+        return NetcdfSource(spec.path, spec.member)
+
+    def open_sink(self, spec: Spec, request: SinkRequest) -> NetcdfSink:
+        check_output_path(spec.path, request.overwrite)
+        if request.compression and request.compression != "gzip":
+            raise UsageError(
+                f"expected [[compression=gzip|none]] for NetCDF output, found {request.compression!r}"
+            )
+        return NetcdfSink(spec.path, spec.member, request)
+
+    def list_arrays(self, path: str) -> list[str]:
+        with _open(path) as handle:
+            return _data_variables(handle)
+
+    def array_name(self, name: str) -> str:
+        return name.strip("/")

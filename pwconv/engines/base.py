@@ -1,0 +1,40 @@
+"""What every engine offers: one run of a plan from a source into a sink, and its timings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pwconv.io.interface import Sink
+
+#: ``progress(done, total)``: called as blocks finish.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each phase (phases overlap when streaming) and the block count."""
+
+    load: float = 0.0
+    compute: float = 0.0
+    save: float = 0.0
+    blocks: int = 0
+    nodata_pixels: int | None = None  # None: not counted (another process computed)
+    block_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """One run, set up before its output is opened: ``block_shape`` (the shape of the blocks
+    it will write, None for one block) lets a chunked output take one chunk per block."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def block_shape(self) -> tuple[int, ...] | None: ...
+
+    def run(self, sink: Sink, progress: Progress | None = None) -> Timings:
+        """Compute every block into ``sink`` (not committed here)."""
+        ...

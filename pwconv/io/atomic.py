@@ -1,0 +1,176 @@
+"""Outputs that appear whole or not at all: a hidden temp file (or folder) beside the target,
+renamed over it when complete, removed on failure.
+
+:class:`TempTarget` is that lifecycle once; :class:`FileSink` is a sink built on it, so a
+format's writer only says how to finish and how to close after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from pwconv.errors import OutputExistsError, PwconvError, UsageError, WriteError
+from pwconv.io.checks import first_line
+from pwconv.io.interface import Sink
+
+_FOLDER_SUFFIXES = (".zarr",)
+
+
+def check_output_path(path: str, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite`` and a missing output directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f"expected an existing directory for the output, found none at {parent!r}; create it first"
+        )
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"output {path!r} exists; pass [[overwrite!]] to replace it, or choose another name"
+        )
+    if os.path.isdir(path) and not path.rstrip("/").endswith(_FOLDER_SUFFIXES):
+        raise UsageError(f"expected a file name for the output, found the directory {path!r}")
+
+
+def _beside(path: str, make: Callable[..., Any]) -> Any:
+    directory, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    try:
+        return make(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
+    except OSError as exc:
+        raise WriteError(
+            f"cannot create the output in {directory!r}: {exc.strerror}; check permissions and free space"
+        ) from exc
+
+
+def temp_path_beside(path: str) -> tuple[int, str]:
+    """Create a hidden temporary file in the target's directory (same filesystem: atomic rename)."""
+    return _beside(path, tempfile.mkstemp)  # type: ignore[no-any-return]
+
+
+def remove_quietly(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _publish_file(temp: str, final: str) -> None:
+    """Give the finished temp file normal permissions and rename it over ``final``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, final)
+
+
+def _publish_folder(temp: str, final: str) -> None:
+    """Move a finished store into place; an old store (overwritten) is removed only after."""
+    final = final.rstrip("/")
+    old = None
+    if os.path.exists(final):
+        old = temp + ".old"
+        os.rename(final, old)
+    os.rename(temp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class TempTarget:
+    """A hidden temp file (or folder) beside ``target``, on the same file system.
+
+    :meth:`publish` renames it over the target; :meth:`discard` removes it. Either is done
+    once; after that both do nothing.
+
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> temp = TempTarget(os.path.join(folder, "out.npy"))
+    >>> os.path.basename(temp.path).startswith(".out.npy.")
+    True
+    >>> temp.discard(); os.listdir(folder)
+    []
+    """
+
+    def __init__(self, target: str, *, folder: bool = False) -> None:
+        self.target, self.folder = target, folder
+        if folder:
+            self.path: str = _beside(target, tempfile.mkdtemp)
+        else:
+            fd, self.path = temp_path_beside(target)
+            os.close(fd)
+
+    def publish(self) -> None:
+        if self.path:
+            (_publish_folder if self.folder else _publish_file)(self.path, self.target)
+            self.path = ""
+
+    def discard(self) -> None:
+        if self.path and self.folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            remove_quietly(self.path)
+        self.path = ""
+
+
+def write_failure(target: str, exc: BaseException) -> WriteError:
+    """The one-line error for an output the file system refused."""
+    reason = first_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror.splitlines()[0][:160]
+    return WriteError(
+        f"cannot write {target!r}: {reason}; free some space, check permissions or write elsewhere"
+    )
+
+
+class FileSink(Sink):
+    """A sink written into a :class:`TempTarget` and published over ``target`` on commit.
+
+    A format says how to finish (:meth:`finish`: close its library's handle, write what is
+    held in memory) and how to let go after a failure (:meth:`close_quietly`); opening the
+    temp file, the rename, the clean-up and the one-line error are done here.
+    """
+
+    def __init__(self, target: str, *, folder: bool = False) -> None:
+        self.target = target
+        self.temp = TempTarget(target, folder=folder)
+
+    def finish(self) -> None:
+        """Everything the format must do before the temp file is complete."""
+
+    def close_quietly(self) -> None:
+        """Close what the format holds after a failure (errors here are ignored)."""
+
+    def commit(self) -> None:
+        try:
+            self.finish()
+            self.temp.publish()
+        except PwconvError:
+            self.abort()
+            raise
+        except Exception as exc:  # noqa: BLE001 - libraries raise their own types for a full disk
+            self.abort()
+            raise write_failure(self.target, exc) from None
+
+    def abort(self) -> None:
+        try:
+            self.close_quietly()
+        except Exception:  # noqa: BLE001 - cleanup must not mask the first error
+            pass
+        self.temp.discard()
+
+
+def write_atomically(path: str, overwrite: bool, write: Callable[[str], None]) -> None:
+    """Run ``write(temp)`` on a temp file beside ``path``, then rename it into place."""
+    check_output_path(path, overwrite)
+    temp = TempTarget(path)
+    try:
+        write(temp.path)
+        temp.publish()
+    except OSError as exc:
+        temp.discard()
+        raise write_failure(path, exc) from None
+    except BaseException:
+        temp.discard()
+        raise

@@ -1,0 +1,62 @@
+"""What every reader checks of its input before trusting it: the path, the dtype, a zip member."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from pwconv.errors import FormatError, InputFileError
+
+
+def numeric_dtype(dtype: Any, where: str) -> np.dtype:
+    """``dtype`` as a numpy dtype if it holds numbers, else a one-line error naming ``where``."""
+    try:
+        found = np.dtype(dtype)
+    except TypeError:
+        raise FormatError(f"expected a numeric array in {where}, found an unknown dtype {dtype!r}") from None
+    if found.hasobject:
+        raise FormatError(
+            f"expected a numeric array in {where}, found an object array; pwconv never unpickles "
+            "data: save a numeric array instead"
+        )
+    if found.kind not in "biufc":
+        raise FormatError(f"expected a numeric array in {where}, found dtype {found}; convert it to numbers")
+    return found
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """A library's exception as one short line for a message (its type when it says nothing)."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]
+
+
+def check_readable(path: str, what: str = "input") -> None:
+    """Raise a one-line error for a missing, unreadable or directory input path."""
+    if not os.path.exists(path):
+        raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
+    if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
+        raise InputFileError(f"expected a {what} file, found a directory at {path!r}")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"expected a readable {what} file, found {path!r} without read permission")
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
+    """Refuse a zip member that would inflate far beyond its stored size (a zip bomb)."""
+    if (
+        info.compress_size
+        and info.file_size > (16 << 20)
+        and info.file_size > limit_ratio * info.compress_size
+    ):
+        raise FormatError(
+            f"expected an ordinary zip member in {path!r}, found {info.filename!r} declaring "
+            f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
+        )

@@ -1,0 +1,1 @@
+"""Data formats: one module a format (arrays people compute on and write)."""

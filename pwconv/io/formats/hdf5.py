@@ -1,0 +1,350 @@
+"""HDF5 datasets (h5py is imported only here).
+
+An unfiltered dataset's bytes lie as they are in the file: such a dataset is read, and a
+new uncompressed output written, with positioned reads and writes at the offsets HDF5
+reports (:mod:`pwconv.io.rawio`), several times faster than h5py's hyperslab machinery
+and free of its global lock. Anything else (filters, external storage, odd layouts) goes
+through h5py.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.core.blocks import chunk_shape
+from pwconv.errors import FormatError, OutputExistsError, PwconvError
+from pwconv.io.atomic import FileSink, check_output_path, write_atomically, write_failure
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
+from pwconv.io.names import pick_name
+from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+_CHUNK_TARGET_BYTES = 1 << 20
+# Above this many chunks, listing where each lies costs more than h5py's own reads.
+_MAX_RAW_CHUNKS = 1 << 18
+
+
+def _h5py() -> Any:
+    import h5py
+
+    return h5py
+
+
+def list_datasets(group: Any) -> list[str]:
+    """Names of every dataset under ``group``, depth first."""
+    h5py = _h5py()
+    names: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            names.append("/" + name)
+
+    group.visititems(visit)
+    return names
+
+
+def _open_file(path: str, mode: str) -> Any:
+    h5py = _h5py()
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        detail = str(exc).splitlines()[0]
+        raise FormatError(
+            f"expected an HDF5 file at {path!r}, found one h5py cannot open ({detail}); check that it "
+            "is HDF5 and not truncated"
+        ) from None
+
+
+def resolve_dataset(handle: Any, path: str, dataset: str | None) -> Any:
+    """The named dataset, or the file's only dataset; errors list what exists."""
+    return handle[pick_name(path, dataset, list_datasets(handle), "dataset")]
+
+
+def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
+    """Where an unfiltered dataset's bytes lie in its file, or None where h5py must read it
+    (filters, external or virtual storage, foreign byte order, unallocated data)."""
+    try:
+        plist = ds.id.get_create_plist()
+        dtype = np.dtype(ds.dtype)
+        shape = tuple(int(n) for n in ds.shape)
+        if plist.get_nfilters() or plist.get_external_count() or not dtype.isnative or not math.prod(shape):
+            return None
+        layout = plist.get_layout()
+        h5d = _h5py().h5d
+        if layout == h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            if offset is None:
+                return None
+            return RawChunks(fd, name, shape, dtype, shape, {(0,) * len(shape): int(offset)}, ds.fillvalue)
+        if layout != h5d.CHUNKED or ds.id.get_num_chunks() > _MAX_RAW_CHUNKS:
+            return None
+        chunks = tuple(int(c) for c in ds.chunks)
+        chunk_bytes = math.prod(chunks) * dtype.itemsize
+        found: list[Any] = []
+        if hasattr(ds.id, "chunk_iter"):  # h5py built on HDF5 1.12.3 or later; one call for all chunks
+            ds.id.chunk_iter(found.append)
+        else:
+            found = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+        offsets = {}
+        for info in found:
+            if info.size != chunk_bytes or info.filter_mask:
+                return None
+            offsets[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = int(info.byte_offset)
+        return RawChunks(fd, name, shape, dtype, chunks, offsets, ds.fillvalue)
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
+        return None
+
+
+class H5Source(Source):
+    """An HDF5 dataset; blocks are read straight from the file where its bytes are raw, as
+    hyperslabs through h5py otherwise."""
+
+    def __init__(self, path: str, dataset: str | None) -> None:
+        check_readable(path)
+        self.path = path
+        self._raw_file: Any = None
+        self._raw: RawChunks | None = None
+        self._file = _open_file(path, "r")
+        try:
+            self._ds = resolve_dataset(self._file, path, dataset)
+            self.dataset = self._ds.name
+            self.shape = tuple(int(n) for n in self._ds.shape)
+            self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
+            if raw_paths_enabled():
+                self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
+                self._raw = raw_layout(self._ds, self._raw_file.fileno(), f"{path}:{self.dataset}")
+            if self._raw is not None:
+                self._raw.check_inside(os.fstat(self._raw_file.fileno()).st_size)
+                try:
+                    self._raw.mapping = mmap.mmap(self._raw_file.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):
+                    pass  # positioned reads only
+        except BaseException:
+            self.close()
+            raise
+        self.description = Description(reader="raw offsets" if self._raw is not None else "h5py")
+
+    def chunks(self) -> tuple[int, ...] | None:
+        return tuple(self._ds.chunks) if self._ds.chunks else None
+
+    def storage(self) -> dict[str, Any]:
+        return {
+            "format": "hdf5",
+            "dataset": self.dataset,
+            "chunks": list(self._ds.chunks) if self._ds.chunks else None,
+            "compression": self._ds.compression,
+            "data_bytes": math.prod(self.shape) * self.dtype.itemsize,
+        }
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        if any(len(range(*sl.indices(n))) == 0 for sl, n in zip(index, self.shape)):
+            extents = tuple(len(range(*sl.indices(n))) for sl, n in zip(index, self.shape))
+            return np.empty(extents, dtype=self.dtype)
+        if self._raw is not None:
+            box, steps = box_of(index, self.shape)
+            return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
+        try:
+            return np.asarray(self._ds[index])
+        except OSError as exc:
+            raise FormatError(f"cannot read {self.path}:{self.dataset}: {first_line(exc)}") from None
+
+    def release(self, index: tuple[slice, ...]) -> None:
+        """Drop the pages of a finished block read from the map (not from the file)."""
+        if self._raw is not None:
+            box, _ = box_of(index, self.shape)
+            self._raw.release(tuple(slice(a, b) for a, b in box))
+
+    def close(self) -> None:
+        # The map goes when the last block that uses it goes (its views hold it).
+        if self._raw_file is not None:
+            self._raw_file.close()
+        self._file.close()
+
+
+def auto_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> tuple[int, ...] | None:
+    """About 1 MiB chunks of whole channel vectors (None for an empty dataset)."""
+    if not shape or math.prod(shape) == 0:
+        return None
+    return chunk_shape(shape, dtype.itemsize, channel_axis, _CHUNK_TARGET_BYTES)
+
+
+def _dataset_options(request: SinkRequest, direct: bool) -> dict[str, Any]:
+    """h5py's create_dataset options for an output: chunks, compression and, for a new
+    uncompressed file, space for every chunk now and no fill (blocks then go straight in)."""
+    dtype, chunks = np.dtype(request.dtype), request.chunks
+    if chunks == "auto" or (request.compression and chunks == "none"):
+        chunks = auto_chunks(request.shape, dtype, request.channel_axis) or "none"
+    opts: dict[str, Any] = {}
+    if chunks != "none":
+        opts["chunks"] = tuple(chunks)
+    if request.compression:
+        opts["compression"] = request.compression
+    if direct:
+        h5py = _h5py()
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        opts.update(dcpl=dcpl, fill_time="never")
+    return opts
+
+
+def _write_hyperslab(ds: Any, where: str, index: tuple[slice, ...], block: np.ndarray) -> None:
+    try:
+        ds[index] = block
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise write_failure(where, exc) from None
+
+
+class H5Sink(FileSink):
+    """A new HDF5 file written block by block into a temp file renamed on commit. An
+    uncompressed dataset is written at the offsets HDF5 gave its chunks once h5py has
+    closed the file."""
+
+    def __init__(self, path: str, dataset: str | None, request: SinkRequest) -> None:
+        super().__init__(path)
+        self.dataset = dataset or "/data"
+        self._file: Any = None
+        self._raw: RawChunks | None = None
+        direct = not request.compression and raw_paths_enabled()
+        try:
+            self._file = _open_file(self.temp.path, "w")
+            self._ds = self._file.create_dataset(
+                self.dataset, shape=request.shape, dtype=np.dtype(request.dtype),
+                **_dataset_options(request, direct),
+            )  # fmt: skip
+            self._ds.attrs.update(request.attrs)
+            self._raw = raw_layout(self._ds, -1, f"{path}:{self.dataset}") if direct else None
+            self.writer = "raw offsets" if self._raw is not None else "h5py"
+            if self._raw is not None:
+                self._file.close()
+                self._file = None
+                self._raw.fd = os.open(self.temp.path, os.O_WRONLY)
+                self._raw.reserve()
+        except PwconvError:
+            self.abort()
+            raise
+        except (OSError, ValueError, TypeError) as exc:
+            self.abort()
+            raise write_failure(f"{path}:{self.dataset}", exc) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if block.size and self._raw is not None:
+            self._raw.write_box(index, block)
+        elif block.size:
+            _write_hyperslab(self._ds, f"{self.target}:{self.dataset}", index, block)
+
+    def finish(self) -> None:
+        if self._raw is not None:
+            os.close(self._raw.fd)
+            self._raw = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def close_quietly(self) -> None:
+        if self._raw is not None and self._raw.fd >= 0:
+            os.close(self._raw.fd)
+        self._raw = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class H5MemberSink(Sink):
+    """A dataset added to an existing HDF5 file: written under a temporary name and moved into
+    place on commit, so that the file's other datasets are kept."""
+
+    writer = "h5py"
+
+    def __init__(self, path: str, dataset: str, request: SinkRequest) -> None:
+        self.path, self.dataset = path, dataset
+        self._name = f"{dataset.rstrip('/')}.pwconv-part"
+        self._file: Any = _open_file(path, "r+")
+        try:
+            if self._file.get(dataset) is not None and not request.overwrite:
+                raise OutputExistsError(
+                    f"dataset {dataset!r} exists in {path!r}; pass [[overwrite!]] to replace it, "
+                    "or choose another dataset name"
+                )
+            if self._name in self._file:
+                del self._file[self._name]
+            self._ds = self._file.create_dataset(
+                self._name, shape=request.shape, dtype=np.dtype(request.dtype),
+                **_dataset_options(request, direct=False),
+            )  # fmt: skip
+            self._ds.attrs.update(request.attrs)
+        except PwconvError:
+            self.abort()
+            raise
+        except (OSError, ValueError, TypeError) as exc:
+            self.abort()
+            raise write_failure(f"{path}:{dataset}", exc) from None
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if block.size:
+            _write_hyperslab(self._ds, f"{self.path}:{self.dataset}", index, block)
+
+    def commit(self) -> None:
+        try:
+            if self.dataset in self._file:
+                del self._file[self.dataset]
+            self._file.move(self._name, self.dataset)
+            self._file.close()
+            self._file = None
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.abort()
+            raise write_failure(self.path, exc) from None
+
+    def abort(self) -> None:
+        if self._file is not None:
+            try:
+                if self._name in self._file:
+                    del self._file[self._name]
+                self._file.close()
+            except Exception:  # noqa: BLE001 - cleanup must not mask the first error
+                pass
+            self._file = None
+
+
+class Hdf5Format(Backend):
+    """HDF5 files: any dataset read by name; outputs a new file, or a dataset added to one."""
+
+    def open_source(self, spec: Spec) -> H5Source:
+        return H5Source(spec.path, spec.member)
+
+    def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
+        if spec.member and os.path.exists(spec.path):
+            return H5MemberSink(spec.path, spec.member, request)
+        check_output_path(spec.path, request.overwrite)
+        return H5Sink(spec.path, spec.member, request)
+
+    def array_name(self, name: str) -> str:
+        """HDF5 names are absolute: ``group/x`` is ``/group/x``."""
+        return name if name.startswith("/") else "/" + name
+
+    def list_arrays(self, path: str) -> list[str]:
+        """Every dataset in the file, depth first."""
+        check_readable(path)
+        with _open_file(path, "r") as handle:
+            return list_datasets(handle)
+
+    def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+        """Named arrays as datasets of a new HDF5 file, written atomically."""
+
+        def write(temp: str) -> None:
+            with _h5py().File(temp, "w") as handle:
+                for name, array in arrays.items():
+                    handle[name] = array
+
+        write_atomically(path, overwrite, write)
+        return [path]

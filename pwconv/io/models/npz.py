@@ -1,0 +1,104 @@
+"""``.npz`` archives (numpy.savez): one member read at a time, never unpickled.
+
+Each member's npy header is read with pwconv's strict parser, so an object array (which
+would need unpickling) is refused before any of its data is read. A filter-bank file is an
+``.npz`` with ``weights`` and, optionally, ``bias``.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import FormatError
+from pwconv.io.arrays import ArraySource, named
+from pwconv.io.atomic import write_atomically
+from pwconv.io.checks import check_readable, zip_member_guard
+from pwconv.io.formats.npy import read_exact, read_header
+from pwconv.io.interface import Backend
+from pwconv.io.names import pick_name
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    check_readable(path)
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise FormatError(
+            f"expected an .npz archive at {path!r}, found one that is not a readable zip ({exc}); "
+            "save it with numpy.savez"
+        ) from None
+
+
+def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    return {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
+
+
+def _load(path: str, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(info) as stream:
+            shape, dtype, fortran = read_header(stream, where)
+            data = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
+            read_exact(stream, data.data, where)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"cannot read {where}: the archive is damaged ({exc}); save it again") from None
+    array = data.view(dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+class NpzFormat(Backend):
+    """``.npz`` archives: members read one at a time through the strict npy header parser."""
+
+    def list_arrays(self, path: str) -> list[str]:
+        with _open_zip(path) as archive:
+            return sorted(_members(archive))
+
+    def array_name(self, name: str) -> str:
+        return name[: -len(".npy")] if name.endswith(".npy") else name
+
+    def open_source(self, spec: Spec) -> ArraySource:
+        with _open_zip(spec.path) as archive:
+            members = _members(archive)
+            name = pick_name(spec.path, spec.member, sorted(members), "array")
+            info = members[name]
+            zip_member_guard(spec.path, info)
+            where = f"{spec.path}:{name}"
+            try:
+                with archive.open(info) as stream:
+                    shape, dtype, fortran = read_header(stream, where)
+                    header_bytes = stream.tell()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FormatError(
+                    f"cannot read {where}: the archive is damaged ({exc}); save it again"
+                ) from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != header_bytes + nbytes:
+            raise FormatError(
+                f"expected {nbytes} data bytes in {where} for shape {shape} {dtype}, found "
+                f"{info.file_size - header_bytes}; the member is damaged, save the archive again"
+            )
+        storage: dict[str, Any] = {
+            "format": "npz",
+            "member": name,
+            "compressed": info.compress_type != zipfile.ZIP_STORED,
+            "data_bytes": nbytes,
+        }
+        return ArraySource(shape, dtype, lambda: _load(spec.path, info, where), storage, named(name, "zip"))
+
+    def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
+        """A filter-bank (or any named arrays) ``.npz``, written atomically."""
+
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy types only the keyword flag
+
+        write_atomically(path, overwrite, write)
+        return [path]

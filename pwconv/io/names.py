@@ -1,0 +1,54 @@
+"""Finding an array in a container by name: one rule and one wording for every format."""
+
+from __future__ import annotations
+
+from pwconv.errors import InputFileError, UsageError
+
+#: A layer's name selects its weights: ``head`` finds ``head.weight`` or ``head/kernel``.
+_WEIGHT_SUFFIXES = (".weight", "/kernel")
+
+
+def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor") -> str:
+    """``name`` if ``path`` holds it; with no name, the only one there is. Else a one-line error
+    that lists the closest names (or the first few).
+
+    >>> pick_name("m.pt", "head", ["head.weight", "head.bias"], "tensor")
+    'head.weight'
+    """
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise InputFileError(f"expected a {what} in {path!r}, found none; the file holds no arrays")
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise UsageError(
+            f"expected one {what} in {path!r} or a name, found {len(names)}: {shown}; "
+            f"name one as {path}:{names[0]}"
+        )
+    if name in names:
+        return name
+    for suffix in _WEIGHT_SUFFIXES:
+        if name + suffix in names:
+            return name + suffix
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
+    raise InputFileError(
+        f"expected a {what} {name!r} in {path!r}, found none; closest: {', '.join(close) or 'none'}"
+        " (pwconv info lists them all)"
+    )
+
+
+def sibling_bias(tensor: str, names: list[str]) -> str | None:
+    """The bias named like ``tensor``: ``x.weight`` -> ``x.bias``, ``x/kernel`` -> ``x/bias``.
+
+    >>> sibling_bias("head.proj.weight", ["head.proj.weight", "head.proj.bias"])
+    'head.proj.bias'
+    """
+    for suffix in ("weights", "weight", "kernel"):
+        stem = tensor[: -len(suffix)]
+        if tensor.endswith(suffix) and (not stem or stem[-1] in "./_:"):
+            candidate = stem + "bias"
+            if candidate in names:
+                return candidate
+    return None

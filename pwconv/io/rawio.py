@@ -1,0 +1,298 @@
+"""Raw byte I/O: arrays whose bytes lie uncompressed at known offsets, moved with positioned
+reads and writes (no library, no lock and no copy in between; the GIL is released while the
+operating system moves the bytes), and the geometry that cuts a box into runs and chunks.
+
+- :func:`box_of`, :func:`contiguous_runs`: a selection as a step-1 box, and that box as runs
+  of contiguous elements of a C-order array;
+- :func:`chunk_pieces`: the one place a box is cut into per-chunk pieces (raw HDF5, Zarr
+  chunk files, both ways);
+- :func:`transfer_runs`: the one positioned-transfer loop (npy, TIFF, raw HDF5);
+- :class:`RawChunks`: an array stored as raw C-order chunks in one file (an unfiltered HDF5
+  dataset, contiguous or chunked).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pwconv.errors import FormatError, WriteError
+
+#: Set to ``0`` (or ``off``) to read and write every format through its library instead of
+#: pwconv's own byte-level paths (npy and TIFF maps, raw HDF5 offsets, Zarr chunk files):
+#: for measuring what those paths buy, and for testing both on the same files.
+RAW_IO_VARIABLE = "PWCONV_RAW_IO"
+
+
+def raw_paths_enabled() -> bool:
+    """Whether pwconv's own byte-level readers and writers may be used (see :data:`RAW_IO_VARIABLE`)."""
+    return os.environ.get(RAW_IO_VARIABLE, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def box_of(
+    index: tuple[slice, ...], shape: tuple[int, ...]
+) -> tuple[list[tuple[int, int]], tuple[slice, ...]]:
+    """The step-1 bounding box of ``index`` and the steps to apply to it afterwards.
+
+    >>> box_of((slice(0, 10, 2), slice(None)), (10, 3))
+    ([(0, 9), (0, 3)], (slice(None, None, 2), slice(None, None, None)))
+    """
+    box, steps = [], []
+    for sl, n in zip(index, shape):
+        start, stop, step = sl.indices(n)
+        count = max(0, -(-(stop - start) // step))
+        last = start + (count - 1) * step + 1 if count else start
+        box.append((start, last))
+        steps.append(slice(None, None, step) if step != 1 else slice(None))
+    return box, tuple(steps)
+
+
+def contiguous_runs(shape: tuple[int, ...], box: list[tuple[int, int]]) -> tuple[int, list[int]]:
+    """Split a C-order box into runs: (elements per run, element offset of each run).
+
+    >>> contiguous_runs((4, 5), [(1, 3), (0, 5)])
+    (10, [5])
+    """
+    ndim = len(shape)
+    k = ndim  # first axis from which everything after is whole
+    while k > 0 and box[k - 1] == (0, shape[k - 1]):
+        k -= 1
+    if k == 0:
+        return math.prod(shape), [0]
+    strides = [math.prod(shape[i + 1 :]) for i in range(ndim)]
+    run = (box[k - 1][1] - box[k - 1][0]) * strides[k - 1]
+    outer_axes = list(range(k - 1))
+    offsets = [box[k - 1][0] * strides[k - 1]]
+    for axis in reversed(outer_axes):
+        start, stop = box[axis]
+        offsets = [o + i * strides[axis] for i in range(start, stop) for o in offsets]
+    return run, sorted(offsets)
+
+
+@dataclass(frozen=True)
+class ChunkPiece:
+    """Where a step-1 box meets one chunk: the chunk's grid coordinates, the selection inside
+    the chunk, and where that lies in the box."""
+
+    coords: tuple[int, ...]
+    inner: tuple[slice, ...]
+    outer: tuple[slice, ...]
+
+    @property
+    def inner_box(self) -> list[tuple[int, int]]:
+        return [(s.start, s.stop) for s in self.inner]
+
+
+def chunk_pieces(bounds: list[tuple[int, int]], chunks: tuple[int, ...]) -> Iterator[ChunkPiece]:
+    """Cut the step-1 box ``bounds`` ((start, stop) per axis) into per-chunk pieces, in C order.
+
+    >>> [p.coords for p in chunk_pieces([(2, 6)], (4,))]
+    [(0,), (1,)]
+    """
+    grids = [range(start // c, (stop - 1) // c + 1) for (start, stop), c in zip(bounds, chunks)]
+    for coords in itertools.product(*grids):
+        low = [g * c for g, c in zip(coords, chunks)]
+        inside = [(max(start, lo), min(stop, lo + c)) for (start, stop), lo, c in zip(bounds, low, chunks)]
+        inner = tuple(slice(a - lo, b - lo) for (a, b), lo in zip(inside, low))
+        outer = tuple(slice(a - start, b - start) for (a, b), (start, _) in zip(inside, bounds))
+        yield ChunkPiece(tuple(coords), inner, outer)
+
+
+def drop_pages(mapping: mmap.mmap, start: int, stop: int) -> None:
+    """Drop the pages wholly inside bytes ``start``-``stop`` of a read-only map from this
+    process's memory (they stay in the page cache), so that resident memory follows the
+    block being computed, not the file."""
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, stop // page * page
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def reserve_space(fd: int, total: int, name: str) -> bool:
+    """Claim ``total`` bytes of disk for an output now, so that a full disk fails before any
+    computing (and writes land in claimed space, not a sparse file). False where the file
+    system cannot claim space ahead; a full disk is a one-line error."""
+    try:
+        os.posix_fallocate(fd, 0, total)
+        return True
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise WriteError(
+                f"cannot write {total} bytes to {name}: no space left on the device; "
+                "free some space or write elsewhere"
+            ) from None
+        return False
+
+
+def read_all(fd: int, view: memoryview, position: int, name: str) -> None:
+    """Fill ``view`` from byte ``position`` of ``fd``; a short file is a one-line error."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], position + done)
+        if got <= 0:
+            raise FormatError(
+                f"expected {len(view)} bytes of {name} at byte {position}, found the end of the file after "
+                f"{done}; the file is truncated, write it again"
+            )
+        done += got
+
+
+def write_all(fd: int, view: memoryview, position: int, name: str) -> None:
+    """Write all of ``view`` at byte ``position`` of ``fd``; a refusal is a one-line error."""
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwritev(fd, [view[done:]], position + done)
+        except OSError as exc:
+            raise WriteError(
+                f"cannot write {name}: the file system refused it ({exc.strerror}); "
+                "free some space, check permissions or write elsewhere"
+            ) from None
+
+
+def transfer_runs(
+    fd: int,
+    start: int,
+    shape: tuple[int, ...],
+    box: list[tuple[int, int]],
+    data: np.ndarray,
+    *,
+    write: bool,
+    name: str,
+) -> None:
+    """Move the step-1 ``box`` of a C-order array of ``shape`` stored from byte ``start`` of
+    ``fd`` between the file and ``data`` (C-contiguous, the box's shape), run by run."""
+    itemsize = data.dtype.itemsize
+    run, offsets = contiguous_runs(shape, box)
+    view = data.reshape(-1).view(np.uint8).data
+    step = run * itemsize
+    move = write_all if write else read_all
+    for i, offset in enumerate(offsets):
+        move(fd, view[i * step : (i + 1) * step], start + offset * itemsize, name)
+
+
+# A chunk a box meets: its byte offset (None: never written), the box inside the chunk, and
+# where that lies in the box.
+Piece = tuple[int | None, list[tuple[int, int]], tuple[slice, ...]]
+
+
+class RawChunks:
+    """A C-order array stored as C-order chunks (edge chunks at full size) in one file.
+
+    ``offsets`` maps each chunk's grid coordinates to the byte offset of its first element;
+    a chunk missing from it was never written and reads as ``fill``. A contiguous array is
+    one chunk the size of the array.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        offsets: dict[tuple[int, ...], int],
+        fill: object = 0,
+    ) -> None:
+        self.fd, self.name = fd, name
+        self.shape, self.dtype, self.chunks = shape, np.dtype(dtype), chunks
+        self.offsets, self.fill = offsets, fill
+        # A read-only map of the whole file, set by readers: a box whose bytes are one run
+        # in the file is then a view of it, with no copy (as for .npy files).
+        self.mapping: mmap.mmap | None = None
+
+    def check_inside(self, size: int) -> None:
+        """Refuse a layout whose chunks reach past ``size`` bytes (a truncated or lying file)."""
+        chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
+        for coords, offset in self.offsets.items():
+            if offset < 0 or offset + chunk_bytes > size:
+                raise FormatError(
+                    f"expected the data of {self.name} chunk {coords} at bytes {offset}-{offset + chunk_bytes}, "
+                    f"found a file of {size} bytes; the file is truncated or damaged, write it again"
+                )
+
+    def reserve(self) -> None:
+        """Claim the disk space of every chunk now (writers): a full disk fails before any
+        computing, and writes into claimed space are faster than into a sparse file."""
+        end = max(self.offsets.values(), default=0) + math.prod(self.chunks) * self.dtype.itemsize
+        reserve_space(self.fd, end, self.name)
+
+    def _pieces(self, index: tuple[slice, ...]) -> list[Piece]:
+        """For each chunk a step-1 box meets: its byte offset (None: never written), the box
+        inside the chunk, and where that lies in the box."""
+        bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
+        return [
+            (self.offsets.get(piece.coords), piece.inner_box, piece.outer)
+            for piece in chunk_pieces(bounds, self.chunks)
+        ]
+
+    def _extents(self, index: tuple[slice, ...]) -> tuple[int, ...]:
+        return tuple(len(range(*sl.indices(n))) for sl, n in zip(index, self.shape))
+
+    def _one_run(self, pieces: list[Piece], extents: tuple[int, ...]) -> tuple[int, int] | None:
+        """(first byte, bytes) when a box cut into ``pieces`` is one run of bytes in the file,
+        in order."""
+        if not math.prod(extents):
+            return None
+        done, first = 0, -1
+        for offset, local, target in pieces:
+            run, starts = contiguous_runs(self.chunks, local)
+            size = math.prod(b - a for a, b in local)
+            if offset is None or len(starts) != 1 or run != size:
+                return None
+            # This piece must start where the last one ended, in the box and in the file.
+            position = offset + starts[0] * self.dtype.itemsize
+            at = int(np.ravel_multi_index(tuple(t.start for t in target), extents))
+            if at != done or (first >= 0 and position != first + done * self.dtype.itemsize):
+                return None
+            first = position if first < 0 else first
+            done += size
+        return first, done * self.dtype.itemsize
+
+    def release(self, index: tuple[slice, ...]) -> None:
+        """Drop the mapped pages of a box read as a view (they stay in the page cache)."""
+        if self.mapping is None:
+            return
+        span = self._one_run(self._pieces(index), self._extents(index))
+        if span is not None:
+            drop_pages(self.mapping, span[0], span[0] + span[1])
+
+    def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The step-1 box ``index``: a view of the map where its bytes are one run, else a
+        new array."""
+        extents = self._extents(index)
+        pieces = self._pieces(index)
+        span = self._one_run(pieces, extents) if self.mapping is not None else None
+        if span is not None:
+            return np.ndarray(extents, dtype=self.dtype, buffer=self.mapping, offset=span[0])
+        out = np.empty(extents, self.dtype)
+        if out.size == 0:
+            return out
+        for offset, local, target in pieces:
+            part = out[target]
+            if offset is None:
+                part[...] = self.fill
+                continue
+            direct = part.flags.c_contiguous
+            buffer = part if direct else np.empty(part.shape, self.dtype)
+            self._transfer(offset, local, buffer, write=False)
+            if not direct:
+                part[...] = buffer
+        return out
+
+    def write_box(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write ``block`` at the step-1 box ``index`` (every chunk it meets must exist)."""
+        for offset, local, target in self._pieces(index):
+            if offset is None:
+                raise WriteError(f"cannot write {self.name}: chunk space was not reserved")
+            self._transfer(offset, local, np.ascontiguousarray(block[target], dtype=self.dtype), write=True)
+
+    def _transfer(self, offset: int, local: list[tuple[int, int]], data: np.ndarray, write: bool) -> None:
+        transfer_runs(self.fd, offset, self.chunks, local, data, write=write, name=self.name)
