@@ -11,7 +11,8 @@ from pwconv import __version__
 
 app = typer.Typer(
     name="pwconv",
-    help="Apply 1x1 (pointwise) convolutions to tensors in .npy, .h5 and .zarr files.",
+    help="Apply 1x1 (pointwise) convolutions to the channels of tensors in files: arrays, rasters, "
+    "images, NetCDF cubes, with filters from any model or bank file.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -44,8 +45,13 @@ def main() -> None:
     """Console-script entry point."""
     from pwconv.cli import apply, batch, explain, fit, info
 
-    for command in (apply.apply, batch.batch, explain.explain, info.info):
-        app.command()(command)
+    for module, command in (
+        (apply, apply.apply),
+        (batch, batch.batch),
+        (explain, explain.explain),
+        (info, info.info),
+    ):
+        app.command(epilog=module.EXAMPLES)(command)
     app.add_typer(fit.fit_app)
     signal.signal(signal.SIGTERM, _on_sigterm)
     app(prog_name="pwconv")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import Progress, emit_json, guarded, print_rows, report_lines
+from pwconv.cli.output import Progress, emit_json, examples, guarded, print_rows, report_lines
 from pwconv.errors import UsageError
 
 
@@ -24,15 +24,19 @@ def check_stdout_use(output: str, json_report: bool) -> None:
         )
 
 
+EXAMPLES = examples(
+    [
+        "python -m pwconv apply input.npy weights.npy -o out.npy",
+        'python -m pwconv apply scene.tif "1,0,0,-1" --dtype float32 -o index.tif',
+    ]
+)
+
+
 @guarded
 def apply(
-    input: Annotated[str, typer.Argument(help="Input tensor: .npy, .h5[:/dataset], .zarr or - (stdin).")],
-    weights: Annotated[
-        str, typer.Argument(help="Filter bank: a file, or a literal such as '2,3' or '1,0;0,1'.")
-    ],
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="Output: .npy, .h5[:/dataset], .zarr or - (stdout).")
-    ],
+    input: Annotated[str, typer.Argument(help=o.INPUT_HELP)],
+    weights: Annotated[str, typer.Argument(help=o.WEIGHTS_HELP)],
+    output: Annotated[str, typer.Option("--output", "-o", help=o.OUTPUT_HELP)],
     layout: o.LayoutOpt = o.LAYOUT,
     weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
     bias: o.BiasOpt = None,

@@ -9,14 +9,21 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, guarded, say, seconds_text, shape_text
+from pwconv.cli.output import emit_json, examples, guarded, say, seconds_text, shape_text
+
+EXAMPLES = examples(
+    [
+        "python -m pwconv batch pca.npz scenes/ --out-dir projected",
+        'python -m pwconv batch "0.299,0.587,0.114" photos/*.png --out-dir grey --jobs 2',
+    ]
+)
 
 
 @guarded
 def batch(
     weights: Annotated[str, typer.Argument(help="Filter bank: a file or a literal, loaded once.")],
     inputs: Annotated[
-        list[str], typer.Argument(help="Input files (.npy, .h5[:/dataset]) or folders to walk.")
+        list[str], typer.Argument(help=f"Input files, or folders to walk for {o.WRITES} files.")
     ],
     out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the outputs (created if missing).")],
     suffix: Annotated[

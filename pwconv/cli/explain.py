@@ -8,12 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, error, guarded
+from pwconv.cli.output import emit_json, error, examples, guarded
+
+EXAMPLES = examples(
+    [
+        "python -m pwconv explain input.npy weights.npy --at 3,4",
+        'python -m pwconv explain chw.npy "2,3" --layout CHW --at 1,1',
+    ]
+)
 
 
 @guarded
 def explain(
-    input: Annotated[str, typer.Argument(help="Input tensor: .npy, .h5[:/dataset], .zarr or - (stdin).")],
+    input: Annotated[str, typer.Argument(help=o.INPUT_HELP)],
     weights: Annotated[str, typer.Argument(help="Filter bank: a file or a literal such as '2,3'.")],
     at: Annotated[
         Optional[str],

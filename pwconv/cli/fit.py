@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, guarded, print_rows, seconds_text
+from pwconv.cli.output import emit_json, examples, guarded, print_rows, seconds_text
 
 fit_app = typer.Typer(
     name="fit",
@@ -19,9 +19,7 @@ fit_app = typer.Typer(
 
 BankOpt = Annotated[
     str,
-    typer.Option(
-        "--output", "-o", help="Filter-bank file: .npz, .safetensors, .h5 or .npy (+ NAME.bias.npy)."
-    ),
+    typer.Option("--output", "-o", help=o.BANK_HELP),
 ]
 NodataOpt = Annotated[
     str,
@@ -76,7 +74,15 @@ def _report(doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
     print_rows(rows, quiet=quiet)
 
 
-@fit_app.command("pca")
+@fit_app.command(
+    "pca",
+    epilog=examples(
+        [
+            "python -m pwconv fit pca cube.npy -k 3 -o pca.npz",
+            "python -m pwconv fit pca scene.tif -k 0.99 --whiten -o white.npz",
+        ]
+    ),
+)
 @guarded
 def fit_pca(
     inputs: Annotated[
@@ -102,7 +108,15 @@ def fit_pca(
     _report(run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
 
 
-@fit_app.command("lstsq")
+@fit_app.command(
+    "lstsq",
+    epilog=examples(
+        [
+            "python -m pwconv fit lstsq rgb.npy xyz.npy -o rgb_to_xyz.npz",
+            "python -m pwconv fit lstsq bands.tif reference.tif --ridge 1e-3 -o calib.npz",
+        ]
+    ),
+)
 @guarded
 def fit_lstsq(
     input: Annotated[str, typer.Argument(help="Input tensor (C channels).")],

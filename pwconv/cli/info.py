@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, error, guarded, print_rows, shape_text
+from pwconv.cli.output import emit_json, error, examples, guarded, print_rows, shape_text
 
 
 def _size_text(n: float) -> str:
@@ -31,9 +31,12 @@ def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, st
     ]
 
 
+EXAMPLES = examples(["python -m pwconv info input.npy", "python -m pwconv info model.pt --channels 192"])
+
+
 @guarded
 def info(
-    files: Annotated[list[str], typer.Argument(help="Files to describe (.npy, .h5[:/dataset], .zarr).")],
+    files: Annotated[list[str], typer.Argument(help=f"Files to describe: {o.READS}, {o.MODELS}.")],
     dataset: o.DatasetOpt = None,
     channels: Annotated[
         Optional[int],

@@ -10,7 +10,26 @@ from typing import Annotated, Optional
 
 import typer
 
+from pwconv.io.registry import FORMATS, bank_suffixes, formats_text
 from pwconv.jobs.options import DEFAULT_MAX_MEMORY
+
+# Help texts that list formats come from the registry, so they name what really reads and writes.
+READS = formats_text()
+WRITES = formats_text(writable=True)
+MODELS = formats_text("model")
+INPUT_HELP = f"Input tensor: {READS} (FILE:NAME picks an array inside a container), or - (npy on stdin)."
+OUTPUT_HELP = f"Output: {WRITES} (FILE.h5:NAME adds a dataset to a file), or - (npy on stdout)."
+WEIGHTS_HELP = (
+    f"Filter bank: a data file, a model file ({MODELS}; FILE:NAME picks a tensor), "
+    "or a literal such as '2,3' or '1,0;0,1'."
+)
+BANK_HELP = f"Filter-bank file: {bank_suffixes()} (an .npy bank keeps its bias in NAME.bias.npy)."
+_COMPRESSIONS = "; ".join(f"{'|'.join(f.compressions)} ({f.title})" for f in FORMATS if f.compressions)
+_FORMAT_OPTIONS = ", ".join(
+    f"{f.title} ({'GDAL creation options' if '*' in f.options else ', '.join(f.options)})"
+    for f in FORMATS
+    if f.options
+)
 
 LayoutOpt = Annotated[
     str,
@@ -45,9 +64,7 @@ MaxMemoryOpt = Annotated[
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 CompressionOpt = Annotated[
     Optional[str],
-    typer.Option(
-        "--compression", help="Output compression: gzip, lzf (HDF5), zstd, gzip (Zarr) or none (the default)."
-    ),
+    typer.Option("--compression", help=f"Output compression: {_COMPRESSIONS}; or none (the default)."),
 ]
 ChunksOpt = Annotated[
     str, typer.Option("--chunks", help="HDF5/Zarr output chunks: auto, none or sizes like 1,64,64,16.")
@@ -84,8 +101,8 @@ FormatOptionsOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--co",
-        help="An option of the output format, KEY=VALUE (repeatable), checked by that format: GDAL "
-        "creation options for rasters (COMPRESS=LZW), quality=90 for JPEG/WebP.",
+        help=f"An option of the output format, KEY=VALUE (repeatable), checked by that format: {_FORMAT_OPTIONS}; "
+        "e.g. COMPRESS=LZW for a GeoTIFF, quality=90 for a JPEG.",
     ),
 ]
 

@@ -12,6 +12,18 @@ from typing import Any, NoReturn
 from pwconv.errors import PwconvError
 
 
+def examples(commands: list[str]) -> str:
+    """A command's help epilog: its examples, kept on their own lines.
+
+    >>> print(examples(["python -m pwconv info x.npy"]))
+    Examples:
+    <BLANKLINE>
+    \b
+      python -m pwconv info x.npy
+    """
+    return "Examples:\n\n\b\n" + "\n".join(f"  {command}" for command in commands)
+
+
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 

@@ -190,17 +190,26 @@ def _bank_for(
         ) from None
 
 
+def output_dtype(value: object) -> np.dtype:
+    """A requested output dtype, checked: a numpy name of a numeric type.
+
+    >>> output_dtype("float32")
+    dtype('float32')
+    """
+    try:
+        found = np.dtype(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise UsageError(f"expected a numpy dtype name such as float32, found {value!r}") from None
+    if found.kind not in "iufc":
+        raise UsageError(f"expected a numeric output dtype, found {found}")
+    return found
+
+
 def _output_dtype(x_dtype: np.dtype, bank: FilterBank, dtype: np.dtype | type | str | None) -> np.dtype:
     if dtype is None:
         out_dtype = np.result_type(x_dtype, bank.matrix.dtype)
         return np.dtype(np.int64) if out_dtype.kind in "biu" else out_dtype
-    try:
-        out_dtype = np.dtype(dtype)
-    except TypeError:
-        raise UsageError(f"expected a numpy dtype name such as float32, found {dtype!r}") from None
-    if out_dtype.kind not in "iufc":
-        raise UsageError(f"expected a numeric output dtype, found {out_dtype}")
-    return out_dtype
+    return output_dtype(dtype)
 
 
 def plan_for(

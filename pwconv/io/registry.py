@@ -164,9 +164,20 @@ def bank_suffixes() -> str:
 
 
 def formats_text(family: str = "data", *, writable: bool = False) -> str:
-    """The formats of a family as help texts name them: ``npy, HDF5 (.h5), Zarr (.zarr), ...``."""
-    rows = [f for f in FORMATS if f.family == family and (f.writes if writable else True)]
-    return ", ".join(f"{f.title} ({'/'.join(f.writes if writable else f.suffixes)})" for f in rows)
+    """The suffixes of a family's formats, one group a format, as help texts list them.
+
+    >>> formats_text("model")
+    '.keras/.weights.h5, .npz, .safetensors, .pt/.pth/.bin, .onnx'
+    """
+    listed: set[str] = set()
+    groups = []
+    for row in FORMATS:
+        if row.family == family:
+            new = [s for s in (row.writes if writable else row.suffixes) if s not in listed]
+            listed.update(new)
+            if new:
+                groups.append("/".join(new))
+    return ", ".join(groups)
 
 
 def backend_of(spec: Spec) -> Backend:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pwconv import __version__
-from pwconv.core.conv import ConvPlan, Nodata, plan_for
+from pwconv.core.conv import ConvPlan, Nodata, output_dtype, plan_for
 from pwconv.core.filters import literal_dtype
 from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
@@ -51,7 +51,7 @@ def make_plan(
         return plan_for(source.shape, source.dtype, weights.filters.array, bias, conv)
 
     plan = plan_with(None)
-    target = None if dtype is None else _dtype(dtype)
+    target = None if dtype is None else output_dtype(dtype)
     saturate_to = None
     if target is not None and target.kind in "iu" and target != plan.out_dtype:
         saturate_to = target  # computed in the natural type, then rounded and clipped
@@ -75,16 +75,6 @@ def _check_plan(plan: ConvPlan, options: ApplyOptions, saturate_to: np.dtype | N
         raise UsageError(
             f"expected real results for {saturate_to} output, found {plan.out_dtype}; drop [[dtype]]"
         )
-
-
-def _dtype(value: Any) -> np.dtype:
-    try:
-        found = np.dtype(value)
-    except TypeError:
-        raise UsageError(f"expected a numpy dtype name such as float32, found {value!r}") from None
-    if found.kind not in "iufc":
-        raise UsageError(f"expected a numeric output dtype, found {found}")
-    return found
 
 
 def resolve_nodata(options: ApplyOptions, source: Source, out_dtype: np.dtype) -> Nodata | None:

@@ -130,6 +130,67 @@ def _tolerance(plan: ConvPlan, terms: list[tuple[Any, Any]], bias: Any) -> float
     return 4 * compute_eps * math.sqrt(len(terms) + 1) * magnitude + out_eps * magnitude
 
 
+def _pixel_of(line: np.ndarray, axis: int, offset: int) -> tuple[Any, ...]:
+    """The index of the explained pixel's channel vector inside the line read around it."""
+    pixel_at: list[Any] = [0] * line.ndim
+    axes = [a for a in range(line.ndim) if a != axis]
+    if axes:
+        pixel_at[axes[-1]] = offset
+    pixel_at[axis] = slice(None)
+    return tuple(pixel_at)
+
+
+def _filter_doc(plan: ConvPlan, pixel: np.ndarray, fast: np.ndarray, k: int) -> dict[str, Any]:
+    """Filter ``k`` at the pixel, term by term, against the fast path's value."""
+    terms = pixel_terms(plan, pixel, k)
+    bias = plan.bias[k].item() if plan.bias is not None else None
+    total = pixel_value(plan, pixel, k)
+    fast_value = fast[k].item()
+    difference = abs(fast_value - total)
+    tolerance = _tolerance(plan, terms, bias)
+    ok = difference <= tolerance or (isinstance(total, float) and not math.isfinite(total))
+    group = k // (plan.out_channels // plan.groups)
+    cg = plan.filters.shape[1]
+    return {
+        "filter": k,
+        "group": group,
+        "channels": [group * cg, (group + 1) * cg],
+        "terms": [[_number(v), _number(w), _number(v * w)] for v, w in terms],
+        "bias": _number(bias),
+        "sum": _number(total),
+        "fast_path": _number(fast_value),
+        "difference": _number(difference),
+        "tolerance": tolerance,
+        "ok": bool(ok),
+    }
+
+
+def _matrix_doc(plan: ConvPlan) -> dict[str, Any]:
+    """The whole run as one matrix product: its sizes and costs."""
+    return {
+        "pixels": plan.pixels,
+        "channels": plan.in_channels,
+        "filters": plan.out_channels,
+        "groups": plan.groups,
+        "multiply_adds": plan.pixels * plan.out_channels * plan.filters.shape[1],
+        "flops": plan.flops,
+        "bytes": {
+            "input": math.prod(plan.in_shape) * plan.in_dtype.itemsize,
+            "weights": plan.bank.matrix.nbytes,
+            "output": math.prod(plan.out_shape) * plan.out_dtype.itemsize,
+        },
+    }
+
+
+def _chosen_filters(plan: ConvPlan, text: str | None) -> list[int]:
+    k_total = plan.out_channels
+    chosen = _parse_list(text, "--filters") if text else list(range(min(k_total, 4)))
+    for k in chosen:
+        if not 0 <= k < k_total:
+            raise UsageError(f"expected --filters between 0 and {k_total - 1}, found {k}")
+    return chosen
+
+
 def explain(request: ExplainRequest) -> dict[str, Any]:
     """The explanation as a JSON-ready document (see :func:`render_text` for the text form)."""
     if request.max_terms < 2:
@@ -146,55 +207,16 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     finally:
         source.close()
     axis = plan.channel_axis
-    fast_line = compute_block(plan, line)
-    pixel_at = [0] * line.ndim
-    axes = [a for a in range(line.ndim) if a != axis]
-    if axes:
-        pixel_at[axes[-1]] = offset
-    pixel_at[axis] = slice(None)  # type: ignore[call-overload]
-    pixel = line[tuple(pixel_at)].reshape(-1)
-    fast = fast_line[tuple(pixel_at)].reshape(-1)
-    is_nodata = bool(nodata is not None and nodata.mask(pixel.reshape(1, -1), 1)[0])
-
-    k_total = plan.out_channels
-    chosen = _parse_list(request.filters, "--filters") if request.filters else list(range(min(k_total, 4)))
-    for k in chosen:
-        if not 0 <= k < k_total:
-            raise UsageError(f"expected --filters between 0 and {k_total - 1}, found {k}")
+    where = _pixel_of(line, axis, offset)
+    pixel = line[where].reshape(-1)
+    fast = compute_block(plan, line)[where].reshape(-1)
+    chosen = _chosen_filters(plan, request.filters)
+    filters_doc = [_filter_doc(plan, pixel, fast, k) for k in chosen]
     names = axis_names(plan)
-    filters_doc = []
-    for k in chosen:
-        terms = pixel_terms(plan, pixel, k)
-        bias = plan.bias[k].item() if plan.bias is not None else None
-        total = pixel_value(plan, pixel, k)
-        fast_value = fast[k].item()
-        difference = abs(fast_value - total)
-        tolerance = _tolerance(plan, terms, bias)
-        ok = difference <= tolerance or (isinstance(total, float) and not math.isfinite(total))
-        group = k // (k_total // plan.groups)
-        cg = plan.filters.shape[1]
-        filters_doc.append(
-            {
-                "filter": k,
-                "group": group,
-                "channels": [group * cg, (group + 1) * cg],
-                "terms": [[_number(v), _number(w), _number(v * w)] for v, w in terms],
-                "bias": _number(bias),
-                "sum": _number(total),
-                "fast_path": _number(fast_value),
-                "difference": _number(difference),
-                "tolerance": tolerance,
-                "ok": bool(ok),
-            }
-        )
     out_positions = [a for a in range(len(plan.out_shape)) if a != axis]
     in_coords = [
         c * plan.stride if a in plan.layout.spatial_axes else c for a, c in zip(out_positions, coords)
     ]
-    pixels = plan.pixels
-    c, k = plan.in_channels, plan.out_channels
-    in_bytes = math.prod(plan.in_shape) * plan.in_dtype.itemsize
-    out_bytes = math.prod(plan.out_shape) * plan.out_dtype.itemsize
     return {
         "input": {**describe_input(spec.text, plan), "axes": names},
         "weights": describe_weights(loaded, plan),
@@ -206,19 +228,11 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
             "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
             "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
             "channels": [_number(v.item()) for v in pixel],
-            "nodata": is_nodata,
+            "nodata": bool(nodata is not None and nodata.mask(pixel.reshape(1, -1), 1)[0]),
         },
         "results": filters_doc,
-        "filters_not_shown": k_total - len(chosen),
-        "matrix": {
-            "pixels": pixels,
-            "channels": c,
-            "filters": k,
-            "groups": plan.groups,
-            "multiply_adds": pixels * k * plan.filters.shape[1],
-            "flops": plan.flops,
-            "bytes": {"input": in_bytes, "weights": plan.bank.matrix.nbytes, "output": out_bytes},
-        },
+        "filters_not_shown": plan.out_channels - len(chosen),
+        "matrix": _matrix_doc(plan),
         "ok": all(item["ok"] for item in filters_doc),
     }
 
