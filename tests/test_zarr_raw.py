@@ -150,3 +150,50 @@ def test_a_whole_chunk_is_a_read_only_map_of_its_file(tmp_path):
             source.read((slice(4, 6), slice(0, 10), slice(0, 6)))
     finally:
         source.close()
+
+
+def test_an_unknown_metadata_field_is_refused_unless_it_may_be_ignored(tmp_path):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), compressors=None, zarr_format=3)
+    meta = json.loads((store / "zarr.json").read_text())
+    (store / "zarr.json").write_text(json.dumps({**meta, "my_extension": {"must_understand": False}}))
+    assert zarr_store.read_raw_metadata(str(store)) is not None  # marked as ignorable: read
+    (store / "zarr.json").write_text(json.dumps({**meta, "my_extension": {"level": 3}}))
+    with pytest.raises(FormatError, match="my_extension"):
+        zarr_store.read_raw_metadata(str(store))
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.zarr", "w.npy", "-o", "y.npy", cwd=tmp_path)
+    assert proc.returncode == 2 and "my_extension" in proc.stderr and not (tmp_path / "y.npy").exists()
+
+
+def test_big_endian_chunks_are_never_mapped_as_little_endian(tmp_path):
+    store = tmp_path / "x.zarr"
+    zarr.create_array(
+        store=str(store),
+        data=DATA,
+        chunks=(2, 10, 6),
+        serializer=zarr.codecs.BytesCodec(endian="big"),
+        compressors=None,
+        zarr_format=3,
+    )
+    assert json.loads((store / "zarr.json").read_text())["codecs"][0]["configuration"]["endian"] == "big"
+    data, source = _read_all(store)
+    assert source.description.reader == "zarr"
+    np.testing.assert_array_equal(data, DATA)
+
+
+def test_arrays_nested_in_groups_are_listed_and_read_by_path(tmp_path):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("top", data=DATA, chunks=(2, 10, 6), compressors=None)
+    group.create_group("sub").create_array("deep", data=DATA * 2, chunks=(7, 10, 6), compressors=None)
+    proc = run_cli("info", "g.zarr", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [item["path"] for item in json.loads(proc.stdout)] == ["g.zarr:sub/deep", "g.zarr:top"]
+    source = open_source(parse_spec(str(tmp_path / "g.zarr:sub/deep")))
+    try:
+        assert source.description.reader == "chunk files"  # a group's member is read without zarr too
+        np.testing.assert_array_equal(source.read((slice(0, 7), slice(0, 10), slice(0, 6))), DATA * 2)
+    finally:
+        source.close()
+    with pytest.raises(Exception, match="closest"):
+        open_source(parse_spec(str(tmp_path / "g.zarr:sub/../top")))

@@ -41,10 +41,25 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _quiet_libraries() -> None:
+    """Libraries' log records and Python warnings never reach stderr as extra lines: every
+    failure is reported once, in pwconv's own line (PWCONV_DEBUG=1 shows them)."""
+    import os
+
+    if os.environ.get("PWCONV_DEBUG"):
+        return
+    import logging
+    import warnings
+
+    logging.getLogger().addHandler(logging.NullHandler())  # instead of logging's last resort, stderr
+    warnings.simplefilter("ignore")
+
+
 def main() -> None:
     """Console-script entry point."""
     from pwconv.cli import apply, batch, explain, fit, info
 
+    _quiet_libraries()
     for module, command in (
         (apply, apply.apply),
         (batch, batch.batch),

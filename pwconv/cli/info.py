@@ -72,6 +72,7 @@ def info(
                     ),
                     ("layout", f"probably {array['layout_guess']}"),
                     ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
+                    ("read by", array["reader"]),
                     *_bank_row(array, channels),
                 ]
             )

@@ -46,6 +46,7 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
             "bytes": math.prod(shape) * dtype.itemsize,
             "layout_guess": guess_layout(shape),
             "storage": source.storage(),
+            "reader": source.description.reader,  # which code path reads the data
         }
     finally:
         source.close()

@@ -124,7 +124,8 @@ class RasterSource(Source):
             return np.empty((len(rows), len(cols), self.shape[2]), self.dtype)
         window = Window(cols.start, rows.start, cols[-1] - cols.start + 1, rows[-1] - rows.start + 1)
         try:
-            data = self._ds.read(window=window)
+            with _rasterio().Env():  # GDAL's messages go to logging, not straight to stderr
+                data = self._ds.read(window=window)
         except Exception as exc:  # noqa: BLE001
             raise FormatError(f"cannot read {self.path!r}: its data is damaged ({first_line(exc)})") from None
         block = np.moveaxis(data, 0, -1)[:: rows.step, :: cols.step]
@@ -202,7 +203,8 @@ class RasterSink(FileSink):
         rows, cols = index[0], index[1]
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         try:
-            self._ds.write(np.moveaxis(block, -1, 0), window=window)
+            with _rasterio().Env():  # GDAL's messages go to logging, not straight to stderr
+                self._ds.write(np.moveaxis(block, -1, 0), window=window)
         except Exception as exc:  # noqa: BLE001
             raise write_failure(self.target, exc) from None
 

@@ -296,6 +296,8 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
         if name not in ("default", "v2") or separator not in ("/", "."):
             return None
         fill = _fill_value(meta, dtype)
+    except FormatError:
+        raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
     if fill is None:
@@ -453,12 +455,18 @@ class ZarrChunkWriter:
             _zarr().open_array(self.folder, mode="r+")[index] = block
             return
         for piece in chunk_pieces(bounds, files.chunks):
+            where = tuple(
+                slice(start + p.start, start + p.stop) for p, (start, _) in zip(piece.outer, bounds)
+            )
+            path = files.chunk_file(where)
+            if path is None:  # part of a chunk: zarr reads, merges and writes it
+                _zarr().open_array(self.folder, mode="r+")[where] = block[piece.outer]
+                continue
             data = np.ascontiguousarray(block[piece.outer], dtype=files.dtype)
             if data.shape != files.chunks:  # edge chunks are stored at full size
                 full = np.full(files.chunks, files.meta.fill, dtype=data.dtype)
                 full[tuple(slice(0, e) for e in data.shape)] = data
                 data = full
-            path = files.chunk_path(piece.coords)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             data.tofile(path)
 
