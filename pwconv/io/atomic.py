@@ -7,10 +7,11 @@ format's writer only says how to finish and how to close after a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pwconv.errors import OutputExistsError, PwconvError, UsageError, WriteError
@@ -122,6 +123,23 @@ def write_failure(target: str, exc: BaseException) -> WriteError:
     return WriteError(
         f"cannot write {target!r}: {reason}; free some space, check permissions or write elsewhere"
     )
+
+
+@contextlib.contextmanager
+def setting_up(sink: Sink, target: str) -> Iterator[None]:
+    """Around a writer's set-up: on any failure the sink is aborted (nothing is left behind),
+    and a library's or the file system's refusal becomes the one-line write error."""
+    try:
+        yield
+    except PwconvError:
+        sink.abort()
+        raise
+    except Exception as exc:  # noqa: BLE001 - libraries raise their own types for a full disk
+        sink.abort()
+        raise write_failure(target, exc) from None
+    except BaseException:
+        sink.abort()
+        raise
 
 
 class FileSink(Sink):

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, OutputExistsError, PwconvError
-from pwconv.io.atomic import FileSink, check_output_path, write_atomically, write_failure
+from pwconv.errors import FormatError, OutputExistsError
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name
@@ -213,7 +213,7 @@ class H5Sink(FileSink):
         self._file: Any = None
         self._raw: RawChunks | None = None
         direct = not request.compression and raw_paths_enabled()
-        try:
+        with setting_up(self, f"{path}:{self.dataset}"):
             self._file = _open_file(self.temp.path, "w")
             self._ds = self._file.create_dataset(
                 self.dataset, shape=request.shape, dtype=np.dtype(request.dtype),
@@ -227,15 +227,6 @@ class H5Sink(FileSink):
                 self._file = None
                 self._raw.fd = os.open(self.temp.path, os.O_WRONLY)
                 self._raw.reserve()
-        except PwconvError:
-            self.abort()
-            raise
-        except (OSError, ValueError, TypeError) as exc:
-            self.abort()
-            raise write_failure(f"{path}:{self.dataset}", exc) from None
-        except BaseException:
-            self.abort()
-            raise
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size and self._raw is not None:
@@ -270,7 +261,7 @@ class H5MemberSink(Sink):
         self.path, self.dataset = path, dataset
         self._name = f"{dataset.rstrip('/')}.pwconv-part"
         self._file: Any = _open_file(path, "r+")
-        try:
+        with setting_up(self, f"{path}:{dataset}"):
             if self._file.get(dataset) is not None and not request.overwrite:
                 raise OutputExistsError(
                     f"dataset {dataset!r} exists in {path!r}; pass [[overwrite!]] to replace it, "
@@ -283,12 +274,6 @@ class H5MemberSink(Sink):
                 **_dataset_options(request, direct=False),
             )  # fmt: skip
             self._ds.attrs.update(request.attrs)
-        except PwconvError:
-            self.abort()
-            raise
-        except (OSError, ValueError, TypeError) as exc:
-            self.abort()
-            raise write_failure(f"{path}:{dataset}", exc) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:

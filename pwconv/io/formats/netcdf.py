@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError, require_extra
-from pwconv.io.atomic import FileSink, check_output_path, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name
@@ -147,7 +147,7 @@ class NetcdfSink(FileSink):
         name = variable or (template["variable"] if template else "data")
         super().__init__(path)
         self._file: Any = None
-        try:
+        with setting_up(self, path):
             self._file = h5netcdf.File(self.temp.path, "w")
             self._file.dimensions = dict(zip(dims, shape))
             if template:
@@ -172,9 +172,6 @@ class NetcdfSink(FileSink):
             if template:
                 self._var.attrs.update(template["variable_attrs"])
             self._var.attrs["long_name"] = f"pwconv 1x1 convolution of {request.attrs.get('input', name)}"
-        except (OSError, ValueError, TypeError) as exc:
-            self.abort()
-            raise write_failure(path, exc) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from pwconv.errors import FormatError, InputFileError
-from pwconv.io.atomic import FileSink, check_output_path, write_atomically, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically
 from pwconv.io.checks import check_readable, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.rawio import (
@@ -232,7 +232,7 @@ class NpySink(FileSink):
         super().__init__(path)
         self.shape, self.dtype = shape, np.dtype(dtype)
         self._fd = -1
-        try:
+        with setting_up(self, path):
             self._fd = os.open(self.temp.path, os.O_RDWR)
             header = header_bytes(shape, self.dtype)
             write_all(self._fd, memoryview(header), 0, repr(path))
@@ -240,12 +240,6 @@ class NpySink(FileSink):
             total = self.offset + math.prod(shape) * self.dtype.itemsize
             if not reserve_space(self._fd, total, repr(path)):
                 os.ftruncate(self._fd, total)
-        except OSError as exc:
-            self.abort()
-            raise write_failure(path, exc) from None
-        except BaseException:
-            self.abort()
-            raise
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError, require_extra
-from pwconv.io.atomic import FileSink, check_output_path, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
@@ -162,7 +162,7 @@ class TiffSink(FileSink):
         self._data: np.ndarray | None = None
         self._fd = -1
         self._offset = 0
-        try:
+        with setting_up(self, path):
             if self._compression:
                 self._data = np.zeros(self._stored_shape, dtype)
             else:
@@ -180,9 +180,6 @@ class TiffSink(FileSink):
                 self._offset = int(layout.offset)
                 del layout
                 self._fd = os.open(self.temp.path, os.O_RDWR)
-        except Exception as exc:  # noqa: BLE001
-            self.abort()
-            raise write_failure(path, exc) from None
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         stored = index[: len(self._stored_shape)]

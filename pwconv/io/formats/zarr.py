@@ -18,7 +18,7 @@ import numpy as np
 
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, UsageError, require_extra
-from pwconv.io.atomic import FileSink, check_output_path, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name
@@ -155,7 +155,7 @@ class ZarrSink(FileSink):
         super().__init__(path, folder=True)
         self.shape, self.dtype = shape, np.dtype(dtype)
         chunks = chunks or zarr_chunks(shape, self.dtype, channel_axis % max(len(shape), 1))
-        try:
+        with setting_up(self, path):
             # An uncompressed array is written without zarr: its zarr.json here, whole chunks
             # straight to their files.
             raw = (
@@ -175,9 +175,6 @@ class ZarrSink(FileSink):
                     overwrite=True,
                 )
             self._writer = ZarrChunkWriter(self.temp.path, raw)
-        except BaseException:
-            self.abort()
-            raise
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:
