@@ -93,6 +93,20 @@ class MissingExtraError(PwconvError, ImportError):
     """An optional dependency is not installed."""
 
 
+#: Set by the command line: the log records of libraries loaded for a file go nowhere (every
+#: failure is reported once, in pwconv's own line). ``logging`` is imported only then, so
+#: that a run that loads no such library does not pay for it.
+quiet_library_logs = False
+
+
+def _silence_library_logs() -> None:
+    import logging
+
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())  # instead of logging's last resort: stderr
+
+
 def require_extra(module: str, extra: str, feature: str, *, load: bool = True) -> Any:
     """Import an optional dependency, or raise an error naming the extra that installs it.
 
@@ -103,7 +117,10 @@ def require_extra(module: str, extra: str, feature: str, *, load: bool = True) -
             if importlib.util.find_spec(module) is None:
                 raise ImportError(module)
             return None
-        return importlib.import_module(module)
+        loaded = importlib.import_module(module)
+        if quiet_library_logs:
+            _silence_library_logs()
+        return loaded
     except (ImportError, ValueError):
         raise MissingExtraError(
             f"expected the optional package {module!r} for {feature}, found it not installed; "

@@ -48,10 +48,11 @@ def _quiet_libraries() -> None:
 
     if os.environ.get("PWCONV_DEBUG"):
         return
-    import logging
     import warnings
 
-    logging.getLogger().addHandler(logging.NullHandler())  # instead of logging's last resort, stderr
+    from pwconv import errors
+
+    errors.quiet_library_logs = True  # logging is quieted when a library is loaded
     warnings.simplefilter("ignore")
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from pwconv.core.blocks import plan_blocks
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
 from pwconv.engines.base import Progress, Timings
-from pwconv.engines.workers import Pending, Worker
 from pwconv.io.interface import Sink, Source
 
 # A streamed block costs at most this much (input, conversions and output); larger blocks
@@ -111,6 +110,8 @@ def run(
         if progress:
             progress(1, 1)
         return timings
+
+    from pwconv.engines.workers import Pending, Worker  # threads only for runs of several blocks
 
     reader, writer = Worker(may_block=True), Worker()
     pending_read: Pending[np.ndarray] = reader.submit(load, reads[0])

@@ -15,7 +15,6 @@ from pwconv.core.conv import ConvPlan, Nodata, output_dtype, plan_for
 from pwconv.core.filters import literal_dtype
 from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
-from pwconv.io.adapters import SaturatingSink, SqueezedSink
 from pwconv.io.interface import Sink, SinkRequest, Source
 from pwconv.io.operands import Weights, read_weights
 from pwconv.io.registry import (
@@ -184,6 +183,8 @@ def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: Outpu
         metadata=output.metadata,
     )
     sink: Sink = open_sink(spec, request)
+    if saturate_to is not None or squeeze:
+        from pwconv.io.adapters import SaturatingSink, SqueezedSink  # only for runs that need them
     if saturate_to is not None:
         sink = SaturatingSink(sink, saturate_to)
     return SqueezedSink(sink, axis) if squeeze else sink
