@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, examples, guarded, print_rows, seconds_text
+from pwconv.cli.output import emit_json, examples, guarded, print_rows, program_as_run, seconds_text
 
 fit_app = typer.Typer(
     name="fit",
@@ -24,7 +24,9 @@ BankOpt = Annotated[
 NodataOpt = Annotated[
     str,
     typer.Option(
-        "--nodata", help="A value marking missing pixels (any channel), nan, or none. NaN is always left out."
+        "--nodata",
+        help="Pixels left out: auto (each file's own: GeoTIFF nodata, NetCDF _FillValue), a value in any "
+        "channel, nan or none. NaN is always left out.",
     ),
 ]
 SampleOpt = Annotated[
@@ -41,10 +43,13 @@ def _options(values: dict[str, Any]) -> Any:
         sample=values["sample"],
         max_memory=values["max_memory"],
         overwrite=values["overwrite"],
+        channel_dim=values["channel_dim"],
+        dataset=values["dataset"],
     )
 
 
 def _report(doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
+    doc["apply"] = program_as_run() + doc["apply"].removeprefix("pwconv")
     if json_report:
         emit_json(doc)
         return
@@ -70,7 +75,7 @@ def _report(doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
     rows.append(("bank", f"{', '.join(doc['output'])}  weights {'x'.join(map(str, bank['weights']))} {bank['dtype']}"
                  + (" + bias" if bank["bias"] else "")))  # fmt: skip
     rows.append(("time", seconds_text(doc["seconds"])))
-    rows.append(("apply", doc["apply"]))
+    rows.append(("apply", doc["apply"]))  # written as the program was run
     print_rows(rows, quiet=quiet)
 
 
@@ -95,7 +100,9 @@ def fit_pca(
     ],
     whiten: Annotated[bool, typer.Option("--whiten", help="Scale each component to unit variance.")] = False,
     layout: o.LayoutOpt = o.LAYOUT,
-    nodata: NodataOpt = "none",
+    nodata: NodataOpt = o.NODATA,
+    channel_dim: o.ChannelDimOpt = None,
+    dataset: o.DatasetOpt = None,
     sample: SampleOpt = None,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     overwrite: o.OverwriteOpt = False,
@@ -129,7 +136,9 @@ def fit_lstsq(
         Optional[str],
         typer.Option("--target-layout", help="Where the target's channels are (default: --layout)."),
     ] = None,
-    nodata: NodataOpt = "none",
+    nodata: NodataOpt = o.NODATA,
+    channel_dim: o.ChannelDimOpt = None,
+    dataset: o.DatasetOpt = None,
     sample: SampleOpt = None,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     overwrite: o.OverwriteOpt = False,

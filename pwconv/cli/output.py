@@ -24,6 +24,13 @@ def examples(commands: list[str]) -> str:
     return "Examples:\n\n\b\n" + "\n".join(f"  {command}" for command in commands)
 
 
+def program_as_run() -> str:
+    """How the user started pwconv, for commands printed as hints: ``python -m pwconv`` when
+    run that way (a bare ``pwconv`` may be the system's password-file tool)."""
+    first = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pwconv"
+    return "python -m pwconv" if first in ("__main__.py", "-m", "-c") else first
+
+
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
@@ -99,6 +106,14 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{marker} in any input channel -> {nodata['output']:g} in every output channel: {pixels}",
             )
         )
+        if nodata.get("replaced"):
+            rows.append(
+                (
+                    "replaced",
+                    f"{nodata['replaced']} computed values equal to the output nodata {nodata['output']:g} "
+                    "were written as the next value, so that they do not read as nodata",
+                )
+            )
     for note in [*inp.get("notes", []), *out.get("notes", [])]:
         rows.append(("note", note))
     blocks = report["blocks"]

@@ -474,11 +474,18 @@ def saturate(block: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int, int]:
 @dataclass(frozen=True)
 class Nodata:
     """Pixels to leave out: any input channel equal to ``value`` (or NaN, with ``nan``) makes
-    the output pixel ``out_value`` in every output channel."""
+    the output pixel ``out_value`` in every output channel.
+
+    A computed value that would be stored as ``out_value`` would read back as nodata: it is
+    written as the nearest value that is not (GDAL's ``replacement_nodata``) and counted.
+    ``stored`` is the dtype the output is written in, when it is not the computed one (an
+    integer output of a float result: values are compared as they will be rounded).
+    """
 
     value: float | None  # None: only NaN marks nodata
     nan: bool
     out_value: float
+    stored: np.dtype | None = None
 
     def mask(self, xs: np.ndarray, axis: int) -> np.ndarray:
         """True where a pixel of the block ``xs`` is nodata (the channel axis reduced away)."""
@@ -496,13 +503,50 @@ class Nodata:
             np.moveaxis(out, axis, -1)[bad] = self.out_value
         return count
 
+    def replacement(self, dtype: np.dtype) -> float:
+        """The value written instead of a computed ``out_value``: the next one up (down at
+        the top of an integer range).
+
+        >>> Nodata(0.0, False, 0.0).replacement(np.dtype(np.uint8))
+        1.0
+        """
+        if dtype.kind in "iu":
+            top = np.iinfo(dtype).max
+            return self.out_value + 1 if self.out_value < top else self.out_value - 1
+        return float(np.nextafter(dtype.type(self.out_value), dtype.type(np.inf)))
+
+    def replace_collisions(self, out: np.ndarray, bad: np.ndarray, axis: int) -> int:
+        """Replace computed values of valid pixels (not ``bad``) that would be stored as
+        ``out_value``; returns how many values."""
+        if math.isnan(self.out_value) or out.dtype.kind == "c":
+            return 0
+        stored = self.stored or out.dtype
+        seen = np.rint(out) if stored.kind in "iu" and out.dtype.kind == "f" else out
+        hits = (seen == self.out_value) & ~np.expand_dims(bad, axis)
+        count = int(np.count_nonzero(hits))
+        if count:
+            out[hits] = self.replacement(stored)
+        return count
+
+
+@dataclass
+class Masked:
+    """How many pixels of a block were nodata, and how many computed values were replaced
+    because they equalled the output's nodata."""
+
+    pixels: int = 0
+    replaced: int = 0
+
 
 def compute_masked(
     plan: ConvPlan, xs: np.ndarray, nodata: Nodata | None, out: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
-    """:func:`compute_block` with nodata pixels filled with the output's nodata; (result, count)."""
+) -> tuple[np.ndarray, Masked]:
+    """:func:`compute_block` with nodata pixels filled with the output's nodata, and computed
+    values equal to it replaced; (result, counts)."""
     result = compute_block(plan, xs, out)
     if nodata is None:
-        return result, 0
+        return result, Masked()
     axis = plan.channel_axis
-    return result, nodata.fill(result, nodata.mask(xs, axis), axis)
+    bad = nodata.mask(xs, axis)
+    replaced = nodata.replace_collisions(result, bad, axis)
+    return result, Masked(nodata.fill(result, bad, axis), replaced)

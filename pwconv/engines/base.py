@@ -22,6 +22,7 @@ class Timings:
     save: float = 0.0
     blocks: int = 0
     nodata_pixels: int | None = None  # None: not counted (another process computed)
+    nodata_replaced: int | None = None  # computed values equal to the output nodata, replaced
     block_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 

@@ -83,7 +83,8 @@ def run(
     """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
     blocks = block_plan(plan, source, sink, max_bytes)
     reads = [plan.strided_index(index) for index in blocks]  # the input region of each block
-    timings = Timings(blocks=len(blocks), nodata_pixels=0 if nodata is not None else None)
+    counted = 0 if nodata is not None else None
+    timings = Timings(blocks=len(blocks), nodata_pixels=counted, nodata_replaced=counted)
 
     def load(read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
@@ -99,8 +100,9 @@ def run(
     def compute(data: np.ndarray, read: tuple[slice, ...]) -> np.ndarray:
         start = time.perf_counter()
         result, masked = compute_masked(plan, data, nodata)
-        if masked:
-            timings.nodata_pixels = (timings.nodata_pixels or 0) + masked
+        if masked.pixels or masked.replaced:
+            timings.nodata_pixels = (timings.nodata_pixels or 0) + masked.pixels
+            timings.nodata_replaced = (timings.nodata_replaced or 0) + masked.replaced
         source.release(read)
         timings.compute += time.perf_counter() - start
         return result

@@ -78,6 +78,30 @@ class _Saturate(Conversion):
         return index, converted
 
 
+class _ChannelsLast(Conversion):
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+
+    def __call__(self, index: Index, block: np.ndarray) -> tuple[Index, np.ndarray]:
+        axis = self.axis
+        return index[:axis] + index[axis + 1 :] + (index[axis],), np.moveaxis(block, axis, -1)
+
+
+class ChannelsLastSink(SinkWrapper):
+    """A sink for a format that keeps channels last (TIFF samples, image bands, raster
+    bands), fed by an engine whose channel axis is elsewhere: each block's channel axis
+    is moved to the end on its way in."""
+
+    def __init__(self, inner: Sink, axis: int, title: str) -> None:
+        super().__init__(inner, _ChannelsLast(axis))
+        self.axis, self.title = axis, title
+
+    @property
+    def notes(self) -> list[str]:
+        note = f"channels moved from axis {self.axis} to the last axis, where {self.title} keeps them"
+        return [note, *self.inner.notes]
+
+
 class SqueezedSink(SinkWrapper):
     """A sink for an output whose size-1 channel axis is dropped (``squeeze``)."""
 

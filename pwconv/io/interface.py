@@ -196,6 +196,11 @@ class Backend:
         """The dtype an output takes when none is asked for (None: numpy's rule)."""
         return None
 
+    def stored_dtype(self, dtype: np.dtype) -> np.dtype:
+        """The dtype a result of ``dtype`` is written in when none was asked for (a format
+        whose readers cannot take 64-bit integers stores them as float64)."""
+        return dtype
+
     def companion_bias(self, path: str, name: str) -> str | None:
         """The bias that belongs to tensor ``name`` (``x.weight`` -> ``x.bias``), if the file has one."""
         return sibling_bias(name, self.list_arrays(path))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pwconv.core.filters import parse_literal
-from pwconv.errors import UsageError
+from pwconv.errors import InputFileError, UsageError
 from pwconv.io.registry import companion_bias, format_named, open_source
 from pwconv.io.spec import Spec, parse_spec
 
@@ -82,7 +82,7 @@ def read_operand(text: str, member: str | None = None, *, what: str = "weights")
         raise UsageError(f"expected a file or a literal for the {what}, found '-'; stdin is for the input")
     try:
         spec = parse_spec(text, member, what=what)
-    except UsageError:
+    except (UsageError, InputFileError):
         if not os.path.exists(text) and ("," in text or ";" in text):
             parse_literal(text)  # raises the literal's own error
         raise
@@ -124,7 +124,7 @@ def read_weights(filters: str, bias: str | None = None, *, member: str | None = 
         return Weights(read_operand(filters, member), read_operand(bias, what="bias") if bias else None)
     try:
         spec = parse_spec(filters, member, what="weights")
-    except UsageError:
+    except (UsageError, InputFileError):
         read_operand(filters, member)  # raises the literal's or the name's own error
         raise
     names = _names(spec) if spec.member is None else []

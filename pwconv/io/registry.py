@@ -49,6 +49,9 @@ class Format:
     options: tuple[str, ...] = ()
     extra: str | None = None  # the pip extra its library comes with
     family: str = "data"  # data, model or pipe, for help texts
+    #: The format keeps channels on the last axis (TIFF samples, image and raster bands):
+    #: an output whose channels are elsewhere is written with them moved there.
+    channels_last: bool = False
 
     def load(self) -> Backend:
         return _backend(self)
@@ -101,13 +104,15 @@ FORMATS: tuple[Format, ...] = (
     Format("onnx", "ONNX", f"{_M}.onnx:OnnxFormat", (".onnx",), containers=True, extra="onnx",
            family="model"),
     Format("raster", "raster", f"{_F}.raster:RasterFormat", (".vrt", ".img", ".dat", ".jp2"),
-           claims=(".tif", ".tiff"), writes=(".tif", ".tiff", ".img", ".dat", ".jp2"), options=("*",), extra="geo"),
+           claims=(".tif", ".tiff"), writes=(".tif", ".tiff", ".img", ".dat", ".jp2"), options=("*",), extra="geo",
+           channels_last=True),
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo"),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
-           writes=_PILLOW[:-1], options=("quality",), extra="image"),
+           writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True),
     Format("tiff", "TIFF", f"{_F}.tiff:TiffFormat", (".tif", ".tiff"), magic=b"II*\x00",
-           writes=(".tif", ".tiff"), compressions=("deflate",), parallel_write=True, extra="image"),
+           writes=(".tif", ".tiff"), compressions=("deflate",), parallel_write=True, extra="image",
+           channels_last=True),
 )  # fmt: skip
 
 #: ``-``: an npy stream on stdin or stdout.
@@ -225,6 +230,11 @@ def retarget_output(spec: Spec, source: Source) -> Spec:
 def default_output_dtype(spec: Spec, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
     """The dtype an output of this format takes when none is asked for (None: numpy's rule)."""
     return backend_of(spec).default_dtype(input_dtype, input_is_image)
+
+
+def stored_output_dtype(spec: Spec, dtype: np.dtype) -> np.dtype:
+    """The dtype an output of this format stores a result of ``dtype`` in, unless told."""
+    return backend_of(spec).stored_dtype(dtype)
 
 
 def all_compressions() -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pwconv.errors import UsageError
+from pwconv.errors import InputFileError, UsageError
 from pwconv.io.registry import STREAM, format_of, known_suffixes, sniff
 
 
@@ -42,6 +42,8 @@ def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") ->
         container = format_of(head)
         if container is not None and container.containers:
             path, inner, fmt = head, tail or None, container
+    if fmt is None and what != "output" and not os.path.exists(path):
+        raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
     if fmt is None:
         ext = os.path.splitext(path)[1] or "no extension"
         sniffed = sniff(path) if what == "input" else None

@@ -24,9 +24,10 @@ from pwconv.io.registry import (
     open_sink,
     open_source,
     retarget_output,
+    stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import ApplyOptions, check_output, nodata_value
+from pwconv.jobs.options import ApplyOptions, channel_dim_axis, check_output, nodata_value
 from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
 
 
@@ -50,6 +51,10 @@ def make_plan(
         return plan_for(source.shape, source.dtype, weights.filters.array, bias, conv)
 
     plan = plan_with(None)
+    if options.dtype is None and output is not None:  # a dtype not asked for: one the format stores
+        natural = plan.out_dtype if dtype is None else output_dtype(dtype)
+        stored = stored_output_dtype(output, natural)
+        dtype = dtype if stored == natural else stored
     target = None if dtype is None else output_dtype(dtype)
     saturate_to = None
     if target is not None and target.kind in "iu" and target != plan.out_dtype:
@@ -76,28 +81,36 @@ def _check_plan(plan: ConvPlan, options: ApplyOptions, saturate_to: np.dtype | N
         )
 
 
-def resolve_nodata(options: ApplyOptions, source: Source, out_dtype: np.dtype) -> Nodata | None:
-    """What counts as nodata in the input, and what the output writes there (None: no masking)."""
+def resolve_nodata(
+    options: ApplyOptions, source: Source, out_dtype: np.dtype, stored: np.dtype | None = None
+) -> Nodata | None:
+    """What counts as nodata in the input, and what the output writes there (None: no masking).
+
+    A float output marks nodata with NaN unless ``out_nodata`` says otherwise (the input's own
+    value, say 0, is a valid result there); an integer output keeps the input's value when it
+    holds it. ``stored`` is the dtype written when it is not ``out_dtype`` (saturation).
+    """
     value = nodata_value(options.nodata, source.description.nodata)
     if value is None:
         return None
     nan = math.isnan(value)
+    written = stored or out_dtype
     if options.out_nodata is not None:
         out_value = float(options.out_nodata)
-    elif _holds(out_dtype, value):
-        out_value = value
-    elif out_dtype.kind in "fc":
+    elif written.kind in "fc":
         out_value = math.nan
+    elif _holds(written, value):
+        out_value = value
     else:
         raise UsageError(
-            f"expected an output nodata value that {out_dtype} holds, found {value:g} from the input; "
+            f"expected an output nodata value that {written} holds, found {value:g} from the input; "
             "pass [[out_nodata]] with one, or a float [[dtype]]"
         )
-    if not _holds(out_dtype, out_value):
+    if not _holds(written, out_value):
         raise UsageError(
-            f"expected an output nodata value that {out_dtype} holds, found {out_value:g}; change [[out_nodata]]"
+            f"expected an output nodata value that {written} holds, found {out_value:g}; change [[out_nodata]]"
         )
-    return Nodata(None if nan else value, nan, out_value)
+    return Nodata(None if nan else value, nan, out_value, stored)
 
 
 def _holds(dtype: np.dtype, value: float) -> bool:
@@ -113,16 +126,8 @@ def with_channel_dim(options: ApplyOptions, source: Source) -> ApplyOptions:
     """``channel_dim`` (a NetCDF dimension name) turned into the layout's axis number."""
     if options.channel_dim is None:
         return options
-    dims = source.description.dimensions
-    if dims is None:
-        raise UsageError(
-            "expected an input with named dimensions (NetCDF) for [[channel_dim]], found none; use [[layout]]"
-        )
-    if options.channel_dim not in dims:
-        raise UsageError(
-            f"expected [[channel_dim]] among the dimensions {', '.join(dims)}, found {options.channel_dim!r}"
-        )
-    return dataclasses.replace(options, layout=str(dims.index(options.channel_dim)))
+    axis = channel_dim_axis(source.description.dimensions, options.channel_dim)
+    return dataclasses.replace(options, layout=str(axis))
 
 
 def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:
@@ -156,13 +161,27 @@ class OutputSettings:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: OutputSettings) -> Sink:
-    """The output's sink; engines always write blocks of ``plan.out_shape`` in ``plan.out_dtype``
-    into it (squeezing and saturating happen here, in wrappers)."""
+def _channels_to_end(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+
+
+def open_output(
+    spec: Spec, plan: ConvPlan, options: ApplyOptions, output: OutputSettings
+) -> tuple[Sink, SinkRequest]:
+    """The output's sink, and what it was asked to hold. Engines always write blocks of
+    ``plan.out_shape`` in ``plan.out_dtype`` into it (squeezing, saturating and moving the
+    channels to where the format keeps them happen here, in wrappers)."""
     block_shape, saturate_to = output.block_shape, output.saturate_to
     axis = plan.channel_axis
     squeeze = options.squeeze
     shape = squeezed(plan.out_shape, axis, squeeze)
+    block_shape = squeezed(block_shape, axis, squeeze) if block_shape else None
+    channel_axis = max(axis - 1, 0) if squeeze else axis
+    row = format_named(spec.format)
+    move = row.channels_last and not squeeze and axis != len(shape) - 1
+    if move:  # a channels-first result for a format that keeps channels last
+        shape, channel_axis = _channels_to_end(shape, axis), len(shape) - 1
+        block_shape = _channels_to_end(block_shape, axis) if block_shape else None
     if isinstance(options.output_chunks, tuple) and len(options.output_chunks) != len(shape):
         raise UsageError(
             f"expected [[chunks]] auto, none or {len(shape)} positive comma-separated sizes (the output "
@@ -171,23 +190,25 @@ def open_output(spec: Spec, plan: ConvPlan, options: ApplyOptions, output: Outpu
     request = SinkRequest(
         shape=shape,
         dtype=saturate_to or plan.out_dtype,
-        channel_axis=max(axis - 1, 0) if squeeze else axis,
+        channel_axis=channel_axis,
         overwrite=options.overwrite,
         attrs=output.attrs if output.nodata is None else {**output.attrs, "nodata": output.nodata},
         compression=options.compression,
         chunks=options.output_chunks,
-        block_shape=squeezed(block_shape, axis, squeeze) if block_shape else None,
+        block_shape=block_shape,
         nodata=output.nodata,
         stride=plan.stride,
         options=options.writer_options,
         metadata=output.metadata,
     )
     sink: Sink = open_sink(spec, request)
-    if saturate_to is not None or squeeze:
-        from pwconv.io.adapters import SaturatingSink, SqueezedSink  # only for runs that need them
+    if saturate_to is not None or squeeze or move:
+        from pwconv.io.adapters import ChannelsLastSink, SaturatingSink, SqueezedSink  # only where needed
+    if move:
+        sink = ChannelsLastSink(sink, axis, row.title)
     if saturate_to is not None:
         sink = SaturatingSink(sink, saturate_to)
-    return SqueezedSink(sink, axis) if squeeze else sink
+    return (SqueezedSink(sink, axis) if squeeze else sink), request
 
 
 def choose_engine(
@@ -240,6 +261,7 @@ def _output_doc(
             "nan": nodata.nan,
             "output": nodata.out_value,
             "pixels": timings.nodata_pixels,
+            "replaced": timings.nodata_replaced,
         },
     }
 
@@ -275,7 +297,7 @@ def apply_file(
         check_output(options, out_spec)
         options = with_channel_dim(options, source)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
-        nodata = resolve_nodata(options, source, saturate_to or plan.out_dtype)
+        nodata = resolve_nodata(options, source, plan.out_dtype, saturate_to)
         engine = choose_engine(plan, in_spec, source, out_spec, options, nodata)
         # A chunked output takes one chunk per block unless told its chunks.
         block_shape = (
@@ -288,16 +310,15 @@ def apply_file(
             nodata.out_value if nodata else None,
             dict(source.description.metadata),
         )
-        sink = open_output(out_spec, plan, options, settings)
+        sink, request = open_output(out_spec, plan, options, settings)
         load_seconds = time.perf_counter() - start
         timings = run_into(sink, engine, progress)
     finally:
         source.close()
-    out_shape = squeezed(plan.out_shape, plan.channel_axis, options.squeeze)
     return Report(
         input={**describe_input(in_spec.text, plan), "notes": list(source.description.notes)},
         weights=describe_weights(loaded, plan),
-        output=_output_doc(out_spec, out_shape, saturate_to or plan.out_dtype, sink, nodata, timings),
+        output=_output_doc(out_spec, request.shape, request.dtype, sink, nodata, timings),
         bias=describe_bias(loaded),
         groups=plan.groups,
         stride=plan.stride,

@@ -24,7 +24,7 @@ from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
 from pwconv.io.registry import check_distinct, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import DEFAULT_MAX_MEMORY, parse_nodata
+from pwconv.jobs.options import DEFAULT_MAX_MEMORY, channel_dim_axis, nodata_value, parse_nodata
 
 SAMPLE_SEED = 0
 
@@ -34,21 +34,46 @@ class FitOptions:
     """What every fit takes: where the channels are, what is nodata, how much to read."""
 
     layout: str = "channels-last"
-    nodata: str = "none"  # a number, "nan" or "none"; NaN is always left out
+    # auto (each file's own: GeoTIFF nodata, NetCDF _FillValue), a number, nan or none;
+    # NaN is always left out.
+    nodata: str = "auto"
     sample: int | None = None
     max_memory: str = DEFAULT_MAX_MEMORY
     overwrite: bool = False
+    channel_dim: str | None = None  # the channels by dimension name (NetCDF), as in apply
+    dataset: str | None = None  # the array inside each container input, as in apply
     max_bytes: int = field(init=False, repr=False)
-    nodata_value: float | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_bytes", parse_size(self.max_memory))
-        value = parse_nodata(self.nodata, "nodata", ("none",))
-        # NaN is always left out; a number is left out as well.
-        number = None if isinstance(value, str) or math.isnan(value) else value
-        object.__setattr__(self, "nodata_value", number)
+        parse_nodata(self.nodata, "nodata", ("auto", "none"))
         if self.sample is not None and self.sample < 1:
             raise UsageError(f"expected [[sample]] of at least 1 pixel, found {self.sample}")
+
+    def nodata_of(self, source: Source) -> float | None:
+        """The value left out of ``source``'s pixels besides NaN (None: only NaN)."""
+        value = nodata_value(self.nodata, source.description.nodata)
+        return None if value is None or math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Where one input's channels are: a layout, or a dimension name that overrides it."""
+
+    layout: str
+    channel_dim: str | None = None
+
+    def channel_axis(self, source: Source) -> int:
+        if self.channel_dim is not None:
+            return channel_dim_axis(source.description.dimensions, self.channel_dim)
+        return parse_layout(self.layout, len(source.shape)).channel_axis
+
+    @property
+    def flag(self) -> str:
+        """The apply option that says the same."""
+        if self.channel_dim is not None:
+            return f" --channel-dim {self.channel_dim}"
+        return "" if self.layout == "channels-last" else f" --layout {self.layout}"
 
 
 @dataclass
@@ -60,10 +85,6 @@ class Pixels:
     nodata: int = 0
     sampled: bool = False
     sample_note: str | None = None
-
-
-def _channel_axis(source: Source, layout: str) -> int:
-    return parse_layout(layout, len(source.shape)).channel_axis
 
 
 def _pixel_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -126,13 +147,13 @@ def _open_all(specs: list[Spec]) -> list[Source]:
     return sources
 
 
-def _passes(sources: list[Source], layouts: list[str], options: FitOptions) -> Iterator[list[np.ndarray]]:
+def _passes(sources: list[Source], layouts: list[Axes], options: FitOptions) -> Iterator[list[np.ndarray]]:
     """Blocks of valid (pixels, channels) rows, one list entry per source, in lockstep.
 
     All sources here share their pixel shape (the input and target of lstsq) or are read one
     after another (the inputs of pca: one source per call).
     """
-    axes = [_channel_axis(s, layout) for s, layout in zip(sources, layouts)]
+    axes = [layout.channel_axis(s) for s, layout in zip(sources, layouts)]
     per_pixel = sum(s.shape[a] * (np.dtype(s.dtype).itemsize + 16) for s, a in zip(sources, axes))
     for index in _blocks(tuple(sources[0].shape), [axes[0]], per_pixel, options.max_bytes):
         pixel_index = index[:-1]
@@ -142,21 +163,23 @@ def _passes(sources: list[Source], layouts: list[str], options: FitOptions) -> I
 
 
 def _accumulate(
-    groups: list[list[Spec]], layouts: list[str], options: FitOptions, joint: bool
+    groups: list[list[Spec]], layouts: list[Axes], options: FitOptions, joint: bool
 ) -> tuple[Moments, Pixels, list[int]]:
-    """Moments over every pixel of every group (a group: the specs read in lockstep)."""
+    """Moments over every pixel of every group (a group: the specs read in lockstep). A
+    pixel with nodata (each file's own) or NaN in any channel of any file is left out."""
     counts = Pixels()
     opened = [_open_all(group) for group in groups]
     try:
-        channel_counts = [[s.shape[_channel_axis(s, lay)] for s, lay in zip(g, layouts)] for g in opened]
-        shapes = [_pixel_shape(tuple(g[0].shape), _channel_axis(g[0], layouts[0])) for g in opened]
-        totals = [math.prod(shape) for shape in shapes]
-        sampler = _Sampler(totals, options.sample, counts)
+        channel_counts = [[s.shape[lay.channel_axis(s)] for s, lay in zip(g, layouts)] for g in opened]
+        shapes = [_pixel_shape(tuple(g[0].shape), layouts[0].channel_axis(g[0])) for g in opened]
+        sampler = _Sampler([math.prod(shape) for shape in shapes], options.sample, counts)
         moments = Moments(sum(channel_counts[0]))
         for file, group in enumerate(opened):
+            nodata = [options.nodata_of(source) for source in group]
             start = 0
             for rows in _passes(group, layouts, options):
                 count = rows[0].shape[0]
+                valid = np.logical_and.reduce([_valid(r, value) for r, value in zip(rows, nodata)])
                 block = (
                     np.concatenate([r.astype(np.float64, copy=False) for r in rows], axis=1)
                     if joint
@@ -164,9 +187,8 @@ def _accumulate(
                 )
                 keep = sampler.keep(file, start, count)
                 if keep is not None:
-                    block = block[keep]
+                    block, valid = block[keep], valid[keep]
                 counts.total += count if keep is None else len(keep)
-                valid = _valid(block, options.nodata_value)
                 counts.nodata += int(np.count_nonzero(~valid))
                 moments.add(block[valid])
                 start += count
@@ -197,13 +219,13 @@ class _Header:
     dtype: np.dtype
 
 
-def _headers(specs: list[Spec], layouts: list[str]) -> list[_Header]:
+def _headers(specs: list[Spec], layouts: list[Axes]) -> list[_Header]:
     """Each input's pixel shape, channel count and dtype, from its header (no data read)."""
     headers = []
     for spec, layout in zip(specs, layouts):
         source = open_source(spec)
         try:
-            axis = _channel_axis(source, layout)
+            axis = layout.channel_axis(source)
             shape = tuple(source.shape)
             headers.append(_Header(_pixel_shape(shape, axis), shape[axis], np.dtype(source.dtype)))
         finally:
@@ -211,9 +233,12 @@ def _headers(specs: list[Spec], layouts: list[str]) -> list[_Header]:
     return headers
 
 
-def _apply_command(inputs: list[str], output: str, layout: str) -> str:
-    flag = "" if layout == "channels-last" else f" --layout {layout}"
-    return f"pwconv apply {inputs[0]} {output}{flag} -o OUTPUT"
+def _apply_command(inputs: list[str], written: list[str], axes: Axes, dataset: str | None) -> str:
+    """The apply command that uses the bank on the first input (``pwconv`` stands for the
+    program as it was run; the command line writes it so)."""
+    bias = f" --bias {written[1]}" if len(written) > 1 else ""  # an .npy bank's bias file
+    member = f" --dataset {dataset}" if dataset else ""
+    return f"pwconv apply {inputs[0]} {written[0]}{axes.flag}{member}{bias} -o OUTPUT"
 
 
 def fit_pca(
@@ -223,10 +248,11 @@ def fit_pca(
     start = time.perf_counter()
     if not inputs:
         raise UsageError("expected at least one input to fit, found none")
-    specs = [parse_spec(text) for text in inputs]
+    specs = [parse_spec(text, options.dataset) for text in inputs]
     out_spec = parse_spec(output, what="output")
     _check_specs(specs, out_spec)
-    headers = _headers(specs, [options.layout] * len(specs))
+    axes = Axes(options.layout, options.channel_dim)
+    headers = _headers(specs, [axes] * len(specs))
     channels = {h.channels for h in headers}
     if len(channels) > 1:
         raise ShapeError(
@@ -237,7 +263,7 @@ def fit_pca(
         raise UsageError(
             f"expected [[k]] of at most the {c} input channels, found {int(k)}; use [[k={c}]] or fewer"
         )
-    moments, counts, _ = _accumulate([[s] for s in specs], [options.layout], options, joint=False)
+    moments, counts, _ = _accumulate([[s] for s in specs], [axes], options, joint=False)
     if counts.used == 0:
         raise ShapeError(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
@@ -266,7 +292,7 @@ def fit_pca(
         "explained_variance_ratio": result.explained_variance_ratio.tolist(),
         "explained_total": float(result.explained_variance_ratio.sum()),
         "seconds": round(time.perf_counter() - start, 6),
-        "apply": _apply_command(inputs, output, options.layout),
+        "apply": _apply_command(inputs, written, axes, options.dataset),
     }
 
 
@@ -282,10 +308,11 @@ def fit_lstsq(
 ) -> dict[str, Any]:
     """The K x C bank (and bias) that maps INPUT's channel vectors onto TARGET's, written as a bank."""
     start = time.perf_counter()
-    in_spec, target_spec = parse_spec(input), parse_spec(target, what="target")
+    in_spec, target_spec = parse_spec(input, options.dataset), parse_spec(target, options.dataset, what="target")
     out_spec = parse_spec(output, what="output")
     _check_specs([in_spec, target_spec], out_spec)
-    layouts = [options.layout, target_layout or options.layout]
+    axes = Axes(options.layout, options.channel_dim)
+    layouts = [axes, Axes(target_layout) if target_layout else axes]
     headers = _headers([in_spec, target_spec], layouts)
     shapes = [h.pixel_shape for h in headers]
     if shapes[0] != shapes[1]:
@@ -322,7 +349,7 @@ def fit_lstsq(
         "r2": result.r2.tolist(),
         "condition": result.condition,
         "seconds": round(time.perf_counter() - start, 6),
-        "apply": _apply_command([input], output, options.layout),
+        "apply": _apply_command([input], written, axes, options.dataset),
     }
 
 

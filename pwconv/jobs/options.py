@@ -59,6 +59,18 @@ def nodata_value(text: str, declared: float | None) -> float | None:
     return None if value == "none" else float(value)
 
 
+def channel_dim_axis(dimensions: tuple[str, ...] | None, name: str) -> int:
+    """The axis of the dimension ``name`` (``--channel-dim``), for an input whose format
+    names its dimensions."""
+    if dimensions is None:
+        raise UsageError(
+            "expected an input with named dimensions (NetCDF) for [[channel_dim]], found none; use [[layout]]"
+        )
+    if name not in dimensions:
+        raise UsageError(f"expected [[channel_dim]] among the dimensions {', '.join(dimensions)}, found {name!r}")
+    return dimensions.index(name)
+
+
 def _parse_format_options(items: tuple[str, ...], quality: int | None) -> Mapping[str, str]:
     """``KEY=VALUE`` items as one mapping (``quality`` joins it as ``quality=N``)."""
     parsed: dict[str, str] = {}

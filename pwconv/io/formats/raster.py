@@ -40,6 +40,26 @@ _DRIVERS = {
     ".jp2": "JP2OpenJPEG",
 }
 _WRITES = {".tif", ".tiff", ".img", ".dat"}
+# The dtypes each driver stores. GeoTIFF could hold 64-bit integers, but most GIS tools
+# cannot read them: they are refused there too, with the dtype that works.
+_DRIVER_DTYPES = {
+    "GTiff": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64", "complex64", "complex128"),
+    "ENVI": ("uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "complex64",
+             "complex128"),
+    "JP2OpenJPEG": ("uint8", "int16", "uint16", "int32", "uint32"),
+}  # fmt: skip
+
+
+def _check_dtype(driver: str, dtype: np.dtype, path: str) -> None:
+    """Refuse, before anything is written, a dtype the driver cannot store."""
+    takes = _DRIVER_DTYPES.get(driver)
+    if takes is None or dtype.name in takes:
+        return
+    fix = "float32" if "float32" in takes else ("int32" if dtype.kind in "iuf" else takes[0])
+    raise UsageError(
+        f"expected a dtype that {driver} stores ({', '.join(takes)}), found {dtype} for {path!r}; "
+        f"pass [[dtype={fix}]] or write another format"
+    )
 
 
 def _rasterio() -> Any:
@@ -166,12 +186,14 @@ class RasterSink(FileSink):
             )
         suffix = os.path.splitext(path)[1].lower()
         driver = _DRIVERS[suffix]
+        _check_dtype(driver, np.dtype(request.dtype), path)
         geo = request.metadata.get("raster", {})
         transform = geo.get("transform")
         if transform is not None and request.stride > 1:
             transform = transform @ transform.scale(request.stride)
         options = _creation_options(driver, request, shape, geo.get("blocks"))
         super().__init__(path)
+        self._driver = driver
         self._ds: Any = None
         warnings: list[str] = []
         handler = _Collect(warnings)
@@ -208,8 +230,20 @@ class RasterSink(FileSink):
         except Exception as exc:  # noqa: BLE001
             raise write_failure(self.target, exc) from None
 
+    def _sidecars(self, base: str) -> list[str]:
+        """The files GDAL writes beside ``base``: ENVI's header, and the .aux.xml of
+        anything it cannot store in the file itself."""
+        return [base + ".aux.xml"] + ([os.path.splitext(base)[0] + ".hdr"] if self._driver == "ENVI" else [])
+
     def finish(self) -> None:
         self._ds.close()
+        # The sidecars are published with the file (before it, so that the file appears
+        # complete); one an old output had but this one does not is removed.
+        for made, final in zip(self._sidecars(self.temp.path), self._sidecars(self.target)):
+            if os.path.exists(made):
+                os.replace(made, final)
+            elif os.path.exists(final):
+                os.unlink(final)
 
     def close_quietly(self) -> None:
         if self._ds is not None:
@@ -219,8 +253,8 @@ class RasterSink(FileSink):
         temp = self.temp.path
         super().abort()
         if temp:  # what GDAL may have left beside the temp file
-            remove_quietly(temp + ".aux.xml")
-            remove_quietly(os.path.splitext(temp)[0] + ".hdr")
+            for extra in self._sidecars(temp):
+                remove_quietly(extra)
 
 
 class _Collect(logging.Handler):
@@ -244,3 +278,7 @@ class RasterFormat(Backend):
 
     def claims(self, path: str) -> bool:
         return claims(path)
+
+    def stored_dtype(self, dtype: np.dtype) -> np.dtype:
+        """64-bit integer results are stored as float64 (exact up to 2**53), which GIS tools read."""
+        return np.dtype(np.float64) if dtype.kind in "iu" and dtype.itemsize == 8 else dtype

@@ -1,0 +1,184 @@
+"""Between formats: what the data means survives the trip (the channel axis, georeferencing,
+nodata, sidecar files), each file read back with the format's own library."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from .conftest import assert_clean_error, run_cli
+
+rasterio = pytest.importorskip("rasterio")
+tifffile = pytest.importorskip("tifffile")
+from rasterio.transform import from_origin  # noqa: E402
+
+CHW = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5) / 3
+IDENTITY = "1,0,0;0,1,0;0,0,1"
+TRANSFORM = from_origin(500000, 4600000, 10, 10)
+
+
+def _geotiff(path, bands: np.ndarray, nodata: float | None = None) -> None:
+    profile = {"driver": "GTiff", "width": bands.shape[2], "height": bands.shape[1], "count": bands.shape[0]}
+    with rasterio.open(
+        path, "w", dtype=bands.dtype.name, crs="EPSG:32633", transform=TRANSFORM, nodata=nodata, **profile
+    ) as ds:
+        ds.write(bands)
+
+
+@pytest.mark.parametrize("output", ["c.tif", "c.png"])
+def test_a_channels_first_result_is_stored_with_the_channels_where_the_format_keeps_them(tmp_path, output):
+    data = CHW if output.endswith(".tif") else (CHW * 3).astype(np.uint8)
+    np.save(tmp_path / "chw.npy", data)
+    proc = run_cli("apply", "chw.npy", IDENTITY, "--layout", "CHW", "-o", output, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["output"]
+    assert report["shape"] == [4, 5, 3] and any("channels moved from axis 0" in n for n in report["notes"])
+    if output.endswith(".tif"):
+        stored = tifffile.imread(tmp_path / output)
+    else:
+        from PIL import Image
+
+        stored = np.asarray(Image.open(tmp_path / output))
+    np.testing.assert_array_equal(stored, np.moveaxis(data, 0, -1))
+
+
+def test_a_netcdf_band_variable_written_as_tiff_keeps_bands_as_samples(tmp_path):
+    h5netcdf = pytest.importorskip("h5netcdf")
+    with h5netcdf.File(tmp_path / "cube.nc", "w") as handle:
+        handle.dimensions = {"band": 3, "y": 4, "x": 5}
+        handle.create_variable("refl", ("band", "y", "x"), data=CHW)
+    proc = run_cli("apply", "cube.nc:refl", IDENTITY, "--channel-dim", "band", "-o", "r.tif", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "r.tif"), np.moveaxis(CHW, 0, -1))
+
+
+def test_an_envi_output_is_published_with_its_header(tmp_path):
+    _geotiff(tmp_path / "in.tif", CHW)
+    proc = run_cli("apply", "in.tif", "1,0,0;0,1,1", "-o", "out.img", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.tif", "out.hdr", "out.img"]  # nothing hidden left
+    with rasterio.open(tmp_path / "out.img") as ds:
+        assert (
+            ds.driver == "ENVI" and ds.count == 2 and ds.transform == TRANSFORM and ds.crs.to_epsg() == 32633
+        )
+        np.testing.assert_allclose(ds.read(2), CHW[1] + CHW[2], rtol=1e-6)
+
+
+def test_overwriting_an_envi_output_replaces_its_header(tmp_path):
+    _geotiff(tmp_path / "in.tif", CHW)
+    assert run_cli("apply", "in.tif", IDENTITY, "-o", "out.img", cwd=tmp_path).returncode == 0
+    proc = run_cli("apply", "in.tif", "1,1,1", "-o", "out.img", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "out.img") as ds:
+        assert ds.count == 1
+    assert sorted(os.listdir(tmp_path)) == ["in.tif", "out.hdr", "out.img"]
+
+
+@pytest.mark.parametrize(
+    "output, extra, fix",
+    [("out.jp2", [], "--dtype int32"), ("o.tif", ["--dtype", "int64"], "--dtype float32")],
+)
+def test_a_dtype_the_raster_driver_cannot_store_is_exit_2_before_any_work(tmp_path, output, extra, fix):
+    _geotiff(tmp_path / "in.tif", CHW)
+    proc = run_cli("apply", "in.tif", IDENTITY, "-o", output, *extra, cwd=tmp_path)
+    assert_clean_error(proc, 2, "stores", fix)
+    assert os.listdir(tmp_path) == ["in.tif"]
+
+
+def test_integer_band_math_on_a_geotiff_is_stored_in_a_dtype_gis_tools_read(tmp_path):
+    _geotiff(tmp_path / "in.tif", (CHW * 3).astype(np.uint16))
+    proc = run_cli("apply", "in.tif", "1,0,-1", "-o", "d.tif", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "d.tif") as ds:
+        assert ds.dtypes == ("float64",)
+        np.testing.assert_array_equal(
+            ds.read(1), (CHW[0] * 3).astype(np.uint16) - (CHW[2] * 3).astype(np.uint16).astype(np.float64)
+        )
+
+
+def test_valid_zeros_of_a_float_output_are_not_turned_into_nodata(tmp_path):
+    bands = np.ones((2, 6, 7), np.int16)
+    bands[1, :3] = 2  # band 0 - band 1 is 0 in the lower half: valid zeros
+    bands[:, 0, :2] = 0  # 2 pixels of nodata (the file's nodata is 0)
+    _geotiff(tmp_path / "in.tif", bands, nodata=0)
+    proc = run_cli("apply", "in.tif", "1,-1", "--dtype", "float32", "-o", "d.tif", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "d.tif") as ds:
+        assert np.isnan(ds.nodata)
+        data = ds.read(1)
+    assert int(np.isnan(data).sum()) == 2 and int((data == 0).sum()) == 3 * 7
+    assert json.loads(proc.stdout)["output"]["nodata"]["pixels"] == 2
+
+
+def test_a_computed_value_equal_to_an_integer_output_nodata_is_replaced_and_counted(tmp_path):
+    bands = np.full((2, 4, 5), 3, np.uint8)
+    bands[1, 2:] = 3  # 3 - 3 = 0 there: a valid result that would read back as nodata 0
+    bands[1, :2] = 1
+    bands[:, 0, 0] = 0  # one pixel of nodata
+    _geotiff(tmp_path / "in.tif", bands, nodata=0)
+    proc = run_cli("apply", "in.tif", "1,-1", "--dtype", "uint8", "-o", "d.tif", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)["output"]["nodata"]
+    with rasterio.open(tmp_path / "d.tif") as ds:
+        data = ds.read(1)
+        assert ds.nodata == 0
+    assert int((data == 0).sum()) == 1 and doc["pixels"] == 1  # only the input's nodata pixel
+    assert doc["replaced"] == 10 and np.all(data[2:] == 1)  # 0 written as the next value, 1
+
+
+def _cube(path, nodata=-1.0):
+    """A (time, band, y, x) NetCDF variable with a _FillValue and one nodata pixel."""
+    h5netcdf = pytest.importorskip("h5netcdf")
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
+    data[:, 1] = data[:, 0] * 2 + 0.1 * data[:, 1]  # correlated bands: a clear first component
+    data[1, 2, 3, 4] = nodata
+    with h5netcdf.File(path, "w") as handle:
+        handle.dimensions = {"time": 2, "band": 4, "y": 6, "x": 5}
+        handle.create_variable("refl", ("time", "band", "y", "x"), data=data, fillvalue=nodata)
+    return data
+
+
+def test_fit_takes_the_channel_dimension_and_the_files_own_nodata(tmp_path):
+    from sklearn.decomposition import PCA
+
+    data = _cube(tmp_path / "cube.nc")
+    proc = run_cli(
+        "fit", "pca", "cube.nc", "--dataset", "refl", "--channel-dim", "band", "-k", "2", "-o", "pca.npz",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["pixels"]["read"] == 2 * 6 * 5 and doc["pixels"]["nodata"] == 1  # -1 left out by default
+    rows = np.moveaxis(data, 1, -1).reshape(-1, 4)
+    rows = rows[~(rows == -1.0).any(axis=1)].astype(np.float64)
+    reference = PCA(2).fit(rows)
+    with np.load(tmp_path / "pca.npz") as bank:
+        np.testing.assert_allclose(
+            np.abs(bank["weights"]), np.abs(reference.components_), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(bank["explained_variance"], reference.explained_variance_, rtol=1e-4)
+    assert "--channel-dim band" in doc["apply"] and "--dataset refl" in doc["apply"]
+
+
+def test_an_npy_bank_hint_applies_its_bias_and_names_the_program_as_run(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((5, 6, 3)).astype(np.float32))
+    proc = run_cli("fit", "pca", "x.npy", "-k", "2", "-o", "bank.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (hint,) = [line for line in proc.stderr.splitlines() if line.startswith("apply")]
+    command = hint.split(maxsplit=1)[1]
+    assert command.startswith("python -m pwconv apply x.npy bank.npy --bias bank.bias.npy")
+    ran = run_cli(*command.split()[3:-1], "y.npy", cwd=tmp_path)  # the hint, run as printed
+    assert ran.returncode == 0, ran.stderr
+    centred = np.load(tmp_path / "y.npy").reshape(-1, 2).mean(axis=0)
+    np.testing.assert_allclose(centred, 0, atol=1e-5)  # the bias was applied: projections are centred
+
+
+@pytest.mark.parametrize("name", ["missing.npy", "missing.dat2", "missing"])
+def test_a_missing_input_says_it_does_not_exist(tmp_path, name):
+    proc = run_cli("apply", name, "1,2", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "found no file at", name)
+    assert "rename" not in proc.stderr and ".zarr" not in proc.stderr  # not a list of suffixes
