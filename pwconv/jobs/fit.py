@@ -308,7 +308,10 @@ def fit_lstsq(
 ) -> dict[str, Any]:
     """The K x C bank (and bias) that maps INPUT's channel vectors onto TARGET's, written as a bank."""
     start = time.perf_counter()
-    in_spec, target_spec = parse_spec(input, options.dataset), parse_spec(target, options.dataset, what="target")
+    in_spec, target_spec = (
+        parse_spec(input, options.dataset),
+        parse_spec(target, options.dataset, what="target"),
+    )
     out_spec = parse_spec(output, what="output")
     _check_specs([in_spec, target_spec], out_spec)
     axes = Axes(options.layout, options.channel_dim)

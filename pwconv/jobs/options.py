@@ -67,7 +67,9 @@ def channel_dim_axis(dimensions: tuple[str, ...] | None, name: str) -> int:
             "expected an input with named dimensions (NetCDF) for [[channel_dim]], found none; use [[layout]]"
         )
     if name not in dimensions:
-        raise UsageError(f"expected [[channel_dim]] among the dimensions {', '.join(dimensions)}, found {name!r}")
+        raise UsageError(
+            f"expected [[channel_dim]] among the dimensions {', '.join(dimensions)}, found {name!r}"
+        )
     return dimensions.index(name)
 
 
