@@ -354,7 +354,7 @@ def test_quality_travels_to_the_image_writer_as_a_format_option(tmp_path):
 
     Image.fromarray(PIXELS).save(tmp_path / "x.png")
     identity = "1,0,0;0,1,0;0,0,1"
-    for name, extra in (("low.jpg", ["--co", "quality=5"]), ("high.jpg", ["--quality", "95"])):
+    for name, extra in (("low.jpg", ["--co", "QUALITY=5"]), ("high.jpg", ["--quality", "95"])):
         assert run_cli("apply", "x.png", identity, "-o", name, *extra, cwd=tmp_path).returncode == 0
     low, high = (np.asarray(Image.open(tmp_path / n), np.float64) for n in ("low.jpg", "high.jpg"))
     assert np.abs(low - PIXELS).mean() > np.abs(high - PIXELS).mean()

@@ -127,7 +127,8 @@ def _probe(path: str) -> tuple[tuple[int, ...], np.dtype, str | None, str | None
 
 
 def _quality(options: Mapping[str, str]) -> int:
-    text = options.get("quality", str(DEFAULT_QUALITY))
+    lowered = {key.lower(): value for key, value in options.items()}  # QUALITY=90 as well
+    text = lowered.get("quality", str(DEFAULT_QUALITY))
     try:
         quality = int(text)
     except ValueError:
