@@ -182,3 +182,24 @@ def test_a_missing_input_says_it_does_not_exist(tmp_path, name):
     proc = run_cli("apply", name, "1,2", "-o", "out.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "found no file at", name)
     assert "rename" not in proc.stderr and ".zarr" not in proc.stderr  # not a list of suffixes
+
+
+@pytest.mark.parametrize(
+    "output, notes",
+    [
+        ("o.png", ["georeferencing dropped: PNG output has none", "nodata not recorded: PNG"]),
+        ("o.npy", ["georeferencing dropped: NPY output has none", "nodata not recorded: NPY"]),
+        ("o.nc", ["georeferencing dropped: NC output has none"]),
+        ("o.tif", []),
+    ],
+)
+def test_the_report_says_once_what_the_output_cannot_hold(tmp_path, output, notes):
+    bands = np.full((3, 4, 5), 7, np.uint8)
+    bands[:, 0, 0] = 0
+    _geotiff(tmp_path / "in.tif", bands, nodata=0)
+    proc = run_cli("apply", "in.tif", IDENTITY, "--dtype", "uint8", "-o", output, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    said = json.loads(proc.stdout)["output"]["notes"]
+    for note in notes:
+        assert sum(note in s for s in said) == 1, (note, said)
+    assert not any("dropped" in s or "not recorded" in s for s in said) if not notes else True

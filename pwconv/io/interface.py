@@ -52,6 +52,9 @@ class Description:
     #: What this format hands on to an output of its own family (georeferencing, a NetCDF
     #: template), keyed by the format's name.
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: The data is placed on the Earth (a CRS or a geotransform, a CF grid mapping); only an
+    #: output of the family named in ``metadata`` keeps that, and the report says so otherwise.
+    georeferenced: bool = False
 
 
 class Source:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,15 +246,30 @@ def run_into(sink: Sink, engine: Engine, progress: Progress | None) -> Timings:
     return timings
 
 
+def dropped_notes(source: Source, output: Spec, nodata: Nodata | None) -> list[str]:
+    """What the output's format cannot hold of what the input meant, said once each."""
+    row = format_named(output.format)
+    kind = os.path.splitext(output.path)[1].lstrip(".").upper() or row.title  # PNG, NPY, ...
+    notes = []
+    if source.description.georeferenced and output.format not in source.description.metadata:
+        notes.append(f"georeferencing dropped: {kind} output has none")
+    if nodata is not None and not row.records_nodata:
+        notes.append(
+            f"nodata not recorded: {kind} has no nodata field; nodata pixels hold {nodata.out_value:g}"
+        )
+    return notes
+
+
 def _output_doc(
-    spec: Spec, shape: tuple[int, ...], dtype: np.dtype, sink: Sink, nodata: Nodata | None, timings: Timings
-) -> dict[str, Any]:
+    spec: Spec, shape: tuple[int, ...], dtype: np.dtype, sink: Sink, notes: list[str], timings: Timings,
+    nodata: Nodata | None,
+) -> dict[str, Any]:  # fmt: skip
     return {
         "path": spec.text,
         "shape": list(shape),
         "dtype": dtype.name,
         "clipped": sink.clipped(),
-        "notes": sink.notes,
+        "notes": [*sink.notes, *notes],
         "nodata": None
         if nodata is None
         else {
@@ -318,7 +334,15 @@ def apply_file(
     return Report(
         input={**describe_input(in_spec.text, plan), "notes": list(source.description.notes)},
         weights=describe_weights(loaded, plan),
-        output=_output_doc(out_spec, request.shape, request.dtype, sink, nodata, timings),
+        output=_output_doc(
+            out_spec,
+            request.shape,
+            request.dtype,
+            sink,
+            dropped_notes(source, out_spec, nodata),
+            timings,
+            nodata,
+        ),
         bias=describe_bias(loaded),
         groups=plan.groups,
         stride=plan.stride,

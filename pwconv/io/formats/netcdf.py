@@ -77,8 +77,13 @@ class NetcdfSource(Source):
             fill = attrs.get("_FillValue", attrs.get("missing_value"))
             self.nodata = None if fill is None else float(np.asarray(fill).reshape(-1)[0])
             self._var = var
+            template = self._template()
             self.description = Description(
-                dimensions=self.dimensions, nodata=self.nodata, reader="h5netcdf", metadata=self._template()
+                dimensions=self.dimensions,
+                nodata=self.nodata,
+                reader="h5netcdf",
+                metadata=template,
+                georeferenced=bool(template["netcdf"]["scalars"]),  # a CF grid mapping
             )
         except BaseException:
             self._file.close()

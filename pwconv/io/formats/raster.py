@@ -117,7 +117,10 @@ class RasterSource(Source):
         self.dtype = numeric_dtype(ds.dtypes[0], repr(path))
         self.shape = (ds.height, ds.width, ds.count)
         geo = {"crs": ds.crs, "transform": ds.transform, "blocks": ds.block_shapes[0]}
-        self.description = Description(nodata=ds.nodata, reader="rasterio", metadata={"raster": geo})
+        placed = ds.crs is not None or not ds.transform.is_identity
+        self.description = Description(
+            nodata=ds.nodata, reader="rasterio", metadata={"raster": geo}, georeferenced=placed
+        )
 
     def chunks(self) -> tuple[int, ...] | None:
         rows, cols = self._ds.block_shapes[0]
