@@ -203,3 +203,69 @@ def test_the_report_says_once_what_the_output_cannot_hold(tmp_path, output, note
     for note in notes:
         assert sum(note in s for s in said) == 1, (note, said)
     assert not any("dropped" in s or "not recorded" in s for s in said) if not notes else True
+
+
+def _named_geotiff(path, names=("B2", "B3", "B4", "B8"), seed=0):
+    bands = np.random.default_rng(seed).standard_normal((4, 9, 8)).astype(np.float32)
+    _geotiff(path, bands)
+    with rasterio.open(path, "r+") as ds:
+        for band, name in enumerate(names, start=1):
+            ds.set_band_description(band, name)
+    return bands
+
+
+def test_info_shows_band_descriptions_and_netcdf_coordinates(tmp_path):
+    h5netcdf = pytest.importorskip("h5netcdf")
+    _named_geotiff(tmp_path / "in.tif")
+    with h5netcdf.File(tmp_path / "c.nc", "w") as handle:
+        handle.dimensions = {"wavelength": 3, "y": 2}
+        handle.create_variable("wavelength", ("wavelength",), data=np.array([450.0, 550.5, 650.0]))
+        handle.create_variable("refl", ("wavelength", "y"), data=np.ones((3, 2), np.float32))
+    proc = run_cli("info", "in.tif", "c.nc", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tif, nc = json.loads(proc.stdout)
+    assert tif["labels"] == {"2": ["B2", "B3", "B4", "B8"]}
+    assert nc["labels"] == {"0": ["450", "550.5", "650"]} and nc["dimensions"] == ["wavelength", "y"]
+    assert "axis 2   B2, B3, B4, B8" in run_cli("info", "in.tif", cwd=tmp_path).stderr
+
+
+@pytest.mark.parametrize("bank", ["pca.npz", "pca.h5"])
+def test_a_fitted_bank_names_its_components_and_the_channels_it_was_fitted_on(tmp_path, bank):
+    _named_geotiff(tmp_path / "in.tif")
+    assert run_cli("fit", "pca", "in.tif", "-k", "2", "-o", bank, cwd=tmp_path).returncode == 0
+    assert run_cli("apply", "in.tif", bank, "-o", "pc.tif", cwd=tmp_path).returncode == 0
+    with rasterio.open(tmp_path / "pc.tif") as ds:
+        assert ds.descriptions == ("pc1", "pc2")
+    _named_geotiff(tmp_path / "swapped.tif", ("B3", "B2", "B4", "B8"), seed=1)
+    proc = run_cli("apply", "swapped.tif", bank, "-o", "out.tif", cwd=tmp_path)
+    assert_clean_error(proc, 2, "B2, B3, B4, B8", "B3, B2, B4, B8", "--ignore-channel-names")
+    assert not (tmp_path / "out.tif").exists()
+    proc = run_cli("apply", "swapped.tif", bank, "-o", "out.tif", "--ignore-channel-names", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_output_channel_names_reach_netcdf_hdf5_and_zarr_and_the_report_names_a_drop(tmp_path):
+    import h5py
+    import xarray as xr
+    import zarr
+
+    _named_geotiff(tmp_path / "in.tif")
+    assert run_cli("fit", "pca", "in.tif", "-k", "2", "-o", "pca.npz", cwd=tmp_path).returncode == 0
+    for name in ("pc.nc", "pc.h5", "pc.zarr", "pc.npy"):
+        proc = run_cli("apply", "in.tif", "pca.npz", "-o", name, "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        notes = json.loads(proc.stdout)["output"]["notes"]
+        assert any("channel names dropped: NPY" in n for n in notes) == (name == "pc.npy"), notes
+    with xr.open_dataset(tmp_path / "pc.nc", engine="h5netcdf") as ds:
+        assert list(ds["channel"].values) == ["pc1", "pc2"]
+    with h5py.File(tmp_path / "pc.h5") as handle:
+        assert list(handle["data"].attrs["channel_names"]) == ["pc1", "pc2"]
+    assert zarr.open_array(str(tmp_path / "pc.zarr"), mode="r").attrs["channel_names"] == ["pc1", "pc2"]
+
+
+def test_a_bank_format_without_text_still_applies(tmp_path):
+    _named_geotiff(tmp_path / "in.tif")
+    assert run_cli("fit", "pca", "in.tif", "-k", "2", "-o", "pca.safetensors", cwd=tmp_path).returncode == 0
+    _named_geotiff(tmp_path / "swapped.tif", ("B3", "B2", "B4", "B8"))
+    proc = run_cli("apply", "swapped.tif", "pca.safetensors", "-o", "out.tif", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # no names kept, so none to check

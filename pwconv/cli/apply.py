@@ -56,6 +56,7 @@ def apply(
     out_nodata: o.OutNodataOpt = None,
     channel_dim: o.ChannelDimOpt = None,
     format_options: o.FormatOptionsOpt = None,
+    ignore_channel_names: o.IgnoreChannelNamesOpt = False,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:

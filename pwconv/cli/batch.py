@@ -46,6 +46,7 @@ def batch(
     out_nodata: o.OutNodataOpt = None,
     channel_dim: o.ChannelDimOpt = None,
     format_options: o.FormatOptionsOpt = None,
+    ignore_channel_names: o.IgnoreChannelNamesOpt = False,
     output_format: Annotated[
         Optional[str],
         typer.Option(

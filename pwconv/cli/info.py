@@ -19,6 +19,16 @@ def _size_text(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _label_rows(array: dict[str, Any]) -> list[tuple[str, str]]:
+    """The names of each labelled axis (band descriptions, a NetCDF coordinate), and the
+    dimension names where the format has them."""
+    rows = [("dimensions", ", ".join(array["dimensions"]))] if array["dimensions"] else []
+    for axis, names in array["labels"].items():
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        rows.append((f"axis {axis}", shown))
+    return rows
+
+
 def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, str]]:
     if channels is None:
         return []
@@ -73,6 +83,7 @@ def info(
                     ("layout", f"probably {array['layout_guess']}"),
                     ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
                     ("read by", array["reader"]),
+                    *_label_rows(array),
                     *_bank_row(array, channels),
                 ]
             )

@@ -106,6 +106,14 @@ FormatOptionsOpt = Annotated[
     ),
 ]
 
+IgnoreChannelNamesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ignore-channel-names",
+        help="Apply a bank even where the input's channel names differ from those it was made for.",
+    ),
+]
+
 # Defaults, written once (the library's own where it has one).
 MAX_MEMORY = DEFAULT_MAX_MEMORY
 LAYOUT = "channels-last"

@@ -60,3 +60,16 @@ def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
             f"expected an ordinary zip member in {path!r}, found {info.filename!r} declaring "
             f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
         )
+
+
+def label_text(value: object) -> str:
+    """One label as text: bytes decoded, floats without trailing zeros.
+
+    >>> label_text(b"B2"), label_text(np.float32(450.0)), label_text(3)
+    ('B2', '450', '3')
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return str(value)

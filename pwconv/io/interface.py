@@ -55,6 +55,9 @@ class Description:
     #: The data is placed on the Earth (a CRS or a geotransform, a CF grid mapping); only an
     #: output of the family named in ``metadata`` keeps that, and the report says so otherwise.
     georeferenced: bool = False
+    #: Names of the positions along an axis, by axis: band descriptions, a NetCDF
+    #: coordinate. Along the channel axis they are the channel labels.
+    labels: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Source:
@@ -157,6 +160,7 @@ class SinkRequest:
     stride: int = 1
     options: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # what the input's format passes on
+    channel_labels: tuple[str, ...] | None = None  # one name per output channel (a bank's names)
 
 
 class Backend:
@@ -197,6 +201,11 @@ class Backend:
 
     def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
         """The dtype an output takes when none is asked for (None: numpy's rule)."""
+        return None
+
+    def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
+        """The text array ``name`` of a container (a bank's ``names``), or None where the file
+        has none or the format holds no text."""
         return None
 
     def stored_dtype(self, dtype: np.dtype) -> np.dtype:

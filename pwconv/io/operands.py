@@ -47,6 +47,8 @@ class Weights:
     bias: Operand | None = None
     bank: bool = False  # read from a filter-bank file (``weights`` + ``bias``)
     unused_bias: str | None = None  # a bias in the weights' file that was not applied
+    names: tuple[str, ...] | None = None  # a bank's name for each filter (its output channels)
+    channel_names: tuple[str, ...] | None = None  # the input channels the bank was made for
 
     @property
     def specs(self) -> list[Spec]:
@@ -132,9 +134,13 @@ def read_weights(filters: str, bias: str | None = None, *, member: str | None = 
     if bank_weights in names:  # a filter-bank file
         weights = _read_spec(dataclasses.replace(spec, member=bank_weights))
         bank_bias = dataclasses.replace(spec, member=bank_bias_name) if bank_bias_name in names else None
-        if bias in (None, "auto"):
-            return Weights(weights, _read_spec(bank_bias) if bank_bias else None, bank=True)
-        return Weights(weights, read_operand(bias, what="bias"), bank=True)
+        backend = format_named(spec.format).load()
+        filter_names = backend.read_labels(spec.path, "names")
+        channel_names = backend.read_labels(spec.path, "channel_names")
+        used = _read_spec(bank_bias) if bank_bias else None
+        if bias not in (None, "auto"):
+            used = read_operand(bias, what="bias")
+        return Weights(weights, used, bank=True, names=filter_names, channel_names=channel_names)
     weights = _read_spec(spec)
     assert weights.spec is not None
     belonging = companion_bias(weights.spec)

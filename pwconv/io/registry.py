@@ -55,6 +55,9 @@ class Format:
     #: The output records which value is nodata (a GeoTIFF's nodata, NetCDF's _FillValue,
     #: an HDF5 or Zarr attribute); where it cannot, the report says what nodata pixels hold.
     records_nodata: bool = False
+    #: The output records the channels' names (raster band descriptions, a NetCDF coordinate,
+    #: an HDF5 or Zarr attribute).
+    records_labels: bool = False
 
     def load(self) -> Backend:
         return _backend(self)
@@ -96,10 +99,11 @@ FORMATS: tuple[Format, ...] = (
     Format("keras", "Keras", f"{_M}.keras:KerasFormat", (".keras", ".weights.h5"), containers=True,
            claims=_H5, family="model"),
     Format("hdf5", "HDF5", f"{_F}.hdf5:Hdf5Format", _H5, magic=b"\x89HDF\r\n\x1a\n", containers=True,
-           writes=_H5, compressions=("gzip", "lzf"), banks=True, records_nodata=True),
+           writes=_H5, compressions=("gzip", "lzf"), banks=True, records_nodata=True,
+           records_labels=True),
     Format("zarr", "Zarr", f"{_F}.zarr:ZarrFormat", (".zarr",), containers=True, folder=True,
            writes=(".zarr",), compressions=("zstd", "gzip"), parallel_write=True, extra="dask",
-           records_nodata=True),
+           records_nodata=True, records_labels=True),
     Format("npz", ".npz", f"{_M}.npz:NpzFormat", (".npz",), containers=True, banks=True, family="model"),
     Format("safetensors", "safetensors", f"{_M}.safetensors:SafetensorsFormat", (".safetensors",),
            containers=True, banks=True, family="model"),
@@ -109,9 +113,10 @@ FORMATS: tuple[Format, ...] = (
            family="model"),
     Format("raster", "raster", f"{_F}.raster:RasterFormat", (".vrt", ".img", ".dat", ".jp2"),
            claims=(".tif", ".tiff"), writes=(".tif", ".tiff", ".img", ".dat", ".jp2"), options=("*",), extra="geo",
-           channels_last=True, records_nodata=True),
+           channels_last=True, records_nodata=True, records_labels=True),
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
-           containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True),
+           containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
+           records_labels=True),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
            writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True),
     Format("tiff", "TIFF", f"{_F}.tiff:TiffFormat", (".tif", ".tiff"), magic=b"II*\x00",

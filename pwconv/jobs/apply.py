@@ -160,6 +160,7 @@ class OutputSettings:
     saturate_to: np.dtype | None = None
     nodata: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
 
 
 def _channels_to_end(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -201,6 +202,7 @@ def open_output(
         stride=plan.stride,
         options=options.writer_options,
         metadata=output.metadata,
+        channel_labels=None if squeeze else output.labels,
     )
     sink: Sink = open_sink(spec, request)
     if saturate_to is not None or squeeze or move:
@@ -246,11 +248,32 @@ def run_into(sink: Sink, engine: Engine, progress: Progress | None) -> Timings:
     return timings
 
 
-def dropped_notes(source: Source, output: Spec, nodata: Nodata | None) -> list[str]:
+def check_channel_names(weights: Weights, source: Source, plan: ConvPlan, options: ApplyOptions) -> None:
+    """A bank made for named channels must meet the same channels, in the same order."""
+    wanted, found = weights.channel_names, source.description.labels.get(plan.channel_axis)
+    if options.ignore_channel_names or not wanted or not found or tuple(wanted) == tuple(found):
+        return
+    raise UsageError(
+        f"expected the input channels the bank was made for ({', '.join(wanted)}), found "
+        f"{', '.join(found)}; reorder the input, or pass [[ignore_channel_names!]] to apply it anyway"
+    )
+
+
+def output_labels(weights: Weights, plan: ConvPlan) -> tuple[str, ...] | None:
+    """The output channels' names: the bank's name for each filter, where it has them."""
+    names = weights.names
+    return tuple(names) if names and len(names) == plan.out_channels else None
+
+
+def dropped_notes(
+    source: Source, output: Spec, nodata: Nodata | None, labels: tuple[str, ...] | None = None
+) -> list[str]:
     """What the output's format cannot hold of what the input meant, said once each."""
     row = format_named(output.format)
     kind = os.path.splitext(output.path)[1].lstrip(".").upper() or row.title  # PNG, NPY, ...
     notes = []
+    if labels and not row.records_labels:
+        notes.append(f"channel names dropped: {kind} output has none ({', '.join(labels[:8])})")
     if source.description.georeferenced and output.format not in source.description.metadata:
         notes.append(f"georeferencing dropped: {kind} output has none")
     if nodata is not None and not row.records_nodata:
@@ -313,19 +336,21 @@ def apply_file(
         check_output(options, out_spec)
         options = with_channel_dim(options, source)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
+        check_channel_names(loaded, source, plan, options)
+        labels = output_labels(loaded, plan)
         nodata = resolve_nodata(options, source, plan.out_dtype, saturate_to)
         engine = choose_engine(plan, in_spec, source, out_spec, options, nodata)
         # A chunked output takes one chunk per block unless told its chunks.
         block_shape = (
             engine.block_shape if options.output_chunks == "auto" or options.engine == "dask" else None
         )
+        attrs = output_attrs(in_spec.text, loaded, plan)
+        if labels:
+            attrs["channel_names"] = list(labels)
         settings = OutputSettings(
-            output_attrs(in_spec.text, loaded, plan),
-            block_shape,
-            saturate_to,
-            nodata.out_value if nodata else None,
-            dict(source.description.metadata),
-        )
+            attrs, block_shape, saturate_to, nodata.out_value if nodata else None,
+            dict(source.description.metadata), labels,
+        )  # fmt: skip
         sink, request = open_output(out_spec, plan, options, settings)
         load_seconds = time.perf_counter() - start
         timings = run_into(sink, engine, progress)
@@ -339,7 +364,7 @@ def apply_file(
             request.shape,
             request.dtype,
             sink,
-            dropped_notes(source, out_spec, nodata),
+            dropped_notes(source, out_spec, nodata, labels),
             timings,
             nodata,
         ),

@@ -217,6 +217,7 @@ class _Header:
     pixel_shape: tuple[int, ...]
     channels: int
     dtype: np.dtype
+    labels: tuple[str, ...] | None  # the channels' names (band descriptions, a coordinate)
 
 
 def _headers(specs: list[Spec], layouts: list[Axes]) -> list[_Header]:
@@ -227,10 +228,22 @@ def _headers(specs: list[Spec], layouts: list[Axes]) -> list[_Header]:
         try:
             axis = layout.channel_axis(source)
             shape = tuple(source.shape)
-            headers.append(_Header(_pixel_shape(shape, axis), shape[axis], np.dtype(source.dtype)))
+            labels = source.description.labels.get(axis)
+            headers.append(_Header(_pixel_shape(shape, axis), shape[axis], np.dtype(source.dtype), labels))
         finally:
             source.close()
     return headers
+
+
+def _labels(
+    names: list[str] | tuple[str, ...] | None, channel_names: tuple[str, ...] | None
+) -> dict[str, np.ndarray]:
+    """A bank's text arrays: a name per filter (its output channel) and, where the input's
+    channels had names, the channels it was fitted on (``apply`` checks them)."""
+    arrays = {"names": np.array(names)} if names else {}
+    if channel_names:
+        arrays["channel_names"] = np.array(channel_names)
+    return arrays
 
 
 def _apply_command(inputs: list[str], written: list[str], axes: Axes, dataset: str | None) -> str:
@@ -278,6 +291,7 @@ def fit_pca(
         "explained_variance": result.explained_variance,
         "explained_variance_ratio": result.explained_variance_ratio,
         "n_pixels": np.array(result.n_pixels),
+        **_labels([f"pc{i + 1}" for i in range(result.weights.shape[0])], headers[0].labels),
     }
     written = write_arrays(out_spec, arrays, options.overwrite)
     return {
@@ -338,6 +352,7 @@ def fit_lstsq(
         "r2": result.r2,
         "condition": np.array(result.condition),
         "n_pixels": np.array(result.n_pixels),
+        **_labels(headers[1].labels, headers[0].labels),
     }
     written = write_arrays(out_spec, arrays, options.overwrite)
     return {

@@ -47,6 +47,9 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
             "layout_guess": guess_layout(shape),
             "storage": source.storage(),
             "reader": source.description.reader,  # which code path reads the data
+            # names along an axis (band descriptions, a NetCDF coordinate), by axis number
+            "labels": {str(axis): list(names) for axis, names in source.description.labels.items()},
+            "dimensions": list(source.description.dimensions or ()) or None,
         }
     finally:
         source.close()

@@ -114,6 +114,8 @@ class ApplyOptions:
     # The output format's own options, KEY=VALUE (GDAL creation options, quality, ...): they
     # travel to the format as one mapping, checked against the formats that take them.
     format_options: tuple[str, ...] = ()
+    # A bank that names the channels it was made for is checked against the input's names.
+    ignore_channel_names: bool = False
     # Parsed from the fields above.
     max_bytes: int = field(init=False, repr=False)
     output_chunks: str | tuple[int, ...] = field(init=False, repr=False)

@@ -19,7 +19,7 @@ import numpy as np
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, OutputExistsError
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
-from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name
 from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
@@ -44,7 +44,7 @@ def list_datasets(group: Any) -> list[str]:
     names: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind not in "OSU":  # text: labels, not tensors
             names.append("/" + name)
 
     group.visititems(visit)
@@ -323,13 +323,25 @@ class Hdf5Format(Backend):
         with _open_file(path, "r") as handle:
             return list_datasets(handle)
 
+    def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
+        check_readable(path)
+        with _open_file(path, "r") as handle:
+            ds = handle.get(self.array_name(name))
+            if not isinstance(ds, _h5py().Dataset) or ds.dtype.kind not in "OS" or ds.ndim != 1:
+                return None
+            return tuple(label_text(v) for v in ds[...])
+
     def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-        """Named arrays as datasets of a new HDF5 file, written atomically."""
+        """Named arrays as datasets of a new HDF5 file, written atomically (text as HDF5 strings)."""
+        h5py = _h5py()
 
         def write(temp: str) -> None:
-            with _h5py().File(temp, "w") as handle:
+            with h5py.File(temp, "w") as handle:
                 for name, array in arrays.items():
-                    handle[name] = array
+                    if array.dtype.kind == "U":
+                        handle.create_dataset(name, data=array.astype(object), dtype=h5py.string_dtype())
+                    else:
+                        handle[name] = array
 
         write_atomically(path, overwrite, write)
         return [path]

@@ -19,14 +19,23 @@ import numpy as np
 
 from pwconv.errors import FormatError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
-from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-_KEEP_VARIABLE_ATTRS = ("grid_mapping",)
+# A mix of channels keeps its grid mapping, units and name (pwconv's provenance goes into
+# the history); standard_name and valid ranges may no longer hold and are dropped.
+_KEEP_VARIABLE_ATTRS = ("grid_mapping", "units", "long_name")
+_MAX_LABELS = 4096  # a coordinate longer than this is data, not labels
+
+
+def _h5py_strings() -> Any:
+    import h5py
+
+    return h5py.string_dtype()
 
 
 def _h5netcdf() -> Any:
@@ -78,7 +87,15 @@ class NetcdfSource(Source):
             self.nodata = None if fill is None else float(np.asarray(fill).reshape(-1)[0])
             self._var = var
             template = self._template()
+            labels = {
+                axis: tuple(label_text(v) for v in template["netcdf"]["coordinates"][dim][0].reshape(-1))
+                for axis, dim in enumerate(self.dimensions)
+                if dim in template["netcdf"]["coordinates"]
+                and template["netcdf"]["coordinates"][dim][0].shape == (self.shape[axis],)
+                and self.shape[axis] <= _MAX_LABELS
+            }
             self.description = Description(
+                labels=labels,
                 dimensions=self.dimensions,
                 nodata=self.nodata,
                 reader="h5netcdf",
@@ -176,7 +193,15 @@ class NetcdfSink(FileSink):
             )
             if template:
                 self._var.attrs.update(template["variable_attrs"])
-            self._var.attrs["long_name"] = f"pwconv 1x1 convolution of {request.attrs.get('input', name)}"
+            if "long_name" not in self._var.attrs:
+                self._var.attrs["long_name"] = f"pwconv 1x1 convolution of {request.attrs.get('input', name)}"
+            if request.channel_labels:  # the output channels' names, as their coordinate
+                self._file.create_variable(
+                    dims[axis],
+                    (dims[axis],),
+                    dtype=_h5py_strings(),
+                    data=np.array(request.channel_labels, object),
+                )
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         try:

@@ -61,13 +61,16 @@ def _take(stream: IO[bytes], count: int, name: str, what: str) -> bytes:
     return data
 
 
-def read_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+def read_header(
+    stream: IO[bytes], name: str, *, text: bool = False
+) -> tuple[tuple[int, ...], np.dtype, bool]:
     """Parse an npy header strictly: (shape, dtype, fortran_order). Never unpickles.
 
     The magic string and version go through numpy's public ``read_magic``; the rest is
     parsed here, stricter than numpy's readers and naming the field at fault: header length,
     the header's literal, descr, fortran_order, each shape entry, the data size. Any fault is
-    a one-line FormatError.
+    a one-line FormatError. ``text`` admits fixed-width unicode (a bank's names: plain
+    characters, nothing to unpickle) besides numbers.
     """
     try:
         version = npformat.read_magic(stream)  # numpy's own check of the magic string
@@ -104,7 +107,7 @@ def read_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype
         dtype = npformat.descr_to_dtype(header["descr"])
     except Exception:  # noqa: BLE001 - numpy raises several types for a bad descr
         raise _corrupt(name, f"descr {header['descr']!r}, which is not a numpy dtype") from None
-    dtype = numeric_dtype(dtype, name)
+    dtype = dtype if text and dtype.kind == "U" else numeric_dtype(dtype, name)
     if math.prod(shape) * dtype.itemsize > _MAX_DATA_BYTES:
         raise _corrupt(name, f"shape {shape} of {dtype}, more bytes than any file holds")
     return shape, dtype, fortran

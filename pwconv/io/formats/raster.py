@@ -118,8 +118,10 @@ class RasterSource(Source):
         self.shape = (ds.height, ds.width, ds.count)
         geo = {"crs": ds.crs, "transform": ds.transform, "blocks": ds.block_shapes[0]}
         placed = ds.crs is not None or not ds.transform.is_identity
+        names = ds.descriptions
+        labels = {2: tuple(d or f"band {i + 1}" for i, d in enumerate(names))} if any(names) else {}
         self.description = Description(
-            nodata=ds.nodata, reader="rasterio", metadata={"raster": geo}, georeferenced=placed
+            nodata=ds.nodata, reader="rasterio", metadata={"raster": geo}, georeferenced=placed, labels=labels
         )
 
     def chunks(self) -> tuple[int, ...] | None:
@@ -221,6 +223,8 @@ class RasterSink(FileSink):
             raise UsageError(
                 f"expected creation options the {driver} driver knows, found: {unknown[0]}; check [[co]]"
             )
+        for band, label in enumerate(request.channel_labels or (), start=1):
+            self._ds.set_band_description(band, label)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         from rasterio.windows import Window

@@ -40,10 +40,19 @@ def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
 
 
-def _load(path: str, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+def _is_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bool:
+    """Whether a member holds text (a bank's names), from its header alone."""
+    try:
+        with archive.open(info) as stream:
+            return read_header(stream, where, text=True)[1].kind == "U"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False  # damaged: listed, and refused with its own error when read
+
+
+def _load(path: str, info: zipfile.ZipInfo, where: str, *, text: bool = False) -> np.ndarray:
     try:
         with zipfile.ZipFile(path) as archive, archive.open(info) as stream:
-            shape, dtype, fortran = read_header(stream, where)
+            shape, dtype, fortran = read_header(stream, where, text=text)
             data = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
             read_exact(stream, data.data, where)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -58,8 +67,18 @@ class NpzFormat(Backend):
     """``.npz`` archives: members read one at a time through the strict npy header parser."""
 
     def list_arrays(self, path: str) -> list[str]:
+        """The numeric members (text members, a bank's names, are labels: :meth:`read_labels`)."""
         with _open_zip(path) as archive:
-            return sorted(_members(archive))
+            members = _members(archive)
+            return sorted(n for n, info in members.items() if not _is_text(archive, info, f"{path}:{n}"))
+
+    def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
+        with _open_zip(path) as archive:
+            info = _members(archive).get(name)
+            if info is None or not _is_text(archive, info, f"{path}:{name}"):
+                return None
+            zip_member_guard(path, info)
+        return tuple(str(v) for v in _load(path, info, f"{path}:{name}", text=True).reshape(-1))
 
     def array_name(self, name: str) -> str:
         return name[: -len(".npy")] if name.endswith(".npy") else name

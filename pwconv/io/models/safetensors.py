@@ -149,9 +149,10 @@ class SafetensorsFormat(Backend):
         )
 
     def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-        """Named arrays as a ``.safetensors`` file, written atomically."""
+        """Named arrays as a ``.safetensors`` file, written atomically. safetensors holds no
+        text: a bank's names are left out (the caller says so)."""
         from safetensors.numpy import save_file
 
-        contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a.dtype.kind != "U"}
         write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp))
         return [path]
