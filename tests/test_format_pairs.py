@@ -269,3 +269,20 @@ def test_a_bank_format_without_text_still_applies(tmp_path):
     _named_geotiff(tmp_path / "swapped.tif", ("B3", "B2", "B4", "B8"))
     proc = run_cli("apply", "swapped.tif", "pca.safetensors", "-o", "out.tif", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # no names kept, so none to check
+
+
+def test_a_netcdf_band_dimension_is_the_channel_axis_unless_told_otherwise(tmp_path):
+    from sklearn.decomposition import PCA
+
+    data = _cube(tmp_path / "cube.nc")
+    proc = run_cli("fit", "pca", "cube.nc", "-k", "2", "-o", "pca.npz", "--nodata", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    reference = PCA(2).fit(np.moveaxis(data, 1, -1).reshape(-1, 4).astype(np.float64))
+    with np.load(tmp_path / "pca.npz") as bank:
+        np.testing.assert_allclose(bank["explained_variance"], reference.explained_variance_, rtol=1e-4)
+    proc = run_cli("apply", "cube.nc", "1,1,1,1", "-o", "s.nc", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["output"]["shape"] == [2, 1, 6, 5]
+    assert "channels on 'band' (axis 1)" in run_cli("info", "cube.nc", cwd=tmp_path).stderr
+    proc = run_cli("apply", "cube.nc", "1,1,1,1,1", "--layout", "channels-last", "-o", "t.nc", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # told otherwise: x (5 long) is the channel axis

@@ -19,6 +19,13 @@ def _size_text(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _layout_text(array: dict[str, Any]) -> str:
+    band = array["channel_dimension"]
+    if band is None:
+        return f"probably {array['layout_guess']}"
+    return f"channels on {band!r} (axis {array['dimensions'].index(band)}), by the dimension's name"
+
+
 def _label_rows(array: dict[str, Any]) -> list[tuple[str, str]]:
     """The names of each labelled axis (band descriptions, a NetCDF coordinate), and the
     dimension names where the format has them."""
@@ -80,7 +87,7 @@ def info(
                         "shape",
                         f"{shape_text(array['shape'])}  {array['dtype']}  {_size_text(array['bytes'])}",
                     ),
-                    ("layout", f"probably {array['layout_guess']}"),
+                    ("layout", _layout_text(array)),
                     ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),
                     ("read by", array["reader"]),
                     *_label_rows(array),

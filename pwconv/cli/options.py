@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.io.registry import FORMATS, bank_suffixes, formats_text
-from pwconv.jobs.options import DEFAULT_MAX_MEMORY
+from pwconv.jobs.options import AUTO_LAYOUT, DEFAULT_MAX_MEMORY
 
 # Help texts that list formats come from the registry, so they name what really reads and writes.
 READS = formats_text()
@@ -35,7 +35,8 @@ LayoutOpt = Annotated[
     str,
     typer.Option(
         "--layout",
-        help="Where the channels are: channels-last, channels-first, a letter string (NHWC, CHW, ...) or an axis number.",
+        help="Where the channels are: auto (a NetCDF dimension named band, channel, wavelength, ...; else "
+        "channels-last), channels-last, channels-first, a letter string (NHWC, CHW, ...) or an axis number.",
     ),
 ]
 WeightsLayoutOpt = Annotated[
@@ -116,7 +117,7 @@ IgnoreChannelNamesOpt = Annotated[
 
 # Defaults, written once (the library's own where it has one).
 MAX_MEMORY = DEFAULT_MAX_MEMORY
-LAYOUT = "channels-last"
+LAYOUT = AUTO_LAYOUT
 WEIGHTS_LAYOUT = "auto"
 CHUNKS = "auto"
 ENGINE = "numpy"

@@ -28,7 +28,7 @@ from pwconv.io.registry import (
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import ApplyOptions, channel_dim_axis, check_output, nodata_value
+from pwconv.jobs.options import ApplyOptions, check_output, nodata_value, resolved_layout
 from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
 
 
@@ -124,11 +124,10 @@ def _holds(dtype: np.dtype, value: float) -> bool:
 
 
 def with_channel_dim(options: ApplyOptions, source: Source) -> ApplyOptions:
-    """``channel_dim`` (a NetCDF dimension name) turned into the layout's axis number."""
-    if options.channel_dim is None:
-        return options
-    axis = channel_dim_axis(source.description.dimensions, options.channel_dim)
-    return dataclasses.replace(options, layout=str(axis))
+    """The options with the input's layout settled: ``channel_dim`` (a NetCDF dimension name)
+    or, for the ``auto`` layout, a band-like dimension, as the axis number; else channels-last."""
+    layout = resolved_layout(options.layout, options.channel_dim, source.description.dimensions)
+    return options if layout == options.layout else dataclasses.replace(options, layout=layout)
 
 
 def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
 from pwconv.io.registry import check_distinct, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import DEFAULT_MAX_MEMORY, channel_dim_axis, nodata_value, parse_nodata
+from pwconv.jobs.options import AUTO_LAYOUT, DEFAULT_MAX_MEMORY, nodata_value, parse_nodata, resolved_layout
 
 SAMPLE_SEED = 0
 
@@ -33,7 +33,7 @@ SAMPLE_SEED = 0
 class FitOptions:
     """What every fit takes: where the channels are, what is nodata, how much to read."""
 
-    layout: str = "channels-last"
+    layout: str = AUTO_LAYOUT
     # auto (each file's own: GeoTIFF nodata, NetCDF _FillValue), a number, nan or none;
     # NaN is always left out.
     nodata: str = "auto"
@@ -64,16 +64,15 @@ class Axes:
     channel_dim: str | None = None
 
     def channel_axis(self, source: Source) -> int:
-        if self.channel_dim is not None:
-            return channel_dim_axis(source.description.dimensions, self.channel_dim)
-        return parse_layout(self.layout, len(source.shape)).channel_axis
+        layout = resolved_layout(self.layout, self.channel_dim, source.description.dimensions)
+        return parse_layout(layout, len(source.shape)).channel_axis
 
     @property
     def flag(self) -> str:
         """The apply option that says the same."""
         if self.channel_dim is not None:
             return f" --channel-dim {self.channel_dim}"
-        return "" if self.layout == "channels-last" else f" --layout {self.layout}"
+        return "" if self.layout in (AUTO_LAYOUT, "channels-last") else f" --layout {self.layout}"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pwconv.core.filters import reading_for
 from pwconv.errors import PwconvError, UsageError
 from pwconv.io.registry import array_specs, companion_bias, open_source
 from pwconv.io.spec import Spec, parse_spec
+from pwconv.jobs.options import band_dimension
 
 
 def guess_layout(shape: tuple[int, ...]) -> str:
@@ -50,6 +51,8 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
             # names along an axis (band descriptions, a NetCDF coordinate), by axis number
             "labels": {str(axis): list(names) for axis, names in source.description.labels.items()},
             "dimensions": list(source.description.dimensions or ()) or None,
+            # the dimension apply and fit take as the channels by default (its name says band)
+            "channel_dimension": band_dimension(source.description.dimensions),
         }
     finally:
         source.close()

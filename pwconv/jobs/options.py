@@ -19,6 +19,12 @@ from pwconv.io.registry import all_compressions, check_writable, formats_compres
 from pwconv.io.spec import Spec
 
 DEFAULT_MAX_MEMORY = "512MiB"
+#: The default layout: a dimension named like a band axis where the format names its
+#: dimensions (NetCDF), else channels-last.
+AUTO_LAYOUT = "auto"
+BAND_DIMENSIONS = (
+    "band", "bands", "channel", "channels", "wavelength", "wavelengths", "spectral_band", "spectrum",
+)  # fmt: skip
 ENGINES = ("numpy", "dask")
 
 
@@ -59,6 +65,26 @@ def nodata_value(text: str, declared: float | None) -> float | None:
     return None if value == "none" else float(value)
 
 
+def band_dimension(dimensions: tuple[str, ...] | None) -> str | None:
+    """The first dimension named like a band axis, if the input names its dimensions.
+
+    >>> band_dimension(("time", "band", "y", "x"))
+    'band'
+    """
+    return next((d for d in dimensions or () if d.lower() in BAND_DIMENSIONS), None)
+
+
+def resolved_layout(layout: str, channel_dim: str | None, dimensions: tuple[str, ...] | None) -> str:
+    """The layout an input is read with: ``channel_dim`` if given, and for ``auto`` a
+    band-like dimension or channels-last."""
+    if channel_dim is not None:
+        return str(channel_dim_axis(dimensions, channel_dim))
+    if layout != AUTO_LAYOUT:
+        return layout
+    band = band_dimension(dimensions)
+    return "channels-last" if band is None or dimensions is None else str(dimensions.index(band))
+
+
 def channel_dim_axis(dimensions: tuple[str, ...] | None, name: str) -> int:
     """The axis of the dimension ``name`` (``--channel-dim``), for an input whose format
     names its dimensions."""
@@ -94,7 +120,7 @@ class ApplyOptions:
     1048576
     """
 
-    layout: str = "channels-last"
+    layout: str = AUTO_LAYOUT  # auto: a band-like named dimension, else channels-last
     weights_layout: str = "auto"
     bias: str | None = None
     groups: int = 1
