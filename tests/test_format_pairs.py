@@ -189,7 +189,7 @@ def test_a_missing_input_says_it_does_not_exist(tmp_path, name):
     [
         ("o.png", ["georeferencing dropped: PNG output has none", "nodata not recorded: PNG"]),
         ("o.npy", ["georeferencing dropped: NPY output has none", "nodata not recorded: NPY"]),
-        ("o.nc", ["georeferencing dropped: NC output has none"]),
+        ("o.nc", []),  # CF grid mapping: kept
         ("o.tif", []),
     ],
 )
@@ -257,7 +257,7 @@ def test_output_channel_names_reach_netcdf_hdf5_and_zarr_and_the_report_names_a_
         notes = json.loads(proc.stdout)["output"]["notes"]
         assert any("channel names dropped: NPY" in n for n in notes) == (name == "pc.npy"), notes
     with xr.open_dataset(tmp_path / "pc.nc", engine="h5netcdf") as ds:
-        assert list(ds["channel"].values) == ["pc1", "pc2"]
+        assert list(ds["band"].values) == ["pc1", "pc2"]  # a raster's bands: CF's y, x, band
     with h5py.File(tmp_path / "pc.h5") as handle:
         assert list(handle["data"].attrs["channel_names"]) == ["pc1", "pc2"]
     assert zarr.open_array(str(tmp_path / "pc.zarr"), mode="r").attrs["channel_names"] == ["pc1", "pc2"]
@@ -286,3 +286,12 @@ def test_a_netcdf_band_dimension_is_the_channel_axis_unless_told_otherwise(tmp_p
     assert "channels on 'band' (axis 1)" in run_cli("info", "cube.nc", cwd=tmp_path).stderr
     proc = run_cli("apply", "cube.nc", "1,1,1,1,1", "--layout", "channels-last", "-o", "t.nc", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # told otherwise: x (5 long) is the channel axis
+
+
+def test_a_geotiff_written_as_netcdf_keeps_its_crs_and_transform_as_cf_grid_mapping(tmp_path):
+    _named_geotiff(tmp_path / "in.tif")
+    proc = run_cli("apply", "in.tif", "1,0,0,0;0,1,0,0", "-o", "g.nc", "--stride", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open("netcdf:" + str(tmp_path / "g.nc") + ":data") as ds:  # GDAL's own reading
+        assert ds.crs.to_epsg() == 32633 and ds.count == 2
+        assert ds.transform == TRANSFORM * TRANSFORM.scale(2) and ds.shape == (5, 4)

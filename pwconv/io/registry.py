@@ -58,6 +58,8 @@ class Format:
     #: The output records the channels' names (raster band descriptions, a NetCDF coordinate,
     #: an HDF5 or Zarr attribute).
     records_labels: bool = False
+    #: The families (registry names) whose georeferencing this format's writer keeps.
+    georeferencing_from: tuple[str, ...] = ()
 
     def load(self) -> Backend:
         return _backend(self)
@@ -113,10 +115,10 @@ FORMATS: tuple[Format, ...] = (
            family="model"),
     Format("raster", "raster", f"{_F}.raster:RasterFormat", (".vrt", ".img", ".dat", ".jp2"),
            claims=(".tif", ".tiff"), writes=(".tif", ".tiff", ".img", ".dat", ".jp2"), options=("*",), extra="geo",
-           channels_last=True, records_nodata=True, records_labels=True),
+           channels_last=True, records_nodata=True, records_labels=True, georeferencing_from=("raster",)),
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
-           records_labels=True),
+           records_labels=True, georeferencing_from=("netcdf", "raster")),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
            writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True),
     Format("tiff", "TIFF", f"{_F}.tiff:TiffFormat", (".tif", ".tiff"), magic=b"II*\x00",

@@ -273,7 +273,8 @@ def dropped_notes(
     notes = []
     if labels and not row.records_labels:
         notes.append(f"channel names dropped: {kind} output has none ({', '.join(labels[:8])})")
-    if source.description.georeferenced and output.format not in source.description.metadata:
+    kept = any(family in source.description.metadata for family in row.georeferencing_from)
+    if source.description.georeferenced and not kept:
         notes.append(f"georeferencing dropped: {kind} output has none")
     if nodata is not None and not row.records_nodata:
         notes.append(

@@ -153,6 +153,30 @@ class NetcdfSource(Source):
         self._file.close()
 
 
+def _write_grid_mapping(
+    handle: Any, var: Any, raster: dict[str, Any], stride: int, shape: tuple[int, ...]
+) -> None:
+    """A raster's georeferencing as CF has it: x and y coordinates of the cell centres and a
+    grid-mapping variable with the CRS as WKT (and GDAL's GeoTransform), named by the data
+    variable's ``grid_mapping``."""
+    transform = raster["transform"]
+    if stride > 1:
+        transform = transform @ transform.scale(stride)
+    x0, dx, y0, dy = transform.c, transform.a, transform.f, transform.e
+    handle.create_variable("x", ("x",), data=x0 + dx * (np.arange(shape[1]) + 0.5))
+    handle.create_variable("y", ("y",), data=y0 + dy * (np.arange(shape[0]) + 0.5))
+    crs = raster["crs"]
+    mapping = handle.create_variable("spatial_ref", (), dtype="i4")
+    mapping.attrs.update(
+        {
+            "crs_wkt": crs.to_wkt(),
+            "spatial_ref": crs.to_wkt(),  # the name GDAL reads too
+            "GeoTransform": " ".join(f"{v!r}" for v in (x0, dx, transform.b, y0, transform.d, dy)),
+        }
+    )
+    var.attrs["grid_mapping"] = "spatial_ref"
+
+
 class NetcdfSink(FileSink):
     """A new NetCDF-4 file written block by block into a temp file renamed on commit."""
 
@@ -160,8 +184,11 @@ class NetcdfSink(FileSink):
         h5netcdf = _h5netcdf()
         template = request.metadata.get("netcdf")
         shape, axis = request.shape, request.channel_axis
+        raster = request.metadata.get("raster") if len(shape) == 3 and axis == 2 else None
         if template and len(template["dimensions"]) == len(shape):
             dims = list(template["dimensions"])
+        elif raster:  # (rows, cols, bands) of a raster: CF's y, x and a band dimension
+            dims, template = ["y", "x", "band"], None
         else:
             dims = [f"dim_{i}" for i in range(len(shape))]
             dims[axis] = "channel"
@@ -195,6 +222,8 @@ class NetcdfSink(FileSink):
                 self._var.attrs.update(template["variable_attrs"])
             if "long_name" not in self._var.attrs:
                 self._var.attrs["long_name"] = f"pwconv 1x1 convolution of {request.attrs.get('input', name)}"
+            if raster and raster.get("crs") is not None:
+                _write_grid_mapping(self._file, self._var, raster, request.stride, shape)
             if request.channel_labels:  # the output channels' names, as their coordinate
                 self._file.create_variable(
                     dims[axis],
