@@ -295,3 +295,107 @@ def test_a_geotiff_written_as_netcdf_keeps_its_crs_and_transform_as_cf_grid_mapp
     with rasterio.open("netcdf:" + str(tmp_path / "g.nc") + ":data") as ds:  # GDAL's own reading
         assert ds.crs.to_epsg() == 32633 and ds.count == 2
         assert ds.transform == TRANSFORM * TRANSFORM.scale(2) and ds.shape == (5, 4)
+
+
+# --- every pair: each input format written as each output format ------------------------
+
+PIXELS = (np.arange(6 * 5 * 3).reshape(6, 5, 3) * 7 % 250 + 3).astype(np.uint8)  # no zeros
+PIXELS[0, 0] = 0  # one pixel of nodata (0) for the inputs that declare nodata
+
+
+def _write_input(kind: str, folder) -> tuple[str, bool, bool]:
+    """(input argument, georeferenced, declares nodata 0) for a file of ``kind`` holding PIXELS."""
+    import h5py
+    import zarr
+    from PIL import Image
+
+    if kind in ("npy", "stdin"):
+        np.save(folder / "in.npy", PIXELS)
+        return ("in.npy" if kind == "npy" else "-"), False, False
+    if kind == "h5":
+        with h5py.File(folder / "in.h5", "w") as handle:
+            handle["x"] = PIXELS
+        return "in.h5", False, False
+    if kind == "zarr":
+        zarr.create_array(store=str(folder / "in.zarr"), data=PIXELS, compressors=None)
+        return "in.zarr", False, False
+    if kind == "tiff":
+        tifffile.imwrite(folder / "in.tif", PIXELS, photometric="rgb")
+        return "in.tif", False, False
+    if kind == "png":
+        Image.fromarray(PIXELS).save(folder / "in.png")
+        return "in.png", False, False
+    if kind in ("geotiff", "envi"):
+        name = "in.tif" if kind == "geotiff" else "in.img"
+        driver = "GTiff" if kind == "geotiff" else "ENVI"
+        with rasterio.open(
+            folder / name, "w", driver=driver, width=5, height=6, count=3, dtype="uint8",
+            crs="EPSG:32633", transform=TRANSFORM, nodata=0,
+        ) as ds:  # fmt: skip
+            ds.write(np.moveaxis(PIXELS, -1, 0))
+        return name, True, True
+    h5netcdf = pytest.importorskip("h5netcdf")
+    with h5netcdf.File(folder / "in.nc", "w") as handle:
+        handle.dimensions = {"y": 6, "x": 5, "band": 3}
+        handle.create_variable("v", ("y", "x", "band"), data=PIXELS, fillvalue=np.uint8(0))
+    return "in.nc", False, True
+
+
+def _read_output(name: str, folder, stdout: bytes) -> tuple[np.ndarray, object]:
+    """(the output as (H, W, C), its CRS or None), read with the format's own library."""
+    import io
+
+    import h5netcdf
+    import h5py
+    import zarr
+    from PIL import Image
+
+    path = folder / name
+    if name == "-":
+        return np.load(io.BytesIO(stdout)), None
+    if name.endswith(".npy"):
+        return np.load(path), None
+    if name.endswith(".h5"):
+        with h5py.File(path) as handle:
+            return handle["data"][...], None
+    if name.endswith(".zarr"):
+        return np.asarray(zarr.open_array(str(path), mode="r")[...]), None
+    if name.endswith(".png"):
+        return np.asarray(Image.open(path)), None
+    if name.endswith(".nc"):
+        with h5netcdf.File(path) as handle:
+            (var,) = [v for v in handle.variables if v not in handle.dimensions and v != "spatial_ref"]
+            data = np.asarray(handle.variables[var][...])
+            geo = "spatial_ref" in handle.variables
+        crs = rasterio.open(f"netcdf:{path}:{var}").crs if geo else None
+        return data, crs
+    with rasterio.open(path) as ds:  # .tif and .img: GDAL reads plain TIFFs too
+        return np.moveaxis(ds.read(), 0, -1), ds.crs
+
+
+INPUTS = ["npy", "h5", "zarr", "tiff", "png", "geotiff", "envi", "nc", "stdin"]
+OUTPUTS = ["o.npy", "o.h5", "o.zarr", "o.tif", "o.png", "o.img", "o.nc", "-"]
+GEO_OUTPUTS = (".tif", ".img", ".nc")  # keep a raster input's georeferencing
+NODATA_OUTPUTS = (".h5", ".zarr", ".img", ".nc")  # record which value is nodata (and a GeoTIFF)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("kind", INPUTS)
+def test_every_pair_keeps_values_channels_georeferencing_and_says_what_it_drops(tmp_path, kind, output):
+    argument, georeferenced, declares_nodata = _write_input(kind, tmp_path)
+    stdin = (tmp_path / "in.npy").read_bytes() if argument == "-" else None
+    proc = run_cli(
+        "apply", argument, "1,0,0;0,1,0;0,0,1", "--dtype", "uint8", "-o", output, *([] if output == "-" else ["--json"]),
+        stdin=stdin, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data, crs = _read_output(output, tmp_path, proc.stdout)
+    np.testing.assert_array_equal(data, PIXELS)  # values, with the channels on the last axis
+    if output == "-":
+        return
+    notes = json.loads(proc.stdout)["output"]["notes"]
+    keeps_geo = georeferenced and output.endswith(GEO_OUTPUTS)
+    assert (crs is not None and crs.to_epsg() == 32633) == keeps_geo, (crs, notes)
+    assert any("georeferencing dropped" in n for n in notes) == (georeferenced and not keeps_geo), notes
+    records_nodata = output.endswith(NODATA_OUTPUTS) or (output == "o.tif" and georeferenced)
+    assert any("nodata not recorded" in n for n in notes) == (declares_nodata and not records_nodata), notes
