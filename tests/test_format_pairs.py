@@ -399,3 +399,59 @@ def test_every_pair_keeps_values_channels_georeferencing_and_says_what_it_drops(
     assert any("georeferencing dropped" in n for n in notes) == (georeferenced and not keeps_geo), notes
     records_nodata = output.endswith(NODATA_OUTPUTS) or (output == "o.tif" and georeferenced)
     assert any("nodata not recorded" in n for n in notes) == (declares_nodata and not records_nodata), notes
+
+
+# --- a picture's own metadata: colour profile, resolution, EXIF --------------------------
+
+
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _exif() -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "pwconv tests"  # Make
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("output", ["o.png", "o.jpg", "o.tif"])
+def test_a_picture_keeps_its_profile_resolution_and_exif_where_the_output_holds_them(tmp_path, output):
+    from PIL import Image
+
+    profile = _srgb_profile()
+    Image.fromarray(PIXELS).save(tmp_path / "in.jpg", icc_profile=profile, dpi=(300, 300), exif=_exif())
+    proc = run_cli(
+        "apply", "in.jpg", "0,0,1;0,1,0;1,0,0", "-o", output, "--stride", "2", "--json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not [n for n in json.loads(proc.stdout)["output"]["notes"] if "dropped" in n]
+    if output.endswith(".tif"):
+        with tifffile.TiffFile(tmp_path / output) as tif:
+            page = tif.pages[0]
+            assert bytes(page.tags[34675].value) == profile
+            xn, xd = page.tags[282].value
+            assert xn / xd == pytest.approx(150)
+        return
+    with Image.open(tmp_path / output) as image:
+        assert image.info["icc_profile"] == profile
+        assert tuple(round(v) for v in image.info["dpi"]) == (150, 150)  # halved with the stride
+        assert image.getexif()[0x010F] == "pwconv tests"
+
+
+def test_a_profile_is_dropped_when_the_channels_change_and_the_report_says_so(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(PIXELS).save(tmp_path / "in.png", icc_profile=_srgb_profile(), dpi=(300, 300))
+    proc = run_cli("apply", "in.png", "0.299,0.587,0.114", "-o", "grey.png", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads(proc.stdout)["output"]["notes"]
+    assert any("colour profile dropped: it describes 3 channels, the output has 1" in n for n in notes), notes
+    with Image.open(tmp_path / "grey.png") as image:
+        assert "icc_profile" not in image.info and tuple(round(v) for v in image.info["dpi"]) == (300, 300)
+    proc = run_cli("apply", "in.png", "0.299,0.587,0.114", "-o", "grey.npy", "--json", cwd=tmp_path)
+    notes = json.loads(proc.stdout)["output"]["notes"]
+    assert any("colour profile, resolution dropped" in n for n in notes), notes

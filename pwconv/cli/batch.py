@@ -56,6 +56,7 @@ def batch(
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     weights_dataset: o.WeightsDatasetOpt = None,
+    dataset: o.DatasetOpt = None,
 ) -> None:
     """Apply one filter bank to many files: a line per file, a summary, and no partial outputs."""
     from pwconv.jobs.batch import FileResult, batch_files, exit_code
@@ -88,6 +89,7 @@ def batch(
         jobs=jobs,
         fail_fast=fail_fast,
         weights_dataset=weights_dataset,
+        dataset=dataset,
         on_result=show,
     )
     elapsed = time.perf_counter() - start

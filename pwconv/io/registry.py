@@ -60,6 +60,8 @@ class Format:
     records_labels: bool = False
     #: The families (registry names) whose georeferencing this format's writer keeps.
     georeferencing_from: tuple[str, ...] = ()
+    #: The writer keeps a picture's colour profile and resolution (pwconv.io.pictures).
+    picture_metadata: bool = False
 
     def load(self) -> Backend:
         return _backend(self)
@@ -120,10 +122,11 @@ FORMATS: tuple[Format, ...] = (
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
            records_labels=True, georeferencing_from=("netcdf", "raster")),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
-           writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True),
+           writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True,
+           picture_metadata=True),
     Format("tiff", "TIFF", f"{_F}.tiff:TiffFormat", (".tif", ".tiff"), magic=b"II*\x00",
            writes=(".tif", ".tiff"), compressions=("deflate",), parallel_write=True, extra="image",
-           channels_last=True),
+           channels_last=True, picture_metadata=True),
 )  # fmt: skip
 
 #: ``-``: an npy stream on stdin or stdout.

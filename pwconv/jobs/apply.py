@@ -16,6 +16,7 @@ from pwconv.core.conv import ConvPlan, Nodata, output_dtype, plan_for
 from pwconv.core.filters import literal_dtype
 from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
+from pwconv.io import pictures
 from pwconv.io.interface import Sink, SinkRequest, Source
 from pwconv.io.operands import Weights, read_weights
 from pwconv.io.registry import (
@@ -265,12 +266,12 @@ def output_labels(weights: Weights, plan: ConvPlan) -> tuple[str, ...] | None:
 
 
 def dropped_notes(
-    source: Source, output: Spec, nodata: Nodata | None, labels: tuple[str, ...] | None = None
+    source: Source, output: Spec, nodata: Nodata | None, labels: tuple[str, ...] | None, channels: int
 ) -> list[str]:
     """What the output's format cannot hold of what the input meant, said once each."""
     row = format_named(output.format)
     kind = os.path.splitext(output.path)[1].lstrip(".").upper() or row.title  # PNG, NPY, ...
-    notes = []
+    notes = pictures.dropped(source.description.metadata, channels, row.picture_metadata)
     if labels and not row.records_labels:
         notes.append(f"channel names dropped: {kind} output has none ({', '.join(labels[:8])})")
     kept = any(family in source.description.metadata for family in row.georeferencing_from)
@@ -364,7 +365,7 @@ def apply_file(
             request.shape,
             request.dtype,
             sink,
-            dropped_notes(source, out_spec, nodata, labels),
+            dropped_notes(source, out_spec, nodata, labels, plan.out_channels),
             timings,
             nodata,
         ),

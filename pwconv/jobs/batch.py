@@ -106,6 +106,7 @@ def batch_files(
     jobs: int = 1,
     fail_fast: bool = False,
     weights_dataset: str | None = None,
+    dataset: str | None = None,
     on_result: Callable[[FileResult], None] | None = None,
 ) -> list[FileResult]:
     """Apply one filter bank (loaded and checked once) to every input; a bad file does not stop the rest."""
@@ -142,7 +143,7 @@ def batch_files(
             return FileResult(path, target, failure=problem)
         try:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-            report = apply_file(path, loaded, target, options)
+            report = apply_file(path, loaded, target, options, dataset=dataset)
             return FileResult(path, target, report=report)
         except PwconvError as exc:
             return FileResult(path, target, failure=exc)

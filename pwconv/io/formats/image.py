@@ -21,6 +21,7 @@ from pwconv.io.arrays import ArraySource
 from pwconv.io.atomic import FileSink, check_output_path
 from pwconv.io.checks import check_readable, first_line
 from pwconv.io.interface import Backend, Description, SinkRequest
+from pwconv.io.pictures import kept_for, picture_metadata
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -36,6 +37,13 @@ _WRITERS: dict[str, tuple[str, dict[str, tuple[int, ...]]]] = {
     ".bmp": ("BMP", {"uint8": (1, 3, 4)}),
 }
 _LOSSY = ("JPEG", "WEBP")
+# What of a picture's metadata Pillow writes in each format.
+_SAVES = {
+    "PNG": ("icc_profile", "dpi", "exif"),
+    "JPEG": ("icc_profile", "dpi", "exif"),
+    "WEBP": ("icc_profile", "exif"),
+    "BMP": ("dpi",),
+}
 
 
 def _pil() -> Any:
@@ -104,7 +112,9 @@ def _decode(path: str, target: str | None) -> np.ndarray:
     return data.reshape(data.shape[0], data.shape[1], -1)
 
 
-def _probe(path: str) -> tuple[tuple[int, ...], np.dtype, str | None, str | None, dict[str, Any]]:
+def _probe(
+    path: str,
+) -> tuple[tuple[int, ...], np.dtype, str | None, str | None, dict[str, Any], dict[str, Any]]:
     image = _open(path)
     try:
         target, note = _converted_mode(image)
@@ -121,7 +131,14 @@ def _probe(path: str) -> tuple[tuple[int, ...], np.dtype, str | None, str | None
             "pages": getattr(image, "n_frames", 1),  # Pillow has it on multi-frame formats only
         }
         shape = (image.height, image.width, channels)
-        return shape, pixel.dtype, target, note, storage
+        dpi = image.info.get("dpi")
+        extra = picture_metadata(
+            icc_profile=image.info.get("icc_profile"),
+            dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
+            exif=image.info.get("exif"),
+            channels=channels,
+        )
+        return shape, pixel.dtype, target, note, storage, extra
     finally:
         image.close()
 
@@ -167,6 +184,8 @@ class ImageSink(FileSink):
             )
         _pil()
         self.quality = _quality(request.options)
+        kept = kept_for(request.metadata, channels, request.stride)
+        self.extra = {k: v for k, v in kept.items() if k in _SAVES.get(self.format, ())}
         super().__init__(path)
         self.data = np.zeros(shape[:2] + ((channels,) if channels > 1 else ()), dtype)
 
@@ -181,7 +200,7 @@ class ImageSink(FileSink):
 
     def finish(self) -> None:
         options: dict[str, Any] = {"quality": self.quality} if self.format in _LOSSY else {}
-        _pil().fromarray(self.data).save(self.temp.path, format=self.format, **options)
+        _pil().fromarray(self.data).save(self.temp.path, format=self.format, **options, **self.extra)
 
     def close_quietly(self) -> None:
         self.data = np.zeros(0)
@@ -191,8 +210,10 @@ class ImageFormat(Backend):
     """PNG, JPEG, WebP, BMP and GIF (read only) through Pillow."""
 
     def open_source(self, spec: Spec) -> ArraySource:
-        shape, dtype, target, note, storage = _probe(spec.path)
-        description = Description(is_image=True, notes=(note,) if note else (), reader="pillow")
+        shape, dtype, target, note, storage, extra = _probe(spec.path)
+        description = Description(
+            is_image=True, notes=(note,) if note else (), reader="pillow", metadata=extra
+        )
         return ArraySource(shape, dtype, lambda: _decode(spec.path, target), storage, description)
 
     def open_sink(self, spec: Spec, request: SinkRequest) -> ImageSink:

@@ -24,6 +24,7 @@ from pwconv.errors import FormatError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
+from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class TiffSource(Source):
                 "photometric": page.photometric.name.lower(),
             }
             dtype = series.dtype
+            self._picture = _picture_of(
+                page, math.prod(shape[i] for i, a in enumerate(axes) if a not in "YX")
+            )
         except Exception as exc:  # noqa: BLE001
             raise FormatError(
                 f"expected a readable TIFF at {self.path!r}, found damaged tags ({first_line(exc)})"
@@ -88,7 +92,7 @@ class TiffSource(Source):
         if raw_paths_enabled():
             try:
                 array = tifffile.memmap(self.path, series=0, mode="r")
-                self.description = Description(is_image=True, reader="memory map")
+                self.description = Description(is_image=True, reader="memory map", metadata=self._picture)
                 return array
             except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
                 pass
@@ -96,7 +100,7 @@ class TiffSource(Source):
             zarr = require_extra("zarr", "image", "tiled or compressed TIFF files")
             array = zarr.open(series.aszarr(), mode="r")
             self._chunk_rows = int(array.chunks[self._y])
-            self.description = Description(is_image=True, reader="tifffile")
+            self.description = Description(is_image=True, reader="tifffile", metadata=self._picture)
             return array
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, (FormatError, UsageError)):
@@ -136,6 +140,37 @@ class TiffSource(Source):
         self._tif.close()
 
 
+_ICC_TAG, _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 34675, 282, 283, 296
+_PER_INCH = {2: 1.0, 3: 2.54}  # ResolutionUnit: inch, centimetre
+
+
+def _picture_of(page: Any, channels: int) -> dict[str, Any]:
+    """A TIFF page's colour profile and resolution (as dots per inch)."""
+    tags = page.tags
+    icc = tags.get(_ICC_TAG)
+    x, y, unit = tags.get(_X_RESOLUTION), tags.get(_Y_RESOLUTION), tags.get(_RESOLUTION_UNIT)
+    dpi = None
+    scale = _PER_INCH.get(int(unit.value) if unit is not None else 2)
+    if x is not None and y is not None and scale is not None:
+        (xn, xd), (yn, yd) = x.value, y.value
+        if xd and yd:
+            dpi = (xn / xd * scale, yn / yd * scale)
+    return picture_metadata(
+        icc_profile=bytes(icc.value) if icc is not None else None, dpi=dpi, exif=None, channels=channels
+    )
+
+
+def _picture_tags(request: SinkRequest, channels: int) -> dict[str, Any]:
+    """tifffile's write options for what a TIFF keeps of an input picture's metadata."""
+    kept = kept_for(request.metadata, channels, request.stride)
+    options: dict[str, Any] = {}
+    if "dpi" in kept:
+        options.update(resolution=kept["dpi"], resolutionunit="INCH")
+    if "icc_profile" in kept:
+        options["extratags"] = [(_ICC_TAG, 7, None, kept["icc_profile"], True)]
+    return options
+
+
 def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
     channels = shape[2] if len(shape) == 3 else 1
     if channels in (3, 4) and dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
@@ -159,6 +194,7 @@ class TiffSink(FileSink):
         self.dtype = dtype
         self._stored_shape = shape if len(shape) == 2 or shape[2] > 1 else shape[:2]
         self._compression = request.compression
+        self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
         self._data: np.ndarray | None = None
         self._fd = -1
         self._offset = 0
@@ -176,6 +212,7 @@ class TiffSink(FileSink):
                     dtype=dtype,
                     bigtiff=big,
                     **_layout(shape, dtype),
+                    **self._picture_tags,
                 )
                 self._offset = int(layout.offset)
                 del layout
@@ -200,7 +237,11 @@ class TiffSink(FileSink):
     def finish(self) -> None:
         if self._data is not None:
             _tifffile().imwrite(
-                self.temp.path, self._data, compression="zlib", **_layout(self._data.shape, self.dtype)
+                self.temp.path,
+                self._data,
+                compression="zlib",
+                **_layout(self._data.shape, self.dtype),
+                **self._picture_tags,
             )
             self._data = None
         self.close_quietly()
