@@ -455,3 +455,11 @@ def test_a_profile_is_dropped_when_the_channels_change_and_the_report_says_so(tm
     proc = run_cli("apply", "in.png", "0.299,0.587,0.114", "-o", "grey.npy", "--json", cwd=tmp_path)
     notes = json.loads(proc.stdout)["output"]["notes"]
     assert any("colour profile, resolution dropped" in n for n in notes), notes
+
+
+def test_info_takes_the_channel_dimension_as_apply_does(tmp_path):
+    _cube(tmp_path / "cube.nc")
+    proc = run_cli("info", "cube.nc", "--channel-dim", "time", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["channel_dimension"] == "time"
+    assert_clean_error(run_cli("info", "cube.nc", "--channel-dim", "bnad", cwd=tmp_path), 2, "bnad", "band")

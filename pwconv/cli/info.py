@@ -61,6 +61,7 @@ def info(
             "--channels", help="Mark the tensors that are 1x1 filter banks for this many input channels."
         ),
     ] = None,
+    channel_dim: o.ChannelDimOpt = None,
     json_report: o.JsonOpt = False,
 ) -> None:
     """Describe the arrays in files: shape, dtype, size, storage and a layout guess.
@@ -70,7 +71,7 @@ def info(
     from pwconv.jobs.batch import exit_code
     from pwconv.jobs.info import describe_files
 
-    described = describe_files(files, dataset, channels)
+    described = describe_files(files, dataset, channels, channel_dim)
     if json_report:
         arrays = [a for item in described for a in item.arrays]
         emit_json(arrays[0] if len(files) == 1 and len(arrays) == 1 else arrays)

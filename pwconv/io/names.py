@@ -35,7 +35,7 @@ def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
     raise InputFileError(
         f"expected a {what} {name!r} in {path!r}, found none; closest: {', '.join(close) or 'none'}"
-        " (pwconv info lists them all)"
+        " (the info command lists them all)"
     )
 
 

@@ -13,7 +13,7 @@ from pwconv.core.filters import reading_for
 from pwconv.errors import PwconvError, UsageError
 from pwconv.io.registry import array_specs, companion_bias, open_source
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import band_dimension
+from pwconv.jobs.options import band_dimension, channel_dim_axis
 
 
 def guess_layout(shape: tuple[int, ...]) -> str:
@@ -32,9 +32,10 @@ def guess_layout(shape: tuple[int, ...]) -> str:
     return "channels-last" if shape[-1] <= shape[first] else "channels-first"
 
 
-def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
+def array_info(spec: Spec, channels: int | None = None, channel_dim: str | None = None) -> dict[str, Any]:
     """What ``info`` says of one array; with ``channels``, whether it is a 1x1 filter bank
-    for that many input channels (and which bias belongs to it)."""
+    for that many input channels (and which bias belongs to it); ``channel_dim`` names the
+    dimension that holds the channels (as apply takes it), else a band-like one is named."""
     source = open_source(spec)
     try:
         shape = tuple(source.shape)
@@ -52,7 +53,7 @@ def array_info(spec: Spec, channels: int | None = None) -> dict[str, Any]:
             "labels": {str(axis): list(names) for axis, names in source.description.labels.items()},
             "dimensions": list(source.description.dimensions or ()) or None,
             # the dimension apply and fit take as the channels by default (its name says band)
-            "channel_dimension": band_dimension(source.description.dimensions),
+            "channel_dimension": _channel_dimension(source.description.dimensions, channel_dim),
         }
     finally:
         source.close()
@@ -83,7 +84,16 @@ class FileInfo:
         return self.failure.exit_code if self.failure else 0
 
 
-def describe_file(path: str, dataset: str | None = None, channels: int | None = None) -> FileInfo:
+def _channel_dimension(dimensions: tuple[str, ...] | None, channel_dim: str | None) -> str | None:
+    if channel_dim is None:
+        return band_dimension(dimensions)
+    channel_dim_axis(dimensions, channel_dim)  # refuses a name the input does not have
+    return channel_dim
+
+
+def describe_file(
+    path: str, dataset: str | None = None, channels: int | None = None, channel_dim: str | None = None
+) -> FileInfo:
     """Every array ``path`` stands for (each tensor of a container named whole)."""
     try:
         if channels is not None and channels < 1:
@@ -91,13 +101,13 @@ def describe_file(path: str, dataset: str | None = None, channels: int | None = 
         spec = parse_spec(path, dataset)
         if spec.path == "-":
             raise UsageError("expected a file for info, found '-'; give a path")
-        return FileInfo(path, [array_info(s, channels) for s in array_specs(spec)])
+        return FileInfo(path, [array_info(s, channels, channel_dim) for s in array_specs(spec)])
     except PwconvError as exc:
         return FileInfo(path, [], exc)
 
 
 def describe_files(
-    paths: list[str], dataset: str | None = None, channels: int | None = None
+    paths: list[str], dataset: str | None = None, channels: int | None = None, channel_dim: str | None = None
 ) -> list[FileInfo]:
     """:func:`describe_file` for each path; one unreadable file does not stop the others."""
-    return [describe_file(path, dataset, channels) for path in paths]
+    return [describe_file(path, dataset, channels, channel_dim) for path in paths]
