@@ -463,3 +463,28 @@ def test_info_takes_the_channel_dimension_as_apply_does(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["channel_dimension"] == "time"
     assert_clean_error(run_cli("info", "cube.nc", "--channel-dim", "bnad", cwd=tmp_path), 2, "bnad", "band")
+
+
+def test_ome_channel_names_are_the_channel_labels(tmp_path):
+    data = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    tifffile.imwrite(
+        tmp_path / "x.ome.tif", data, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "RFP"]}}
+    )
+    proc = run_cli("info", "x.ome.tif", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["labels"] == {"2": ["DAPI", "GFP", "RFP"]}
+    assert run_cli("fit", "pca", "x.ome.tif", "-k", "2", "-o", "b.npz", cwd=tmp_path).returncode == 0
+    with np.load(tmp_path / "b.npz") as bank:
+        assert list(bank["channel_names"]) == ["DAPI", "GFP", "RFP"]
+
+
+def test_a_geotiff_survives_a_trip_through_netcdf(tmp_path):
+    _named_geotiff(tmp_path / "in.tif")
+    assert run_cli("apply", "in.tif", "1,0,0,0;0,1,0,0", "-o", "g.nc", cwd=tmp_path).returncode == 0
+    info = json.loads(run_cli("info", "g.nc", "--json", cwd=tmp_path).stdout)
+    assert info["path"] == "g.nc:data" and "0" not in info["labels"]  # the grid mapping is no variable
+    proc = run_cli("apply", "g.nc", "1,1", "-o", "back.tif", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not [n for n in json.loads(proc.stdout)["output"]["notes"] if "georeferencing" in n]
+    with rasterio.open(tmp_path / "back.tif") as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == TRANSFORM

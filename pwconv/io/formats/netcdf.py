@@ -61,8 +61,8 @@ def _open(path: str) -> Any:
 
 
 def _data_variables(handle: Any) -> list[str]:
-    """Variables that are not coordinates of a dimension."""
-    return [name for name in handle.variables if name not in handle.dimensions]
+    """Variables that are neither coordinates of a dimension nor scalars (a grid mapping)."""
+    return [name for name, var in handle.variables.items() if name not in handle.dimensions and var.ndim > 0]
 
 
 def _plain(value: Any) -> Any:
@@ -87,10 +87,14 @@ class NetcdfSource(Source):
             self.nodata = None if fill is None else float(np.asarray(fill).reshape(-1)[0])
             self._var = var
             template = self._template()
+            raster = _raster_georeferencing(template["netcdf"], self.dimensions)
+            if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
+                template["raster"] = raster
             labels = {
                 axis: tuple(label_text(v) for v in template["netcdf"]["coordinates"][dim][0].reshape(-1))
                 for axis, dim in enumerate(self.dimensions)
                 if dim in template["netcdf"]["coordinates"]
+                and dim.lower() not in _X_NAMES + _Y_NAMES  # positions, not names
                 and template["netcdf"]["coordinates"][dim][0].shape == (self.shape[axis],)
                 and self.shape[axis] <= _MAX_LABELS
             }
@@ -149,8 +153,42 @@ class NetcdfSource(Source):
             }
         }
 
+    def output_format(self, spec: Spec) -> str | None:
+        """A georeferenced variable written under a raster's name is written as a raster."""
+        raster_names = (".tif", ".tiff", ".img", ".dat")
+        georeferenced = "raster" in self.description.metadata
+        return "raster" if georeferenced and spec.path.lower().endswith(raster_names) else None
+
     def close(self) -> None:
         self._file.close()
+
+
+_X_NAMES, _Y_NAMES = ("x", "lon", "longitude", "easting"), ("y", "lat", "latitude", "northing")
+
+
+def _raster_georeferencing(template: dict[str, Any], dimensions: tuple[str, ...]) -> dict[str, Any] | None:
+    """A raster's CRS and transform from a CF grid mapping (crs_wkt) and regular 1-D x/y
+    coordinates, for a 3-D variable whose y dimension comes before its x dimension."""
+    wkt = next((a.get("crs_wkt") or a.get("spatial_ref") for a in template["scalars"].values()), None)
+    xs = [d for d in dimensions if d.lower() in _X_NAMES and d in template["coordinates"]]
+    ys = [d for d in dimensions if d.lower() in _Y_NAMES and d in template["coordinates"]]
+    if not isinstance(wkt, str) or len(dimensions) != 3 or not xs or not ys:
+        return None
+    if dimensions.index(ys[0]) > dimensions.index(xs[0]):
+        return None
+    x, y = (np.asarray(template["coordinates"][d][0], np.float64) for d in (xs[0], ys[0]))
+    if (
+        x.size < 2
+        or y.size < 2
+        or not (np.allclose(np.diff(x), x[1] - x[0]) and np.allclose(np.diff(y), y[1] - y[0]))
+    ):
+        return None
+    rasterio = require_extra("rasterio", "geo", "georeferenced NetCDF written as a raster")
+    from affine import Affine
+
+    dx, dy = x[1] - x[0], y[1] - y[0]
+    transform = Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2)
+    return {"crs": rasterio.crs.CRS.from_wkt(wkt), "transform": transform, "blocks": None}
 
 
 def _write_grid_mapping(

@@ -92,7 +92,9 @@ class TiffSource(Source):
         if raw_paths_enabled():
             try:
                 array = tifffile.memmap(self.path, series=0, mode="r")
-                self.description = Description(is_image=True, reader="memory map", metadata=self._picture)
+                self.description = Description(
+                    is_image=True, reader="memory map", metadata=self._picture, labels=self._labels()
+                )
                 return array
             except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
                 pass
@@ -100,7 +102,9 @@ class TiffSource(Source):
             zarr = require_extra("zarr", "image", "tiled or compressed TIFF files")
             array = zarr.open(series.aszarr(), mode="r")
             self._chunk_rows = int(array.chunks[self._y])
-            self.description = Description(is_image=True, reader="tifffile", metadata=self._picture)
+            self.description = Description(
+                is_image=True, reader="tifffile", metadata=self._picture, labels=self._labels()
+            )
             return array
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, (FormatError, UsageError)):
@@ -108,6 +112,11 @@ class TiffSource(Source):
             raise FormatError(
                 f"expected readable image data in {self.path!r}, found ({first_line(exc)})"
             ) from None
+
+    def _labels(self) -> dict[int, tuple[str, ...]]:
+        """An OME-TIFF's channel names, as the labels of the channel axis."""
+        names = _ome_channel_names(self._tif)
+        return {2: names} if names and len(names) == self.shape[2] else {}
 
     def chunks(self) -> tuple[int, ...] | None:
         return None if self._chunk_rows is None else (self._chunk_rows, self.shape[1], self.shape[2])
@@ -142,6 +151,28 @@ class TiffSource(Source):
 
 _ICC_TAG, _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 34675, 282, 283, 296
 _PER_INCH = {2: 1.0, 3: 2.54}  # ResolutionUnit: inch, centimetre
+
+
+_MAX_OME_BYTES = 1 << 20  # OME-XML past this is not read for names
+
+
+def _ome_channel_names(tif: Any) -> tuple[str, ...] | None:
+    """The Name of each Channel of the first OME Image, or None (not OME, or unnamed)."""
+    if not tif.is_ome:
+        return None
+    text = tif.ome_metadata or ""
+    if len(text) > _MAX_OME_BYTES:
+        return None
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError:
+        return None
+    image = next((e for e in root.iter() if e.tag.endswith("}Image") or e.tag == "Image"), None)
+    channels = [e for e in (image.iter() if image is not None else ()) if e.tag.endswith("Channel")]
+    names = tuple(c.get("Name", "") for c in channels)
+    return names if names and all(names) else None
 
 
 def _picture_of(page: Any, channels: int) -> dict[str, Any]:
