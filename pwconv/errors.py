@@ -38,9 +38,13 @@ def _as_keyword(match: re.Match[str]) -> str:
     return f"{name}=True" if value == "!" else f"{name}={_choices(value[1:], quote=True)}"
 
 
+# Keywords whose command-line flag has another name.
+_FLAGS = {"k": "-k"}
+
+
 def _as_flag(match: re.Match[str]) -> str:
     name, value = match.group(1), match.group(2)
-    flag = "--" + name.replace("_", "-")
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
     if value is None or value == "!":
         return flag
     return f"{flag} {_choices(value[1:], quote=False)}"

@@ -16,6 +16,7 @@ float64 rounding, and no block is ever held twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,10 @@ def components_for(k: float, ratios: np.ndarray) -> int:
     >>> components_for(0.9, np.array([0.6, 0.25, 0.1, 0.05]))
     3
     """
+    if not math.isfinite(k) or k <= 0:
+        raise UsageError(
+            f"expected [[k]] above 0: a number of components or a fraction of the variance, found {k}"
+        )
     if k >= 1:
         if k != int(k):
             raise UsageError(
@@ -170,8 +175,8 @@ def lstsq(joint: Moments, in_channels: int, *, bias: bool = True, ridge: float =
     c = in_channels
     if joint.count < 1:
         raise ShapeError("expected valid pixels to fit, found none")
-    if ridge < 0:
-        raise UsageError(f"expected [[ridge]] of at least 0, found {ridge}")
+    if not math.isfinite(ridge) or ridge < 0:
+        raise UsageError(f"expected [[ridge]] of at least 0 (a finite number), found {ridge}")
     moments = joint.scatter if bias else joint.second_moment()
     sxx, sxy, syy = moments[:c, :c], moments[:c, c:], moments[c:, c:]
     values, vectors = np.linalg.eigh(sxx)

@@ -181,14 +181,27 @@ class FileSink(Sink):
 
 def write_atomically(path: str, overwrite: bool, write: Callable[[str], None]) -> None:
     """Run ``write(temp)`` on a temp file beside ``path``, then rename it into place."""
-    check_output_path(path, overwrite)
-    temp = TempTarget(path)
+    write_together({path: write}, overwrite)
+
+
+def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) -> None:
+    """Write a set of files (a bank and its bias file) together or not at all: every target
+    is checked first, every file is written to its temp file, and only then are they renamed
+    into place; any failure removes every temp file and leaves the targets as they were."""
+    for path in writes:
+        check_output_path(path, overwrite)
+    temps: dict[str, TempTarget] = {}
     try:
-        write(temp.path)
-        temp.publish()
+        for path, write in writes.items():
+            temps[path] = TempTarget(path)
+            write(temps[path].path)
+        for temp in temps.values():
+            temp.publish()
     except OSError as exc:
-        temp.discard()
-        raise write_failure(path, exc) from None
+        for temp in temps.values():
+            temp.discard()
+        raise write_failure(next(iter(writes)), exc) from None
     except BaseException:
-        temp.discard()
+        for temp in temps.values():
+            temp.discard()
         raise

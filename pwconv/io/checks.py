@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,20 @@ def check_readable(path: str, what: str = "input") -> None:
         raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
     if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
         raise InputFileError(f"expected a {what} file, found a directory at {path!r}")
+    check_regular(path, what)
     if not os.access(path, os.R_OK):
         raise InputFileError(f"expected a readable {what} file, found {path!r} without read permission")
+
+
+def check_regular(path: str, what: str = "input") -> None:
+    """Refuse a FIFO, socket or device named like a file: reading one may block for ever
+    (stdin, ``-``, is the place for a stream)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise InputFileError(
+            f"expected a regular {what} file, found {kind} at {path!r}; save the data to a file, or pipe it to '-'"
+        )
 
 
 def same_file(a: str, b: str) -> bool:

@@ -199,6 +199,10 @@ class Backend:
         """Write named arrays (a filter bank) atomically; returns the paths written."""
         raise UsageError(f"expected a filter-bank file, found {self.row.title} {path!r}; write .npz or .h5")
 
+    def bank_files(self, path: str) -> list[str]:
+        """Every file :meth:`write_arrays` writes for a bank at ``path``."""
+        return [path]
+
     def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
         """The dtype an output takes when none is asked for (None: numpy's rule)."""
         return None

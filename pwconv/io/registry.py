@@ -235,6 +235,11 @@ def write_arrays(spec: Spec, arrays: dict[str, np.ndarray], overwrite: bool) -> 
     return row.load().write_arrays(spec.path, arrays, overwrite)
 
 
+def bank_specs(spec: Spec) -> list[Spec]:
+    """Every file a bank written at ``spec`` consists of (an .npy bank's bias file too)."""
+    return [dataclasses.replace(spec, path=path) for path in backend_of(spec).bank_files(spec.path)]
+
+
 def retarget_output(spec: Spec, source: Source) -> Spec:
     """The output in the input's own format where its reader asks (a raster written as a raster)."""
     name = source.output_format(spec)

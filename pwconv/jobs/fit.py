@@ -18,11 +18,11 @@ import numpy as np
 from pwconv import __version__
 from pwconv.core.blocks import parse_size, plan_blocks
 from pwconv.core.conv import Nodata
-from pwconv.core.fit import Moments, lstsq, pca
+from pwconv.core.fit import Moments, components_for, lstsq, pca
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
-from pwconv.io.registry import check_distinct, open_source, write_arrays
+from pwconv.io.registry import bank_specs, check_distinct, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.jobs.options import AUTO_LAYOUT, DEFAULT_MAX_MEMORY, nodata_value, parse_nodata, resolved_layout
 
@@ -200,7 +200,8 @@ def _accumulate(
 
 
 def _check_specs(specs: list[Spec], output: Spec) -> None:
-    check_distinct(output, *specs)
+    for part in bank_specs(output):  # none of the bank's files may be an input
+        check_distinct(part, *specs)
     for spec in specs:
         if spec.path == "-":
             raise UsageError("expected files to fit, found '-'; fit reads every input in blocks, give paths")
@@ -260,6 +261,7 @@ def fit_pca(
     start = time.perf_counter()
     if not inputs:
         raise UsageError("expected at least one input to fit, found none")
+    components_for(k, np.ones(1))  # k is checked before any file is read
     specs = [parse_spec(text, options.dataset) for text in inputs]
     out_spec = parse_spec(output, what="output")
     _check_specs(specs, out_spec)
@@ -321,6 +323,8 @@ def fit_lstsq(
 ) -> dict[str, Any]:
     """The K x C bank (and bias) that maps INPUT's channel vectors onto TARGET's, written as a bank."""
     start = time.perf_counter()
+    if not math.isfinite(ridge) or ridge < 0:
+        raise UsageError(f"expected [[ridge]] of at least 0 (a finite number), found {ridge}")
     in_spec, target_spec = (
         parse_spec(input, options.dataset),
         parse_spec(target, options.dataset, what="target"),

@@ -8,13 +8,14 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.lib.format as npformat
 
 from pwconv.errors import FormatError, InputFileError
-from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_together
 from pwconv.io.checks import check_readable, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.rawio import (
@@ -291,17 +292,20 @@ class NpyFormat(Backend):
         check_output_path(spec.path, request.overwrite)
         return NpySink(spec.path, request.shape, request.dtype)
 
+    def bank_files(self, path: str) -> list[str]:
+        return [path, bias_path(path)]
+
     def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-        """An ``.npy`` holds one array: the ``weights``; a ``bias`` goes to ``NAME.bias.npy``."""
-        written = []
+        """An ``.npy`` holds one array: the ``weights``; a ``bias`` goes to ``NAME.bias.npy``.
+        Both files are published together or not at all."""
+        writes: dict[str, Callable[[str], None]] = {}
         for name, target in (("weights", path), ("bias", bias_path(path))):
             if name in arrays:
-                array = arrays[name]
 
-                def write(temp: str, array: np.ndarray = array) -> None:
+                def write(temp: str, array: np.ndarray = arrays[name]) -> None:
                     with open(temp, "wb") as handle:
                         np.save(handle, array)
 
-                write_atomically(target, overwrite, write)
-                written.append(target)
-        return written
+                writes[target] = write
+        write_together(writes, overwrite)
+        return list(writes)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
-from pwconv.io.checks import check_readable, numeric_dtype
+from pwconv.io.checks import check_readable, check_regular, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name
 from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
@@ -268,7 +268,10 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
     files on a regular grid; None for anything else (zarr then reads it). A field the spec
     does not define is refused, as zarr refuses it."""
     try:
-        with open(os.path.join(path, "zarr.json"), "rb") as handle:
+        metadata_file = os.path.join(path, "zarr.json")
+        if os.path.exists(metadata_file):
+            check_regular(metadata_file)  # a FIFO here would block the open for ever
+        with open(metadata_file, "rb") as handle:
             meta = json.loads(handle.read(1 << 20))
         if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             return None
@@ -293,7 +296,7 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
         if name not in ("default", "v2") or separator not in ("/", "."):
             return None
         fill = _fill_value(meta, dtype)
-    except FormatError:
+    except PwconvError:  # a refused field or a special file: not for zarr to open either
         raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None

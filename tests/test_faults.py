@@ -1,0 +1,56 @@
+"""Faults and hostile inputs: one line, the documented exit code, nothing written."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from .conftest import assert_clean_error, run_cli
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["fit", "pca", "x.npy", "-k", "nan", "-o", "b.npz"], "-k above 0"),
+        (["fit", "pca", "x.npy", "-k", "inf", "-o", "b.npz"], "-k above 0"),
+        (["fit", "lstsq", "x.npy", "x.npy", "--ridge", "nan", "-o", "b.npz"], "--ridge of at least 0"),
+        (["fit", "lstsq", "x.npy", "x.npy", "--ridge", "inf", "-o", "b.npz"], "--ridge of at least 0"),
+    ],
+)
+def test_nan_and_infinite_fit_parameters_are_refused_before_any_work(tmp_path, args, fragment):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 5, 3)))
+    assert_clean_error(run_cli(*args, cwd=tmp_path), 2, fragment)
+    assert os.listdir(tmp_path) == ["x.npy"]
+
+
+def test_an_npy_bank_whose_bias_file_is_an_input_is_refused(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 5, 3))
+    np.save(tmp_path / "data.bias.npy", x)
+    proc = run_cli("fit", "pca", "data.bias.npy", "-k", "2", "-o", "data.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "data.bias.npy", "which is read")
+    np.testing.assert_array_equal(np.load(tmp_path / "data.bias.npy"), x)  # the input is intact
+    assert sorted(os.listdir(tmp_path)) == ["data.bias.npy"]
+
+
+def test_an_npy_bank_is_published_whole_or_not_at_all(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 5, 3)))
+    np.save(tmp_path / "out.bias.npy", np.ones(2))  # in the way, without --overwrite
+    proc = run_cli("fit", "pca", "x.npy", "-k", "2", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "out.bias.npy", "exists")
+    assert sorted(os.listdir(tmp_path)) == ["out.bias.npy", "x.npy"]  # no out.npy without its bias
+    proc = run_cli("fit", "pca", "x.npy", "-k", "2", "-o", "out.npy", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "out.bias.npy").shape == (2,) and np.load(tmp_path / "out.npy").shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["fifo.npy", "fifo.h5", "store.zarr/zarr.json"])
+def test_a_fifo_named_like_an_input_is_refused_instead_of_blocking(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    os.mkfifo(path)
+    argument = "store.zarr" if name.startswith("store") else name
+    proc = run_cli("apply", argument, "1", "-o", "out.npy", cwd=tmp_path)  # run_cli times out after 300 s
+    assert_clean_error(proc, 2, "a FIFO", "pipe it to '-'")
+    assert not (tmp_path / "out.npy").exists()
