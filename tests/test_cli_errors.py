@@ -202,7 +202,12 @@ def test_write_failure_exits_1_and_keeps_the_old_output(files, out):
     assert leftovers(files) == []
 
 
-def test_ctrl_c_leaves_no_partial_file(files):
+@pytest.mark.parametrize(
+    "signum, code, said",
+    [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"")],
+    ids=["INT", "TERM"],
+)
+def test_a_signal_while_reading_stdin_leaves_no_partial_file(files, signum, code, said):
     header = np.lib.format
     import io
 
@@ -223,7 +228,7 @@ def test_ctrl_c_leaves_no_partial_file(files):
     while not leftovers(files) and time.time() < deadline:
         time.sleep(0.05)
     assert leftovers(files), "the run never started writing"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     # stdin stays open until the process has ended: closing it first would race the signal
     # with the end of the data (a truncated stream is its own error, exit 2).
     try:
@@ -231,8 +236,8 @@ def test_ctrl_c_leaves_no_partial_file(files):
     finally:
         proc.stdin.close()
     err = proc.stderr.read()
-    assert proc.returncode == 130, err
-    assert b"interrupted" in err and b"Traceback" not in err
+    assert proc.returncode == code, err
+    assert said in err and b"Traceback" not in err and b"Fatal Python error" not in err
     _no_output(files)
 
 

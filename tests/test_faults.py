@@ -54,3 +54,46 @@ def test_a_fifo_named_like_an_input_is_refused_instead_of_blocking(tmp_path, nam
     proc = run_cli("apply", argument, "1", "-o", "out.npy", cwd=tmp_path)  # run_cli times out after 300 s
     assert_clean_error(proc, 2, "a FIFO", "pipe it to '-'")
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("existing", ["file", "link"])
+def test_overwriting_a_store_name_held_by_a_file_or_link_leaves_nothing_behind(tmp_path, existing):
+    np.save(tmp_path / "x.npy", np.ones((4, 5, 3), np.float32))
+    (tmp_path / "target").mkdir()
+    if existing == "file":
+        (tmp_path / "y.zarr").write_text("not a store")
+    else:
+        (tmp_path / "y.zarr").symlink_to(tmp_path / "target")
+    proc = run_cli("apply", "x.npy", "1,1,1", "-o", "y.zarr", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["target", "x.npy", "y.zarr"]  # no .pwconv-part.old
+    assert (tmp_path / "y.zarr").is_dir() and not (tmp_path / "y.zarr").is_symlink()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "y.zarr").stat().st_mode & 0o777 == 0o777 & ~umask  # not private to the user
+
+
+@pytest.mark.parametrize("output", ["y.zarr", "y.h5"])
+def test_a_chunk_larger_than_its_axis_is_the_whole_axis(tmp_path, output):
+    import h5py
+    import zarr
+
+    np.save(tmp_path / "x.npy", np.ones((4, 5, 3), np.float32))
+    proc = run_cli("apply", "x.npy", "1,1,1", "-o", output, "--chunks", "1000000000,16,1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    if output.endswith(".zarr"):
+        chunks = zarr.open_array(str(tmp_path / output), mode="r").chunks
+    else:
+        with h5py.File(tmp_path / output) as handle:
+            chunks = handle["data"].chunks
+    assert tuple(chunks) == (4, 5, 1)
+
+
+def test_names_read_from_a_file_are_printed_escaped_on_one_line(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle["bad\nname"] = np.ones((2, 2, 3))
+        handle["other"] = np.ones((2, 2, 3))
+    proc = run_cli("apply", "x.h5", "1,1,1", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "/bad\\nname", "/other")

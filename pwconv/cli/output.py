@@ -240,6 +240,11 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             error("interrupted; no output was written")
             _leave(130)
+        except SystemExit as exc:
+            if isinstance(exc.code, int) and exc.code > 128:  # SIGTERM, turned into an exit by main()
+                error("terminated; no output was written")
+                _leave(exc.code)
+            raise
         except BrokenPipeError:
             _leave_quietly_on_broken_pipe()
         except MemoryError:

@@ -59,24 +59,33 @@ def remove_quietly(path: str | None) -> None:
             pass
 
 
-def _publish_file(temp: str, final: str) -> None:
-    """Give the finished temp file normal permissions and rename it over ``final``."""
+def _normal_mode(path: str, full: int) -> None:
+    """The permissions a file or folder created the usual way would have (temp files and
+    folders are created private to the user)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
+    os.chmod(path, full & ~umask)
+
+
+def _publish_file(temp: str, final: str) -> None:
+    """Give the finished temp file normal permissions and rename it over ``final``."""
+    _normal_mode(temp, 0o666)
     os.replace(temp, final)
 
 
 def _publish_folder(temp: str, final: str) -> None:
     """Move a finished store into place; an old store (overwritten) is removed only after."""
     final = final.rstrip("/")
+    _normal_mode(temp, 0o777)
     old = None
     if os.path.exists(final):
         old = temp + ".old"
         os.rename(final, old)
     os.rename(temp, final)
-    if old:
+    if old and os.path.isdir(old) and not os.path.islink(old):
         shutil.rmtree(old, ignore_errors=True)
+    elif old:  # a file or a link had the store's name: it goes too, not its target
+        remove_quietly(old)
 
 
 class TempTarget:

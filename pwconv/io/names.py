@@ -8,6 +8,15 @@ from pwconv.errors import InputFileError, UsageError
 _WEIGHT_SUFFIXES = (".weight", "/kernel")
 
 
+def printable(name: str) -> str:
+    """A name read from a file, safe in a one-line message: control characters escaped.
+
+    >>> printable("a\\nb")
+    'a\\\\nb'
+    """
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
 def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor") -> str:
     """``name`` if ``path`` holds it; with no name, the only one there is. Else a one-line error
     that lists the closest names (or the first few).
@@ -20,10 +29,12 @@ def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor
             return names[0]
         if not names:
             raise InputFileError(f"expected a {what} in {path!r}, found none; the file holds no arrays")
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        shown = ", ".join(map(printable, names[:8])) + (
+            f" and {len(names) - 8} more" if len(names) > 8 else ""
+        )
         raise UsageError(
             f"expected one {what} in {path!r} or a name, found {len(names)}: {shown}; "
-            f"name one as {path}:{names[0]}"
+            f"name one as {path}:{printable(names[0])}"
         )
     if name in names:
         return name
@@ -34,7 +45,7 @@ def pick_name(path: str, name: str | None, names: list[str], what: str = "tensor
 
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
     raise InputFileError(
-        f"expected a {what} {name!r} in {path!r}, found none; closest: {', '.join(close) or 'none'}"
+        f"expected a {what} {name!r} in {path!r}, found none; closest: {', '.join(map(printable, close)) or 'none'}"
         " (the info command lists them all)"
     )
 

@@ -189,6 +189,9 @@ def open_output(
             f"expected [[chunks]] auto, none or {len(shape)} positive comma-separated sizes (the output "
             f"has {len(shape)} axes), found {options.chunks!r}"
         )
+    chunks = options.output_chunks
+    if isinstance(chunks, tuple):  # a chunk larger than its axis is the whole axis
+        chunks = tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape))
     request = SinkRequest(
         shape=shape,
         dtype=saturate_to or plan.out_dtype,
@@ -196,7 +199,7 @@ def open_output(
         overwrite=options.overwrite,
         attrs=output.attrs if output.nodata is None else {**output.attrs, "nodata": output.nodata},
         compression=options.compression,
-        chunks=options.output_chunks,
+        chunks=chunks,
         block_shape=block_shape,
         nodata=output.nodata,
         stride=plan.stride,
