@@ -186,7 +186,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
 
-@pytest.mark.parametrize("out", ["out.npy", "out.h5"])
+@pytest.mark.parametrize("out", ["out.npy", "out.h5", "out.tif", "out.nc", "out.img"])
 def test_write_failure_exits_1_and_keeps_the_old_output(files, out):
     np.save(files / "big.npy", np.ones((100, 100, 3), np.float32))
     (files / out).write_bytes(b"old")

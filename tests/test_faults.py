@@ -97,3 +97,39 @@ def test_names_read_from_a_file_are_printed_escaped_on_one_line(tmp_path):
         handle["other"] = np.ones((2, 2, 3))
     proc = run_cli("apply", "x.h5", "1,1,1", "-o", "out.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "/bad\\nname", "/other")
+
+
+def _small_files():
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.img"])
+def test_a_raster_the_disk_did_not_take_whole_is_exit_1_and_nothing_is_left(tmp_path, output):
+    import subprocess
+    import sys
+
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    bands = np.random.default_rng(0).standard_normal((3, 128, 128)).astype(np.float32)
+    with rasterio.open(
+        tmp_path / "in.tif", "w", driver="GTiff", width=128, height=128, count=3, dtype="float32",
+        crs="EPSG:32633", transform=from_origin(5e5, 4.6e6, 10, 10),
+    ) as ds:  # fmt: skip
+        ds.write(bands)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwconv", "apply", "in.tif", "1,0,0;0,1,0;0,0,1", "-o", output, "--co", "COMPRESS=NONE"]
+        if output.endswith(".tif")
+        else [sys.executable, "-m", "pwconv", "apply", "in.tif", "1,0,0;0,1,0;0,0,1", "-o", output],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_small_files,
+    )  # fmt: skip
+    if output.endswith(".img"):
+        assert_clean_error(proc, 1, "did not take all of it")
+    else:  # libtiff still prints its own line before pwconv's (issue 21 leaves this open)
+        assert proc.returncode == 1 and "pwconv: error: cannot write 'out.tif'" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path) == ["in.tif"]

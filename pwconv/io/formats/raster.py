@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.errors import FormatError, UsageError, WriteError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, remove_quietly, write_failure
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
@@ -243,7 +243,31 @@ class RasterSink(FileSink):
         return [base + ".aux.xml"] + ([os.path.splitext(base)[0] + ".hdr"] if self._driver == "ENVI" else [])
 
     def finish(self) -> None:
-        self._ds.close()
+        rasterio = _rasterio()
+        ds = self._ds
+        height, width, raw_bytes = (
+            ds.height,
+            ds.width,
+            ds.height * ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize,
+        )
+        with rasterio.Env():
+            ds.close()
+            # GDAL reports a failed write (a full disk) only on its own stderr and closes
+            # "successfully": an ENVI file must hold all its raw bytes, and the last row (at
+            # the end of a GeoTIFF) must read back.
+            problem = None
+            if self._driver == "ENVI" and os.path.getsize(self.temp.path) < raw_bytes:
+                problem = f"{os.path.getsize(self.temp.path)} of {raw_bytes} bytes written"
+            try:
+                with rasterio.open(self.temp.path) as written:
+                    written.read(window=rasterio.windows.Window(0, height - 1, width, 1))
+            except Exception as exc:  # noqa: BLE001 - rasterio's errors for a short file
+                problem = first_line(exc)
+        if problem is not None:
+            raise WriteError(
+                f"cannot write {self.target!r}: the file system did not take all of it ({problem}); "
+                "free some space or write elsewhere"
+            )
         # The sidecars are published with the file (before it, so that the file appears
         # complete); one an old output had but this one does not is removed.
         for made, final in zip(self._sidecars(self.temp.path), self._sidecars(self.target)):
