@@ -49,8 +49,8 @@ class Description:
     #: Which code path reads the data (``memory map``, ``raw offsets``, ``chunk files``: pwconv's
     #: own byte-level readers; or the library's name), for ``info``.
     reader: str = ""
-    #: What this format hands on to an output of its own family (georeferencing, a NetCDF
-    #: template), keyed by the format's name.
+    #: What the reader hands on to outputs that can hold it, keyed by family: a format's
+    #: name ("raster": georeferencing, "netcdf": a template) or "picture" (pwconv.io.pictures).
     metadata: Mapping[str, Any] = field(default_factory=dict)
     #: The data is placed on the Earth (a CRS or a geotransform, a CF grid mapping); only an
     #: output of the family named in ``metadata`` keeps that, and the report says so otherwise.

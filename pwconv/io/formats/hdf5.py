@@ -235,12 +235,7 @@ class H5Sink(FileSink):
             _write_hyperslab(self._ds, f"{self.target}:{self.dataset}", index, block)
 
     def finish(self) -> None:
-        if self._raw is not None:
-            os.close(self._raw.fd)
-            self._raw = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.close_quietly()  # closing is all that is left: h5py or the raw fd flushes
 
     def close_quietly(self) -> None:
         if self._raw is not None and self._raw.fd >= 0:

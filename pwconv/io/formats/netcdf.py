@@ -90,14 +90,7 @@ class NetcdfSource(Source):
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
                 template["raster"] = raster
-            labels = {
-                axis: tuple(label_text(v) for v in template["netcdf"]["coordinates"][dim][0].reshape(-1))
-                for axis, dim in enumerate(self.dimensions)
-                if dim in template["netcdf"]["coordinates"]
-                and dim.lower() not in _X_NAMES + _Y_NAMES  # positions, not names
-                and template["netcdf"]["coordinates"][dim][0].shape == (self.shape[axis],)
-                and self.shape[axis] <= _MAX_LABELS
-            }
+            labels = _axis_labels(template["netcdf"]["coordinates"], self.dimensions, self.shape)
             self.description = Description(
                 labels=labels,
                 dimensions=self.dimensions,
@@ -161,6 +154,25 @@ class NetcdfSource(Source):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _axis_labels(
+    coordinates: dict[str, Any], dimensions: tuple[str, ...], shape: tuple[int, ...]
+) -> dict[int, tuple[str, ...]]:
+    """Each dimension's coordinate values as text, where they name positions rather than
+    place them (not x or y) and are few enough to be names."""
+    labels = {}
+    for axis, dim in enumerate(dimensions):
+        values = coordinates.get(dim, (None,))[0]
+        placed = dim.lower() in _X_NAMES + _Y_NAMES
+        if (
+            values is not None
+            and not placed
+            and values.shape == (shape[axis],)
+            and shape[axis] <= _MAX_LABELS
+        ):
+            labels[axis] = tuple(label_text(v) for v in values.reshape(-1))
+    return labels
 
 
 _X_NAMES, _Y_NAMES = ("x", "lon", "longitude", "easting"), ("y", "lat", "latitude", "northing")
