@@ -133,3 +133,213 @@ def test_a_raster_the_disk_did_not_take_whole_is_exit_1_and_nothing_is_left(tmp_
         assert proc.returncode == 1 and "pwconv: error: cannot write 'out.tif'" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert os.listdir(tmp_path) == ["in.tif"]
+
+
+def _limited(limit: int):
+    def apply_limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply_limit
+
+
+@pytest.mark.parametrize("member, extra", [("/a", ["--overwrite"]), ("/c", [])])
+def test_a_dataset_written_into_a_container_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, member, extra):
+    import hashlib
+    import subprocess
+    import sys
+
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "keep.h5", "w") as f:
+        f["a"] = np.arange(1000, dtype=np.float32).reshape(10, 100)
+        f["b"] = np.ones((10, 10), np.float32)
+    before = hashlib.sha256((tmp_path / "keep.h5").read_bytes()).hexdigest()
+    np.save(tmp_path / "x.npy", np.ones((256, 256, 4), np.float32))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwconv", "apply", "x.npy", "1,1,1,1;1,0,0,0", "-o", f"keep.h5:{member}", *extra],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited(200_000),
+    )  # fmt: skip
+    assert_clean_error(proc, 1, "cannot write")
+    assert hashlib.sha256((tmp_path / "keep.h5").read_bytes()).hexdigest() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.h5", "x.npy"]
+
+
+def test_a_dataset_added_to_a_container_keeps_its_mode_and_the_other_datasets(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "keep.h5", "w") as f:
+        f["b"] = np.arange(6.0).reshape(2, 3)
+    os.chmod(tmp_path / "keep.h5", 0o640)
+    os.symlink("keep.h5", tmp_path / "link.h5")
+    np.save(tmp_path / "x.npy", np.ones((4, 4, 2), np.float32))
+    proc = run_cli("apply", "x.npy", "1,1", "-o", "link.h5:/c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.islink(tmp_path / "link.h5")  # the link's file was edited, the link kept
+    assert oct(os.stat(tmp_path / "keep.h5").st_mode & 0o777) == oct(0o640)
+    with h5py.File(tmp_path / "keep.h5", "r") as f:
+        np.testing.assert_array_equal(f["b"][()], np.arange(6.0).reshape(2, 3))
+        np.testing.assert_allclose(f["c"][()], np.full((4, 4, 1), 2.0))
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--layout", "²"], "expected a layout"),
+        (["--max-memory", "1e400"], "expected a memory size"),
+        (["--dtype", "2147483648f4"], "expected a numpy dtype name"),
+        (["--dtype", "2f4"], "expected a numeric output dtype"),
+        (["--nodata", "inf", "--dtype", "uint8"], "that uint8 holds"),
+        (["--engine", "dask", "--scheduler", "tcp://host:notaport"], "a port from 1 to 65535"),
+        (["--bogus"], "No such option: --bogus"),
+        (["--groups", "x"], "Invalid value for '--groups'"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, fragment):
+    np.save(tmp_path / "x.npy", np.ones((4, 4, 3), np.uint8))
+    proc = run_cli("apply", "x.npy", "1,1,1", "-o", "y.npy", *args, cwd=tmp_path)
+    assert_clean_error(proc, 2, fragment)
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def test_a_missing_argument_is_one_line_naming_the_help(tmp_path):
+    proc = run_cli("apply", "x.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "Missing argument 'weights'", "see 'pwconv apply --help'")
+
+
+def _netcdf_with_fill(path, fill) -> None:
+    h5netcdf = pytest.importorskip("h5netcdf")
+    import h5py
+
+    with h5netcdf.File(path, "w") as f:
+        f.dimensions = {"band": 3, "y": 4, "x": 4}
+        f.create_variable("v", ("band", "y", "x"), np.float32)[...] = 1
+    with h5py.File(path, "a") as f:
+        f["v"].attrs.create("_FillValue", fill)
+        f.attrs.create("odd", np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]))
+
+
+@pytest.mark.parametrize(
+    "fill", [np.array([], np.float32), "abc", np.bytes_(b"\x00\x01"), np.void(b"\x00\x01")], ids=str
+)
+def test_a_netcdf_fill_value_that_is_not_a_number_is_ignored_and_said(tmp_path, fill):
+    _netcdf_with_fill(tmp_path / "in.nc", fill)
+    proc = run_cli("apply", "in.nc", "1,1,1", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "_FillValue ignored: expected a number" in proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.full((1, 4, 4), 3.0, np.float32))
+
+
+def test_an_hdf5_file_without_netcdf_dimensions_is_a_format_error(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "plain.nc", "w") as f:
+        f["v"] = np.ones((3, 4, 4), np.float32)
+    proc = run_cli("apply", "plain.nc", "1,1,1", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "expected a NetCDF-4 variable")
+    assert sorted(os.listdir(tmp_path)) == ["plain.nc"]
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [("flags", 1, "encrypted"), ("method", 99, "with method 99")],
+)
+def test_an_npz_member_zipfile_cannot_decode_is_refused(tmp_path, field, value, fragment):
+    import io
+    import struct
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        member = io.BytesIO()
+        np.save(member, np.ones((1, 3), np.float32))
+        archive.writestr("w.npy", member.getvalue())
+    data = bytearray(buffer.getvalue())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    offsets = {"flags": (local + 6, central + 8), "method": (local + 8, central + 10)}[field]
+    for offset in offsets:
+        data[offset : offset + 2] = struct.pack("<H", value)
+    (tmp_path / "bank.npz").write_bytes(bytes(data))
+    np.save(tmp_path / "x.npy", np.ones((4, 4, 3), np.float32))
+    proc = run_cli("apply", "x.npy", "bank.npz:w", "-o", "y.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, fragment)
+    assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "x.npy", "1,1,1", "-o", "-"],
+        ["apply", "x.npy", "1,1,1", "-o", "y.npy", "--json"],
+        ["fit", "pca", "x.npy", "-k", "2", "-o", "y.npz", "--json"],
+        ["explain", "x.npy", "1,1,1"],
+    ],
+)
+def test_a_closed_stdout_is_refused_before_any_work(tmp_path, args):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((4, 4, 3)).astype(np.float32))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwconv", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, pass_fds=(), preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert_clean_error(proc, 2, "expected an open stdout")
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+@pytest.mark.parametrize("bank", ["b.safetensors", "b.npz", "b.npy", "b.h5"])
+def test_a_bank_the_disk_did_not_take_is_exit_1_and_nothing_is_left(tmp_path, bank):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((64, 64, 300)).astype(np.float32))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pwconv", "fit", "pca", "x.npy", "-k", "200", "-o", bank],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited(100_000),
+    )  # fmt: skip
+    assert_clean_error(proc, 1, f"cannot write '{bank}'")
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def _stream_header(shape, dtype="<f4") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _wait_for_temp(folder, proc, seconds: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not any("pwconv-part" in name for name in os.listdir(folder)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("output", ["y.npy", "y.h5", "y.zarr", "y.tif", "y.nc"])
+def test_a_rerun_after_sigkill_removes_the_temp_the_killed_run_left(tmp_path, output):
+    import signal
+    import subprocess
+    import sys
+
+    shape = (512, 512, 4)
+    command = [sys.executable, "-m", "pwconv", "apply", "-", "1,1,1,1", "-o", output, "--max-memory", "1MiB"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(_stream_header(shape) + bytes(1 << 20))
+    proc.stdin.flush()
+    _wait_for_temp(tmp_path, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdin.close()
+    proc.stderr.close()
+    assert any("pwconv-part" in name for name in os.listdir(tmp_path))  # what a SIGKILL leaves
+    data = np.ones(shape, np.float32)
+    rerun = subprocess.run(
+        command, cwd=tmp_path, input=_stream_header(shape) + data.tobytes(), capture_output=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert os.listdir(tmp_path) == [output]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -70,4 +71,35 @@ def main() -> None:
         app.command(epilog=module.EXAMPLES)(command)
     app.add_typer(fit.fit_app)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    app(prog_name="pwconv")
+    if sys.stdout is None:  # started with stdout closed
+        from pwconv.cli.output import ClosedStdout
+
+        sys.stdout = ClosedStdout()
+    try:
+        code = app(prog_name="pwconv", standalone_mode=False)
+    except Exception as exc:  # noqa: BLE001 - narrowed below to the parser's own errors
+        if not _is_parser_error(exc):
+            raise
+        _usage_error(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_parser_error(exc: BaseException) -> bool:
+    """The command-line parser's errors (typer keeps its click private: found by their shape)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "exit_code")
+
+
+def _usage_error(exc: Any) -> None:
+    """A usage error as one line: what was wrong, and where the help is; then its exit code."""
+    from pwconv.cli.output import error
+
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # bare `pwconv` / `pwconv fit`
+        sys.stderr.write(ctx.get_help() + "\n")
+        sys.exit(2)
+    message = " ".join(str(exc.format_message()).split()).rstrip(".")
+    where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+    error(f"{message}{where}")
+    sys.exit(int(exc.exit_code))

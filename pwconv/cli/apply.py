@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import Progress, emit_json, examples, guarded, print_rows, report_lines
+from pwconv.cli.output import (
+    Progress,
+    check_stdout_open,
+    emit_json,
+    examples,
+    guarded,
+    print_rows,
+    report_lines,
+)
 from pwconv.errors import UsageError
 
 
@@ -18,6 +26,7 @@ def check_stdout_use(output: str, json_report: bool) -> None:
         raise UsageError(
             "expected either '-o -' or --json (both use stdout), found both; write the data to a file"
         )
+    check_stdout_open(output == "-" or json_report, "-o -" if output == "-" else "--json")
     if output == "-" and sys.stdout.isatty():
         raise UsageError(
             "expected stdout to be a pipe or file for '-o -', found a terminal; redirect it (> out.npy)"

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, examples, guarded, say, seconds_text, shape_text
+from pwconv.cli.output import check_stdout_open, emit_json, examples, guarded, say, seconds_text, shape_text
 
 EXAMPLES = examples(
     [
@@ -61,6 +61,8 @@ def batch(
     """Apply one filter bank to many files: a line per file, a summary, and no partial outputs."""
     from pwconv.jobs.batch import FileResult, batch_files, exit_code
     from pwconv.jobs.options import ApplyOptions
+
+    check_stdout_open(json_report)
 
     options = ApplyOptions.pick({**locals(), "format_options": tuple(format_options or ())})
     quiet_lines = quiet or json_report

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, error, examples, guarded
+from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded
 
 EXAMPLES = examples(
     [
@@ -47,6 +47,7 @@ def explain(
     from pwconv.jobs.explain import explain as run_explain
     from pwconv.jobs.options import ApplyOptions
 
+    check_stdout_open(True, "explain's report")
     options = ApplyOptions.pick(locals())
     request = ExplainRequest(
         input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset

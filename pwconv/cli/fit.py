@@ -7,7 +7,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, examples, guarded, print_rows, program_as_run, seconds_text
+from pwconv.cli.output import (
+    check_stdout_open,
+    emit_json,
+    examples,
+    guarded,
+    print_rows,
+    program_as_run,
+    seconds_text,
+)
 
 fit_app = typer.Typer(
     name="fit",
@@ -112,6 +120,7 @@ def fit_pca(
     """Principal components of the channel vectors: a bank whose outputs are centred projections."""
     from pwconv.jobs.fit import fit_pca as run
 
+    check_stdout_open(json_report)
     _report(run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
 
 
@@ -148,6 +157,7 @@ def fit_lstsq(
     """The K x C bank (plus bias) minimising the squared error between apply(INPUT) and TARGET."""
     from pwconv.jobs.fit import fit_lstsq as run
 
+    check_stdout_open(json_report)
     doc = run(
         input, target, output, _options(locals()), target_layout=target_layout, bias=not no_bias, ridge=ridge
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import emit_json, error, examples, guarded, print_rows, shape_text
+from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded, print_rows, shape_text
 
 
 def _size_text(n: float) -> str:
@@ -71,6 +71,7 @@ def info(
     from pwconv.jobs.batch import exit_code
     from pwconv.jobs.info import describe_files
 
+    check_stdout_open(json_report)
     described = describe_files(files, dataset, channels, channel_dim)
     if json_report:
         arrays = [a for item in described for a in item.arrays]

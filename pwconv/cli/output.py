@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from pwconv.errors import PwconvError
+from pwconv.errors import PwconvError, UsageError
 
 
 def examples(commands: list[str]) -> str:
@@ -43,6 +45,30 @@ def say(text: str, *, quiet: bool = False) -> None:
 
 def error(message: str) -> None:
     print(f"pwconv: error: {message}", file=sys.stderr, flush=True)
+
+
+class ClosedStdout(io.TextIOBase):
+    """What ``sys.stdout`` is when pwconv was started with stdout closed (``>&-``): any write
+    fails as an I/O error, so nothing is lost silently and the run does not exit 0."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    @property
+    def buffer(self) -> ClosedStdout:
+        return self
+
+
+def check_stdout_open(needed: bool, what: str = "--json") -> None:
+    """Refuse, before any work, a run that must write to a closed stdout."""
+    if needed and isinstance(sys.stdout, ClosedStdout):
+        raise UsageError(
+            f"expected an open stdout for {what}, found it closed; run with stdout open (> out.npy) "
+            "or write to a file"
+        )
 
 
 def emit_json(document: Any) -> None:

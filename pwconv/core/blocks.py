@@ -162,6 +162,6 @@ def parse_size(text: str | int) -> int:
             value = float(number)
         except ValueError:
             value, unit = -1.0, unit or "?"
-    if unit not in _UNITS or value <= 0:
+    if unit not in _UNITS or not 0 < value < 1e18:
         raise UsageError(f"expected a memory size such as 512MiB or 2GB, found {text!r}")
     return max(1, int(value * _UNITS[unit]))

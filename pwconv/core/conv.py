@@ -198,9 +198,9 @@ def output_dtype(value: object) -> np.dtype:
     """
     try:
         found = np.dtype(value)  # type: ignore[call-overload]
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(f"expected a numpy dtype name such as float32, found {value!r}") from None
-    if found.kind not in "iufc":
+    if found.kind not in "iufc" or found.shape or found.fields:
         raise UsageError(f"expected a numeric output dtype, found {found}")
     return found
 

@@ -76,7 +76,9 @@ def _parse_layout(spec: str | int, ndim: int) -> Layout:
         )
     if isinstance(spec, bool):
         raise UsageError(f"expected a layout ({LAYOUT_CHOICES}), found {spec!r}")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.lstrip("-").isdigit()):
+    if isinstance(spec, int) or (
+        isinstance(spec, str) and spec.lstrip("-").isascii() and spec.lstrip("-").isdigit()
+    ):
         axis = int(spec)
         if not -ndim <= axis < ndim:
             raise UsageError(

@@ -153,7 +153,7 @@ def _compute_on_cluster(graph: Any, address: str, *, show_progress: bool) -> Non
     distributed = require_extra("distributed", "dask", "a dask cluster")
     try:
         client = distributed.Client(address, timeout="10s", set_as_default=False)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(
             f"expected a running dask scheduler at {address}, found none ({exc}); start one or check the address"
         ) from None

@@ -118,6 +118,7 @@ def run(
     reader, writer = Worker(may_block=True), Worker()
     pending_read: Pending[np.ndarray] = reader.submit(load, reads[0])
     pending_write: Pending[None] | None = None
+    finished = False
     try:
         for i, index in enumerate(blocks):
             data = pending_read.result()
@@ -132,11 +133,12 @@ def run(
                 progress(i + 1, len(blocks))
         if pending_write is not None:
             pending_write.result()
+        finished = True
     finally:
         # On failure nothing is waited for (a read may block on a pipe); the caller aborts the sink.
         pending_read.cancel()
-        reader.close()
-        writer.close()
+        reader.close(wait=finished)
+        writer.close(wait=finished)
     return timings
 
 

@@ -70,12 +70,14 @@ class Worker:
             with _blocking_lock:
                 _blocking.add(self)
         self._may_block = may_block
-        threading.Thread(target=self._loop, name="pwconv-worker", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="pwconv-worker", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
         while (call := self._calls.get()) is not None:
             pending, function, args = call
             pending.run(function, args)
+            del call, pending, function, args  # the sink and the block go with the call
         if self._may_block:
             with _blocking_lock:
                 _blocking.discard(self)
@@ -85,5 +87,10 @@ class Worker:
         self._calls.put((pending, function, args))
         return pending
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> None:
+        """Stop the thread after the calls submitted; ``wait``: until it has ended (after a
+        run that succeeded, so that no thread still holds a library's objects or locks when
+        the interpreter shuts down: h5py's objects freed then can crash or hang it)."""
         self._calls.put(None)
+        if wait:
+            self._thread.join()

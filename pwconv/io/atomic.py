@@ -8,8 +8,11 @@ format's writer only says how to finish and how to close after a failure.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,10 +39,54 @@ def check_output_path(path: str, overwrite: bool) -> None:
         raise UsageError(f"expected a file name for the output, found the directory {path!r}")
 
 
+_SUFFIX = ".pwconv-part"
+
+
+def _host_tag() -> str:
+    """A short tag of this machine, so that a temp file is only ever judged stale by the machine
+    whose process made it (folders on network file systems are shared)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale(directory: str, name: str) -> list[str]:
+    """Remove the temp files and folders a killed run (SIGKILL, power loss) left for the output
+    ``name`` in ``directory``: those made on this machine by a process that is gone."""
+    prefix = f".{name}.{_host_tag()}."
+    removed: list[str] = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(prefix) or not entry.endswith((_SUFFIX, _SUFFIX + ".old")):
+            continue
+        pid = entry[len(prefix) :].split(".", 1)[0]
+        if not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
+            continue
+        stale = os.path.join(directory, entry)
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            remove_quietly(stale)
+        removed.append(entry)
+    return removed
+
+
 def _beside(path: str, make: Callable[..., Any]) -> Any:
     directory, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    sweep_stale(directory, name)
     try:
-        return make(prefix=f".{name}.", suffix=".pwconv-part", dir=directory)
+        return make(prefix=f".{name}.{_host_tag()}.{os.getpid()}.", suffix=_SUFFIX, dir=directory)
     except OSError as exc:
         raise WriteError(
             f"cannot create the output in {directory!r}: {exc.strerror}; check permissions and free space"
@@ -67,9 +114,11 @@ def _normal_mode(path: str, full: int) -> None:
     os.chmod(path, full & ~umask)
 
 
-def _publish_file(temp: str, final: str) -> None:
-    """Give the finished temp file normal permissions and rename it over ``final``."""
-    _normal_mode(temp, 0o666)
+def _publish_file(temp: str, final: str, keep_mode: bool = False) -> None:
+    """Give the finished temp file normal permissions (or leave the ones it was given: a
+    container edited in place keeps its own) and rename it over ``final``."""
+    if not keep_mode:
+        _normal_mode(temp, 0o666)
     os.replace(temp, final)
 
 
@@ -103,8 +152,8 @@ class TempTarget:
     []
     """
 
-    def __init__(self, target: str, *, folder: bool = False) -> None:
-        self.target, self.folder = target, folder
+    def __init__(self, target: str, *, folder: bool = False, keep_mode: bool = False) -> None:
+        self.target, self.folder, self.keep_mode = target, folder, keep_mode
         if folder:
             self.path: str = _beside(target, tempfile.mkdtemp)
         else:
@@ -113,7 +162,10 @@ class TempTarget:
 
     def publish(self) -> None:
         if self.path:
-            (_publish_folder if self.folder else _publish_file)(self.path, self.target)
+            if self.folder:
+                _publish_folder(self.path, self.target)
+            else:
+                _publish_file(self.path, self.target, self.keep_mode)
             self.path = ""
 
     def discard(self) -> None:
@@ -124,11 +176,17 @@ class TempTarget:
         self.path = ""
 
 
+_SYSTEM_MESSAGE = re.compile(r"(?:error message = '|I/O error: )([^'(]+?)(?:'| \(os error|$)")
+
+
 def write_failure(target: str, exc: BaseException) -> WriteError:
     """The one-line error for an output the file system refused."""
     reason = first_line(exc)
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror.splitlines()[0][:160]
+    system = _SYSTEM_MESSAGE.search(str(exc))  # HDF5 and safetensors name the system's error inside
+    if system:
+        reason = system.group(1)
     return WriteError(
         f"cannot write {target!r}: {reason}; free some space, check permissions or write elsewhere"
     )
@@ -159,9 +217,9 @@ class FileSink(Sink):
     temp file, the rename, the clean-up and the one-line error are done here.
     """
 
-    def __init__(self, target: str, *, folder: bool = False) -> None:
+    def __init__(self, target: str, *, folder: bool = False, keep_mode: bool = False) -> None:
         self.target = target
-        self.temp = TempTarget(target, folder=folder)
+        self.temp = TempTarget(target, folder=folder, keep_mode=keep_mode)
 
     def finish(self) -> None:
         """Everything the format must do before the temp file is complete."""
@@ -206,7 +264,11 @@ def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) ->
             write(temps[path].path)
         for temp in temps.values():
             temp.publish()
-    except OSError as exc:
+    except PwconvError:
+        for temp in temps.values():
+            temp.discard()
+        raise
+    except Exception as exc:  # noqa: BLE001 - libraries raise their own types for a full disk
         for temp in temps.values():
             temp.discard()
         raise write_failure(next(iter(writes)), exc) from None

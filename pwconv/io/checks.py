@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pwconv.errors import FormatError, InputFileError
+from pwconv.io.names import printable
 
 
 def numeric_dtype(dtype: Any, where: str) -> np.dtype:
@@ -62,15 +63,30 @@ def same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+_ZIP_METHODS = (0, 8, 12, 14)  # stored, deflate, bzip2, lzma: what zipfile decodes
+
+
 def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
-    """Refuse a zip member that would inflate far beyond its stored size (a zip bomb)."""
+    """Refuse a zip member that cannot be read as it is: encrypted, compressed with a method
+    zipfile does not decode, or inflating far beyond its stored size (a zip bomb)."""
+    name = printable(str(info.filename))
+    if info.flag_bits & 0x1:
+        raise FormatError(
+            f"expected an unencrypted zip member in {path!r}, found {name!r} encrypted; "
+            "save the arrays again without a password"
+        )
+    if info.compress_type not in _ZIP_METHODS:
+        raise FormatError(
+            f"expected a zip member stored or compressed with deflate, bzip2 or lzma in {path!r}, "
+            f"found {name!r} with method {info.compress_type}; save the arrays again with numpy"
+        )
     if (
         info.compress_size
         and info.file_size > (16 << 20)
         and info.file_size > limit_ratio * info.compress_size
     ):
         raise FormatError(
-            f"expected an ordinary zip member in {path!r}, found {info.filename!r} declaring "
+            f"expected an ordinary zip member in {path!r}, found {name!r} declaring "
             f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
         )
 

@@ -118,7 +118,7 @@ def resolve_nodata(
 def _holds(dtype: np.dtype, value: float) -> bool:
     if dtype.kind in "fc":
         return True
-    if math.isnan(value) or value != int(value):
+    if not math.isfinite(value) or value != int(value):
         return False
     info = np.iinfo(dtype)
     return info.min <= value <= info.max

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -246,53 +247,50 @@ class H5Sink(FileSink):
             self._file = None
 
 
-class H5MemberSink(Sink):
-    """A dataset added to an existing HDF5 file: written under a temporary name and moved into
-    place on commit, so that the file's other datasets are kept."""
+class H5MemberSink(FileSink):
+    """A dataset added to (or replaced in) an existing HDF5 file.
+
+    The file is copied to a temp file beside it, the dataset is written into the copy, and
+    the copy is renamed over the file on commit: the user's file is either the old one,
+    untouched, or the new one with the dataset complete, whatever fails in between (a full
+    disk, a signal). The price is a copy of the container, the same disk space again.
+    """
 
     writer = "h5py"
 
     def __init__(self, path: str, dataset: str, request: SinkRequest) -> None:
-        self.path, self.dataset = path, dataset
-        self._name = f"{dataset.rstrip('/')}.pwconv-part"
-        self._file: Any = _open_file(path, "r+")
-        with setting_up(self, f"{path}:{dataset}"):
-            if self._file.get(dataset) is not None and not request.overwrite:
+        check_readable(path)
+        with _open_file(path, "r") as handle:
+            if handle.get(dataset) is not None and not request.overwrite:
                 raise OutputExistsError(
                     f"dataset {dataset!r} exists in {path!r}; pass [[overwrite!]] to replace it, "
                     "or choose another dataset name"
                 )
-            if self._name in self._file:
-                del self._file[self._name]
+        super().__init__(os.path.realpath(path), keep_mode=True)  # a link's file is edited
+        self.dataset = dataset
+        self._file: Any = None
+        with setting_up(self, f"{path}:{dataset}"):
+            shutil.copyfile(path, self.temp.path)
+            shutil.copymode(path, self.temp.path)
+            self._file = _open_file(self.temp.path, "r+")
+            if self._file.get(dataset) is not None:
+                del self._file[dataset]
             self._ds = self._file.create_dataset(
-                self._name, shape=request.shape, dtype=np.dtype(request.dtype),
+                dataset, shape=request.shape, dtype=np.dtype(request.dtype),
                 **_dataset_options(request, direct=False),
             )  # fmt: skip
             self._ds.attrs.update(request.attrs)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:
-            _write_hyperslab(self._ds, f"{self.path}:{self.dataset}", index, block)
+            _write_hyperslab(self._ds, f"{self.target}:{self.dataset}", index, block)
 
-    def commit(self) -> None:
-        try:
-            if self.dataset in self._file:
-                del self._file[self.dataset]
-            self._file.move(self._name, self.dataset)
-            self._file.close()
-            self._file = None
-        except (OSError, RuntimeError, ValueError) as exc:
-            self.abort()
-            raise write_failure(self.path, exc) from None
+    def finish(self) -> None:
+        self.close_quietly()
 
-    def abort(self) -> None:
+    def close_quietly(self) -> None:
         if self._file is not None:
-            try:
-                if self._name in self._file:
-                    del self._file[self._name]
-                self._file.close()
-            except Exception:  # noqa: BLE001 - cleanup must not mask the first error
-                pass
+            self._file.close()
             self._file = None
 
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
-from pwconv.io.names import pick_name
+from pwconv.io.names import pick_name, printable
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -69,6 +69,35 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _readable_attrs(obj: Any) -> dict[str, Any]:
+    """An object's attributes as plain values; one of a type h5py cannot read (a compound, an
+    opaque blob) is left out: attributes describe the data, they are never needed to read it."""
+    values = {}
+    for name in list(obj.attrs):
+        try:
+            value = _plain(obj.attrs[name])
+        except Exception:  # noqa: BLE001 - h5py raises several types for unreadable attributes
+            continue
+        if isinstance(value, (str, bytes, int, float, np.ndarray)):
+            values[str(name)] = value
+    return values
+
+
+def _fill_value(attrs: dict[str, Any]) -> tuple[float | None, tuple[str, ...]]:
+    """The variable's nodata from ``_FillValue`` (else ``missing_value``): one number. Anything
+    else there (empty, text, bytes) is not a nodata value: ignored, and the report says so."""
+    for key in ("_FillValue", "missing_value"):
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        array = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+        if array is not None and array.size and array.dtype.kind in "biuf":
+            return float(array.reshape(-1)[0]), ()
+        shown = printable(repr(value)[:40])
+        return None, (f"{key} ignored: expected a number, found {shown}; pass --nodata to set one",)
+    return None, ()
+
+
 class NetcdfSource(Source):
     """One NetCDF variable, read by hyperslab."""
 
@@ -82,9 +111,8 @@ class NetcdfSource(Source):
             self.dimensions = tuple(var.dimensions)
             self.shape = tuple(int(n) for n in var.shape)
             self.dtype = numeric_dtype(var.dtype, f"{path}:{self.variable}")
-            attrs = dict(var.attrs)
-            fill = attrs.get("_FillValue", attrs.get("missing_value"))
-            self.nodata = None if fill is None else float(np.asarray(fill).reshape(-1)[0])
+            attrs = _readable_attrs(var)
+            self.nodata, notes = _fill_value(attrs)
             self._var = var
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
@@ -98,7 +126,17 @@ class NetcdfSource(Source):
                 reader="h5netcdf",
                 metadata=template,
                 georeferenced=bool(template["netcdf"]["scalars"]),  # a CF grid mapping
+                notes=notes,
             )
+        except PwconvError:
+            self._file.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5netcdf reads dimensions and attributes lazily
+            self._file.close()
+            raise FormatError(
+                f"expected a NetCDF-4 variable in {path!r}, found one that cannot be read "
+                f"({first_line(exc)}); check that the file was written as NetCDF-4"
+            ) from None
         except BaseException:
             self._file.close()
             raise
@@ -129,18 +167,18 @@ class NetcdfSource(Source):
         for dim in self.dimensions:
             if dim in handle.variables:
                 coord = handle.variables[dim]
-                coordinates[dim] = (np.asarray(coord[...]), {k: _plain(v) for k, v in coord.attrs.items()})
-        var_attrs = {k: _plain(v) for k, v in self._var.attrs.items() if k in _KEEP_VARIABLE_ATTRS}
+                coordinates[dim] = (np.asarray(coord[...]), _readable_attrs(coord))
+        var_attrs = {k: v for k, v in _readable_attrs(self._var).items() if k in _KEEP_VARIABLE_ATTRS}
         extra = {}
         mapping = var_attrs.get("grid_mapping")
         if isinstance(mapping, str) and mapping in handle.variables:
-            extra[mapping] = {k: _plain(v) for k, v in handle.variables[mapping].attrs.items()}
+            extra[mapping] = _readable_attrs(handle.variables[mapping])
         return {
             "netcdf": {
                 "variable": self.variable,
                 "dimensions": self.dimensions,
                 "coordinates": coordinates,
-                "global_attrs": {k: _plain(v) for k, v in handle.attrs.items()},
+                "global_attrs": _readable_attrs(handle),
                 "variable_attrs": var_attrs,
                 "scalars": extra,
             }

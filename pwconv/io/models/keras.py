@@ -84,7 +84,7 @@ def _keras3_names(handle: Any) -> dict[str, str]:
                 level = "/".join(parts[: i + 2])
                 layer_names.append(_text(handle[level + "/vars"].attrs.get("name", parts[i + 1])))
         layer = "/".join(layer_names)
-        variables = sorted((k for k in handle[group] if k.isdigit()), key=int)
+        variables = sorted((k for k in handle[group] if k.isascii() and k.isdigit()), key=int)
         shapes = [handle[f"{group}/{k}"].shape for k in variables]
         kernel_and_bias = (
             1 <= len(variables) <= 2

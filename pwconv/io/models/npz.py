@@ -37,7 +37,12 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 
 
 def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    return {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
+    """The archive's arrays by name; every one checked readable as it is (not encrypted, a
+    method zipfile decodes, no zip bomb)."""
+    members = {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
+    for info in members.values():
+        zip_member_guard(str(archive.filename), info)
+    return members
 
 
 def _is_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bool:
