@@ -343,3 +343,125 @@ def test_a_rerun_after_sigkill_removes_the_temp_the_killed_run_left(tmp_path, ou
     )
     assert rerun.returncode == 0, rerun.stderr
     assert os.listdir(tmp_path) == [output]
+
+
+def _pointing_h5(tmp_path) -> None:
+    import h5py
+
+    secret = tmp_path / "outside" / "secret.bin"
+    secret.parent.mkdir()
+    secret.write_bytes(np.arange(48, dtype=np.uint8).tobytes())
+    with h5py.File(tmp_path / "source.h5", "w") as f:
+        f["s"] = np.arange(48, dtype=np.float32).reshape(4, 4, 3)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("external", shape=(4, 4, 3), dtype="u1", external=[(str(secret), 0, 48)])
+        layout = h5py.VirtualLayout(shape=(4, 4, 3), dtype="f4")
+        layout[:] = h5py.VirtualSource("source.h5", "s", shape=(4, 4, 3))
+        f.create_virtual_dataset("virtual", layout, fillvalue=-1)
+        gone = h5py.VirtualLayout(shape=(4, 4, 3), dtype="f4")
+        gone[:] = h5py.VirtualSource("missing.h5", "s", shape=(4, 4, 3))
+        f.create_virtual_dataset("gone", gone, fillvalue=-1)
+        f["linked"] = h5py.ExternalLink("source.h5", "s")
+
+
+@pytest.mark.parametrize(
+    "dataset, fragment",
+    [
+        ("external", "stored in the external file"),
+        ("virtual", "a virtual dataset reading source.h5"),
+        ("linked", "an external link to source.h5:s"),
+    ],
+)
+def test_an_hdf5_dataset_pointing_at_other_files_is_read_only_when_allowed(tmp_path, dataset, fragment):
+    _pointing_h5(tmp_path)
+    proc = run_cli("apply", f"in.h5:/{dataset}", "1,1,1", "-o", "y.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, fragment, "--allow-external")
+    assert not (tmp_path / "y.npy").exists()
+    allowed = run_cli("apply", f"in.h5:/{dataset}", "1,1,1", "-o", "y.npy", "--allow-external", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    expected = np.arange(48, dtype=np.float64).reshape(4, 4, 3).sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_a_virtual_dataset_whose_source_is_missing_is_an_error_even_when_allowed(tmp_path):
+    _pointing_h5(tmp_path)
+    proc = run_cli("apply", "in.h5:/gone", "1,1,1", "-o", "y.npy", "--allow-external", cwd=tmp_path)
+    assert_clean_error(proc, 2, "'missing.h5' missing")
+    assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("raw", ["1", "0"])
+def test_a_zarr_chunk_linked_out_of_the_store_is_refused_unless_allowed(tmp_path, raw, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    monkeypatch.setenv("PWCONV_RAW_IO", raw)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    array = zarr.create_array(str(outside / "real.zarr"), shape=(4, 4, 2), chunks=(2, 2, 2), dtype="f4")
+    array[:] = 7
+    store = zarr.create_array(str(tmp_path / "s.zarr"), shape=(4, 4, 2), chunks=(2, 2, 2), dtype="f4")
+    store[:] = 1
+    chunk = tmp_path / "s.zarr" / "c" / "0" / "0" / "0"
+    chunk.unlink()
+    chunk.symlink_to(outside / "real.zarr" / "c" / "0" / "0" / "0")
+    proc = run_cli("apply", "s.zarr", "1,1", "-o", "y.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "a link out of the store (c/0/0/0 ->", "--allow-external")
+    allowed = run_cli("apply", "s.zarr", "1,1", "-o", "y.npy", "--allow-external", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    assert np.load(tmp_path / "y.npy")[0, 0, 0] == 14.0 and np.load(tmp_path / "y.npy")[3, 3, 0] == 2.0
+
+
+def test_a_header_declaring_an_absurd_shape_is_refused_before_any_block_is_listed(tmp_path):
+    import json
+
+    store = tmp_path / "huge.zarr"
+    store.mkdir()
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": [2**40, 2**40, 4], "data_type": "float32",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [64, 64, 4]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}], "attributes": {},
+    }  # fmt: skip
+    (store / "zarr.json").write_text(json.dumps(meta))
+    for engine in ("numpy", "dask"):
+        proc = run_cli("apply", "huge.zarr", "1,1,1,1", "-o", "y.zarr", "--engine", engine, cwd=tmp_path)
+        assert_clean_error(proc, 2, "expected a job of at most 1048576 blocks")
+    assert sorted(os.listdir(tmp_path)) == ["huge.zarr"]
+
+
+def _big_pieces(tmp_path, kind: str) -> str:
+    data = np.zeros((1024, 1024, 4), np.uint8)  # 4 MiB in one piece
+    if kind == "strip":
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(tmp_path / "in.tif", data, compression="zlib", rowsperstrip=1024, photometric="rgb",
+                         extrasamples=["unassalpha"])  # fmt: skip
+        return "in.tif"
+    if kind == "chunk":
+        zarr = pytest.importorskip("zarr")
+        array = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=data.shape, dtype="u1")
+        array[:] = data
+        return "in.zarr"
+    if kind == "h5":
+        import h5py
+
+        with h5py.File(tmp_path / "in.h5", "w") as f:
+            f.create_dataset("x", data=data, chunks=data.shape, compression="gzip")
+        return "in.h5"
+    pil = pytest.importorskip("PIL.Image")
+    pil.fromarray(data).save(tmp_path / "in.png")
+    return "in.png"
+
+
+@pytest.mark.parametrize(
+    "kind, fragment", [("strip", "a strip of 4.0 MiB"), ("chunk", "a chunk of 4.0 MiB"),
+                       ("h5", "a compressed chunk of 4.0 MiB"), ("png", "the whole array")],
+)  # fmt: skip
+def test_a_piece_decoded_whole_must_fit_in_max_memory(tmp_path, kind, fragment):
+    name = _big_pieces(tmp_path, kind)
+    before = sorted(os.listdir(tmp_path))
+    proc = run_cli("apply", name, "1,1,1,1", "-o", "y.npy", "--max-memory", "1MiB", cwd=tmp_path)
+    assert_clean_error(proc, 2, fragment, "--max-memory (1.0 MiB)", "--max-memory 8.0MiB or more")
+    assert sorted(os.listdir(tmp_path)) == before
+    fitted = run_cli("fit", "pca", name, "-k", "2", "-o", "b.npz", "--max-memory", "1MiB", cwd=tmp_path)
+    assert_clean_error(fitted, 2, fragment)
+    ok = run_cli("apply", name, "1,1,1,1", "-o", "y.npy", "--max-memory", "8MiB", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr

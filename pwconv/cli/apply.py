@@ -68,6 +68,7 @@ def apply(
     ignore_channel_names: o.IgnoreChannelNamesOpt = False,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    allow_external: o.AllowExternalOpt = False,
 ) -> None:
     """Apply the filters to every pixel of INPUT and write OUTPUT (H x W x C -> H x W x K)."""
     from pwconv.jobs.apply import apply_file

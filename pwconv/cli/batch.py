@@ -55,6 +55,7 @@ def batch(
     ] = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    allow_external: o.AllowExternalOpt = False,
     weights_dataset: o.WeightsDatasetOpt = None,
     dataset: o.DatasetOpt = None,
 ) -> None:

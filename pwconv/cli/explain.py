@@ -41,6 +41,7 @@ def explain(
     nodata: o.NodataOpt = o.NODATA,
     channel_dim: o.ChannelDimOpt = None,
     json_report: o.JsonOpt = False,
+    allow_external: o.AllowExternalOpt = False,
 ) -> None:
     """Show, for one pixel, every product and sum the 1x1 convolution computes, and check the fast path."""
     from pwconv.jobs.explain import ExplainRequest, render_text

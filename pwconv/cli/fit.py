@@ -116,6 +116,7 @@ def fit_pca(
     overwrite: o.OverwriteOpt = False,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    allow_external: o.AllowExternalOpt = False,
 ) -> None:
     """Principal components of the channel vectors: a bank whose outputs are centred projections."""
     from pwconv.jobs.fit import fit_pca as run
@@ -153,6 +154,7 @@ def fit_lstsq(
     overwrite: o.OverwriteOpt = False,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    allow_external: o.AllowExternalOpt = False,
 ) -> None:
     """The K x C bank (plus bias) minimising the squared error between apply(INPUT) and TARGET."""
     from pwconv.jobs.fit import fit_lstsq as run

@@ -9,14 +9,7 @@ import typer
 
 from pwconv.cli import options as o
 from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded, print_rows, shape_text
-
-
-def _size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from pwconv.core.blocks import size_text
 
 
 def _layout_text(array: dict[str, Any]) -> str:
@@ -63,6 +56,7 @@ def info(
     ] = None,
     channel_dim: o.ChannelDimOpt = None,
     json_report: o.JsonOpt = False,
+    allow_external: o.AllowExternalOpt = False,
 ) -> None:
     """Describe the arrays in files: shape, dtype, size, storage and a layout guess.
 
@@ -87,7 +81,7 @@ def info(
                     ("file", array["path"]),
                     (
                         "shape",
-                        f"{shape_text(array['shape'])}  {array['dtype']}  {_size_text(array['bytes'])}",
+                        f"{shape_text(array['shape'])}  {array['dtype']}  {size_text(array['bytes'])}",
                     ),
                     ("layout", _layout_text(array)),
                     ("storage", f"{storage['format']}" + (f" ({details})" if details else "")),

@@ -56,6 +56,14 @@ WeightsDatasetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")]
+AllowExternalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-external",
+        help="Read data an input keeps in other files (HDF5 external or virtual storage and "
+        "external links, links out of a Zarr store); refused by default.",
+    ),
+]
 MaxMemoryOpt = Annotated[
     str,
     typer.Option(

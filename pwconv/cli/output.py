@@ -255,6 +255,9 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        from pwconv.io.checks import allow_external
+
+        allow_external(kwargs.get("allow_external", False))
         try:
             command(*args, **kwargs)
         except PwconvError as exc:

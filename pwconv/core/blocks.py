@@ -54,6 +54,7 @@ def plan_blocks(
         if tiles:
             return tiles
     outer = [i for i in candidates if i < cut]
+    check_block_count(math.prod(shape[i] for i in outer) * -(-shape[cut] // step), shape, max_bytes)
     blocks = []
     for outer_index in _product([shape[i] for i in outer]):
         for start in range(0, shape[cut], step):
@@ -63,6 +64,23 @@ def plan_blocks(
             index[cut] = slice(start, min(start + step, shape[cut]))
             blocks.append(tuple(index))
     return blocks
+
+
+#: The most blocks one run is planned in: the list costs memory of its own (about 200 bytes a
+#: block), so a header declaring an absurd shape is refused before any of it is built.
+MAX_BLOCKS = 1 << 20
+
+
+def check_block_count(count: int, shape: tuple[int, ...], max_bytes: int) -> None:
+    """Refuse a plan of more than :data:`MAX_BLOCKS` blocks (a header's absurd shape)."""
+    from pwconv.errors import UsageError
+
+    if count > MAX_BLOCKS:
+        raise UsageError(
+            f"expected a job of at most {MAX_BLOCKS} blocks, found {count} for a "
+            f"{'x'.join(map(str, shape))} output in blocks of {max_bytes} bytes; "
+            "raise [[max_memory]], or check the input's declared shape (pwconv info)"
+        )
 
 
 def _tile_blocks(
@@ -82,6 +100,8 @@ def _tile_blocks(
     per_chunk = rows * align[inner] * cost(inner)
     cols = align[inner] * max(1, max_bytes // max(per_chunk, 1))
     outer = [i for i in candidates if i < cut]
+    count = math.prod(shape[i] for i in outer) * -(-shape[cut] // rows) * -(-shape[inner] // cols)
+    check_block_count(count, shape, max_bytes)
     full = tuple(slice(0, n) for n in shape)
     blocks = []
     for outer_index in _product([shape[i] for i in outer]):
@@ -142,6 +162,19 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
+
+
+def size_text(n: float) -> str:
+    """A byte count for people.
+
+    >>> size_text(3 << 29)
+    '1.5 GiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def parse_size(text: str | int) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pwconv.core.blocks import check_block_count
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
 from pwconv.engines.base import Progress, Timings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, LOCAL_SCHEDULERS, check_scheduler
@@ -59,6 +60,16 @@ def _one_blas_thread_in_workers() -> None:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(limits=1, user_api="blas")
+
+
+def _check_chunk_count(source: Source, chunks: Any) -> None:
+    """Refuse, before dask lists them, more chunks than a plan may have (a header's absurd shape)."""
+    if chunks == "auto":  # dask aims at 128 MiB chunks
+        count = math.prod(source.shape) * source.dtype.itemsize // (128 << 20) + 1
+        check_block_count(count, source.shape, 128 << 20)
+    else:
+        count = math.prod(-(-n // max(int(c), 1)) for n, c in zip(source.shape, chunks))
+        check_block_count(count, source.shape, math.prod(int(c) for c in chunks) * source.dtype.itemsize)
 
 
 def _apply_block(block: np.ndarray, plan: ConvPlan, nodata: Nodata | None = None) -> np.ndarray:
@@ -108,6 +119,7 @@ class DaskRun:
         self.scheduler = scheduler
         reader = parallel_reader(spec, source)
         chunks: Any = reader.chunks or source.chunks() or "auto"  # every parallel reader has .chunks
+        _check_chunk_count(source, chunks)
         x = da.from_array(
             reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
         )

@@ -3,6 +3,7 @@ picture (formats that cannot be read by block)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,11 @@ class ArraySource(Source):
 
     def storage(self) -> dict[str, Any]:
         return self._storage
+
+    def decoded_piece(self) -> tuple[int, str] | None:
+        return math.prod(
+            self.shape
+        ) * self.dtype.itemsize, "the whole array (this format is not read by block)"
 
     def close(self) -> None:
         self._data = None

@@ -102,3 +102,35 @@ def label_text(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
     return str(value)
+
+
+# Whether inputs may point at other files (HDF5 external or virtual storage, external links,
+# links out of a Zarr store): refused unless the user passes --allow-external.
+_external = {"allowed": False}
+
+
+def allow_external(allowed: bool) -> None:
+    """Let inputs read data from other files they name (``--allow-external``)."""
+    _external["allowed"] = bool(allowed)
+
+
+def refuse_external(path: str, found: str) -> None:
+    """Refuse an input that points at another file, unless the user allowed it."""
+    if not _external["allowed"]:
+        raise FormatError(
+            f"expected {path!r} to hold its own data, found {found}; pwconv reads no other file an "
+            "input points at: pass --allow-external if you trust the file"
+        )
+
+
+def link_leaving(root: str) -> str | None:
+    """The first symbolic link under the folder ``root`` whose target lies outside it."""
+    top = os.path.realpath(root)
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            entry = os.path.join(folder, name)
+            if os.path.islink(entry):
+                target = os.path.realpath(entry)
+                if os.path.commonpath([top, target]) != top:
+                    return f"{os.path.relpath(entry, root)} -> {target}"
+    return None

@@ -80,6 +80,12 @@ class Source:
         """Storage facts for ``info`` (format, chunks, compression, ...)."""
         return {}
 
+    def decoded_piece(self) -> tuple[int, str] | None:
+        """The bytes decoded at once to read any part of the data, and what that piece is
+        (a compressed chunk, a strip, the whole picture), from the file's declarations; None
+        where any region is read on its own. ``--max-memory`` is checked against it."""
+        return None
+
     def release(self, index: tuple[slice, ...]) -> None:
         """Called when the block read at ``index`` is done with (a mapped file drops its pages)."""
 

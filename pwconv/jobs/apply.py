@@ -29,7 +29,7 @@ from pwconv.io.registry import (
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import ApplyOptions, check_output, nodata_value, resolved_layout
+from pwconv.jobs.options import ApplyOptions, check_decoded_piece, check_output, nodata_value, resolved_layout
 from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
 
 
@@ -338,6 +338,7 @@ def apply_file(
     try:
         out_spec = retarget_output(out_spec, source)
         check_output(options, out_spec)
+        check_decoded_piece(source, options.max_bytes, in_spec.text)
         options = with_channel_dim(options, source)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
         check_channel_names(loaded, source, plan, options)

@@ -24,7 +24,14 @@ from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
 from pwconv.io.registry import bank_specs, check_distinct, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import AUTO_LAYOUT, DEFAULT_MAX_MEMORY, nodata_value, parse_nodata, resolved_layout
+from pwconv.jobs.options import (
+    AUTO_LAYOUT,
+    DEFAULT_MAX_MEMORY,
+    check_decoded_piece,
+    nodata_value,
+    parse_nodata,
+    resolved_layout,
+)
 
 SAMPLE_SEED = 0
 
@@ -134,11 +141,12 @@ def _valid(rows: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~Nodata(nodata, True, math.nan).mask(rows, axis=1)
 
 
-def _open_all(specs: list[Spec]) -> list[Source]:
+def _open_all(specs: list[Spec], max_bytes: int) -> list[Source]:
     sources: list[Source] = []
     try:
         for spec in specs:
             sources.append(open_source(spec))
+            check_decoded_piece(sources[-1], max_bytes, spec.text)
     except BaseException:
         for source in sources:
             source.close()
@@ -167,7 +175,7 @@ def _accumulate(
     """Moments over every pixel of every group (a group: the specs read in lockstep). A
     pixel with nodata (each file's own) or NaN in any channel of any file is left out."""
     counts = Pixels()
-    opened = [_open_all(group) for group in groups]
+    opened = [_open_all(group, options.max_bytes) for group in groups]
     try:
         channel_counts = [[s.shape[lay.channel_axis(s)] for s, lay in zip(g, layouts)] for g in opened]
         shapes = [_pixel_shape(tuple(g[0].shape), layouts[0].channel_axis(g[0])) for g in opened]

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pwconv.core.blocks import parse_size
+from pwconv.core.blocks import parse_size, size_text
 from pwconv.core.conv import ConvSettings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
+from pwconv.io.interface import Source
 from pwconv.io.registry import all_compressions, check_writable, formats_compressed_with, formats_taking
 from pwconv.io.spec import Spec
 
@@ -178,6 +179,21 @@ class ApplyOptions:
         """The options among ``values`` (a command's parameters); the rest keep their defaults."""
         names = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def check_decoded_piece(source: Source, max_bytes: int, where: str) -> None:
+    """Refuse, before any work, an input whose smallest readable piece (a compressed chunk,
+    strip or tile, a whole picture: what its header declares) does not fit in ``max_bytes``:
+    decoding it would break the ``--max-memory`` promise."""
+    piece = source.decoded_piece()
+    if piece is None or piece[0] <= max_bytes:
+        return
+    size, kind = piece
+    raise UsageError(
+        f"expected every piece of {where!r} to fit in [[max_memory]] ({size_text(max_bytes)}), found "
+        f"{kind} of {size_text(size)} that is decoded whole; pass [[max_memory]] {size_text(2 * size).replace(' ', '')} "
+        "or more, or rewrite the file in smaller chunks or tiles"
+    )
 
 
 def check_output(options: ApplyOptions, output: Spec, *, format_options: bool = True) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, OutputExistsError
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
-from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
+from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
-from pwconv.io.names import pick_name
+from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ def _open_file(path: str, mode: str) -> Any:
 
 def resolve_dataset(handle: Any, path: str, dataset: str | None) -> Any:
     """The named dataset, or the file's only dataset; errors list what exists."""
+    if dataset and isinstance(handle.get(dataset), _h5py().Dataset):  # through a link too
+        return handle[dataset]
     return handle[pick_name(path, dataset, list_datasets(handle), "dataset")]
 
 
@@ -104,6 +106,44 @@ def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
         return None
 
 
+def _check_no_external_link(handle: Any, path: str, dataset: str | None) -> None:
+    """Refuse a dataset name that passes through a link into another file, unless allowed."""
+    h5py = _h5py()
+    parts = (dataset or "").strip("/").split("/") if dataset else []
+    for depth in range(1, len(parts) + 1):
+        link = handle.get("/" + "/".join(parts[:depth]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            refuse_external(path, printable(f"an external link to {link.filename}:{link.path}"))
+        if link is None:
+            return
+
+
+def _check_own_storage(ds: Any, path: str) -> None:
+    """Refuse a dataset whose data lies in other files (external raw storage, virtual
+    sources) unless allowed; a missing virtual source is always an error (HDF5 would read
+    it as fill values)."""
+    h5py = _h5py()
+    where = printable(f"{path}:{ds.name}")
+    plist = ds.id.get_create_plist()
+    if plist.get_external_count():
+        target = plist.get_external(0)[0].decode("utf-8", "replace")
+        refuse_external(path, printable(f"{where} stored in the external file {target}"))
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        sources = [plist.get_virtual_filename(i) for i in range(plist.get_virtual_count())]
+        others = sorted({s for s in sources if s != "."})
+        if others:
+            refuse_external(path, printable(f"{where} a virtual dataset reading {', '.join(others[:3])}"))
+        folder = os.path.dirname(os.path.abspath(path))
+        missing = [s for s in others if not os.path.isfile(os.path.join(folder, s))]
+        if missing:
+            raise FormatError(
+                printable(
+                    f"expected the sources of the virtual dataset {where}, found {missing[0]!r} missing; "
+                    "put it back beside the file or read the sources themselves"
+                )
+            )
+
+
 class H5Source(Source):
     """An HDF5 dataset; blocks are read straight from the file where its bytes are raw, as
     hyperslabs through h5py otherwise."""
@@ -115,11 +155,14 @@ class H5Source(Source):
         self._raw: RawChunks | None = None
         self._file = _open_file(path, "r")
         try:
+            _check_no_external_link(self._file, path, dataset)
             self._ds = resolve_dataset(self._file, path, dataset)
             self.dataset = self._ds.name
+            _check_own_storage(self._ds, path)
             self.shape = tuple(int(n) for n in self._ds.shape)
             self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
-            if raw_paths_enabled():
+            in_this_file = os.path.samefile(self._ds.file.filename, path)  # not through a link
+            if raw_paths_enabled() and in_this_file:
                 self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
                 self._raw = raw_layout(self._ds, self._raw_file.fileno(), f"{path}:{self.dataset}")
             if self._raw is not None:
@@ -135,6 +178,12 @@ class H5Source(Source):
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(self._ds.chunks) if self._ds.chunks else None
+
+    def decoded_piece(self) -> tuple[int, str] | None:
+        """A filtered (compressed) chunk is decoded whole; unfiltered data is read by region."""
+        if self._raw is not None or not self._ds.chunks or not self._ds.id.get_create_plist().get_nfilters():
+            return None
+        return math.prod(self._ds.chunks) * self.dtype.itemsize, "a compressed chunk"
 
     def storage(self) -> dict[str, Any]:
         return {

@@ -145,6 +145,12 @@ class NetcdfSource(Source):
         chunks = self._var.chunks
         return tuple(int(c) for c in chunks) if chunks else None
 
+    def decoded_piece(self) -> tuple[int, str] | None:
+        chunks = self.chunks()
+        if not chunks or not (self._var.compression or self._var.shuffle or self._var.fletcher32):
+            return None
+        return math.prod(chunks) * self.dtype.itemsize, "a compressed chunk"
+
     def storage(self) -> dict[str, Any]:
         return {
             "format": "netcdf4",

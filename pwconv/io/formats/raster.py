@@ -128,6 +128,13 @@ class RasterSource(Source):
         rows, cols = self._ds.block_shapes[0]
         return (int(rows), int(cols), self.shape[2])
 
+    def decoded_piece(self) -> tuple[int, str] | None:
+        """GDAL decodes a compressed block whole (all bands of it, pixel-interleaved)."""
+        if not self._ds.compression:
+            return None
+        rows, cols = self._ds.block_shapes[0]
+        return int(rows) * int(cols) * self.shape[2] * self.dtype.itemsize, "a compressed block"
+
     def storage(self) -> dict[str, Any]:
         ds = self._ds
         return {

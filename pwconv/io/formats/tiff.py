@@ -121,6 +121,12 @@ class TiffSource(Source):
     def chunks(self) -> tuple[int, ...] | None:
         return None if self._chunk_rows is None else (self._chunk_rows, self.shape[1], self.shape[2])
 
+    def decoded_piece(self) -> tuple[int, str] | None:
+        if self._chunk_rows is None:  # memory-mapped
+            return None
+        kind = "tile" if self._page_info["tiled"] else "strip"
+        return math.prod(int(c) for c in self._array.chunks) * self.dtype.itemsize, f"a {kind}"
+
     def storage(self) -> dict[str, Any]:
         return {
             "format": "tiff",

@@ -19,9 +19,9 @@ import numpy as np
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
-from pwconv.io.checks import check_readable, check_regular, numeric_dtype
+from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
-from pwconv.io.names import pick_name
+from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
 
 if TYPE_CHECKING:
@@ -78,6 +78,9 @@ class ZarrSource(Source):
         self.path, self.member = path, member
         check_readable(path)
         require_extra("zarr", "dask", ".zarr files", load=False)
+        leaving = link_leaving(path)
+        if leaving:
+            refuse_external(path, printable(f"a link out of the store ({leaving})"))
         folder = _folder_of(path, member)
         raw = read_raw_metadata(folder) if folder and raw_paths_enabled() else None
         self._array: Any = open_zarr_array(path, member) if raw is None else None
@@ -89,6 +92,11 @@ class ZarrSource(Source):
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(int(c) for c in (self._files or self._array).chunks)
+
+    def decoded_piece(self) -> tuple[int, str] | None:
+        if self._files is not None:  # uncompressed chunk files: any box is read on its own
+            return None
+        return math.prod(self.chunks() or self.shape) * self.dtype.itemsize, "a chunk"
 
     def storage(self) -> dict[str, Any]:
         compressors = [] if self._array is None else list(self._array.compressors)
