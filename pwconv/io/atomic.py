@@ -264,15 +264,9 @@ def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) ->
             write(temps[path].path)
         for temp in temps.values():
             temp.publish()
-    except PwconvError:
+    except BaseException as exc:
         for temp in temps.values():
             temp.discard()
-        raise
-    except Exception as exc:  # noqa: BLE001 - libraries raise their own types for a full disk
-        for temp in temps.values():
-            temp.discard()
-        raise write_failure(next(iter(writes)), exc) from None
-    except BaseException:
-        for temp in temps.values():
-            temp.discard()
+        if isinstance(exc, Exception) and not isinstance(exc, PwconvError):
+            raise write_failure(next(iter(writes)), exc) from None  # a library's full disk, say
         raise
