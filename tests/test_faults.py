@@ -465,3 +465,62 @@ def test_a_piece_decoded_whole_must_fit_in_max_memory(tmp_path, kind, fragment):
     assert_clean_error(fitted, 2, fragment)
     ok = run_cli("apply", name, "1,1,1,1", "-o", "y.npy", "--max-memory", "8MiB", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def _vrt(source: str, relative: bool, raw: bool = False) -> str:
+    flag = "1" if relative else "0"
+    if raw:
+        return (
+            '<VRTDataset rasterXSize="8" rasterYSize="4"><VRTRasterBand dataType="Byte" band="1" '
+            f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="{flag}">{source}</SourceFilename>'
+            "<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>8</LineOffset>"
+            "</VRTRasterBand></VRTDataset>"
+        )
+    return (
+        '<VRTDataset rasterXSize="8" rasterYSize="4"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="{flag}">{source}</SourceFilename><SourceBand>1</SourceBand>'
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("raw_out.vrt", "a VRT source outside its folder"),
+        ("simple_up.vrt", "a VRT source outside its folder"),
+        ("nested.vrt", "a VRT source outside its folder"),
+        ("url.vrt", "not a plain file"),
+        ("missing.vrt", "found no such file"),
+    ],
+)
+def test_a_vrt_naming_files_outside_its_folder_is_read_only_when_allowed(tmp_path, name, fragment):
+    pytest.importorskip("rasterio")
+    secret = np.arange(32, dtype=np.uint8).reshape(4, 8)
+    (tmp_path / "secret.bin").write_bytes(secret.tobytes())
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "raw_out.vrt").write_text(_vrt(str(tmp_path / "secret.bin"), relative=False, raw=True))
+    (folder / "sub" / "inner.vrt").write_text(_vrt("../../secret.bin", relative=True, raw=True))
+    (tmp_path / "outside.vrt").write_text(_vrt("secret.bin", relative=True, raw=True))
+    (folder / "simple_up.vrt").write_text(_vrt("sub/../../outside.vrt", relative=True))
+    (folder / "nested.vrt").write_text(_vrt("sub/inner.vrt", relative=True))
+    (folder / "url.vrt").write_text(_vrt("/vsicurl/http://127.0.0.1:9/x.tif", relative=False))
+    (folder / "missing.vrt").write_text(_vrt("gone.tif", relative=True))
+    proc = run_cli("apply", name, "1", "-o", "out.npy", cwd=folder)
+    assert_clean_error(proc, 2, fragment)
+    assert not (folder / "out.npy").exists()
+    if name in ("raw_out.vrt", "simple_up.vrt", "nested.vrt"):
+        allowed = run_cli("apply", name, "1", "-o", "out.npy", "--allow-external", cwd=folder)
+        assert allowed.returncode == 0, allowed.stderr
+        np.testing.assert_array_equal(np.load(folder / "out.npy")[..., 0], secret)
+
+
+def test_a_vrt_reading_files_in_its_own_folder_needs_no_flag(tmp_path):
+    pytest.importorskip("rasterio")
+    data = np.arange(32, dtype=np.uint8).reshape(4, 8)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "plain.bin").write_bytes(data.tobytes())
+    (tmp_path / "mosaic.vrt").write_text(_vrt("sub/plain.bin", relative=True, raw=True))
+    proc = run_cli("apply", "mosaic.vrt", "2", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy")[..., 0], 2 * data.astype(np.int64))

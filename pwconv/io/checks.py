@@ -123,14 +123,18 @@ def refuse_external(path: str, found: str) -> None:
         )
 
 
+def lies_outside(root: str, path: str) -> bool:
+    """Whether ``path`` (links followed) lies outside the folder ``root``."""
+    top = os.path.realpath(root)
+    return os.path.commonpath([top, os.path.realpath(path)]) != top
+
+
 def link_leaving(root: str) -> str | None:
     """The first symbolic link under the folder ``root`` whose target lies outside it."""
     top = os.path.realpath(root)
     for folder, dirs, files in os.walk(root):
         for name in (*dirs, *files):
             entry = os.path.join(folder, name)
-            if os.path.islink(entry):
-                target = os.path.realpath(entry)
-                if os.path.commonpath([top, target]) != top:
-                    return f"{os.path.relpath(entry, root)} -> {target}"
+            if os.path.islink(entry) and lies_outside(top, entry):
+                return f"{os.path.relpath(entry, root)} -> {os.path.realpath(entry)}"
     return None

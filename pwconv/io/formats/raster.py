@@ -20,7 +20,7 @@ import numpy as np
 
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, remove_quietly, write_failure
-from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ def _rasterio() -> Any:
     # GDAL's block cache defaults to 5% of RAM and would hold every block written: keep it
     # small (MB), so that memory follows the block size (GDAL_CACHEMAX set by the user wins).
     os.environ.setdefault("GDAL_CACHEMAX", "64")
+    # A VRT may carry Python code for its pixels: never run it (a user's own setting wins).
+    os.environ.setdefault("GDAL_VRT_ENABLE_PYTHON", "NO")
     return require_extra(
         "rasterio", "geo", "georeferenced rasters (a GeoTIFF's georeferencing would be lost)"
     )
@@ -96,6 +98,74 @@ def claims(path: str) -> bool:
     return bool(tags & _GEO_TAGS)
 
 
+# How deep VRTs naming VRTs are followed, and the largest VRT file parsed.
+_VRT_DEPTH = 8
+_VRT_BYTES = 16 << 20
+_VRT_SOURCE_TAGS = ("SourceFilename", "SourceDataset")
+
+
+def _vrt_sources(path: str) -> list[str]:
+    """The files a VRT names (its sources, at any depth of its XML); [] for any other file."""
+    import xml.etree.ElementTree as ElementTree
+
+    with open(path, "rb") as handle:
+        text = handle.read(_VRT_BYTES + 1)
+    if not text.lstrip()[:11] == b"<VRTDataset":
+        return []
+    if len(text) > _VRT_BYTES:
+        raise FormatError(
+            f"expected a VRT of at most {_VRT_BYTES >> 20} MiB at {path!r}, found a larger file"
+        )
+    try:
+        root = ElementTree.fromstring(text)
+    except (ElementTree.ParseError, ValueError, RecursionError) as exc:
+        raise FormatError(f"expected a VRT whose XML parses at {path!r}, found ({first_line(exc)})") from None
+    found = []
+    folder = os.path.dirname(os.path.abspath(path))
+    for element in root.iter():
+        if element.tag in _VRT_SOURCE_TAGS and (element.text or "").strip():
+            name = element.text.strip()  # type: ignore[union-attr]
+            relative = {k.lower(): v for k, v in element.attrib.items()}.get(
+                "relativetovrt", "0"
+            ).strip() == "1"
+            found.append(os.path.join(folder, name) if relative and not os.path.isabs(name) else name)
+    return found
+
+
+def _check_vrt_sources(path: str) -> None:
+    """Refuse a VRT naming files outside its own folder (or URLs, GDAL's virtual file systems,
+    connection strings) before GDAL opens any of them; VRTs naming VRTs are followed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pending, seen = [(path, 0)], set()
+    while pending:
+        current, depth = pending.pop()
+        for source in _vrt_sources(current):
+            if source.startswith("/vsi") or "://" in source or (":" in source and not os.path.exists(source)):
+                refuse_external(path, f"a VRT source that is not a plain file ({source!r})")
+            elif not os.path.isfile(source):
+                found = (
+                    "no such file" if not os.path.exists(source) else "something that is not a regular file"
+                )
+                raise FormatError(
+                    f"expected the source {source!r} that {path!r} names, found {found}; check the VRT"
+                )
+            elif lies_outside(folder, source):
+                refuse_external(path, f"a VRT source outside its folder ({source!r})")
+            elif depth < _VRT_DEPTH and os.path.realpath(source) not in seen:
+                seen.add(os.path.realpath(source))
+                pending.append((source, depth + 1))
+
+
+def _check_own_files(ds: Any, path: str) -> None:
+    """Refuse a dataset for which GDAL reads files outside the input's folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for name in ds.files:
+        if os.path.exists(name) and os.path.samefile(name, path):
+            continue
+        if not os.path.exists(name) or lies_outside(folder, name):
+            refuse_external(path, f"data in another file ({name!r})")
+
+
 class RasterSource(Source):
     """A raster's bands as (rows, cols, bands), read window by window."""
 
@@ -104,12 +174,21 @@ class RasterSource(Source):
         check_readable(path)
         self.path = path
         try:
+            _check_vrt_sources(path)
+        except OSError as exc:
+            raise FormatError(f"expected a readable raster at {path!r}, found ({first_line(exc)})") from None
+        try:
             self._ds = rasterio.open(path)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
             raise FormatError(
                 f"expected a raster GDAL can read at {path!r}, found ({first_line(exc)})"
             ) from None
         ds = self._ds
+        try:
+            _check_own_files(ds, path)
+        except FormatError:
+            ds.close()
+            raise
         dtypes = set(ds.dtypes)
         if len(dtypes) != 1:
             ds.close()
