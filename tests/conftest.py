@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +19,23 @@ WORKED_FILTER = np.array([2, 3])
 WORKED_RESULT = np.array([[17, 22], [27, 32]])
 
 
-def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m pwconv ARGS``; stdout as bytes, stderr as text."""
+def permissions_apply() -> list[str]:
+    """A command prefix under which file modes bind, as they do for a user: root's children
+    run without the capabilities that bypass them (util-linux ``setpriv``)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file modes do not bind")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def run_cli(
+    *args: str, stdin: bytes | None = None, cwd: Path | None = None, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m pwconv ARGS`` (after ``prefix``); stdout as bytes, stderr as text."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pwconv", *map(str, args)],
+        [*(prefix or []), sys.executable, "-m", "pwconv", *map(str, args)],
         input=stdin,
         capture_output=True,
         cwd=cwd,

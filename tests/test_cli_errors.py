@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, leftovers, run_cli
+from .conftest import assert_clean_error, leftovers, permissions_apply, run_cli
 
 
 @pytest.fixture
@@ -43,10 +43,10 @@ def test_directory_as_input(files):
     _no_output(files)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_input(files):
     os.chmod(files / "x.npy", 0)
-    assert_clean_error(_apply(files, "x.npy", "w.npy"), 2, "read permission")
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "out.npy", cwd=files, prefix=permissions_apply())
+    assert_clean_error(proc, 2, "read permission")
     _no_output(files)
 
 

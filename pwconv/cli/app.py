@@ -55,6 +55,9 @@ def _quiet_libraries() -> None:
 
     errors.quiet_library_logs = True  # logging is quieted when a library is loaded
     warnings.simplefilter("ignore")
+    from pwconv.cli import native
+
+    native.capture()
 
 
 def main() -> None:

@@ -213,9 +213,10 @@ class Progress:
 
 
 def _leave_after_failure(code: int) -> NoReturn:
-    # os._exit, not sys.exit: after a failed write h5py can crash while the interpreter shuts
-    # down (its cleanup of a file left in a bad state), which would turn exit code 1 into a
-    # signal. Nothing else skips that cleanup; the outputs are already aborted here.
+    # os._exit, not sys.exit: after a failed write, or a signal that came in the middle of a
+    # library's call, h5py or GDAL can crash while the interpreter shuts down (their cleanup
+    # of a file left in a bad state), which would turn the exit code into a signal. Nothing
+    # else skips that cleanup; the outputs are already aborted here.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -250,6 +251,29 @@ def _quiet_abandoned_tasks() -> None:
     logging.getLogger("asyncio").disabled = True
 
 
+def discard_unpublished() -> None:
+    from pwconv.io.atomic import discard_unpublished as discard
+
+    discard()
+
+
+def quiet_logs() -> bool:
+    from pwconv import errors
+
+    return bool(errors.quiet_library_logs)
+
+
+def _what_was_written() -> str:
+    """After a signal: which outputs are complete (a batch run may have written some)."""
+    from pwconv.io.atomic import published
+
+    done = published()
+    if not done:
+        return "no output was written"
+    last = os.path.basename(done[-1])
+    return f"{len(done)} output(s) written whole before it (last {last!r}), nothing else was written"
+
+
 def guarded(command: Callable[..., None]) -> Callable[..., None]:
     """Turn every failure of a command into one line on stderr and the documented exit code."""
 
@@ -258,21 +282,28 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         from pwconv.io.checks import allow_external
 
         allow_external(kwargs.get("allow_external", False))
+        if quiet_logs():  # here, after typer has put its own hook in place
+            from pwconv.cli import native
+
+            native.quiet_destructor_errors()
         try:
             command(*args, **kwargs)
         except PwconvError as exc:
+            discard_unpublished()
             error(exc.for_cli())
             _quiet_abandoned_tasks()
             if exc.exit_code != 2:
                 _leave_after_failure(exc.exit_code)
             _leave(2)
         except KeyboardInterrupt:
-            error("interrupted; no output was written")
-            _leave(130)
+            discard_unpublished()
+            error(f"interrupted; {_what_was_written()}")
+            _leave_after_failure(130)
         except SystemExit as exc:
             if isinstance(exc.code, int) and exc.code > 128:  # SIGTERM, turned into an exit by main()
-                error("terminated; no output was written")
-                _leave(exc.code)
+                discard_unpublished()
+                error(f"terminated; {_what_was_written()}")
+                _leave_after_failure(exc.code)
             raise
         except BrokenPipeError:
             _leave_quietly_on_broken_pipe()

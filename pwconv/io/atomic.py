@@ -12,8 +12,10 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +24,40 @@ from pwconv.io.checks import first_line
 from pwconv.io.interface import Sink
 
 _FOLDER_SUFFIXES = (".zarr",)
+# The outputs this process has renamed into place, in order (an interrupted batch run says
+# which are complete).
+_published: list[str] = []
+
+
+def published() -> list[str]:
+    """The outputs published so far by this process."""
+    return list(_published)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while files are renamed into place, so that a set of renames
+    (a bank and its bias, a raster and its header) is never cut in half; a signal that came
+    meanwhile is raised again when the renames are done. (Python runs signal handlers in the
+    main thread whichever thread the system delivered to, so the handlers are swapped, not
+    the thread's signal mask.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler not in (signal.SIG_IGN, None):
+            previous[number] = handler
+            signal.signal(number, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if came:
+            signal.raise_signal(came[0])
 
 
 def check_output_path(path: str, overwrite: bool) -> None:
@@ -58,6 +94,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A temp file or folder, the old store moved aside when a store is overwritten, and the
+# sidecars GDAL writes beside a temp raster (its .aux.xml, an ENVI header).
+_STALE_ENDINGS = (_SUFFIX, _SUFFIX + ".old", _SUFFIX + ".aux.xml", ".hdr")
+
+
 def sweep_stale(directory: str, name: str) -> list[str]:
     """Remove the temp files and folders a killed run (SIGKILL, power loss) left for the output
     ``name`` in ``directory``: those made on this machine by a process that is gone."""
@@ -68,7 +109,7 @@ def sweep_stale(directory: str, name: str) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
-        if not entry.startswith(prefix) or not entry.endswith((_SUFFIX, _SUFFIX + ".old")):
+        if not entry.startswith(prefix) or not entry.endswith(_STALE_ENDINGS):
             continue
         pid = entry[len(prefix) :].split(".", 1)[0]
         if not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
@@ -120,6 +161,7 @@ def _publish_file(temp: str, final: str, keep_mode: bool = False) -> None:
     if not keep_mode:
         _normal_mode(temp, 0o666)
     os.replace(temp, final)
+    _published.append(final)
 
 
 def _publish_folder(temp: str, final: str) -> None:
@@ -131,6 +173,7 @@ def _publish_folder(temp: str, final: str) -> None:
         old = temp + ".old"
         os.rename(final, old)
     os.rename(temp, final)
+    _published.append(final)
     if old and os.path.isdir(old) and not os.path.islink(old):
         shutil.rmtree(old, ignore_errors=True)
     elif old:  # a file or a link had the store's name: it goes too, not its target
@@ -154,11 +197,14 @@ class TempTarget:
 
     def __init__(self, target: str, *, folder: bool = False, keep_mode: bool = False) -> None:
         self.target, self.folder, self.keep_mode = target, folder, keep_mode
+        #: Files a library writes beside the temp file (GDAL's sidecars), removed with it.
+        self.extras: list[str] = []
         if folder:
             self.path: str = _beside(target, tempfile.mkdtemp)
         else:
             fd, self.path = temp_path_beside(target)
             os.close(fd)
+        _unpublished[id(self)] = self
 
     def publish(self) -> None:
         if self.path:
@@ -167,13 +213,28 @@ class TempTarget:
             else:
                 _publish_file(self.path, self.target, self.keep_mode)
             self.path = ""
+        _unpublished.pop(id(self), None)
 
     def discard(self) -> None:
         if self.path and self.folder:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             remove_quietly(self.path)
-        self.path = ""
+        for extra in self.extras:
+            remove_quietly(extra)
+        self.path, self.extras = "", []
+        _unpublished.pop(id(self), None)
+
+
+# Every temp file or folder not yet published nor discarded: when a run ends early (a signal
+# that came between a sink's creation and the code that would abort it), all go.
+_unpublished: dict[int, TempTarget] = {}
+
+
+def discard_unpublished() -> None:
+    """Remove every temp file and folder of this process that was not published."""
+    for temp in list(_unpublished.values()):
+        temp.discard()
 
 
 _SYSTEM_MESSAGE = re.compile(r"(?:error message = '|I/O error: )([^'(]+?)(?:'| \(os error|$)")
@@ -224,13 +285,18 @@ class FileSink(Sink):
     def finish(self) -> None:
         """Everything the format must do before the temp file is complete."""
 
+    def publish_companions(self) -> None:
+        """Rename the files published with this one (sidecars) into place, just before it."""
+
     def close_quietly(self) -> None:
         """Close what the format holds after a failure (errors here are ignored)."""
 
     def commit(self) -> None:
         try:
             self.finish()
-            self.temp.publish()
+            with signals_held():
+                self.publish_companions()
+                self.temp.publish()
         except PwconvError:
             self.abort()
             raise
@@ -262,8 +328,9 @@ def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) ->
         for path, write in writes.items():
             temps[path] = TempTarget(path)
             write(temps[path].path)
-        for temp in temps.values():
-            temp.publish()
+        with signals_held():
+            for temp in temps.values():
+                temp.publish()
     except BaseException as exc:
         for temp in temps.values():
             temp.discard()

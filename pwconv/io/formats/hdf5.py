@@ -291,9 +291,9 @@ class H5Sink(FileSink):
         if self._raw is not None and self._raw.fd >= 0:
             os.close(self._raw.fd)
         self._raw = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None  # closed at most once, even when closing fails
+        if file is not None:
+            file.close()
 
 
 class H5MemberSink(FileSink):
@@ -338,9 +338,9 @@ class H5MemberSink(FileSink):
         self.close_quietly()
 
     def close_quietly(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None  # closed at most once, even when closing fails
+        if file is not None:
+            file.close()
 
 
 class Hdf5Format(Backend):

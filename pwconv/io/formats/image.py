@@ -18,7 +18,7 @@ import numpy as np
 
 from pwconv.errors import FormatError, UsageError, require_extra
 from pwconv.io.arrays import ArraySource
-from pwconv.io.atomic import FileSink, check_output_path
+from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line
 from pwconv.io.interface import Backend, Description, SinkRequest
 from pwconv.io.pictures import kept_for, picture_metadata
@@ -187,7 +187,8 @@ class ImageSink(FileSink):
         kept = kept_for(request.metadata, channels, request.stride)
         self.extra = {k: v for k, v in kept.items() if k in _SAVES.get(self.format, ())}
         super().__init__(path)
-        self.data = np.zeros(shape[:2] + ((channels,) if channels > 1 else ()), dtype)
+        with setting_up(self, path):
+            self.data = np.zeros(shape[:2] + ((channels,) if channels > 1 else ()), dtype)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         self.data[index[: self.data.ndim]] = block.reshape(self.data[index[: self.data.ndim]].shape)

@@ -333,11 +333,25 @@ class NetcdfSink(FileSink):
             raise write_failure(self.target, exc) from None
 
     def finish(self) -> None:
-        self._file.close()
+        # Closed at most once: a second close of a file whose first close failed (a full disk)
+        # crashes HDF5.
+        file, self._file = self._file, None
+        file.close()
 
     def close_quietly(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        # After a failure, only the HDF5 file under it is closed: h5netcdf's close (also its
+        # __del__) would first write NetCDF's attributes into a file HDF5 may hold in a bad
+        # state (a full disk), which crashes HDF5. The wrapper is then marked closed so that
+        # it never tries; the temp file is thrown away anyway.
+        file, self._file = self._file, None
+        if file is None:
+            return
+        inner = getattr(file, "_h5file", None)
+        if inner is None or not hasattr(file, "_closed"):
+            file.close()
+            return
+        file._closed = True
+        inner.close()
 
 
 class NetcdfFormat(Backend):

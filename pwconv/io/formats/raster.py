@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.atomic import FileSink, check_output_path, remove_quietly, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 
@@ -283,24 +283,26 @@ class RasterSink(FileSink):
         if transform is not None and request.stride > 1:
             transform = transform @ transform.scale(request.stride)
         options = _creation_options(driver, request, shape, geo.get("blocks"))
-        super().__init__(path)
         self._driver = driver
         self._ds: Any = None
         warnings: list[str] = []
         handler = _Collect(warnings)
         logger = logging.getLogger("rasterio._env")
         logger.addHandler(handler)
+        super().__init__(path)
+        self.temp.extras = self._sidecars(self.temp.path)
         try:
-            self._ds = rasterio.open(
-                self.temp.path, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
-                dtype=np.dtype(request.dtype).name, crs=geo.get("crs"), transform=transform,
-                nodata=request.nodata, **options,
-            )  # fmt: skip
-        except Exception as exc:  # noqa: BLE001
-            self.abort()
-            raise UsageError(
-                f"expected creation options {driver} takes, found a failure ({first_line(exc)})"
-            ) from None
+            with setting_up(self, path):  # any failure, or a signal, takes the temp file away
+                try:
+                    self._ds = rasterio.open(
+                        self.temp.path, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
+                        dtype=np.dtype(request.dtype).name, crs=geo.get("crs"), transform=transform,
+                        nodata=request.nodata, **options,
+                    )  # fmt: skip
+                except Exception as exc:  # noqa: BLE001
+                    raise UsageError(
+                        f"expected creation options {driver} takes, found a failure ({first_line(exc)})"
+                    ) from None
         finally:
             logger.removeHandler(handler)
         unknown = [w for w in warnings if "creation option" in w.lower()]
@@ -330,7 +332,7 @@ class RasterSink(FileSink):
 
     def finish(self) -> None:
         rasterio = _rasterio()
-        ds = self._ds
+        ds, self._ds = self._ds, None  # closed at most once, even when closing fails
         height, width, raw_bytes = (
             ds.height,
             ds.width,
@@ -354,6 +356,8 @@ class RasterSink(FileSink):
                 f"cannot write {self.target!r}: the file system did not take all of it ({problem}); "
                 "free some space or write elsewhere"
             )
+
+    def publish_companions(self) -> None:
         # The sidecars are published with the file (before it, so that the file appears
         # complete); one an old output had but this one does not is removed.
         for made, final in zip(self._sidecars(self.temp.path), self._sidecars(self.target)):
@@ -363,15 +367,9 @@ class RasterSink(FileSink):
                 os.unlink(final)
 
     def close_quietly(self) -> None:
-        if self._ds is not None:
-            self._ds.close()
-
-    def abort(self) -> None:
-        temp = self.temp.path
-        super().abort()
-        if temp:  # what GDAL may have left beside the temp file
-            for extra in self._sidecars(temp):
-                remove_quietly(extra)
+        ds, self._ds = self._ds, None
+        if ds is not None:
+            ds.close()
 
 
 class _Collect(logging.Handler):
