@@ -45,12 +45,14 @@ class Writer:
     output: str
     extra: tuple[str, ...] = ()
     kind: str = "array"  # "array" (any input), "geo" (a georeferenced input), "bank" (fit)
+    held: bool = False  # encoded whole at the end: --max-memory must hold it twice
 
     def command(self, inputs: Path, stdin: bool = False) -> list[str]:
         if self.kind == "bank":
             return ["fit", "pca", str(inputs / "spectra.npy"), "-k", "200", "-o", self.output]
         source = "-" if stdin else str(inputs / ("geo.tif" if self.kind == "geo" else "in.npy"))
-        return ["apply", source, MIX, "-o", self.output, "--dtype", "u1", "--max-memory", "1MiB", *self.extra]
+        limit = "4MiB" if self.held else "1MiB"
+        return ["apply", source, MIX, "-o", self.output, "--dtype", "u1", "--max-memory", limit, *self.extra]
 
 
 WRITERS = {
@@ -61,12 +63,12 @@ WRITERS = {
     "zarr": Writer("y.zarr"),
     "tiff": Writer("y.tif"),
     "netcdf": Writer("y.nc"),
-    "png": Writer("y.png"),
-    "jpeg": Writer("y.jpg"),
-    "webp": Writer("y.webp"),
-    "bmp": Writer("y.bmp"),
+    "png": Writer("y.png", held=True),
+    "jpeg": Writer("y.jpg", held=True),
+    "webp": Writer("y.webp", held=True),
+    "bmp": Writer("y.bmp", held=True),
     "envi": Writer("y.img"),
-    "jpeg2000": Writer("y.jp2"),
+    "jpeg2000": Writer("y.jp2", held=True),
     "geotiff": Writer("y.tif", kind="geo"),
     "bank npy": Writer("b.npy", kind="bank"),
     "bank npz": Writer("b.npz", kind="bank"),
@@ -149,7 +151,9 @@ def _file_size_limit(limit: int):
     return apply
 
 
-def _run(command: list[str], cwd: Path, prefix: tuple[str, ...] | list[str] = (), **options) -> subprocess.CompletedProcess:
+def _run(
+    command: list[str], cwd: Path, prefix: tuple[str, ...] | list[str] = (), **options
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [*prefix, sys.executable, "-m", "pwconv", *command],
         cwd=cwd,

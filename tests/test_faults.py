@@ -523,3 +523,60 @@ def test_a_vrt_reading_files_in_its_own_folder_needs_no_flag(tmp_path):
     proc = run_cli("apply", "mosaic.vrt", "2", "-o", "out.npy", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy")[..., 0], 2 * data.astype(np.int64))
+
+
+@pytest.mark.parametrize(
+    "output, extra",
+    [("o.png", []), ("o.jpg", []), ("o.tif", ["--compression", "deflate"]), ("o.jp2", [])],
+)
+def test_an_output_held_whole_must_fit_in_max_memory_beside_its_blocks(tmp_path, output, extra):
+    pytest.importorskip("PIL")
+    pytest.importorskip("rasterio")
+    np.save(tmp_path / "x.npy", np.ones((1024, 1024, 3), np.uint8))  # 3 MiB out
+    mix = "1,0,0;0,1,0;0,0,1"
+    refused = run_cli(
+        "apply", "x.npy", mix, "-o", output, "--dtype", "u1", "--max-memory", "4MiB", *extra, cwd=tmp_path
+    )
+    assert_clean_error(refused, 2, "held whole until it is encoded: 3.0 MiB", "--max-memory 6.0MiB")
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+    taken = run_cli(
+        "apply", "x.npy", mix, "-o", output, "--dtype", "u1", "--max-memory", "6MiB", *extra, cwd=tmp_path
+    )
+    assert taken.returncode == 0, taken.stderr
+    streamed = run_cli(
+        "apply", "x.npy", mix, "-o", "plain.tif", "--dtype", "u1", "--max-memory", "4MiB", cwd=tmp_path
+    )
+    assert streamed.returncode == 0, streamed.stderr  # written block by block: no such limit
+
+
+def test_gdal_block_cache_takes_a_quarter_of_max_memory_unless_the_user_set_it(monkeypatch):
+    from pwconv.io import registry
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    monkeypatch.setattr(registry, "_USER_GDAL_CACHE", False)
+    for limit, megabytes in ((32 << 20, "8"), (128 << 20, "32"), (4 << 30, "64")):
+        registry.limit_library_caches(limit)
+        assert os.environ["GDAL_CACHEMAX"] == megabytes
+    monkeypatch.setenv("GDAL_CACHEMAX", "500")
+    monkeypatch.setattr(registry, "_USER_GDAL_CACHE", True)
+    registry.limit_library_caches(32 << 20)
+    assert os.environ["GDAL_CACHEMAX"] == "500"
+
+
+@pytest.mark.parametrize("offset", [2**63 + 5, 2**64 - 5, 2**40])
+def test_a_bigtiff_whose_first_directory_lies_past_any_file_is_a_format_error(tmp_path, offset):
+    import struct
+
+    (tmp_path / "big.tif").write_bytes(b"II" + struct.pack("<HHHQ", 43, 8, 0, offset) + bytes(32))
+    for command in (["info", "big.tif"], ["apply", "big.tif", "1", "-o", "out.npy"]):
+        assert_clean_error(run_cli(*command, cwd=tmp_path), 2, "big.tif")
+    assert sorted(os.listdir(tmp_path)) == ["big.tif"]
+
+
+def test_deeply_nested_zarr_metadata_is_a_format_error(tmp_path):
+    store = tmp_path / "deep.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("[" * 100_000 + "]" * 100_000)
+    proc = run_cli("apply", "deep.zarr", "1", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "deep.zarr")
+    assert "RecursionError" not in proc.stderr and not (tmp_path / "out.npy").exists()

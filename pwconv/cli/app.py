@@ -65,6 +65,9 @@ def main() -> None:
     from pwconv.cli import apply, batch, explain, fit, info
 
     _quiet_libraries()
+    from pwconv.cli import native
+
+    native.return_large_blocks()
     for module, command in (
         (apply, apply.apply),
         (batch, batch.batch),

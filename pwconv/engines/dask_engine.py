@@ -72,6 +72,31 @@ def _check_chunk_count(source: Source, chunks: Any) -> None:
         check_block_count(count, source.shape, math.prod(int(c) for c in chunks) * source.dtype.itemsize)
 
 
+def chunk_budget(max_bytes: int, scheduler: str) -> int:
+    """Bytes of one input chunk: every worker of this machine holds a chunk and its result at
+    once, so that all of them together stay within ``max_bytes`` (a cluster's workers are
+    other machines: there a chunk takes a quarter of it, as a block does here)."""
+    workers = (
+        1 if scheduler == "synchronous" else (os.cpu_count() or 1) if scheduler in LOCAL_SCHEDULERS else 1
+    )
+    return max(min(max_bytes // (2 * workers + 2), DEFAULT_CHUNK_BYTES), 1 << 20)
+
+
+def read_chunks(source: Source, axis: int, chunk_bytes: int, native: Any) -> tuple[tuple[int, ...], ...]:
+    """The chunks the input is read in: the channel axis whole, the others as large as
+    ``chunk_bytes`` allows, aligned to the file's own chunks where it has them."""
+    da = require_extra("dask.array", "dask", "the dask engine")
+    spec = tuple(-1 if a == axis else "auto" for a in range(len(source.shape)))
+    previous = None if native == "auto" else tuple(int(c) for c in native)
+    count = math.prod(source.shape) * source.dtype.itemsize // chunk_bytes + 1
+    check_block_count(count, source.shape, chunk_bytes)
+    return tuple(
+        da.core.normalize_chunks(
+            spec, source.shape, limit=chunk_bytes, dtype=source.dtype, previous_chunks=previous
+        )
+    )
+
+
 def _apply_block(block: np.ndarray, plan: ConvPlan, nodata: Nodata | None = None) -> np.ndarray:
     _one_blas_thread_in_workers()
     return compute_masked(plan, block, nodata)[0]
@@ -118,12 +143,13 @@ class DaskRun:
         check_scheduler(scheduler)
         self.scheduler = scheduler
         reader = parallel_reader(spec, source)
-        chunks: Any = reader.chunks or source.chunks() or "auto"  # every parallel reader has .chunks
-        _check_chunk_count(source, chunks)
+        native: Any = reader.chunks or source.chunks() or "auto"  # every parallel reader has .chunks
+        _check_chunk_count(source, native)
+        chunk_bytes = chunk_budget(max_bytes, scheduler)
+        chunks = read_chunks(source, plan.channel_axis, chunk_bytes, native)
         x = da.from_array(
             reader, chunks=chunks, lock=False, asarray=True, fancy=False, name=f"pwconv-read-{spec.text}"
         )
-        chunk_bytes = max(min(max_bytes // 4, DEFAULT_CHUNK_BYTES), 1 << 20)
         self.result = map_plan(x, plan, chunk_bytes, nodata)
         self.block_shape = tuple(int(c[0]) for c in self.result.chunks)
         self.blocks = math.prod(len(c) for c in self.result.chunks)

@@ -213,6 +213,11 @@ class Backend:
         """The dtype an output takes when none is asked for (None: numpy's rule)."""
         return None
 
+    def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
+        """Whether the output is held whole in memory and encoded at the end (a picture, a
+        compressed TIFF, JPEG 2000), so that it takes its share of ``--max-memory``."""
+        return False
+
     def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
         """The text array ``name`` of a container (a bank's ``names``), or None where the file
         has none or the format holds no text."""

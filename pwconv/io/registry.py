@@ -213,6 +213,23 @@ def open_sink(spec: Spec, request: SinkRequest) -> Sink:
     return backend_of(spec).open_sink(spec, request)
 
 
+# Whether the user set GDAL's block cache (read when this module is first imported, before
+# any raster module sets its own default).
+_USER_GDAL_CACHE = "GDAL_CACHEMAX" in os.environ
+
+
+def limit_library_caches(max_bytes: int) -> None:
+    """Give the libraries' own caches a share of ``--max-memory`` before any file is opened:
+    GDAL's block cache a quarter of it, 8 to 64 MB (a GDAL_CACHEMAX the user set wins)."""
+    if not _USER_GDAL_CACHE:
+        os.environ["GDAL_CACHEMAX"] = str(max(8, min(64, (max_bytes // 4) >> 20)))
+
+
+def encodes_whole(spec: Spec, compression: str | None) -> bool:
+    """Whether ``spec``'s writer holds the whole output in memory (see Backend.encodes_whole)."""
+    return backend_of(spec).encodes_whole(spec, compression)
+
+
 def check_writable(spec: Spec) -> Format:
     """The output's row, or exit 2 naming the suffixes pwconv writes."""
     row = format_named(spec.format)
@@ -317,7 +334,11 @@ class ReopeningReader:
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
         source = open_source(self.spec)
         try:
-            return np.asarray(source.read(index))
+            block = np.asarray(source.read(index))
+            if not block.flags.owndata:  # a view of a mapped file: the block gets its own
+                block = np.array(block)  # memory and the file's pages are dropped, or every
+                source.release(index)  # page read would stay resident until the mapping goes
+            return block
         finally:
             source.close()
 

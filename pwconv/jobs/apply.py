@@ -23,13 +23,21 @@ from pwconv.io.registry import (
     check_distinct,
     default_output_dtype,
     format_named,
+    limit_library_caches,
     open_sink,
     open_source,
     retarget_output,
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.jobs.options import ApplyOptions, check_decoded_piece, check_output, nodata_value, resolved_layout
+from pwconv.jobs.options import (
+    ApplyOptions,
+    check_decoded_piece,
+    check_output,
+    held_output_bytes,
+    nodata_value,
+    resolved_layout,
+)
 from pwconv.jobs.report import Report, describe_bias, describe_input, describe_weights
 
 
@@ -224,18 +232,20 @@ def choose_engine(
     out_spec: Spec,
     options: ApplyOptions,
     nodata: Nodata | None,
+    *,
+    held: int = 0,
 ) -> Engine:
-    """The run on the engine ``options`` names, set up before the output is opened."""
+    """The run on the engine ``options`` names, set up before the output is opened; its
+    blocks take what ``--max-memory`` leaves beside an output held whole (``held`` bytes)."""
+    max_bytes = options.max_bytes - held
     if options.engine == "dask":
         from pwconv.engines.dask_engine import DaskRun
 
-        return DaskRun(
-            plan, in_spec, source, max_bytes=options.max_bytes, scheduler=options.scheduler, nodata=nodata
-        )
+        return DaskRun(plan, in_spec, source, max_bytes=max_bytes, scheduler=options.scheduler, nodata=nodata)
     from pwconv.engines.numpy_engine import NumpyRun
 
     sequential = format_named(out_spec.format).sequential
-    return NumpyRun(plan, source, max_bytes=options.max_bytes, sequential_output=sequential, nodata=nodata)
+    return NumpyRun(plan, source, max_bytes=max_bytes, sequential_output=sequential, nodata=nodata)
 
 
 def run_into(sink: Sink, engine: Engine, progress: Progress | None) -> Timings:
@@ -334,6 +344,7 @@ def apply_file(
         else read_weights(weights, options.bias, member=weights_dataset)
     )
     check_distinct(out_spec, in_spec, *loaded.specs)
+    limit_library_caches(options.max_bytes)
     source = open_source(in_spec)
     try:
         out_spec = retarget_output(out_spec, source)
@@ -344,7 +355,8 @@ def apply_file(
         check_channel_names(loaded, source, plan, options)
         labels = output_labels(loaded, plan)
         nodata = resolve_nodata(options, source, plan.out_dtype, saturate_to)
-        engine = choose_engine(plan, in_spec, source, out_spec, options, nodata)
+        held = held_output_bytes(out_spec, plan.out_shape, saturate_to or plan.out_dtype, options)
+        engine = choose_engine(plan, in_spec, source, out_spec, options, nodata, held=held)
         # A chunked output takes one chunk per block unless told its chunks.
         block_shape = (
             engine.block_shape if options.output_chunks == "auto" or options.engine == "dask" else None

@@ -22,7 +22,7 @@ from pwconv.core.fit import Moments, components_for, lstsq, pca
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
-from pwconv.io.registry import bank_specs, check_distinct, open_source, write_arrays
+from pwconv.io.registry import bank_specs, check_distinct, limit_library_caches, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.jobs.options import (
     AUTO_LAYOUT,
@@ -142,6 +142,7 @@ def _valid(rows: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def _open_all(specs: list[Spec], max_bytes: int) -> list[Source]:
+    limit_library_caches(max_bytes)
     sources: list[Source] = []
     try:
         for spec in specs:

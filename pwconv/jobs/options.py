@@ -7,16 +7,25 @@ Either is the first place a bad combination is caught.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from pwconv.core.blocks import parse_size, size_text
 from pwconv.core.conv import ConvSettings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
 from pwconv.io.interface import Source
-from pwconv.io.registry import all_compressions, check_writable, formats_compressed_with, formats_taking
+from pwconv.io.registry import (
+    all_compressions,
+    check_writable,
+    encodes_whole,
+    formats_compressed_with,
+    formats_taking,
+)
 from pwconv.io.spec import Spec
 
 DEFAULT_MAX_MEMORY = "512MiB"
@@ -194,6 +203,23 @@ def check_decoded_piece(source: Source, max_bytes: int, where: str) -> None:
         f"{kind} of {size_text(size)} that is decoded whole; pass [[max_memory]] {size_text(2 * size).replace(' ', '')} "
         "or more, or rewrite the file in smaller chunks or tiles"
     )
+
+
+def held_output_bytes(output: Spec, shape: tuple[int, ...], dtype: Any, options: ApplyOptions) -> int:
+    """The bytes of an output its writer holds whole until the end (a picture, a compressed
+    TIFF, JPEG 2000), 0 for one written block by block. It must fit in ``--max-memory`` with
+    as much again left for the blocks; else the run is refused before any work."""
+    if not encodes_whole(output, options.compression):
+        return 0
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if 2 * size > options.max_bytes:
+        raise UsageError(
+            f"expected an output that fits in [[max_memory]] ({size_text(options.max_bytes)}) beside its "
+            f"blocks, found {output.text!r}, which is held whole until it is encoded: {size_text(size)}; "
+            f"pass [[max_memory]] {size_text(2 * size).replace(' ', '')} or more, or write .npy, .zarr "
+            "or an uncompressed .tif, which are written block by block"
+        )
+    return size
 
 
 def check_output(options: ApplyOptions, output: Spec, *, format_options: bool = True) -> None:

@@ -221,6 +221,9 @@ class ImageFormat(Backend):
         check_output_path(spec.path, request.overwrite)
         return ImageSink(spec.path, request)
 
+    def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
+        return True  # Pillow encodes a picture from one array
+
     def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype:
         """An image output keeps an image input's dtype where it can, else 8 bits."""
         if input_is_image and input_dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):

@@ -40,6 +40,8 @@ _DRIVERS = {
     ".jp2": "JP2OpenJPEG",
 }
 _WRITES = {".tif", ".tiff", ".img", ".dat"}
+# Drivers that write a raster block by block into its file (the others copy a finished one).
+_WRITES_IN_PLACE = {"GTiff", "ENVI"}
 # The dtypes each driver stores. GeoTIFF could hold 64-bit integers, but most GIS tools
 # cannot read them: they are refused there too, with the dtype that works.
 _DRIVER_DTYPES = {
@@ -93,7 +95,7 @@ def claims(path: str) -> bool:
                 struct.unpack_from(order + "H", entries, i)[0]
                 for i in range(0, len(entries) - 1, entry_bytes)
             }
-    except (OSError, struct.error):
+    except (OSError, struct.error, ValueError, OverflowError):  # an offset past any file: not ours
         return False
     return bool(tags & _GEO_TAGS)
 
@@ -393,6 +395,10 @@ class RasterFormat(Backend):
 
     def claims(self, path: str) -> bool:
         return claims(path)
+
+    def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
+        # GDAL's JPEG 2000 driver only copies a finished raster: rasterio builds it in memory.
+        return _DRIVERS.get(os.path.splitext(spec.path)[1].lower()) not in _WRITES_IN_PLACE
 
     def stored_dtype(self, dtype: np.dtype) -> np.dtype:
         """64-bit integer results are stored as float64 (exact up to 2**53), which GIS tools read."""

@@ -314,6 +314,9 @@ class TiffFormat(Backend):
         check_output_path(spec.path, request.overwrite)
         return TiffSink(spec.path, request)
 
+    def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
+        return compression is not None  # an uncompressed TIFF is written block by block in place
+
     def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
         """A TIFF output keeps an image input's dtype (uint16 in, uint16 out); else numpy's rule."""
         return input_dtype if input_is_image else None

@@ -280,7 +280,14 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
         if os.path.exists(metadata_file):
             check_regular(metadata_file)  # a FIFO here would block the open for ever
         with open(metadata_file, "rb") as handle:
-            meta = json.loads(handle.read(1 << 20))
+            text = handle.read(1 << 20)
+        try:
+            meta = json.loads(text)
+        except RecursionError:  # zarr's own reader would fail the same way
+            raise FormatError(
+                f"expected a zarr.json that parses as JSON in {path!r}, found nesting deeper than "
+                "Python's JSON reader takes; check the store's metadata"
+            ) from None
         if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             return None
         _check_fields(meta, repr(path))
