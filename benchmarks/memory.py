@@ -153,7 +153,8 @@ def main() -> None:
                 try:
                     _, peak = run([*PWCONV, *command, "--max-memory", f"{limit}MiB", *tail], Path(big))
                 except RuntimeError as exc:
-                    print(f"{name:24} {limit:>6} refused: {str(exc).splitlines()[-1][:100]}")
+                    said = str(exc).split(" failed: ", 1)[-1].strip().splitlines()[-1]
+                    print(f"{name:24} {limit:>6} refused: {said[:110]}")
                     continue
                 over = peak / 2**20 - limit
                 print(

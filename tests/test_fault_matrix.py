@@ -252,6 +252,7 @@ def test_a_signal_while_the_output_is_written(tmp_path, inputs, name, sig, code,
     proc.stdin.flush()
     _wait_for_temp(tmp_path, proc)
     proc.send_signal(sig)
+    proc.wait(timeout=60)  # stdin stays open until the run has ended: the signal, not an end of data
     stderr = proc.communicate(timeout=60)[1].decode()
     completed = subprocess.CompletedProcess(proc.args, proc.returncode, b"", stderr)
     assert_clean_error(completed, code, f"{word}; no output was written")
@@ -259,21 +260,28 @@ def test_a_signal_while_the_output_is_written(tmp_path, inputs, name, sig, code,
 
 
 # The run stops itself just before its outputs are renamed into place: every byte written,
-# nothing published. The parent then signals it and lets it go on.
-_STOP_BEFORE_PUBLISHING = """
+# nothing published (INSIDE: just after the renames began, with the signals held). The
+# parent then signals it and lets it go on.
+_STOP_AT_PUBLISHING = """
 import contextlib, os, signal, sys
 import pwconv.io.atomic as atomic
 held = atomic.signals_held
+INSIDE = {inside}
 @contextlib.contextmanager
-def stopped_first():
-    os.kill(os.getpid(), signal.SIGSTOP)
+def stopped():
+    renames = sys._getframe(2).f_code.co_name != "__init__"  # not a temp file's creation
+    if renames and not INSIDE:
+        os.kill(os.getpid(), signal.SIGSTOP)
     with held():
+        if renames and INSIDE:
+            os.kill(os.getpid(), signal.SIGSTOP)
         yield
-atomic.signals_held = stopped_first
+atomic.signals_held = stopped
 sys.argv[0] = "pwconv"
 from pwconv.cli.app import main
 main()
 """
+_STOP_BEFORE_PUBLISHING = _STOP_AT_PUBLISHING.format(inside=False)
 
 
 def _stopped_before_publishing(command: list[str], cwd: Path) -> subprocess.Popen:
@@ -324,10 +332,7 @@ def test_sigkill_then_a_rerun_leaves_only_the_output(tmp_path, inputs, name):
 def test_a_signal_during_the_renames_lets_them_finish_and_says_so(tmp_path, inputs):
     """An ENVI raster is its data and its header: a SIGTERM that arrives while they are renamed
     is held until both are in place, and the one line says the output is whole."""
-    script = _STOP_BEFORE_PUBLISHING.replace(
-        "os.kill(os.getpid(), signal.SIGSTOP)\n    with held():",
-        "with held():\n        os.kill(os.getpid(), signal.SIGSTOP)",
-    )
+    script = _STOP_AT_PUBLISHING.format(inside=True)
     proc = subprocess.Popen(
         [sys.executable, "-c", script, *WRITERS["envi"].command(inputs)], cwd=tmp_path, stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

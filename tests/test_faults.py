@@ -580,3 +580,23 @@ def test_deeply_nested_zarr_metadata_is_a_format_error(tmp_path):
     proc = run_cli("apply", "deep.zarr", "1", "-o", "out.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "deep.zarr")
     assert "RecursionError" not in proc.stderr and not (tmp_path / "out.npy").exists()
+
+
+def test_a_signal_whose_exception_a_destructor_swallowed_still_ends_the_wait(monkeypatch):
+    import signal
+
+    from pwconv.engines import interrupts
+    from pwconv.engines.workers import Pending
+
+    class Swallows:  # what h5py's and GDAL's objects do when freed with a signal pending
+        def __del__(self):
+            try:
+                interrupts._on_signal(signal.SIGTERM, None)
+            except SystemExit:
+                pass
+
+    monkeypatch.setattr(interrupts, "_came", [])
+    Swallows()  # freed at once: the handler's SystemExit is lost, the signal is kept
+    with pytest.raises(SystemExit) as ended:
+        Pending().result()  # never done: only the kept signal ends the wait
+    assert ended.value.code == 143

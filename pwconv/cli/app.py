@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Annotated, Any, Optional
 
 import typer
 
 from pwconv import __version__
+from pwconv.engines import interrupts
 
 app = typer.Typer(
     name="pwconv",
@@ -36,10 +36,6 @@ def _root(
     ] = None,
 ) -> None:
     """pwconv: 1x1 convolutions on tensors in files."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _quiet_libraries() -> None:
@@ -76,7 +72,7 @@ def main() -> None:
     ):
         app.command(epilog=module.EXAMPLES)(command)
     app.add_typer(fit.fit_app)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupts.install()
     if sys.stdout is None:  # started with stdout closed
         from pwconv.cli.output import ClosedStdout
 

@@ -135,10 +135,15 @@ def run(
             pending_write.result()
         finished = True
     finally:
-        # On failure nothing is waited for (a read may block on a pipe); the caller aborts the sink.
+        # On failure no read is waited for (one may block on a pipe), but the write in
+        # progress is let finish (for at most 30 s: a pipe's reader may have stopped), so that
+        # the caller aborts the sink after its last write: a write after the abort would put
+        # a chunk file back into a temp store already removed.
         pending_read.cancel()
+        if pending_write is not None:
+            pending_write.cancel()
         reader.close(wait=finished)
-        writer.close(wait=finished)
+        writer.close(wait=True, timeout=None if finished else 30.0)
     return timings
 
 

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from pwconv.engines import interrupts
+
 T = TypeVar("T")
 
 
@@ -29,7 +31,10 @@ class Pending(Generic[T]):
         self._done.set()
 
     def result(self) -> T:
-        self._done.wait()
+        # Waited for in slices, checking for a signal between them: its handler's exception
+        # may have been swallowed by a destructor it ran in (see engines.interrupts).
+        while not self._done.wait(0.25):
+            interrupts.check()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[no-any-return]
@@ -87,10 +92,11 @@ class Worker:
         self._calls.put((pending, function, args))
         return pending
 
-    def close(self, *, wait: bool = False) -> None:
+    def close(self, *, wait: bool = False, timeout: float | None = None) -> None:
         """Stop the thread after the calls submitted; ``wait``: until it has ended (after a
         run that succeeded, so that no thread still holds a library's objects or locks when
-        the interpreter shuts down: h5py's objects freed then can crash or hang it)."""
+        the interpreter shuts down: h5py's objects freed then can crash or hang it), or for
+        at most ``timeout`` seconds."""
         self._calls.put(None)
         if wait:
-            self._thread.join()
+            self._thread.join(timeout)

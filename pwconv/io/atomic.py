@@ -199,12 +199,13 @@ class TempTarget:
         self.target, self.folder, self.keep_mode = target, folder, keep_mode
         #: Files a library writes beside the temp file (GDAL's sidecars), removed with it.
         self.extras: list[str] = []
-        if folder:
-            self.path: str = _beside(target, tempfile.mkdtemp)
-        else:
-            fd, self.path = temp_path_beside(target)
-            os.close(fd)
-        _unpublished[id(self)] = self
+        with signals_held():  # made and registered together: a signal never leaves it unknown
+            if folder:
+                self.path: str = _beside(target, tempfile.mkdtemp)
+            else:
+                fd, self.path = temp_path_beside(target)
+                os.close(fd)
+            _unpublished[id(self)] = self
 
     def publish(self) -> None:
         if self.path:
