@@ -14,7 +14,7 @@ from pwconv.errors import PwconvError
 
 __version__ = "0.1.0"
 
-__all__ = ["PwconvError", "__version__", "load_weights", "pointwise_conv"]
+__all__ = ["PwconvError", "__version__", "load_array", "load_weights", "pointwise_conv"]
 
 
 def load_weights(source: str, dataset: str | None = None) -> np.ndarray:
@@ -26,3 +26,23 @@ def load_weights(source: str, dataset: str | None = None) -> np.ndarray:
     from pwconv.io.operands import read_operand
 
     return read_operand(source, dataset).array
+
+
+def load_array(source: str, dataset: str | None = None) -> np.ndarray:
+    """Read a whole array from a file of any format pwconv reads, as pwconv reads it (a
+    raster or a picture as rows, cols, channels; a container's ``dataset``).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.npy")
+    >>> np.save(path, np.arange(6).reshape(2, 3))
+    >>> load_array(path).tolist()
+    [[0, 1, 2], [3, 4, 5]]
+    """
+    from pwconv.io.registry import open_source
+    from pwconv.io.spec import parse_spec
+
+    opened = open_source(parse_spec(source, dataset))
+    try:
+        return np.array(opened.read(tuple(slice(0, n) for n in opened.shape)))
+    finally:
+        opened.close()

@@ -14,6 +14,7 @@ EXAMPLES = examples(
     [
         "python -m pwconv explain input.npy weights.npy --at 3,4",
         'python -m pwconv explain chw.npy "2,3" --layout CHW --at 1,1',
+        "python -m pwconv explain input.npy weights.npy --code torch > snippet.py && python snippet.py",
     ]
 )
 
@@ -40,6 +41,14 @@ def explain(
     dataset: o.DatasetOpt = None,
     nodata: o.NodataOpt = o.NODATA,
     channel_dim: o.ChannelDimOpt = None,
+    code: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--code",
+            help="Write the run as a program instead: numpy, torch, keras or all (repeatable). "
+            "stdout then carries the program alone.",
+        ),
+    ] = None,
     json_report: o.JsonOpt = False,
     allow_external: o.AllowExternalOpt = False,
 ) -> None:
@@ -50,12 +59,17 @@ def explain(
 
     check_stdout_open(True, "explain's report")
     options = ApplyOptions.pick(locals())
+    from pwconv.jobs.snippets import joined, parse_targets
+
+    targets = tuple(parse_targets(code))
     request = ExplainRequest(
-        input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset
+        input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset, code=targets
     )
     doc = run_explain(request)
     if json_report:
         emit_json(doc)
+    elif targets:
+        sys.stdout.write(joined(doc["code"]))
     else:
         sections = render_text(doc, max_terms)
         if sys.stdout.isatty():

@@ -18,7 +18,7 @@ from pwconv.core.reference import pixel_terms, pixel_value
 from pwconv.errors import UsageError
 from pwconv.io.interface import Source
 from pwconv.io.operands import read_weights
-from pwconv.io.registry import open_source
+from pwconv.io.registry import STREAM, backend_of, open_source
 from pwconv.io.spec import parse_spec
 from pwconv.jobs.apply import make_plan, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
@@ -37,6 +37,7 @@ class ExplainRequest:
     filters: str | None = None
     max_terms: int = 8
     dataset: str | None = None
+    code: tuple[str, ...] = ()  # explain --code: the snippets to write (numpy, torch, keras)
 
 
 def axis_names(plan: ConvPlan) -> list[str]:
@@ -197,6 +198,10 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         raise UsageError(f"expected --max-terms of at least 2, found {request.max_terms}")
     spec = parse_spec(request.input, request.dataset)
     loaded = read_weights(request.weights, request.options.bias)
+    if request.code and spec.format == STREAM.name:
+        raise UsageError(
+            "expected a file input for --code (the snippet loads it), found '-'; save the stream to a file first"
+        )
     source = open_source(spec)
     try:
         options = with_channel_dim(request.options, source)
@@ -217,7 +222,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     in_coords = [
         c * plan.stride if a in plan.layout.spatial_axes else c for a, c in zip(out_positions, coords)
     ]
-    return {
+    doc: dict[str, Any] = {
         "input": {**describe_input(spec.text, plan), "axes": names},
         "weights": describe_weights(loaded, plan),
         "bias": describe_bias(loaded),
@@ -235,6 +240,18 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         "matrix": _matrix_doc(plan),
         "ok": all(item["ok"] for item in filters_doc),
     }
+    if request.code:
+        from pwconv.jobs.snippets import Case, snippets
+
+        member = spec.member or _only_array(spec)
+        doc["code"] = snippets(Case(spec, member, loaded, plan, tuple(coords), chosen[0]), list(request.code))
+    return doc
+
+
+def _only_array(spec: Any) -> str | None:
+    """The one array of a container named without a member (what pwconv reads then)."""
+    arrays = backend_of(spec).list_arrays(spec.path)
+    return arrays[0] if len(arrays) == 1 else None
 
 
 def _fmt(value: Any) -> str:
