@@ -143,3 +143,57 @@ def test_h5_inputs_keep_their_format(tree):
         np.testing.assert_allclose(
             handle["data"][...], reference_conv(data["in/a.npy"], W), rtol=1e-5, atol=1e-5
         )
+
+
+def test_skip_existing_resumes_a_run_and_counts_the_skipped(tree):
+    root, data = tree
+    first = run_cli("batch", "w.npy", "in/a.npy", "--out-dir", "out", cwd=root)
+    assert first.returncode == 0, first.stderr
+    kept = (root / "out" / "a.pw.npy").read_bytes()
+    proc = run_cli("batch", "w.npy", "in", "--out-dir", "out", "--skip-existing", "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    status = {item["input"]: (item["status"], item.get("reason")) for item in doc["files"]}
+    assert status["in/a.npy"] == ("skipped", "exists")
+    assert status["in/c.npy"][0] == status["in/sub/b.npy"][0] == "ok"
+    assert doc["summary"]["skipped"] == 1 and doc["summary"]["ok"] == 2
+    assert (root / "out" / "a.pw.npy").read_bytes() == kept  # not written again
+    np.testing.assert_allclose(
+        np.load(root / "out" / "sub" / "b.pw.npy"), reference_conv(data["in/sub/b.npy"], W), rtol=1e-5
+    )
+    both = run_cli("batch", "w.npy", "in", "--out-dir", "out", "--skip-existing", "--overwrite", cwd=root)
+    assert_clean_error(both, 2, "--skip-existing", "--overwrite")
+
+
+def test_glob_patterns_are_expanded_keeping_paths_below_the_pattern(tree):
+    root, data = tree
+    (root / "in" / "sub" / "a.npy").write_bytes(
+        (root / "in" / "a.npy").read_bytes()
+    )  # same name, other folder
+    proc = run_cli("batch", "w.npy", "in/**/a.npy", "in/c.np?", "--out-dir", "out", "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(str(p.relative_to(root / "out")) for p in (root / "out").rglob("*.npy"))
+    assert written == ["a.pw.npy", "c.pw.npy", "sub/a.pw.npy"]
+    np.testing.assert_allclose(
+        np.load(root / "out" / "c.pw.npy"), reference_conv(data["in/c.npy"], W), rtol=1e-5
+    )
+    nothing = run_cli("batch", "w.npy", "in/*.tif", "--out-dir", "out", cwd=root)
+    assert nothing.returncode == 2 and "in/*.tif" in nothing.stderr
+
+
+def test_fail_fast_with_jobs_starts_no_new_file_after_a_failure(tree):
+    root, _ = tree
+    (root / "bad.npy").write_bytes(b"nope")
+    many = []
+    for i in range(12):
+        np.save(root / f"m{i}.npy", np.ones((64, 64, 3), np.float32))
+        many.append(f"m{i}.npy")
+    order = [*many[:4], "bad.npy", *many[4:]]
+    proc = run_cli("batch", "w.npy", *order, "--out-dir", "out", "--fail-fast", "-j", "2", "--json", cwd=root)
+    assert proc.returncode == 2
+    files = json.loads(proc.stdout)["files"]
+    assert files[4]["status"] == "failed"
+    # After the failure at most the one file the other thread had already begun runs.
+    assert sum(item["status"] == "ok" for item in files[5:]) <= 1
+    assert all(item["reason"] == "not started" for item in files if item["status"] == "skipped")
+    assert len(list((root / "out").iterdir())) <= 5

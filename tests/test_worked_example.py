@@ -81,3 +81,15 @@ def test_worked_example_json_report(worked):
     with h5py.File(worked / "out.h5") as handle:
         np.testing.assert_array_equal(handle["data"][0], WORKED_RESULT)
         assert handle["data"].attrs["weights_sha256"] == report["weights"]["sha256"]
+
+
+def test_counts_in_the_report_are_singular_for_one(tmp_path):
+    np.save(tmp_path / "m.npy", WORKED_M)
+    proc = run_cli("apply", "m.npy", "2,3", "--layout", "CHW", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import re
+
+    assert "1 filter x 2 channels" in proc.stderr and not re.search(r"(?<![x\d])1 filters", proc.stderr)
+    np.save(tmp_path / "bank.npy", WORKED_FILTER.reshape(1, 2))
+    info = run_cli("info", "bank.npy", "--channels", "2", cwd=tmp_path)
+    assert "yes: 1 filter x 2 channels" in info.stdout.decode() + info.stderr, info.stderr

@@ -30,7 +30,16 @@ def batch(
         str, typer.Option("--suffix", help="Added to each output's name before the extension.")
     ] = ".pw",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files processed at once (threads).")] = 1,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed file.")] = False,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Start no new file once one has failed.")
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Skip inputs whose output exists (complete: outputs appear whole), to resume a run.",
+        ),
+    ] = False,
     layout: o.LayoutOpt = o.LAYOUT,
     weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
     bias: o.BiasOpt = None,
@@ -71,7 +80,7 @@ def batch(
 
     def show(result: FileResult) -> None:
         if result.skipped:
-            say(f"skip  {result.input}", quiet=quiet_lines)
+            say(f"skip  {result.input} ({result.why_skipped})", quiet=quiet_lines)
         elif result.failure is not None:
             print(f"FAIL  {result.input}: {result.failure.for_cli()}", file=sys.stderr, flush=True)
         elif result.report is not None:
@@ -91,6 +100,7 @@ def batch(
         output_format=output_format,
         jobs=jobs,
         fail_fast=fail_fast,
+        skip_existing=skip_existing,
         weights_dataset=weights_dataset,
         dataset=dataset,
         on_result=show,

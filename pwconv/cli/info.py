@@ -10,6 +10,7 @@ import typer
 from pwconv.cli import options as o
 from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded, print_rows, shape_text
 from pwconv.core.blocks import size_text
+from pwconv.core.words import counted
 
 
 def _layout_text(array: dict[str, Any]) -> str:
@@ -34,10 +35,14 @@ def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, st
         return []
     bank = array["filter_bank"]
     if bank is None:
-        return [("1x1 bank", f"no (not 1x1 filters for {channels} channels)")]
+        return [("1x1 bank", f"no (not 1x1 filters for {counted(channels, 'channel')})")]
     bias = f", bias {bank['bias']}" if bank["bias"] else ", no bias"
     return [
-        ("1x1 bank", f"yes: {bank['filters']} filters x {channels} channels, read as {bank['read_as']}{bias}")
+        (
+            "1x1 bank",
+            f"yes: {counted(bank['filters'], 'filter')} x {counted(channels, 'channel')}, "
+            f"read as {bank['read_as']}{bias}",
+        )
     ]
 
 

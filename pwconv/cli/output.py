@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from pwconv.core.words import counted
 from pwconv.errors import PwconvError, UsageError
 
 
@@ -103,7 +104,7 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
             "weights",
             f"{w['source']}  {shape_text(w['shape'])} {w['dtype']}  "
             f"read as {w['interpretation'].split(' read as ')[-1]}: "
-            f"{w['matrix_shape'][0]} filters x {w['matrix_shape'][1]} channels"
+            f"{counted(w['matrix_shape'][0], 'filter')} x {counted(w['matrix_shape'][1], 'channel')}"
             + ("; --weights-layout ck reads columns as filters" if w.get("square") else ""),
         ),
     ]
@@ -125,7 +126,7 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
     nodata = out.get("nodata")
     if nodata is not None:
         marker = "NaN" if nodata["nan"] else f"{nodata['input']:g}"
-        pixels = "not counted" if nodata["pixels"] is None else f"{nodata['pixels']} pixels"
+        pixels = "not counted" if nodata["pixels"] is None else counted(nodata["pixels"], "pixel")
         rows.append(
             (
                 "nodata",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ class FileResult:
     report: Report | None = None
     failure: PwconvError | None = None
     skipped: bool = False
+    why_skipped: str = ""  # "exists" (--skip-existing) or "not started" (after --fail-fast)
 
     @property
     def exit_code(self) -> int:
@@ -35,6 +38,7 @@ class FileResult:
         doc: dict[str, Any] = {"input": self.input, "output": self.output, "exit_code": self.exit_code}
         if self.skipped:
             doc["status"] = "skipped"
+            doc["reason"] = self.why_skipped
         elif self.failure is not None:
             doc["status"] = "failed"
             doc["error"] = self.failure.for_cli()
@@ -52,8 +56,10 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     """
     suffixes = data_suffixes()
     found: list[tuple[str, str]] = []
-    for item in inputs:
-        if os.path.isdir(item) and format_of(item) is None:
+    for item in _globbed(inputs):
+        if isinstance(item, tuple):
+            found.append(item)
+        elif os.path.isdir(item) and format_of(item) is None:
             for root, dirs, files in os.walk(item):
                 stores = sorted(d for d in dirs if format_of(d) is not None)
                 dirs[:] = sorted(d for d in dirs if d not in stores)
@@ -68,6 +74,27 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
                 path = item  # a bad name fails as that file's own error, not the whole batch's
             found.append((item, os.path.basename(path.rstrip("/")) or item))
     return found
+
+
+def _globbed(inputs: list[str]) -> list[str | tuple[str, str]]:
+    """Inputs with glob patterns (``'scenes/*/B0?.tif'``, ``**`` for any depth) expanded, for
+    shells that do not: each match as (path, its path below the pattern's fixed folder), so
+    that ``a/B01.tif`` and ``b/B01.tif`` keep apart in the output folder. A pattern that
+    matches nothing (or a name that exists as written) is kept as given."""
+    out: list[str | tuple[str, str]] = []
+    for item in inputs:
+        if os.path.exists(item) or not glob.has_magic(item):
+            out.append(item)
+            continue
+        matches = sorted(glob.glob(item, recursive=True))
+        if not matches:
+            out.append(item)  # fails as that input's own "no file" error
+            continue
+        parts = item.split(os.sep)
+        fixed = os.sep.join(p for p in itertools.takewhile(lambda p: not glob.has_magic(p), parts))
+        base = fixed if fixed and os.path.isdir(fixed) else os.path.dirname(fixed) or "."
+        out += [(m, os.path.relpath(m, base)) for m in matches]
+    return out
 
 
 def output_name(relative: str, suffix: str, output_format: str | None = None) -> str:
@@ -105,6 +132,7 @@ def batch_files(
     output_format: str | None = None,
     jobs: int = 1,
     fail_fast: bool = False,
+    skip_existing: bool = False,
     weights_dataset: str | None = None,
     dataset: str | None = None,
     on_result: Callable[[FileResult], None] | None = None,
@@ -112,6 +140,8 @@ def batch_files(
     """Apply one filter bank (loaded and checked once) to every input; a bad file does not stop the rest."""
     if jobs < 1:
         raise UsageError(f"expected [[jobs]] of at least 1, found {jobs}")
+    if skip_existing and options.overwrite:
+        raise UsageError("expected [[skip_existing!]] or [[overwrite!]], found both; choose one")
     check_output_format(output_format)
     loaded = read_weights(weights, options.bias, member=weights_dataset)
     planned = expand_inputs(inputs)
@@ -136,11 +166,21 @@ def batch_files(
     stop = False
 
     def one(task: tuple[str, str, PwconvError | None]) -> FileResult:
+        nonlocal stop
         path, target, problem = task
-        if stop:
-            return FileResult(path, target, skipped=True)
+        if stop:  # a file failed under --fail-fast: no new one is started, in any thread
+            return FileResult(path, target, skipped=True, why_skipped="not started")
         if problem is not None:
-            return FileResult(path, target, failure=problem)
+            result = FileResult(path, target, failure=problem)
+        elif skip_existing and os.path.exists(target):  # outputs appear whole or not at all
+            return FileResult(path, target, skipped=True, why_skipped="exists")
+        else:
+            result = _run_one(path, target)
+        if fail_fast and result.exit_code:
+            stop = True
+        return result
+
+    def _run_one(path: str, target: str) -> FileResult:
         try:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             report = apply_file(path, loaded, target, options, dataset=dataset)
@@ -153,12 +193,9 @@ def batch_files(
     results: list[FileResult] = []
 
     def record(result: FileResult) -> None:
-        nonlocal stop
         results.append(result)
         if on_result:
             on_result(result)
-        if fail_fast and result.exit_code:
-            stop = True
 
     if jobs == 1:
         for task in tasks:

@@ -15,6 +15,7 @@ import numpy as np
 
 from pwconv.core.conv import ConvPlan, compute_block
 from pwconv.core.reference import pixel_terms, pixel_value
+from pwconv.core.words import counted
 from pwconv.errors import UsageError
 from pwconv.io.interface import Source
 from pwconv.io.operands import read_weights
@@ -278,7 +279,7 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
     c, k = matrix["channels"], matrix["filters"]
     cg = filt["matrix_shape"][1]
     shapes = [
-        f"input    {_shape(inp['shape'], names)}  {inp['dtype']}, layout {inp['layout']}: C = {c} channels on axis {axis}",
+        f"input    {_shape(inp['shape'], names)}  {inp['dtype']}, layout {inp['layout']}: C = {counted(c, 'channel')} on axis {axis}",
         f"filters  {k} x {cg} (K x C{'/groups' if matrix['groups'] > 1 else ''}), {filt['interpretation']}",
         f"output   {_shape(out['shape'], out_names)}  {out['dtype']}",
         f"Each output value is one dot product: a pixel's {cg} channel values times one filter's {cg} weights"
