@@ -264,3 +264,16 @@ def test_a_large_tiled_tiff_streams_with_bounded_memory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[-1]) < 200 * 1024, proc.stdout  # KiB
     assert float(np.load(tmp_path / "y.npy", mmap_mode="r")[-1, -1, 0]) == 4.0
+
+
+@pytest.mark.parametrize(
+    "suffix, codec", [(".png", "deflate"), (".jpg", "jpeg"), (".gif", "lzw"), (".bmp", "none")]
+)
+def test_info_names_a_pictures_codec(tmp_path, suffix, codec):
+    from PIL import Image
+
+    picture = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    (picture.convert("P") if suffix == ".gif" else picture).save(tmp_path / f"p{suffix}")
+    proc = run_cli("info", f"p{suffix}", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["storage"]["compression"] == codec

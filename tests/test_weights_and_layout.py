@@ -10,6 +10,8 @@ from pwconv.core.filters import literal_dtype, normalise_bias, normalise_filters
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
 
+from .conftest import assert_clean_error, run_cli
+
 RNG = np.random.default_rng(7)
 KC = RNG.standard_normal((4, 3))
 
@@ -146,3 +148,10 @@ def test_errors_are_value_errors_too():
     with pytest.raises(ValueError):
         pointwise_conv(np.zeros((2, 3)), np.zeros((1, 4)))
     assert issubclass(ShapeError, PwconvError)
+
+
+def test_a_channel_mismatch_lists_the_counts_as_a_reader_says_them(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 4, 3), np.float32))
+    np.save(tmp_path / "t.npy", np.zeros((24, 16, 1, 1), np.float32))
+    proc = run_cli("apply", "x.npy", "t.npy", "-o", "o.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "take 1, 16 or 24 input channels, found 3")

@@ -21,6 +21,7 @@ from pwconv.core.filters import (
     normalise_filters,
 )
 from pwconv.core.layout import Layout, parse_layout
+from pwconv.core.words import one_of
 from pwconv.errors import ShapeError, UsageError
 
 # Largest integer every float type represents exactly (mantissa bits + 1).
@@ -184,7 +185,7 @@ def _bank_for(
         per = f"{c // groups} per group, " if groups > 1 else ""
         raise ShapeError(
             f"channel mismatch: filters of shape {tuple(w.shape)} take "
-            f"{' or '.join(str(n) for n in sorted(exc.counts))} input channels, found {per}{c} on axis "
+            f"{one_of(exc.counts)} input channels, found {per}{c} on axis "
             f"{lay.channel_axis} of the input {x_shape} (layout {lay.name}); "
             + _channel_hint(x_shape, lay, exc.counts, groups)
         ) from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pwconv.core.words import one_of
 from pwconv.errors import FormatError, ShapeError, UsageError
 
 WEIGHTS_LAYOUTS = ("auto", "kc", "ck", "oihw", "hwio")
@@ -44,7 +45,7 @@ class ChannelMismatch(ShapeError):
         self.counts = counts
         super().__init__(
             f"channel mismatch: the input has {in_channels} channels per filter but filters of "
-            f"shape {shape} take {' or '.join(map(str, sorted(counts)))}"
+            f"shape {shape} take {one_of(counts)}"
         )
 
 

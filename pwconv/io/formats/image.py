@@ -46,6 +46,18 @@ _SAVES = {
 }
 
 
+# What each picture format compresses with (Pillow names none of them in its info, except
+# BMP's run-length variants, by number).
+_CODECS = {"PNG": "deflate", "JPEG": "jpeg", "MPO": "jpeg", "GIF": "lzw", "WEBP": "webp"}
+_BMP_CODECS = {0: "none", 1: "rle8", 2: "rle4", 3: "bitfields"}
+
+
+def _codec(image: Any) -> str:
+    if image.format == "BMP":
+        return _BMP_CODECS.get(image.info.get("compression", 0), "other")
+    return _CODECS.get(image.format, "unknown")
+
+
 def _pil() -> Any:
     image = require_extra("PIL.Image", "image", "image files")
     limit = os.environ.get("PWCONV_MAX_IMAGE_PIXELS")
@@ -127,7 +139,7 @@ def _probe(
             "mode": image.mode,
             "bit_depth": pixel.dtype.itemsize * 8,
             "channels": channels,
-            "compression": image.info.get("compression"),
+            "compression": _codec(image),
             "pages": getattr(image, "n_frames", 1),  # Pillow has it on multi-frame formats only
         }
         shape = (image.height, image.width, channels)
