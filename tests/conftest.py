@@ -30,6 +30,30 @@ def permissions_apply() -> list[str]:
     return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+def file_size_limit(limit: int):
+    """A ``preexec_fn`` under which the child may write files of at most ``limit`` bytes (a
+    full disk where none can be mounted): a write past it fails with EFBIG, no SIGXFSZ."""
+
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def wait_for_temp(folder: Path, proc: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Wait until a run has made its temp output in ``folder`` (it must still be running)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not any("pwconv-part" in name for name in os.listdir(folder)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.01)
+
+
 def run_cli(
     *args: str, stdin: bytes | None = None, cwd: Path | None = None, prefix: list[str] | None = None
 ) -> subprocess.CompletedProcess:

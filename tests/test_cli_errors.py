@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, leftovers, permissions_apply, run_cli
+from .conftest import assert_clean_error, file_size_limit, leftovers, permissions_apply, run_cli
 
 
 @pytest.fixture
@@ -181,11 +180,6 @@ def test_missing_output_directory(files):
     assert_clean_error(_apply(files, "x.npy", "w.npy", out="nodir/out.npy"), 2, "directory", "nodir")
 
 
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-
-
 @pytest.mark.parametrize("out", ["out.npy", "out.h5", "out.tif", "out.nc", "out.img"])
 def test_write_failure_exits_1_and_keeps_the_old_output(files, out):
     np.save(files / "big.npy", np.ones((100, 100, 3), np.float32))
@@ -195,7 +189,7 @@ def test_write_failure_exits_1_and_keeps_the_old_output(files, out):
         cwd=files,
         capture_output=True,
         text=True,
-        preexec_fn=_limit_file_size,
+        preexec_fn=file_size_limit(50_000),
     )
     assert_clean_error(proc, 1)
     assert (files / out).read_bytes() == b"old"

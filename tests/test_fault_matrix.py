@@ -20,14 +20,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, permissions_apply
+from .conftest import assert_clean_error, file_size_limit, permissions_apply, wait_for_temp
 
 pytest.importorskip("rasterio")
 pytest.importorskip("PIL")
@@ -141,16 +140,6 @@ def _small_disk(folder: Path, size: int):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def _file_size_limit(limit: int):
-    def apply() -> None:
-        import resource
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def _run(
     command: list[str], cwd: Path, prefix: tuple[str, ...] | list[str] = (), **options
 ) -> subprocess.CompletedProcess:
@@ -180,7 +169,7 @@ def test_a_full_disk(tmp_path, inputs, name):
     with _small_disk(folder, DISK) as mounted:
         _container(folder)
         before = _state(folder)
-        limit = {} if mounted else {"preexec_fn": _file_size_limit(DISK)}
+        limit = {} if mounted else {"preexec_fn": file_size_limit(DISK)}
         proc = _run(writer.command(inputs), folder, **limit)
         assert_clean_error(proc, 1, "cannot write")
         _assert_as_before(folder, before)
@@ -223,13 +212,6 @@ def test_a_read_only_folder(tmp_path, inputs, name):
 # --- signals while the output is written ------------------------------------------------------
 
 
-def _wait_for_temp(folder: Path, proc: subprocess.Popen, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not any("pwconv-part" in name for name in os.listdir(folder)):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.01)
-
-
 def _default_sigint() -> None:
     # A suite started in the background passes SIGINT on ignored: give the run the default.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -250,7 +232,7 @@ def test_a_signal_while_the_output_is_written(tmp_path, inputs, name, sig, code,
     )  # fmt: skip
     proc.stdin.write(_stream_bytes(data)[: data.nbytes // 3])  # a third: the rest never comes
     proc.stdin.flush()
-    _wait_for_temp(tmp_path, proc)
+    wait_for_temp(tmp_path, proc)
     proc.send_signal(sig)
     proc.wait(timeout=60)  # stdin stays open until the run has ended: the signal, not an end of data
     stderr = proc.communicate(timeout=60)[1].decode()

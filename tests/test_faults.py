@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, run_cli
+from .conftest import assert_clean_error, file_size_limit, run_cli, wait_for_temp
 
 
 @pytest.mark.parametrize(
@@ -99,14 +99,6 @@ def test_names_read_from_a_file_are_printed_escaped_on_one_line(tmp_path):
     assert_clean_error(proc, 2, "/bad\\nname", "/other")
 
 
-def _small_files():
-    import resource
-    import signal
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-
-
 @pytest.mark.parametrize("output", ["out.tif", "out.img"])
 def test_a_raster_the_disk_did_not_take_whole_is_exit_1_and_nothing_is_left(tmp_path, output):
     import subprocess
@@ -125,24 +117,13 @@ def test_a_raster_the_disk_did_not_take_whole_is_exit_1_and_nothing_is_left(tmp_
         [sys.executable, "-m", "pwconv", "apply", "in.tif", "1,0,0;0,1,0;0,0,1", "-o", output, "--co", "COMPRESS=NONE"]
         if output.endswith(".tif")
         else [sys.executable, "-m", "pwconv", "apply", "in.tif", "1,0,0;0,1,0;0,0,1", "-o", output],
-        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_small_files,
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=file_size_limit(50_000),
     )  # fmt: skip
     # libtiff prints its own line on file descriptor 2 as well: it is kept off the terminal.
     assert_clean_error(
         proc, 1, "did not take all of it" if output.endswith(".img") else "cannot write 'out.tif'"
     )
     assert os.listdir(tmp_path) == ["in.tif"]
-
-
-def _limited(limit: int):
-    def apply_limit() -> None:
-        import resource
-        import signal
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply_limit
 
 
 @pytest.mark.parametrize("member, extra", [("/a", ["--overwrite"]), ("/c", [])])
@@ -159,7 +140,7 @@ def test_a_dataset_written_into_a_container_on_a_full_disk_leaves_the_file_as_it
     np.save(tmp_path / "x.npy", np.ones((256, 256, 4), np.float32))
     proc = subprocess.run(
         [sys.executable, "-m", "pwconv", "apply", "x.npy", "1,1,1,1;1,0,0,0", "-o", f"keep.h5:{member}", *extra],
-        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited(200_000),
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=file_size_limit(200_000),
     )  # fmt: skip
     assert_clean_error(proc, 1, "cannot write")
     assert hashlib.sha256((tmp_path / "keep.h5").read_bytes()).hexdigest() == before
@@ -296,7 +277,7 @@ def test_a_bank_the_disk_did_not_take_is_exit_1_and_nothing_is_left(tmp_path, ba
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((64, 64, 300)).astype(np.float32))
     proc = subprocess.run(
         [sys.executable, "-m", "pwconv", "fit", "pca", "x.npy", "-k", "200", "-o", bank],
-        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited(100_000),
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=file_size_limit(100_000),
     )  # fmt: skip
     assert_clean_error(proc, 1, f"cannot write '{bank}'")
     assert sorted(os.listdir(tmp_path)) == ["x.npy"]
@@ -310,15 +291,6 @@ def _stream_header(shape, dtype="<f4") -> bytes:
     return buffer.getvalue()
 
 
-def _wait_for_temp(folder, proc, seconds: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not any("pwconv-part" in name for name in os.listdir(folder)):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("output", ["y.npy", "y.h5", "y.zarr", "y.tif", "y.nc"])
 def test_a_rerun_after_sigkill_removes_the_temp_the_killed_run_left(tmp_path, output):
     import signal
@@ -330,7 +302,7 @@ def test_a_rerun_after_sigkill_removes_the_temp_the_killed_run_left(tmp_path, ou
     proc = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(_stream_header(shape) + bytes(1 << 20))
     proc.stdin.flush()
-    _wait_for_temp(tmp_path, proc)
+    wait_for_temp(tmp_path, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stdin.close()
