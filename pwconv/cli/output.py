@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from pwconv import errors
 from pwconv.core.words import counted
 from pwconv.errors import PwconvError, UsageError
 
@@ -258,12 +259,6 @@ def discard_unpublished() -> None:
     discard()
 
 
-def quiet_logs() -> bool:
-    from pwconv import errors
-
-    return bool(errors.quiet_library_logs)
-
-
 def _what_was_written() -> str:
     """After a signal: which outputs are complete (a batch run may have written some)."""
     from pwconv.io.atomic import published
@@ -283,7 +278,7 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         from pwconv.io.checks import allow_external
 
         allow_external(kwargs.get("allow_external", False))
-        if quiet_logs():  # here, after typer has put its own hook in place
+        if errors.quiet_library_logs:  # here, after typer has put its own hook in place
             from pwconv.cli import native
 
             native.quiet_destructor_errors()

@@ -76,9 +76,7 @@ def chunk_budget(max_bytes: int, scheduler: str) -> int:
     """Bytes of one input chunk: every worker of this machine holds a chunk and its result at
     once, so that all of them together stay within ``max_bytes`` (a cluster's workers are
     other machines: there a chunk takes a quarter of it, as a block does here)."""
-    workers = (
-        1 if scheduler == "synchronous" else (os.cpu_count() or 1) if scheduler in LOCAL_SCHEDULERS else 1
-    )
+    workers = (os.cpu_count() or 1) if scheduler in ("threads", "processes") else 1
     return max(min(max_bytes // (2 * workers + 2), DEFAULT_CHUNK_BYTES), 1 << 20)
 
 

@@ -70,59 +70,60 @@ def _array_literal(array: np.ndarray) -> str:
     return f"np.array({text}, dtype=np.{array.dtype.name})"
 
 
-def _load_input(case: Case) -> list[str]:
+def _load_input(case: Case) -> tuple[list[str], list[str]]:
+    """The imports and the lines that load the input as ``x``."""
     spec, path = case.spec, repr(case.spec.path)
     if spec.format == "npy":
-        return [f"x = np.load({path})"]
+        return [], [f"x = np.load({path})"]
     if spec.format in ("hdf5", "netcdf") and case.member:
-        return [
-            "import h5py",
-            "",
-            f"with h5py.File({path}, 'r') as f:",
-            f"    x = f[{case.member!r}][...]",
-        ]
+        return ["import h5py"], [f"with h5py.File({path}, 'r') as f:", f"    x = f[{case.member!r}][...]"]
     if spec.format == "zarr":
         opened = (
             f"zarr.open_group({path}, mode='r')[{case.member!r}]"
             if case.member
             else f"zarr.open_array({path}, mode='r')"
         )
-        return ["import zarr", "", f"x = {opened}[...]"]
+        return ["import zarr"], [f"x = {opened}[...]"]
     if spec.format == "raster":
-        return [
-            "import rasterio",
-            "",
+        return ["import rasterio"], [
             f"with rasterio.open({path}) as ds:",
             "    x = np.moveaxis(ds.read(), 0, -1)  # bands last: (rows, cols, bands), as pwconv reads a raster",
         ]
     member = f", {case.member!r}" if case.member else ""
-    return [
-        "import pwconv",
-        "",
-        f"x = pwconv.load_array({path}{member})  # read as pwconv reads it: {case.plan.in_shape}",
+    return ["import pwconv"], [
+        f"x = pwconv.load_array({path}{member})  # read as pwconv reads it: {case.plan.in_shape}"
     ]
 
 
-def _load_operand(operand: Operand, name: str) -> list[str]:
+def _load_operand(operand: Operand, name: str) -> tuple[list[str], list[str]]:
+    """The imports and the lines that load filters or a bias as ``name``."""
     if operand.spec is None:
-        return [f"{name} = {_array_literal(operand.array)}  # the literal {operand.source.split(' ', 1)[-1]}"]
+        return [], [
+            f"{name} = {_array_literal(operand.array)}  # the literal {operand.source.split(' ', 1)[-1]}"
+        ]
     spec, path, member = operand.spec, repr(operand.spec.path), operand.spec.member
     if spec.format == "npy":
-        return [f"{name} = np.load({path})"]
+        return [], [f"{name} = np.load({path})"]
     if spec.format == "npz" and member:
-        return [f"{name} = np.load({path})[{member!r}]"]
+        return [], [f"{name} = np.load({path})[{member!r}]"]
     if spec.format == "safetensors" and member:
-        return ["from safetensors.numpy import load_file", "", f"{name} = load_file({path})[{member!r}]"]
+        return ["from safetensors.numpy import load_file"], [f"{name} = load_file({path})[{member!r}]"]
     if spec.format == "hdf5" and member:
-        return ["import h5py", "", f"with h5py.File({path}, 'r') as f:", f"    {name} = f[{member!r}][...]"]
+        return ["import h5py"], [f"with h5py.File({path}, 'r') as f:", f"    {name} = f[{member!r}][...]"]
     tensor = f", {member!r}" if member else ""
-    return ["import pwconv", "", f"{name} = pwconv.load_weights({path}{tensor})"]
+    return ["import pwconv"], [f"{name} = pwconv.load_weights({path}{tensor})"]
 
 
 def _header(case: Case, target: str, imports: tuple[str, ...] = ()) -> list[str]:
+    """The comment, the imports, and the lines that load ``x``, ``w`` (as pwconv read it) and
+    ``b``; ``x0`` keeps the input as loaded for the check at the end."""
     plan = case.plan
     k, c = plan.out_channels, plan.in_channels
     reading, why = _READINGS[plan.bank.reading]
+    loads = [_load_input(case), _load_operand(case.weights.filters, "w")]
+    if case.weights.bias is not None:
+        loads.append(_load_operand(case.weights.bias, "b"))
+    needed = list(dict.fromkeys(line for wanted, _ in loads for line in wanted))
     lines = [
         f"# pwconv's run as {target}: {'x'.join(map(str, plan.in_shape))} in, "
         f"{'x'.join(map(str, plan.out_shape))} out.",
@@ -130,34 +131,18 @@ def _header(case: Case, target: str, imports: tuple[str, ...] = ()) -> list[str]
         "# times the filter's C weights, summed. Multiplying elementwise would keep all C channels;",
         f"# the sum over the channel axis is what turns C = {c} values into one per filter (K = {k}).",
         "import numpy as np",
+        *needed,
         *imports,
         "",
+        *loads[0][1],
+        *loads[1][1],
+        f"# the filters as pwconv read them, {why}",
+        *([reading] if reading else []),
+        f"assert w.shape == ({k}, {plan.filters.shape[1]})",
     ]
-    loaded = _load_input(case)
-    lines += [line for line in loaded if line.startswith("import ")]
-    lines += _strip_imports(loaded)
-    lines += [
-        line for line in _load_operand(case.weights.filters, "w") if line.startswith(("import ", "from "))
-    ]
-    lines += _strip_imports(_load_operand(case.weights.filters, "w"))
-    lines += [f"# the filters as pwconv read them, {why}"] + ([reading] if reading else [])
-    lines.append(f"assert w.shape == ({k}, {plan.filters.shape[1]})")
     if case.weights.bias is not None:
-        lines += _strip_imports(_load_operand(case.weights.bias, "b"), keep=True)
-        lines.append(f"b = b.reshape(-1)  # one bias per filter: ({k},)")
-    return lines
-
-
-def _strip_imports(lines: list[str], keep: bool = False) -> list[str]:
-    body = [line for line in lines if keep or not line.startswith(("import ", "from "))]
-    while body and body[0] == "":
-        body.pop(0)
-    return body
-
-
-def _moves(plan: ConvPlan) -> tuple[list[int], list[int], list[int]]:
-    layout = plan.layout
-    return list(layout.batch_axes), [layout.channel_axis], list(layout.spatial_axes)
+        lines += [*loads[2][1], f"b = b.reshape(-1)  # one bias per filter: ({k},)"]
+    return [*lines, "", "x0 = x  # as loaded, for the check at the end"]
 
 
 def _stride_lines(plan: ConvPlan, name: str) -> list[str]:
@@ -171,11 +156,12 @@ def _stride_lines(plan: ConvPlan, name: str) -> list[str]:
     ]
 
 
-def _finish_lines(case: Case, integer: bool) -> list[str]:
+def _finish_lines(case: Case) -> list[str]:
+    """The output in pwconv's dtype, its shape, the check by hand, and small outputs shown."""
     plan = case.plan
     out_dtype = plan.out_dtype.name
     lines = []
-    if integer and plan.out_dtype.kind in "iu":
+    if plan.out_dtype.kind in "iu":
         lines.append(f"y = np.rint(y).astype(np.{out_dtype})  # integer data: the sums are whole numbers")
     else:
         lines.append(f"y = y.astype(np.{out_dtype})")
@@ -215,8 +201,7 @@ def numpy_snippet(case: Case) -> str:
     plan = case.plan
     channel = plan.channel_axis
     c, k, g = plan.in_channels, plan.out_channels, plan.groups
-    lines = _header(case, "numpy") + ["", "x0 = x  # as loaded, for the check at the end"]
-    lines += _stride_lines(plan, "x")
+    lines = _header(case, "numpy") + _stride_lines(plan, "x")
     if channel != len(plan.in_shape) - 1:
         lines.append(f"x = np.moveaxis(x, {channel}, -1)  # channels last: each pixel's C values contiguous")
     lines += [
@@ -238,14 +223,18 @@ def numpy_snippet(case: Case) -> str:
     lines.append(f"y = y.reshape(*x.shape[:-1], {k})")
     if channel != len(plan.in_shape) - 1:
         lines.append(f"y = np.moveaxis(y, -1, {channel})  # back to the input's layout, K where C was")
-    lines += _finish_lines(case, integer=True)
+    lines += _finish_lines(case)
     return "\n".join(lines) + "\n"
 
 
 def _framework_layout(plan: ConvPlan, channels_first: bool) -> tuple[list[str], list[str], int]:
     """Lines that bring ``x`` to (N, C, spatial...) or (N, spatial..., C), the lines that bring
     ``y`` back, and the number of spatial axes the framework's convolution sees."""
-    batch, channel, spatial = _moves(plan)
+    batch, channel, spatial = (
+        list(plan.layout.batch_axes),
+        [plan.channel_axis],
+        list(plan.layout.spatial_axes),
+    )
     order = batch + (channel + spatial if channels_first else spatial + channel)
     to, back = [], []
     if order != list(range(len(order))):
@@ -268,17 +257,23 @@ def _framework_layout(plan: ConvPlan, channels_first: bool) -> tuple[list[str], 
     return to, back, max(len(spatial), 1)
 
 
+def _framework_start(
+    case: Case, target: str, imports: tuple[str, ...], *, channels_first: bool, flag: str, convs: str
+) -> tuple[list[str], list[str], int]:
+    """A framework snippet's header and the lines that bring ``x`` to its layout; the lines
+    that bring ``y`` back; the number of spatial axes (``convs``: its 1-D to 3-D layers)."""
+    to, back, dims = _framework_layout(case.plan, channels_first)
+    if dims > 3:
+        raise UsageError(f"expected at most 3 spatial axes for --code {flag} ({convs}), found {dims}")
+    return _header(case, target, imports) + to, back, dims
+
+
 def torch_snippet(case: Case) -> str:
     plan = case.plan
     k, g, cg = plan.out_channels, plan.groups, plan.filters.shape[1]
-    to, back, dims = _framework_layout(plan, channels_first=True)
-    if dims > 3:
-        raise UsageError(f"expected at most 3 spatial axes for --code torch (conv1d-3d), found {dims}")
-    lines = _header(case, "PyTorch", ("import torch",)) + [
-        "",
-        "x0 = x  # as loaded, for the check at the end",
-    ]
-    lines += to
+    lines, back, dims = _framework_start(
+        case, "PyTorch", ("import torch",), channels_first=True, flag="torch", convs="conv1d-3d"
+    )
     ones = ", ".join(["1"] * dims)
     lines += [
         "xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))",
@@ -294,26 +289,24 @@ def torch_snippet(case: Case) -> str:
     )
     lines.append("y = yt.numpy()")
     lines += back
-    lines += _finish_lines(case, integer=True)
+    lines += _finish_lines(case)
     return "\n".join(lines) + "\n"
 
 
 def keras_snippet(case: Case) -> str:
     plan = case.plan
     k, g, cg = plan.out_channels, plan.groups, plan.filters.shape[1]
-    to, back, dims = _framework_layout(plan, channels_first=False)
-    if dims > 3:
-        raise UsageError(f"expected at most 3 spatial axes for --code keras (Conv1D-3D), found {dims}")
-    layer = {1: "Conv1D", 2: "Conv2D", 3: "Conv3D"}[dims]
-    use_bias = case.weights.bias is not None
     imports = (
         "import os",
         "",
         'os.environ.setdefault("KERAS_BACKEND", "torch")  # any backend computes the same',
         "import keras",
     )
-    lines = _header(case, "Keras", imports) + ["", "x0 = x  # as loaded, for the check at the end"]
-    lines += to
+    lines, back, dims = _framework_start(
+        case, "Keras", imports, channels_first=False, flag="keras", convs="Conv1D-3D"
+    )
+    layer = {1: "Conv1D", 2: "Conv2D", 3: "Conv3D"}[dims]
+    use_bias = case.weights.bias is not None
     lines += [
         f"layer = keras.layers.{layer}({k}, 1, strides={plan.stride}, groups={g}, use_bias={use_bias}, dtype='float64')",
         "layer.build((None, *x.shape[1:]))",
@@ -323,7 +316,7 @@ def keras_snippet(case: Case) -> str:
         "y = keras.ops.convert_to_numpy(layer(np.asarray(x, dtype=np.float64)))",
     ]
     lines += back
-    lines += _finish_lines(case, integer=True)
+    lines += _finish_lines(case)
     return "\n".join(lines) + "\n"
 
 
