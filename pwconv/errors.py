@@ -128,5 +128,5 @@ def require_extra(module: str, extra: str, feature: str, *, load: bool = True) -
     except (ImportError, ValueError):
         raise MissingExtraError(
             f"expected the optional package {module!r} for {feature}, found it not installed; "
-            f"install it with: pip install 'pwconv[{extra}]'"
+            f"install it with: pip install 'pwconv[{extra}]' (from a clone: pip install -e '.[{extra}]')"
         ) from None

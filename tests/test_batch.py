@@ -46,7 +46,7 @@ def test_bad_file_does_not_stop_the_others(tree):
     proc = run_cli("batch", "w.npy", "in", "--out-dir", "out", "--suffix", "", "--json", cwd=root)
     assert proc.returncode == 2, proc.stderr
     doc = json.loads(proc.stdout)
-    status = {item["input"].split("/")[-1]: item["status"] for item in doc["files"]}
+    status = {item["path"].split("/")[-1]: item["status"] for item in doc}
     assert status == {
         "a.npy": "ok",
         "b.npy": "ok",
@@ -54,7 +54,10 @@ def test_bad_file_does_not_stop_the_others(tree):
         "wrong.npy": "failed",
         "junk.npy": "failed",
     }
-    assert doc["summary"] == {**doc["summary"], "files": 5, "ok": 3, "failed": 2, "skipped": 0}
+    assert [item["exit_code"] for item in doc if item["status"] == "failed"] == [2, 2]
+    assert all(item["error"] for item in doc if item["status"] == "failed")
+    assert all(item["error"] is None and item["exit_code"] == 0 for item in doc if item["status"] == "ok")
+    assert "5 files: 3 ok, 2 failed" in proc.stderr  # the summary, on stderr with --json too
     assert not (root / "out" / "wrong.npy").exists() and not (root / "out" / "junk.npy").exists()
     assert "FAIL" in proc.stderr and "channel mismatch" in proc.stderr
     assert leftovers(root / "out") == []
@@ -76,7 +79,7 @@ def test_fail_fast_skips_the_rest(tree):
         cwd=root,
     )
     assert proc.returncode == 2
-    assert [item["status"] for item in json.loads(proc.stdout)["files"]] == ["failed", "skipped", "skipped"]
+    assert [item["status"] for item in json.loads(proc.stdout)] == ["failed", "skipped", "skipped"]
     assert not list((root / "out").iterdir())
 
 
@@ -153,10 +156,10 @@ def test_skip_existing_resumes_a_run_and_counts_the_skipped(tree):
     proc = run_cli("batch", "w.npy", "in", "--out-dir", "out", "--skip-existing", "--json", cwd=root)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    status = {item["input"]: (item["status"], item.get("reason")) for item in doc["files"]}
+    status = {item["path"]: (item["status"], item.get("reason")) for item in doc}
     assert status["in/a.npy"] == ("skipped", "exists")
     assert status["in/c.npy"][0] == status["in/sub/b.npy"][0] == "ok"
-    assert doc["summary"]["skipped"] == 1 and doc["summary"]["ok"] == 2
+    assert "3 files: 2 ok, 0 failed, 1 skipped" in proc.stderr
     assert (root / "out" / "a.pw.npy").read_bytes() == kept  # not written again
     np.testing.assert_allclose(
         np.load(root / "out" / "sub" / "b.pw.npy"), reference_conv(data["in/sub/b.npy"], W), rtol=1e-5
@@ -191,7 +194,7 @@ def test_fail_fast_with_jobs_starts_no_new_file_after_a_failure(tree):
     order = [*many[:4], "bad.npy", *many[4:]]
     proc = run_cli("batch", "w.npy", *order, "--out-dir", "out", "--fail-fast", "-j", "2", "--json", cwd=root)
     assert proc.returncode == 2
-    files = json.loads(proc.stdout)["files"]
+    files = json.loads(proc.stdout)
     assert files[4]["status"] == "failed"
     # After the failure at most the one file the other thread had already begun runs.
     assert sum(item["status"] == "ok" for item in files[5:]) <= 1

@@ -97,7 +97,7 @@ def test_json_values_equal_the_reference_loop(tmp_path, case, dtype):
         args += ["--bias", ",".join(str(b) for b in bias)]
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]
     ref = reference_conv(x, w, bias, layout=case["layout"], groups=case["groups"], stride=case["stride"])
     axis = doc["input"]["channel_axis"]
     position = [int(v) for v in case["at"].split(",")]
@@ -154,7 +154,7 @@ def test_large_input_is_not_read_in_full(tmp_path):
     assert proc.returncode == 0, proc.stderr
     peak_kib = int(proc.stdout.split()[-1])
     assert peak_kib < 400 * 1024, peak_kib  # far below the 1 GiB file
-    assert json.loads(proc.stderr)["results"][0]["sum"] == 0.0
+    assert json.loads(proc.stderr)[0]["results"][0]["sum"] == 0.0
 
 
 def test_pixel_outside_the_output_is_a_usage_error():
@@ -176,4 +176,4 @@ def test_explain_reads_stdin(tmp_path):
         "explain", "-", "1,1,1", "--layout", "CHW", "--at", "2,3", "--json", stdin=buffer.getvalue()
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["results"][0]["sum"] == x[:, 2, 3].sum()
+    assert json.loads(proc.stdout)[0]["results"][0]["sum"] == x[:, 2, 3].sum()

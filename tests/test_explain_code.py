@@ -102,7 +102,7 @@ def test_each_snippet_computes_what_apply_writes(tmp_path):
             cwd=tmp_path,
         )  # fmt: skip
         assert explained.returncode == 0, (case, explained.stderr)
-        code = json.loads(explained.stdout)["code"]
+        code = json.loads(explained.stdout)[0]["code"]
         # Every snippet stands alone; they run one after another in one process (one start-up).
         program += [f"{code[t]}\nnp.save('{t}{number}.npy', y)\n" for t in TARGETS]
     ran = _run_snippet("".join(program), tmp_path)
@@ -124,7 +124,7 @@ def test_json_carries_the_snippets_and_all_means_every_target(tmp_path):
     np.save(tmp_path / "m.npy", WORKED_M)
     proc = run_cli("explain", "m.npy", "2,3", "--layout", "CHW", "--code", "all", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]
     assert sorted(doc["code"]) == sorted(TARGETS)
     assert "torch.nn.functional.conv2d" in doc["code"]["torch"] and "Conv2D" in doc["code"]["keras"]
     assert doc["results"][0]["sum"] == 17

@@ -36,7 +36,7 @@ def _bank(path):
 def _fit(tmp_path, *args):
     proc = run_cli("fit", *args, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout)[0]
 
 
 @pytest.mark.parametrize("whiten", [False, True])
@@ -194,7 +194,7 @@ def test_fit_apply_explain_sequence_on_a_photo(tmp_path):
     assert applied.returncode == 0, applied.stderr
     explained = run_cli("explain", photo, "bank.npz", "--at", "5,7", "--json", cwd=tmp_path)
     assert explained.returncode == 0, explained.stderr
-    doc = json.loads(explained.stdout)
+    doc = json.loads(explained.stdout)[0]
     assert doc["ok"] and abs(doc["results"][0]["sum"] - float(np.load(tmp_path / "pc1.npy")[5, 7, 0])) < 1e-9
 
 

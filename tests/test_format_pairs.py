@@ -34,7 +34,7 @@ def test_a_channels_first_result_is_stored_with_the_channels_where_the_format_ke
     np.save(tmp_path / "chw.npy", data)
     proc = run_cli("apply", "chw.npy", IDENTITY, "--layout", "CHW", "-o", output, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["output"]
+    report = json.loads(proc.stdout)[0]["output"]
     assert report["shape"] == [4, 5, 3] and any("channels moved from axis 0" in n for n in report["notes"])
     if output.endswith(".tif"):
         stored = tifffile.imread(tmp_path / output)
@@ -110,7 +110,7 @@ def test_valid_zeros_of_a_float_output_are_not_turned_into_nodata(tmp_path):
         assert np.isnan(ds.nodata)
         data = ds.read(1)
     assert int(np.isnan(data).sum()) == 2 and int((data == 0).sum()) == 3 * 7
-    assert json.loads(proc.stdout)["output"]["nodata"]["pixels"] == 2
+    assert json.loads(proc.stdout)[0]["output"]["nodata"]["pixels"] == 2
 
 
 def test_a_computed_value_equal_to_an_integer_output_nodata_is_replaced_and_counted(tmp_path):
@@ -121,7 +121,7 @@ def test_a_computed_value_equal_to_an_integer_output_nodata_is_replaced_and_coun
     _geotiff(tmp_path / "in.tif", bands, nodata=0)
     proc = run_cli("apply", "in.tif", "1,-1", "--dtype", "uint8", "-o", "d.tif", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)["output"]["nodata"]
+    doc = json.loads(proc.stdout)[0]["output"]["nodata"]
     with rasterio.open(tmp_path / "d.tif") as ds:
         data = ds.read(1)
         assert ds.nodata == 0
@@ -151,7 +151,7 @@ def test_fit_takes_the_channel_dimension_and_the_files_own_nodata(tmp_path):
         "--json", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]
     assert doc["pixels"]["read"] == 2 * 6 * 5 and doc["pixels"]["nodata"] == 1  # -1 left out by default
     rows = np.moveaxis(data, 1, -1).reshape(-1, 4)
     rows = rows[~(rows == -1.0).any(axis=1)].astype(np.float64)
@@ -199,7 +199,7 @@ def test_the_report_says_once_what_the_output_cannot_hold(tmp_path, output, note
     _geotiff(tmp_path / "in.tif", bands, nodata=0)
     proc = run_cli("apply", "in.tif", IDENTITY, "--dtype", "uint8", "-o", output, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    said = json.loads(proc.stdout)["output"]["notes"]
+    said = json.loads(proc.stdout)[0]["output"]["notes"]
     for note in notes:
         assert sum(note in s for s in said) == 1, (note, said)
     assert not any("dropped" in s or "not recorded" in s for s in said) if not notes else True
@@ -254,7 +254,7 @@ def test_output_channel_names_reach_netcdf_hdf5_and_zarr_and_the_report_names_a_
     for name in ("pc.nc", "pc.h5", "pc.zarr", "pc.npy"):
         proc = run_cli("apply", "in.tif", "pca.npz", "-o", name, "--json", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        notes = json.loads(proc.stdout)["output"]["notes"]
+        notes = json.loads(proc.stdout)[0]["output"]["notes"]
         assert any("channel names dropped: NPY" in n for n in notes) == (name == "pc.npy"), notes
     with xr.open_dataset(tmp_path / "pc.nc", engine="h5netcdf") as ds:
         assert list(ds["band"].values) == ["pc1", "pc2"]  # a raster's bands: CF's y, x, band
@@ -282,7 +282,7 @@ def test_a_netcdf_band_dimension_is_the_channel_axis_unless_told_otherwise(tmp_p
         np.testing.assert_allclose(bank["explained_variance"], reference.explained_variance_, rtol=1e-4)
     proc = run_cli("apply", "cube.nc", "1,1,1,1", "-o", "s.nc", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["output"]["shape"] == [2, 1, 6, 5]
+    assert json.loads(proc.stdout)[0]["output"]["shape"] == [2, 1, 6, 5]
     assert "channels on 'band' (axis 1)" in run_cli("info", "cube.nc", cwd=tmp_path).stderr
     proc = run_cli("apply", "cube.nc", "1,1,1,1,1", "--layout", "channels-last", "-o", "t.nc", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # told otherwise: x (5 long) is the channel axis
@@ -393,7 +393,7 @@ def test_every_pair_keeps_values_channels_georeferencing_and_says_what_it_drops(
     np.testing.assert_array_equal(data, PIXELS)  # values, with the channels on the last axis
     if output == "-":
         return
-    notes = json.loads(proc.stdout)["output"]["notes"]
+    notes = json.loads(proc.stdout)[0]["output"]["notes"]
     keeps_geo = georeferenced and output.endswith(GEO_OUTPUTS)
     assert (crs is not None and crs.to_epsg() == 32633) == keeps_geo, (crs, notes)
     assert any("georeferencing dropped" in n for n in notes) == (georeferenced and not keeps_geo), notes
@@ -428,7 +428,7 @@ def test_a_picture_keeps_its_profile_resolution_and_exif_where_the_output_holds_
         "apply", "in.jpg", "0,0,1;0,1,0;1,0,0", "-o", output, "--stride", "2", "--json", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
-    assert not [n for n in json.loads(proc.stdout)["output"]["notes"] if "dropped" in n]
+    assert not [n for n in json.loads(proc.stdout)[0]["output"]["notes"] if "dropped" in n]
     if output.endswith(".tif"):
         with tifffile.TiffFile(tmp_path / output) as tif:
             page = tif.pages[0]
@@ -448,12 +448,12 @@ def test_a_profile_is_dropped_when_the_channels_change_and_the_report_says_so(tm
     Image.fromarray(PIXELS).save(tmp_path / "in.png", icc_profile=_srgb_profile(), dpi=(300, 300))
     proc = run_cli("apply", "in.png", "0.299,0.587,0.114", "-o", "grey.png", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    notes = json.loads(proc.stdout)["output"]["notes"]
+    notes = json.loads(proc.stdout)[0]["output"]["notes"]
     assert any("colour profile dropped: it describes 3 channels, the output has 1" in n for n in notes), notes
     with Image.open(tmp_path / "grey.png") as image:
         assert "icc_profile" not in image.info and tuple(round(v) for v in image.info["dpi"]) == (300, 300)
     proc = run_cli("apply", "in.png", "0.299,0.587,0.114", "-o", "grey.npy", "--json", cwd=tmp_path)
-    notes = json.loads(proc.stdout)["output"]["notes"]
+    notes = json.loads(proc.stdout)[0]["output"]["notes"]
     assert any("colour profile, resolution dropped" in n for n in notes), notes
 
 
@@ -461,7 +461,7 @@ def test_info_takes_the_channel_dimension_as_apply_does(tmp_path):
     _cube(tmp_path / "cube.nc")
     proc = run_cli("info", "cube.nc", "--channel-dim", "time", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["channel_dimension"] == "time"
+    assert json.loads(proc.stdout)[0]["channel_dimension"] == "time"
     assert_clean_error(run_cli("info", "cube.nc", "--channel-dim", "bnad", cwd=tmp_path), 2, "bnad", "band")
 
 
@@ -472,7 +472,7 @@ def test_ome_channel_names_are_the_channel_labels(tmp_path):
     )
     proc = run_cli("info", "x.ome.tif", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["labels"] == {"2": ["DAPI", "GFP", "RFP"]}
+    assert json.loads(proc.stdout)[0]["labels"] == {"2": ["DAPI", "GFP", "RFP"]}
     assert run_cli("fit", "pca", "x.ome.tif", "-k", "2", "-o", "b.npz", cwd=tmp_path).returncode == 0
     with np.load(tmp_path / "b.npz") as bank:
         assert list(bank["channel_names"]) == ["DAPI", "GFP", "RFP"]
@@ -481,10 +481,10 @@ def test_ome_channel_names_are_the_channel_labels(tmp_path):
 def test_a_geotiff_survives_a_trip_through_netcdf(tmp_path):
     _named_geotiff(tmp_path / "in.tif")
     assert run_cli("apply", "in.tif", "1,0,0,0;0,1,0,0", "-o", "g.nc", cwd=tmp_path).returncode == 0
-    info = json.loads(run_cli("info", "g.nc", "--json", cwd=tmp_path).stdout)
+    info = json.loads(run_cli("info", "g.nc", "--json", cwd=tmp_path).stdout)[0]
     assert info["path"] == "g.nc:data" and "0" not in info["labels"]  # the grid mapping is no variable
     proc = run_cli("apply", "g.nc", "1,1", "-o", "back.tif", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert not [n for n in json.loads(proc.stdout)["output"]["notes"] if "georeferencing" in n]
+    assert not [n for n in json.loads(proc.stdout)[0]["output"]["notes"] if "georeferencing" in n]
     with rasterio.open(tmp_path / "back.tif") as ds:
         assert ds.crs.to_epsg() == 32633 and ds.transform == TRANSFORM

@@ -161,7 +161,7 @@ def test_nodata_for_npy_with_nan_and_an_explicit_output_value(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     y = np.load(tmp_path / "y.npy")[..., 0]
-    assert y[1, 2] == -5 and json.loads(proc.stdout)["output"]["nodata"]["pixels"] == 1
+    assert y[1, 2] == -5 and json.loads(proc.stdout)[0]["output"]["nodata"]["pixels"] == 1
     proc = run_cli("apply", "x.npy", "1,1,1", "--nodata", "7", "-o", "z.npy", cwd=tmp_path)
     z = np.load(tmp_path / "z.npy")[..., 0]
     # A float output's nodata is NaN unless --out-nodata says otherwise.
@@ -174,7 +174,7 @@ def test_explain_says_a_pixel_is_nodata(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "this pixel is nodata" in proc.stdout.decode()
     proc = run_cli("explain", "in.tif", "1,0,0,-1", "--at", "100,100", "--json", cwd=tmp_path)
-    assert json.loads(proc.stdout)["pixel"]["nodata"] is False
+    assert json.loads(proc.stdout)[0]["pixel"]["nodata"] is False
 
 
 def test_a_large_tiled_geotiff_streams_with_bounded_memory(tmp_path):

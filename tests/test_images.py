@@ -93,7 +93,7 @@ def test_tiffs_stream_in_blocks_with_the_in_memory_result(tmp_path, layout):
     whole = run_cli(*args, "-o", "whole.npy", cwd=tmp_path)
     streamed = run_cli(*args, "--max-memory", "64KiB", "-o", "streamed.npy", cwd=tmp_path)
     assert whole.returncode == 0 and streamed.returncode == 0, (whole.stderr, streamed.stderr)
-    assert json.loads(streamed.stdout)["blocks"] > 1
+    assert json.loads(streamed.stdout)[0]["blocks"] > 1
     expected = np.moveaxis(data, 0, -1).astype(np.float64) @ np.array([1.0, 2, 3, 4])
     np.testing.assert_array_equal(np.load(tmp_path / "streamed.npy")[..., 0], expected)
     np.testing.assert_array_equal(np.load(tmp_path / "whole.npy"), np.load(tmp_path / "streamed.npy"))
@@ -104,7 +104,7 @@ def test_grayscale_is_h_w_1_and_16_bit_stays_16_bit(tmp_path):
     Image.fromarray(gray).save(tmp_path / "g16.png")
     proc = run_cli("apply", "g16.png", "2", "-o", "out.png", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)[0]
     assert report["input"]["shape"] == [40, 30, 1] and report["output"]["dtype"] == "uint16"
     out = np.asarray(Image.open(tmp_path / "out.png"))
     np.testing.assert_array_equal(out, np.minimum(gray.astype(int) * 2, 65535))
@@ -121,7 +121,7 @@ def test_results_saturate_and_the_report_counts_them(tmp_path):
     out = np.asarray(Image.open(tmp_path / "out.png"))
     expected = rgb.astype(int) @ np.array([[1, 1, 1], [-1, 0, 0]]).T + [0, 5]
     np.testing.assert_array_equal(out, np.clip(expected, 0, 255))
-    clipped = json.loads(proc.stdout)["output"]["clipped"]
+    clipped = json.loads(proc.stdout)[0]["output"]["clipped"]
     assert clipped == {"low": int((expected < 0).sum()), "high": int((expected > 255).sum())}
 
 
@@ -147,7 +147,7 @@ def test_jpeg_output_takes_quality_and_says_it_is_lossy(tmp_path):
 def test_info_describes_an_image(tmp_path):
     proc = run_cli("info", _photo("astronaut.png"), "--json")
     assert proc.returncode == 0, proc.stderr
-    item = json.loads(proc.stdout)
+    item = json.loads(proc.stdout)[0]
     assert item["shape"] == [512, 512, 3]
     assert item["storage"] | {} == item["storage"] and item["storage"]["mode"] == "RGB"
     assert (
@@ -173,7 +173,7 @@ def test_batch_over_a_folder_of_images_with_an_output_format(tmp_path):
 def test_explain_a_pixel_of_an_image():
     proc = run_cli("explain", _photo("astronaut.png"), "0.299,0.587,0.114", "--at", "10,20", "--json")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]
     pixel = np.asarray(Image.open(_photo("astronaut.png")))[10, 20].astype(float)
     assert doc["pixel"]["channels"] == pixel.astype(int).tolist()
     assert abs(doc["results"][0]["sum"] - float(pixel @ REC601)) < 1e-9
@@ -276,4 +276,4 @@ def test_info_names_a_pictures_codec(tmp_path, suffix, codec):
     (picture.convert("P") if suffix == ".gif" else picture).save(tmp_path / f"p{suffix}")
     proc = run_cli("info", f"p{suffix}", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["storage"]["compression"] == codec
+    assert json.loads(proc.stdout)[0]["storage"]["compression"] == codec

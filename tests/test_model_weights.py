@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import h5py
@@ -338,15 +340,130 @@ def test_model_formats_are_read_only(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "blocked, weights, extra", [("torch", "m.pt:w", "torch"), ("onnx", "m.onnx:W", "onnx")]
-)
-def test_missing_extra_is_named(tmp_path, blocked, weights, extra):
+def test_missing_extra_is_named(tmp_path):
+    blocked, weights, extra = "onnx", "m.onnx:W", "onnx"
     np.save(tmp_path / "x.npy", np.ones((2, 2, 6), np.float32))
     (tmp_path / weights.split(":")[0]).write_bytes(b"placeholder")
     proc = cli_in_process(tmp_path, [blocked], ["apply", "x.npy", weights, "-o", "y.npy"])
     assert proc.returncode == 2, proc.stderr
     assert f"pip install 'pwconv[{extra}]'" in proc.stderr.splitlines()[0]
+    assert not (tmp_path / "y.npy").exists()
+
+
+def _every_dtype_state() -> dict:
+    """A state dict as models hold them, with every element type and the tensor shapes that
+    make a reader get strides and offsets right (views, expansions, empty, scalar)."""
+    torch.manual_seed(3)
+    state = _state_dict(_torch_conv())
+    state["extra"] = {
+        "bf16": torch.randn(4, 6).to(torch.bfloat16),
+        "half": [torch.randn(2, 3).half(), torch.randn(3).double()],
+        "ints": (torch.arange(-4, 4, dtype=torch.int8), torch.arange(6, dtype=torch.int64).view(2, 3)),
+        "u16": torch.tensor([1, 65535, 7], dtype=torch.int32).to(torch.uint16),
+        "mask": torch.tensor([True, False]),
+        "view": torch.arange(24.0).view(4, 6)[1:, ::2].t(),
+        "expanded": torch.ones(3, 1).expand(3, 4),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5),
+        "param": torch.nn.Parameter(torch.randn(2, 2)),
+    }
+    return state
+
+
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, torch.Tensor):
+        out[prefix] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}" if prefix else key, item, out)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _flat(f"{prefix}.{i}", item, out)
+    return out
+
+
+def test_state_dict_reads_without_torch_installed_and_matches_torch_load(tmp_path):
+    torch.save(_every_dtype_state(), tmp_path / "m.pt")
+    expected = _flat("", torch.load(tmp_path / "m.pt", weights_only=True), {})
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['torch'] = None\n"
+        "from pwconv import load_array\n"
+        "from pwconv.io.registry import array_specs\n"
+        "from pwconv.io.spec import parse_spec\n"
+        "names = [s.member for s in array_specs(parse_spec('m.pt'))]\n"
+        "np.savez('read.npz', **{n.replace('.', '__'): load_array('m.pt:' + n) for n in names})\n"
+        "print(','.join(names))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().split(",") == list(expected)
+    read = np.load(tmp_path / "read.npz")
+    for name, tensor in expected.items():
+        want = tensor.detach()
+        want = want.float().numpy() if want.dtype == torch.bfloat16 else want.numpy()
+        got = read[name.replace(".", "__")]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_apply_from_a_state_dict_without_torch_matches_the_layer(tmp_path):
+    layer = _torch_conv()
+    torch.save(_state_dict(layer), tmp_path / "model.pt")
+    x = np.random.default_rng(1).standard_normal((2, 6, 5, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ["apply", "x.npy", "model.pt:features.3.conv", "--bias", "auto", "--layout", "NCHW", "-o", "y.npy"]
+    proc = cli_in_process(tmp_path, ["torch"], args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "loaded:"  # no model library was imported
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), _forward(layer, x), rtol=RTOL, atol=ATOL)
+
+
+def test_legacy_torch_file_without_torch_names_the_cpu_build(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((2, 2, 6), np.float32))
+    torch.save({"w": torch.ones(4, 6)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    proc = cli_in_process(tmp_path, ["torch"], ["apply", "x.npy", "old.pt:w", "-o", "y.npy"])
+    assert proc.returncode == 2, proc.stderr
+    assert "legacy format" in proc.stderr.splitlines()[0]
+    assert "download.pytorch.org/whl/cpu" in proc.stderr.splitlines()[0]
+    assert not (tmp_path / "y.npy").exists()
+    with_torch = run_cli("apply", "x.npy", "old.pt:w", "-o", "y.npy", "--json", cwd=tmp_path)
+    assert with_torch.returncode == 0, with_torch.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.full((2, 2, 4), 6, np.float32))
+
+
+@pytest.mark.parametrize(
+    "dtype, named", [(torch.complex64, "ComplexFloat"), (torch.float8_e4m3fn, "float8_e4m3fn")]
+)
+def test_tensor_numpy_cannot_hold_is_refused_others_read(tmp_path, dtype, named):
+    torch.save({"odd": torch.ones(4, 6).to(dtype), "w": torch.ones(4, 6)}, tmp_path / "m.pt")
+    _refused(tmp_path, "m.pt:odd", "real numeric tensor", named)
+    np.save(tmp_path / "x.npy", np.ones((2, 2, 6), np.float32))
+    assert run_cli("apply", "x.npy", "m.pt:w", "-o", "y.npy", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"not a zip and not a pickle", "neither"),
+        (b"PK\x03\x04" + b"\0" * 40, "damaged zip"),
+    ],
+)
+def test_damaged_torch_file_is_one_line(tmp_path, payload, fragment):
+    (tmp_path / "m.pt").write_bytes(payload)
+    _refused(tmp_path, "m.pt:w", fragment)
+
+
+def test_torch_file_cut_short_is_one_line(tmp_path):
+    torch.save({"w": torch.ones(64, 64)}, tmp_path / "m.pt")
+    raw = (tmp_path / "m.pt").read_bytes()
+    cut = raw.index(b"PK\x01\x02")  # the central directory kept, the data cut
+    (tmp_path / "m.pt").write_bytes(raw[: cut - 8000] + raw[cut:])
+    np.save(tmp_path / "x.npy", np.ones((2, 2, 64), np.float32))
+    proc = run_cli("apply", "x.npy", "m.pt:w", "-o", "y.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2)
     assert not (tmp_path / "y.npy").exists()
 
 

@@ -70,7 +70,7 @@ def test_worked_example_json_report(worked):
         "apply", "M.npy", "f211.npy", "-o", "out.h5", "--layout", "channels-first", "--json", cwd=worked
     )
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)[0]
     assert report["input"]["shape"] == [2, 2, 2]
     assert report["weights"]["shape"] == [2, 1, 1]
     assert report["weights"]["read_as"] == "chw"

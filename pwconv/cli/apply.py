@@ -12,6 +12,7 @@ from pwconv.cli.output import (
     Progress,
     check_stdout_open,
     emit_json,
+    entry,
     examples,
     guarded,
     print_rows,
@@ -80,5 +81,5 @@ def apply(
         report = apply_file(input, weights, output, options, dataset=dataset, progress=progress)
     document = report.as_dict()
     if json_report:
-        emit_json(document)
+        emit_json([entry(input, document)])
     print_rows(report_lines(document), quiet=quiet or json_report)

@@ -109,20 +109,13 @@ def batch(
     ok = sum(1 for r in results if r.exit_code == 0 and not r.skipped)
     failed = sum(1 for r in results if r.exit_code)
     skipped = sum(1 for r in results if r.skipped)
-    summary = {
-        "files": len(results),
-        "ok": ok,
-        "failed": failed,
-        "skipped": skipped,
-        "seconds": round(elapsed, 6),
-    }
     if json_report:
-        emit_json({"summary": summary, "files": [r.as_dict() for r in results]})
+        emit_json([r.as_dict() for r in results])
     say(
         f"{len(results)} file{'s' if len(results) != 1 else ''}: {ok} ok, {failed} failed"
         + (f", {skipped} skipped" if skipped else "")
         + f" in {seconds_text(elapsed)}",
-        quiet=quiet_lines,
+        quiet=quiet,  # with --json too: the summary is not in the JSON list
     )
     code = exit_code([r.exit_code for r in results])
     if code:

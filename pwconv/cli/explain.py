@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded
+from pwconv.cli.output import check_stdout_open, emit_json, entry, error, examples, guarded
 
 EXAMPLES = examples(
     [
@@ -66,8 +66,9 @@ def explain(
         input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset, code=targets
     )
     doc = run_explain(request)
+    mismatch = "the fast path differs from the reference beyond float tolerance; this is a pwconv bug"
     if json_report:
-        emit_json(doc)
+        emit_json([entry(input, doc, exit_code=0 if doc["ok"] else 1, error=None if doc["ok"] else mismatch)])
     elif targets:
         sys.stdout.write(joined(doc["code"]))
     else:
@@ -86,5 +87,5 @@ def explain(
                 for line in lines:
                     print("  " + line)
     if not doc["ok"]:
-        error("the fast path differs from the reference beyond float tolerance; this is a pwconv bug")
+        error(mismatch)
         sys.exit(1)

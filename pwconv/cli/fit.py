@@ -10,6 +10,7 @@ from pwconv.cli import options as o
 from pwconv.cli.output import (
     check_stdout_open,
     emit_json,
+    entry,
     examples,
     guarded,
     print_rows,
@@ -56,10 +57,10 @@ def _options(values: dict[str, Any]) -> Any:
     )
 
 
-def _report(doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
+def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> None:
     doc["apply"] = program_as_run() + doc["apply"].removeprefix("pwconv")
     if json_report:
-        emit_json(doc)
+        emit_json([entry(bank, doc)])
         return
     pixels = doc["pixels"]
     rows = [
@@ -122,7 +123,7 @@ def fit_pca(
     from pwconv.jobs.fit import fit_pca as run
 
     check_stdout_open(json_report)
-    _report(run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
+    _report(output, run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
 
 
 @fit_app.command(
@@ -163,4 +164,4 @@ def fit_lstsq(
     doc = run(
         input, target, output, _options(locals()), target_layout=target_layout, bias=not no_bias, ridge=ridge
     )
-    _report(doc, json_report, quiet)
+    _report(output, doc, json_report, quiet)

@@ -8,7 +8,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pwconv.cli import options as o
-from pwconv.cli.output import check_stdout_open, emit_json, error, examples, guarded, print_rows, shape_text
+from pwconv.cli.output import (
+    check_stdout_open,
+    emit_json,
+    entry,
+    error,
+    examples,
+    guarded,
+    print_rows,
+    shape_text,
+)
 from pwconv.core.blocks import size_text
 from pwconv.core.words import counted
 
@@ -46,6 +55,16 @@ def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, st
     ]
 
 
+def _entries(described: list[Any]) -> list[dict[str, Any]]:
+    """One ``--json`` entry per array, and one per file that could not be described."""
+    entries = []
+    for item in described:
+        if item.failure is not None:
+            entries.append(entry(item.path, exit_code=item.exit_code, error=item.failure.for_cli()))
+        entries.extend(entry(array["path"], array) for array in item.arrays)
+    return entries
+
+
 EXAMPLES = examples(["python -m pwconv info input.npy", "python -m pwconv info model.pt --channels 192"])
 
 
@@ -73,8 +92,7 @@ def info(
     check_stdout_open(json_report)
     described = describe_files(files, dataset, channels, channel_dim)
     if json_report:
-        arrays = [a for item in described for a in item.arrays]
-        emit_json(arrays[0] if len(files) == 1 and len(arrays) == 1 else arrays)
+        emit_json(_entries(described))
     for item in described:
         if item.failure is not None:
             error(f"{item.path}: {item.failure.for_cli()}")

@@ -73,11 +73,51 @@ def check_stdout_open(needed: bool, what: str = "--json") -> None:
         )
 
 
-def emit_json(document: Any) -> None:
+def entry(
+    path: str | None, doc: dict[str, Any] | None = None, *, exit_code: int = 0, error: str | None = None
+) -> dict[str, Any]:
+    """One entry of a ``--json`` list: the file it is about, how it ended, and what was found.
+
+    Every ``--json`` prints a list of these, one per array described or file processed, a
+    failed one included, so that a script reads every run the same way.
+
+    >>> entry("x.npy", {"shape": [2]})
+    {'path': 'x.npy', 'exit_code': 0, 'error': None, 'shape': [2]}
+    """
+    return {"path": path, "exit_code": exit_code, "error": error, **(doc or {})}
+
+
+# What the running command promised on stdout with --json, so that a failure anywhere still
+# prints its entry: the path the entry would be about, and whether the list is out already.
+_json_run: dict[str, Any] = {"wanted": False, "path": None, "emitted": False}
+
+
+def emit_json(entries: list[dict[str, Any]]) -> None:
     import json  # only for --json: start-up
 
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    _json_run["emitted"] = True
+    sys.stdout.write(json.dumps(entries, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _json_subject(kwargs: dict[str, Any]) -> str | None:
+    """The path a command's one entry is about: INPUT for apply and explain, the bank written
+    for fit; none for batch and info, whose entries are per file."""
+    if "files" in kwargs or "out_dir" in kwargs:
+        return None
+    if "inputs" in kwargs or "target" in kwargs:  # fit pca, fit lstsq
+        return kwargs.get("output")
+    return kwargs.get("input")
+
+
+def _emit_failure_entry(code: int, message: str) -> None:
+    """With --json, the run's failure as its list of one entry (unless the list is out)."""
+    if not _json_run["wanted"] or _json_run["emitted"] or isinstance(sys.stdout, ClosedStdout):
+        return
+    try:
+        emit_json([entry(_json_run["path"], exit_code=code, error=message)])
+    except (OSError, ValueError):
+        pass  # stdout itself failed; the line on stderr stands
 
 
 def shape_text(shape: list[int] | tuple[int, ...]) -> str:
@@ -270,6 +310,11 @@ def _what_was_written() -> str:
     return f"{len(done)} output(s) written whole before it (last {last!r}), nothing else was written"
 
 
+def _fail(message: str, code: int = 1) -> None:
+    error(message)
+    _emit_failure_entry(code, message)
+
+
 def guarded(command: Callable[..., None]) -> Callable[..., None]:
     """Turn every failure of a command into one line on stderr and the documented exit code."""
 
@@ -278,6 +323,11 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         from pwconv.io.checks import allow_external
 
         allow_external(kwargs.get("allow_external", False))
+        _json_run.update(
+            wanted=bool(kwargs.get("json_report")) and kwargs.get("output") != "-",
+            path=_json_subject(kwargs),
+            emitted=False,
+        )
         if errors.quiet_library_logs:  # here, after typer has put its own hook in place
             from pwconv.cli import native
 
@@ -287,6 +337,7 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         except PwconvError as exc:
             discard_unpublished()
             error(exc.for_cli())
+            _emit_failure_entry(exc.exit_code, exc.for_cli())
             _quiet_abandoned_tasks()
             if exc.exit_code != 2:
                 _leave_after_failure(exc.exit_code)
@@ -294,26 +345,28 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             discard_unpublished()
             error(f"interrupted; {_what_was_written()}")
+            _emit_failure_entry(130, "interrupted")
             _leave_after_failure(130)
         except SystemExit as exc:
             if isinstance(exc.code, int) and exc.code > 128:  # SIGTERM, turned into an exit by main()
                 discard_unpublished()
                 error(f"terminated; {_what_was_written()}")
+                _emit_failure_entry(exc.code, "terminated")
                 _leave_after_failure(exc.code)
             raise
         except BrokenPipeError:
             _leave_quietly_on_broken_pipe()
         except MemoryError:
-            error("out of memory; lower --max-memory so the input is processed in smaller blocks")
+            _fail("out of memory; lower --max-memory so the input is processed in smaller blocks")
             sys.exit(1)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
-            error(f"I/O failure: {exc.strerror or exc}{where}; check the disk and permissions")
+            _fail(f"I/O failure: {exc.strerror or exc}{where}; check the disk and permissions")
             _leave_after_failure(1)
         except Exception as exc:
             if os.environ.get("PWCONV_DEBUG"):
                 raise
-            error(f"internal error: {type(exc).__name__}: {exc} (set PWCONV_DEBUG=1 for a traceback)")
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set PWCONV_DEBUG=1 for a traceback)")
             sys.exit(1)
 
     return wrapper

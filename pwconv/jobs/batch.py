@@ -35,13 +35,18 @@ class FileResult:
         return self.failure.exit_code if self.failure else 0
 
     def as_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"input": self.input, "output": self.output, "exit_code": self.exit_code}
+        """The file's ``--json`` entry: the input as its path, how it ended, its output."""
+        doc: dict[str, Any] = {
+            "path": self.input,
+            "exit_code": self.exit_code,
+            "error": None if self.failure is None else self.failure.for_cli(),
+            "output": self.output,
+        }
         if self.skipped:
             doc["status"] = "skipped"
             doc["reason"] = self.why_skipped
         elif self.failure is not None:
             doc["status"] = "failed"
-            doc["error"] = self.failure.for_cli()
         else:
             doc["status"] = "ok"
             doc["report"] = self.report.as_dict() if self.report else None

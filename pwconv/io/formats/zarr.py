@@ -31,7 +31,7 @@ _CHUNK_TARGET_BYTES = 16 << 20
 
 
 def _zarr() -> Any:
-    return require_extra("zarr", "dask", ".zarr files")
+    return require_extra("zarr", "zarr", ".zarr files")
 
 
 def _open_node(path: str) -> Any:
@@ -77,7 +77,7 @@ class ZarrSource(Source):
     def __init__(self, path: str, member: str | None) -> None:
         self.path, self.member = path, member
         check_readable(path)
-        require_extra("zarr", "dask", ".zarr files", load=False)
+        require_extra("zarr", "zarr", ".zarr files", load=False)
         leaving = link_leaving(path)
         if leaving:
             refuse_external(path, printable(f"a link out of the store ({leaving})"))
@@ -158,7 +158,7 @@ class ZarrSink(FileSink):
         channel_axis: int = -1,
         compression: str | None = None,
     ) -> None:
-        require_extra("zarr", "dask", ".zarr files", load=False)
+        require_extra("zarr", "zarr", ".zarr files", load=False)
         _compressors(compression)  # an unknown name fails before anything is created
         super().__init__(path, folder=True)
         self.shape, self.dtype = shape, np.dtype(dtype)
