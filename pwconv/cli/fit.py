@@ -80,9 +80,9 @@ def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> N
         rms = ", ".join(f"{v:.4g}" for v in doc["rms"][:8])
         r2 = ", ".join(f"{v:.4f}" for v in doc["r2"][:8])
         rows.append(("residual", f"RMS {rms}; R² {r2}; condition number {doc['condition']:.3g}"))
-    bank = doc["bank"]
-    rows.append(("bank", f"{', '.join(doc['output'])}  weights {'x'.join(map(str, bank['weights']))} {bank['dtype']}"
-                 + (" + bias" if bank["bias"] else "")))  # fmt: skip
+    made = doc["bank"]
+    rows.append(("bank", f"{', '.join(doc['output'])}  weights {'x'.join(map(str, made['weights']))} {made['dtype']}"
+                 + (" + bias" if made["bias"] else "")))  # fmt: skip
     rows.append(("time", seconds_text(doc["seconds"])))
     rows.append(("apply", doc["apply"]))  # written as the program was run
     print_rows(rows, quiet=quiet)
