@@ -198,6 +198,7 @@ def test_info_lists_tensors_marks_banks_and_pairs_biases(tmp_path):
     assert items["features.3.conv.weight"]["filter_bank"] == {
         "read_as": "oihw",
         "filters": 4,
+        "groups": 1,
         "bias": "features.3.conv.bias",
     }
     assert items["head.proj.weight"]["filter_bank"] is None

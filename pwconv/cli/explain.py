@@ -41,6 +41,7 @@ def explain(
     dataset: o.DatasetOpt = None,
     nodata: o.NodataOpt = o.NODATA,
     channel_dim: o.ChannelDimOpt = None,
+    dtype: o.DtypeOpt = None,
     code: Annotated[
         Optional[list[str]],
         typer.Option(

@@ -16,6 +16,7 @@ from pwconv.cli.output import (
     examples,
     guarded,
     print_rows,
+    print_table,
     shape_text,
 )
 from pwconv.core.blocks import size_text
@@ -53,6 +54,89 @@ def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, st
             f"read as {bank['read_as']}{bias}",
         )
     ]
+
+
+def _bank_cell(array: dict[str, Any]) -> str:
+    bank = array["filter_bank"]
+    if bank is None:
+        return "-"
+    groups = f", --groups {bank['groups']}" if bank["groups"] > 1 else ""
+    bias = f", bias {bank['bias']}" if bank["bias"] else ""
+    kind = "grouped 1x1" if groups else "1x1"
+    return f"{kind}: {counted(bank['filters'], 'filter')} as {bank['read_as']}{groups}{bias}"
+
+
+def _node_cell(storage: dict[str, Any]) -> str:
+    node = storage.get("conv_node")
+    if "conv_input" not in storage:
+        return ""
+    group = f", group {storage['conv_group']}" if storage.get("conv_group", 1) > 1 else ""
+    return f"{node or '(unnamed)'} {storage['conv_input']}{group}"
+
+
+def _fit_rows(fit: dict[str, Any]) -> list[tuple[str, str]]:
+    """What ``fit`` stored with a bank: method, components and their share, names."""
+    names = fit["filter_names"]
+    if "explained_total" in fit:
+        shares = ", ".join(
+            f"{name} {100 * r:.1f} %"
+            for name, r in zip(names or range(1, 99), fit["explained_variance_ratio"][:8])
+        )
+        made = (
+            f"{counted(len(fit['explained_variance_ratio']), 'component')} holding "
+            f"{100 * fit['explained_total']:.1f} % of the variance ({shares})"
+        )
+    else:
+        made = "; ".join(
+            f"{label} " + ", ".join(f"{v:.4g}" for v in fit[key][:8])
+            for key, label in (("r2", "R²"), ("rms", "RMS"))
+            if key in fit
+        )
+        if "condition" in fit:
+            made += f"; condition number {fit['condition']:.3g}"
+    pixels = f", from {counted(fit['pixels'], 'pixel')}" if "pixels" in fit else ""
+    rows = [("fit", f"{fit['method']}: {made}{pixels}")]
+    if names:
+        rows.append(
+            ("filters", ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else ""))
+        )
+    if fit["channel_names"]:
+        shown = fit["channel_names"]
+        rows.append(
+            ("fitted on", ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else ""))
+        )
+    return rows
+
+
+def _print_tensors(item: Any, channels: int | None) -> None:
+    """A model file or bank: a title line, then one line per tensor."""
+    arrays = item.arrays
+    first = arrays[0]
+    total = size_text(sum(a["bytes"] for a in arrays))
+    title = f"{item.path}  {item.title}, {counted(len(arrays), 'tensor')}, {total}, read by {first['reader']}"
+    columns = ["tensor", "shape", "dtype", "size"]
+    with_nodes = any("conv_input" in a["storage"] for a in arrays)
+    if with_nodes:
+        columns.append("conv node")
+    if channels is not None:
+        columns.append(f"for {counted(channels, 'channel')}")
+    rows = []
+    for array in arrays:
+        name = (
+            array["path"][len(item.path) + 1 :]
+            if array["path"].startswith(item.path + ":")
+            else array["path"]
+        )
+        row = [name, shape_text(array["shape"]), array["dtype"], size_text(array["bytes"])]
+        if with_nodes:
+            row.append(_node_cell(array["storage"]))
+        if channels is not None:
+            row.append(_bank_cell(array))
+        rows.append(row)
+    print_table(title, columns, rows)
+    fitted = next((a["fit"] for a in arrays if "fit" in a), None)
+    if fitted is not None:
+        print_rows(_fit_rows(fitted))
 
 
 def _entries(described: list[Any]) -> list[dict[str, Any]]:
@@ -96,6 +180,9 @@ def info(
     for item in described:
         if item.failure is not None:
             error(f"{item.path}: {item.failure.for_cli()}")
+        if item.tensors and not json_report:
+            _print_tensors(item, channels)
+            continue
         for array in [] if json_report else item.arrays:
             storage = array["storage"]
             details = ", ".join(f"{k} {v}" for k, v in storage.items() if k not in ("format", "data_bytes"))

@@ -216,6 +216,27 @@ def print_rows(rows: list[tuple[str, str]], *, quiet: bool = False) -> None:
         sys.stderr.flush()
 
 
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A title line and one line per row under column headings, on stderr (rich on a
+    terminal, aligned plain text otherwise)."""
+    if stderr_is_tty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold cyan")
+        for name in columns:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
+        Console(stderr=True, highlight=False).print(table)
+        return
+    widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
+    print(title, file=sys.stderr)
+    for row in [columns, *rows]:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip(), file=sys.stderr)
+    sys.stderr.flush()
+
+
 class Progress:
     """A rich progress bar on stderr, shown only on a terminal and only after about a second."""
 

@@ -201,6 +201,29 @@ def reading_for(shape: tuple[int, ...], in_channels: int) -> tuple[str, int] | N
     return None
 
 
+def bank_reading(shape: tuple[int, ...], in_channels: int) -> tuple[str, int, int] | None:
+    """(reading, K, groups) when a tensor of ``shape`` is a 1x1 bank for ``in_channels``
+    channels: a whole one (groups 1), or a grouped kernel such as torch's (K, C/G, 1, 1),
+    whose ``--groups G`` applies it. A 4-d kernel is read as (O, I, H, W) or (H, W, I, O)
+    before a single (C, H, W) filter, which a model's tensors never are.
+
+    >>> bank_reading((64, 192, 1, 1), 192), bank_reading((32, 1, 1, 1), 32)
+    (('oihw', 64, 1), ('oihw', 32, 32))
+    """
+    shape = tuple(shape)
+    if len(shape) == 4:
+        for reading in _readings(shape, "oihw"):  # (O, I, H, W), then (H, W, I, O)
+            seen, kernel = reading.in_channels, reading.kernel
+            filters = shape[0] if reading.name == "oihw" else shape[-1]
+            if not all(k == 1 for k in kernel) or seen > in_channels or in_channels % seen:
+                continue
+            groups = in_channels // seen
+            if filters % groups == 0:
+                return reading.name, int(filters), groups
+    whole = reading_for(shape, in_channels)
+    return None if whole is None else (whole[0], whole[1], 1)
+
+
 def normalise_bias(bias: np.ndarray | None, n_filters: int) -> np.ndarray | None:
     """Return ``bias`` as a (K,) vector, or raise if it does not hold one value per filter."""
     if bias is None:

@@ -203,6 +203,11 @@ def backend_of(spec: Spec) -> Backend:
     return format_named(spec.format).load()
 
 
+def read_labels(spec: Spec, name: str) -> tuple[str, ...] | None:
+    """The text array ``name`` of the container at ``spec`` (a bank's filter names), if any."""
+    return backend_of(spec).read_labels(spec.path, name)
+
+
 def open_source(spec: Spec) -> Source:
     """A lazy reader for ``spec`` (a :class:`~pwconv.io.spec.Spec`); only the header is read."""
     return backend_of(spec).open_source(spec)

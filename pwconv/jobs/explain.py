@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.conv import ConvPlan, compute_block
+from pwconv.core.conv import ConvPlan, compute_block, saturate
 from pwconv.core.reference import pixel_terms, pixel_value
 from pwconv.core.words import counted
 from pwconv.errors import UsageError
@@ -41,9 +41,12 @@ class ExplainRequest:
     code: tuple[str, ...] = ()  # explain --code: the snippets to write (numpy, torch, keras)
 
 
-def axis_names(plan: ConvPlan) -> list[str]:
-    """A letter per input axis: the user's letters, or N/C and H, W (D, L) for the rest."""
+def axis_names(plan: ConvPlan, dimensions: tuple[str, ...] | None = None) -> list[str]:
+    """A name per input axis: the input's own dimension names (NetCDF, Zarr, labelled
+    HDF5), else the user's letters, else N/C and H, W (D, L) for the rest."""
     layout = plan.layout
+    if dimensions and len(dimensions) == layout.ndim and len(set(dimensions)) == layout.ndim:
+        return list(dimensions)
     if layout.name.isalpha() and layout.name.isupper() and len(layout.name) == layout.ndim:
         return list(layout.name)
     spatial = {1: ["L"], 2: ["H", "W"], 3: ["D", "H", "W"]}.get(
@@ -67,7 +70,7 @@ def _parse_list(text: str, what: str) -> list[int]:
         raise UsageError(f"expected whole numbers separated by commas for {what}, found {text!r}") from None
 
 
-def _position(plan: ConvPlan, at: str | None) -> tuple[int, ...]:
+def _position(plan: ConvPlan, at: str | None, names: list[str]) -> tuple[int, ...]:
     """Output coordinates of every non-channel axis; batch axes may be left out (0)."""
     axes = [a for a in range(len(plan.out_shape)) if a != plan.channel_axis]
     if at is None:
@@ -78,7 +81,6 @@ def _position(plan: ConvPlan, at: str | None) -> tuple[int, ...]:
     elif len(values) == len(plan.layout.spatial_axes):
         coords = [0 if a in plan.layout.batch_axes else values.pop(0) for a in axes]
     else:
-        names = axis_names(plan)
         expect = ",".join(names[a] for a in axes)
         raise UsageError(
             f"expected --at with {len(axes)} coordinates ({expect}), found {len(values)} in {at!r}"
@@ -86,7 +88,7 @@ def _position(plan: ConvPlan, at: str | None) -> tuple[int, ...]:
     for axis, value in zip(axes, coords):
         if not 0 <= value < plan.out_shape[axis]:
             raise UsageError(
-                f"expected --at inside the output ({axis_names(plan)[axis]} from 0 to "
+                f"expected --at inside the output ({names[axis]} from 0 to "
                 f"{plan.out_shape[axis] - 1}), found {value}"
             )
     return tuple(coords)
@@ -142,8 +144,11 @@ def _pixel_of(line: np.ndarray, axis: int, offset: int) -> tuple[Any, ...]:
     return tuple(pixel_at)
 
 
-def _filter_doc(plan: ConvPlan, pixel: np.ndarray, fast: np.ndarray, k: int) -> dict[str, Any]:
-    """Filter ``k`` at the pixel, term by term, against the fast path's value."""
+def _filter_doc(
+    plan: ConvPlan, pixel: np.ndarray, fast: np.ndarray, k: int, saturate_to: np.dtype | None
+) -> dict[str, Any]:
+    """Filter ``k`` at the pixel, term by term, against the fast path's value, and the value
+    written where the output's integers hold the result rounded and clipped."""
     terms = pixel_terms(plan, pixel, k)
     bias = plan.bias[k].item() if plan.bias is not None else None
     total = pixel_value(plan, pixel, k)
@@ -161,13 +166,16 @@ def _filter_doc(plan: ConvPlan, pixel: np.ndarray, fast: np.ndarray, k: int) -> 
         "bias": _number(bias),
         "sum": _number(total),
         "fast_path": _number(fast_value),
+        "written": None
+        if saturate_to is None
+        else saturate(np.array([fast_value]), saturate_to)[0][0].item(),
         "difference": _number(difference),
         "tolerance": tolerance,
         "ok": bool(ok),
     }
 
 
-def _matrix_doc(plan: ConvPlan) -> dict[str, Any]:
+def _matrix_doc(plan: ConvPlan, written: np.dtype) -> dict[str, Any]:
     """The whole run as one matrix product: its sizes and costs."""
     return {
         "pixels": plan.pixels,
@@ -179,7 +187,7 @@ def _matrix_doc(plan: ConvPlan) -> dict[str, Any]:
         "bytes": {
             "input": math.prod(plan.in_shape) * plan.in_dtype.itemsize,
             "weights": plan.bank.matrix.nbytes,
-            "output": math.prod(plan.out_shape) * plan.out_dtype.itemsize,
+            "output": math.prod(plan.out_shape) * written.itemsize,
         },
     }
 
@@ -206,9 +214,10 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     source = open_source(spec)
     try:
         options = with_channel_dim(request.options, source)
-        plan, _ = make_plan(source, loaded, options)
+        plan, saturate_to = make_plan(source, loaded, options)
         nodata = resolve_nodata(options, source, np.dtype(np.float64))
-        coords = _position(plan, request.at)
+        names = axis_names(plan, source.description.dimensions)
+        coords = _position(plan, request.at, names)
         line, offset = _read_line(source, plan, coords)
     finally:
         source.close()
@@ -217,8 +226,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     pixel = line[where].reshape(-1)
     fast = compute_block(plan, line)[where].reshape(-1)
     chosen = _chosen_filters(plan, request.filters)
-    filters_doc = [_filter_doc(plan, pixel, fast, k) for k in chosen]
-    names = axis_names(plan)
+    filters_doc = [_filter_doc(plan, pixel, fast, k, saturate_to) for k in chosen]
     out_positions = [a for a in range(len(plan.out_shape)) if a != axis]
     in_coords = [
         c * plan.stride if a in plan.layout.spatial_axes else c for a, c in zip(out_positions, coords)
@@ -229,7 +237,12 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         "bias": describe_bias(loaded),
         "groups": plan.groups,
         "stride": plan.stride,
-        "output": {"shape": list(plan.out_shape), "dtype": plan.out_dtype.name},
+        "output": {
+            "shape": list(plan.out_shape),
+            "dtype": (saturate_to or plan.out_dtype).name,
+            # integers from a float result: rounded to nearest and clipped, as apply writes them
+            "computed_in": plan.out_dtype.name,
+        },
         "pixel": {
             "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
             "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
@@ -238,14 +251,16 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         },
         "results": filters_doc,
         "filters_not_shown": plan.out_channels - len(chosen),
-        "matrix": _matrix_doc(plan),
+        "matrix": _matrix_doc(plan, saturate_to or plan.out_dtype),
         "ok": all(item["ok"] for item in filters_doc),
     }
     if request.code:
         from pwconv.jobs.snippets import Case, snippets
 
         member = spec.member or _only_array(spec)
-        doc["code"] = snippets(Case(spec, member, loaded, plan, tuple(coords), chosen[0]), list(request.code))
+        doc["code"] = snippets(
+            Case(spec, member, loaded, plan, tuple(coords), chosen[0], saturate_to), list(request.code)
+        )
     return doc
 
 
@@ -311,7 +326,9 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
         if matrix["groups"] > 1:
             lo, hi = item["channels"]
             label += f" (group {item['group']}, channels {lo}-{hi - 1})"
-        pixel_lines.append(f"{label}:  {text} = {_fmt(item['sum'])}")
+        written = item.get("written")
+        stored = "" if written is None else f" -> {_fmt(written)} in {out['dtype']} (rounded, clipped)"
+        pixel_lines.append(f"{label}:  {text} = {_fmt(item['sum'])}{stored}")
         verdict = "ok" if item["ok"] else "MISMATCH (a pwconv bug: please report it)"
         pixel_lines.append(
             f"    fast path: {_fmt(item['fast_path'])}   difference {item['difference']:.3g}"

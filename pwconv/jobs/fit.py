@@ -292,6 +292,7 @@ def fit_pca(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
         )
     result = pca(moments, k, whiten)
+    method = "pca" + (" (whitened)" if whiten else "")
     dtype = _bank_dtype([h.dtype for h in headers])
     arrays = {
         "weights": result.weights.astype(dtype),
@@ -302,11 +303,12 @@ def fit_pca(
         "explained_variance_ratio": result.explained_variance_ratio,
         "n_pixels": np.array(result.n_pixels),
         **_labels([f"pc{i + 1}" for i in range(result.weights.shape[0])], headers[0].labels),
+        "method": np.array([method]),  # for info BANK
     }
     written = write_arrays(out_spec, arrays, options.overwrite)
     return {
         "pwconv": __version__,
-        "method": "pca" + (" (whitened)" if whiten else ""),
+        "method": method,
         "inputs": [s.text for s in specs],
         "output": written,
         "bank": {"weights": list(arrays["weights"].shape), "dtype": dtype.name, "bias": True},
@@ -355,6 +357,7 @@ def fit_lstsq(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
         )
     result = lstsq(moments, channels[0], bias=bias, ridge=ridge)
+    method = "lstsq" + (f" (ridge {ridge:g})" if ridge else "")
     dtype = _bank_dtype([headers[0].dtype])
     arrays: dict[str, np.ndarray] = {"weights": result.weights.astype(dtype)}
     if result.bias is not None:
@@ -365,11 +368,12 @@ def fit_lstsq(
         "condition": np.array(result.condition),
         "n_pixels": np.array(result.n_pixels),
         **_labels(headers[1].labels, headers[0].labels),
+        "method": np.array([method]),
     }
     written = write_arrays(out_spec, arrays, options.overwrite)
     return {
         "pwconv": __version__,
-        "method": "lstsq" + (f" (ridge {ridge:g})" if ridge else ""),
+        "method": method,
         "inputs": [in_spec.text],
         "target": target_spec.text,
         "output": written,

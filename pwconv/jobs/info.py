@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from pwconv.core.filters import reading_for
+from pwconv.core.filters import bank_reading
 from pwconv.errors import PwconvError, UsageError
-from pwconv.io.registry import array_specs, companion_bias, open_source
+from pwconv.io.registry import array_specs, companion_bias, format_named, open_source, read_labels
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.jobs.options import band_dimension, channel_dim_axis
 
@@ -58,17 +58,59 @@ def array_info(spec: Spec, channels: int | None = None, channel_dim: str | None 
     finally:
         source.close()
     if channels is not None:
-        fits = reading_for(shape, channels)
+        fits = bank_reading(shape, channels)
         info["filter_bank"] = (
             None
             if fits is None
             else {
                 "read_as": fits[0],
                 "filters": fits[1],
+                "groups": fits[2],  # the --groups that applies it (1: a whole bank)
                 "bias": companion_bias(spec if name is None else dataclasses.replace(spec, member=name)),
             }
         )
     return info
+
+
+#: What ``fit`` stores beside a bank's weights, and what ``info BANK`` reports of it.
+_FIT_TEXT = ("method", "names", "channel_names")
+
+
+def fit_summary(spec: Spec, names: list[str]) -> dict[str, Any] | None:
+    """What ``fit`` stored in a bank file (method, components, explained variance, the
+    filters' and the fitted channels' names), read from its small arrays; None for a file
+    that is not a fitted bank."""
+    members = {name.lstrip("/"): name for name in names}  # HDF5 names its datasets /weights
+    if "weights" not in members or spec.member:
+        return None
+    text = {name: read_labels(spec, name) for name in _FIT_TEXT}
+    numbers: dict[str, np.ndarray] = {}
+    for name in ("explained_variance_ratio", "r2", "rms", "condition", "n_pixels"):
+        if name in members:
+            source = open_source(dataclasses.replace(spec, member=members[name]))
+            try:
+                if math.prod(source.shape) <= 1 << 16:  # a summary, not a tensor
+                    numbers[name] = np.asarray(source.read(tuple(slice(None) for _ in source.shape)))
+            finally:
+                source.close()
+    if not numbers and text["method"] is None:
+        return None  # named arrays, not what fit writes
+    method = (
+        text["method"][0] if text["method"] else ("pca" if "explained_variance_ratio" in numbers else "lstsq")
+    )
+    summary: dict[str, Any] = {"method": method, "filter_names": list(text["names"] or []) or None}
+    summary["channel_names"] = list(text["channel_names"] or []) or None
+    if "explained_variance_ratio" in numbers:
+        ratio = numbers["explained_variance_ratio"].astype(float).ravel()
+        summary |= {"explained_variance_ratio": ratio.tolist(), "explained_total": float(ratio.sum())}
+    for name in ("r2", "rms"):
+        if name in numbers:
+            summary[name] = numbers[name].astype(float).ravel().tolist()
+    if "condition" in numbers:
+        summary["condition"] = float(numbers["condition"])
+    if "n_pixels" in numbers:
+        summary["pixels"] = int(numbers["n_pixels"])
+    return summary
 
 
 @dataclass
@@ -78,6 +120,9 @@ class FileInfo:
     path: str
     arrays: list[dict[str, Any]]
     failure: PwconvError | None = None
+    #: A model file or a bank named whole: one line per tensor says more than a block each.
+    tensors: bool = False
+    title: str = ""  # the format, as messages write it
 
     @property
     def exit_code(self) -> int:
@@ -101,7 +146,16 @@ def describe_file(
         spec = parse_spec(path, dataset)
         if spec.path == "-":
             raise UsageError("expected a file for info, found '-'; give a path")
-        return FileInfo(path, [array_info(s, channels, channel_dim) for s in array_specs(spec)])
+        specs = array_specs(spec)
+        arrays = [array_info(s, channels, channel_dim) for s in specs]
+        whole = spec.member is None and len(specs) > 1
+        row = format_named(spec.format)
+        summary = fit_summary(spec, [s.member or "" for s in specs]) if whole and row.banks else None
+        for array, part in zip(arrays, specs):
+            if summary is not None and (part.member or "").lstrip("/") == "weights":
+                array["fit"] = summary
+        tensors = whole and (row.family == "model" or summary is not None)
+        return FileInfo(path, arrays, tensors=tensors, title=row.title)
     except PwconvError as exc:
         return FileInfo(path, [], exc)
 

@@ -63,6 +63,7 @@ class Case:
     plan: ConvPlan
     out_index: tuple[int, ...]  # every non-channel output axis
     filter: int
+    saturate_to: np.dtype | None = None  # integers written from a float result (--dtype uint8)
 
 
 def _array_literal(array: np.ndarray) -> str:
@@ -161,7 +162,13 @@ def _finish_lines(case: Case) -> list[str]:
     plan = case.plan
     out_dtype = plan.out_dtype.name
     lines = []
-    if plan.out_dtype.kind in "iu":
+    if case.saturate_to is not None:
+        info = np.iinfo(case.saturate_to)
+        lines.append(
+            f"y = np.clip(np.rint(y), {info.min}, {info.max}).astype(np.{case.saturate_to.name})"
+            "  # as pwconv writes it: rounded to nearest, clipped"
+        )
+    elif plan.out_dtype.kind in "iu":
         lines.append(f"y = np.rint(y).astype(np.{out_dtype})  # integer data: the sums are whole numbers")
     else:
         lines.append(f"y = y.astype(np.{out_dtype})")
@@ -189,9 +196,14 @@ def _check_lines(case: Case) -> list[str]:
     out_text = ", ".join(map(str, out_at))
     in_text = ", ".join(map(str, in_at))
     bias = f" + b[{k}]" if case.weights.bias is not None else ""
+    rounded = []
+    if case.saturate_to is not None:
+        info = np.iinfo(case.saturate_to)
+        rounded = [f"by_hand = float(np.clip(np.rint(by_hand), {info.min}, {info.max}))"]
     return [
         f"# one value, by hand: output [{out_text}] is input [{in_text}] (its channels) . filter {k}",
         f"by_hand = np.dot(x0[{in_text}].astype(np.float64), w[{k}].astype(np.float64)){bias}",
+        *rounded,
         f'print("y[{out_text}] =", y[{out_text}], " x[{in_text}] . w[{k}] =", by_hand)',
         f"assert np.isclose(float(y[{out_text}]), by_hand, rtol=1e-5, atol=1e-6 * (1 + abs(by_hand)))",
     ]

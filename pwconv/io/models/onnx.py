@@ -53,6 +53,17 @@ def _conv_nodes(model: Any) -> dict[str, Any]:
     return {n.name: n for n in model.graph.node if n.op_type == "Conv" and n.name}
 
 
+def _conv_role(model: Any, name: str) -> dict[str, Any]:
+    """The Conv node whose weights (or bias) ``name`` is, and its group count: the node's
+    name selects the tensor as ``model.onnx:NODE``."""
+    for node in model.graph.node:
+        if node.op_type == "Conv" and name in list(node.input)[1:3]:
+            group = next((int(a.i) for a in node.attribute if a.name == "group"), 1)
+            role = "weights" if node.input[1] == name else "bias"
+            return {"conv_node": node.name or None, "conv_input": role, "conv_group": group}
+    return {}
+
+
 def _external_file(path: str, tensor: Any) -> None:
     """Refuse external data outside the model's folder."""
     for entry in tensor.external_data:
@@ -129,6 +140,7 @@ class OnnxFormat(Backend):
             "format": "onnx",
             "initializer": name,
             "external": tensor.data_location == onnx.TensorProto.EXTERNAL,
+            **_conv_role(model, name),
         }
         shape = tuple(int(n) for n in tensor.dims)
         return ArraySource(shape, dtype, lambda: _read(spec.path, tensor), storage, named(name, "onnx"))
