@@ -54,7 +54,12 @@ DatasetOpt = Annotated[
 WeightsDatasetOpt = Annotated[
     Optional[str], typer.Option("--weights-dataset", help="Dataset or array inside a container weights file.")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report on stdout as a JSON list of entries (path, exit_code, error, ...).")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the report on stdout as a JSON list of entries (path, exit_code, error, ...)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")]
 AllowExternalOpt = Annotated[
     bool,
