@@ -1,4 +1,4 @@
-"""``pwconv fit pca|lstsq``: learn a filter bank from the data, for ``pwconv apply``."""
+"""``pwconv fit pca|mnf|lstsq``: learn a filter bank from the data, for ``pwconv apply``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pwconv.cli.output import (
 
 fit_app = typer.Typer(
     name="fit",
-    help="Learn a filter bank from data in one streamed pass: pca (and whitening) or lstsq.",
+    help="Learn a filter bank from data in one streamed pass: pca (and whitening), mnf or lstsq.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -36,6 +36,18 @@ NodataOpt = Annotated[
         "--nodata",
         help="Pixels left out: auto (each file's own: GeoTIFF nodata, NetCDF _FillValue), a value in any "
         "channel, nan or none. NaN is always left out.",
+    ),
+]
+ComponentsOpt = Annotated[
+    Optional[float],
+    typer.Option("-k", "--components", help="Components to keep, or a fraction of the variance (0.99)."),
+]
+ReconstructOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--reconstruct",
+        help="Write the C x C bank that projects onto this many components and back (denoising); "
+        "it stands for -k.",
     ),
 ]
 SampleOpt = Annotated[
@@ -70,7 +82,11 @@ def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> N
     ]  # fmt: skip
     if pixels["note"]:
         rows.append(("note", pixels["note"]))
-    if "explained_variance_ratio" in doc:
+    if "snr" in doc:
+        snr = ", ".join(f"{v:.4g}" for v in doc["snr"][:8]) + (" ..." if len(doc["snr"]) > 8 else "")
+        rows.append(("snr", f"{doc['components']} components, signal-to-noise {snr} "
+                     f"(noise from {doc['noise_pairs']} neighbour pairs)"))  # fmt: skip
+    elif "explained_variance_ratio" in doc:
         ratios = ", ".join(f"{r:.4f}" for r in doc["explained_variance_ratio"][:8])
         more = " ..." if len(doc["explained_variance_ratio"]) > 8 else ""
         rows.append(
@@ -85,6 +101,10 @@ def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> N
                  + (" + bias" if made["bias"] else "")))  # fmt: skip
     rows.append(("time", seconds_text(doc["seconds"])))
     rows.append(("apply", doc["apply"]))  # written as the program was run
+    if "inverse" in doc:
+        rows.append(("inverse", f"apply the outputs with {doc['inverse']} to map them back to the channels"))
+    if "forward" in doc:
+        rows.append(("forward", f"{doc['forward']} projects onto the components alone"))
     print_rows(rows, quiet=quiet)
 
 
@@ -103,11 +123,9 @@ def fit_pca(
         list[str], typer.Argument(help="Input tensors (same channel count); all their pixels are used.")
     ],
     output: BankOpt,
-    k: Annotated[
-        float,
-        typer.Option("-k", "--components", help="Components to keep, or a fraction of the variance (0.99)."),
-    ],
+    k: ComponentsOpt = None,
     whiten: Annotated[bool, typer.Option("--whiten", help="Scale each component to unit variance.")] = False,
+    reconstruct: ReconstructOpt = None,
     layout: o.LayoutOpt = o.LAYOUT,
     nodata: NodataOpt = o.NODATA,
     channel_dim: o.ChannelDimOpt = None,
@@ -123,7 +141,59 @@ def fit_pca(
     from pwconv.jobs.fit import fit_pca as run
 
     check_stdout_open(json_report)
-    _report(output, run(inputs, output, k, _options(locals()), whiten=whiten), json_report, quiet)
+    doc = run(inputs, output, k, _options(locals()), whiten=whiten, reconstruct=reconstruct)
+    _report(output, doc, json_report, quiet)
+
+
+@fit_app.command(
+    "mnf",
+    epilog=examples(
+        [
+            "python -m pwconv fit mnf cube.npy -k 10 -o mnf.npz",
+            "python -m pwconv fit mnf cube.envi.img --reconstruct 10 -o denoise.npz",
+        ]
+    ),
+)
+@guarded
+def fit_mnf(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Input images (same channel count); all their pixels are used.")
+    ],
+    output: BankOpt,
+    k: ComponentsOpt = None,
+    noise_from: Annotated[
+        str,
+        typer.Option(
+            "--noise-from",
+            help="The neighbour each pixel's noise is estimated against: lowerright (default), lowerleft, "
+            "right or lower.",
+        ),
+    ] = "lowerright",
+    reconstruct: ReconstructOpt = None,
+    layout: o.LayoutOpt = o.LAYOUT,
+    nodata: NodataOpt = o.NODATA,
+    channel_dim: o.ChannelDimOpt = None,
+    dataset: o.DatasetOpt = None,
+    max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
+    overwrite: o.OverwriteOpt = False,
+    json_report: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    allow_external: o.AllowExternalOpt = False,
+) -> None:
+    """Minimum noise fraction: components ordered by signal-to-noise ratio, the noise estimated
+    from differences of neighbouring pixels (as ENVI and Spectral Python)."""
+    from pwconv.jobs.fit import fit_mnf as run
+
+    check_stdout_open(json_report)
+    doc = run(
+        inputs,
+        output,
+        k,
+        _options(locals() | {"sample": None}),
+        noise_from=noise_from,
+        reconstruct=reconstruct,
+    )
+    _report(output, doc, json_report, quiet)
 
 
 @fit_app.command(

@@ -77,7 +77,11 @@ def _node_cell(storage: dict[str, Any]) -> str:
 def _fit_rows(fit: dict[str, Any]) -> list[tuple[str, str]]:
     """What ``fit`` stored with a bank: method, components and their share, names."""
     names = fit["filter_names"]
-    if "explained_total" in fit:
+    if "snr" in fit:
+        kept = fit["components"]
+        snr = ", ".join(f"{v:.4g}" for v in fit["snr"][:8]) + (" ..." if len(fit["snr"]) > 8 else "")
+        made = f"{counted(kept, 'component')} kept of {len(fit['snr'])}; signal-to-noise {snr}"
+    elif "explained_total" in fit:
         shares = ", ".join(
             f"{name} {100 * r:.1f} %"
             for name, r in zip(names or range(1, 99), fit["explained_variance_ratio"][:8])

@@ -52,13 +52,17 @@ class Moments:
         self.shifted_sum = np.zeros(self.channels)
         self.shifted_products = np.zeros((self.channels, self.channels))
 
-    def add(self, rows: np.ndarray) -> None:
-        """Add a (pixels, channels) block."""
+    def add(self, rows: np.ndarray, *, scratch: bool = False) -> None:
+        """Add a (pixels, channels) block; ``scratch``: a float64 block the caller no longer
+        needs, shifted in place instead of copied."""
         if rows.shape[0] == 0:
             return
         if self.shift is None:
             self.shift = rows.mean(axis=0, dtype=np.float64)
-        shifted = np.subtract(rows, self.shift, dtype=np.float64)  # converts and shifts in one pass
+        if scratch and rows.dtype == np.float64:
+            shifted = np.subtract(rows, self.shift, out=rows)
+        else:
+            shifted = np.subtract(rows, self.shift, dtype=np.float64)  # converts and shifts in one pass
         self.shifted_products += shifted.T @ shifted  # numpy runs this as a symmetric rank-k update
         self.shifted_sum += shifted.sum(axis=0)
         self.count += rows.shape[0]
@@ -92,6 +96,7 @@ class PCA:
     weights: np.ndarray  # (K, C): the bank
     bias: np.ndarray  # (K,)
     n_pixels: int
+    whitened: bool = False
 
 
 def components_for(k: float, ratios: np.ndarray) -> int:
@@ -157,7 +162,97 @@ def pca(moments: Moments, k: float, whiten: bool = False) -> PCA:
         weights=weights,
         bias=-(weights @ moments.mean),
         n_pixels=moments.count,
+        whitened=whiten,
     )
+
+
+def inverse_of(result: PCA) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, K) bank and (C,) bias that map a PCA's outputs back to the channels: the
+    transpose of the components (times the standard deviations when whitened), plus the mean."""
+    inverse = result.components.T
+    if result.whitened:
+        inverse = inverse * np.sqrt(result.explained_variance)[None, :]
+    return inverse, result.mean.copy()
+
+
+@dataclass(frozen=True)
+class MNF:
+    """Minimum noise fraction: components ordered by signal-to-noise ratio."""
+
+    weights: np.ndarray  # (K, C): the forward bank, noise-whitened projections
+    bias: np.ndarray  # (K,): centres them
+    inverse: np.ndarray  # (C, K): back to the channels
+    inverse_bias: np.ndarray  # (C,): the mean
+    eigenvalues: np.ndarray  # (C,) every one, largest first: 1 + the SNR of each component
+    noise: np.ndarray  # (C, C): the noise covariance estimate
+    mean: np.ndarray  # (C,)
+    n_pixels: int
+    n_differences: int
+
+
+def _symmetric_roots(covariance: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The symmetric square root of a covariance and of its inverse."""
+    values, vectors = np.linalg.eigh(covariance)
+    largest = max(float(values.max()), 0.0)
+    if largest == 0 or values.min() <= largest * 1e-12:
+        raise ShapeError(
+            f"expected a {what} of full rank, found a singular one (smallest eigenvalue {values.min():.3g}): "
+            "some channels are constant or combinations of others; drop them first"
+        )
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def mnf(signal: Moments, noise: Moments, k: float) -> MNF:
+    """The MNF transform from the moments of the pixels and of their neighbour differences.
+
+    The noise covariance is half the covariance of the differences (the two pixels' noise
+    adds). The signal covariance is whitened by the noise, ``Ni S Ni`` with ``Ni`` the
+    symmetric inverse square root of the noise covariance, and its eigenvectors ``V``, largest
+    eigenvalue first, give the forward bank ``V.T Ni`` (centred) and the inverse ``N V``. The
+    sign rule of :func:`pca` is applied to the forward bank's rows.
+    """
+    c = signal.channels
+    if signal.count < 2 or noise.count < 2:
+        raise ShapeError(
+            f"expected at least 2 valid pixels and 2 valid neighbour pairs to fit, found {signal.count} and "
+            f"{noise.count}; give a larger image or fewer nodata pixels"
+        )
+    noise_cov = noise.covariance() / 2
+    root, inverse_root = _symmetric_roots(noise_cov, "noise covariance")
+    whitened = inverse_root @ signal.covariance() @ inverse_root
+    values, vectors = np.linalg.eigh((whitened + whitened.T) / 2)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    count = components_for(k, values / values.sum()) if values.sum() > 0 else int(k)
+    if count > c:
+        raise UsageError(
+            f"expected [[k]] of at most the {c} input channels, found {count}; use [[k={c}]] or fewer"
+        )
+    forward = vectors[:, :count].T @ inverse_root
+    signs = np.sign(forward[np.arange(count), np.argmax(np.abs(forward), axis=1)])
+    signs[signs == 0] = 1
+    forward = forward * signs[:, None]
+    inverse = (root @ vectors[:, :count]) * signs[None, :]
+    mean = signal.mean.copy()
+    return MNF(
+        weights=forward,
+        bias=-(forward @ mean),
+        inverse=inverse,
+        inverse_bias=mean,
+        eigenvalues=values,
+        noise=noise_cov,
+        mean=mean,
+        n_pixels=signal.count,
+        n_differences=noise.count,
+    )
+
+
+def reconstruction(
+    weights: np.ndarray, bias: np.ndarray, inverse: np.ndarray, inverse_bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, C) bank and bias of forward then inverse: ``inverse (W x + b) + b_inv``."""
+    return inverse @ weights, inverse @ bias + inverse_bias
 
 
 @dataclass(frozen=True)

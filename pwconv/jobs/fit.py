@@ -18,7 +18,7 @@ import numpy as np
 from pwconv import __version__
 from pwconv.core.blocks import parse_size, plan_blocks
 from pwconv.core.conv import Nodata
-from pwconv.core.fit import Moments, components_for, lstsq, pca
+from pwconv.core.fit import Moments, components_for, inverse_of, lstsq, mnf, pca, reconstruction
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Source
@@ -263,11 +263,23 @@ def _apply_command(inputs: list[str], written: list[str], axes: Axes, dataset: s
     return f"pwconv apply {inputs[0]} {written[0]}{axes.flag}{member}{bias} -o OUTPUT"
 
 
-def fit_pca(
-    inputs: list[str], output: str, k: float, options: FitOptions, *, whiten: bool = False
-) -> dict[str, Any]:
-    """Principal components of the channel vectors of every input, written as a filter bank."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class _Prepared:
+    """What a projection fit (pca, mnf) knows before it reads any pixel."""
+
+    specs: list[Spec]
+    out_spec: Spec
+    axes: Axes
+    headers: list[_Header]
+
+    @property
+    def channels(self) -> int:
+        return self.headers[0].channels
+
+
+def _prepare(inputs: list[str], output: str, k: float, options: FitOptions) -> _Prepared:
+    """Parse and check the inputs and the bank's path, and ``k`` against the channels, from
+    the headers alone."""
     if not inputs:
         raise UsageError("expected at least one input to fit, found none")
     components_for(k, np.ones(1))  # k is checked before any file is read
@@ -281,44 +293,278 @@ def fit_pca(
         raise ShapeError(
             f"expected inputs with the same number of channels, found {sorted(channels)}; fit each kind separately"
         )
-    if k >= 1 and int(k) > next(iter(channels)):
-        c = next(iter(channels))
+    c = next(iter(channels))
+    if k >= 1 and int(k) > c:
         raise UsageError(
             f"expected [[k]] of at most the {c} input channels, found {int(k)}; use [[k={c}]] or fewer"
         )
-    moments, counts, _ = _accumulate([[s] for s in specs], [axes], options, joint=False)
+    return _Prepared(specs, out_spec, axes, headers)
+
+
+def components_asked(k: float | None, reconstruct: int | None) -> float:
+    """The components to keep: ``-k``, or the count ``--reconstruct`` keeps."""
+    if reconstruct is None:
+        if k is None:
+            raise UsageError(
+                "expected [[k]] (components to keep) or [[reconstruct]], found neither; e.g. -k 3"
+            )
+        return k
+    if reconstruct < 1:
+        raise UsageError(f"expected [[reconstruct]] of at least 1 component, found {reconstruct}")
+    if k is not None and k != reconstruct:
+        raise UsageError(
+            f"expected one count of components, found [[k={k:g}]] and [[reconstruct={reconstruct}]]; give one of them"
+        )
+    return float(reconstruct)
+
+
+def _projection_arrays(
+    forward: tuple[np.ndarray, np.ndarray],
+    inverse: tuple[np.ndarray, np.ndarray],
+    dtype: np.dtype,
+    prefix: str,
+    labels: tuple[str, ...] | None,
+    reconstruct: bool,
+) -> dict[str, np.ndarray]:
+    """A projection bank's arrays: the forward bank as ``weights`` and ``bias``, or, with
+    ``reconstruct``, the C x C bank of forward then inverse there and the forward bank as
+    ``forward_weights``; the inverse as ``inverse_weights`` and ``inverse_bias`` (applied with
+    ``--bias auto``)."""
+    k = forward[0].shape[0]
+    arrays = {
+        "inverse_weights": inverse[0].astype(dtype),
+        "inverse_bias": inverse[1].astype(dtype),
+    }
+    if reconstruct:
+        whole = reconstruction(*forward, *inverse)
+        return {
+            "weights": whole[0].astype(dtype),
+            "bias": whole[1].astype(dtype),
+            "forward_weights": forward[0].astype(dtype),
+            "forward_bias": forward[1].astype(dtype),
+            **arrays,
+            **_labels(labels, labels),
+        }
+    names = [f"{prefix}{i + 1}" for i in range(k)]
+    return {
+        "weights": forward[0].astype(dtype),
+        "bias": forward[1].astype(dtype),
+        **arrays,
+        **_labels(names, labels),
+    }
+
+
+def _projection_doc(
+    method: str, prepared: _Prepared, written: list[str], arrays: dict[str, np.ndarray], counts: Pixels
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "pwconv": __version__,
+        "method": method,
+        "inputs": [s.text for s in prepared.specs],
+        "output": written,
+        "bank": {
+            "weights": list(arrays["weights"].shape),
+            "dtype": arrays["weights"].dtype.name,
+            "bias": True,
+        },
+        "pixels": _pixels_doc(counts),
+    }
+    if prepared.out_spec.format != "npy":  # an .npy bank holds the weights and bias alone
+        if "forward_weights" in arrays:
+            doc["forward"] = f"{written[0]}:forward_weights --bias auto"
+        else:
+            doc["inverse"] = f"{written[0]}:inverse_weights --bias auto"
+    return doc
+
+
+def fit_pca(
+    inputs: list[str],
+    output: str,
+    k: float | None,
+    options: FitOptions,
+    *,
+    whiten: bool = False,
+    reconstruct: int | None = None,
+) -> dict[str, Any]:
+    """Principal components of the channel vectors of every input, written as a filter bank
+    (with ``reconstruct``, the C x C bank that keeps that many components)."""
+    start = time.perf_counter()
+    count = components_asked(k, reconstruct)
+    prepared = _prepare(inputs, output, count, options)
+    moments, counts, _ = _accumulate([[s] for s in prepared.specs], [prepared.axes], options, joint=False)
     if counts.used == 0:
         raise ShapeError(
             f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
         )
-    result = pca(moments, k, whiten)
-    method = "pca" + (" (whitened)" if whiten else "")
-    dtype = _bank_dtype([h.dtype for h in headers])
+    result = pca(moments, count, whiten)
+    method = (
+        "pca" + (" (whitened)" if whiten else "") + (f", reconstructed from {count:g}" if reconstruct else "")
+    )
+    dtype = _bank_dtype([h.dtype for h in prepared.headers])
     arrays = {
-        "weights": result.weights.astype(dtype),
-        "bias": result.bias.astype(dtype),
+        **_projection_arrays(
+            (result.weights, result.bias),
+            inverse_of(result),
+            dtype,
+            "pc",
+            prepared.headers[0].labels,
+            bool(reconstruct),
+        ),
         "mean": result.mean,
         "components": result.components,
         "explained_variance": result.explained_variance,
         "explained_variance_ratio": result.explained_variance_ratio,
         "n_pixels": np.array(result.n_pixels),
-        **_labels([f"pc{i + 1}" for i in range(result.weights.shape[0])], headers[0].labels),
         "method": np.array([method]),  # for info BANK
     }
-    written = write_arrays(out_spec, arrays, options.overwrite)
+    written = write_arrays(prepared.out_spec, arrays, options.overwrite)
     return {
-        "pwconv": __version__,
-        "method": method,
-        "inputs": [s.text for s in specs],
-        "output": written,
-        "bank": {"weights": list(arrays["weights"].shape), "dtype": dtype.name, "bias": True},
-        "pixels": _pixels_doc(counts),
+        **_projection_doc(method, prepared, written, arrays, counts),
         "components": int(result.weights.shape[0]),
         "explained_variance": result.explained_variance.tolist(),
         "explained_variance_ratio": result.explained_variance_ratio.tolist(),
         "explained_total": float(result.explained_variance_ratio.sum()),
         "seconds": round(time.perf_counter() - start, 6),
-        "apply": _apply_command(inputs, written, axes, options.dataset),
+        "apply": _apply_command(inputs, written, prepared.axes, options.dataset),
+    }
+
+
+#: Where ``fit mnf`` takes each pixel's neighbour for the noise estimate, as (row, column)
+#: offsets; the names are Spectral Python's.
+NOISE_DIRECTIONS = {"lowerright": (1, 1), "lowerleft": (1, -1), "right": (0, 1), "lower": (1, 0)}
+
+
+def _pairs(x: np.ndarray, step: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel of a (rows, columns, ...) block and its neighbour ``step`` away, where both exist."""
+    dr, dc = step
+    rows = x.shape[0] - dr
+    if dc >= 0:
+        return x[:rows, : x.shape[1] - dc], x[dr:, dc:]
+    return x[:rows, -dc:], x[dr:, : x.shape[1] + dc]
+
+
+def _image_axes(source: Source, axes: Axes, text: str) -> tuple[int, int, int, list[int]]:
+    """(channel, row, column axes, the other pixel axes) of an input to ``fit mnf``: its last
+    two pixel axes are the image's rows and columns."""
+    channel = axes.channel_axis(source)
+    pixel = [a for a in range(len(source.shape)) if a != channel]
+    if len(pixel) < 2:
+        raise ShapeError(
+            f"expected an image (rows and columns of pixels) for fit mnf, found shape {tuple(source.shape)} in "
+            f"{text!r} with channels on axis {channel}; the noise comes from neighbouring pixels"
+        )
+    return channel, pixel[-2], pixel[-1], pixel[:-2]
+
+
+def _mnf_moments(
+    specs: list[Spec], axes: Axes, options: FitOptions, step: tuple[int, int]
+) -> tuple[Moments, Moments, Pixels]:
+    """In one pass over every input, by bands of whole rows (each band read with the next
+    row, so that no neighbour pair is missed): the moments of the valid pixels and of the
+    differences of valid neighbour pairs."""
+    counts = Pixels()
+    signal: Moments | None = None
+    noise: Moments | None = None
+    for spec in specs:
+        (source,) = _open_all([spec], options.max_bytes)
+        try:
+            channel, row, col, outer = _image_axes(source, axes, spec.text)
+            shape = tuple(source.shape)
+            c = shape[channel]
+            signal = signal or Moments(c)
+            noise = noise or Moments(c)
+            nodata = options.nodata_of(source)
+            per_row = shape[col] * c * (np.dtype(source.dtype).itemsize + 40)
+            band = max(1, options.max_bytes // 4 // per_row)
+            for place in np.ndindex(*[shape[a] for a in outer]):
+                for top in range(0, shape[row], band):
+                    bottom = min(shape[row], top + band)
+                    index = [slice(None)] * len(shape)
+                    for axis, i in zip(outer, place):
+                        index[axis] = slice(i, i + 1)
+                    index[row] = slice(top, min(shape[row], bottom + step[0]))
+                    block = np.asarray(source.read(tuple(index)))
+                    x = np.moveaxis(block, (row, col, channel), (0, 1, 2)).reshape(
+                        block.shape[row], shape[col], c
+                    )
+                    valid = _valid(x.reshape(-1, c), nodata).reshape(x.shape[:2])
+                    own, own_valid = x[: bottom - top], valid[: bottom - top]
+                    counts.total += own_valid.size
+                    counts.nodata += int(np.count_nonzero(~own_valid))
+                    first, second = _pairs(x, step)
+                    deltas = np.subtract(first, second, dtype=np.float64)
+                    if valid.all():  # the usual case: no masked copies
+                        signal.add(own.reshape(-1, c))
+                        noise.add(deltas.reshape(-1, c), scratch=True)
+                    else:
+                        signal.add(own[own_valid])
+                        first_valid, second_valid = _pairs(valid, step)
+                        noise.add(deltas[first_valid & second_valid], scratch=True)
+                    source.release(tuple(index))
+        finally:
+            source.close()
+    assert signal is not None and noise is not None
+    counts.used = signal.count
+    return signal, noise, counts
+
+
+def fit_mnf(
+    inputs: list[str],
+    output: str,
+    k: float | None,
+    options: FitOptions,
+    *,
+    noise_from: str = "lowerright",
+    reconstruct: int | None = None,
+) -> dict[str, Any]:
+    """Minimum noise fraction of every input's pixels, written as a filter bank (with
+    ``reconstruct``, the C x C bank that denoises by keeping that many components)."""
+    start = time.perf_counter()
+    if noise_from not in NOISE_DIRECTIONS:
+        raise UsageError(
+            f"expected [[noise_from]] one of {', '.join(NOISE_DIRECTIONS)}, found {noise_from!r}"
+        )
+    if options.sample is not None:
+        raise UsageError(
+            "expected every pixel for fit mnf (its noise comes from neighbours), found --sample; drop it"
+        )
+    count = components_asked(k, reconstruct)
+    prepared = _prepare(inputs, output, count, options)
+    signal, noise, counts = _mnf_moments(prepared.specs, prepared.axes, options, NOISE_DIRECTIONS[noise_from])
+    if counts.used == 0:
+        raise ShapeError(
+            f"expected valid pixels to fit, found none: all {counts.total} are nodata or NaN; check [[nodata]]"
+        )
+    result = mnf(signal, noise, count)
+    kept = result.weights.shape[0]
+    method = f"mnf (noise from {noise_from} differences)" + (
+        f", reconstructed from {kept}" if reconstruct else ""
+    )
+    dtype = _bank_dtype([h.dtype for h in prepared.headers])
+    arrays = {
+        **_projection_arrays(
+            (result.weights, result.bias),
+            (result.inverse, result.inverse_bias),
+            dtype,
+            "mnf",
+            prepared.headers[0].labels,
+            bool(reconstruct),
+        ),
+        "mean": result.mean,
+        "eigenvalues": result.eigenvalues,
+        "noise_covariance": result.noise,
+        "n_pixels": np.array(result.n_pixels),
+        "method": np.array([method]),
+    }
+    written = write_arrays(prepared.out_spec, arrays, options.overwrite)
+    return {
+        **_projection_doc(method, prepared, written, arrays, counts),
+        "components": kept,
+        "eigenvalues": result.eigenvalues.tolist(),
+        "snr": (result.eigenvalues[:kept] - 1).tolist(),
+        "noise_pairs": result.n_differences,
+        "seconds": round(time.perf_counter() - start, 6),
+        "apply": _apply_command(inputs, written, prepared.axes, options.dataset),
     }
 
 

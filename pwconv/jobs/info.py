@@ -85,7 +85,7 @@ def fit_summary(spec: Spec, names: list[str]) -> dict[str, Any] | None:
         return None
     text = {name: read_labels(spec, name) for name in _FIT_TEXT}
     numbers: dict[str, np.ndarray] = {}
-    for name in ("explained_variance_ratio", "r2", "rms", "condition", "n_pixels"):
+    for name in ("explained_variance_ratio", "eigenvalues", "r2", "rms", "condition", "n_pixels"):
         if name in members:
             source = open_source(dataclasses.replace(spec, member=members[name]))
             try:
@@ -103,6 +103,14 @@ def fit_summary(spec: Spec, names: list[str]) -> dict[str, Any] | None:
     if "explained_variance_ratio" in numbers:
         ratio = numbers["explained_variance_ratio"].astype(float).ravel()
         summary |= {"explained_variance_ratio": ratio.tolist(), "explained_total": float(ratio.sum())}
+    if "eigenvalues" in numbers:  # MNF: each eigenvalue is 1 + the component's signal-to-noise ratio
+        summary["snr"] = (numbers["eigenvalues"].astype(float).ravel() - 1).tolist()
+        forward = members.get("forward_weights", members["weights"])  # a reconstruction keeps its own
+        source = open_source(dataclasses.replace(spec, member=forward))
+        try:
+            summary["components"] = int(source.shape[0])
+        finally:
+            source.close()
     for name in ("r2", "rms"):
         if name in numbers:
             summary[name] = numbers[name].astype(float).ravel().tolist()
