@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -45,11 +45,31 @@ EXAMPLES = examples(
 @guarded
 def apply(
     input: Annotated[str, typer.Argument(help=o.INPUT_HELP)],
-    weights: Annotated[str, typer.Argument(help=o.WEIGHTS_HELP)],
     output: Annotated[str, typer.Option("--output", "-o", help=o.OUTPUT_HELP)],
+    weights: Annotated[Optional[str], typer.Argument(help=o.WEIGHTS_HELP + " Not with --index.")] = None,
     layout: o.LayoutOpt = o.LAYOUT,
     weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
     bias: o.BiasOpt = None,
+    divide_by: o.DivideByOpt = None,
+    divide_by_bias: o.DivideByBiasOpt = None,
+    index: Annotated[
+        Optional[str],
+        typer.Option(
+            "--index",
+            help="Named spectral indices in place of WEIGHTS, one output channel each: ndvi, ndwi, mndwi, ndmi, "
+            "nbr, ndbi, savi, evi (e.g. ndvi,nbr).",
+        ),
+    ] = None,
+    bands: Annotated[
+        Optional[str],
+        typer.Option(
+            "--bands", help="Which input band is which for --index: red=3,nir=4 (from 1) or red=B04."
+        ),
+    ] = None,
+    constants: Annotated[
+        Optional[str],
+        typer.Option("--constants", help="An index's constants other than the published: L=0.25."),
+    ] = None,
     groups: o.GroupsOpt = 1,
     stride: o.StrideOpt = 1,
     dtype: o.DtypeOpt = None,

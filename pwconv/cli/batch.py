@@ -43,6 +43,8 @@ def batch(
     layout: o.LayoutOpt = o.LAYOUT,
     weights_layout: o.WeightsLayoutOpt = o.WEIGHTS_LAYOUT,
     bias: o.BiasOpt = None,
+    divide_by: o.DivideByOpt = None,
+    divide_by_bias: o.DivideByBiasOpt = None,
     groups: o.GroupsOpt = 1,
     stride: o.StrideOpt = 1,
     dtype: o.DtypeOpt = None,

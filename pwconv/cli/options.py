@@ -43,6 +43,17 @@ WeightsLayoutOpt = Annotated[
     str, typer.Option("--weights-layout", help="How to read the filters: auto, kc, ck, oihw, hwio.")
 ]
 BiasOpt = Annotated[Optional[str], typer.Option("--bias", help="Bias: a file or a literal such as '0.5,1'.")]
+DivideByOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--divide-by",
+        help="A denominator bank (a file or a literal, as WEIGHTS): each output is WEIGHTS' mix divided by "
+        "this one's, e.g. NDVI as '-1,1' / '1,1'. A zero denominator gives the output nodata (NaN).",
+    ),
+]
+DivideByBiasOpt = Annotated[
+    Optional[str], typer.Option("--divide-by-bias", help="The denominator's bias: a file or a literal.")
+]
 GroupsOpt = Annotated[int, typer.Option("--groups", help="Channel groups (as torch's groups).")]
 StrideOpt = Annotated[int, typer.Option("--stride", help="Subsample every spatial axis by this step.")]
 DtypeOpt = Annotated[

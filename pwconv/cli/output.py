@@ -182,6 +182,10 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
                     "were written as the next value, so that they do not read as nodata",
                 )
             )
+    if out.get("zero_denominators") is not None:
+        zeros = out["zero_denominators"]
+        fill = "NaN" if nodata is None else f"{nodata['output']:g}"
+        rows.append(("divided", f"{counted(zeros, 'value')} with a zero denominator written as {fill}"))
     for note in [*inp.get("notes", []), *out.get("notes", [])]:
         rows.append(("note", note))
     blocks = report["blocks"]

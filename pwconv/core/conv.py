@@ -54,6 +54,9 @@ class ConvPlan:
     out_shape: tuple[int, ...]
     out_dtype: np.dtype
     compute_dtype: np.dtype
+    #: A second bank over the same input: the output is this plan's result divided by its
+    #: result, channel by channel (or by its one channel), from the same read of each block.
+    denominator: ConvPlan | None = None
 
     @property
     def channel_axis(self) -> int:
@@ -537,6 +540,7 @@ class Masked:
 
     pixels: int = 0
     replaced: int = 0
+    zero_denominators: int = 0  # output values whose denominator was 0, written as nodata
 
 
 def compute_masked(
@@ -545,9 +549,28 @@ def compute_masked(
     """:func:`compute_block` with nodata pixels filled with the output's nodata, and computed
     values equal to it replaced; (result, counts)."""
     result = compute_block(plan, xs, out)
+    zero = None
+    if plan.denominator is not None:
+        zero = _divide(result, compute_block(plan.denominator, xs))
     if nodata is None:
-        return result, Masked()
+        if zero is not None:
+            np.copyto(result, math.nan, where=zero)
+        return result, Masked(zero_denominators=_count(zero))
     axis = plan.channel_axis
     bad = nodata.mask(xs, axis)
     replaced = nodata.replace_collisions(result, bad, axis)
-    return result, Masked(nodata.fill(result, bad, axis), replaced)
+    if zero is not None:  # after the collisions: these values are meant to read as nodata
+        np.copyto(result, nodata.out_value, where=zero)
+    return result, Masked(nodata.fill(result, bad, axis), replaced, _count(zero))
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` in place where the denominator is not 0; returns where it
+    is (broadcast to the numerator's shape: one denominator may serve every channel)."""
+    zero = np.broadcast_to(denominator == 0, numerator.shape)
+    np.divide(numerator, denominator, out=numerator, where=~zero)
+    return zero
+
+
+def _count(mask: np.ndarray | None) -> int:
+    return 0 if mask is None else int(np.count_nonzero(mask))

@@ -23,6 +23,7 @@ class Timings:
     blocks: int = 0
     nodata_pixels: int | None = None  # None: not counted (another process computed)
     nodata_replaced: int | None = None  # computed values equal to the output nodata, replaced
+    zero_denominators: int | None = None  # --divide-by: values whose denominator was 0
     block_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 

@@ -103,6 +103,8 @@ def run(
         if masked.pixels or masked.replaced:
             timings.nodata_pixels = (timings.nodata_pixels or 0) + masked.pixels
             timings.nodata_replaced = (timings.nodata_replaced or 0) + masked.replaced
+        if plan.denominator is not None:
+            timings.zero_denominators = (timings.zero_denominators or 0) + masked.zero_denominators
         source.release(read)
         timings.compute += time.perf_counter() - start
         return result

@@ -14,6 +14,7 @@ import numpy as np
 from pwconv import __version__
 from pwconv.core.conv import ConvPlan, Nodata, output_dtype, plan_for
 from pwconv.core.filters import literal_dtype
+from pwconv.core.words import counted
 from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io import pictures
@@ -52,7 +53,7 @@ def make_plan(
     dtype: Any = options.dtype
     if dtype is None and output is not None:
         dtype = default_output_dtype(output, np.dtype(source.dtype), source.description.is_image)
-    if dtype is None and weights.filters.literal:
+    if dtype is None and weights.filters.literal and options.divide_by is None:
         dtype = literal_dtype(source.dtype, weights.filters.array).name
 
     def plan_with(out_dtype: Any) -> ConvPlan:
@@ -61,6 +62,8 @@ def make_plan(
         return plan_for(source.shape, source.dtype, weights.filters.array, bias, conv)
 
     plan = plan_with(None)
+    if options.divide_by is not None and plan.out_dtype.kind not in "fc":
+        plan = plan_with(np.float64)  # a ratio is not a whole number
     if options.dtype is None and output is not None:  # a dtype not asked for: one the format stores
         natural = plan.out_dtype if dtype is None else output_dtype(dtype)
         stored = stored_output_dtype(output, natural)
@@ -71,8 +74,76 @@ def make_plan(
         saturate_to = target  # computed in the natural type, then rounded and clipped
     elif target is not None and target != plan.out_dtype:
         plan = plan_with(target)
+    if options.divide_by is not None:
+        plan = _with_denominator(plan, source, options)
     _check_plan(plan, options, saturate_to)
     return plan, saturate_to
+
+
+def _literal(rows: list[list[float]]) -> str:
+    return ";".join(",".join(repr(float(v)) for v in row) for row in rows)
+
+
+def index_weights(source: Source, options: ApplyOptions) -> tuple[Weights, ApplyOptions]:
+    """The numerator bank of ``options.index`` (named spectral indices) over ``source``'s
+    bands, and the options with the denominator bank set (as ``--divide-by``)."""
+    from pwconv.core.indices import index_banks, parse_bindings, parse_constants
+    from pwconv.core.layout import parse_layout
+
+    assert options.index is not None
+    if options.divide_by is not None:
+        raise UsageError(
+            "expected [[index]] or [[divide_by]], found both; an index brings its own denominator"
+        )
+    if options.bias is not None:
+        raise UsageError(
+            "expected no [[bias]] with [[index]], found one; an index's constants are [[constants]]"
+        )
+    names = [n.strip().lower() for n in options.index.split(",") if n.strip()]
+    axis = parse_layout(options.layout, len(source.shape)).channel_axis
+    labels = source.description.labels.get(axis)
+    banks = index_banks(
+        names,
+        int(source.shape[axis]),
+        labels,
+        parse_bindings(options.bands),
+        parse_constants(options.constants),
+    )
+    loaded = read_weights(_literal(banks[0]), _literal([banks[1]]))
+    said = f"index {', '.join(names)} (numerators)"
+    assert loaded.bias is not None
+    loaded = dataclasses.replace(
+        loaded,
+        filters=dataclasses.replace(loaded.filters, source=said),
+        bias=dataclasses.replace(loaded.bias, source=f"index {', '.join(names)} (constant terms)"),
+        names=tuple(names),
+    )
+    return loaded, dataclasses.replace(
+        options, divide_by=_literal(banks[2]), divide_by_bias=_literal([banks[3]])
+    )
+
+
+def _with_denominator(plan: ConvPlan, source: Source, options: ApplyOptions) -> ConvPlan:
+    """The plan of a ratio of two mixes: the denominator bank planned over the same input,
+    in the numerator's dtype; it has one filter per output channel, or one for all."""
+    assert options.divide_by is not None
+    if plan.out_dtype.kind not in "f":
+        raise UsageError(
+            f"expected a real float output for [[divide_by]], found {plan.out_dtype}; give [[dtype=float32]] or float64"
+        )
+    loaded = read_weights(options.divide_by, options.divide_by_bias)
+    bias = None if loaded.bias is None else loaded.bias.array
+    conv = dataclasses.replace(options.conv, dtype=plan.out_dtype)
+    try:
+        denominator = plan_for(source.shape, source.dtype, loaded.filters.array, bias, conv)
+    except ShapeError as exc:
+        raise ShapeError(f"in the denominator bank {options.divide_by!r}: {exc}") from None
+    if denominator.out_channels not in (1, plan.out_channels):
+        raise ShapeError(
+            f"expected a denominator bank of {counted(plan.out_channels, 'filter')} (one per output channel) or 1, "
+            f"found {denominator.out_channels} in {options.divide_by!r}; give one denominator per numerator filter"
+        )
+    return dataclasses.replace(plan, denominator=denominator)
 
 
 def _check_plan(plan: ConvPlan, options: ApplyOptions, saturate_to: np.dtype | None) -> None:
@@ -316,12 +387,14 @@ def _output_doc(
             "pixels": timings.nodata_pixels,
             "replaced": timings.nodata_replaced,
         },
+        # --divide-by: output values whose denominator was 0, written as the nodata (NaN without one)
+        "zero_denominators": timings.zero_denominators,
     }
 
 
 def apply_file(
     input: str,
-    weights: str | Weights,
+    weights: str | Weights | None,
     output: str,
     options: ApplyOptions | None = None,
     *,
@@ -338,12 +411,20 @@ def apply_file(
     in_spec = parse_spec(input, dataset)
     out_spec = parse_spec(output, what="output")
     check_output(options, out_spec, format_options=False)  # the input may still change its format
+    if options.index is not None and weights:
+        raise UsageError(
+            f"expected WEIGHTS or [[index]], found both ({weights!r} and {options.index!r}); give one"
+        )
+    if options.index is None and not weights:
+        raise UsageError("expected WEIGHTS (a file or a literal) or [[index]], found neither")
     loaded = (
-        weights
+        None
+        if options.index is not None
+        else weights
         if isinstance(weights, Weights)
-        else read_weights(weights, options.bias, member=weights_dataset)
+        else read_weights(weights or "", options.bias, member=weights_dataset)
     )
-    check_distinct(out_spec, in_spec, *loaded.specs)
+    check_distinct(out_spec, in_spec, *(loaded.specs if loaded else []))
     limit_library_caches(options.max_bytes)
     source = open_source(in_spec)
     try:
@@ -351,6 +432,8 @@ def apply_file(
         check_output(options, out_spec)
         check_decoded_piece(source, options.max_bytes, in_spec.text)
         options = with_channel_dim(options, source)
+        if loaded is None:
+            loaded, options = index_weights(source, options)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
         check_channel_names(loaded, source, plan, options)
         labels = output_labels(loaded, plan)

@@ -133,6 +133,13 @@ class ApplyOptions:
     layout: str = AUTO_LAYOUT  # auto: a band-like named dimension, else channels-last
     weights_layout: str = "auto"
     bias: str | None = None
+    # The denominator bank of a ratio of two mixes (a file or a literal, as WEIGHTS), and its bias.
+    divide_by: str | None = None
+    divide_by_bias: str | None = None
+    # Named spectral indices in place of WEIGHTS, the input's bands they use, their constants.
+    index: str | None = None
+    bands: str | None = None
+    constants: str | None = None
     groups: int = 1
     stride: int = 1
     dtype: str | None = None
