@@ -25,11 +25,6 @@ class Index:
     #: (numerator, denominator) for the given constants
     mixes: Callable[[dict[str, float]], tuple[Mix, Mix]]
 
-    @property
-    def bands(self) -> tuple[str, ...]:
-        numerator, denominator = self.mixes(self.constants)
-        return tuple(dict.fromkeys(b for b in (*numerator, *denominator) if b != "1"))
-
 
 def _normalised_difference(a: str, b: str) -> Callable[[dict[str, float]], tuple[Mix, Mix]]:
     return lambda _: ({a: 1.0, b: -1.0}, {a: 1.0, b: 1.0})
