@@ -151,3 +151,20 @@ def test_bad_ratio_and_index_requests_are_one_line_errors(tmp_path, args, fragme
     proc = run_cli("apply", "x.npy", *args, "-o", "out.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, *fragments)
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_batch_takes_index_in_place_of_weights(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "in" / f"x{i}.npy", _reflectance(seed=20 + i))
+    proc = run_cli(
+        "batch", "--index", "ndvi", "in", "--bands", "red=3,nir=4", "--out-dir", "out", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    for i in range(2):
+        got = np.load(tmp_path / "out" / f"x{i}.pw.npy")[..., 0]
+        np.testing.assert_allclose(
+            got, _ndvi(np.load(tmp_path / "in" / f"x{i}.npy")), rtol=1e-12, equal_nan=True
+        )
+    one = run_cli("batch", "--index", "ndvi", "in/x0.npy", "--out-dir", "single", cwd=tmp_path)
+    assert one.returncode == 2 and "band named 'nir'" in one.stderr  # the file's line names what it lacks

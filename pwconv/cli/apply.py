@@ -52,24 +52,9 @@ def apply(
     bias: o.BiasOpt = None,
     divide_by: o.DivideByOpt = None,
     divide_by_bias: o.DivideByBiasOpt = None,
-    index: Annotated[
-        Optional[str],
-        typer.Option(
-            "--index",
-            help="Named spectral indices in place of WEIGHTS, one output channel each: ndvi, ndwi, mndwi, ndmi, "
-            "nbr, ndbi, savi, evi (e.g. ndvi,nbr).",
-        ),
-    ] = None,
-    bands: Annotated[
-        Optional[str],
-        typer.Option(
-            "--bands", help="Which input band is which for --index: red=3,nir=4 (from 1) or red=B04."
-        ),
-    ] = None,
-    constants: Annotated[
-        Optional[str],
-        typer.Option("--constants", help="An index's constants other than the published: L=0.25."),
-    ] = None,
+    index: o.IndexOpt = None,
+    bands: o.BandsOpt = None,
+    constants: o.ConstantsOpt = None,
     groups: o.GroupsOpt = 1,
     stride: o.StrideOpt = 1,
     dtype: o.DtypeOpt = None,

@@ -21,11 +21,14 @@ EXAMPLES = examples(
 
 @guarded
 def batch(
-    weights: Annotated[str, typer.Argument(help="Filter bank: a file or a literal, loaded once.")],
-    inputs: Annotated[
-        list[str], typer.Argument(help=f"Input files, or folders to walk for {o.WRITES} files.")
-    ],
     out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the outputs (created if missing).")],
+    weights: Annotated[
+        str,
+        typer.Argument(help="Filter bank: a file or a literal, loaded once (with --index: the first input)."),
+    ],
+    inputs: Annotated[
+        Optional[list[str]], typer.Argument(help=f"Input files, or folders to walk for {o.WRITES} files.")
+    ] = None,
     suffix: Annotated[
         str, typer.Option("--suffix", help="Added to each output's name before the extension.")
     ] = ".pw",
@@ -45,6 +48,9 @@ def batch(
     bias: o.BiasOpt = None,
     divide_by: o.DivideByOpt = None,
     divide_by_bias: o.DivideByBiasOpt = None,
+    index: o.IndexOpt = None,
+    bands: o.BandsOpt = None,
+    constants: o.ConstantsOpt = None,
     groups: o.GroupsOpt = 1,
     stride: o.StrideOpt = 1,
     dtype: o.DtypeOpt = None,
@@ -93,9 +99,11 @@ def batch(
                 quiet=quiet_lines,
             )
 
+    # --index stands for WEIGHTS: the first argument is then an input
+    weights_arg, paths = (None, [weights, *(inputs or [])]) if index is not None else (weights, inputs or [])
     results = batch_files(
-        weights,
-        inputs,
+        weights_arg,
+        paths,
         out_dir,
         options,
         suffix=suffix,

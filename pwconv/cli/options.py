@@ -54,6 +54,21 @@ DivideByOpt = Annotated[
 DivideByBiasOpt = Annotated[
     Optional[str], typer.Option("--divide-by-bias", help="The denominator's bias: a file or a literal.")
 ]
+IndexOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--index",
+        help="Named spectral indices in place of WEIGHTS, one output channel each: ndvi, ndwi, mndwi, ndmi, "
+        "nbr, ndbi, savi, evi (e.g. ndvi,nbr).",
+    ),
+]
+BandsOpt = Annotated[
+    Optional[str],
+    typer.Option("--bands", help="Which input band is which for --index: red=3,nir=4 (from 1) or red=B04."),
+]
+ConstantsOpt = Annotated[
+    Optional[str], typer.Option("--constants", help="An index's constants other than the published: L=0.25.")
+]
 GroupsOpt = Annotated[int, typer.Option("--groups", help="Channel groups (as torch's groups).")]
 StrideOpt = Annotated[int, typer.Option("--stride", help="Subsample every spatial axis by this step.")]
 DtypeOpt = Annotated[

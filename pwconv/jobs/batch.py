@@ -128,7 +128,7 @@ def make_out_dir(out_dir: str) -> None:
 
 
 def batch_files(
-    weights: str,
+    weights: str | None,
     inputs: list[str],
     out_dir: str,
     options: ApplyOptions,
@@ -148,7 +148,10 @@ def batch_files(
     if skip_existing and options.overwrite:
         raise UsageError("expected [[skip_existing!]] or [[overwrite!]], found both; choose one")
     check_output_format(output_format)
-    loaded = read_weights(weights, options.bias, member=weights_dataset)
+    if (weights is None) == (options.index is None):
+        raise UsageError("expected WEIGHTS or [[index]] for batch, found both or neither; give one")
+    # an index is bound to each input's own bands, so its banks are made per file
+    loaded = None if weights is None else read_weights(weights, options.bias, member=weights_dataset)
     planned = expand_inputs(inputs)
     if not planned:
         raise UsageError(
