@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import run
+from measure import best_of
 
 MAKE = (
     "import numpy as np, sys\n"
@@ -64,11 +64,7 @@ def main() -> None:
         for name, module in (("scikit-learn PCA().fit", "sklearn"), ("Spectral Python mnf", "spectral")):
             if not _installed(module):
                 del commands[name]
-        best = {name: (float("inf"), 0) for name in commands}
-        for _ in range(args.repeats):
-            for name, cmd in commands.items():
-                wall, rss = run(cmd, folder)
-                best[name] = (min(best[name][0], wall), max(best[name][1], rss))
+        best = best_of(commands, folder, args.repeats)
         apply_time = best["pwconv apply (64 -> 16)"][0]
         print(f"{args.size_gib:g} GiB float32 (2048x2048x64 per GiB); best of {args.repeats}, peak RSS")
         for name, (wall, rss) in best.items():

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import run
+from measure import best_of
 
 MAKE = (
     "import numpy as np, rasterio, sys\n"
@@ -89,11 +89,7 @@ def main() -> None:
             "pwconv apply (deflate)": [py, "-m", "pwconv", "apply", "big.tif", "1,1,0,0;0,0,1,-1", "-o", "d.tif",
                                        "--overwrite", "--max-memory", "256MiB"],
         }  # fmt: skip
-        best = {name: (float("inf"), 0) for name in cmds}
-        for _ in range(args.repeats):
-            for name, cmd in cmds.items():
-                wall, rss = run(cmd, folder)
-                best[name] = (min(best[name][0], wall), max(best[name][1], rss))
+        best = best_of(cmds, folder, args.repeats)
         sw, sr = best["rasterio script"]
         print(
             f"GeoTIFF {size:.2f} GiB tiled float32, 4 -> 2 bands, best of {args.repeats} (script: uncompressed):"

@@ -8,6 +8,17 @@ import time
 from pathlib import Path
 
 
+def best_of(commands: dict[str, list[str] | str], cwd: Path, repeats: int) -> dict[str, tuple[float, int]]:
+    """Each command's best wall time and largest peak RSS over ``repeats`` rounds, the
+    commands interleaved within a round so that a slow spell of the machine hits them all."""
+    best = {name: (float("inf"), 0) for name in commands}
+    for _ in range(repeats):
+        for name, cmd in commands.items():
+            wall, rss = run(cmd, cwd)
+            best[name] = (min(best[name][0], wall), max(best[name][1], rss))
+    return best
+
+
 def run(cmd: list[str] | str, cwd: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS in bytes (largest process, pipelines included; wait4).
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import run
+from measure import best_of
 
 MAKE = (
     "import numpy as np, rasterio, sys\n"
@@ -63,11 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp)
         subprocess.run([sys.executable, "-c", MAKE, str(args.gib)], cwd=folder, check=True)
-        best = {name: (float("inf"), 0) for name in commands}
-        for _ in range(args.repeats):
-            for name, cmd in commands.items():
-                wall, rss = run(cmd, folder)
-                best[name] = (min(best[name][0], wall), max(best[name][1], rss))
+        best = best_of(commands, folder, args.repeats)
     print(
         f"{args.gib:g} GiB inputs; best of {args.repeats}, peak RSS; ratio against the plain apply of its input"
     )

@@ -35,9 +35,13 @@ def _label_rows(array: dict[str, Any]) -> list[tuple[str, str]]:
     dimension names where the format has them."""
     rows = [("dimensions", ", ".join(array["dimensions"]))] if array["dimensions"] else []
     for axis, names in array["labels"].items():
-        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        rows.append((f"axis {axis}", shown))
+        rows.append((f"axis {axis}", _listed(names)))
     return rows
+
+
+def _listed(names: list[str]) -> str:
+    """The first 12 names, and how many more there are."""
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
 
 
 def _bank_row(array: dict[str, Any], channels: int | None) -> list[tuple[str, str]]:
@@ -101,14 +105,9 @@ def _fit_rows(fit: dict[str, Any]) -> list[tuple[str, str]]:
     pixels = f", from {counted(fit['pixels'], 'pixel')}" if "pixels" in fit else ""
     rows = [("fit", f"{fit['method']}: {made}{pixels}")]
     if names:
-        rows.append(
-            ("filters", ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else ""))
-        )
+        rows.append(("filters", _listed(names)))
     if fit["channel_names"]:
-        shown = fit["channel_names"]
-        rows.append(
-            ("fitted on", ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else ""))
-        )
+        rows.append(("fitted on", _listed(fit["channel_names"])))
     return rows
 
 

@@ -567,12 +567,13 @@ def compute_masked(
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` in place where the denominator is not 0; returns where it
     is (broadcast to the numerator's shape: one denominator may serve every channel)."""
-    zero = np.broadcast_to(denominator == 0, numerator.shape)
+    is_zero = denominator == 0
+    zero = np.broadcast_to(is_zero, numerator.shape)
     if not zero.any():  # the usual case: a plain division, no masked one
         np.divide(numerator, denominator, out=numerator)
         return zero
     with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(numerator, np.where(denominator == 0, 1, denominator), out=numerator)
+        np.divide(numerator, np.where(is_zero, 1, denominator), out=numerator)
     return zero
 
 

@@ -76,11 +76,11 @@ def array_info(spec: Spec, channels: int | None = None, channel_dim: str | None 
 _FIT_TEXT = ("method", "names", "channel_names")
 
 
-def fit_summary(spec: Spec, names: list[str]) -> dict[str, Any] | None:
+def fit_summary(spec: Spec, shapes: dict[str, list[int]]) -> dict[str, Any] | None:
     """What ``fit`` stored in a bank file (method, components, explained variance, the
     filters' and the fitted channels' names), read from its small arrays; None for a file
-    that is not a fitted bank."""
-    members = {name.lstrip("/"): name for name in names}  # HDF5 names its datasets /weights
+    that is not a fitted bank. ``shapes``: each array's shape, by its name in the file."""
+    members = {name.lstrip("/"): name for name in shapes}  # HDF5 names its datasets /weights
     if "weights" not in members or spec.member:
         return None
     text = {name: read_labels(spec, name) for name in _FIT_TEXT}
@@ -106,11 +106,7 @@ def fit_summary(spec: Spec, names: list[str]) -> dict[str, Any] | None:
     if "eigenvalues" in numbers:  # MNF: each eigenvalue is 1 + the component's signal-to-noise ratio
         summary["snr"] = (numbers["eigenvalues"].astype(float).ravel() - 1).tolist()
         forward = members.get("forward_weights", members["weights"])  # a reconstruction keeps its own
-        source = open_source(dataclasses.replace(spec, member=forward))
-        try:
-            summary["components"] = int(source.shape[0])
-        finally:
-            source.close()
+        summary["components"] = int(shapes[forward][0])
     for name in ("r2", "rms"):
         if name in numbers:
             summary[name] = numbers[name].astype(float).ravel().tolist()
@@ -158,7 +154,8 @@ def describe_file(
         arrays = [array_info(s, channels, channel_dim) for s in specs]
         whole = spec.member is None and len(specs) > 1
         row = format_named(spec.format)
-        summary = fit_summary(spec, [s.member or "" for s in specs]) if whole and row.banks else None
+        shapes = {s.member or "": a["shape"] for s, a in zip(specs, arrays)}
+        summary = fit_summary(spec, shapes) if whole and row.banks else None
         for array, part in zip(arrays, specs):
             if summary is not None and (part.member or "").lstrip("/") == "weights":
                 array["fit"] = summary
