@@ -98,7 +98,7 @@ def test_npz_filter_bank_applies_weights_and_bias(tmp_path):
     np.save(tmp_path / "x.npy", x)
     proc = run_cli("apply", "x.npy", "bank.npz", "-o", "y.npy", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "bank.npz:bias  (from the filter-bank file)" in proc.stderr
+    assert "bank.npz:bias  (from the bank)" in proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), x @ w.T + b, rtol=RTOL, atol=ATOL)
 
 

@@ -168,3 +168,44 @@ def test_batch_takes_index_in_place_of_weights(tmp_path):
         )
     one = run_cli("batch", "--index", "ndvi", "in/x0.npy", "--out-dir", "single", cwd=tmp_path)
     assert one.returncode == 2 and "band named 'nir'" in one.stderr  # the file's line names what it lacks
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_bank_file_may_hold_numerator_and_denominator(tmp_path, suffix):
+    x = _reflectance(seed=4)
+    np.save(tmp_path / "x.npy", x)
+    arrays = {
+        "numerator": np.array([[0, 0, -1, 1, 0, 0]], np.float64),
+        "denominator": np.array([[0, 0, 1, 1, 0, 0]], np.float64),
+        "denominator_bias": np.array([0.5]),
+    }
+    if suffix == ".npz":
+        np.savez(tmp_path / "ratio.npz", **arrays)
+    else:
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "ratio.h5", "w") as handle:
+            for name, values in arrays.items():
+                handle[name] = values
+    doc = _apply(tmp_path, "x.npy", f"ratio{suffix}", "-o", "y.npy")
+    red, nir = x[..., 2].astype(np.float64), x[..., 3].astype(np.float64)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy")[..., 0], (nir - red) / (nir + red + 0.5), rtol=1e-12
+    )
+    assert doc["weights"]["denominator"].startswith(f"ratio{suffix}")
+    both = run_cli(
+        "apply", "x.npy", f"ratio{suffix}", "--divide-by", "1,1,1,1,1,1", "-o", "z.npy", cwd=tmp_path
+    )
+    assert_clean_error(both, 2, "expected one denominator", "drop --divide-by")
+    assert not (tmp_path / "z.npy").exists()
+
+
+def test_divide_by_file_is_not_overwritten_by_the_output(tmp_path):
+    x = _reflectance(seed=5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "d.npy", np.array([[0, 0, 1, 1, 0, 0]], np.float64))
+    before = (tmp_path / "d.npy").read_bytes()
+    proc = run_cli(
+        "apply", "x.npy", "0,0,-1,1,0,0", "--divide-by", "d.npy", "-o", "d.npy", "--overwrite", cwd=tmp_path
+    )
+    assert_clean_error(proc, 2, "d.npy")
+    assert (tmp_path / "d.npy").read_bytes() == before

@@ -58,7 +58,7 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from pwconv.cli import apply, batch, explain, fit, info
+    from pwconv.cli import apply, banks, batch, explain, fit, info
 
     _quiet_libraries()
     from pwconv.cli import native
@@ -69,6 +69,7 @@ def main() -> None:
         (batch, batch.batch),
         (explain, explain.explain),
         (info, info.info),
+        (banks, banks.banks),
     ):
         app.command(epilog=module.EXAMPLES)(command)
     app.add_typer(fit.fit_app)

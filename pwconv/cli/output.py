@@ -150,7 +150,7 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
         ),
     ]
     if report.get("bias"):
-        rows.append(("bias", report["bias"] + ("  (from the filter-bank file)" if w.get("bank") else "")))
+        rows.append(("bias", report["bias"] + ("  (from the bank)" if w.get("bank") else "")))
     elif w.get("unused_bias"):
         rows.append(("bias", f"none (the file has {w['unused_bias']}; --bias auto applies it)"))
     if report["groups"] != 1 or report["stride"] != 1:

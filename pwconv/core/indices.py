@@ -83,10 +83,14 @@ def parse_constants(text: str | None) -> dict[str, float]:
     return values
 
 
-def _band_of(name: str, channels: int, labels: tuple[str, ...] | None, bindings: dict[str, str]) -> int:
-    """The channel (0-based) that holds band ``name``."""
+def band_of(
+    names: tuple[str, ...], channels: int, labels: tuple[str, ...] | None, bindings: dict[str, str]
+) -> int:
+    """The channel (0-based) that holds the band known by any of ``names`` (the first is the
+    one said in messages): bound by ``--bands``, else found among the input's band names."""
+    name = names[0]
     named = [label.lower() for label in labels] if labels else []
-    wanted = bindings.get(name)
+    wanted = next((bindings[n.lower()] for n in names if n.lower() in bindings), None)
     if wanted is not None:
         if wanted.isdigit():
             band = int(wanted)
@@ -101,11 +105,13 @@ def _band_of(name: str, channels: int, labels: tuple[str, ...] | None, bindings:
             f"expected band {wanted!r} (for {name}) among the input's bands, found "
             f"{', '.join(labels) if labels else 'no band names'}; give its number, e.g. [[bands={name}=4]]"
         )
-    if name in named:
-        return named.index(name)
+    for alias in names:
+        if alias.lower() in named:
+            return named.index(alias.lower())
     have = ", ".join(labels) if labels else f"{channels} unnamed bands"
+    known = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
     raise UsageError(
-        f"expected a band named {name!r} in the input, found {have}; bind it with [[bands={name}=N]] (N from 1)"
+        f"expected a band named {name!r}{known} in the input, found {have}; bind it with [[bands={name}=N]] (N from 1)"
     )
 
 
@@ -139,7 +145,7 @@ def index_banks(
             row = [0.0] * channels
             for band, coefficient in mix.items():
                 if band != "1":
-                    row[_band_of(band, channels, labels, bindings)] += coefficient
+                    row[band_of((band,), channels, labels, bindings)] += coefficient
             weights.append(row)
             bias.append(mix.get("1", 0.0))
     return rows

@@ -21,6 +21,7 @@ from pwconv.core.filters import parse_literal
 from pwconv.errors import InputFileError, UsageError
 from pwconv.io.registry import companion_bias, format_named, open_source
 from pwconv.io.spec import Spec, parse_spec
+from pwconv.io.tables import Table, table_named
 
 _LITERAL = re.compile(r"^[\s0-9eE+\-.,;]+$")
 
@@ -49,11 +50,16 @@ class Weights:
     unused_bias: str | None = None  # a bias in the weights' file that was not applied
     names: tuple[str, ...] | None = None  # a bank's name for each filter (its output channels)
     channel_names: tuple[str, ...] | None = None  # the input channels the bank was made for
+    #: a ratio of two mixes: the denominator bank (``--divide-by``, a bank's ``denominator``)
+    denominator: Weights | None = None
+    #: a named table (``tasseled-cap:landsat8``): its columns are bound to each input's bands
+    table: Table | None = None
 
     @property
     def specs(self) -> list[Spec]:
-        """The files these weights were read from."""
-        return [o.spec for o in (self.filters, self.bias) if o is not None and o.spec is not None]
+        """The files these weights were read from, the denominator's included."""
+        own = [o.spec for o in (self.filters, self.bias) if o is not None and o.spec is not None]
+        return own + (self.denominator.specs if self.denominator else [])
 
 
 def looks_like_literal(text: str) -> bool:
@@ -108,15 +114,59 @@ def _names(spec: Spec) -> list[str]:
     return fmt.load().list_arrays(spec.path) if fmt.containers else []
 
 
-def _bank_names(spec: Spec) -> tuple[str, str]:
-    """``weights`` and ``bias`` as the format spells array names (``/weights`` in HDF5)."""
-    fmt = format_named(spec.format)
-    backend = fmt.load()
-    return backend.array_name("weights"), backend.array_name("bias")
+#: The arrays of a filter-bank file; a ratio's bank holds ``numerator`` (or ``weights``),
+#: ``bias`` and ``denominator``, ``denominator_bias``.
+_BANK_ARRAYS = ("weights", "numerator", "bias", "denominator", "denominator_bias")
+
+
+def _bank_names(spec: Spec) -> dict[str, str]:
+    """The bank's array names as the format spells them (``/weights`` in HDF5)."""
+    backend = format_named(spec.format).load()
+    return {name: backend.array_name(name) for name in _BANK_ARRAYS}
+
+
+def _read_bank(spec: Spec, bank: dict[str, str], bias: str | None) -> Weights:
+    if "weights" in bank and "numerator" in bank:
+        raise InputFileError(
+            f"expected 'weights' or 'numerator' in the bank {spec.path!r}, found both; keep one"
+        )
+    if "denominator_bias" in bank and "denominator" not in bank:
+        raise InputFileError(
+            f"expected a 'denominator' beside 'denominator_bias' in the bank {spec.path!r}, found none"
+        )
+
+    def member(key: str) -> Operand | None:
+        return _read_spec(dataclasses.replace(spec, member=bank[key])) if key in bank else None
+
+    filters = member("weights") or member("numerator")
+    assert filters is not None
+    used = member("bias")
+    if bias not in (None, "auto"):
+        used = read_operand(bias, what="bias")
+    denominator = member("denominator")
+    backend = format_named(spec.format).load()
+    return Weights(
+        filters,
+        used,
+        bank=True,
+        names=backend.read_labels(spec.path, "names"),
+        channel_names=backend.read_labels(spec.path, "channel_names"),
+        denominator=None if denominator is None else Weights(denominator, member("denominator_bias")),
+    )
 
 
 def read_weights(filters: str, bias: str | None = None, *, member: str | None = None) -> Weights:
     """Load the filters and the bias: ``bias`` is a file, a literal, ``"auto"`` or None."""
+    table = table_named(filters)
+    if table is not None:
+        if member is not None:
+            raise UsageError(
+                f"expected no [[weights_dataset]] for the named bank {table.name!r}, found {member!r}"
+            )
+        own = None if table.bias is None else Operand(table.bias, f"{table.name} (bias)", table.sha256, None)
+        used = own if bias in (None, "auto") else read_operand(bias, what="bias")
+        filters_operand = Operand(table.weights, table.name, table.sha256, None)
+        return Weights(filters_operand, used, bank=True, names=table.outputs, table=table)
     if looks_like_literal(filters) or filters == "-":
         if bias == "auto":
             raise UsageError(
@@ -130,17 +180,9 @@ def read_weights(filters: str, bias: str | None = None, *, member: str | None = 
         read_operand(filters, member)  # raises the literal's or the name's own error
         raise
     names = _names(spec) if spec.member is None else []
-    bank_weights, bank_bias_name = _bank_names(spec)
-    if bank_weights in names:  # a filter-bank file
-        weights = _read_spec(dataclasses.replace(spec, member=bank_weights))
-        bank_bias = dataclasses.replace(spec, member=bank_bias_name) if bank_bias_name in names else None
-        backend = format_named(spec.format).load()
-        filter_names = backend.read_labels(spec.path, "names")
-        channel_names = backend.read_labels(spec.path, "channel_names")
-        used = _read_spec(bank_bias) if bank_bias else None
-        if bias not in (None, "auto"):
-            used = read_operand(bias, what="bias")
-        return Weights(weights, used, bank=True, names=filter_names, channel_names=channel_names)
+    bank = {key: name for key, name in _bank_names(spec).items() if name in names}
+    if "weights" in bank or "numerator" in bank:  # a filter-bank file
+        return _read_bank(spec, bank, bias)
     weights = _read_spec(spec)
     assert weights.spec is not None
     belonging = companion_bias(weights.spec)

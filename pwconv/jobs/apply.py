@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -19,7 +20,7 @@ from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io import pictures
 from pwconv.io.interface import Sink, SinkRequest, Source
-from pwconv.io.operands import Weights, read_weights
+from pwconv.io.operands import Operand, Weights, read_weights
 from pwconv.io.registry import (
     check_distinct,
     default_output_dtype,
@@ -53,7 +54,8 @@ def make_plan(
     dtype: Any = options.dtype
     if dtype is None and output is not None:
         dtype = default_output_dtype(output, np.dtype(source.dtype), source.description.is_image)
-    if dtype is None and weights.filters.literal and options.divide_by is None:
+    ratio = weights.denominator
+    if dtype is None and weights.filters.literal and ratio is None:
         dtype = literal_dtype(source.dtype, weights.filters.array).name
 
     def plan_with(out_dtype: Any) -> ConvPlan:
@@ -62,7 +64,7 @@ def make_plan(
         return plan_for(source.shape, source.dtype, weights.filters.array, bias, conv)
 
     plan = plan_with(None)
-    if options.divide_by is not None and plan.out_dtype.kind not in "fc":
+    if ratio is not None and plan.out_dtype.kind not in "fc":
         plan = plan_with(np.float64)  # a ratio is not a whole number
     if options.dtype is None and output is not None:  # a dtype not asked for: one the format stores
         natural = plan.out_dtype if dtype is None else output_dtype(dtype)
@@ -74,19 +76,82 @@ def make_plan(
         saturate_to = target  # computed in the natural type, then rounded and clipped
     elif target is not None and target != plan.out_dtype:
         plan = plan_with(target)
-    if options.divide_by is not None:
-        plan = _with_denominator(plan, source, options)
+    if ratio is not None:
+        plan = _with_denominator(plan, source, ratio, options)
     _check_plan(plan, options, saturate_to)
     return plan, saturate_to
 
 
-def _literal(rows: list[list[float]]) -> str:
-    return ";".join(",".join(repr(float(v)) for v in row) for row in rows)
+def with_divide_by(weights: Weights, options: ApplyOptions) -> Weights:
+    """The weights with ``--divide-by``'s denominator bank loaded beside them (once, for every
+    file of a batch)."""
+    if options.divide_by is None:
+        return weights
+    if weights.denominator is not None:
+        raise UsageError(
+            f"expected one denominator, found [[divide_by]] {options.divide_by!r} and the bank's own "
+            f"({weights.filters.source}); drop [[divide_by]]"
+        )
+    if options.index is not None:
+        raise UsageError(
+            "expected [[index]] or [[divide_by]], found both; an index brings its own denominator"
+        )
+    return dataclasses.replace(weights, denominator=read_weights(options.divide_by, options.divide_by_bias))
 
 
-def index_weights(source: Source, options: ApplyOptions) -> tuple[Weights, ApplyOptions]:
-    """The numerator bank of ``options.index`` (named spectral indices) over ``source``'s
-    bands, and the options with the denominator bank set (as ``--divide-by``)."""
+def bound_weights(weights: Weights, source: Source, options: ApplyOptions) -> Weights:
+    """A named table's columns bound to ``source``'s bands: by ``--bands``, by the input's band
+    names (common names or the sensor's band ids), or in order where the input names none."""
+    from pwconv.core.indices import band_of, parse_bindings
+    from pwconv.core.layout import parse_layout
+
+    table = weights.table
+    if options.constants is not None:
+        raise UsageError(f"expected [[index]] for [[constants]], found WEIGHTS {weights.filters.source!r}")
+    if table is None:
+        if options.bands is not None:
+            raise UsageError(
+                f"expected [[index]] or a named bank for [[bands]], found WEIGHTS {weights.filters.source!r}; "
+                "drop [[bands]]"
+            )
+        return weights
+    axis = parse_layout(options.layout, len(source.shape)).channel_axis
+    channels = int(source.shape[axis])
+    labels = source.description.labels.get(axis)
+    bindings = parse_bindings(options.bands)
+    wanted = len(table.bands)
+    if not bindings and (not labels or options.ignore_channel_names):
+        if channels != wanted:
+            example = ",".join(f"{name}={i + 1}" for i, name in enumerate(table.band_names[:3]))
+            raise ShapeError(
+                f"expected the {wanted} bands of {table.name} ({', '.join(table.band_names)}), found "
+                f"{channels} unnamed bands; bind them with [[bands={example},...]] (from 1)"
+            )
+        columns = list(range(wanted))
+    else:
+        columns = [band_of(names, channels, labels, bindings) for names in table.bands]
+        for i, column in enumerate(columns):
+            if column in columns[:i]:
+                first = table.band_names[columns.index(column)]
+                raise UsageError(
+                    f"expected a band of its own for each of {table.name}'s bands, found {first} and "
+                    f"{table.band_names[i]} both bound to band {column + 1}; check [[bands]]"
+                )
+    matrix = np.zeros((table.weights.shape[0], channels), dtype=np.float64)
+    matrix[:, columns] = table.weights
+    return dataclasses.replace(
+        weights, filters=dataclasses.replace(weights.filters, array=matrix), table=None
+    )
+
+
+def _computed(array: list[list[float]] | list[float], said: str) -> Operand:
+    values = np.asarray(array, dtype=np.float64)
+    return Operand(values, said, hashlib.sha256(values.tobytes()).hexdigest(), None)
+
+
+def index_weights(source: Source, options: ApplyOptions) -> Weights:
+    """The banks of ``options.index`` (named spectral indices) bound to ``source``'s bands:
+    numerators as the filters, denominators as the ratio's denominator."""
     from pwconv.core.indices import index_banks, parse_bindings, parse_constants
     from pwconv.core.layout import parse_layout
 
@@ -109,39 +174,36 @@ def index_weights(source: Source, options: ApplyOptions) -> tuple[Weights, Apply
         parse_bindings(options.bands),
         parse_constants(options.constants),
     )
-    loaded = read_weights(_literal(banks[0]), _literal([banks[1]]))
-    said = f"index {', '.join(names)} (numerators)"
-    assert loaded.bias is not None
-    loaded = dataclasses.replace(
-        loaded,
-        filters=dataclasses.replace(loaded.filters, source=said),
-        bias=dataclasses.replace(loaded.bias, source=f"index {', '.join(names)} (constant terms)"),
+    said = f"index {', '.join(names)}"
+    return Weights(
+        _computed(banks[0], f"{said} (numerators)"),
+        _computed(banks[1], f"{said} (constant terms)"),
         names=tuple(names),
-    )
-    return loaded, dataclasses.replace(
-        options, divide_by=_literal(banks[2]), divide_by_bias=_literal([banks[3]])
+        denominator=Weights(
+            _computed(banks[2], f"{said} (denominators)"),
+            _computed(banks[3], f"{said} (denominator constants)"),
+        ),
     )
 
 
-def _with_denominator(plan: ConvPlan, source: Source, options: ApplyOptions) -> ConvPlan:
+def _with_denominator(plan: ConvPlan, source: Source, ratio: Weights, options: ApplyOptions) -> ConvPlan:
     """The plan of a ratio of two mixes: the denominator bank planned over the same input,
     in the numerator's dtype; it has one filter per output channel, or one for all."""
-    assert options.divide_by is not None
     if plan.out_dtype.kind not in "f":
         raise UsageError(
-            f"expected a real float output for [[divide_by]], found {plan.out_dtype}; give [[dtype=float32]] or float64"
+            f"expected a real float output for a ratio, found {plan.out_dtype}; give [[dtype=float32]] or float64"
         )
-    loaded = read_weights(options.divide_by, options.divide_by_bias)
-    bias = None if loaded.bias is None else loaded.bias.array
+    bias = None if ratio.bias is None else ratio.bias.array
     conv = dataclasses.replace(options.conv, dtype=plan.out_dtype)
+    said = ratio.filters.source
     try:
-        denominator = plan_for(source.shape, source.dtype, loaded.filters.array, bias, conv)
+        denominator = plan_for(source.shape, source.dtype, ratio.filters.array, bias, conv)
     except ShapeError as exc:
-        raise ShapeError(f"in the denominator bank {options.divide_by!r}: {exc}") from None
+        raise ShapeError(f"in the denominator bank {said!r}: {exc}") from None
     if denominator.out_channels not in (1, plan.out_channels):
         raise ShapeError(
             f"expected a denominator bank of {counted(plan.out_channels, 'filter')} (one per output channel) or 1, "
-            f"found {denominator.out_channels} in {options.divide_by!r}; give one denominator per numerator filter"
+            f"found {denominator.out_channels} in {said!r}; give one denominator per numerator filter"
         )
     return dataclasses.replace(plan, denominator=denominator)
 
@@ -424,6 +486,8 @@ def apply_file(
         if isinstance(weights, Weights)
         else read_weights(weights or "", options.bias, member=weights_dataset)
     )
+    if loaded is not None:
+        loaded = with_divide_by(loaded, options)
     check_distinct(out_spec, in_spec, *(loaded.specs if loaded else []))
     limit_library_caches(options.max_bytes)
     source = open_source(in_spec)
@@ -432,8 +496,7 @@ def apply_file(
         check_output(options, out_spec)
         check_decoded_piece(source, options.max_bytes, in_spec.text)
         options = with_channel_dim(options, source)
-        if loaded is None:
-            loaded, options = index_weights(source, options)
+        loaded = index_weights(source, options) if loaded is None else bound_weights(loaded, source, options)
         plan, saturate_to = make_plan(source, loaded, options, out_spec)
         check_channel_names(loaded, source, plan, options)
         labels = output_labels(loaded, plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import itertools
 import os
@@ -14,7 +15,7 @@ from pwconv.errors import PwconvError, UsageError, WriteError
 from pwconv.io.operands import read_weights
 from pwconv.io.registry import data_suffixes, format_of, writable_suffixes
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import apply_file
+from pwconv.jobs.apply import apply_file, with_divide_by
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import Report
 
@@ -152,6 +153,9 @@ def batch_files(
         raise UsageError("expected WEIGHTS or [[index]] for batch, found both or neither; give one")
     # an index is bound to each input's own bands, so its banks are made per file
     loaded = None if weights is None else read_weights(weights, options.bias, member=weights_dataset)
+    if loaded is not None:  # the denominator too is read once, for every file
+        loaded = with_divide_by(loaded, options)
+        options = dataclasses.replace(options, divide_by=None, divide_by_bias=None)
     planned = expand_inputs(inputs)
     if not planned:
         raise UsageError(

@@ -21,7 +21,7 @@ from pwconv.io.interface import Source
 from pwconv.io.operands import read_weights
 from pwconv.io.registry import STREAM, backend_of, open_source
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import make_plan, resolve_nodata, with_channel_dim
+from pwconv.jobs.apply import bound_weights, make_plan, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import describe_bias, describe_input, describe_weights
 
@@ -214,6 +214,12 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     source = open_source(spec)
     try:
         options = with_channel_dim(request.options, source)
+        loaded = bound_weights(loaded, source, options)
+        if loaded.denominator is not None:
+            raise UsageError(
+                f"expected one mix for explain, found a ratio (denominator {loaded.denominator.filters.source!r}); "
+                "explain the numerator and the denominator banks one at a time"
+            )
         plan, saturate_to = make_plan(source, loaded, options)
         nodata = resolve_nodata(options, source, np.dtype(np.float64))
         names = axis_names(plan, source.description.dimensions)

@@ -38,6 +38,8 @@ def describe_weights(weights: Weights, plan: ConvPlan) -> dict[str, Any]:
         "sha256": filters.sha256,
         "bank": weights.bank,
         "unused_bias": weights.unused_bias,
+        # a ratio of two mixes: where the denominator bank came from
+        "denominator": None if weights.denominator is None else weights.denominator.filters.source,
     }
 
 

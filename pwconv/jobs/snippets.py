@@ -99,9 +99,13 @@ def _load_input(case: Case) -> tuple[list[str], list[str]]:
 def _load_operand(operand: Operand, name: str) -> tuple[list[str], list[str]]:
     """The imports and the lines that load filters or a bias as ``name``."""
     if operand.spec is None:
-        return [], [
-            f"{name} = {_array_literal(operand.array)}  # the literal {operand.source.split(' ', 1)[-1]}"
-        ]
+        said = operand.source
+        said = (
+            f"the literal {said[len('literal ') :]}"
+            if said.startswith("literal ")
+            else f"{said}, as bound to the input"
+        )
+        return [], [f"{name} = {_array_literal(operand.array)}  # {said}"]
     spec, path, member = operand.spec, repr(operand.spec.path), operand.spec.member
     if spec.format == "npy":
         return [], [f"{name} = np.load({path})"]
