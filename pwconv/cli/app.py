@@ -58,7 +58,7 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from pwconv.cli import apply, banks, batch, explain, fit, info
+    from pwconv.cli import apply, banks, batch, explain, export, fit, info
 
     _quiet_libraries()
     from pwconv.cli import native
@@ -70,6 +70,7 @@ def main() -> None:
         (explain, explain.explain),
         (info, info.info),
         (banks, banks.banks),
+        (export, export.export),
     ):
         app.command(epilog=module.EXAMPLES)(command)
     app.add_typer(fit.fit_app)

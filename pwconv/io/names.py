@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pwconv.errors import InputFileError, UsageError
+import json
+
+from pwconv.errors import FormatError, InputFileError, UsageError
 
 #: A layer's name selects its weights: ``head`` finds ``head.weight`` or ``head/kernel``.
 _WEIGHT_SUFFIXES = (".weight", "/kernel")
@@ -63,3 +65,23 @@ def sibling_bias(tensor: str, names: list[str]) -> str | None:
             if candidate in names:
                 return candidate
     return None
+
+
+def json_labels(text: str | None, where: str) -> tuple[str, ...] | None:
+    """Labels kept as a JSON list of strings in a file's text metadata (ONNX, safetensors);
+    None where there are none.
+
+    >>> json_labels('["red", "nir"]', "bank.onnx:names")
+    ('red', 'nir')
+    """
+    if text is None:
+        return None
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        values = None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise FormatError(
+            f"expected {where} as a JSON list of strings, found {printable(text[:60])!r}; write the names again"
+        )
+    return tuple(values)

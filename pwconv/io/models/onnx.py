@@ -16,7 +16,7 @@ from pwconv.errors import FormatError, require_extra
 from pwconv.io.arrays import ArraySource, named
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend
-from pwconv.io.names import pick_name
+from pwconv.io.names import json_labels, pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -105,6 +105,12 @@ class OnnxFormat(Backend):
 
     def array_name(self, name: str) -> str:
         return name
+
+    def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
+        """A bank's names kept in the model's metadata (``names``, ``channel_names``: JSON
+        lists of strings, as ``pwconv export`` writes them)."""
+        props = {p.key: p.value for p in _model(path).metadata_props}
+        return json_labels(props.get(name), f"{path}:{name}")
 
     def companion_bias(self, path: str, name: str) -> str | None:
         """The B input of the Conv node whose W is ``name``."""

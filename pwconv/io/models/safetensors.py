@@ -21,7 +21,7 @@ from pwconv.io.arrays import ArraySource, named
 from pwconv.io.atomic import write_atomically
 from pwconv.io.checks import check_readable, first_line
 from pwconv.io.interface import Backend
-from pwconv.io.names import pick_name
+from pwconv.io.names import json_labels, pick_name
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -52,6 +52,12 @@ def _fail(path: str, found: str) -> FormatError:
 
 def read_header(path: str) -> tuple[int, dict[str, dict[str, Any]]]:
     """(offset of the data, {name: {dtype, shape, data_offsets}}) after checking every entry."""
+    offset, header, _ = read_header_metadata(path)
+    return offset, header
+
+
+def read_header_metadata(path: str) -> tuple[int, dict[str, dict[str, Any]], dict[str, str]]:
+    """:func:`read_header` and the header's ``__metadata__`` (text only, as the format says)."""
     check_readable(path)
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
@@ -68,7 +74,9 @@ def read_header(path: str) -> tuple[int, dict[str, dict[str, Any]]]:
         raise _fail(path, "a header that is not JSON") from None
     if not isinstance(header, dict):
         raise _fail(path, f"a JSON {type(header).__name__} as header instead of an object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "a __metadata__ entry that is not an object of strings")
     data_bytes = size - 8 - length
     spans = []
     for name, entry in header.items():
@@ -96,7 +104,7 @@ def read_header(path: str) -> tuple[int, dict[str, dict[str, Any]]]:
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
             raise _fail(path, f"tensors {first!r} and {second!r} that overlap")
-    return 8 + length, header
+    return 8 + length, header, metadata
 
 
 def _library_check(path: str) -> None:
@@ -148,11 +156,20 @@ class SafetensorsFormat(Backend):
             shape, dtype, lambda: _load(spec.path, offset, entry), storage, named(name, "memory map")
         )
 
+    def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
+        """A bank's names, kept in the header's text metadata as JSON lists of strings."""
+        return json_labels(read_header_metadata(path)[2].get(name), f"{path}:{name}")
+
     def write_arrays(self, path: str, arrays: dict[str, np.ndarray], overwrite: bool) -> list[str]:
-        """Named arrays as a ``.safetensors`` file, written atomically. safetensors holds no
-        text: a bank's names are left out (the caller says so)."""
+        """Named arrays as a ``.safetensors`` file, written atomically. Its tensors are numbers
+        only: text arrays (a bank's names) go to the header's metadata as JSON lists."""
         from safetensors.numpy import save_file
 
         contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a.dtype.kind != "U"}
-        write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp))
+        text = {
+            name: json.dumps([str(v) for v in a.reshape(-1)])
+            for name, a in arrays.items()
+            if a.dtype.kind == "U"
+        }
+        write_atomically(path, overwrite, lambda temp: save_file(contiguous, temp, metadata=text or None))
         return [path]
