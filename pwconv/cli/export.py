@@ -69,7 +69,11 @@ def export(
     dataset: o.DatasetOpt = None,
     dtype: Annotated[
         Optional[str],
-        typer.Option("--dtype", help="float32 or float64: the model's or VRT's type (default float32)."),
+        typer.Option(
+            "--dtype",
+            help="float32 or float64: the VRT's bands, a bank file's arrays (default: float32, a bank file "
+            "as read); an ONNX model is float32.",
+        ),
     ] = None,
     nodata: o.NodataOpt = o.NODATA,
     out_nodata: o.OutNodataOpt = None,

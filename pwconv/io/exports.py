@@ -53,17 +53,17 @@ def _metadata(bank: ExportBank) -> dict[str, str]:
     return doc
 
 
-def onnx_model(bank: ExportBank, dtype: np.dtype) -> bytes:
-    """The bank as a serialised ONNX model: ``input`` (N, C, H, W) -> ``output`` (N, K, H, W),
+def onnx_model(bank: ExportBank) -> bytes:
+    """The bank as a serialised float32 ONNX model: ``input`` (N, C, H, W) -> ``output`` (N, K, H, W),
     one 1x1 Conv with bias; a ratio divides two Convs and writes NaN where the denominator is 0."""
     onnx = require_extra("onnx", "onnx", "ONNX export")
     from onnx import TensorProto, helper, numpy_helper
 
-    element = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
+    element = TensorProto.FLOAT
 
     def tensor(name: str, values: np.ndarray, conv: bool = True) -> TensorProto:
         shaped = values.reshape(*values.shape, 1, 1) if conv else values
-        return numpy_helper.from_array(np.ascontiguousarray(shaped, dtype=dtype), name)
+        return numpy_helper.from_array(np.ascontiguousarray(shaped, dtype=np.float32), name)
 
     numerator = "weights" if bank.denominator is None else "numerator"
     initializers = [tensor(numerator, bank.filters)]
@@ -107,9 +107,9 @@ def onnx_model(bank: ExportBank, dtype: np.dtype) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def write_onnx(path: str, bank: ExportBank, dtype: np.dtype, overwrite: bool) -> list[str]:
+def write_onnx(path: str, bank: ExportBank, overwrite: bool) -> list[str]:
     """Write :func:`onnx_model` at ``path`` atomically; returns the paths written."""
-    data = onnx_model(bank, dtype)
+    data = onnx_model(bank)
 
     def write(temp: str) -> None:
         with open(temp, "wb") as handle:

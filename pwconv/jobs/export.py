@@ -163,14 +163,19 @@ def _arrays(bank: ExportBank, dtype: np.dtype) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _dtype(options: ApplyOptions, kind: str) -> np.dtype:
+def _dtype(options: ApplyOptions, kind: str, own: np.dtype | None = None) -> np.dtype:
     name = options.dtype or "float32"
     if name not in _GDAL_TYPES:
         raise UsageError(
             f"expected [[dtype=float32|float64]] for an export, found {name!r}; the exported bank computes in floats"
         )
-    if kind == "bank" and options.dtype is None:
-        return np.dtype(np.float64)  # a bank file keeps the numbers as read
+    if kind == "onnx" and name != "float32":
+        raise UsageError(
+            f"expected [[dtype=float32]] for an ONNX model, found {name!r}; ONNX runtimes run a float32 Conv "
+            "everywhere, a float64 one rarely"
+        )
+    if kind == "bank" and options.dtype is None:  # a bank file keeps the bank's own precision
+        return np.dtype(np.float32) if own == np.float32 else np.dtype(np.float64)
     return np.dtype(name)
 
 
@@ -195,6 +200,18 @@ def _with_input(
     return bank, vrt_nodata, info
 
 
+def _check_single_array(spec: Spec, bank: ExportBank) -> None:
+    """An ``.npy`` holds the filters alone (its bias beside it): a ratio or names need more."""
+    if spec.format != "npy":
+        return
+    if bank.denominator is not None or bank.names or bank.channel_names:
+        what = "a ratio" if bank.denominator is not None else "band names"
+        raise UsageError(
+            f"expected a bank without names or denominator for {spec.text!r} (an .npy holds one array), found "
+            f"{what} in {bank.source!r}; write .npz or .safetensors to keep them"
+        )
+
+
 def export_bank(request: ExportRequest) -> dict[str, Any]:
     """Write the bank ``request.bank`` as ``request.output``; returns the report."""
     start = time.perf_counter()
@@ -211,7 +228,7 @@ def export_bank(request: ExportRequest) -> dict[str, Any]:
     )
     inputs = [parse_spec(request.input, request.dataset)] if request.input else []
     check_distinct(out_spec, *inputs, *weights.specs)
-    dtype = _dtype(options, kind)
+    dtype = _dtype(options, kind, weights.filters.array.dtype)
     if request.input is None:
         bank, nodata, info = _unbound_bank(weights, options), None, {"input": None}
     else:
@@ -231,8 +248,9 @@ def export_bank(request: ExportRequest) -> dict[str, Any]:
         text = vrt_text(out_spec.path, inputs[0].path, bank, _GDAL_TYPES[dtype.name], nodata)
         written = write_vrt(out_spec.path, text, options.overwrite)
     elif kind == "onnx":
-        written = write_onnx(out_spec.path, bank, dtype, options.overwrite)
+        written = write_onnx(out_spec.path, bank, options.overwrite)
     else:
+        _check_single_array(out_spec, bank)
         written = write_arrays(out_spec, _arrays(bank, dtype), options.overwrite)
     return {
         "pwconv": __version__,
