@@ -27,6 +27,15 @@ from pwconv.errors import ShapeError, UsageError
 RANK_DEFICIENT_CONDITION = 1e12
 
 
+#: The float64 rows converted at a time: small enough that the conversion and the rank-k
+#: update meet in the cache (measured: 0.25 s against 0.33 s a 1M x 64 block converted whole).
+_PIECE_BYTES = 4 << 20
+
+
+def _piece_rows(channels: int) -> int:
+    return max(1, _PIECE_BYTES // (8 * channels))
+
+
 @dataclass
 class Moments:
     """Count, mean and centred scatter matrix of channel vectors, accumulated block by block.
@@ -52,20 +61,39 @@ class Moments:
         self.shifted_sum = np.zeros(self.channels)
         self.shifted_products = np.zeros((self.channels, self.channels))
 
-    def add(self, rows: np.ndarray, *, scratch: bool = False) -> None:
-        """Add a (pixels, channels) block; ``scratch``: a float64 block the caller no longer
-        needs, shifted in place instead of copied."""
+    def add(self, rows: np.ndarray) -> None:
+        """Add a (pixels, channels) block, converted to float64 a cache-sized piece at a time."""
         if rows.shape[0] == 0:
             return
         if self.shift is None:
             self.shift = rows.mean(axis=0, dtype=np.float64)
-        if scratch and rows.dtype == np.float64:
-            shifted = np.subtract(rows, self.shift, out=rows)
-        else:
-            shifted = np.subtract(rows, self.shift, dtype=np.float64)  # converts and shifts in one pass
+        step = _piece_rows(self.channels)
+        scratch = np.empty((min(step, rows.shape[0]), self.channels))
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step]
+            self._add_shifted(np.subtract(part, self.shift, out=scratch[: part.shape[0]]))
+        self.count += rows.shape[0]
+
+    def add_differences(self, first: np.ndarray, second: np.ndarray) -> None:
+        """Add ``first - second`` of two (rows, columns, channels) blocks (each pixel and its
+        neighbour), differenced in float64 a few rows at a time, never as a whole block."""
+        if first.size == 0:
+            return
+        rows, columns = first.shape[:2]
+        if self.shift is None:
+            self.shift = np.subtract(first[:1], second[:1], dtype=np.float64).reshape(-1, self.channels).mean(axis=0)
+        step = max(1, _piece_rows(self.channels) // columns)
+        scratch = np.empty((min(step, rows), columns, self.channels))
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            piece = np.subtract(first[start:stop], second[start:stop], out=scratch[: stop - start])
+            flat = piece.reshape(-1, self.channels)
+            self._add_shifted(np.subtract(flat, self.shift, out=flat))
+        self.count += rows * columns
+
+    def _add_shifted(self, shifted: np.ndarray) -> None:
         self.shifted_products += shifted.T @ shifted  # numpy runs this as a symmetric rank-k update
         self.shifted_sum += shifted.sum(axis=0)
-        self.count += rows.shape[0]
 
     @property
     def mean(self) -> np.ndarray:

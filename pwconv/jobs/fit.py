@@ -137,8 +137,23 @@ class _Sampler:
 
 
 def _valid(rows: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Rows with no nodata and no NaN in any channel (the same rule as ``apply``'s masking)."""
-    return ~Nodata(nodata, True, math.nan).mask(rows, axis=1)
+    """Rows with no nodata and no NaN in any channel (the same rule as ``apply``'s masking).
+
+    NaN is looked for in each row's sum first (a sum is NaN when any term is, and a matrix
+    product over the block reads it once, at memory speed); only rows whose sum is NaN are
+    checked term by term, since two infinities of opposite sign also sum to NaN.
+    """
+    if nodata is not None and not math.isnan(nodata):
+        return ~Nodata(nodata, True, math.nan).mask(rows, axis=1)
+    if rows.dtype.kind not in "fc" or rows.shape[1] == 0:
+        return np.ones(rows.shape[0], bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sums = rows @ np.ones(rows.shape[1], rows.dtype)
+    valid = ~np.isnan(sums)
+    suspect = np.flatnonzero(~valid)
+    if suspect.size:
+        valid[suspect] = ~np.isnan(rows[suspect]).any(axis=1)
+    return valid
 
 
 def _open_all(specs: list[Spec], max_bytes: int) -> list[Source]:
@@ -197,8 +212,9 @@ def _accumulate(
                 if keep is not None:
                     block, valid = block[keep], valid[keep]
                 counts.total += count if keep is None else len(keep)
-                counts.nodata += int(np.count_nonzero(~valid))
-                moments.add(block[valid])
+                left_out = int(np.count_nonzero(~valid))
+                counts.nodata += left_out
+                moments.add(block[valid] if left_out else block)  # no copy where every pixel counts
                 start += count
         counts.used = moments.count
         return moments, counts, channel_counts[0]
@@ -492,14 +508,14 @@ def _mnf_moments(
                     counts.total += own_valid.size
                     counts.nodata += int(np.count_nonzero(~own_valid))
                     first, second = _pairs(x, step)
-                    deltas = np.subtract(first, second, dtype=np.float64)
                     if valid.all():  # the usual case: no masked copies
                         signal.add(own.reshape(-1, c))
-                        noise.add(deltas.reshape(-1, c), scratch=True)
+                        noise.add_differences(first, second)
                     else:
                         signal.add(own[own_valid])
                         first_valid, second_valid = _pairs(valid, step)
-                        noise.add(deltas[first_valid & second_valid], scratch=True)
+                        both = first_valid & second_valid
+                        noise.add(np.subtract(first[both], second[both], dtype=np.float64))
                     source.release(tuple(index))
         finally:
             source.close()
