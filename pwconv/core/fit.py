@@ -81,7 +81,9 @@ class Moments:
             return
         rows, columns = first.shape[:2]
         if self.shift is None:
-            self.shift = np.subtract(first[:1], second[:1], dtype=np.float64).reshape(-1, self.channels).mean(axis=0)
+            self.shift = (
+                np.subtract(first[:1], second[:1], dtype=np.float64).reshape(-1, self.channels).mean(axis=0)
+            )
         step = max(1, _piece_rows(self.channels) // columns)
         scratch = np.empty((min(step, rows), columns, self.channels))
         for start in range(0, rows, step):
