@@ -15,6 +15,7 @@ EXAMPLES = examples(
         "python -m pwconv explain input.npy weights.npy --at 3,4",
         'python -m pwconv explain chw.npy "2,3" --layout CHW --at 1,1',
         "python -m pwconv explain input.npy weights.npy --code torch > snippet.py && python snippet.py",
+        "python -m pwconv explain sample_data/example_M.npy 2,3 --layout CHW --html explain.html",
     ]
 )
 
@@ -50,6 +51,17 @@ def explain(
             "stdout then carries the program alone.",
         ),
     ] = None,
+    html: Annotated[
+        Optional[str],
+        typer.Option(
+            "--html", help="Also write the calculation as a self-contained HTML page (pwconv[report])."
+        ),
+    ] = None,
+    png: Annotated[
+        Optional[str], typer.Option("--png", help="Also write the figure as a PNG (1400 x 900).")
+    ] = None,
+    svg: Annotated[Optional[str], typer.Option("--svg", help="Also write the figure as an SVG.")] = None,
+    overwrite: o.OverwriteOpt = False,
     json_report: o.JsonOpt = False,
     allow_external: o.AllowExternalOpt = False,
 ) -> None:
@@ -66,7 +78,15 @@ def explain(
     request = ExplainRequest(
         input, weights, options, at=at, filters=filters, max_terms=max_terms, dataset=dataset, code=targets
     )
-    doc = run_explain(request)
+    from pwconv.jobs.figures import PictureTargets
+
+    pictures = PictureTargets(html, png, svg, overwrite)
+    if pictures.any:
+        from pwconv.jobs.figures import explain_with_pictures
+
+        doc = explain_with_pictures(request, pictures)
+    else:
+        doc = run_explain(request)
     mismatch = "the fast path differs from the reference beyond float tolerance; this is a pwconv bug"
     if json_report:
         emit_json([entry(input, doc, exit_code=0 if doc["ok"] else 1, error=None if doc["ok"] else mismatch)])
@@ -87,6 +107,9 @@ def explain(
                 print(title)
                 for line in lines:
                     print("  " + line)
+    for picture in doc.get("pictures", []):
+        size = f", {picture['width']} x {picture['height']}" if "width" in picture else ""
+        sys.stderr.write(f"wrote {picture['path']} ({picture['format']}, {picture['bytes']:,} B{size})\n")
     if not doc["ok"]:
         error(mismatch)
         sys.exit(1)

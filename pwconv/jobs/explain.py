@@ -21,7 +21,7 @@ from pwconv.io.interface import Source
 from pwconv.io.operands import read_weights
 from pwconv.io.registry import STREAM, backend_of, open_source
 from pwconv.io.spec import parse_spec
-from pwconv.jobs.apply import bound_weights, make_plan, resolve_nodata, with_channel_dim
+from pwconv.jobs.apply import bound_weights, make_plan, output_labels, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import describe_bias, describe_input, describe_weights
 
@@ -39,6 +39,26 @@ class ExplainRequest:
     max_terms: int = 8
     dataset: str | None = None
     code: tuple[str, ...] = ()  # explain --code: the snippets to write (numpy, torch, keras)
+    pictures: bool = False  # read the region around the pixel that a figure shows
+
+
+#: Positions shown around the pixel along a picture's rows and columns.
+PICTURE_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """What a figure of the calculation shows besides the numbers: the input and output
+    around the pixel, as (rows, columns, channels) planes of the last two non-channel axes."""
+
+    inputs: np.ndarray  # (rows, columns, C)
+    outputs: np.ndarray  # (rows, columns, K), as written (rounded and clipped for integers)
+    nodata: np.ndarray | None  # (rows, columns): pixels apply writes as nodata
+    pixel: tuple[int, int]  # the explained pixel inside the planes
+    origin: tuple[int, int]  # the planes' first output position along the two axes
+    axis_names: tuple[str, str]  # the two axes' names (rows, columns)
+    channel_names: tuple[str, ...] | None
+    filter_names: tuple[str, ...] | None
 
 
 def axis_names(plan: ConvPlan, dimensions: tuple[str, ...] | None = None) -> list[str]:
@@ -94,27 +114,32 @@ def _position(plan: ConvPlan, at: str | None, names: list[str]) -> tuple[int, ..
     return tuple(coords)
 
 
-def _read_line(source: Source, plan: ConvPlan, coords: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """The input line (innermost non-channel axis) through the pixel, and the pixel's place in it."""
+def _read_around(
+    source: Source, plan: ConvPlan, coords: tuple[int, ...], window: int | None = None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The input around the pixel and the pixel's place in it (one offset per non-channel
+    axis). Without ``window``: the line along the innermost non-channel axis (up to
+    ``_LINE_CAP`` positions, which bounds memory on huge axes). With it: up to ``window``
+    positions along each of the last two non-channel axes (a picture's rows and columns)."""
     axes = [a for a in range(len(plan.out_shape)) if a != plan.channel_axis]
-    line_axis = axes[-1] if axes else None
+    spans = (
+        {axes[-1]: _LINE_CAP} if window is None and axes else {a: window for a in axes[-2:]} if window else {}
+    )
     out_index: list[slice] = [slice(0, n) for n in plan.out_shape]
-    offset = 0
+    offsets = []
     for axis, value in zip(axes, coords):
-        if axis == line_axis:
-            start = max(0, min(value - _LINE_CAP // 2, plan.out_shape[axis] - _LINE_CAP))
-            out_index[axis] = slice(start, min(plan.out_shape[axis], start + _LINE_CAP))
-            offset = value - start
-        else:
-            out_index[axis] = slice(value, value + 1)
+        span = spans.get(axis, 1)
+        start = max(0, min(value - span // 2, plan.out_shape[axis] - span))
+        out_index[axis] = slice(start, min(plan.out_shape[axis], start + span))
+        offsets.append(value - start)
     index = plan.strided_index(tuple(out_index))
-    if source.sequential and line_axis is not None and line_axis > plan.channel_axis:
-        # A pipe is read front to back: take the contiguous stretch that holds the line.
+    if source.sequential and axes and axes[-1] > plan.channel_axis:
+        # A pipe is read front to back: take the contiguous stretch that holds the region.
         wide = tuple(sl if a < plan.channel_axis else slice(None) for a, sl in enumerate(index))
         block = source.read(wide)
         narrow = tuple(slice(None) if a < plan.channel_axis else sl for a, sl in enumerate(index))
-        return block[narrow], offset
-    return source.read(index), offset
+        return block[narrow], tuple(offsets)
+    return source.read(index), tuple(offsets)
 
 
 def _number(value: Any) -> Any:
@@ -134,13 +159,10 @@ def _tolerance(plan: ConvPlan, terms: list[tuple[Any, Any]], bias: Any) -> float
     return 4 * compute_eps * math.sqrt(len(terms) + 1) * magnitude + out_eps * magnitude
 
 
-def _pixel_of(line: np.ndarray, axis: int, offset: int) -> tuple[Any, ...]:
-    """The index of the explained pixel's channel vector inside the line read around it."""
-    pixel_at: list[Any] = [0] * line.ndim
-    axes = [a for a in range(line.ndim) if a != axis]
-    if axes:
-        pixel_at[axes[-1]] = offset
-    pixel_at[axis] = slice(None)
+def _pixel_of(block: np.ndarray, axis: int, offsets: tuple[int, ...]) -> tuple[Any, ...]:
+    """The index of the explained pixel's channel vector inside the block read around it."""
+    pixel_at: list[Any] = list(offsets)
+    pixel_at.insert(axis, slice(None))
     return tuple(pixel_at)
 
 
@@ -201,8 +223,52 @@ def _chosen_filters(plan: ConvPlan, text: str | None) -> list[int]:
     return chosen
 
 
+def _planes(block: np.ndarray, axis: int, offsets: tuple[int, ...]) -> np.ndarray:
+    """A block as (rows, columns, channels) over its last two non-channel axes (the others
+    are one position wide around the pixel)."""
+    moved = np.moveaxis(block, axis, -1)
+    picture = moved[tuple(0 for _ in range(max(0, len(offsets) - 2)))] if len(offsets) > 2 else moved
+    while picture.ndim < 3:
+        picture = picture[np.newaxis]
+    return picture
+
+
+def _neighbourhood(
+    plan: ConvPlan, block: np.ndarray, computed: np.ndarray, offsets: tuple[int, ...], coords: tuple[int, ...],
+    names: list[str], nodata: Any, saturate_to: np.dtype | None, labels: Any, filter_names: Any,
+) -> Neighbourhood:  # fmt: skip
+    axis = plan.channel_axis
+    written = computed if saturate_to is None else saturate(computed, saturate_to)[0]
+    mask = None if nodata is None else nodata.mask(block, axis)
+    shown = offsets[-2:]
+    pixel = (0, shown[0]) if len(shown) == 1 else (shown[0], shown[1]) if shown else (0, 0)
+    starts = [c - o for c, o in zip(coords, offsets)][-2:]
+    origin = (0, starts[0]) if len(starts) == 1 else (starts[0], starts[1]) if starts else (0, 0)
+    non_channel = [names[a] for a in range(len(names)) if a != axis][-2:]
+    axis_names = (
+        ("", non_channel[0])
+        if len(non_channel) == 1
+        else (non_channel[0], non_channel[1])
+        if non_channel
+        else ("", "")
+    )
+    bad = None
+    if mask is not None:
+        bad = _planes(mask[..., np.newaxis], mask.ndim, offsets)[..., 0]
+    return Neighbourhood(
+        np.asarray(_planes(block, axis, offsets)), np.asarray(_planes(written, axis, offsets)), bad,
+        pixel, origin, axis_names, tuple(labels) if labels else None,
+        tuple(filter_names) if filter_names else None,
+    )  # fmt: skip
+
+
 def explain(request: ExplainRequest) -> dict[str, Any]:
     """The explanation as a JSON-ready document (see :func:`render_text` for the text form)."""
+    return explain_with_neighbourhood(request)[0]
+
+
+def explain_with_neighbourhood(request: ExplainRequest) -> tuple[dict[str, Any], Neighbourhood | None]:
+    """:func:`explain`, and with ``request.pictures`` the region a figure of it shows."""
     if request.max_terms < 2:
         raise UsageError(f"expected --max-terms of at least 2, found {request.max_terms}")
     spec = parse_spec(request.input, request.dataset)
@@ -215,6 +281,7 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
     try:
         options = with_channel_dim(request.options, source)
         loaded = bound_weights(loaded, source, options)
+        labels = None
         if loaded.denominator is not None:
             raise UsageError(
                 f"expected one mix for explain, found a ratio (denominator {loaded.denominator.filters.source!r}); "
@@ -224,13 +291,15 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         nodata = resolve_nodata(options, source, np.dtype(np.float64))
         names = axis_names(plan, source.description.dimensions)
         coords = _position(plan, request.at, names)
-        line, offset = _read_line(source, plan, coords)
+        block, offsets = _read_around(source, plan, coords, PICTURE_WINDOW if request.pictures else None)
+        labels = source.description.labels.get(plan.channel_axis)
     finally:
         source.close()
     axis = plan.channel_axis
-    where = _pixel_of(line, axis, offset)
-    pixel = line[where].reshape(-1)
-    fast = compute_block(plan, line)[where].reshape(-1)
+    where = _pixel_of(block, axis, offsets)
+    pixel = block[where].reshape(-1)
+    computed = compute_block(plan, block)
+    fast = computed[where].reshape(-1)
     chosen = _chosen_filters(plan, request.filters)
     filters_doc = [_filter_doc(plan, pixel, fast, k, saturate_to) for k in chosen]
     out_positions = [a for a in range(len(plan.out_shape)) if a != axis]
@@ -253,6 +322,10 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
             "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
             "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
             "channels": [_number(v.item()) for v in pixel],
+            # the pixel's row in the matrix view (output positions in C order, channels left out)
+            "flat_index": int(np.ravel_multi_index(tuple(coords), [plan.out_shape[a] for a in out_positions]))
+            if out_positions
+            else 0,
             "nodata": bool(nodata is not None and nodata.mask(pixel.reshape(1, -1), 1)[0]),
         },
         "results": filters_doc,
@@ -267,7 +340,20 @@ def explain(request: ExplainRequest) -> dict[str, Any]:
         doc["code"] = snippets(
             Case(spec, member, loaded, plan, tuple(coords), chosen[0], saturate_to), list(request.code)
         )
-    return doc
+    if not request.pictures:
+        return doc, None
+    return doc, _neighbourhood(
+        plan,
+        block,
+        computed,
+        offsets,
+        tuple(coords),
+        names,
+        nodata,
+        saturate_to,
+        labels,
+        output_labels(loaded, plan),
+    )
 
 
 def _only_array(spec: Any) -> str | None:
@@ -276,11 +362,16 @@ def _only_array(spec: Any) -> str | None:
     return arrays[0] if len(arrays) == 1 else None
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A number of the explanation as the text shows it (negative ones in brackets).
+
+    >>> format_value(-2), format_value(0.1 + 0.2)
+    ('(-2)', '0.3')
+    """
     if value is None:
         return "nan"
     if isinstance(value, list):
-        return f"({_fmt(value[0])}{'+' if value[1] >= 0 else '-'}{_fmt(abs(value[1]))}j)"
+        return f"({format_value(value[0])}{'+' if value[1] >= 0 else '-'}{format_value(abs(value[1]))}j)"
     if isinstance(value, float):
         text = f"{value:.6g}"
         return f"({text})" if text.startswith("-") else text
@@ -316,7 +407,7 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
     where = ", ".join(f"{n}={v}" for n, v in px["output_index"].items())
     src = ", ".join(f"{n}={v}" for n, v in px["input_index"].items())
     channels = px["channels"]
-    shown = _elide([_fmt(v) for v in channels], max_terms, "values")
+    shown = elided([format_value(v) for v in channels], max_terms, "values")
     pixel_lines = [f"input channels at ({src}): [{', '.join(shown)}]"]
     if px.get("nodata"):
         pixel_lines.append(
@@ -324,20 +415,22 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
             "nodata in every channel here; the sums below are what the filters would give"
         )
     for item in doc["results"]:
-        products = [f"{_fmt(v)}*{_fmt(w)}" for v, w, _ in item["terms"]]
-        text = " + ".join(_elide(products, max_terms, "terms"))
+        products = [f"{format_value(v)}*{format_value(w)}" for v, w, _ in item["terms"]]
+        text = " + ".join(elided(products, max_terms, "terms"))
         if item["bias"] is not None:
-            text += f" + {_fmt(item['bias'])} (bias)"
+            text += f" + {format_value(item['bias'])} (bias)"
         label = f"filter {item['filter']}"
         if matrix["groups"] > 1:
             lo, hi = item["channels"]
             label += f" (group {item['group']}, channels {lo}-{hi - 1})"
         written = item.get("written")
-        stored = "" if written is None else f" -> {_fmt(written)} in {out['dtype']} (rounded, clipped)"
-        pixel_lines.append(f"{label}:  {text} = {_fmt(item['sum'])}{stored}")
+        stored = (
+            "" if written is None else f" -> {format_value(written)} in {out['dtype']} (rounded, clipped)"
+        )
+        pixel_lines.append(f"{label}:  {text} = {format_value(item['sum'])}{stored}")
         verdict = "ok" if item["ok"] else "MISMATCH (a pwconv bug: please report it)"
         pixel_lines.append(
-            f"    fast path: {_fmt(item['fast_path'])}   difference {item['difference']:.3g}"
+            f"    fast path: {format_value(item['fast_path'])}   difference {item['difference']:.3g}"
             f" (tolerance {item['tolerance']:.3g}) {verdict}"
         )
     if doc["filters_not_shown"]:
@@ -354,7 +447,8 @@ def render_text(doc: dict[str, Any], max_terms: int = 8) -> list[tuple[str, list
     return [("shapes", shapes), (f"pixel ({where})", pixel_lines), ("matrix view", matrix_lines)]
 
 
-def _elide(items: list[str], max_terms: int, what: str) -> list[str]:
+def elided(items: list[str], max_terms: int, what: str) -> list[str]:
+    """``items``, or its first and last ones around a line saying how many are left out."""
     if len(items) <= max_terms:
         return items
     head = max_terms // 2
