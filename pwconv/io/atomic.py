@@ -318,6 +318,24 @@ def write_atomically(path: str, overwrite: bool, write: Callable[[str], None]) -
     write_together({path: write}, overwrite)
 
 
+def _bytes_writer(data: bytes) -> Callable[[str], None]:
+    def write(temp: str) -> None:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+
+    return write
+
+
+def write_bytes_atomically(path: str, data: bytes, overwrite: bool) -> None:
+    """Write ``data`` as the file ``path``, whole or not at all."""
+    write_atomically(path, overwrite, _bytes_writer(data))
+
+
+def write_files_together(files: dict[str, bytes], overwrite: bool) -> None:
+    """Write each ``{path: data}`` file, all of them or none (see :func:`write_together`)."""
+    write_together({path: _bytes_writer(data) for path, data in files.items()}, overwrite)
+
+
 def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) -> None:
     """Write a set of files (a bank and its bias file) together or not at all: every target
     is checked first, every file is written to its temp file, and only then are they renamed

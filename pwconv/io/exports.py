@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from pwconv.errors import UsageError, require_extra
-from pwconv.io.atomic import write_atomically
+from pwconv.io.atomic import write_bytes_atomically
 
 #: The ONNX operator set the models use: Conv, Div, Equal and Where as onnxruntime 1.14+ runs them.
 ONNX_OPSET = 17
@@ -109,13 +109,7 @@ def onnx_model(bank: ExportBank) -> bytes:
 
 def write_onnx(path: str, bank: ExportBank, overwrite: bool) -> list[str]:
     """Write :func:`onnx_model` at ``path`` atomically; returns the paths written."""
-    data = onnx_model(bank)
-
-    def write(temp: str) -> None:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-
-    write_atomically(path, overwrite, write)
+    write_bytes_atomically(path, onnx_model(bank), overwrite)
     return [path]
 
 
@@ -196,10 +190,5 @@ def gdal_band_count(path: str) -> int:
 
 def write_vrt(path: str, text: str, overwrite: bool) -> list[str]:
     """Write a VRT's XML at ``path`` atomically; returns the paths written."""
-
-    def write(temp: str) -> None:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    write_atomically(path, overwrite, write)
+    write_bytes_atomically(path, text.encode("utf-8"), overwrite)
     return [path]

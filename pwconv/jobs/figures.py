@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pwconv.errors import UsageError, require_extra
-from pwconv.io.atomic import check_output_path, write_atomically
+from pwconv.io.atomic import check_output_path, write_files_together
 from pwconv.jobs.explain import Neighbourhood, elided, format_value, render_text
 
 #: The figure's size in inches and the PNG's resolution: a 1400 x 900 picture.
@@ -314,23 +314,20 @@ def write_pictures(
     """Draw the figure once and write each asked-for file atomically; returns what was
     written (path, format, bytes, and the PNG's pixel size)."""
     fig = explain_figure(doc, hood, max_terms)
+    files: dict[str, bytes] = {}
     written = []
     for kind, path in targets.paths():
         if kind == "html":
             data = explain_page(doc, _save(fig, "svg"), max_terms).encode("utf-8")
         else:
             data = _save(fig, kind)
-        write_atomically(path, targets.overwrite, lambda temp, data=data: _write_bytes(temp, data))
+        files[path] = data
         entry: dict[str, Any] = {"path": path, "format": kind, "bytes": len(data)}
         if kind == "png":
             entry["width"], entry["height"] = (round(n * PNG_DPI) for n in FIGURE_INCHES)
         written.append(entry)
+    write_files_together(files, targets.overwrite)  # all of them, or none
     return written
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
 
 
 def explain_with_pictures(request: Any, targets: PictureTargets) -> dict[str, Any]:
