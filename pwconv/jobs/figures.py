@@ -239,6 +239,8 @@ def explain_figure(doc: dict[str, Any], hood: Neighbourhood, max_terms: int) -> 
     _, figure_class = _matplotlib()
     sections = dict(render_text(doc, max_terms))
     fig = figure_class(figsize=FIGURE_INCHES, layout="constrained")
+    bias = f" + bias {doc['bias']}" if doc["bias"] else ""
+    fig.suptitle(f"{doc['input']['path']}  with filters {doc['weights']['source']}{bias}", fontsize=12)
     grid = fig.add_gridspec(2, 3, height_ratios=[3.2, 1.3], width_ratios=[1.0, 1.9, 1.0])
     inp, out = doc["input"], doc["output"]
     shown = _shown_channels(hood.inputs.shape[-1])
@@ -294,7 +296,7 @@ def _inline_svg(svg: bytes) -> str:
 
 def explain_page(doc: dict[str, Any], svg: bytes, max_terms: int) -> str:
     """The self-contained HTML page: the figure inline, then the text explanation."""
-    title = f"pwconv explain: {doc['input']['path']}"
+    title = f"pwconv explain: {doc['input']['path']} with {doc['weights']['source']}"
     text = "\n\n".join(
         f"<h2>{html.escape(name)}</h2>\n<pre>{html.escape(chr(10).join(lines))}</pre>"
         for name, lines in render_text(doc, max_terms)

@@ -1,0 +1,178 @@
+"""`explain --html/--png/--svg`: the calculation as a picture, checked in a real browser.
+
+Headless Chromium (Debian's `chromium`, installed by .ci/run) opens each page with name
+resolution disabled; the tests read the DOM it rendered, its console log (the page's
+content security policy reports every load it blocks there) and its screenshot. The numbers
+in the picture are compared with those of `explain --json` on the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from pwconv.jobs.explain import format_value
+from tests.conftest import WORKED_M, assert_clean_error, leftovers, run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (.ci/run installs it)"
+)
+pytest.importorskip("matplotlib")
+
+
+def _chromium(tmp_path, page, *args):
+    proc = subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0", *args,
+            page.resolve().as_uri(),
+        ],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    return proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8", "replace")
+
+
+def _rendered(tmp_path, page):
+    """The DOM Chromium rendered, after checking that nothing was refused or logged."""
+    dom, log = _chromium(tmp_path, page, "--dump-dom")
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    return dom
+
+
+def _texts(markup):
+    """Every text node's content (SVG <text> and HTML alike), whitespace trimmed."""
+    return {t.strip() for t in re.findall(r">([^<>]+)<", markup) if t.strip()}
+
+
+def _explain(tmp_path, *args):
+    proc = run_cli("explain", *args, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[0]
+
+
+@needs_chromium
+def test_worked_example_page_shows_the_four_sums_and_loads_nothing(tmp_path):
+    np.save(tmp_path / "M.npy", WORKED_M)
+    doc = _explain(tmp_path, "M.npy", "2,3", "--layout", "CHW", "--html", "explain.html")
+    assert doc["pictures"][0]["path"] == "explain.html" and doc["results"][0]["sum"] == 17
+    page = tmp_path / "explain.html"
+    dom = _rendered(tmp_path, page)
+    texts = _texts(dom)
+    assert {"17", "22", "27", "32"} <= texts  # every output value of the 2x2 plane is drawn
+    assert "(2 * 2) x 2  @  2 x 1  =  (2 * 2) x 1" in texts  # the matrix view
+    assert any("2x2x2 (C, H, W)" in t for t in texts) and any("1x2x2" in t for t in texts)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page.read_text())
+    _, _ = _chromium(tmp_path, page, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1400,1100")
+    from PIL import Image
+
+    with Image.open(tmp_path / "shot.png") as shot:
+        pixels = np.asarray(shot.convert("RGB"))
+    assert pixels.shape[:2] == (1100, 1400)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100 and pixels.std() > 20  # not blank
+
+
+def _geotiff(path, bands_first, descriptions, nodata):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    count, height, width = bands_first.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
+        crs="EPSG:32633", transform=from_origin(0, 0, 30, 30), nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(bands_first)
+        for band, name in enumerate(descriptions, 1):
+            dst.set_band_description(band, name)
+
+
+def _cases(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "hwc.npy", rng.normal(size=(40, 50, 6)).astype(np.float32))
+    np.save(tmp_path / "w6.npy", rng.normal(size=(3, 6)))
+    np.save(tmp_path / "nchw.npy", rng.integers(-9, 9, size=(2, 5, 7, 8)))
+    np.save(tmp_path / "long.npy", rng.normal(size=(6, 7, 192)).astype(np.float32))
+    np.save(tmp_path / "w192.npy", rng.normal(size=(4, 192)).astype(np.float32))
+    x = rng.random((4, 9, 10)).astype(np.float32)
+    x[2, 3, 4] = -1
+    _geotiff(tmp_path / "scene.tif", x, ["blue", "green", "red", "nir08"], nodata=-1)
+    np.savez(
+        tmp_path / "model.npz",
+        **{"head.weight": rng.normal(size=(2, 4, 1, 1)), "head.bias": rng.normal(size=2)},
+    )
+    return [
+        ("hwc.npy", "w6.npy", "--at", "20,31"),
+        ("nchw.npy", "1,2,-3,4,0;0,1,1,1,1", "--layout", "NCHW", "--at", "1,3,5"),
+        ("long.npy", "w192.npy", "--at", "3,3", "--filters", "1,3"),
+        ("scene.tif", "0,0,-1,1", "--at", "3,4"),  # a nodata pixel
+        ("scene.tif", "model.npz:head.weight", "--bias", "model.npz:head.bias", "--at", "8,9"),
+    ]
+
+
+@needs_chromium
+def test_the_numbers_drawn_are_those_of_explain_json(tmp_path):
+    for i, (inp, weights, *options) in enumerate(_cases(tmp_path)):
+        page = f"case{i}.html"
+        doc = _explain(tmp_path, inp, weights, *options, "--html", page, "--svg", f"case{i}.svg")
+        texts = _texts(_rendered(tmp_path, tmp_path / page))
+        svg_texts = _texts((tmp_path / f"case{i}.svg").read_text())
+        assert ET.parse(tmp_path / f"case{i}.svg").getroot().tag.endswith("svg")
+        for item in doc["results"][:2]:  # the table lists the first two filters term by term
+            assert format_value(item["sum"]) in svg_texts, (inp, item["sum"])
+            first = item["terms"][0]
+            assert {format_value(first[0]), format_value(first[1]), format_value(first[2])} <= svg_texts
+        if len(doc["pixel"]["channels"]) > 8:  # a long channel vector is elided as the text does
+            assert f"{len(doc['pixel']['channels']) - 8} more" in svg_texts
+        assert any(weights.split(":")[-1] in t for t in texts)  # the weights' name (a tensor's included)
+        shape = "x".join(map(str, doc["input"]["shape"]))
+        assert any(shape in t for t in svg_texts)
+        if doc["pixel"]["nodata"]:
+            assert any("this pixel is nodata" in t for t in texts)
+
+
+def test_png_is_a_picture_of_the_stated_size(tmp_path):
+    from PIL import Image
+
+    np.save(tmp_path / "M.npy", WORKED_M)
+    doc = _explain(tmp_path, "M.npy", "2,3", "--layout", "CHW", "--png", "fig.png")
+    (entry,) = doc["pictures"]
+    assert entry["format"] == "png" and entry["bytes"] == (tmp_path / "fig.png").stat().st_size
+    with Image.open(tmp_path / "fig.png") as picture:
+        assert picture.format == "PNG" and picture.size == (entry["width"], entry["height"]) == (1400, 900)
+        assert np.asarray(picture.convert("L")).std() > 10
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--html", "old.html"), ("old.html", "exists", "--overwrite")),
+        (("--png", "fig.jpg"), ("expected a .png file for --png",)),
+        (("--html", "a.html", "--svg", "a.html"), ("expected a .svg file for --svg",)),
+        (("--html", "same.html", "--png", "same.html"), ("expected a .png file for --png",)),
+    ],
+)
+def test_bad_picture_targets_are_refused_before_any_work(tmp_path, args, fragments):
+    np.save(tmp_path / "M.npy", WORKED_M)
+    (tmp_path / "old.html").write_text("keep")
+    proc = run_cli("explain", "M.npy", "2,3", "--layout", "CHW", *args, cwd=tmp_path)
+    assert_clean_error(proc, 2, *fragments)
+    assert (tmp_path / "old.html").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["M.npy", "old.html"] and not leftovers(tmp_path)
+
+
+def test_overwrite_replaces_the_pictures_together(tmp_path):
+    np.save(tmp_path / "M.npy", WORKED_M)
+    (tmp_path / "old.html").write_text("keep")
+    doc = _explain(
+        tmp_path, "M.npy", "2,3", "--layout", "CHW", "--html", "old.html", "--png", "p.png", "--overwrite"
+    )
+    assert [p["path"] for p in doc["pictures"]] == ["old.html", "p.png"]
+    assert "<svg" in (tmp_path / "old.html").read_text()
