@@ -107,6 +107,7 @@ HEAVY = (
     "safetensors",
     "PIL",
     "tifffile",
+    "matplotlib",
 )
 
 

@@ -26,6 +26,14 @@ fit_app = typer.Typer(
     rich_markup_mode=None,
 )
 
+ReportOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--report",
+        help="Also write an HTML page of the fit: the spectrum with the chosen k, the bank as a heat map, "
+        "the components on the input (lstsq: predicted against target); pwconv[report].",
+    ),
+]
 BankOpt = Annotated[
     str,
     typer.Option("--output", "-o", help=o.BANK_HELP),
@@ -66,6 +74,7 @@ def _options(values: dict[str, Any]) -> Any:
         overwrite=values["overwrite"],
         channel_dim=values["channel_dim"],
         dataset=values["dataset"],
+        report=values["report"],
     )
 
 
@@ -101,6 +110,8 @@ def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> N
                  + (" + bias" if made["bias"] else "")))  # fmt: skip
     rows.append(("time", seconds_text(doc["seconds"])))
     rows.append(("apply", doc["apply"]))  # written as the program was run
+    if doc.get("report"):
+        rows.append(("report", f"{doc['report']['path']} ({doc['report']['bytes']:,} B)"))
     if "inverse" in doc:
         rows.append(("inverse", f"apply the outputs with {doc['inverse']} to map them back to the channels"))
     if "forward" in doc:
@@ -133,6 +144,7 @@ def fit_pca(
     sample: SampleOpt = None,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     overwrite: o.OverwriteOpt = False,
+    report: ReportOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     allow_external: o.AllowExternalOpt = False,
@@ -176,6 +188,7 @@ def fit_mnf(
     dataset: o.DatasetOpt = None,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     overwrite: o.OverwriteOpt = False,
+    report: ReportOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     allow_external: o.AllowExternalOpt = False,
@@ -223,6 +236,7 @@ def fit_lstsq(
     sample: SampleOpt = None,
     max_memory: o.MaxMemoryOpt = o.MAX_MEMORY,
     overwrite: o.OverwriteOpt = False,
+    report: ReportOpt = None,
     json_report: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     allow_external: o.AllowExternalOpt = False,

@@ -344,3 +344,183 @@ def explain_with_pictures(request: Any, targets: PictureTargets) -> dict[str, An
     assert hood is not None
     doc["pictures"] = write_pictures(doc, hood, targets, request.max_terms)
     return doc
+
+
+@dataclass(frozen=True)
+class FitPicture:
+    """What a fit report shows: the spectrum that chose k, the bank, and the input's look."""
+
+    method: str  # as the bank records it: "pca", "mnf (noise from ...)", "lstsq"
+    inputs: str
+    weights: np.ndarray  # (K, C)
+    bias: np.ndarray | None
+    filter_names: tuple[str, ...]
+    channel_names: tuple[str, ...] | None
+    pixels: int  # the pixels the fit used
+    spectrum: np.ndarray | None = None  # pca: every variance; mnf: every eigenvalue (1 + SNR)
+    sample: np.ndarray | None = None  # (rows, columns, C): the first input on a coarse grid
+    target: np.ndarray | None = None  # lstsq: the target on the same grid, (rows, columns, K)
+    r2: np.ndarray | None = None  # lstsq: per output channel
+
+    @property
+    def kept(self) -> int:
+        return int(self.weights.shape[0])
+
+
+def _number_text(value: float) -> str:
+    return format(float(value), ".9g")
+
+
+def _draw_spectrum(ax: Any, picture: FitPicture) -> None:
+    assert picture.spectrum is not None
+    values = np.asarray(picture.spectrum, dtype=np.float64)
+    positions = np.arange(1, len(values) + 1)
+    mnf = picture.method.startswith("mnf")
+    colours = ["#2b6cb0" if i < picture.kept else "#b7c7dd" for i in range(len(values))]
+    if mnf:
+        ax.bar(positions, values, color=colours)
+        ax.set_yscale("log")
+        ax.set_ylabel("eigenvalue (1 + signal-to-noise ratio)")
+        share = np.cumsum(values) / values.sum()
+    else:
+        share = np.cumsum(values) / values.sum()
+        ax.bar(positions, values / values.sum(), color=colours)
+        ax.set_ylabel("explained variance ratio")
+    ax.set_xlabel("component")
+    twin = ax.twinx()
+    twin.plot(positions, share, color="#c05621", marker="o", markersize=3)
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("cumulative share", color="#c05621")
+    ax.axvline(picture.kept + 0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_title(f"k = {picture.kept}: {100 * share[picture.kept - 1]:.4g} % of the total", fontsize=11)
+
+
+def _draw_bank(ax: Any, picture: FitPicture) -> None:
+    weights = picture.weights
+    limit = float(np.abs(weights).max()) or 1.0
+    image = ax.imshow(weights, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    channels = picture.channel_names or tuple(str(c) for c in range(weights.shape[1]))
+    every = max(1, len(channels) // 24)
+    ax.set_xticks(
+        range(0, len(channels), every),
+        [channels[c] for c in range(0, len(channels), every)],
+        rotation=90,
+        fontsize=7,
+    )
+    ax.set_yticks(range(weights.shape[0]), picture.filter_names, fontsize=8)
+    ax.set_xlabel("input channel")
+    ax.set_title(f"the bank: {weights.shape[0]} x {weights.shape[1]} weights", fontsize=11)
+
+
+def _applied(picture: FitPicture) -> np.ndarray:
+    assert picture.sample is not None
+    out = picture.sample.astype(np.float64) @ picture.weights.T
+    return out + picture.bias if picture.bias is not None else out
+
+
+def fit_figure(picture: FitPicture) -> Any:
+    """The matplotlib figure of a fit: spectrum and bank, then what the bank gives."""
+    _, figure_class = _matplotlib()
+    fig = figure_class(figsize=FIGURE_INCHES, layout="constrained")
+    fig.suptitle(f"{picture.method} of {picture.inputs}, from {picture.pixels:,} pixels", fontsize=12)
+    grid = fig.add_gridspec(2, 4, height_ratios=[1.2, 1])
+    lstsq = picture.target is not None
+    if not lstsq:
+        _draw_spectrum(fig.add_subplot(grid[0, 0:2]), picture)
+    _draw_bank(fig.add_subplot(grid[0, 2:4] if not lstsq else grid[0, :]), picture)
+    if picture.sample is None:
+        return fig
+    outputs = _applied(picture)
+    for i in range(min(4, picture.kept)):
+        ax = fig.add_subplot(grid[1, i])
+        if lstsq:
+            assert picture.target is not None and picture.r2 is not None
+            truth = picture.target[..., i].reshape(-1)
+            guess = outputs[..., i].reshape(-1)
+            ax.scatter(truth, guess, s=4, alpha=0.5, rasterized=True)  # an image inside the SVG: small
+            low, high = float(min(truth.min(), guess.min())), float(max(truth.max(), guess.max()))
+            ax.plot([low, high], [low, high], color="black", linewidth=1)
+            ax.set_xlabel("target")
+            ax.set_ylabel("predicted")
+            ax.set_title(
+                f"{picture.filter_names[i]}: R\N{SUPERSCRIPT TWO} = {picture.r2[i]:.6g}", fontsize=10
+            )
+        else:
+            ax.imshow(outputs[..., i], cmap="gray", interpolation="nearest")
+            ax.set_title(f"{picture.filter_names[i]} applied to the input", fontsize=10)
+            ax.axis("off")
+    return fig
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+
+
+def fit_page(picture: FitPicture, svg: bytes) -> str:
+    """The fit report: the figure inline, then its numbers (the spectrum, R², the bank)."""
+    title = f"pwconv fit {picture.method}: {picture.inputs}"
+    sections = []
+    if picture.spectrum is not None:
+        values = np.asarray(picture.spectrum, dtype=np.float64)
+        share = values / values.sum()
+        rows = [
+            [
+                str(i + 1),
+                _number_text(v),
+                _number_text(s),
+                _number_text(c),
+                "kept" if i < picture.kept else "",
+            ]
+            for i, (v, s, c) in enumerate(zip(values, share, np.cumsum(share)))
+        ]
+        what = "eigenvalue" if picture.method.startswith("mnf") else "variance"
+        sections.append(
+            "<h2>spectrum</h2>\n" + _table(["component", what, "share", "cumulative", ""], rows, "spectrum")
+        )
+    if picture.r2 is not None:
+        rows = [[name, _number_text(r)] for name, r in zip(picture.filter_names, picture.r2)]
+        sections.append("<h2>fit per output channel</h2>\n" + _table(["output", "R\u00b2"], rows, "r2"))
+    channels = list(picture.channel_names or [str(c) for c in range(picture.weights.shape[1])])
+    header = ["filter", *channels] + (["bias"] if picture.bias is not None else [])
+    rows = [
+        [name, *(_number_text(w) for w in picture.weights[k])]
+        + ([_number_text(picture.bias[k])] if picture.bias is not None else [])
+        for k, name in enumerate(picture.filter_names)
+    ]
+    sections.append("<h2>the bank</h2>\n" + _table(header, rows, "bank"))
+    style = (
+        _STYLE
+        + "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
+        f'<h1>{html.escape(title)}</h1>\n<figure id="fit">\n{_inline_svg(svg)}\n</figure>\n'
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def fit_report(picture: FitPicture) -> bytes:
+    """The fit report's page, drawn before anything is written (a drawing that fails leaves
+    no bank behind either)."""
+    return fit_page(picture, _save(fit_figure(picture), "svg")).encode("utf-8")
+
+
+def write_fit_report(path: str, page: bytes, overwrite: bool) -> dict[str, Any]:
+    """Write the fit report at ``path`` atomically; returns what was written."""
+    write_files_together({path: page}, overwrite)
+    return {"path": path, "format": "html", "bytes": len(page)}
+
+
+def check_report_target(path: str, overwrite: bool) -> None:
+    """Refuse a report path that is not ``.html`` or that exists (without overwrite), and a
+    missing extra, before any work."""
+    if not path.lower().endswith(".html"):
+        raise UsageError(f"expected a .html file for --report, found {path!r}; name it *.html")
+    check_output_path(path, overwrite)
+    _matplotlib()

@@ -49,6 +49,7 @@ class FitOptions:
     overwrite: bool = False
     channel_dim: str | None = None  # the channels by dimension name (NetCDF), as in apply
     dataset: str | None = None  # the array inside each container input, as in apply
+    report: str | None = None  # an HTML page of the fit (pwconv[report])
     max_bytes: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -407,6 +408,7 @@ def fit_pca(
     start = time.perf_counter()
     count = components_asked(k, reconstruct)
     prepared = _prepare(inputs, output, count, options)
+    _check_report(options, prepared.specs)
     moments, counts, _ = _accumulate([[s] for s in prepared.specs], [prepared.axes], options, joint=False)
     if counts.used == 0:
         raise ShapeError(
@@ -433,7 +435,12 @@ def fit_pca(
         "n_pixels": np.array(result.n_pixels),
         "method": np.array([method]),  # for info BANK
     }
+    spectrum = np.clip(np.linalg.eigvalsh(moments.covariance())[::-1], 0, None)
+    picture = _projection_picture(
+        method, prepared, arrays, counts, spectrum, len(result.explained_variance), options
+    )
     written = write_arrays(prepared.out_spec, arrays, options.overwrite)
+    report = _write_report(options, picture)
     return {
         **_projection_doc(method, prepared, written, arrays, counts),
         "components": int(result.weights.shape[0]),
@@ -442,6 +449,7 @@ def fit_pca(
         "explained_total": float(result.explained_variance_ratio.sum()),
         "seconds": round(time.perf_counter() - start, 6),
         "apply": _apply_command(inputs, written, prepared.axes, options.dataset),
+        "report": report,
     }
 
 
@@ -546,6 +554,7 @@ def fit_mnf(
         )
     count = components_asked(k, reconstruct)
     prepared = _prepare(inputs, output, count, options)
+    _check_report(options, prepared.specs)
     signal, noise, counts = _mnf_moments(prepared.specs, prepared.axes, options, NOISE_DIRECTIONS[noise_from])
     if counts.used == 0:
         raise ShapeError(
@@ -572,7 +581,9 @@ def fit_mnf(
         "n_pixels": np.array(result.n_pixels),
         "method": np.array([method]),
     }
+    picture = _projection_picture(method, prepared, arrays, counts, result.eigenvalues, kept, options)
     written = write_arrays(prepared.out_spec, arrays, options.overwrite)
+    report = _write_report(options, picture)
     return {
         **_projection_doc(method, prepared, written, arrays, counts),
         "components": kept,
@@ -581,6 +592,7 @@ def fit_mnf(
         "noise_pairs": result.n_differences,
         "seconds": round(time.perf_counter() - start, 6),
         "apply": _apply_command(inputs, written, prepared.axes, options.dataset),
+        "report": report,
     }
 
 
@@ -613,6 +625,7 @@ def fit_lstsq(
             f"expected TARGET with the same pixels as INPUT, found {math.prod(shapes[1])} pixels {shapes[1]} "
             f"against {math.prod(shapes[0])} {shapes[0]}; give a target of the same size (or [[target_layout]])"
         )
+    _check_report(options, [in_spec, target_spec])
     moments, counts, channels = _accumulate([[in_spec, target_spec]], layouts, options, joint=True)
     if counts.used == 0:
         raise ShapeError(
@@ -632,10 +645,21 @@ def fit_lstsq(
         **_labels(headers[1].labels, headers[0].labels),
         "method": np.array([method]),
     }
+    page = None
+    if options.report is not None:
+        from pwconv.jobs.figures import FitPicture, fit_report
+
+        names = headers[1].labels or tuple(f"target {k}" for k in range(result.weights.shape[0]))
+        page = fit_report(FitPicture(
+            method, in_spec.text, result.weights, result.bias, tuple(names), headers[0].labels, counts.used,
+            sample=_sample_grid(in_spec, layouts[0]), target=_sample_grid(target_spec, layouts[1]), r2=result.r2,
+        ))  # fmt: skip
     written = write_arrays(out_spec, arrays, options.overwrite)
+    report = _write_report(options, page)
     return {
         "pwconv": __version__,
         "method": method,
+        "report": report,
         "inputs": [in_spec.text],
         "target": target_spec.text,
         "output": written,
@@ -647,6 +671,77 @@ def fit_lstsq(
         "seconds": round(time.perf_counter() - start, 6),
         "apply": _apply_command([input], written, axes, options.dataset),
     }
+
+
+#: The coarse grid a fit report draws the input on: at most this many rows and columns.
+_REPORT_GRID = 96
+
+
+def _sample_grid(spec: Spec, axes: Axes) -> np.ndarray:
+    """An input on a coarse grid of its last two pixel axes, as (rows, columns, channels)
+    float64, read a row at a time (the first position of any other pixel axis)."""
+    source = open_source(spec)
+    try:
+        channel = axes.channel_axis(source)
+        shape = tuple(source.shape)
+        pixel = [a for a in range(len(shape)) if a != channel]
+        row_axis, col_axis = ([None] + pixel)[-2:] if len(pixel) < 2 else pixel[-2:]
+        rows = (
+            range(0, shape[row_axis], max(1, -(-shape[row_axis] // _REPORT_GRID)))
+            if row_axis is not None
+            else [0]
+        )
+        col_step = max(1, -(-shape[col_axis] // _REPORT_GRID)) if col_axis is not None else 1
+        lines = []
+        for r in rows:
+            index = [slice(0, 1)] * len(shape)
+            index[channel] = slice(None)
+            if col_axis is not None:
+                index[col_axis] = slice(None)
+            if row_axis is not None:
+                index[row_axis] = slice(r, r + 1)
+            block = np.moveaxis(np.asarray(source.read(tuple(index))), channel, -1)
+            lines.append(block.reshape(-1, shape[channel])[::col_step].astype(np.float64))
+        return np.stack(lines)
+    finally:
+        source.close()
+
+
+def _write_report(options: FitOptions, page: bytes | None) -> dict[str, Any] | None:
+    if options.report is None or page is None:
+        return None
+    from pwconv.jobs.figures import write_fit_report
+
+    return write_fit_report(options.report, page, options.overwrite)
+
+
+def _check_report(options: FitOptions, inputs: list[Spec]) -> None:
+    if options.report is None:
+        return
+    from pwconv.jobs.figures import check_report_target
+
+    if any(options.report == spec.path for spec in inputs):
+        raise UsageError(f"expected --report to name a file of its own, found the input {options.report!r}")
+    check_report_target(options.report, options.overwrite)
+
+
+def _projection_picture(
+    method: str, prepared: _Prepared, arrays: dict[str, np.ndarray], counts: Pixels, spectrum: np.ndarray, kept: int,
+    options: FitOptions,
+) -> bytes | None:  # fmt: skip
+    if options.report is None:
+        return None
+    from pwconv.jobs.figures import FitPicture, fit_report
+
+    weights = arrays.get("forward_weights", arrays["weights"])
+    bias = arrays.get("forward_bias", arrays.get("bias"))
+    prefix = "mnf" if method.startswith("mnf") else "pc"
+    return fit_report(FitPicture(
+        method, ", ".join(s.text for s in prepared.specs), np.asarray(weights, np.float64)[:kept],
+        None if bias is None else np.asarray(bias, np.float64)[:kept], tuple(f"{prefix}{i + 1}" for i in range(kept)),
+        prepared.headers[0].labels, counts.used, spectrum=spectrum,
+        sample=_sample_grid(prepared.specs[0], prepared.axes),
+    ))  # fmt: skip
 
 
 def _pixels_doc(counts: Pixels) -> dict[str, Any]:
