@@ -176,3 +176,73 @@ def test_overwrite_replaces_the_pictures_together(tmp_path):
     )
     assert [p["path"] for p in doc["pictures"]] == ["old.html", "p.png"]
     assert "<svg" in (tmp_path / "old.html").read_text()
+
+
+def _table_values(page_text, table_id):
+    """The rows of an HTML table of the page, as lists of cell texts."""
+    body = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', page_text, re.S)
+    assert body, table_id
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S)]
+
+
+def _fit(tmp_path, *args):
+    proc = run_cli("fit", *args, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[0]
+
+
+def _cube(tmp_path):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(50, 60, 6)) @ rng.normal(size=(6, 6))).astype(np.float32)
+    np.save(tmp_path / "cube.npy", x)
+    np.save(tmp_path / "target.npy", x @ rng.normal(size=(6, 2)).astype(np.float32) + 1.5)
+    return x
+
+
+@needs_chromium
+@pytest.mark.parametrize("method", ["pca", "mnf"])
+def test_fit_report_holds_the_banks_numbers_and_renders_cleanly(tmp_path, method):
+    x = _cube(tmp_path)
+    doc = _fit(tmp_path, method, "cube.npy", "-k", "3", "-o", "bank.npz", "--report", "fit.html")
+    assert doc["report"]["path"] == "fit.html"
+    page = (tmp_path / "fit.html").read_text()
+    with np.load(tmp_path / "bank.npz") as bank:
+        weights, bias = bank["weights"], bank["bias"]
+        spectrum = bank["eigenvalues"] if method == "mnf" else None
+    rows = _table_values(page, "bank")
+    got = np.array([[float(v) for v in row[1:]] for row in rows])
+    np.testing.assert_allclose(got[:, :-1], weights, rtol=1e-7)
+    np.testing.assert_allclose(got[:, -1], bias, rtol=1e-7, atol=1e-12)
+    table = np.array([[float(v) for v in row[1:4]] for row in _table_values(page, "spectrum")])
+    if method == "mnf":
+        np.testing.assert_allclose(table[:, 0], spectrum, rtol=1e-8)
+    else:  # every variance of the covariance, largest first; the kept ones are the bank's
+        want = np.linalg.eigvalsh(np.cov(x.reshape(-1, 6).astype(np.float64), rowvar=False))[::-1]
+        np.testing.assert_allclose(table[:, 0], want, rtol=1e-6)
+        np.testing.assert_allclose(table[:3, 1], doc["explained_variance"] / want.sum(), rtol=1e-6)
+    assert [row[4] for row in _table_values(page, "spectrum")] == ["kept"] * 3 + [""] * 3
+    texts = _texts(_rendered(tmp_path, tmp_path / "fit.html"))
+    assert any(t.startswith("k = 3:") for t in texts)
+
+
+@needs_chromium
+def test_lstsq_report_shows_r2_per_target_channel(tmp_path):
+    _cube(tmp_path)
+    doc = _fit(tmp_path, "lstsq", "cube.npy", "target.npy", "-o", "map.npz", "--report", "map.html")
+    page = (tmp_path / "map.html").read_text()
+    r2 = [float(row[1]) for row in _table_values(page, "r2")]
+    np.testing.assert_allclose(r2, doc["r2"], rtol=1e-8)
+    texts = _texts(_rendered(tmp_path, tmp_path / "map.html"))
+    assert any("R\N{SUPERSCRIPT TWO} = " in t for t in texts)
+
+
+def test_a_bad_report_target_leaves_no_bank(tmp_path):
+    _cube(tmp_path)
+    (tmp_path / "old.html").write_text("keep")
+    for target, fragment in (("fit.png", "expected a .html file for --report"), ("old.html", "exists")):
+        proc = run_cli(
+            "fit", "pca", "cube.npy", "-k", "2", "-o", "bank.npz", "--report", target, cwd=tmp_path
+        )
+        assert_clean_error(proc, 2, fragment)
+        assert not (tmp_path / "bank.npz").exists() and not (tmp_path / "fit.png").exists()
+    assert (tmp_path / "old.html").read_text() == "keep"
