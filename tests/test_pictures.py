@@ -246,3 +246,35 @@ def test_a_bad_report_target_leaves_no_bank(tmp_path):
         assert_clean_error(proc, 2, fragment)
         assert not (tmp_path / "bank.npz").exists() and not (tmp_path / "fit.png").exists()
     assert (tmp_path / "old.html").read_text() == "keep"
+
+
+def test_python_api_explain_displays_in_a_notebook_with_the_clis_numbers(tmp_path):
+    import pwconv
+
+    shown = pwconv.explain(WORKED_M, np.array([2, 3]), at=(1, 1), layout="CHW")
+    np.save(tmp_path / "M.npy", WORKED_M)
+    cli = _explain(tmp_path, "M.npy", "2,3", "--layout", "CHW", "--at", "1,1")
+    assert shown.doc["results"][0]["sum"] == cli["results"][0]["sum"] == 32
+    assert shown.doc["input"]["path"] == "array"
+    fragment = shown._repr_html_()
+    assert fragment.startswith('<div class="pwconv-explain"><svg') and {"17", "22", "27", "32"} <= _texts(
+        fragment
+    )
+    assert "1*5 + 8*3 = 29" not in shown.text and "4*2 + 8*3 = 32" in shown.text
+    entry = shown.save(str(tmp_path / "api.png"))
+    assert (entry["width"], entry["height"]) == (1400, 900) and (
+        tmp_path / "api.png"
+    ).stat().st_size == entry["bytes"]
+
+
+def test_python_api_fit_returns_the_report_and_writes_the_bank(tmp_path):
+    import pwconv
+
+    x = _cube(tmp_path)
+    report = pwconv.fit("pca", x, str(tmp_path / "bank.npz"), k=2)
+    assert report.doc["components"] == 2 and report.doc["inputs"] == ["array"]
+    fragment = report._repr_html_()
+    assert fragment.startswith('<div class="pwconv-fit">') and "<svg" in fragment
+    rows = _table_values(fragment, "bank")
+    with np.load(tmp_path / "bank.npz") as bank:
+        np.testing.assert_allclose([[float(v) for v in r[1:-1]] for r in rows], bank["weights"], rtol=1e-7)

@@ -524,3 +524,55 @@ def check_report_target(path: str, overwrite: bool) -> None:
         raise UsageError(f"expected a .html file for --report, found {path!r}; name it *.html")
     check_output_path(path, overwrite)
     _matplotlib()
+
+
+class Explanation:
+    """One pixel's calculation, as the Python API returns it: ``doc`` (the ``--json``
+    document), ``text``, and the figure, which a notebook displays (``_repr_html_``)."""
+
+    def __init__(self, doc: dict[str, Any], hood: Neighbourhood, max_terms: int) -> None:
+        self.doc, self._hood, self._max_terms = doc, hood, max_terms
+
+    @property
+    def text(self) -> str:
+        """The text explanation, as ``pwconv explain`` prints it."""
+        return "\n".join(
+            f"{name}\n" + "\n".join("  " + line for line in lines)
+            for name, lines in render_text(self.doc, self._max_terms)
+        )
+
+    def figure(self) -> Any:
+        """The matplotlib figure."""
+        return explain_figure(self.doc, self._hood, self._max_terms)
+
+    def save(self, path: str, overwrite: bool = False) -> dict[str, Any]:
+        """Write the figure as ``.html``, ``.png`` or ``.svg`` (by the name's suffix)."""
+        kind = path.lower().rpartition(".")[2]
+        if kind not in ("html", "png", "svg"):
+            raise UsageError(f"expected a .html, .png or .svg name, found {path!r}")
+        targets = PictureTargets(**{kind: path}, overwrite=overwrite)
+        targets.check([])
+        (entry,) = write_pictures(self.doc, self._hood, targets, self._max_terms)
+        return entry
+
+    def _repr_html_(self) -> str:
+        svg = _inline_svg(_save(self.figure(), "svg"))
+        return f'<div class="pwconv-explain">{svg}<pre>{html.escape(self.text)}</pre></div>'
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class FitReport:
+    """A fit as the Python API returns it: ``doc`` (the ``--json`` document) and the report
+    page, which a notebook displays (``_repr_html_``)."""
+
+    def __init__(self, doc: dict[str, Any], page: str) -> None:
+        self.doc, self.page = doc, page
+
+    def _repr_html_(self) -> str:
+        body = self.page[self.page.index("<body>") + len("<body>") : self.page.index("</body>")]
+        return f'<div class="pwconv-fit">{body}</div>'
+
+    def __repr__(self) -> str:
+        return f"FitReport({self.doc['method']}, bank {', '.join(self.doc['output'])})"
