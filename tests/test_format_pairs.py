@@ -265,10 +265,22 @@ def test_output_channel_names_reach_netcdf_hdf5_and_zarr_and_the_report_names_a_
 
 def test_a_bank_format_without_text_still_applies(tmp_path):
     _named_geotiff(tmp_path / "in.tif")
+    assert run_cli("fit", "pca", "in.tif", "-k", "2", "-o", "pca.npy", cwd=tmp_path).returncode == 0
+    _named_geotiff(tmp_path / "swapped.tif", ("B3", "B2", "B4", "B8"))
+    proc = run_cli("apply", "swapped.tif", "pca.npy", "--bias", "pca.bias.npy", "-o", "out.tif", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # an .npy keeps no names, so there are none to check
+
+
+def test_a_safetensors_bank_keeps_its_channel_names_in_the_header_metadata(tmp_path):
+    _named_geotiff(tmp_path / "in.tif")
     assert run_cli("fit", "pca", "in.tif", "-k", "2", "-o", "pca.safetensors", cwd=tmp_path).returncode == 0
     _named_geotiff(tmp_path / "swapped.tif", ("B3", "B2", "B4", "B8"))
     proc = run_cli("apply", "swapped.tif", "pca.safetensors", "-o", "out.tif", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr  # no names kept, so none to check
+    assert_clean_error(proc, 2, "made for (B2, B3, B4, B8), found B3, B2, B4, B8")
+    proc = run_cli(
+        "apply", "swapped.tif", "pca.safetensors", "-o", "out.tif", "--ignore-channel-names", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_netcdf_band_dimension_is_the_channel_axis_unless_told_otherwise(tmp_path):
