@@ -548,10 +548,10 @@ def compute_masked(
 ) -> tuple[np.ndarray, Masked]:
     """:func:`compute_block` with nodata pixels filled with the output's nodata, and computed
     values equal to it replaced; (result, counts)."""
-    if plan.denominator is None:
-        result, zero = compute_block(plan, xs, out), None
-    else:
-        result, zero = _ratio(plan, xs, out)
+    result = compute_block(plan, xs, out)
+    zero = None
+    if plan.denominator is not None:
+        zero = _divide(result, compute_block(plan.denominator, xs))
     if nodata is None:
         if zero is not None:
             np.copyto(result, math.nan, where=zero)
@@ -562,34 +562,6 @@ def compute_masked(
     if zero is not None:  # after the collisions: these values are meant to read as nodata
         np.copyto(result, nodata.out_value, where=zero)
     return result, Masked(nodata.fill(result, bad, axis), replaced, _count(zero))
-
-
-#: The input a ratio's two products take at a time: both read it while it is in the cache.
-_RATIO_PIECE_BYTES = 4 << 20
-
-
-def _ratio(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The numerator divided by the denominator, slab by slab along the first axis (when it
-    is not the channel axis); returns the result and where the denominator was 0 (None: nowhere)."""
-    assert plan.denominator is not None
-    axis = plan.channel_axis
-    if axis == 0 or xs.ndim < 2 or xs.shape[0] < 2:
-        result = compute_block(plan, xs, out)
-        whole = _divide(result, compute_block(plan.denominator, xs))
-        return result, whole if whole.any() else None
-    if out is None:
-        out = np.empty(xs.shape[:axis] + (plan.out_channels,) + xs.shape[axis + 1 :], dtype=plan.out_dtype)
-    step = max(1, _RATIO_PIECE_BYTES // max(1, xs[0].nbytes))
-    zero: np.ndarray | None = None
-    for start in range(0, xs.shape[0], step):
-        piece = slice(start, start + step)
-        numerator = compute_block(plan, xs[piece], out[piece])
-        found = _divide(numerator, compute_block(plan.denominator, xs[piece]))
-        if found.any():
-            if zero is None:
-                zero = np.zeros(out.shape, bool)
-            zero[piece] = found
-    return out, zero
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
