@@ -101,6 +101,9 @@ class MissingExtraError(PwconvError, ImportError):
 #: failure is reported once, in pwconv's own line). ``logging`` is imported only then, so
 #: that a run that loads no such library does not pay for it.
 quiet_library_logs = False
+#: Set by the command line: the process runs one command, so optional integrations of the
+#: libraries it loads (dask.array's scipy, pandas and xarray support) are left unimported.
+command_line = False
 
 
 def _silence_library_logs() -> None:

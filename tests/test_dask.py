@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -309,3 +311,24 @@ def test_default_engine_streams_zarr_through_chunk_files(tmp_path):
     bad = run_cli("apply", "in.zarr", "w.npy", "-o", "bad.zarr", cwd=tmp_path)
     assert_clean_error(bad, 2, "chunk files", "damaged")
     assert not (tmp_path / "bad.zarr").exists() and leftovers(tmp_path) == []
+
+
+def test_the_dask_engine_imports_none_of_dask_arrays_unused_integrations(tmp_path):
+    pytest.importorskip("scipy")  # installed with the test extra: the case worth pinning
+    np.save(tmp_path / "x.npy", np.ones((4, 4, 3), np.float32))
+    code = (
+        "import sys\n"
+        "from pwconv.cli.app import main\n"
+        "sys.argv = ['pwconv', 'apply', 'x.npy', '1,1,1', '-o', 'y.npy', '--engine', 'dask', '-q']\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    import importlib.util\n"
+        "    print('loaded:', sorted(m for m in ('scipy', 'pandas', 'xarray') if sys.modules.get(m)), file=sys.stderr)\n"
+        "    print('findable:', importlib.util.find_spec('scipy') is not None, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert "loaded: []" in proc.stderr and "findable: True" in proc.stderr, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.full((4, 4, 1), 3, np.float32))

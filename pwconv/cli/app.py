@@ -50,6 +50,7 @@ def _quiet_libraries() -> None:
     from pwconv import errors
 
     errors.quiet_library_logs = True  # logging is quieted when a library is loaded
+    errors.command_line = True
     warnings.simplefilter("ignore")
     from pwconv.cli import native
 
