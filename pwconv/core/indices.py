@@ -83,6 +83,16 @@ def parse_constants(text: str | None) -> dict[str, float]:
     return values
 
 
+def _names_band(label: str, alias: str) -> bool:
+    """Whether ``label`` (``lc09_..._sr_b5``, ``t33uup_..._b04_10m``) holds ``alias`` as
+    whole words joined by underscores.
+
+    >>> _names_band("lc09_l2sp_sr_b5", "b5"), _names_band("lc09_l2sp_sr_b5", "sr_b5"), _names_band("b50", "b5")
+    (True, True, False)
+    """
+    return f"_{alias}_" in f"_{label}_"
+
+
 def band_of(
     names: tuple[str, ...], channels: int, labels: tuple[str, ...] | None, bindings: dict[str, str]
 ) -> int:
@@ -108,6 +118,15 @@ def band_of(
     for alias in names:
         if alias.lower() in named:
             return named.index(alias.lower())
+    for alias in names:  # a file name as the label (a stack's part): the band id as one of its words
+        hits = [i for i, label in enumerate(named) if _names_band(label, alias.lower())]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(
+                f"expected one band named like {alias!r} (for {name}), found {', '.join(labels[i] for i in hits)}; "  # type: ignore[index]
+                f"bind it with [[bands={name}=N]] (N from 1)"
+            )
     have = ", ".join(labels) if labels else f"{channels} unnamed bands"
     known = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
     raise UsageError(

@@ -129,13 +129,16 @@ FORMATS: tuple[Format, ...] = (
            channels_last=True, picture_metadata=True),
 )  # fmt: skip
 
+#: Files joined with ``+``: the channels of one input (read only; found by the spec parser).
+STACK = Format("stack", "a stack of files", f"{_F}.stack:StackFormat", (), channels_last=True)
+
 #: ``-``: an npy stream on stdin or stdout.
 STREAM = Format(
     "npy stream", "an npy stream ('-')", f"{_F}.stream:StreamFormat", (), sequential=True, writes=("-",),
     family="pipe",
 )  # fmt: skip
 
-_BY_NAME = {f.name: f for f in (*FORMATS, STREAM)}
+_BY_NAME = {f.name: f for f in (*FORMATS, STREAM, STACK)}
 
 
 def format_named(name: str) -> Format:
@@ -309,15 +312,20 @@ def companion_bias(spec: Spec) -> str | None:
     return backend_of(spec).companion_bias(spec.path, spec.member)
 
 
+def _files(spec: Spec) -> list[str]:
+    """The files a spec reads: each file of a stack, else its own path."""
+    return spec.path.split("+") if spec.format == STACK.name else [spec.path]
+
+
 def check_distinct(output: Spec, *inputs: Spec) -> None:
     """OUTPUT may never be one of the files read (it would be destroyed while read)."""
     if output.format == STREAM.name:
         return
-    for other in inputs:
+    for other, path in ((o, p) for o in inputs for p in _files(o)):
         if other.format == STREAM.name:
             continue
-        if os.path.abspath(output.path) == os.path.abspath(other.path) or (
-            os.path.exists(output.path) and same_file(output.path, other.path)
+        if os.path.abspath(output.path) == os.path.abspath(path) or (
+            os.path.exists(output.path) and same_file(output.path, path)
         ):
             raise OutputExistsError(
                 f"output {output.text!r} is the same file as {other.text!r}, which is read; "

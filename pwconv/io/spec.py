@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from pwconv.errors import InputFileError, UsageError
-from pwconv.io.registry import STREAM, format_of, known_suffixes, sniff
+from pwconv.io.registry import STACK, STREAM, format_of, known_suffixes, sniff
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,23 @@ class Spec:
         return f"{self.path}:{self.member}" if self.member else self.path
 
 
+#: What joins the files of a stack (several files as the channels of one input).
+JOIN = "+"
+
+
+def stack_parts(text: str) -> list[str] | None:
+    """The files of a stack argument, or None where ``text`` is not one (a single file,
+    even one whose name holds a ``+``).
+
+    >>> stack_parts("B2.tif+B3.tif")
+    ['B2.tif', 'B3.tif']
+    """
+    if JOIN not in text or os.path.exists(text):
+        return None
+    parts = text.split(JOIN)
+    return parts if len(parts) > 1 and all(parts) else None
+
+
 def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") -> Spec:
     """Parse a path argument.
 
@@ -35,6 +52,10 @@ def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") ->
         if dataset:
             raise UsageError(f"expected no dataset for {what} '-' (an npy stream), found {dataset!r}")
         return Spec(STREAM.name, "-")
+    if what != "output" and stack_parts(text) is not None:
+        if dataset:
+            raise UsageError(f"expected no dataset for the stack {text!r}, found {dataset!r}")
+        return Spec(STACK.name, text)
     path, inner = text, None
     fmt = format_of(text)
     if fmt is None and ":" in text:

@@ -1,0 +1,134 @@
+"""Several files as the channels of one input: ``B2.tif+B3.tif+B4.tif`` (bands stored one
+file each, as Landsat and Sentinel-2 scenes ship them).
+
+Each part is read by its own format, lazily; the parts must share their pixels (rows and
+columns), their georeferencing (CRS and transform) and their nodata. The channels are the
+parts' channels in the order given, named by each part's band names or, for a single-band
+part without one, by its file name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.errors import ShapeError, UsageError
+from pwconv.io.interface import Backend, Description, Source
+from pwconv.io.spec import JOIN
+
+if TYPE_CHECKING:
+    from pwconv.io.spec import Spec
+
+
+def _pixels(source: Source, text: str) -> tuple[tuple[int, int], int]:
+    shape = tuple(source.shape)
+    if len(shape) == 2:
+        return (int(shape[0]), int(shape[1])), 1
+    if len(shape) == 3:
+        return (int(shape[0]), int(shape[1])), int(shape[2])
+    raise ShapeError(
+        f"expected each file of a stack to be rows x columns (x bands), found shape {shape} in {text!r}; "
+        "stack single images or rasters"
+    )
+
+
+def _grid(source: Source) -> tuple[Any, Any] | None:
+    geo = source.description.metadata.get("raster")
+    return None if not geo else (geo.get("crs"), geo.get("transform"))
+
+
+def _labels(source: Source, text: str, channels: int) -> tuple[str, ...]:
+    own = source.description.labels.get(len(source.shape) - 1) if len(source.shape) == 3 else None
+    if own:
+        return tuple(own)
+    stem = os.path.splitext(os.path.basename(text))[0]
+    return (stem,) if channels == 1 else tuple(f"{stem}_{i + 1}" for i in range(channels))
+
+
+class StackSource(Source):
+    """The parts' channels side by side, as (rows, columns, channels)."""
+
+    def __init__(self, texts: list[str], parts: list[Source]) -> None:
+        self.texts, self.parts = texts, parts
+        pixels, counts = zip(*(_pixels(p, t) for p, t in zip(parts, texts)))
+        for text, found in zip(texts[1:], pixels[1:]):
+            if found != pixels[0]:
+                raise ShapeError(
+                    f"expected the files of a stack to share their pixels, found {pixels[0][0]}x{pixels[0][1]} in "
+                    f"{texts[0]!r} and {found[0]}x{found[1]} in {text!r}; resample them to one grid first"
+                )
+        grids = [_grid(p) for p in parts]
+        for text, grid in zip(texts[1:], grids[1:]):
+            if grid != grids[0]:
+                raise ShapeError(
+                    f"expected the files of a stack to share their CRS and transform, found {texts[0]!r} and "
+                    f"{text!r} placed differently; reproject them to one grid first"
+                )
+        nodata = {p.description.nodata for p in parts}
+        if len(nodata) > 1:
+            raise UsageError(
+                f"expected the files of a stack to share their nodata, found {sorted(map(str, nodata))}; "
+                "give one with [[nodata]] VALUE"
+            )
+        self.counts = list(counts)
+        self.shape = (*pixels[0], sum(self.counts))
+        self.dtype = np.result_type(*(p.dtype for p in parts))
+        first = parts[0].description
+        labels = tuple(name for p, t, c in zip(parts, texts, counts) for name in _labels(p, t, c))
+        self.description = Description(
+            nodata=next(iter(nodata)), reader=" + ".join(p.description.reader or "?" for p in parts),
+            metadata=dict(first.metadata), georeferenced=first.georeferenced, labels={2: labels},
+            notes=first.notes,
+        )  # fmt: skip
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        pixels = tuple(index[:2])
+        blocks = []
+        for part, count in zip(self.parts, self.counts):
+            block = np.asarray(part.read(pixels if len(part.shape) == 2 else (*pixels, slice(None))))
+            blocks.append(block.reshape(*block.shape[:2], count).astype(self.dtype, copy=False))
+        whole = np.concatenate(blocks, axis=2)
+        return whole[:, :, index[2]] if len(index) > 2 else whole
+
+    def release(self, index: tuple[slice, ...]) -> None:
+        for part in self.parts:
+            part.release(tuple(index[: len(part.shape)]) if len(part.shape) == 2 else tuple(index))
+
+    def storage(self) -> dict[str, Any]:
+        return {"format": "stack", "files": list(self.texts), "channels per file": list(self.counts)}
+
+    def decoded_piece(self) -> tuple[int, str] | None:
+        pieces = [p.decoded_piece() for p in self.parts]
+        found = [piece for piece in pieces if piece is not None]
+        return (sum(size for size, _ in found), found[0][1]) if found else None
+
+    def output_format(self, output: Spec) -> str | None:
+        return self.parts[0].output_format(output)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+class StackFormat(Backend):
+    """Files joined with ``+``: each part opened by its own format."""
+
+    def open_source(self, spec: Spec) -> Source:
+        from pwconv.io.registry import open_source
+        from pwconv.io.spec import parse_spec
+
+        texts = spec.path.split(JOIN)
+        opened: list[Source] = []
+        try:
+            for text in texts:
+                part = parse_spec(text)
+                if part.format == "stack" or part.path == "-":
+                    raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
+                opened.append(open_source(part))
+            return StackSource(texts, opened)
+        except BaseException:
+            for source in opened:
+                source.close()
+            raise

@@ -1,0 +1,124 @@
+"""Several files as the channels of one input: `B2.tif+B3.tif+...` (one file per band).
+
+The reference is the same bands written as one multi-band GeoTIFF (or stacked by numpy),
+applied or fitted the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_clean_error, run_cli
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.transform import from_origin  # noqa: E402
+
+# Landsat 8 OLI brightness, greenness, wetness (Baig et al. 2014), bands 2-7
+BAIG_2014 = np.array(
+    [
+        [0.3029, 0.2786, 0.4733, 0.5599, 0.508, 0.1872],
+        [-0.2941, -0.243, -0.5424, 0.7276, 0.0713, -0.1608],
+        [0.1511, 0.1973, 0.3283, 0.3407, -0.7117, -0.4559],
+    ]
+)
+
+
+def _write(path, bands_first, *, transform=None, nodata=None, crs="EPSG:32633"):
+    count, height, width = bands_first.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
+        crs=crs, transform=transform or from_origin(500000, 4200000, 30, 30), nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(bands_first)
+
+
+def _scene(tmp_path, bands=(2, 3, 4, 5, 6, 7), shape=(12, 15), nodata=None):
+    data = np.random.default_rng(0).random((len(bands), *shape)).astype(np.float32)
+    names = [f"LC08_L2SP_044034_20230101_SR_B{b}.tif" for b in bands]
+    for name, band in zip(names, data):
+        _write(tmp_path / name, band[None], nodata=nodata)
+    return data, "+".join(names)
+
+
+def _run(tmp_path, *args):
+    proc = run_cli(*args, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[0]
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.crs, src.transform, src.descriptions
+
+
+def test_a_stack_applies_as_the_multiband_file_of_the_same_bands(tmp_path):
+    data, stack = _scene(tmp_path, bands=(2, 3, 4, 5))
+    _write(tmp_path / "all.tif", data)
+    weights = "0.5,1,-1,2;0,0,-1,1"
+    doc = _run(tmp_path, "apply", stack, weights, "-o", "from_stack.tif")
+    assert doc["input"]["shape"] == [12, 15, 4]
+    _run(tmp_path, "apply", "all.tif", weights, "-o", "from_file.tif")
+    got, crs, transform, _ = _read(tmp_path / "from_stack.tif")
+    want, want_crs, want_transform, _ = _read(tmp_path / "from_file.tif")
+    np.testing.assert_array_equal(got, want)
+    assert crs == want_crs and transform == want_transform  # the georeferencing is kept
+    reference = np.einsum("kc,chw->khw", np.array([[0.5, 1, -1, 2], [0, 0, -1, 1]]), data.astype(np.float64))
+    np.testing.assert_allclose(got, reference, rtol=1e-6)
+
+
+def test_file_names_bind_a_named_bank_by_band_id(tmp_path):
+    data, stack = _scene(tmp_path)
+    doc = _run(tmp_path, "info", stack)
+    assert doc["labels"]["2"][0] == "LC08_L2SP_044034_20230101_SR_B2"
+    _run(tmp_path, "apply", stack, "tasseled-cap:landsat8", "-o", "tc.tif")
+    got, _, _, descriptions = _read(tmp_path / "tc.tif")
+    np.testing.assert_allclose(got[:3], np.einsum("kc,chw->khw", BAIG_2014, data), rtol=1e-5, atol=1e-6)
+    assert descriptions[:3] == ("brightness", "greenness", "wetness")
+
+
+def test_fit_and_explain_read_a_stack_like_one_input(tmp_path):
+    data, stack = _scene(tmp_path, bands=(2, 3, 4))
+    np.save(tmp_path / "cube.npy", np.moveaxis(data, 0, -1))
+    a = _run(tmp_path, "fit", "pca", stack, "-k", "2", "-o", "a.npz")
+    b = _run(tmp_path, "fit", "pca", "cube.npy", "-k", "2", "-o", "b.npz")
+    np.testing.assert_allclose(a["explained_variance"], b["explained_variance"], rtol=1e-9)
+    doc = _run(tmp_path, "explain", stack, "1,2,3", "--at", "4,7")
+    np.testing.assert_allclose(doc["pixel"]["channels"], data[:, 4, 7], rtol=1e-7)
+    assert doc["results"][0]["sum"] == pytest.approx(float(data[:, 4, 7].astype(np.float64) @ [1, 2, 3]))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"shape": (12, 14)}, "share their pixels"),
+        ({"transform": from_origin(500030, 4200000, 30, 30)}, "share their CRS and transform"),
+        ({"nodata": -1.0}, "share their nodata"),
+    ],
+)
+def test_files_that_do_not_share_a_grid_are_refused(tmp_path, change, fragment):
+    _, stack = _scene(tmp_path, bands=(2, 3))
+    odd = np.ones((1, *change.get("shape", (12, 15))), np.float32)
+    _write(tmp_path / "odd.tif", odd, transform=change.get("transform"), nodata=change.get("nodata"))
+    proc = run_cli("apply", f"{stack}+odd.tif", "1,1,1", "-o", "out.tif", cwd=tmp_path)
+    assert_clean_error(proc, 2, fragment)
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_an_output_that_is_one_of_the_stacks_files_is_refused(tmp_path):
+    _, stack = _scene(tmp_path, bands=(2, 3))
+    first = stack.split("+")[0]
+    before = (tmp_path / first).read_bytes()
+    proc = run_cli("apply", stack, "1,1", "-o", first, "--overwrite", cwd=tmp_path)
+    assert_clean_error(proc, 2, "is the same file as", first)
+    assert (tmp_path / first).read_bytes() == before
+
+
+def test_a_file_whose_name_holds_a_plus_is_one_file(tmp_path):
+    np.save(tmp_path / "a+b.npy", np.ones((2, 2, 3), np.float32))
+    doc = _run(tmp_path, "apply", "a+b.npy", "1,2,3", "-o", "y.npy")
+    assert doc["input"]["shape"] == [2, 2, 3]
+    proc = run_cli("apply", "a.npy+b.npy", "1,2", "-o", "z.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "a.npy")
