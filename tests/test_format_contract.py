@@ -110,6 +110,35 @@ def _geotiff(path: Path, data: np.ndarray) -> None:
         ds.write(np.moveaxis(data, -1, 0))
 
 
+def _stac(path: Path, data: np.ndarray) -> None:
+    """A STAC item whose assets b1, b2 are single-band GeoTIFFs beside it (b1 holds ``data``)."""
+    import json
+
+    for band in ("b1", "b2"):
+        _geotiff_bands(path.parent / f"{band}.tif", data)
+    assets = {
+        b: {"href": f"./{b}.tif", "eo:bands": [{"name": b, "common_name": c}]}
+        for b, c in (("b1", "red"), ("b2", "nir"))
+    }
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "contract", "geometry": None, "links": [],
+        "properties": {"datetime": "2024-01-01T00:00:00Z"}, "assets": assets,
+    }  # fmt: skip
+    path.write_text(json.dumps(item))
+
+
+def _geotiff_bands(path: Path, data: np.ndarray) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    height, width, count = data.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
+        crs="EPSG:32631", transform=from_origin(500000, 4100000, 10, 10),
+    ) as ds:  # fmt: skip
+        ds.write(np.moveaxis(data, -1, 0))
+
+
 def _read_raster(path: Path) -> np.ndarray:
     import rasterio
 
@@ -196,6 +225,7 @@ CASES = [
     Case("image", "in.png", _png, PIXELS, read_back=_read_png),
     Case("raster", "in.tif", _geotiff, read_back=_read_raster, output="out.tif"),
     Case("netcdf", "in.nc", _netcdf, member="v", read_back=_read_netcdf),
+    Case("stac", "in.json", _stac, DATA[..., :1].copy(), member="b1"),
     Case("npz", "in.npz", _npz, member="x"),
     Case("safetensors", "in.safetensors", _safetensors, member="x"),
     Case("torch", "in.pt", _torch, member="x"),

@@ -122,3 +122,59 @@ def test_a_file_whose_name_holds_a_plus_is_one_file(tmp_path):
     assert doc["input"]["shape"] == [2, 2, 3]
     proc = run_cli("apply", "a.npy+b.npy", "1,2", "-o", "z.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "a.npy")
+
+
+def _item(tmp_path, assets, name="item.json", version="1.0.0"):
+    item = {
+        "type": "Feature", "stac_version": version, "id": "scene", "geometry": None, "links": [],
+        "properties": {"datetime": "2023-01-01T00:00:00Z"}, "assets": assets,
+    }  # fmt: skip
+    (tmp_path / name).write_text(json.dumps(item))
+    return name
+
+
+def _landsat_item(tmp_path):
+    data, stack = _scene(tmp_path, bands=(2, 3, 4, 5))
+    common = {2: "blue", 3: "green", 4: "red", 5: "nir08"}
+    assets = {
+        f"SR_B{b}": {"href": f"./{f}", "type": "image/tiff; application=geotiff", "eo:bands": [{"name": f"SR_B{b}", "common_name": common[b]}]}
+        for b, f in zip((2, 3, 4, 5), stack.split("+"))
+    }  # fmt: skip
+    return data, _item(tmp_path, assets)
+
+
+def test_a_stac_item_names_its_assets_by_key_or_common_name(tmp_path):
+    pytest.importorskip("pystac")
+    data, item = _landsat_item(tmp_path)
+    doc = _run(tmp_path, "info", f"{item}:nir08,SR_B4")
+    assert doc["shape"] == [12, 15, 2] and doc["labels"]["2"] == ["nir08", "red"]
+    _run(tmp_path, "apply", f"{item}:red,nir08", "1,-1", "-o", "d.tif")
+    np.testing.assert_allclose(_read(tmp_path / "d.tif")[0][0], data[2] - data[3], rtol=1e-6)
+
+
+def test_an_index_binds_to_a_stac_items_common_names(tmp_path):
+    pytest.importorskip("pystac")
+    data, item = _landsat_item(tmp_path)
+    _run(tmp_path, "apply", f"{item}:blue,green,red,nir08", "--index", "ndvi", "-o", "ndvi.tif")
+    red, nir = data[2].astype(np.float64), data[3].astype(np.float64)
+    np.testing.assert_allclose(_read(tmp_path / "ndvi.tif")[0][0], (nir - red) / (nir + red), rtol=1e-6)
+
+
+def test_stac_items_that_cannot_be_read_are_one_line_errors(tmp_path):
+    pytest.importorskip("pystac")
+    _, item = _landsat_item(tmp_path)
+    (tmp_path / "outside").mkdir()
+    _write(tmp_path / "far.tif", np.ones((1, 12, 15), np.float32))
+    _item(tmp_path / "outside", {"x": {"href": "../far.tif"}}, "out.json")
+    _item(tmp_path, {"x": {"href": "https://example.com/B4.tif"}}, "remote.json")
+    (tmp_path / "broken.json").write_text('{"type": "Feature", "assets": ')
+    for spec, fragment in (
+        (f"{item}:swir16", "expected one asset of 'item.json' named 'swir16'"),
+        (item, "expected the assets to read from the STAC item"),
+        ("outside/out.json:x", "--allow-external"),
+        ("remote.json:x", "expected a local file for asset 'x'"),
+        ("broken.json:x", "expected a STAC item at 'broken.json'"),
+    ):
+        proc = run_cli("apply", spec, "1", "-o", "y.npy", cwd=tmp_path)
+        assert_clean_error(proc, 2, fragment)
+        assert not (tmp_path / "y.npy").exists()

@@ -83,6 +83,15 @@ def parse_constants(text: str | None) -> dict[str, float]:
     return values
 
 
+#: The STAC common names that serve a formula's band where the sensor has no band of that
+#: exact name (Landsat OLI's NIR is ``nir08``; older items say ``swir1``, ``swir2``).
+COMMON_ALIASES: dict[str, tuple[str, ...]] = {
+    "nir": ("nir", "nir08"),
+    "swir16": ("swir16", "swir1"),
+    "swir22": ("swir22", "swir2"),
+}
+
+
 def _names_band(label: str, alias: str) -> bool:
     """Whether ``label`` (``lc09_..._sr_b5``, ``t33uup_..._b04_10m``) holds ``alias`` as
     whole words joined by underscores.
@@ -164,7 +173,7 @@ def index_banks(
             row = [0.0] * channels
             for band, coefficient in mix.items():
                 if band != "1":
-                    row[band_of((band,), channels, labels, bindings)] += coefficient
+                    row[band_of(COMMON_ALIASES.get(band, (band,)), channels, labels, bindings)] += coefficient
             weights.append(row)
             bias.append(mix.get("1", 0.0))
     return rows

@@ -121,6 +121,8 @@ FORMATS: tuple[Format, ...] = (
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
            records_labels=True, georeferencing_from=("netcdf", "raster")),
+    Format("stac", "STAC item", f"{_F}.stac:StacFormat", (".json",), containers=True, extra="geo",
+           channels_last=True),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
            writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True,
            picture_metadata=True),

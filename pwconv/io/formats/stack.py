@@ -50,7 +50,8 @@ def _labels(source: Source, text: str, channels: int) -> tuple[str, ...]:
 class StackSource(Source):
     """The parts' channels side by side, as (rows, columns, channels)."""
 
-    def __init__(self, texts: list[str], parts: list[Source]) -> None:
+    def __init__(self, texts: list[str], parts: list[Source], labels: list[str] | None = None) -> None:
+        """``labels``: a name per part (a STAC asset's common name) instead of its own."""
         self.texts, self.parts = texts, parts
         pixels, counts = zip(*(_pixels(p, t) for p, t in zip(parts, texts)))
         for text, found in zip(texts[1:], pixels[1:]):
@@ -76,10 +77,17 @@ class StackSource(Source):
         self.shape = (*pixels[0], sum(self.counts))
         self.dtype = np.result_type(*(p.dtype for p in parts))
         first = parts[0].description
-        labels = tuple(name for p, t, c in zip(parts, texts, counts) for name in _labels(p, t, c))
+        given: list[str | None] = list(labels) if labels else [None] * len(parts)
+        names = tuple(
+            name
+            for p, t, c, g in zip(parts, texts, counts, given)
+            for name in (
+                (g,) if g and c == 1 else tuple(f"{g}_{i + 1}" for i in range(c)) if g else _labels(p, t, c)
+            )
+        )
         self.description = Description(
             nodata=next(iter(nodata)), reader=" + ".join(p.description.reader or "?" for p in parts),
-            metadata=dict(first.metadata), georeferenced=first.georeferenced, labels={2: labels},
+            metadata=dict(first.metadata), georeferenced=first.georeferenced, labels={2: names},
             notes=first.notes,
         )  # fmt: skip
 
