@@ -132,8 +132,10 @@ def band_of(
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
+            assert labels is not None  # hits come from the labels
+            found = ", ".join(labels[i] for i in hits)
             raise UsageError(
-                f"expected one band named like {alias!r} (for {name}), found {', '.join(labels[i] for i in hits)}; "  # type: ignore[index]
+                f"expected one band named like {alias!r} (for {name}), found {found}; "
                 f"bind it with [[bands={name}=N]] (N from 1)"
             )
     have = ", ".join(labels) if labels else f"{channels} unnamed bands"

@@ -80,6 +80,23 @@ def _matrix(array: np.ndarray, weights_layout: str, said: str) -> np.ndarray:
     return np.asarray(normalise_filters(array, channels.pop(), weights_layout).matrix, dtype=np.float64)
 
 
+def _denominator_matrix(ratio: Weights, filters: np.ndarray, weights_layout: str) -> np.ndarray:
+    """A ratio's denominator as (K or 1, C), checked against the numerator's (K, C)."""
+    said = ratio.filters.source
+    denominator = _matrix(ratio.filters.array, weights_layout, said)
+    if denominator.shape[1] != filters.shape[1]:
+        raise ShapeError(
+            f"expected a denominator bank over the numerator's {filters.shape[1]} channels, found "
+            f"{denominator.shape[1]} in {said!r}"
+        )
+    if denominator.shape[0] not in (1, filters.shape[0]):
+        raise ShapeError(
+            f"expected a denominator bank of {filters.shape[0]} filters (one per output channel) or 1, found "
+            f"{denominator.shape[0]} in {said!r}"
+        )
+    return denominator
+
+
 def _unbound_bank(weights: Weights, options: ApplyOptions) -> ExportBank:
     """The bank as it stands, for no input: a named table keeps its own band order."""
     if options.bands is not None:
@@ -90,19 +107,7 @@ def _unbound_bank(weights: Weights, options: ApplyOptions) -> ExportBank:
     filters = _matrix(weights.filters.array, options.weights_layout, weights.filters.source)
     channel_names = table.band_names if table is not None else weights.channel_names
     ratio = weights.denominator
-    denominator = (
-        None if ratio is None else _matrix(ratio.filters.array, options.weights_layout, ratio.filters.source)
-    )
-    if denominator is not None and denominator.shape[1] != filters.shape[1]:
-        raise ShapeError(
-            f"expected a denominator bank over the numerator's {filters.shape[1]} channels, found "
-            f"{denominator.shape[1]} in {ratio.filters.source!r}"  # type: ignore[union-attr]
-        )
-    if denominator is not None and denominator.shape[0] not in (1, filters.shape[0]):
-        raise ShapeError(
-            f"expected a denominator bank of {filters.shape[0]} filters (one per output channel) or 1, found "
-            f"{denominator.shape[0]} in {ratio.filters.source!r}"  # type: ignore[union-attr]
-        )
+    denominator = None if ratio is None else _denominator_matrix(ratio, filters, options.weights_layout)
 
     def bias(w: Weights | None, count: int) -> np.ndarray | None:
         return None if w is None or w.bias is None else normalise_bias(w.bias.array, count)
