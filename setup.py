@@ -1,4 +1,4 @@
-"""Build the optional C kernel; pwconv works (on numpy/BLAS alone) when it cannot be built."""
+"""Build the optional C kernels; pwconv works (on numpy/BLAS alone) when they cannot be built."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +9,12 @@ setup(
             sources=["pwconv/_ext/fewfilters.c"],
             extra_compile_args=["-O3", "-std=gnu99", "-ffp-contract=fast"],
             optional=True,
-        )
+        ),
+        Extension(
+            "pwconv._ext._scatter",
+            sources=["pwconv/_ext/scatter.c"],
+            extra_compile_args=["-O3", "-std=gnu99", "-ffp-contract=fast"],
+            optional=True,
+        ),
     ]
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,100 @@ def test_large_integer_input_is_converted_in_blocks():
     assert out.dtype == np.int64
     expected = x.astype(np.int64) @ w.T
     np.testing.assert_array_equal(out, expected)
+
+
+needs_scatter = pytest.mark.skipif(
+    kernels.scatter_instruction_set() == "unavailable",
+    reason="the scatter kernel was not built or has no path here",
+)
+
+
+@needs_scatter
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [1, 3, 7, 8, 9, 16, 17, 64, 100])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000])
+def test_scatter_kernel_equals_float64_blas(dtype, c, n):
+    rng = np.random.default_rng(c * 1000 + n)
+    rows = (rng.normal(size=(n, c)) * 3 + 5).astype(dtype)
+    shift = rng.normal(size=c) + 5
+    products, sums = np.full((c, c), 0.5), np.full(c, -1.0)  # added to, not replaced
+    assert kernels.add_scatter(rows, shift, products, sums)
+    shifted = rows.astype(np.float64) - shift
+    np.testing.assert_allclose(products, shifted.T @ shifted + 0.5, rtol=1e-12, atol=1e-12 * n)
+    np.testing.assert_allclose(sums, shifted.sum(axis=0) - 1.0, rtol=1e-12, atol=1e-12 * n)
+    assert np.array_equal(products, products.T)
+
+
+@needs_scatter
+def test_scatter_kernel_split_over_threads_equals_one_thread(monkeypatch):
+    rows = np.random.default_rng(1).random((200_000, 24), dtype=np.float32)  # 19 MB: split in parts
+    shift = rows[:10].mean(axis=0, dtype=np.float64)
+    results = []
+    for count in (1, 2, 3):
+        monkeypatch.setattr(kernels, "threads", count)
+        products, sums = np.zeros((24, 24)), np.zeros(24)
+        assert kernels.add_scatter(rows, shift, products, sums)
+        results.append((products, sums))
+    for products, sums in results[1:]:
+        np.testing.assert_allclose(products, results[0][0], rtol=1e-12)
+        np.testing.assert_allclose(sums, results[0][1], rtol=1e-9, atol=1e-9)
+
+
+def test_scatter_kernel_declines_what_it_does_not_take(monkeypatch):
+    shift, products, sums = np.zeros(4), np.zeros((4, 4)), np.zeros(4)
+    assert not kernels.add_scatter(np.ones((10, 4), np.int16), shift, products, sums)
+    assert not kernels.add_scatter(np.ones((4, 10), np.float32).T, shift, products, sums)  # not C-contiguous
+    monkeypatch.setattr(kernels, "enabled", False)
+    assert not kernels.add_scatter(np.ones((10, 4), np.float32), shift, products, sums)
+    assert not products.any() and not sums.any()
+
+
+def test_fit_gives_the_same_bank_with_and_without_the_scatter_kernel(tmp_path):
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(2).normal(size=(40, 50, 12)).astype(np.float32) @ np.random.default_rng(
+        3
+    ).normal(size=(12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    banks = []
+    for setting in ("auto", "blas"):
+        env = {**os.environ, "PWCONV_KERNEL": setting}
+        for method in ("pca", "mnf"):
+            out = f"{method}-{setting}.npz"
+            proc = subprocess.run(
+                [sys.executable, "-m", "pwconv", "fit", method, "x.npy", "-k", "4", "-o", out],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            with np.load(tmp_path / out) as bank:
+                banks.append(
+                    (
+                        method,
+                        setting,
+                        bank["weights"].astype(np.float64),
+                        bank["eigenvalues"] if method == "mnf" else bank["explained_variance"],
+                    )
+                )
+    by = {(m, s): (w, e) for m, s, w, e in banks}
+    for method in ("pca", "mnf"):
+        np.testing.assert_allclose(by[(method, "auto")][1], by[(method, "blas")][1], rtol=1e-10)
+        np.testing.assert_allclose(by[(method, "auto")][0], by[(method, "blas")][0], rtol=1e-5, atol=1e-6)
+
+
+@needs_scatter
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step", [(1, 1), (1, -1), (0, 1), (1, 0), (2, 3)])
+@pytest.mark.parametrize("c", [1, 5, 16, 33])
+def test_difference_kernel_equals_float64_differences(dtype, step, c):
+    rng = np.random.default_rng(c + 7 * step[0] + step[1])
+    image = (rng.normal(size=(9, 70, c)) * 100).astype(dtype)
+    dr, dc = step
+    first = image[: 9 - dr, max(0, -dc) : 70 - max(0, dc)].astype(np.float64)
+    second = image[dr:, max(0, dc) : 70 + min(0, dc)].astype(np.float64)
+    shift = rng.normal(size=c)
+    d = (first - second).reshape(-1, c) - shift
+    products, sums = np.zeros((c, c)), np.zeros(c)
+    assert kernels.add_differences(image, step, shift, products, sums)
+    np.testing.assert_allclose(products, d.T @ d, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sums, d.sum(axis=0), rtol=1e-10, atol=1e-9)

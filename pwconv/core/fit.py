@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pwconv.core import kernels
 from pwconv.errors import ShapeError, UsageError
 
 # Above this condition number the normal equations do not determine the bank.
@@ -67,6 +68,9 @@ class Moments:
             return
         if self.shift is None:
             self.shift = rows.mean(axis=0, dtype=np.float64)
+        if kernels.add_scatter(rows, self.shift, self.shifted_products, self.shifted_sum):
+            self.count += rows.shape[0]
+            return
         step = _piece_rows(self.channels)
         scratch = np.empty((min(step, rows.shape[0]), self.channels))
         for start in range(0, rows.shape[0], step):
@@ -74,9 +78,17 @@ class Moments:
             self._add_shifted(np.subtract(part, self.shift, out=scratch[: part.shape[0]]))
         self.count += rows.shape[0]
 
-    def add_differences(self, first: np.ndarray, second: np.ndarray) -> None:
+    def add_differences(
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        image: np.ndarray | None = None,
+        offset: tuple[int, int] | None = None,
+    ) -> None:
         """Add ``first - second`` of two (rows, columns, channels) blocks (each pixel and its
-        neighbour), differenced in float64 a few rows at a time, never as a whole block."""
+        neighbour), differenced in float64 a few rows at a time, never as a whole block.
+        With ``image`` (the block both are views of) and ``offset`` (the neighbour's, in rows
+        and columns), the C kernel differences them itself where it can."""
         if first.size == 0:
             return
         rows, columns = first.shape[:2]
@@ -84,13 +96,21 @@ class Moments:
             self.shift = (
                 np.subtract(first[:1], second[:1], dtype=np.float64).reshape(-1, self.channels).mean(axis=0)
             )
+        if image is not None and offset is not None:
+            if kernels.add_differences(image, offset, self.shift, self.shifted_products, self.shifted_sum):
+                self.count += rows * columns
+                return
         step = max(1, _piece_rows(self.channels) // columns)
         scratch = np.empty((min(step, rows), columns, self.channels))
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            piece = np.subtract(first[start:stop], second[start:stop], out=scratch[: stop - start])
+            # dtype: the difference itself in float64 (not float32 rounded, then widened)
+            piece = np.subtract(
+                first[start:stop], second[start:stop], out=scratch[: stop - start], dtype=np.float64
+            )
             flat = piece.reshape(-1, self.channels)
-            self._add_shifted(np.subtract(flat, self.shift, out=flat))
+            if not kernels.add_scatter(flat, self.shift, self.shifted_products, self.shifted_sum):
+                self._add_shifted(np.subtract(flat, self.shift, out=flat))
         self.count += rows * columns
 
     def _add_shifted(self, shifted: np.ndarray) -> None:

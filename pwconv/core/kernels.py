@@ -9,6 +9,7 @@ within float rounding.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,3 +100,135 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     part(0)
     for future in futures:
         future.result()
+
+
+_scatter_module: Any = None
+_scatter_loaded = False
+
+
+def _load_scatter() -> Any:
+    global _scatter_module, _scatter_loaded
+    if not _scatter_loaded:
+        _scatter_loaded = True
+        try:
+            from pwconv._ext import _scatter  # type: ignore[attr-defined]
+
+            _scatter_module = _scatter if _scatter.lanes() else None
+        except ImportError:
+            _scatter_module = None
+    return _scatter_module
+
+
+def scatter_instruction_set() -> str:
+    """What the scatter kernel of fit runs with: ``avx512f``, ``avx2+fma``, or ``unavailable``."""
+    module = _load_scatter()
+    return module.instruction_set() if module is not None else "unavailable"
+
+
+def _accumulate(
+    module: Any, c: int, jobs: list[Callable[[np.ndarray, np.ndarray, int], None]], products: np.ndarray,
+    sums: np.ndarray,
+) -> None:  # fmt: skip
+    """Run each job into its own padded (cp, cp) products and (cp,) sums, on the kernel's
+    threads, then add their upper triangles, mirrored, into ``products`` and ``sums``."""
+    global _pool
+    block = 2 * module.lanes()
+    cp = -(-c // block) * block
+    accs = [(np.zeros((cp, cp)), np.zeros(cp)) for _ in jobs]
+
+    def run(index: int) -> None:
+        jobs[index](*accs[index], cp)
+
+    if len(jobs) > 1:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
+        futures = [_pool.submit(run, i) for i in range(1, len(jobs))]
+        run(0)
+        for future in futures:
+            future.result()
+    else:
+        run(0)
+    acc, total = accs[0]
+    for more, more_total in accs[1:]:
+        acc += more
+        total += more_total
+    upper = np.triu(acc[:c, :c])
+    products += upper + np.triu(upper, 1).T
+    sums += total[:c]
+
+
+def _takes(array: np.ndarray, ndim: int) -> Any:
+    module = _load_scatter()
+    ok = (
+        module is not None
+        and enabled
+        and array.ndim == ndim
+        and array.dtype in (np.float32, np.float64)
+        and array.flags.c_contiguous
+        and array.size > 0
+    )
+    return module if ok else None
+
+
+def add_scatter(rows: np.ndarray, shift: np.ndarray, products: np.ndarray, sums: np.ndarray) -> bool:
+    """``products += (rows - shift).T @ (rows - shift)`` and ``sums += (rows - shift).sum(0)``
+    in float64 with the C kernel; False (nothing done) where it does not apply, for BLAS.
+
+    >>> x = np.arange(12, dtype=np.float32).reshape(4, 3); p, s = np.zeros((3, 3)), np.zeros(3)
+    >>> done = add_scatter(x, np.ones(3), p, s)
+    >>> not done or bool(np.allclose(p, (x - 1.0).T @ (x - 1.0)))
+    True
+    """
+    module = _takes(rows, 2)
+    if module is None:
+        return False
+    n, c = rows.shape
+    shift64 = np.ascontiguousarray(shift, dtype=np.float64)
+    parts = max(1, min(threads, rows.nbytes // _SPLIT_BYTES))
+    step = -(-n // parts)
+
+    def job(start: int) -> Callable[[np.ndarray, np.ndarray, int], None]:
+        piece = rows[start : start + step]
+        return lambda acc, total, cp: module.add_rows(
+            piece, piece.shape[0], c, rows.dtype.itemsize, shift64, acc, total, cp
+        )
+
+    _accumulate(module, c, [job(start) for start in range(0, n, step)], products, sums)
+    return True
+
+
+def add_differences(
+    image: np.ndarray, step: tuple[int, int], shift: np.ndarray, products: np.ndarray, sums: np.ndarray
+) -> bool:
+    """The same for ``image[r, q] - image[r + dr, q + dc]`` over every pixel of a (rows,
+    columns, channels) block whose neighbour ``step`` away is in it, differenced in float64
+    inside the kernel; False where the kernel does not apply.
+
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 4, 3) ** 2; p, s = np.zeros((3, 3)), np.zeros(3)
+    >>> done = add_differences(x, (1, 1), np.zeros(3), p, s)
+    >>> d = (x[:1, :3] - x[1:, 1:]).reshape(-1, 3).astype(float)
+    >>> not done or bool(np.allclose(p, d.T @ d))
+    True
+    """
+    module = _takes(image, 3)
+    dr, dc = step
+    if module is None or dr < 0:
+        return False
+    rows, width, c = image.shape
+    pairs = rows - dr
+    if pairs <= 0 or width - abs(dc) <= 0:
+        return True  # no pair in the block: nothing to add
+    shift64 = np.ascontiguousarray(shift, dtype=np.float64)
+    parts = max(1, min(threads, pairs, image.nbytes // _SPLIT_BYTES))
+    share = -(-pairs // parts)
+
+    def job(r0: int) -> Callable[[np.ndarray, np.ndarray, int], None]:
+        r1 = min(pairs, r0 + share)
+        return lambda acc, total, cp: module.add_differences(
+            image, r0, r1, width, c, image.dtype.itemsize, dr, dc, shift64, acc, total, cp
+        )
+
+    _accumulate(module, c, [job(r0) for r0 in range(0, pairs, share)], products, sums)
+    return True

@@ -518,7 +518,7 @@ def _mnf_moments(
                     first, second = _pairs(x, step)
                     if valid.all():  # the usual case: no masked copies
                         signal.add(own.reshape(-1, c))
-                        noise.add_differences(first, second)
+                        noise.add_differences(first, second, x, step)
                     else:
                         signal.add(own[own_valid])
                         first_valid, second_valid = _pairs(valid, step)
