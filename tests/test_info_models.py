@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import assert_clean_error, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -167,3 +167,16 @@ def test_explain_dtype_shows_the_value_apply_writes(tmp_path):
         "explain", "rgb.npy", weights, "--dtype", "uint8", "--at", "4,5", cwd=tmp_path
     ).stdout.decode()
     assert f"-> {written} in uint8" in text
+
+
+def test_info_system_names_the_kernels_and_blas_that_run():
+    from pwconv.core import kernels
+
+    proc = run_cli("info", "--system", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = json.loads(proc.stdout)
+    assert doc["few_filter_kernel"] == kernels.instruction_set()
+    assert doc["scatter_kernel"] == kernels.scatter_instruction_set()
+    assert doc["cores"] >= 1 and doc["blas"].get("name")
+    assert_clean_error(run_cli("info", "--system", "x.npy"), 2, "FILE... or --system")
+    assert_clean_error(run_cli("info"), 2, "expected FILE...")

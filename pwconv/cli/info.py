@@ -152,12 +152,43 @@ def _entries(described: list[Any]) -> list[dict[str, Any]]:
     return entries
 
 
-EXAMPLES = examples(["python -m pwconv info input.npy", "python -m pwconv info model.pt --channels 192"])
+EXAMPLES = examples(
+    [
+        "python -m pwconv info input.npy",
+        "python -m pwconv info model.pt --channels 192",
+        "python -m pwconv info --system",
+    ]
+)
+
+
+def _print_system(json_report: bool) -> None:
+    from pwconv.jobs.info import system_doc
+
+    doc = system_doc()
+    if json_report:
+        emit_json([entry(None, doc)])
+        return
+    blas = doc["blas"]
+    blas_text = " ".join(str(v) for v in (blas.get("name"), blas.get("version")) if v) or "unknown"
+    if blas.get("kernel"):
+        blas_text += f", kernel {blas['kernel']}, {blas.get('threads')} threads"
+    off = "" if doc["kernels_enabled"] else " (off: PWCONV_KERNEL=blas)"
+    print_rows(
+        [
+            ("pwconv", f"{doc['pwconv']} on Python {doc['python']}, numpy {doc['numpy']}"),
+            ("cpu", f"{doc['cpu']}, {doc['cores']} cores"),
+            ("apply", f"few-filter C kernel: {doc['few_filter_kernel']}{off}; otherwise BLAS"),
+            ("fit", f"scatter C kernel: {doc['scatter_kernel']}{off}; otherwise BLAS"),
+            ("blas", blas_text),
+        ]
+    )
 
 
 @guarded
 def info(
-    files: Annotated[list[str], typer.Argument(help=f"Files to describe: {o.READS}, {o.MODELS}.")],
+    files: Annotated[
+        Optional[list[str]], typer.Argument(help=f"Files to describe: {o.READS}, {o.MODELS}.")
+    ] = None,
     dataset: o.DatasetOpt = None,
     channels: Annotated[
         Optional[int],
@@ -166,6 +197,9 @@ def info(
         ),
     ] = None,
     channel_dim: o.ChannelDimOpt = None,
+    system: Annotated[
+        bool, typer.Option("--system", help="Describe the machine instead: CPU, cores, the C kernels, BLAS.")
+    ] = False,
     json_report: o.JsonOpt = False,
     allow_external: o.AllowExternalOpt = False,
 ) -> None:
@@ -173,10 +207,18 @@ def info(
 
     A container (HDF5 file, Zarr group) named without a dataset lists every array in it.
     """
+    from pwconv.errors import UsageError
     from pwconv.jobs.batch import exit_code
     from pwconv.jobs.info import describe_files
 
     check_stdout_open(json_report)
+    if system:
+        if files:
+            raise UsageError("expected FILE... or --system, found both; describe files and the machine apart")
+        _print_system(json_report)
+        return
+    if not files:
+        raise UsageError("expected FILE... to describe (or --system), found none")
     described = describe_files(files, dataset, channels, channel_dim)
     if json_report:
         emit_json(_entries(described))

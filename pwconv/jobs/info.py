@@ -170,3 +170,51 @@ def describe_files(
 ) -> list[FileInfo]:
     """:func:`describe_file` for each path; one unreadable file does not stop the others."""
     return [describe_file(path, dataset, channels, channel_dim) for path in paths]
+
+
+def system_doc() -> dict[str, Any]:
+    """The machine and the compute paths pwconv runs on: CPU, cores, the C kernels' instruction
+    sets, and the BLAS numpy uses (its kernel where threadpoolctl can tell)."""
+    import os
+    import platform
+
+    import numpy as np
+
+    from pwconv import __version__
+    from pwconv.core import kernels
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    blas: dict[str, Any] = {}
+    try:
+        config = np.show_config(mode="dicts")  # type: ignore[func-returns-value]
+        found = config["Build Dependencies"]["blas"]
+        blas = {"name": found.get("name"), "version": found.get("version")}
+    except (TypeError, KeyError, AttributeError):
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if pools:
+            blas |= {"kernel": pools[0].get("architecture"), "threads": pools[0].get("num_threads")}
+    except ImportError:
+        blas["kernel"] = None  # threadpoolctl (the bench extra) says which; not installed
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "pwconv": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu": cpu,
+        "cores": cores,
+        "few_filter_kernel": kernels.instruction_set(),
+        "scatter_kernel": kernels.scatter_instruction_set(),
+        "kernels_enabled": kernels.enabled,
+        "blas": blas,
+    }
