@@ -75,8 +75,8 @@ static int path(void) { return 0; }
 #endif
 
 /* Convert and shift rows [r0, r0 + n) into buf (zero-padded to cp) and add their sums. */
-#define PW_DEFINE_FILL(NAME, T)                                                                 \
-    static void NAME(const T *restrict x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t cp,           \
+#define PW_DEFINE_FILL(NAME, T, ATTR)                                                           \
+    static ATTR void NAME(const T *restrict x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t cp,           \
                      const double *restrict shift, double *restrict buf, double *restrict sum) { \
         for (Py_ssize_t p = 0; p < n; p++) {                                                    \
             const T *row = x + p * c;                                                           \
@@ -90,13 +90,22 @@ static int path(void) { return 0; }
         }                                                                                       \
     }
 
-PW_DEFINE_FILL(fill_f32, float)
-PW_DEFINE_FILL(fill_f64, double)
+#ifdef PW_X86
+#define PW_T512 __attribute__((target("avx512f")))
+#define PW_T2 __attribute__((target("avx2,fma")))
+#else
+#define PW_T512
+#define PW_T2
+#endif
+PW_DEFINE_FILL(fill_f32_512, float, PW_T512)
+PW_DEFINE_FILL(fill_f64_512, double, PW_T512)
+PW_DEFINE_FILL(fill_f32_2, float, PW_T2)
+PW_DEFINE_FILL(fill_f64_2, double, PW_T2)
 
 /* The same for neighbour differences: pixel q of the n taken from image row r is
  * x[r][q + ca] - x[r + dr][q + cb], the row holding w pixels of c channels. */
-#define PW_DEFINE_FILL_DIFF(NAME, T)                                                             \
-    static void NAME(const T *restrict x, Py_ssize_t r, Py_ssize_t q0, Py_ssize_t n, Py_ssize_t w, \
+#define PW_DEFINE_FILL_DIFF(NAME, T, ATTR)                                                       \
+    static ATTR void NAME(const T *restrict x, Py_ssize_t r, Py_ssize_t q0, Py_ssize_t n, Py_ssize_t w, \
                      Py_ssize_t c, Py_ssize_t dr, Py_ssize_t ca, Py_ssize_t cb, Py_ssize_t cp,     \
                      const double *restrict shift, double *restrict buf, double *restrict sum) {   \
         const T *top = x + (r * w + q0 + ca) * c;                                                 \
@@ -112,8 +121,10 @@ PW_DEFINE_FILL(fill_f64, double)
         }                                                                                         \
     }
 
-PW_DEFINE_FILL_DIFF(fill_diff_f32, float)
-PW_DEFINE_FILL_DIFF(fill_diff_f64, double)
+PW_DEFINE_FILL_DIFF(fill_diff_f32_512, float, PW_T512)
+PW_DEFINE_FILL_DIFF(fill_diff_f64_512, double, PW_T512)
+PW_DEFINE_FILL_DIFF(fill_diff_f32_2, float, PW_T2)
+PW_DEFINE_FILL_DIFF(fill_diff_f64_2, double, PW_T2)
 
 static PyObject *lanes(PyObject *self, PyObject *args) {
     int p = path();
@@ -141,9 +152,9 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
         for (Py_ssize_t r0 = 0; r0 < rows; r0 += PW_ROWS) {
             Py_ssize_t n = rows - r0 < PW_ROWS ? rows - r0 : PW_ROWS;
             if (itemsize == 4)
-                fill_f32((const float *)x.buf + r0 * c, n, c, cp, shift.buf, buf, sum.buf);
+                (p == 2 ? fill_f32_512 : fill_f32_2)((const float *)x.buf + r0 * c, n, c, cp, shift.buf, buf, sum.buf);
             else
-                fill_f64((const double *)x.buf + r0 * c, n, c, cp, shift.buf, buf, sum.buf);
+                (p == 2 ? fill_f64_512 : fill_f64_2)((const double *)x.buf + r0 * c, n, c, cp, shift.buf, buf, sum.buf);
 #ifdef PW_X86
             (p == 2 ? update_avx512 : update_avx2)(buf, n, cp, acc.buf);
 #endif
@@ -186,9 +197,11 @@ static PyObject *add_differences(PyObject *self, PyObject *args) {
             for (Py_ssize_t q0 = 0; q0 < cols; q0 += PW_ROWS) {
                 Py_ssize_t n = cols - q0 < PW_ROWS ? cols - q0 : PW_ROWS;
                 if (itemsize == 4)
-                    fill_diff_f32(x.buf, r, q0, n, w, c, dr, ca, cb, cp, shift.buf, buf, sum.buf);
+                    (p == 2 ? fill_diff_f32_512 : fill_diff_f32_2)(x.buf, r, q0, n, w, c, dr, ca, cb, cp, shift.buf,
+                                                                   buf, sum.buf);
                 else
-                    fill_diff_f64(x.buf, r, q0, n, w, c, dr, ca, cb, cp, shift.buf, buf, sum.buf);
+                    (p == 2 ? fill_diff_f64_512 : fill_diff_f64_2)(x.buf, r, q0, n, w, c, dr, ca, cb, cp, shift.buf,
+                                                                   buf, sum.buf);
 #ifdef PW_X86
                 (p == 2 ? update_avx512 : update_avx2)(buf, n, cp, acc.buf);
 #endif
