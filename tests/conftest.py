@@ -126,3 +126,22 @@ def cli_in_process(cwd: Path, blocked: list[str], args: list[str]) -> subprocess
         "    print('loaded:', ','.join(heavy), file=sys.stderr)\n"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def write_geotiff(
+    path: Path, bands_first: np.ndarray, descriptions: tuple[str, ...] | list[str] = (), *,
+    nodata: float | None = None, transform: object = None, crs: str = "EPSG:32633",
+) -> None:  # fmt: skip
+    """A (bands, rows, cols) array as a GeoTIFF written by rasterio, with band descriptions,
+    nodata and a 30 m UTM grid unless told otherwise."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    count, height, width = bands_first.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
+        crs=crs, transform=transform or from_origin(500000, 4200000, 30, 30), nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(bands_first)
+        for band, name in enumerate(descriptions, 1):
+            dst.set_band_description(band, name)

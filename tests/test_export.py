@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import assert_clean_error, leftovers, run_cli
+from tests.conftest import assert_clean_error, leftovers, run_cli, write_geotiff
 
 # Landsat 8 OLI brightness, greenness, wetness (Baig et al. 2014), blue..swir22
 BAIG_2014 = np.array(
@@ -34,20 +34,6 @@ def _export(tmp_path, *args):
 def _apply(tmp_path, *args):
     proc = run_cli("apply", *args, "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-
-
-def _geotiff(path, bands_first, descriptions=(), nodata=None):
-    rasterio = pytest.importorskip("rasterio")
-    from rasterio.transform import from_origin
-
-    count, height, width = bands_first.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
-        crs="EPSG:32633", transform=from_origin(500000, 4000000, 30, 30), nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(bands_first)
-        for band, name in enumerate(descriptions, 1):
-            dst.set_band_description(band, name)
 
 
 def _read_raster(path):
@@ -112,12 +98,12 @@ def test_onnx_export_of_a_named_bank_carries_its_names_and_pwconv_reads_them_bac
     assert json.loads(meta["channel_names"]) == L8_NAMES
     assert json.loads(meta["names"])[:3] == ["brightness", "greenness", "wetness"]
     x = np.random.default_rng(2).random((6, 8, 9)).astype(np.float32)
-    _geotiff(tmp_path / "named.tif", x, L8_NAMES)
+    write_geotiff(tmp_path / "named.tif", x, L8_NAMES)
     _apply(tmp_path, "named.tif", "tc.onnx", "-o", "tc.tif")
     y, descriptions, _ = _read_raster(tmp_path / "tc.tif")
     np.testing.assert_allclose(y[:3], np.einsum("kc,chw->khw", BAIG_2014, x), rtol=1e-5, atol=1e-6)
     assert list(descriptions[:3]) == ["brightness", "greenness", "wetness"]
-    _geotiff(tmp_path / "swapped.tif", x, [L8_NAMES[1], L8_NAMES[0], *L8_NAMES[2:]])
+    write_geotiff(tmp_path / "swapped.tif", x, [L8_NAMES[1], L8_NAMES[0], *L8_NAMES[2:]])
     proc = run_cli("apply", "swapped.tif", "tc.onnx", "-o", "bad.tif", cwd=tmp_path)
     assert_clean_error(proc, 2, "expected the input channels the bank was made for", "ignore-channel-names")
     assert not (tmp_path / "bad.tif").exists()
@@ -126,7 +112,7 @@ def test_onnx_export_of_a_named_bank_carries_its_names_and_pwconv_reads_them_bac
 def test_vrt_over_a_scene_binds_band_names_and_gdal_reads_the_mix_with_its_nodata(tmp_path):
     x = np.random.default_rng(3).random((7, 10, 12)).astype(np.float32)
     x[2, 4, 5] = -9999  # nodata in one band: the whole pixel is nodata
-    _geotiff(tmp_path / "l8.tif", x, [f"SR_B{i}" for i in range(1, 8)], nodata=-9999)
+    write_geotiff(tmp_path / "l8.tif", x, [f"SR_B{i}" for i in range(1, 8)], nodata=-9999)
     doc = _export(tmp_path, "tasseled-cap:landsat8", "-o", "tc.vrt", "l8.tif")
     assert doc["as"] == "vrt" and doc["channels"] == 7 and doc["outside_folder"] is False
     y, descriptions, nodata = _read_raster(tmp_path / "tc.vrt")
@@ -143,7 +129,7 @@ def test_vrt_over_a_scene_binds_band_names_and_gdal_reads_the_mix_with_its_nodat
 def test_vrt_with_an_output_nodata_value_and_a_bias_matches_apply(tmp_path):
     x = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
     x[1, 0, 0] = 0  # the input's nodata
-    _geotiff(tmp_path / "in.tif", x, nodata=0)
+    write_geotiff(tmp_path / "in.tif", x, nodata=0)
     args = ("1,2,-1;0.5,0,0.25", "--bias", "3,-1", "--out-nodata", "-9999")
     _export(tmp_path, *args, "-o", "m.vrt", "in.tif")
     y, _, nodata = _read_raster(tmp_path / "m.vrt")
@@ -160,7 +146,7 @@ def test_vrt_outside_the_raster_folder_names_it_absolutely(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "out").mkdir()
     x = np.random.default_rng(4).random((2, 3, 4)).astype(np.float32)
-    _geotiff(tmp_path / "data" / "in.tif", x)
+    write_geotiff(tmp_path / "data" / "in.tif", x)
     doc = _export(tmp_path, "1,-1", "-o", "out/d.vrt", "data/in.tif")
     assert doc["outside_folder"] is True
     y, _, _ = _read_raster(tmp_path / "out" / "d.vrt")
@@ -174,7 +160,7 @@ def test_vrt_outside_the_raster_folder_names_it_absolutely(tmp_path):
 def test_safetensors_and_npz_banks_carry_names_and_apply_like_the_named_bank(tmp_path):
     safetensors = pytest.importorskip("safetensors")
     x = np.random.default_rng(5).random((6, 5, 4)).astype(np.float32)
-    _geotiff(tmp_path / "named.tif", x, L8_NAMES)
+    write_geotiff(tmp_path / "named.tif", x, L8_NAMES)
     _apply(tmp_path, "named.tif", "tasseled-cap:landsat8", "-o", "ref.tif")
     for name in ("tc.safetensors", "tc.npz"):
         doc = _export(tmp_path, "tasseled-cap:landsat8", "-o", name)
@@ -227,7 +213,7 @@ def test_a_ratio_bank_file_round_trips_through_export(tmp_path):
     ],
 )
 def test_bad_exports_are_one_line_errors_with_nothing_written(tmp_path, args, fragments):
-    _geotiff(tmp_path / "in.tif", np.ones((3, 2, 2), np.float32))
+    write_geotiff(tmp_path / "in.tif", np.ones((3, 2, 2), np.float32))
     np.save(tmp_path / "x.npy", np.ones((2, 2, 3), np.float32))
     np.save(tmp_path / "f511.npy", np.ones((5, 1, 1)))
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli, write_geotiff
 
 # Landsat 8 OLI, bands 2-7 (blue, green, red, nir, swir1, swir2): brightness, greenness, wetness
 BAIG_2014 = np.array(
@@ -38,24 +38,10 @@ def _apply(tmp_path, *args):
     return json.loads(proc.stdout)[0]
 
 
-def _geotiff(path, bands_first, descriptions):
-    rasterio = pytest.importorskip("rasterio")
-    from rasterio.transform import from_origin
-
-    count, height, width = bands_first.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
-        crs="EPSG:32633", transform=from_origin(0, 0, 30, 30),
-    ) as dst:  # fmt: skip
-        dst.write(bands_first)
-        for band, name in enumerate(descriptions, 1):
-            dst.set_band_description(band, name)
-
-
 def test_landsat8_tasseled_cap_binds_band_ids_of_a_seven_band_scene(tmp_path):
     rasterio = pytest.importorskip("rasterio")
     x = np.random.default_rng(0).random((7, 20, 25)).astype(np.float32)  # TOA reflectance, 0-1
-    _geotiff(tmp_path / "l8.tif", x, [f"SR_B{i}" for i in range(1, 8)])  # coastal band first
+    write_geotiff(tmp_path / "l8.tif", x, [f"SR_B{i}" for i in range(1, 8)])  # coastal band first
     doc = _apply(tmp_path, "l8.tif", "tasseled-cap:landsat8", "-o", "tc.tif")
     assert doc["weights"]["source"] == "tasseled-cap:landsat8"
     with rasterio.open(tmp_path / "tc.tif") as src:
@@ -71,7 +57,7 @@ def test_sentinel2_tasseled_cap_binds_bands_by_name_in_any_order(tmp_path):
     order = np.random.default_rng(1).permutation(len(names))  # a stack in no published order
     shuffled = [names[i] for i in order]
     x = np.random.default_rng(2).random((13, 12, 10)).astype(np.float64)
-    _geotiff(tmp_path / "s2.tif", x, shuffled)
+    write_geotiff(tmp_path / "s2.tif", x, shuffled)
     _apply(tmp_path, "s2.tif", "tasseled-cap:sentinel2", "-o", "tc.npy")
     got = np.load(tmp_path / "tc.npy")
     coefficients = np.array([SHI_XU_2019[name] for name in shuffled]).T  # (3, 13) in the stack's order
@@ -121,7 +107,7 @@ def test_bad_named_bank_requests_are_one_line_errors(tmp_path, args, fragments):
 def test_band_names_that_do_not_match_are_refused_unless_told(tmp_path):
     pytest.importorskip("rasterio")
     x = np.random.default_rng(4).random((6, 5, 5)).astype(np.float32)
-    _geotiff(tmp_path / "odd.tif", x, [f"band {i}" for i in range(1, 7)])
+    write_geotiff(tmp_path / "odd.tif", x, [f"band {i}" for i in range(1, 7)])
     proc = run_cli("apply", "odd.tif", "tasseled-cap:landsat8", "-o", "y.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "expected a band named 'blue' (or B2, SR_B2)", "band 1, band 2")
     _apply(tmp_path, "odd.tif", "tasseled-cap:landsat8", "--ignore-channel-names", "-o", "y.npy")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pwconv.jobs.explain import format_value
-from tests.conftest import WORKED_M, assert_clean_error, leftovers, run_cli
+from tests.conftest import WORKED_M, assert_clean_error, leftovers, run_cli, write_geotiff
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -80,20 +80,6 @@ def test_worked_example_page_shows_the_four_sums_and_loads_nothing(tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100 and pixels.std() > 20  # not blank
 
 
-def _geotiff(path, bands_first, descriptions, nodata):
-    rasterio = pytest.importorskip("rasterio")
-    from rasterio.transform import from_origin
-
-    count, height, width = bands_first.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
-        crs="EPSG:32633", transform=from_origin(0, 0, 30, 30), nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(bands_first)
-        for band, name in enumerate(descriptions, 1):
-            dst.set_band_description(band, name)
-
-
 def _cases(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "hwc.npy", rng.normal(size=(40, 50, 6)).astype(np.float32))
@@ -103,7 +89,7 @@ def _cases(tmp_path):
     np.save(tmp_path / "w192.npy", rng.normal(size=(4, 192)).astype(np.float32))
     x = rng.random((4, 9, 10)).astype(np.float32)
     x[2, 3, 4] = -1
-    _geotiff(tmp_path / "scene.tif", x, ["blue", "green", "red", "nir08"], nodata=-1)
+    write_geotiff(tmp_path / "scene.tif", x, ["blue", "green", "red", "nir08"], nodata=-1)
     np.savez(
         tmp_path / "model.npz",
         **{"head.weight": rng.normal(size=(2, 4, 1, 1)), "head.bias": rng.normal(size=2)},

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli, write_geotiff
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
@@ -26,20 +26,11 @@ BAIG_2014 = np.array(
 )
 
 
-def _write(path, bands_first, *, transform=None, nodata=None, crs="EPSG:32633"):
-    count, height, width = bands_first.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands_first.dtype.name,
-        crs=crs, transform=transform or from_origin(500000, 4200000, 30, 30), nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(bands_first)
-
-
 def _scene(tmp_path, bands=(2, 3, 4, 5, 6, 7), shape=(12, 15), nodata=None):
     data = np.random.default_rng(0).random((len(bands), *shape)).astype(np.float32)
     names = [f"LC08_L2SP_044034_20230101_SR_B{b}.tif" for b in bands]
     for name, band in zip(names, data):
-        _write(tmp_path / name, band[None], nodata=nodata)
+        write_geotiff(tmp_path / name, band[None], nodata=nodata)
     return data, "+".join(names)
 
 
@@ -56,7 +47,7 @@ def _read(path):
 
 def test_a_stack_applies_as_the_multiband_file_of_the_same_bands(tmp_path):
     data, stack = _scene(tmp_path, bands=(2, 3, 4, 5))
-    _write(tmp_path / "all.tif", data)
+    write_geotiff(tmp_path / "all.tif", data)
     weights = "0.5,1,-1,2;0,0,-1,1"
     doc = _run(tmp_path, "apply", stack, weights, "-o", "from_stack.tif")
     assert doc["input"]["shape"] == [12, 15, 4]
@@ -101,7 +92,7 @@ def test_fit_and_explain_read_a_stack_like_one_input(tmp_path):
 def test_files_that_do_not_share_a_grid_are_refused(tmp_path, change, fragment):
     _, stack = _scene(tmp_path, bands=(2, 3))
     odd = np.ones((1, *change.get("shape", (12, 15))), np.float32)
-    _write(tmp_path / "odd.tif", odd, transform=change.get("transform"), nodata=change.get("nodata"))
+    write_geotiff(tmp_path / "odd.tif", odd, transform=change.get("transform"), nodata=change.get("nodata"))
     proc = run_cli("apply", f"{stack}+odd.tif", "1,1,1", "-o", "out.tif", cwd=tmp_path)
     assert_clean_error(proc, 2, fragment)
     assert not (tmp_path / "out.tif").exists()
@@ -164,7 +155,7 @@ def test_stac_items_that_cannot_be_read_are_one_line_errors(tmp_path):
     pytest.importorskip("pystac")
     _, item = _landsat_item(tmp_path)
     (tmp_path / "outside").mkdir()
-    _write(tmp_path / "far.tif", np.ones((1, 12, 15), np.float32))
+    write_geotiff(tmp_path / "far.tif", np.ones((1, 12, 15), np.float32))
     _item(tmp_path / "outside", {"x": {"href": "../far.tif"}}, "out.json")
     _item(tmp_path, {"x": {"href": "https://example.com/B4.tif"}}, "remote.json")
     (tmp_path / "broken.json").write_text('{"type": "Feature", "assets": ')

@@ -136,6 +136,19 @@ static PyObject *instruction_set(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(p == 2 ? "avx512f" : p == 1 ? "avx2+fma" : "generic");
 }
 
+/* The end of a call: the buffer freed, the four buffers released, and the result (None, or
+ * the error of bad arguments or of no memory for the buffer). */
+static PyObject *finish(double *buf, int ok, Py_buffer *views[4], const char *name) {
+    free(buf);
+    for (int i = 0; i < 4; i++) PyBuffer_Release(views[i]);
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: no vector path, or buffer sizes that do not match", name);
+        return NULL;
+    }
+    if (buf == NULL) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* add_rows(x, rows, c, itemsize, shift, acc, sum, cp): acc (cp x cp) and sum (cp) updated. */
 static PyObject *add_rows(PyObject *self, PyObject *args) {
     Py_buffer x, shift, acc, sum;
@@ -161,17 +174,7 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    free(buf);
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&shift);
-    PyBuffer_Release(&acc);
-    PyBuffer_Release(&sum);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "add_rows: no vector path, or buffer sizes that do not match");
-        return NULL;
-    }
-    if (buf == NULL) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish(buf, ok, (Py_buffer *[]){&x, &shift, &acc, &sum}, "add_rows");
 }
 
 /* add_differences(x, r0, r1, w, c, itemsize, dr, dc, shift, acc, sum, cp): the products and
@@ -209,17 +212,7 @@ static PyObject *add_differences(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    free(buf);
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&shift);
-    PyBuffer_Release(&acc);
-    PyBuffer_Release(&sum);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "add_differences: no vector path, or sizes that do not match");
-        return NULL;
-    }
-    if (buf == NULL) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish(buf, ok, (Py_buffer *[]){&x, &shift, &acc, &sum}, "add_differences");
 }
 
 static PyMethodDef methods[] = {
