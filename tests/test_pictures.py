@@ -264,3 +264,13 @@ def test_python_api_fit_returns_the_report_and_writes_the_bank(tmp_path):
     rows = _table_values(fragment, "bank")
     with np.load(tmp_path / "bank.npz") as bank:
         np.testing.assert_allclose([[float(v) for v in r[1:-1]] for r in rows], bank["weights"], rtol=1e-7)
+
+
+def test_a_picture_target_that_is_the_input_is_refused_even_with_overwrite(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(tmp_path / "in.png")
+    before = (tmp_path / "in.png").read_bytes()
+    proc = run_cli("explain", "in.png", "1,1,1", "--png", "in.png", "--overwrite", cwd=tmp_path)
+    assert_clean_error(proc, 2, "is the same file as 'in.png', which is read")
+    assert (tmp_path / "in.png").read_bytes() == before and not leftovers(tmp_path)

@@ -127,6 +127,13 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def names_relatively(vrt_path: str, raster_path: str) -> bool:
+    """Whether a VRT at ``vrt_path`` names ``raster_path`` relative to itself: where the
+    raster lies in the VRT's folder or below (else by its absolute path)."""
+    folder = os.path.dirname(os.path.abspath(vrt_path))
+    return os.path.abspath(raster_path).startswith(folder + os.sep)
+
+
 def vrt_text(
     vrt_path: str, raster_path: str, bank: ExportBank, data_type: str, nodata: VrtNodata | None
 ) -> str:
@@ -135,7 +142,7 @@ def vrt_text(
     when it lies in the VRT's folder or below, else by its absolute path."""
     folder = os.path.dirname(os.path.abspath(vrt_path))
     target = os.path.abspath(raster_path)
-    relative = target.startswith(folder + os.sep)
+    relative = names_relatively(vrt_path, raster_path)
     name = os.path.relpath(target, folder) if relative else target
     bias = np.zeros(bank.out_channels) if bank.bias is None else bank.bias
     arguments = [

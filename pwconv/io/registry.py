@@ -131,6 +131,8 @@ FORMATS: tuple[Format, ...] = (
            channels_last=True, picture_metadata=True),
 )  # fmt: skip
 
+#: What joins the files of a stack (several files as the channels of one input).
+JOIN = "+"
 #: Files joined with ``+``: the channels of one input (read only; found by the spec parser).
 STACK = Format("stack", "a stack of files", f"{_F}.stack:StackFormat", (), channels_last=True)
 
@@ -316,7 +318,7 @@ def companion_bias(spec: Spec) -> str | None:
 
 def _files(spec: Spec) -> list[str]:
     """The files a spec reads: each file of a stack, else its own path."""
-    return spec.path.split("+") if spec.format == STACK.name else [spec.path]
+    return spec.path.split(JOIN) if spec.format == STACK.name else [spec.path]
 
 
 def check_distinct(output: Spec, *inputs: Spec) -> None:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from pwconv.errors import InputFileError, UsageError
-from pwconv.io.registry import STACK, STREAM, format_of, known_suffixes, sniff
+from pwconv.io.registry import JOIN, STACK, STREAM, format_of, known_suffixes, sniff
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,6 @@ class Spec:
         if self.format == STREAM.name:
             return "-"
         return f"{self.path}:{self.member}" if self.member else self.path
-
-
-#: What joins the files of a stack (several files as the channels of one input).
-JOIN = "+"
 
 
 def stack_parts(text: str) -> list[str] | None:

@@ -55,8 +55,6 @@ class Neighbourhood:
     outputs: np.ndarray  # (rows, columns, K), as written (rounded and clipped for integers)
     nodata: np.ndarray | None  # (rows, columns): pixels apply writes as nodata
     pixel: tuple[int, int]  # the explained pixel inside the planes
-    origin: tuple[int, int]  # the planes' first output position along the two axes
-    axis_names: tuple[str, str]  # the two axes' names (rows, columns)
     channel_names: tuple[str, ...] | None
     filter_names: tuple[str, ...] | None
 
@@ -142,7 +140,8 @@ def _read_around(
     return source.read(index), tuple(offsets)
 
 
-def _number(value: Any) -> Any:
+def json_number(value: Any) -> Any:
+    """A Python number as the JSON document holds it (complex: [re, im]; not finite: None)."""
     if isinstance(value, complex):
         return [value.real, value.imag]
     if isinstance(value, float) and not math.isfinite(value):
@@ -184,14 +183,14 @@ def _filter_doc(
         "filter": k,
         "group": group,
         "channels": [group * cg, (group + 1) * cg],
-        "terms": [[_number(v), _number(w), _number(v * w)] for v, w in terms],
-        "bias": _number(bias),
-        "sum": _number(total),
-        "fast_path": _number(fast_value),
+        "terms": [[json_number(v), json_number(w), json_number(v * w)] for v, w in terms],
+        "bias": json_number(bias),
+        "sum": json_number(total),
+        "fast_path": json_number(fast_value),
         "written": None
         if saturate_to is None
         else saturate(np.array([fast_value]), saturate_to)[0][0].item(),
-        "difference": _number(difference),
+        "difference": json_number(difference),
         "tolerance": tolerance,
         "ok": bool(ok),
     }
@@ -234,30 +233,20 @@ def _planes(block: np.ndarray, axis: int, offsets: tuple[int, ...]) -> np.ndarra
 
 
 def _neighbourhood(
-    plan: ConvPlan, block: np.ndarray, computed: np.ndarray, offsets: tuple[int, ...], coords: tuple[int, ...],
-    names: list[str], nodata: Any, saturate_to: np.dtype | None, labels: Any, filter_names: Any,
+    plan: ConvPlan, block: np.ndarray, computed: np.ndarray, offsets: tuple[int, ...], nodata: Any,
+    saturate_to: np.dtype | None, labels: Any, filter_names: Any,
 ) -> Neighbourhood:  # fmt: skip
     axis = plan.channel_axis
     written = computed if saturate_to is None else saturate(computed, saturate_to)[0]
     mask = None if nodata is None else nodata.mask(block, axis)
     shown = offsets[-2:]
     pixel = (0, shown[0]) if len(shown) == 1 else (shown[0], shown[1]) if shown else (0, 0)
-    starts = [c - o for c, o in zip(coords, offsets)][-2:]
-    origin = (0, starts[0]) if len(starts) == 1 else (starts[0], starts[1]) if starts else (0, 0)
-    non_channel = [names[a] for a in range(len(names)) if a != axis][-2:]
-    axis_names = (
-        ("", non_channel[0])
-        if len(non_channel) == 1
-        else (non_channel[0], non_channel[1])
-        if non_channel
-        else ("", "")
-    )
     bad = None
     if mask is not None:
         bad = _planes(mask[..., np.newaxis], mask.ndim, offsets)[..., 0]
     return Neighbourhood(
         np.asarray(_planes(block, axis, offsets)), np.asarray(_planes(written, axis, offsets)), bad,
-        pixel, origin, axis_names, tuple(labels) if labels else None,
+        pixel, tuple(labels) if labels else None,
         tuple(filter_names) if filter_names else None,
     )  # fmt: skip
 
@@ -321,7 +310,7 @@ def explain_with_neighbourhood(request: ExplainRequest) -> tuple[dict[str, Any],
         "pixel": {
             "output_index": {names[a]: v for a, v in zip(out_positions, coords)},
             "input_index": {names[a]: v for a, v in zip(out_positions, in_coords)},
-            "channels": [_number(v.item()) for v in pixel],
+            "channels": [json_number(v.item()) for v in pixel],
             # the pixel's row in the matrix view (output positions in C order, channels left out)
             "flat_index": int(np.ravel_multi_index(tuple(coords), [plan.out_shape[a] for a in out_positions]))
             if out_positions
@@ -343,16 +332,7 @@ def explain_with_neighbourhood(request: ExplainRequest) -> tuple[dict[str, Any],
     if not request.pictures:
         return doc, None
     return doc, _neighbourhood(
-        plan,
-        block,
-        computed,
-        offsets,
-        tuple(coords),
-        names,
-        nodata,
-        saturate_to,
-        labels,
-        output_labels(loaded, plan),
+        plan, block, computed, offsets, nodata, saturate_to, labels, output_labels(loaded, plan)
     )
 
 

@@ -10,7 +10,6 @@ bank against its channels; a VRT needs it, since the VRT reads it.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,15 @@ from pwconv import __version__
 from pwconv.core.conv import ConvPlan, Nodata
 from pwconv.core.filters import normalise_bias, normalise_filters, reading_for
 from pwconv.errors import ShapeError, UsageError
-from pwconv.io.exports import ExportBank, VrtNodata, gdal_band_count, vrt_text, write_onnx, write_vrt
+from pwconv.io.exports import (
+    ExportBank,
+    VrtNodata,
+    gdal_band_count,
+    names_relatively,
+    vrt_text,
+    write_onnx,
+    write_vrt,
+)
 from pwconv.io.operands import Weights, read_weights
 from pwconv.io.registry import bank_suffixes, check_distinct, format_named, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
@@ -29,6 +36,7 @@ from pwconv.jobs.apply import (
     bound_weights,
     check_channel_names,
     make_plan,
+    output_labels,
     resolve_nodata,
     with_channel_dim,
     with_divide_by,
@@ -132,7 +140,7 @@ def _planned_bank(weights: Weights, plan: ConvPlan, labels: tuple[str, ...] | No
     return ExportBank(
         np.asarray(plan.filters, dtype=np.float64),
         None if plan.bias is None else np.asarray(plan.bias, dtype=np.float64),
-        weights.names if weights.names and len(weights.names) == plan.out_channels else None,
+        output_labels(weights, plan),
         labels if labels else weights.channel_names,
         weights.filters.source,
         None if ratio is None else np.asarray(ratio.filters, dtype=np.float64),
@@ -185,20 +193,19 @@ def _dtype(options: ApplyOptions, kind: str, own: np.dtype | None = None) -> np.
 
 
 def _with_input(
-    request: ExportRequest, weights: Weights, kind: str
+    in_spec: Spec, weights: Weights, options: ApplyOptions, kind: str, dtype: np.dtype
 ) -> tuple[ExportBank, VrtNodata | None, dict]:
-    assert request.input is not None
-    in_spec = parse_spec(request.input, request.dataset)
     source = open_source(in_spec)
     try:
-        options = with_channel_dim(request.options, source)
+        options = with_channel_dim(options, source)
         bound = bound_weights(weights, source, options)
         plan, _ = make_plan(source, bound, options)
         check_channel_names(bound, source, plan, options)
         labels = source.description.labels.get(plan.channel_axis)
-        nodata = resolve_nodata(options, source, _dtype(options, kind)) if kind == "vrt" else None
         bank = _planned_bank(bound, plan, tuple(labels) if labels else None)
-        vrt_nodata = _vrt_nodata(options, nodata, _dtype(options, kind)) if kind == "vrt" else None
+        vrt_nodata = (
+            _vrt_nodata(options, resolve_nodata(options, source, dtype), dtype) if kind == "vrt" else None
+        )
         info = {"input": in_spec.text, "input_shape": list(plan.in_shape)}
     finally:
         source.close()
@@ -234,10 +241,10 @@ def export_bank(request: ExportRequest) -> dict[str, Any]:
     inputs = [parse_spec(request.input, request.dataset)] if request.input else []
     check_distinct(out_spec, *inputs, *weights.specs)
     dtype = _dtype(options, kind, weights.filters.array.dtype)
-    if request.input is None:
+    if not inputs:
         bank, nodata, info = _unbound_bank(weights, options), None, {"input": None}
     else:
-        bank, nodata, info = _with_input(request, weights, kind)
+        bank, nodata, info = _with_input(inputs[0], weights, options, kind, dtype)
     if kind == "vrt":
         if bank.denominator is not None:
             raise UsageError(
@@ -270,11 +277,6 @@ def export_bank(request: ExportRequest) -> dict[str, Any]:
         "names": list(bank.names) if bank.names else None,
         "channel_names": list(bank.channel_names) if bank.channel_names else None,
         **info,
-        "outside_folder": kind == "vrt" and _outside(out_spec.path, inputs[0].path),
+        "outside_folder": kind == "vrt" and not names_relatively(out_spec.path, inputs[0].path),
         "seconds": round(time.perf_counter() - start, 6),
     }
-
-
-def _outside(vrt: str, raster: str) -> bool:
-    folder = os.path.dirname(os.path.abspath(vrt))
-    return not os.path.abspath(raster).startswith(folder + os.sep)

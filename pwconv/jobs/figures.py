@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import html
 import io
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pwconv.errors import UsageError, require_extra
+from pwconv.errors import PwconvError, UsageError, require_extra
 from pwconv.io.atomic import check_output_path, write_files_together
-from pwconv.jobs.explain import Neighbourhood, elided, format_value, render_text
+from pwconv.io.registry import check_distinct
+from pwconv.io.spec import Spec, parse_spec
+from pwconv.jobs.explain import Neighbourhood, elided, format_value, json_number, render_text
 
 #: The figure's size in inches and the PNG's resolution: a 1400 x 900 picture.
 FIGURE_INCHES = (14.0, 9.0)
@@ -55,17 +56,14 @@ class PictureTargets:
             (kind, path) for kind, path in (("html", self.html), ("png", self.png), ("svg", self.svg)) if path
         ]
 
-    def check(self, inputs: list[str]) -> None:
-        """Refuse, before any work, a target that exists (without overwrite), one named twice
-        or one that is an input."""
-        seen: set[str] = set()
+    def check(self, inputs: list[Spec]) -> None:
+        """Refuse, before any work, a target of the wrong suffix (so no two targets are one
+        file), one that exists (without overwrite), and one that is a file read."""
         for kind, path in self.paths():
             suffix = "." + kind
             if not path.lower().endswith(suffix):
                 raise UsageError(f"expected a {suffix} file for --{kind}, found {path!r}; name it *{suffix}")
-            if path in seen or path in inputs:
-                raise UsageError(f"expected --{kind} to name a file of its own, found {path!r} used twice")
-            seen.add(path)
+            check_distinct(Spec(kind, path), *inputs)
             check_output_path(path, self.overwrite)
 
 
@@ -253,7 +251,7 @@ def explain_figure(doc: dict[str, Any], hood: Neighbourhood, max_terms: int) -> 
     filters = [item["filter"] for item in doc["results"]]
     ax = fig.add_subplot(grid[0, 2])
     first = hood.outputs[..., filters[0]].reshape(-1)
-    values = [format_value(_plain(v)) for v in first]
+    values = [format_value(json_number(v.item())) for v in first]
     _draw_stack(
         ax, hood.outputs, filters, hood.pixel, _channel_labels(hood, filters, "filter"), "magma", hood.nodata,
         values,
@@ -269,15 +267,6 @@ def explain_figure(doc: dict[str, Any], hood: Neighbourhood, max_terms: int) -> 
     ax.text(0.0, 1.0, "\n".join(sections["shapes"]), fontsize=9, family="monospace", va="top")
     _draw_matrix(fig.add_subplot(grid[1, 2]), doc, sections["matrix view"])
     return fig
-
-
-def _plain(value: Any) -> Any:
-    item = value.item() if isinstance(value, np.generic) else value
-    if isinstance(item, complex):
-        return [item.real, item.imag]
-    if isinstance(item, float) and not math.isfinite(item):
-        return None
-    return item
 
 
 def _save(fig: Any, kind: str) -> bytes:
@@ -332,13 +321,23 @@ def write_pictures(
     return written
 
 
+def _files_read(request: Any) -> list[Spec]:
+    """The files an explanation reads (the input, and the weights where they are a file)."""
+    specs = [parse_spec(request.input, request.dataset)]
+    try:
+        specs.append(parse_spec(request.weights, what="weights"))
+    except PwconvError:  # a literal or a named bank: no file
+        pass
+    return specs
+
+
 def explain_with_pictures(request: Any, targets: PictureTargets) -> dict[str, Any]:
     """``explain`` with its figure written to ``targets``: the document gains ``pictures``."""
     import dataclasses
 
     from pwconv.jobs.explain import explain_with_neighbourhood
 
-    targets.check([request.input, request.weights])
+    targets.check(_files_read(request))
     _matplotlib()  # a missing extra is found before any data is read
     doc, hood = explain_with_neighbourhood(dataclasses.replace(request, pictures=True))
     assert hood is not None

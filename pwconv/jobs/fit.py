@@ -408,7 +408,7 @@ def fit_pca(
     start = time.perf_counter()
     count = components_asked(k, reconstruct)
     prepared = _prepare(inputs, output, count, options)
-    _check_report(options, prepared.specs)
+    _check_report(options)
     moments, counts, _ = _accumulate([[s] for s in prepared.specs], [prepared.axes], options, joint=False)
     if counts.used == 0:
         raise ShapeError(
@@ -435,7 +435,8 @@ def fit_pca(
         "n_pixels": np.array(result.n_pixels),
         "method": np.array([method]),  # for info BANK
     }
-    spectrum = np.clip(np.linalg.eigvalsh(moments.covariance())[::-1], 0, None)
+    # every variance, for the report's spectrum only
+    spectrum = np.clip(np.linalg.eigvalsh(moments.covariance())[::-1], 0, None) if options.report else None
     picture = _projection_picture(
         method, prepared, arrays, counts, spectrum, len(result.explained_variance), options
     )
@@ -554,7 +555,7 @@ def fit_mnf(
         )
     count = components_asked(k, reconstruct)
     prepared = _prepare(inputs, output, count, options)
-    _check_report(options, prepared.specs)
+    _check_report(options)
     signal, noise, counts = _mnf_moments(prepared.specs, prepared.axes, options, NOISE_DIRECTIONS[noise_from])
     if counts.used == 0:
         raise ShapeError(
@@ -625,7 +626,7 @@ def fit_lstsq(
             f"expected TARGET with the same pixels as INPUT, found {math.prod(shapes[1])} pixels {shapes[1]} "
             f"against {math.prod(shapes[0])} {shapes[0]}; give a target of the same size (or [[target_layout]])"
         )
-    _check_report(options, [in_spec, target_spec])
+    _check_report(options)
     moments, counts, channels = _accumulate([[in_spec, target_spec]], layouts, options, joint=True)
     if counts.used == 0:
         raise ShapeError(
@@ -715,20 +716,20 @@ def _write_report(options: FitOptions, page: bytes | None) -> dict[str, Any] | N
     return write_fit_report(options.report, page, options.overwrite)
 
 
-def _check_report(options: FitOptions, inputs: list[Spec]) -> None:
+def _check_report(options: FitOptions) -> None:
     if options.report is None:
         return
     from pwconv.jobs.figures import check_report_target
 
-    if any(options.report == spec.path for spec in inputs):
-        raise UsageError(f"expected --report to name a file of its own, found the input {options.report!r}")
-    check_report_target(options.report, options.overwrite)
+    check_report_target(options.report, options.overwrite)  # an .html: never one of the inputs
 
 
 def _projection_picture(
-    method: str, prepared: _Prepared, arrays: dict[str, np.ndarray], counts: Pixels, spectrum: np.ndarray, kept: int,
-    options: FitOptions,
+    method: str, prepared: _Prepared, arrays: dict[str, np.ndarray], counts: Pixels,
+    spectrum: np.ndarray | None, kept: int, options: FitOptions,
 ) -> bytes | None:  # fmt: skip
+    """The report page of a projection fit (``spectrum``: every variance or eigenvalue),
+    drawn only when one is asked for."""
     if options.report is None:
         return None
     from pwconv.jobs.figures import FitPicture, fit_report

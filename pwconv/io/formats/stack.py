@@ -16,7 +16,6 @@ import numpy as np
 
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io.interface import Backend, Description, Source
-from pwconv.io.spec import JOIN
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -39,11 +38,13 @@ def _grid(source: Source) -> tuple[Any, Any] | None:
     return None if not geo else (geo.get("crs"), geo.get("transform"))
 
 
-def _labels(source: Source, text: str, channels: int) -> tuple[str, ...]:
-    own = source.description.labels.get(len(source.shape) - 1) if len(source.shape) == 3 else None
+def _labels(source: Source, text: str, channels: int, given: str | None) -> tuple[str, ...]:
+    """A part's channel names: ``given`` (a STAC common name), else its own band names, else
+    its file name; numbered where one name serves several channels."""
+    own = source.description.labels.get(2) if len(source.shape) == 3 and given is None else None
     if own:
         return tuple(own)
-    stem = os.path.splitext(os.path.basename(text))[0]
+    stem = given or os.path.splitext(os.path.basename(text))[0]
     return (stem,) if channels == 1 else tuple(f"{stem}_{i + 1}" for i in range(channels))
 
 
@@ -78,13 +79,7 @@ class StackSource(Source):
         self.dtype = np.result_type(*(p.dtype for p in parts))
         first = parts[0].description
         given: list[str | None] = list(labels) if labels else [None] * len(parts)
-        names = tuple(
-            name
-            for p, t, c, g in zip(parts, texts, counts, given)
-            for name in (
-                (g,) if g and c == 1 else tuple(f"{g}_{i + 1}" for i in range(c)) if g else _labels(p, t, c)
-            )
-        )
+        names = tuple(name for p, t, c, g in zip(parts, texts, counts, given) for name in _labels(p, t, c, g))
         self.description = Description(
             nodata=next(iter(nodata)), reader=" + ".join(p.description.reader or "?" for p in parts),
             metadata=dict(first.metadata), georeferenced=first.georeferenced, labels={2: names},
@@ -124,7 +119,7 @@ class StackFormat(Backend):
     """Files joined with ``+``: each part opened by its own format."""
 
     def open_source(self, spec: Spec) -> Source:
-        from pwconv.io.registry import open_source
+        from pwconv.io.registry import JOIN, open_source
         from pwconv.io.spec import parse_spec
 
         texts = spec.path.split(JOIN)
@@ -132,7 +127,7 @@ class StackFormat(Backend):
         try:
             for text in texts:
                 part = parse_spec(text)
-                if part.format == "stack" or part.path == "-":
+                if part.path == "-":  # (a part holds no "+": it is never a stack itself)
                     raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
                 opened.append(open_source(part))
             return StackSource(texts, opened)
