@@ -575,3 +575,60 @@ def test_a_signal_whose_exception_a_destructor_swallowed_still_ends_the_wait(mon
     with pytest.raises(SystemExit) as ended:
         Pending().result()  # never done: only the kept signal ends the wait
     assert ended.value.code == 143
+
+
+def _limited(tmp_path, limit, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pwconv", *args], cwd=tmp_path, capture_output=True, text=True,
+        preexec_fn=file_size_limit(limit),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "target"),
+    [
+        (("export", "w.npy", "-o", "m.onnx"), "m.onnx"),
+        (("export", "w.npy", "-o", "m.vrt", "in.tif"), "m.vrt"),
+        (("export", "w.npy", "-o", "m.safetensors"), "m.safetensors"),
+        (("explain", "in.tif", "w.npy", "--png", "p.png", "--html", "p.html"), "p.html"),  # together: none
+        (("fit", "pca", "in.tif", "-k", "2", "-o", "b.npz", "--report", "r.html"), "b.npz"),  # bank first
+    ],
+)
+def test_new_writers_on_a_full_disk_are_exit_1_and_leave_nothing(tmp_path, args, target):
+    pytest.importorskip("rasterio")
+    pytest.importorskip("onnx")
+    pytest.importorskip("matplotlib")
+    from tests.conftest import write_geotiff
+
+    write_geotiff(tmp_path / "in.tif", np.random.default_rng(0).random((40, 50, 60)).astype(np.float32))
+    np.save(tmp_path / "w.npy", np.random.default_rng(1).random((20, 40)))
+    before = sorted(os.listdir(tmp_path))
+    proc = _limited(tmp_path, 2_000, *args)
+    assert_clean_error(proc, 1, f"cannot write '{target}'")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export", "1,2", "-o", "ro/m.onnx"),
+        ("explain", "x.npy", "1,2", "--svg", "ro/p.svg"),
+    ],
+)
+def test_new_writers_in_a_read_only_folder_are_exit_1_and_leave_nothing(tmp_path, args):
+    pytest.importorskip("onnx")
+    pytest.importorskip("matplotlib")
+    from tests.conftest import permissions_apply
+
+    np.save(tmp_path / "x.npy", np.ones((3, 3, 2), np.float32))
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        proc = run_cli(*args, cwd=tmp_path, prefix=permissions_apply())
+        assert_clean_error(proc, 1, "cannot create the output in", "Permission denied")
+        assert os.listdir(tmp_path / "ro") == []
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)

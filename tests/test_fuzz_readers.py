@@ -8,6 +8,7 @@ one line on stderr, no traceback, never "internal error", and no output left beh
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -269,13 +270,18 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
     weights = np.arange(24, dtype=np.float32).reshape(4, 6)
     samples: dict[str, bytes] = {}
     np.savez(tmp_path / "s.npz", weights=weights, bias=np.ones(4, np.float32))
-    save_file({"weights": weights, "bias": np.ones(4, np.float32)}, str(tmp_path / "s.safetensors"))
+    save_file(
+        {"weights": weights, "bias": np.ones(4, np.float32)}, str(tmp_path / "s.safetensors"),
+        metadata={"names": '["a", "b", "c", "d"]'},  # a bank's names: the metadata is read too
+    )  # fmt: skip
     torch.save({"conv.weight": torch.from_numpy(weights)}, tmp_path / "s.pt")
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
 
     graph = helper.make_graph([], "g", [], [], [numpy_helper.from_array(weights, "W")])
-    onnx.save_model(helper.make_model(graph), tmp_path / "s.onnx")
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"names": '["a", "b", "c", "d"]'})
+    onnx.save_model(model, tmp_path / "s.onnx")
     with h5py.File(tmp_path / "inner.h5", "w") as handle:
         handle["layers/conv2d/vars/0"] = weights.reshape(1, 1, 6, 4)
         handle["layers/conv2d/vars"].attrs["name"] = "mix"
@@ -303,13 +309,21 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
     with rasterio.open(tmp_path / "g.tif", "w", transform=from_origin(0, 1, 0.1, 0.1), **geo) as ds:
         ds.write(np.moveaxis(photo, -1, 0))
     samples["geo.tif"] = (tmp_path / "g.tif").read_bytes()
+    # A STAC item naming g.tif (beside the damaged copies) as its red band.
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "s", "geometry": None, "links": [],
+        "properties": {"datetime": "2024-01-01T00:00:00Z"},
+        "assets": {"b": {"href": "./g.tif", "eo:bands": [{"name": "b", "common_name": "red"}]}},
+    }  # fmt: skip
+    samples["json"] = json.dumps(item).encode()
     for suffix in ("npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc"):
         samples[suffix] = (tmp_path / f"s.{suffix}").read_bytes()
     return samples
 
 
 @pytest.mark.parametrize(
-    "suffix", ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc", "geo.tif"]
+    "suffix",
+    ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc", "geo.tif", "json"],
 )
 def test_damaged_model_files(tmp_path, suffix):
     sample = _model_samples(tmp_path)[suffix]
@@ -324,7 +338,7 @@ def test_damaged_model_files(tmp_path, suffix):
     def check(mutation):
         path = tmp_path / f"damaged.{suffix}"
         path.write_bytes(_mutate(sample, *mutation))
-        for name in ("", ":weights", ":conv.weight", ":W", ":mix", ":v"):
+        for name in ("", ":weights", ":conv.weight", ":W", ":mix", ":v", ":red"):
             _only_clean_errors(f"{path}{name}")
 
     check()
