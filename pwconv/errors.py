@@ -93,6 +93,13 @@ class WriteError(PwconvError, OSError):
     exit_code = 1
 
 
+class NetworkError(PwconvError, ConnectionError):
+    """Remote data the network failed to deliver or take (a timeout, a reset connection, a
+    server error): exit code 1."""
+
+    exit_code = 1
+
+
 class MissingExtraError(PwconvError, ImportError):
     """An optional dependency is not installed."""
 

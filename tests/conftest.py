@@ -55,15 +55,21 @@ def wait_for_temp(folder: Path, proc: subprocess.Popen, seconds: float = 60.0) -
 
 
 def run_cli(
-    *args: str, stdin: bytes | None = None, cwd: Path | None = None, prefix: list[str] | None = None
+    *args: str,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m pwconv ARGS`` (after ``prefix``); stdout as bytes, stderr as text."""
+    """Run ``python -m pwconv ARGS`` (after ``prefix``, with ``env`` added to the environment);
+    stdout as bytes, stderr as text."""
     proc = subprocess.run(
         [*(prefix or []), sys.executable, "-m", "pwconv", *map(str, args)],
         input=stdin,
         capture_output=True,
         cwd=cwd,
         timeout=300,
+        env={**os.environ, **env} if env else None,
     )
     proc.stderr = proc.stderr.decode("utf-8", "replace")  # type: ignore[assignment]
     return proc

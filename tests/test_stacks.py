@@ -163,7 +163,7 @@ def test_stac_items_that_cannot_be_read_are_one_line_errors(tmp_path):
         (f"{item}:swir16", "expected one asset of 'item.json' named 'swir16'"),
         (item, "expected the assets to read from the STAC item"),
         ("outside/out.json:x", "--allow-external"),
-        ("remote.json:x", "expected a local file for asset 'x'"),
+        ("remote.json:x", "an asset outside its folder ('x')"),
         ("broken.json:x", "expected a STAC item at 'broken.json'"),
     ):
         proc = run_cli("apply", spec, "1", "-o", "y.npy", cwd=tmp_path)

@@ -10,6 +10,7 @@ import typer
 
 from pwconv.cli import options as o
 from pwconv.cli.output import check_stdout_open, emit_json, examples, guarded, say, seconds_text, shape_text
+from pwconv.io.stores import scrub
 
 EXAMPLES = examples(
     [
@@ -90,7 +91,7 @@ def batch(
         if result.skipped:
             say(f"skip  {result.input} ({result.why_skipped})", quiet=quiet_lines)
         elif result.failure is not None:
-            print(f"FAIL  {result.input}: {result.failure.for_cli()}", file=sys.stderr, flush=True)
+            print(scrub(f"FAIL  {result.input}: {result.failure.for_cli()}"), file=sys.stderr, flush=True)
         elif result.report is not None:
             r = result.report
             say(

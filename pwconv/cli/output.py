@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from pwconv import errors
 from pwconv.core.words import counted
 from pwconv.errors import PwconvError, UsageError
+from pwconv.io.stores import scrub
 
 
 def examples(commands: list[str]) -> str:
@@ -42,11 +43,11 @@ def stderr_is_tty() -> bool:
 def say(text: str, *, quiet: bool = False) -> None:
     """One line of human-readable output on stderr."""
     if not quiet:
-        print(text, file=sys.stderr, flush=True)
+        print(scrub(text), file=sys.stderr, flush=True)
 
 
 def error(message: str) -> None:
-    print(f"pwconv: error: {message}", file=sys.stderr, flush=True)
+    print(f"pwconv: error: {scrub(message)}", file=sys.stderr, flush=True)
 
 
 class ClosedStdout(io.TextIOBase):
@@ -96,7 +97,7 @@ def emit_json(entries: list[dict[str, Any]]) -> None:
     import json  # only for --json: start-up
 
     _json_run["emitted"] = True
-    sys.stdout.write(json.dumps(entries, indent=2) + "\n")
+    sys.stdout.write(scrub(json.dumps(entries, indent=2)) + "\n")
     sys.stdout.flush()
 
 

@@ -22,6 +22,17 @@ from typing import Any
 from pwconv.errors import OutputExistsError, PwconvError, UsageError, WriteError
 from pwconv.io.checks import first_line
 from pwconv.io.interface import Sink
+from pwconv.io.stores import (
+    basename,
+    check_writable_url,
+    exists,
+    is_url,
+    remove,
+    shown,
+    staging_folder,
+    upload_file,
+    upload_folder,
+)
 
 _FOLDER_SUFFIXES = (".zarr",)
 # The outputs this process has renamed into place, in order (an interrupted batch run says
@@ -61,7 +72,11 @@ def signals_held() -> Iterator[None]:
 
 
 def check_output_path(path: str, overwrite: bool) -> None:
-    """Refuse an existing output without ``overwrite`` and a missing output directory."""
+    """Refuse an existing output without ``overwrite`` and a missing output directory (for a
+    URL: an HTTP output, and an object or prefix that is there without ``overwrite``)."""
+    if is_url(path):
+        check_writable_url(path, overwrite)
+        return
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(
@@ -180,6 +195,19 @@ def _publish_folder(temp: str, final: str) -> None:
         remove_quietly(old)
 
 
+def place_companion(made: str, final: str) -> None:
+    """Publish a sidecar a library wrote beside a temp file (an ENVI header) as ``final``;
+    where none was made, an old one at ``final`` goes."""
+    remote = is_url(final)
+    if os.path.exists(made):
+        upload_file(made, final) if remote else os.replace(made, final)
+    elif remote:
+        if exists(final):
+            remove(final)
+    elif os.path.exists(final):
+        os.unlink(final)
+
+
 class TempTarget:
     """A hidden temp file (or folder) beside ``target``, on the same file system.
 
@@ -199,16 +227,38 @@ class TempTarget:
         self.target, self.folder, self.keep_mode = target, folder, keep_mode
         #: Files a library writes beside the temp file (GDAL's sidecars), removed with it.
         self.extras: list[str] = []
+        #: For a URL target: the private local folder the output is written in, then uploaded.
+        self.staging = ""
+        #: A folder target at a URL whose chunks are written straight under it (by workers that
+        #: share no disk with this process): the staging folder holds the metadata only.
+        self.direct = False
+        self.path = ""
         with signals_held():  # made and registered together: a signal never leaves it unknown
-            if folder:
-                self.path: str = _beside(target, tempfile.mkdtemp)
+            if is_url(target):
+                self.staging = staging_folder()
+                self.path = os.path.join(self.staging, basename(target) or "output")
+                if folder:
+                    os.mkdir(self.path)
+                else:
+                    open(self.path, "wb").close()
+            elif folder:
+                self.path = _beside(target, tempfile.mkdtemp)
             else:
                 fd, self.path = temp_path_beside(target)
                 os.close(fd)
             _unpublished[id(self)] = self
 
     def publish(self) -> None:
-        if self.path:
+        if self.path and self.staging:
+            # The object appears only when its upload is complete; the local copy goes after.
+            if self.folder:
+                upload_folder(self.path, self.target, replace=not self.direct)
+            else:
+                upload_file(self.path, self.target)
+            _published.append(self.target)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.path = self.staging = ""
+        elif self.path:
             if self.folder:
                 _publish_folder(self.path, self.target)
             else:
@@ -216,8 +266,19 @@ class TempTarget:
             self.path = ""
         _unpublished.pop(id(self), None)
 
+    def write_directly(self) -> None:
+        """Chunks will go straight under the URL target: whatever is there goes first (an
+        overwritten store), so that no old metadata describes new chunks."""
+        self.direct = True
+        remove(self.target)
+
     def discard(self) -> None:
-        if self.path and self.folder:
+        if self.staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = ""
+            if self.direct:
+                remove(self.target)
+        elif self.path and self.folder:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             remove_quietly(self.path)
@@ -250,7 +311,7 @@ def write_failure(target: str, exc: BaseException) -> WriteError:
     if system:
         reason = system.group(1)
     return WriteError(
-        f"cannot write {target!r}: {reason}; free some space, check permissions or write elsewhere"
+        f"cannot write {shown(target)!r}: {reason}; free some space, check permissions or write elsewhere"
     )
 
 

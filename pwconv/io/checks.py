@@ -10,6 +10,7 @@ import numpy as np
 
 from pwconv.errors import FormatError, InputFileError
 from pwconv.io.names import printable
+from pwconv.io.stores import is_url
 
 
 def numeric_dtype(dtype: Any, where: str) -> np.dtype:
@@ -35,7 +36,10 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def check_readable(path: str, what: str = "input") -> None:
-    """Raise a one-line error for a missing, unreadable or directory input path."""
+    """Raise a one-line error for a missing, unreadable or directory input path (a URL's
+    reader finds out by asking for it)."""
+    if is_url(path):
+        return
     if not os.path.exists(path):
         raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
     if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):

@@ -17,6 +17,7 @@ import numpy as np
 
 from pwconv.errors import UsageError, require_extra
 from pwconv.io.atomic import write_bytes_atomically
+from pwconv.io.stores import gdal_path, is_url, shown, url_path
 
 #: The ONNX operator set the models use: Conv, Div, Equal and Where as onnxruntime 1.14+ runs them.
 ONNX_OPSET = 17
@@ -129,7 +130,11 @@ def _number(value: float) -> str:
 
 def names_relatively(vrt_path: str, raster_path: str) -> bool:
     """Whether a VRT at ``vrt_path`` names ``raster_path`` relative to itself: where the
-    raster lies in the VRT's folder or below (else by its absolute path)."""
+    raster lies in the VRT's folder or below (else by its absolute path); for URLs, under
+    the VRT's prefix."""
+    if is_url(vrt_path) or is_url(raster_path):
+        prefix = url_path(vrt_path).rpartition("/")[0] + "/"
+        return is_url(vrt_path) and url_path(raster_path).startswith(prefix)
     folder = os.path.dirname(os.path.abspath(vrt_path))
     return os.path.abspath(raster_path).startswith(folder + os.sep)
 
@@ -140,10 +145,14 @@ def vrt_text(
     """A GDAL VRT processed dataset applying ``bank`` to ``raster_path`` with one
     ``BandAffineCombination`` step (GDAL >= 3.9). The raster is named relative to the VRT
     when it lies in the VRT's folder or below, else by its absolute path."""
-    folder = os.path.dirname(os.path.abspath(vrt_path))
-    target = os.path.abspath(raster_path)
     relative = names_relatively(vrt_path, raster_path)
-    name = os.path.relpath(target, folder) if relative else target
+    if is_url(raster_path):  # by GDAL's own path (/vsis3/...), or relative within the prefix
+        cut = len(url_path(vrt_path).rpartition("/")[0]) + 1
+        name = url_path(raster_path)[cut:] if relative else gdal_path(raster_path)
+    else:
+        folder = os.path.dirname(os.path.abspath(vrt_path))
+        target = os.path.abspath(raster_path)
+        name = os.path.relpath(target, folder) if relative else target
     bias = np.zeros(bank.out_channels) if bank.bias is None else bank.bias
     arguments = [
         (f"coefficients_{k + 1}", ",".join(_number(v) for v in (bias[k], *bank.filters[k])))
@@ -187,11 +196,11 @@ def gdal_band_count(path: str) -> int:
     does not open it."""
     rasterio = require_extra("rasterio", "geo", "VRT export")
     try:
-        with rasterio.open(path) as dataset:
+        with rasterio.open(gdal_path(path) if is_url(path) else path) as dataset:
             return int(dataset.count)
     except Exception:  # noqa: BLE001 - rasterio raises its own error types for files it cannot open
         raise UsageError(
-            f"expected a raster GDAL opens as the input of a VRT, found {path!r}; convert it to a GeoTIFF first"
+            f"expected a raster GDAL opens as the input of a VRT, found {shown(path)!r}; convert it to a GeoTIFF first"
         ) from None
 
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from pwconv.core.filters import parse_literal
 from pwconv.errors import InputFileError, UsageError
-from pwconv.io.registry import companion_bias, format_named, open_source
+from pwconv.io.registry import companion_bias, format_named, list_arrays, open_source, read_labels, readable
 from pwconv.io.spec import Spec, parse_spec
+from pwconv.io.stores import RemoteObject, is_url
 from pwconv.io.tables import Table, table_named
 
 _LITERAL = re.compile(r"^[\s0-9eE+\-.,;]+$")
@@ -67,9 +68,15 @@ def looks_like_literal(text: str) -> bool:
 
 
 def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    if is_url(path):
+        if path.rstrip("/").lower().endswith(".zarr"):
+            return ""
+        for piece in RemoteObject(path).chunks():
+            digest.update(piece)
+        return digest.hexdigest()
     if os.path.isdir(path):
         return ""  # a store of many files (zarr): no single digest
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -106,12 +113,11 @@ def _read_spec(spec: Spec) -> Operand:
         source.close()
     if name is not None:
         spec = dataclasses.replace(spec, member=name)
-    return Operand(np.asarray(array), spec.text, _file_sha256(spec.path), spec)
+    return Operand(np.asarray(array), spec.text, _file_sha256(readable(spec).path), spec)
 
 
 def _names(spec: Spec) -> list[str]:
-    fmt = format_named(spec.format)
-    return fmt.load().list_arrays(spec.path) if fmt.containers else []
+    return list_arrays(spec) if format_named(spec.format).containers else []
 
 
 #: The arrays of a filter-bank file; a ratio's bank holds ``numerator`` (or ``weights``),
@@ -144,13 +150,12 @@ def _read_bank(spec: Spec, bank: dict[str, str], bias: str | None) -> Weights:
     if bias not in (None, "auto"):
         used = read_operand(bias, what="bias")
     denominator = member("denominator")
-    backend = format_named(spec.format).load()
     return Weights(
         filters,
         used,
         bank=True,
-        names=backend.read_labels(spec.path, "names"),
-        channel_names=backend.read_labels(spec.path, "channel_names"),
+        names=read_labels(spec, "names"),
+        channel_names=read_labels(spec, "channel_names"),
         denominator=None if denominator is None else Weights(denominator, member("denominator_bias")),
     )
 

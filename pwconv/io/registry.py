@@ -8,17 +8,20 @@ format is used. Adding a format is a module and a row in :data:`FORMATS`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import OutputExistsError, UsageError
+from pwconv.errors import OutputExistsError, PwconvError, UsageError
 from pwconv.io.checks import same_file
+from pwconv.io.stores import is_url, local_copy, scrub, url_path
 
 if TYPE_CHECKING:
     from pwconv.io.interface import Backend, Sink, SinkRequest, Source
@@ -62,12 +65,15 @@ class Format:
     georeferencing_from: tuple[str, ...] = ()
     #: The writer keeps a picture's colour profile and resolution (pwconv.io.pictures).
     picture_metadata: bool = False
+    #: The reader takes a URL itself and reads only the bytes a block needs (byte ranges,
+    #: GDAL's /vsis3/); other formats read a URL through a local copy of the object.
+    ranged: bool = False
 
     def load(self) -> Backend:
         return _backend(self)
 
     def matches(self, path: str) -> bool:
-        return path.lower().rstrip("/").endswith(self.suffixes)
+        return url_path(path).lower().rstrip("/").endswith(self.suffixes)
 
     def writes_path(self, path: str) -> bool:
         return path.lower().rstrip("/").endswith(self.writes) or (self.sequential and path == "-")
@@ -77,12 +83,11 @@ class Format:
         return bool(self.writes)
 
     def claims_file(self, path: str) -> bool:
-        return (
-            bool(self.claims)
-            and path.lower().endswith(self.claims)
-            and os.path.isfile(path)
-            and self.load().claims(path)
-        )
+        if not (self.claims and url_path(path).lower().endswith(self.claims)):
+            return False
+        if is_url(path):  # decided without a request: a URL's .tif is a raster (a COG, by GDAL)
+            return self.ranged
+        return os.path.isfile(path) and self.load().claims(path)
 
 
 @functools.cache
@@ -99,7 +104,7 @@ _F, _M = "pwconv.io.formats", "pwconv.io.models"
 # One line a format. Order matters where suffixes overlap: the first match wins.
 FORMATS: tuple[Format, ...] = (
     Format("npy", ".npy", f"{_F}.npy:NpyFormat", (".npy",), magic=b"\x93NUMPY", writes=(".npy",),
-           parallel_write=True, banks=True),
+           parallel_write=True, banks=True, ranged=True),
     Format("keras", "Keras", f"{_M}.keras:KerasFormat", (".keras", ".weights.h5"), containers=True,
            claims=_H5, family="model"),
     Format("hdf5", "HDF5", f"{_F}.hdf5:Hdf5Format", _H5, magic=b"\x89HDF\r\n\x1a\n", containers=True,
@@ -107,7 +112,7 @@ FORMATS: tuple[Format, ...] = (
            records_labels=True),
     Format("zarr", "Zarr", f"{_F}.zarr:ZarrFormat", (".zarr",), containers=True, folder=True,
            writes=(".zarr",), compressions=("zstd", "gzip"), parallel_write=True, extra="zarr",
-           records_nodata=True, records_labels=True),
+           records_nodata=True, records_labels=True, ranged=True),
     Format("npz", ".npz", f"{_M}.npz:NpzFormat", (".npz",), containers=True, banks=True, family="model"),
     Format("safetensors", "safetensors", f"{_M}.safetensors:SafetensorsFormat", (".safetensors",),
            containers=True, banks=True, family="model"),
@@ -117,12 +122,13 @@ FORMATS: tuple[Format, ...] = (
            family="model"),
     Format("raster", "raster", f"{_F}.raster:RasterFormat", (".vrt", ".img", ".dat", ".jp2"),
            claims=(".tif", ".tiff"), writes=(".tif", ".tiff", ".img", ".dat", ".jp2"), options=("*",), extra="geo",
-           channels_last=True, records_nodata=True, records_labels=True, georeferencing_from=("raster",)),
+           channels_last=True, records_nodata=True, records_labels=True, georeferencing_from=("raster",),
+           ranged=True),
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
            records_labels=True, georeferencing_from=("netcdf", "raster")),
     Format("stac", "STAC item", f"{_F}.stac:StacFormat", (".json",), containers=True, extra="geo",
-           channels_last=True),
+           channels_last=True, ranged=True),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",
            writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True,
            picture_metadata=True),
@@ -134,7 +140,7 @@ FORMATS: tuple[Format, ...] = (
 #: What joins the files of a stack (several files as the channels of one input).
 JOIN = "+"
 #: Files joined with ``+``: the channels of one input (read only; found by the spec parser).
-STACK = Format("stack", "a stack of files", f"{_F}.stack:StackFormat", (), channels_last=True)
+STACK = Format("stack", "a stack of files", f"{_F}.stack:StackFormat", (), channels_last=True, ranged=True)
 
 #: ``-``: an npy stream on stdin or stdout.
 STREAM = Format(
@@ -210,14 +216,44 @@ def backend_of(spec: Spec) -> Backend:
     return format_named(spec.format).load()
 
 
+def readable(spec: Spec) -> Spec:
+    """``spec`` as its format's reader takes it: a URL of a format that reads only files
+    becomes a local copy of the object (fetched once per process)."""
+    if not is_url(spec.path) or format_named(spec.format).ranged:
+        return spec
+    return dataclasses.replace(spec, path=local_copy(spec.path))
+
+
+@contextlib.contextmanager
+def named_as_given(spec: Spec, used: Spec) -> Iterator[None]:
+    """Errors about a local copy (``used``) name the URL the user gave (``spec``)."""
+    try:
+        yield
+    except PwconvError as exc:
+        if used.path != spec.path:
+            exc.template = exc.template.replace(used.path, scrub(spec.path))
+        raise
+
+
 def read_labels(spec: Spec, name: str) -> tuple[str, ...] | None:
     """The text array ``name`` of the container at ``spec`` (a bank's filter names), if any."""
-    return backend_of(spec).read_labels(spec.path, name)
+    used = readable(spec)
+    with named_as_given(spec, used):
+        return backend_of(spec).read_labels(used.path, name)
+
+
+def list_arrays(spec: Spec) -> list[str]:
+    """The arrays of the container at ``spec`` (see Backend.list_arrays)."""
+    used = readable(spec)
+    with named_as_given(spec, used):
+        return backend_of(spec).list_arrays(used.path)
 
 
 def open_source(spec: Spec) -> Source:
     """A lazy reader for ``spec`` (a :class:`~pwconv.io.spec.Spec`); only the header is read."""
-    return backend_of(spec).open_source(spec)
+    used = readable(spec)
+    with named_as_given(spec, used):
+        return backend_of(spec).open_source(used)
 
 
 def open_sink(spec: Spec, request: SinkRequest) -> Sink:
@@ -305,7 +341,7 @@ def array_specs(spec: Spec) -> list[Spec]:
     fmt = format_named(spec.format)
     if not fmt.containers or spec.member:
         return [spec]
-    names = fmt.load().list_arrays(spec.path)
+    names = list_arrays(spec)
     return [dataclasses.replace(spec, member=name) for name in names] or [spec]
 
 
@@ -313,7 +349,9 @@ def companion_bias(spec: Spec) -> str | None:
     """The name of the bias that belongs to the tensor ``spec`` names, if its file has one."""
     if not format_named(spec.format).containers or spec.member is None:
         return None
-    return backend_of(spec).companion_bias(spec.path, spec.member)
+    used = readable(spec)
+    with named_as_given(spec, used):
+        return backend_of(spec).companion_bias(used.path, spec.member)
 
 
 def _files(spec: Spec) -> list[str]:
@@ -328,9 +366,13 @@ def check_distinct(output: Spec, *inputs: Spec) -> None:
     for other, path in ((o, p) for o in inputs for p in _files(o)):
         if other.format == STREAM.name:
             continue
-        if os.path.abspath(output.path) == os.path.abspath(path) or (
-            os.path.exists(output.path) and same_file(output.path, path)
-        ):
+        if is_url(output.path) or is_url(path):
+            same = url_path(output.path).rstrip("/") == url_path(path).rstrip("/")
+        else:
+            same = os.path.abspath(output.path) == os.path.abspath(path) or (
+                os.path.exists(output.path) and same_file(output.path, path)
+            )
+        if same:
             raise OutputExistsError(
                 f"output {output.text!r} is the same file as {other.text!r}, which is read; "
                 "write to another file"
@@ -371,5 +413,9 @@ def parallel_reader(spec: Spec, source: Source) -> Any:
     own = source.parallel_reader()
     if own is not None:
         return own
-    absolute = dataclasses.replace(spec, path=os.path.abspath(spec.path))
+    absolute = (
+        spec
+        if spec.format == STACK.name or is_url(spec.path)
+        else dataclasses.replace(spec, path=os.path.abspath(spec.path))
+    )
     return ReopeningReader(absolute, tuple(source.shape), source.dtype)

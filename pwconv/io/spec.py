@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 
 from pwconv.errors import InputFileError, UsageError
 from pwconv.io.registry import JOIN, STACK, STREAM, format_of, known_suffixes, sniff
+from pwconv.io.stores import is_url, local_path, shown
 
 
 @dataclass(frozen=True)
@@ -20,9 +22,15 @@ class Spec:
 
     @property
     def text(self) -> str:
+        """The spec as messages and reports show it (a URL without its secrets)."""
         if self.format == STREAM.name:
             return "-"
-        return f"{self.path}:{self.member}" if self.member else self.path
+        path = (
+            JOIN.join(shown(part) for part in self.path.split(JOIN))
+            if self.format == STACK.name
+            else shown(self.path)
+        )
+        return f"{path}:{self.member}" if self.member else path
 
 
 def stack_parts(text: str) -> list[str] | None:
@@ -34,7 +42,7 @@ def stack_parts(text: str) -> list[str] | None:
     """
     if JOIN not in text or os.path.exists(text):
         return None
-    parts = text.split(JOIN)
+    parts = [local_path(part) for part in text.split(JOIN)]
     return parts if len(parts) > 1 and all(parts) else None
 
 
@@ -48,10 +56,12 @@ def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") ->
         if dataset:
             raise UsageError(f"expected no dataset for {what} '-' (an npy stream), found {dataset!r}")
         return Spec(STREAM.name, "-")
-    if what != "output" and stack_parts(text) is not None:
+    parts = stack_parts(text) if what != "output" else None
+    if parts is not None:
         if dataset:
-            raise UsageError(f"expected no dataset for the stack {text!r}, found {dataset!r}")
-        return Spec(STACK.name, text)
+            raise UsageError(f"expected no dataset for the stack {shown(text)!r}, found {dataset!r}")
+        return Spec(STACK.name, JOIN.join(parts))
+    text = local_path(text)
     path, inner = text, None
     fmt = format_of(text)
     if fmt is None and ":" in text:
@@ -59,18 +69,19 @@ def parse_spec(text: str, dataset: str | None = None, *, what: str = "input") ->
         container = format_of(head)
         if container is not None and container.containers:
             path, inner, fmt = head, tail or None, container
-    if fmt is None and what != "output" and not os.path.exists(path):
+    remote = is_url(path)
+    if fmt is None and what != "output" and not remote and not os.path.exists(path):
         raise InputFileError(f"expected an existing {what} file, found no file at {path!r}; check the path")
     if fmt is None:
-        ext = os.path.splitext(path)[1] or "no extension"
-        sniffed = sniff(path) if what == "input" else None
+        ext = os.path.splitext(urllib.parse.urlsplit(path).path if remote else path)[1] or "no extension"
+        sniffed = sniff(path) if what == "input" and not remote else None
         fix = (
             f"its content is {sniffed.name}: rename it to {sniffed.suffixes[0]}"
             if sniffed is not None
             else "rename the file or convert it"
         )
         raise UsageError(
-            f"expected {what} {text!r} to be {known_suffixes()} or - for stdin/stdout, found {ext}; {fix}"
+            f"expected {what} {shown(text)!r} to be {known_suffixes()} or - for stdin/stdout, found {ext}; {fix}"
         )
     if inner and dataset and inner != dataset:
         raise UsageError(

@@ -32,6 +32,7 @@ from pwconv.io.registry import (
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
+from pwconv.io.stores import scrub
 from pwconv.jobs.options import (
     ApplyOptions,
     check_decoded_piece,
@@ -277,11 +278,11 @@ def output_attrs(input_text: str, weights: Weights, plan: ConvPlan) -> dict[str,
     filters = weights.filters
     return {
         "pwconv_version": __version__,
-        "input": input_text,
-        "weights_source": filters.source,
+        "input": scrub(input_text),
+        "weights_source": scrub(filters.source),
         "weights_sha256": filters.sha256,
         "weights_tensor": (filters.spec.member or "") if filters.spec else "",
-        "bias_source": weights.bias.source if weights.bias else "",
+        "bias_source": scrub(weights.bias.source) if weights.bias else "",
         "layout": plan.layout.name,
         "channel_axis": plan.channel_axis,
     }

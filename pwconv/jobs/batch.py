@@ -15,6 +15,7 @@ from pwconv.errors import PwconvError, UsageError, WriteError
 from pwconv.io.operands import read_weights
 from pwconv.io.registry import data_suffixes, format_of, writable_suffixes
 from pwconv.io.spec import parse_spec
+from pwconv.io.stores import exists, is_http, is_prefix, is_url, join, list_objects, shown
 from pwconv.jobs.apply import apply_file, with_divide_by
 from pwconv.jobs.options import ApplyOptions
 from pwconv.jobs.report import Report
@@ -65,6 +66,8 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     for item in _globbed(inputs):
         if isinstance(item, tuple):
             found.append(item)
+        elif is_url(item) and format_of(item) is None and is_prefix(item):
+            found += _objects_under(item, suffixes)
         elif os.path.isdir(item) and format_of(item) is None:
             for root, dirs, files in os.walk(item):
                 stores = sorted(d for d in dirs if format_of(d) is not None)
@@ -82,6 +85,24 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return found
 
 
+def _objects_under(prefix: str, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """A prefix walked like a folder: its data objects, and each store (``a.zarr/...``) once."""
+    found: dict[str, str] = {}
+    base = prefix.rstrip("/") + "/"
+    for url in list_objects(prefix):
+        parts = url[len(base) :].split("/")
+        for depth, part in enumerate(parts[:-1]):
+            row = format_of(part)
+            if row is not None and row.folder:
+                relative = "/".join(parts[: depth + 1])
+                found.setdefault(base + relative, relative)
+                break
+        else:
+            if parts[-1].lower().endswith(suffixes):
+                found[url] = "/".join(parts)
+    return sorted(found.items())
+
+
 def _globbed(inputs: list[str]) -> list[str | tuple[str, str]]:
     """Inputs with glob patterns (``'scenes/*/B0?.tif'``, ``**`` for any depth) expanded, for
     shells that do not: each match as (path, its path below the pattern's fixed folder), so
@@ -89,7 +110,7 @@ def _globbed(inputs: list[str]) -> list[str | tuple[str, str]]:
     matches nothing (or a name that exists as written) is kept as given."""
     out: list[str | tuple[str, str]] = []
     for item in inputs:
-        if os.path.exists(item) or not glob.has_magic(item):
+        if is_url(item) or os.path.exists(item) or not glob.has_magic(item):
             out.append(item)
             continue
         matches = sorted(glob.glob(item, recursive=True))
@@ -117,7 +138,15 @@ def check_output_format(output_format: str | None) -> None:
 
 
 def make_out_dir(out_dir: str) -> None:
-    """Create the output folder and its parents, like ``mkdir -p``."""
+    """Create the output folder and its parents, like ``mkdir -p`` (a URL prefix needs none,
+    but must be one pwconv can write to)."""
+    if is_url(out_dir):
+        if is_http(out_dir):
+            raise UsageError(
+                f"expected an [[out_dir]] pwconv can write to, found the HTTP URL {shown(out_dir)!r}, which "
+                "is read only; write to s3://, gs://, az:// or a local folder"
+            )
+        return
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"expected a folder for [[out_dir]], found the file {out_dir!r}; name a folder")
     try:
@@ -165,8 +194,9 @@ def batch_files(
     claimed: dict[str, str] = {}
     tasks: list[tuple[str, str, PwconvError | None]] = []  # (input, output, why it cannot run)
     for path, relative in planned:
-        target = os.path.join(out_dir, output_name(relative, suffix, output_format))
-        key = os.path.abspath(target)
+        name = output_name(relative, suffix, output_format)
+        target = join(out_dir, name) if is_url(out_dir) else os.path.join(out_dir, name)
+        key = target if is_url(target) else os.path.abspath(target)
         if key in claimed:
             problem = UsageError(
                 f"output {target!r} would also be written for {claimed[key]!r}; rename one input"
@@ -184,7 +214,8 @@ def batch_files(
             return FileResult(path, target, skipped=True, why_skipped="not started")
         if problem is not None:
             result = FileResult(path, target, failure=problem)
-        elif skip_existing and os.path.exists(target):  # outputs appear whole or not at all
+        elif skip_existing and (exists(target) if is_url(target) else os.path.exists(target)):
+            # outputs appear whole or not at all
             return FileResult(path, target, skipped=True, why_skipped="exists")
         else:
             result = _run_one(path, target)
@@ -194,7 +225,8 @@ def batch_files(
 
     def _run_one(path: str, target: str) -> FileResult:
         try:
-            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            if not is_url(target):
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             report = apply_file(path, loaded, target, options, dataset=dataset)
             return FileResult(path, target, report=report)
         except PwconvError as exc:

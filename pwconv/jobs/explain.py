@@ -19,7 +19,7 @@ from pwconv.core.words import counted
 from pwconv.errors import UsageError
 from pwconv.io.interface import Source
 from pwconv.io.operands import read_weights
-from pwconv.io.registry import STREAM, backend_of, open_source
+from pwconv.io.registry import STREAM, list_arrays, open_source
 from pwconv.io.spec import parse_spec
 from pwconv.jobs.apply import bound_weights, make_plan, output_labels, resolve_nodata, with_channel_dim
 from pwconv.jobs.options import ApplyOptions
@@ -338,7 +338,7 @@ def explain_with_neighbourhood(request: ExplainRequest) -> tuple[dict[str, Any],
 
 def _only_array(spec: Any) -> str | None:
     """The one array of a container named without a member (what pwconv reads then)."""
-    arrays = backend_of(spec).list_arrays(spec.path)
+    arrays = list_arrays(spec)
     return arrays[0] if len(arrays) == 1 else None
 
 

@@ -27,6 +27,7 @@ from pwconv.io.rawio import (
     transfer_runs,
     write_all,
 )
+from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -215,6 +216,48 @@ class NpySource(Source):
         self._file.close()
 
 
+class RemoteNpySource(Source):
+    """A ``.npy`` object behind a URL, read by byte ranges: a block's contiguous runs are
+    fetched together, several requests in flight; only the header is read on opening."""
+
+    def __init__(self, url: str) -> None:
+        self.path = url
+        self._object = RemoteObject(url)
+        name = repr(shown(url))
+        stream: Any = RangedFile(self._object, 4096)
+        self.shape, self.dtype, self.fortran = read_header(stream, name)
+        self.offset = stream.tell()
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+        if self._object.size < self.offset + self.nbytes:
+            raise FormatError(
+                f"expected {self.nbytes} data bytes in {name} for shape {self.shape} {self.dtype}, "
+                f"found {self._object.size - self.offset}; the object is truncated, write it again"
+            )
+        self.description = Description(reader="byte ranges")
+
+    def storage(self) -> dict[str, Any]:
+        return {
+            "format": "npy",
+            "fortran_order": self.fortran,
+            "header_bytes": self.offset,
+            "data_bytes": self.nbytes,
+            "object_bytes": self._object.size,
+        }
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        shape = self.shape[::-1] if self.fortran else self.shape
+        index = index[::-1] if self.fortran else index
+        box, steps = box_of(index, shape)
+        block = np.empty(tuple(stop - start for start, stop in box), dtype=self.dtype)
+        if block.size:
+            run, offsets = contiguous_runs(shape, box)
+            size = self.dtype.itemsize
+            starts = [self.offset + o * size for o in offsets]
+            self._object.read_into(starts, run * size, block.reshape(-1).view(np.uint8).data)
+        block = block[steps]
+        return block.T if self.fortran else block
+
+
 def header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """The npy header numpy itself writes for a C-order array (version 1.0 when it fits)."""
     buffer = io.BytesIO()
@@ -285,8 +328,8 @@ def bias_path(path: str) -> str:
 class NpyFormat(Backend):
     """``.npy``: one array a file; a bank's bias goes beside it as ``NAME.bias.npy``."""
 
-    def open_source(self, spec: Spec) -> NpySource:
-        return NpySource(spec.path)
+    def open_source(self, spec: Spec) -> Source:
+        return RemoteNpySource(spec.path) if is_url(spec.path) else NpySource(spec.path)
 
     def open_sink(self, spec: Spec, request: SinkRequest) -> NpySink:
         check_output_path(spec.path, request.overwrite)

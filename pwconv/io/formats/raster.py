@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
-from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
+from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
+from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -160,6 +161,12 @@ def _check_vrt_sources(path: str) -> None:
 
 def _check_own_files(ds: Any, path: str) -> None:
     """Refuse a dataset for which GDAL reads files outside the input's folder."""
+    if is_url(path):  # GDAL's own path of it: every file it reads lies under the same prefix
+        folder = gdal_path(path).rpartition("/")[0] + "/"
+        for name in ds.files:
+            if not name.startswith(folder):
+                refuse_external(shown(path), f"data in another file ({shown(name)!r})")
+        return
     folder = os.path.dirname(os.path.abspath(path))
     for name in ds.files:
         if os.path.exists(name) and os.path.samefile(name, path):
@@ -175,12 +182,19 @@ class RasterSource(Source):
         rasterio = _rasterio()
         check_readable(path)
         self.path = path
+        opened = path
+        if is_url(path):
+            RemoteObject(path)  # a missing object, no access or no network: its own message
+            opened = gdal_path(path)
+        else:
+            try:
+                _check_vrt_sources(path)
+            except OSError as exc:
+                raise FormatError(
+                    f"expected a readable raster at {path!r}, found ({first_line(exc)})"
+                ) from None
         try:
-            _check_vrt_sources(path)
-        except OSError as exc:
-            raise FormatError(f"expected a readable raster at {path!r}, found ({first_line(exc)})") from None
-        try:
-            self._ds = rasterio.open(path)
+            self._ds = rasterio.open(opened)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
             raise FormatError(
                 f"expected a raster GDAL can read at {path!r}, found ({first_line(exc)})"
@@ -246,7 +260,7 @@ class RasterSource(Source):
 
     def output_format(self, spec: Spec) -> str | None:
         """Outputs named like rasters are written as rasters, keeping the georeferencing."""
-        return "raster" if os.path.splitext(spec.path)[1].lower() in _WRITES else None
+        return "raster" if os.path.splitext(url_path(spec.path))[1].lower() in _WRITES else None
 
     def close(self) -> None:
         self._ds.close()
@@ -363,10 +377,7 @@ class RasterSink(FileSink):
         # The sidecars are published with the file (before it, so that the file appears
         # complete); one an old output had but this one does not is removed.
         for made, final in zip(self._sidecars(self.temp.path), self._sidecars(self.target)):
-            if os.path.exists(made):
-                os.replace(made, final)
-            elif os.path.exists(final):
-                os.unlink(final)
+            place_companion(made, final)
 
     def close_quietly(self) -> None:
         ds, self._ds = self._ds, None

@@ -4,19 +4,22 @@ Each name picks an asset, by its key or by the ``eo:bands`` common name (or band
 carries (STAC 1.0 ``eo:bands``, STAC 1.1 ``bands`` with ``eo:common_name``); the assets'
 files are stacked in that order (see :mod:`pwconv.io.formats.stack`), each channel named by
 its common name, so that named banks and indices bind to them. Read with pystac (extra
-``pwconv[geo]``). Asset files must be local and lie in the item's folder unless
-``--allow-external``; remote assets come with the object-store support.
+``pwconv[geo]``). Asset files must lie in the item's folder (for an item at a URL: under
+its prefix) unless ``--allow-external``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from pwconv.errors import FormatError, UsageError, require_extra
 from pwconv.io.checks import check_readable, first_line, lies_outside, refuse_external
 from pwconv.io.interface import Backend, Source
+from pwconv.io.stores import RemoteObject, is_url, local_path, shown, url_path
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -27,14 +30,19 @@ _MAX_ITEM_BYTES = 16 << 20
 def _item(path: str) -> Any:
     check_readable(path)
     pystac = require_extra("pystac", "geo", "STAC items")
-    if os.path.getsize(path) > _MAX_ITEM_BYTES:
-        raise FormatError(f"expected a STAC item of at most 16 MiB at {path!r}, found a larger file")
+    remote = RemoteObject(path) if is_url(path) else None
+    size = remote.size if remote is not None else os.path.getsize(path)
+    if size > _MAX_ITEM_BYTES:
+        raise FormatError(f"expected a STAC item of at most 16 MiB at {shown(path)!r}, found a larger file")
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        if remote is not None:
+            document = json.loads(bytes(remote.read_range(0, size)).decode("utf-8"))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
         if not isinstance(document, dict) or document.get("type") != "Feature":
             raise ValueError("not a STAC item (a GeoJSON Feature)")
-        return pystac.Item.from_dict(document, href=os.path.abspath(path), migrate=True)
+        return pystac.Item.from_dict(document, href=None if remote else os.path.abspath(path), migrate=True)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeDecodeError) as exc:
         raise FormatError(
             f"expected a STAC item at {path!r}, found one pystac cannot read ({first_line(exc)}); check the JSON"
@@ -74,6 +82,26 @@ def _pick(item: Any, wanted: str, path: str) -> tuple[str, Any, str]:
     )
 
 
+def _asset_target(item_path: str, asset: Any) -> str:
+    """Where an asset's file is: its href made absolute against the item's own place."""
+    href = str(asset.href)
+    if is_url(href) or href.startswith("file://"):
+        return local_path(href)
+    if is_url(item_path):
+        base = url_path(item_path).rpartition("/")[0]
+        parts = urllib.parse.urlsplit(base + "/" + href)
+        return urllib.parse.urlunsplit(parts._replace(path=posixpath.normpath(parts.path)))
+    return asset.get_absolute_href() or href
+
+
+def _outside(item_path: str, target: str) -> bool:
+    """Whether an asset lies outside the item's folder (or prefix)."""
+    if is_url(item_path) or is_url(target):
+        prefix = url_path(item_path).rpartition("/")[0] + "/"
+        return not (is_url(item_path) and url_path(target).startswith(prefix))
+    return lies_outside(os.path.dirname(os.path.abspath(item_path)), target)
+
+
 class StacFormat(Backend):
     """STAC items: the named assets' files as one stack."""
 
@@ -91,20 +119,13 @@ class StacFormat(Backend):
                 f"expected the assets to read from the STAC item {spec.path!r}, found none; name them as "
                 f"{spec.path}:{','.join(list(item.assets)[:3]) or 'red,nir08'} (keys or eo:bands names)"
             )
-        folder = os.path.dirname(os.path.abspath(spec.path))
         texts, labels, opened = [], [], []
         try:
             for wanted in [w.strip() for w in spec.member.split(",") if w.strip()]:
                 key, asset, label = _pick(item, wanted, spec.path)
-                href = asset.get_absolute_href() or asset.href
-                if "://" in href and not href.startswith("file://"):
-                    raise UsageError(
-                        f"expected a local file for asset {key!r} of {spec.path!r}, found a URL; "
-                        "download the assets beside the item first"
-                    )
-                target = href.removeprefix("file://")
-                if lies_outside(folder, target):
-                    refuse_external(spec.path, f"an asset outside its folder ({key!r})")
+                target = _asset_target(spec.path, asset)
+                if _outside(spec.path, target):
+                    refuse_external(spec.text, f"an asset outside its folder ({key!r})")
                 texts.append(target)
                 labels.append(label)
                 opened.append(open_source(parse_spec(target)))

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
+from pwconv.errors import FormatError, InputFileError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
+from pwconv.io.stores import is_url, join, put_object, shown, zarr_store
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -38,7 +39,17 @@ def _open_node(path: str) -> Any:
     zarr = _zarr()
     check_readable(path)
     try:
+        if is_url(path):
+            return zarr.open(store=zarr_store(path), mode="r")
         return zarr.open(path, mode="r")
+    except PwconvError:
+        raise
+    except FileNotFoundError as exc:
+        if is_url(path):
+            raise InputFileError(
+                f"expected a zarr store at {shown(path)!r}, found no zarr.json there; check the URL"
+            ) from exc
+        raise FormatError(f"expected a zarr store at {path!r}, found one zarr cannot open ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for a folder that is not zarr
         raise FormatError(
             f"expected a zarr store at {path!r}, found one zarr cannot open ({type(exc).__name__}: {exc})"
@@ -78,11 +89,12 @@ class ZarrSource(Source):
         self.path, self.member = path, member
         check_readable(path)
         require_extra("zarr", "zarr", ".zarr files", load=False)
-        leaving = link_leaving(path)
+        remote = is_url(path)
+        leaving = None if remote else link_leaving(path)
         if leaving:
             refuse_external(path, printable(f"a link out of the store ({leaving})"))
         folder = _folder_of(path, member)
-        raw = read_raw_metadata(folder) if folder and raw_paths_enabled() else None
+        raw = read_raw_metadata(folder) if folder and raw_paths_enabled() and not remote else None
         self._array: Any = open_zarr_array(path, member) if raw is None else None
         self._files = _ChunkFiles(raw) if raw is not None else None
         known: Any = raw if raw is not None else self._array
@@ -191,8 +203,14 @@ class ZarrSink(FileSink):
             except OSError as exc:
                 raise write_failure(self.target, exc) from None
 
-    def parallel_writer(self) -> ZarrChunkWriter:
-        return self._writer
+    def parallel_writer(self) -> ZarrChunkWriter | ZarrObjectWriter:
+        if not is_url(self.target):
+            return self._writer
+        # Workers may share no disk with this process: they put chunks under the URL.
+        with open(os.path.join(self.temp.path, "zarr.json"), "rb") as handle:
+            metadata = handle.read()
+        self.temp.write_directly()
+        return ZarrObjectWriter(self.target, metadata)
 
 
 # The zarr v3 data types that are numpy dtypes of the same name.
@@ -440,9 +458,10 @@ class ZarrBlocks:
     """A zarr array that dask slices chunk by chunk; picklable, it opens the store per read."""
 
     def __init__(self, path: str, member: str | None) -> None:
-        self.path, self.member = os.path.abspath(path), member
+        remote = is_url(path)
+        self.path, self.member = path if remote else os.path.abspath(path), member
         folder = _folder_of(self.path, member)
-        meta = read_raw_metadata(folder) if folder and raw_paths_enabled() else None
+        meta = read_raw_metadata(folder) if folder and raw_paths_enabled() and not remote else None
         self._files = _ChunkFiles(meta) if meta is not None else None
         array = open_zarr_array(self.path, member) if meta is None else meta
         self.shape, self.dtype = tuple(int(n) for n in array.shape), np.dtype(array.dtype)
@@ -484,6 +503,27 @@ class ZarrChunkWriter:
                 data = full
             os.makedirs(os.path.dirname(path), exist_ok=True)
             data.tofile(path)
+
+
+class ZarrObjectWriter:
+    """``target[index] = block`` for a store at a URL, from any process on any machine: zarr
+    encodes the block's whole chunks in memory with the store's own metadata, and each chunk
+    is put under the URL (the metadata itself is put last, on commit). Only the URL and the
+    metadata travel."""
+
+    def __init__(self, url: str, metadata: bytes) -> None:
+        self.url, self.metadata = url, metadata
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        zarr = _zarr()
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import MemoryStore
+
+        held = {"zarr.json": default_buffer_prototype().buffer.from_bytes(self.metadata)}
+        zarr.open_array(MemoryStore(held), mode="r+")[index] = block
+        for key, value in held.items():
+            if key != "zarr.json":
+                put_object(join(self.url, key), value.to_bytes())
 
 
 class ZarrFormat(Backend):

@@ -1,0 +1,224 @@
+"""`pwconv apply` from S3 to S3 against the floor of the fastest client: the same bytes
+fetched and put by obstore alone, on the loopback S3 server the tests use (moto).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/remote.py [--size-gib 1]
+
+Inputs: float32 (2048 * size, 2048, 64) as npy, uncompressed Zarr (32 MiB chunks) and a
+tiled GeoTIFF (512 x 512 tiles, pixel-interleaved, uncompressed); 16 filters, so the output
+is a quarter of the input. Floor = the fastest GET of the input's bytes (8 MiB ranges, 1, 4
+or 16 in flight) + a multipart PUT of the output's bytes (8 MiB parts, 8 in flight).
+Everything runs in its own process (the S3 server, the set-up, the floor, each pwconv run:
+wall time and peak RSS by wait4), so that no process inherits another's peak. Then: explain
+at one pixel of the npy through a counting proxy (the bytes transferred), and the npy read
+with 1, 4 and 16 requests in flight (PWCONV_REMOTE_REQUESTS).
+
+moto keeps each object in one buffer and copies it whole for every ranged GET, so its ranged
+reads cost more the larger the object (a real S3 does not); pwconv and the floor pay that
+alike, request for request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from measure import run  # noqa: E402
+
+from tests.servers import FaultProxy, free_port  # noqa: E402
+
+MAKE = """
+import sys, numpy as np, rasterio, zarr
+rows = int(sys.argv[1])
+rng = np.random.default_rng(0)
+x = np.lib.format.open_memmap('in.npy', mode='w+', dtype=np.float32, shape=(rows, 2048, 64))
+for s in range(0, rows, 128):
+    x[s:s + 128] = rng.standard_normal((min(128, rows - s), 2048, 64), dtype=np.float32)
+x.flush()
+np.save('w.npy', rng.standard_normal((16, 64)).astype(np.float32))
+z = zarr.create_array('in.zarr', shape=x.shape, dtype='float32', chunks=(64, 2048, 64), compressors=None,
+                      zarr_format=3)
+for s in range(0, rows, 64):
+    z[s:s + 64] = x[s:s + 64]
+with rasterio.open('in.tif', 'w', driver='GTiff', width=2048, height=rows, count=64, dtype='float32',
+                   tiled=True, blockxsize=512, blockysize=512, interleave='pixel') as ds:
+    for s in range(0, rows, 512):
+        ds.write(np.moveaxis(x[s:s + 512], -1, 0), window=rasterio.windows.Window(0, s, 2048, min(512, rows - s)))
+"""
+
+STORE = """
+import os, obstore
+from obstore.store import S3Store
+store = S3Store('bench', config={'endpoint': os.environ['AWS_ENDPOINT_URL']}, client_options={'allow_http': True})
+"""
+
+UPLOAD = (
+    STORE
+    + """
+import pathlib
+for path in sorted(pathlib.Path('.').rglob('*')):
+    if path.is_file() and path.name != 'w.npy':
+        with open(path, 'rb') as handle:
+            obstore.put(store, path.as_posix(), handle, chunk_size=8 << 20)
+"""
+)
+
+FLOOR = (
+    STORE
+    + """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+prefix, out_bytes = sys.argv[1], int(sys.argv[2])
+keys = [i['path'] for b in obstore.list(store, prefix=prefix) for i in b] or [prefix]
+pieces = []
+for key in keys:
+    size = obstore.head(store, key)['size']
+    pieces += [(key, s, min(size, s + (8 << 20))) for s in range(0, size, 8 << 20)]
+gets = {}
+for flight in (1, 4, 16):
+    start = time.perf_counter()
+    with ThreadPoolExecutor(flight) as pool:
+        total = sum(pool.map(lambda p: len(obstore.get_range(store, p[0], start=p[1], end=p[2])), pieces))
+    gets[flight] = time.perf_counter() - start
+data = os.urandom(out_bytes)
+start = time.perf_counter()
+obstore.put(store, 'floor/out.bin', data, chunk_size=8 << 20, max_concurrency=8)
+print(json.dumps({'gets': gets, 'put': time.perf_counter() - start, 'bytes': total}))
+"""
+)
+
+
+HTTP_SERVER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from tests.servers import RangeServer
+server = RangeServer(sys.argv[1])
+print(server.url, flush=True)
+time.sleep(3600)
+"""
+
+HTTP_FLOOR = """
+import json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, size = sys.argv[1], int(sys.argv[2])
+def get(start):
+    request = urllib.request.Request(url, headers={'Range': f'bytes={start}-{min(size, start + (8 << 20)) - 1}'})
+    with urllib.request.urlopen(request) as response:
+        return len(response.read())
+gets = {}
+for flight in (1, 4, 16):
+    begin = time.perf_counter()
+    with ThreadPoolExecutor(flight) as pool:
+        assert sum(pool.map(get, range(0, size, 8 << 20))) == size
+    gets[flight] = time.perf_counter() - begin
+print(json.dumps(gets))
+"""
+
+
+def start_server() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)  # noqa: S310 - loopback
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-gib", type=float, default=1.0)
+    args = parser.parse_args()
+    rows = int(2048 * args.size_gib)
+    server, port = start_server()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_REGION": "us-east-1"})  # fmt: skip
+    py = [sys.executable, "-m", "pwconv"]
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT"))  # noqa: S310
+        blas = subprocess.run([sys.executable, "-c", "import numpy, threadpoolctl; print([(i.get('internal_api'), "
+                               "i.get('architecture'), i.get('num_threads')) for i in threadpoolctl.threadpool_info()])"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        print("BLAS:", blas)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            subprocess.run(
+                [sys.executable, "-c", MAKE, str(rows)], cwd=folder, check=True, capture_output=True
+            )
+            subprocess.run([sys.executable, "-c", UPLOAD], cwd=folder, check=True)
+            in_bytes, out_bytes = (folder / "in.npy").stat().st_size, rows * 2048 * 16 * 4
+            print(
+                f"input {in_bytes / 2**30:.2f} GiB, output {out_bytes / 2**30:.2f} GiB, moto on 127.0.0.1:{port}"
+            )
+            print(
+                "| input | GET floor (1 / 4 / 16 in flight) | PUT floor | floor | pwconv S3 -> S3 | ratio | peak RSS |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            for name, source, target in (("npy", "in.npy", "out.npy"), ("zarr", "in.zarr", "out.zarr"),
+                                         ("tif", "in.tif", "out.tif")):  # fmt: skip
+                done = subprocess.run([sys.executable, "-c", FLOOR, source, str(out_bytes)], capture_output=True,
+                                      text=True, check=True)  # fmt: skip
+                floor = json.loads(done.stdout)
+                gets = {int(k): v for k, v in floor["gets"].items()}
+                total = min(gets.values()) + floor["put"]
+                wall, rss = run([*py, "apply", f"s3://bench/{source}", "w.npy", "-o", f"s3://bench/{target}",
+                                 "--overwrite"], folder)  # fmt: skip
+                print(f"| {name} | {gets[1]:.2f} / {gets[4]:.2f} / {gets[16]:.2f} s | {floor['put']:.2f} s | "
+                      f"{total:.2f} s | {wall:.2f} s | {wall / total:.2f}x | {rss / 2**20:.0f} MiB |")  # fmt: skip
+            proxy = FaultProxy(port, lambda method, path: False)
+            env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}
+            start = time.perf_counter()
+            done = subprocess.run([*py, "explain", "s3://bench/in.npy", "w.npy", "--at", f"{rows // 2},1000"], env=env,
+                                  capture_output=True, cwd=folder)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            print(f"explain at one pixel: {proxy.sent:,} bytes transferred of {in_bytes:,} "
+                  f"({100 * proxy.sent / in_bytes:.4f}%), {time.perf_counter() - start:.2f} s")  # fmt: skip
+            proxy.stop()
+            print("| requests in flight | npy S3 -> local npy | throughput | peak RSS |")
+            print("|---|---|---|---|")
+            for flight in (1, 4, 16):
+                os.environ["PWCONV_REMOTE_REQUESTS"] = str(flight)
+                wall, rss = run(
+                    [*py, "apply", "s3://bench/in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder
+                )
+                print(
+                    f"| {flight} | {wall:.2f} s | {in_bytes / wall / 2**20:.0f} MiB/s | {rss / 2**20:.0f} MiB |"
+                )
+            os.environ.pop("PWCONV_REMOTE_REQUESTS")
+            # HTTP from a threaded server reading the file: a faster server than moto
+            http = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder), str(Path(__file__).parents[1])],
+                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+            try:
+                url = f"{http.stdout.readline().strip()}/in.npy"
+                done = subprocess.run([sys.executable, "-c", HTTP_FLOOR, url, str(in_bytes)], capture_output=True,
+                                      text=True, check=True)  # fmt: skip
+                gets = {int(k): v for k, v in json.loads(done.stdout).items()}
+                print("| requests in flight | GET floor, HTTP | npy HTTP -> local npy | ratio | peak RSS |")
+                print("|---|---|---|---|---|")
+                for flight in (1, 4, 16):
+                    os.environ["PWCONV_REMOTE_REQUESTS"] = str(flight)
+                    wall, rss = run([*py, "apply", url, "w.npy", "-o", "local.npy", "--overwrite"], folder)
+                    print(f"| {flight} | {gets[flight]:.2f} s | {wall:.2f} s | {wall / gets[flight]:.2f}x | "
+                          f"{rss / 2**20:.0f} MiB |")  # fmt: skip
+                local, _ = run([*py, "apply", "in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder)
+                print(f"the same apply from the local file: {local:.2f} s")
+            finally:
+                os.environ.pop("PWCONV_REMOTE_REQUESTS", None)
+                http.terminate()
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,745 @@
+"""Data that lives behind a URL: object stores (``s3://``, ``gs://``, ``az://``) and HTTP.
+
+Object stores are reached with obstore (the ``[cloud]`` extra), which reads each cloud's
+standard variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``,
+``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_ACCOUNT_NAME``, ...); HTTP(S) is read
+with the standard library, so that a presigned URL's query string is sent as it is. Nothing
+here is imported by a local run.
+
+What pwconv prints or writes names a URL through :func:`shown`: no user, password or query
+string (a presigned URL's signature) ever appears in a message, a report or an output's
+attributes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pwconv.errors import InputFileError, NetworkError, OutputExistsError, UsageError, require_extra
+
+#: The schemes pwconv reads (and, but for HTTP, writes) and what messages call them.
+SCHEMES = {
+    "s3": "S3",
+    "gs": "Google Cloud Storage",
+    "az": "Azure Blob Storage",
+    "abfs": "Azure Blob Storage",
+    "abfss": "Azure Blob Storage",
+    "http": "HTTP",
+    "https": "HTTPS",
+}
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_ANY_URL = re.compile(r"\b(?:s3|gs|az|abfss?|https?)://[^\s'\"<>]+", re.IGNORECASE)
+#: Requests in flight at once for the ranges of one read (PWCONV_REMOTE_REQUESTS sets it).
+IN_FLIGHT = max(1, int(os.environ.get("PWCONV_REMOTE_REQUESTS", "0") or 0)) or 16
+#: The bytes of one request when a large read is split to run in parallel.
+PIECE = 8 << 20
+_T = TypeVar("_T")
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` names data behind a URL (``file://`` is a local path, see :func:`local_path`).
+
+    >>> is_url("s3://bucket/scene.tif"), is_url("scene.tif"), is_url("C:/data/x.npy")
+    (True, False, False)
+    """
+    match = _URL.match(text)
+    return match is not None and match.group("scheme").lower() in SCHEMES
+
+
+def local_path(text: str) -> str:
+    """A ``file://`` URL as the path it names; anything else unchanged.
+
+    >>> local_path("file:///data/x.npy"), local_path("x.npy")
+    ('/data/x.npy', 'x.npy')
+    """
+    if text[:7].lower() != "file://":
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise UsageError(
+            f"expected a file:// URL of this machine (file:///path), found the host {parts.netloc!r} "
+            f"in {shown(text)!r}; use s3://, gs://, az:// or https:// for remote data"
+        )
+    return urllib.parse.unquote(parts.path)
+
+
+def shown(url: str) -> str:
+    """``url`` as messages, reports and output attributes may show it: no user, password or
+    query string (which holds a presigned URL's signature).
+
+    >>> shown("https://user:secret@host/x.npy?X-Amz-Signature=abc")
+    'https://host/x.npy?...'
+    """
+    if not is_url(url):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
+
+
+def scrub(text: str) -> str:
+    """Every URL inside ``text`` as :func:`shown` gives it."""
+    if "://" not in text:
+        return text
+
+    def hide(match: re.Match[str]) -> str:
+        url = match.group(0)
+        kept = url.rstrip(":,.;)")
+        if kept.endswith("://"):  # a scheme named in prose ("s3://, gs://")
+            return url
+        return shown(kept) + url[len(kept) :]
+
+    return _ANY_URL.sub(hide, text)
+
+
+def url_path(text: str) -> str:
+    """The part of a URL that names the file (no query string), for matching suffixes.
+
+    >>> url_path("https://host/a/b.tif?sig=1")
+    'https://host/a/b.tif'
+    """
+    if not is_url(text):
+        return text
+    parts = urllib.parse.urlsplit(text)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def basename(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rpartition("/")[2])
+
+
+def is_http(url: str) -> bool:
+    return url[:5].lower() in ("http:", "https")
+
+
+def join(url: str, name: str) -> str:
+    """``url`` with ``name`` appended as one more path part (a prefix's object)."""
+    return url.rstrip("/") + "/" + name.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Location:
+    """An object-store URL taken apart: scheme, bucket (or container) and key."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @classmethod
+    def of(cls, url: str) -> Location:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        bucket, key = parts.netloc, urllib.parse.unquote(parts.path).lstrip("/")
+        if scheme.startswith("abfs") and "@" in bucket:  # abfs://container@account.dfs.core.windows.net/
+            bucket = bucket.split("@", 1)[0]
+        if not bucket:
+            raise UsageError(
+                f"expected a bucket in {shown(url)!r} ({scheme}://BUCKET/KEY), found none; name one"
+            )
+        return cls(scheme, bucket, key)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+_ENDPOINT_HINT = "check the network, or the endpoint (AWS_ENDPOINT_URL and the like)"
+
+
+def _failure(url: str, exc: BaseException, doing: str) -> Exception:
+    """A client's exception as pwconv's one-line error: exit 2 for a wrong URL or no access,
+    exit 1 for a network that failed."""
+    name = shown(url)
+    kind = type(exc).__name__
+    text = " ".join(str(exc).split())
+    missing = isinstance(exc, FileNotFoundError) or kind == "NotFoundError" or "404" in text[:400]
+    if missing and doing == "write":
+        return UsageError(
+            f"expected an existing bucket for the output {name!r}, found none; create it, or check the URL"
+        )
+    if missing:
+        return InputFileError(
+            f"expected an object at {name!r}, found none (no such object, prefix or bucket); check the URL"
+        )
+    if kind in ("PermissionDeniedError", "UnauthenticatedError") or re.search(r"\b40[13]\b", text[:400]):
+        return InputFileError(
+            f"expected access to {name!r}, found it denied; check the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), "
+            "or set AWS_SKIP_SIGNATURE=true for a public bucket"
+        )
+    if isinstance(exc, FileExistsError) or kind in ("AlreadyExistsError", "PreconditionError"):
+        return OutputExistsError(
+            f"output {name!r} exists; pass [[overwrite!]] to replace it, or choose another name"
+        )
+    reason = scrub(_reason(text) or kind)
+    return NetworkError(f"cannot {doing} {name!r}: {reason}; {_ENDPOINT_HINT}")
+
+
+_REASONS = (
+    ("connection refused", "connection refused"),
+    ("connection reset", "connection reset"),
+    ("timed out", "timed out"),
+    ("timeout", "timed out"),
+    ("dns error", "host not found"),
+    ("name or service not known", "host not found"),
+    ("incomplete", "the transfer was cut short"),
+    ("end of file", "the transfer was cut short"),
+    ("500", "the server failed (HTTP 5xx)"),
+    ("503", "the server is unavailable (HTTP 503)"),
+)
+
+
+def _reason(text: str) -> str:
+    low = text.lower()
+    for key, reason in _REASONS:
+        if key in low:
+            return reason
+    return text[:120]
+
+
+def _guarded(url: str, doing: str, call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except (InputFileError, NetworkError, OutputExistsError, UsageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - obstore's and http.client's errors have many types
+        raise _failure(url, exc, doing) from None
+
+
+# --- object stores through obstore -----------------------------------------------------------
+
+
+def _obstore() -> Any:
+    return require_extra("obstore", "cloud", "s3://, gs:// and az:// URLs")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def _store(scheme: str, bucket: str, prefix: str = "") -> Any:
+    """One client per bucket, configured from the cloud's own variables."""
+    _obstore()
+    from obstore.store import AzureStore, GCSStore, S3Store
+
+    retry: Any = {"max_retries": 3, "retry_timeout": _seconds(30), "backoff": {"init_backoff": _seconds(0.1)}}
+    client: Any = {"connect_timeout": "10s", "timeout": os.environ.get("PWCONV_REMOTE_TIMEOUT", "120s")}
+    if scheme == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+        if endpoint.startswith("http://"):
+            client["allow_http"] = True
+        config: Any = {}
+        if endpoint:
+            config["endpoint"] = endpoint
+        if _truthy("AWS_NO_SIGN_REQUEST"):
+            config["skip_signature"] = True
+        if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+            config["region"] = "us-east-1"
+        credentials = _profile_credentials()
+        return S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=client,
+            retry_config=retry,
+            credential_provider=credentials,
+        )
+    store = GCSStore if scheme == "gs" else AzureStore
+    return store(bucket, prefix=prefix or None, client_options=client, retry_config=retry)
+
+
+def _seconds(value: float) -> Any:
+    import datetime
+
+    return datetime.timedelta(seconds=value)
+
+
+def _profile_credentials() -> Any:
+    """Credentials of an ``~/.aws/config`` profile (AWS_PROFILE), through boto3 where it is
+    installed; None lets obstore read the variables itself."""
+    if not os.environ.get("AWS_PROFILE") or os.environ.get("AWS_ACCESS_KEY_ID"):
+        return None
+    try:
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return None
+    try:
+        return Boto3CredentialProvider()
+    except Exception:  # noqa: BLE001 - boto3 missing or the profile unreadable: obstore's own rules
+        return None
+
+
+def _located(url: str) -> tuple[Any, str]:
+    where = Location.of(url)
+    return _store(where.scheme, where.bucket), where.key
+
+
+# --- HTTP through the standard library -------------------------------------------------------
+
+
+def _http_get(url: str, start: int | None = None, end: int | None = None) -> tuple[bytes, str]:
+    """GET ``url`` (bytes start..end-1 where given), with retries on the errors servers call
+    passing; returns the body and the Content-Range header."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    headers = {"User-Agent": "pwconv"}
+    if start is not None:
+        headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+    delay = 0.1
+    for attempt in range(4):
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=_http_timeout()) as response:  # noqa: S310
+                body = response.read()
+                if start is not None and response.status != 206:
+                    body = body[start:end]  # a server without ranges sent the whole object
+                return body, response.headers.get("Content-Range", "")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 500, 502, 503, 504) or attempt == 3:
+                raise _failure(url, OSError(f"HTTP {exc.code}"), "read") from None
+        except (OSError, http.client.HTTPException) as exc:
+            if attempt == 3:
+                raise _failure(url, exc, "read") from None
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _http_timeout() -> float:
+    text = os.environ.get("PWCONV_REMOTE_TIMEOUT", "120s").rstrip("s")
+    try:
+        return float(text)
+    except ValueError:
+        return 120.0
+
+
+def _http_size(url: str) -> int:
+    """The object's size from a one-byte ranged GET (a presigned URL signs GET, not HEAD)."""
+    body, span = _http_get(url, 0, 1)
+    total = span.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    body, _ = _http_get(url)
+    return len(body)
+
+
+# --- one object ------------------------------------------------------------------------------
+
+
+class RemoteObject:
+    """One object behind a URL, read by byte ranges, several in flight at once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if is_http(url):
+            self.size = _guarded(url, "read", lambda: _http_size(url))
+        else:
+            store, key = _located(url)
+            meta = _guarded(url, "read", lambda: _obstore().head(store, key))
+            self.size = int(meta["size"])
+        self.transferred = 0
+        self._lock = threading.Lock()
+
+    def read_range(self, start: int, end: int) -> Any:
+        """The bytes start..end-1 (a bytes-like object)."""
+        return self.read_ranges([start], [end])[0]
+
+    def read_ranges(self, starts: list[int], ends: list[int]) -> list[Any]:
+        """The bytes ``starts[i]:ends[i]`` of each range (obstore merges neighbours and runs
+        them in parallel; HTTP ranges run on a thread pool)."""
+        if not starts:
+            return []
+        if any(e > self.size or s > e for s, e in zip(starts, ends)):
+            raise InputFileError(
+                f"expected at least {max(ends)} bytes in {shown(self.url)!r}, found {self.size}; "
+                "the object is truncated"
+            )
+        if is_http(self.url):
+            from concurrent.futures import ThreadPoolExecutor
+
+            merged = _merge(starts, ends)
+            with ThreadPoolExecutor(min(IN_FLIGHT, len(merged))) as pool:
+                bodies = list(pool.map(lambda se: _http_get(self.url, *se)[0], merged))
+            parts = _split(merged, bodies, starts, ends)
+        else:
+            store, key = _located(self.url)
+            obstore = _obstore()
+            if len(starts) == 1:  # one request, its bytes not copied
+                got = [
+                    _guarded(
+                        self.url, "read", lambda: obstore.get_range(store, key, start=starts[0], end=ends[0])
+                    )
+                ]
+            else:
+                got = _guarded(
+                    self.url, "read", lambda: obstore.get_ranges(store, key, starts=starts, ends=ends)
+                )
+            parts = [memoryview(b) for b in got]
+        with self._lock:
+            self.transferred += sum(len(p) for p in parts)
+        if any(len(p) != e - s for p, s, e in zip(parts, starts, ends)):
+            raise NetworkError(
+                f"cannot read {shown(self.url)!r}: the server sent fewer bytes than asked; {_ENDPOINT_HINT}"
+            )
+        return parts
+
+    def read_into(self, starts: list[int], length: int, out: memoryview) -> None:
+        """Runs of ``length`` bytes from each of ``starts`` (ascending), laid end to end into
+        ``out``: neighbouring runs are joined, large ones split into pieces of :data:`PIECE`,
+        and the pieces fetched :data:`IN_FLIGHT` at a time, each copied into place as it comes
+        (memory: the output plus the pieces in flight)."""
+        # Pieces of at most PIECE bytes, smaller for a small read, so that the pieces in flight
+        # never hold more than the output does (at least 1 MiB a piece).
+        piece = max(1 << 20, min(PIECE, len(starts) * length // IN_FLIGHT))
+        pieces: list[tuple[int, int, int]] = []  # (object offset, output offset, bytes)
+        for i, start in enumerate(starts):
+            if pieces and pieces[-1][0] + pieces[-1][2] == start and pieces[-1][2] + length <= piece:
+                first, at, count = pieces[-1]
+                pieces[-1] = (first, at, count + length)
+                continue
+            for offset in range(0, length, piece):
+                pieces.append((start + offset, i * length + offset, min(piece, length - offset)))
+        small = len(pieces) > IN_FLIGHT and sum(p[2] for p in pieces) <= piece
+        if small:  # many short runs (a window across channel planes): one call, merged there
+            got = self.read_ranges([p[0] for p in pieces], [p[0] + p[2] for p in pieces])
+            for (_, at, count), data in zip(pieces, got):
+                out[at : at + count] = data
+            return
+
+        def fetch(piece: tuple[int, int, int]) -> None:
+            first, at, count = piece
+            out[at : at + count] = self.read_range(first, first + count)
+
+        if len(pieces) == 1:
+            fetch(pieces[0])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(IN_FLIGHT, len(pieces))) as pool:
+            for done in pool.map(fetch, pieces):
+                del done
+
+    def chunks(self, size: int = 8 << 20) -> Iterator[bytes]:
+        """The whole object, a few MiB at a time."""
+        for start in range(0, self.size, size * IN_FLIGHT):
+            starts = list(range(start, min(self.size, start + size * IN_FLIGHT), size))
+            yield from self.read_ranges(starts, [min(self.size, s + size) for s in starts])
+
+
+def _merge(starts: list[int], ends: list[int], gap: int = 256 << 10) -> list[tuple[int, int]]:
+    """Ranges joined where they lie within ``gap`` bytes of each other."""
+    merged: list[list[int]] = []
+    for s, e in sorted(zip(starts, ends)):
+        if merged and s <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def _split(
+    merged: list[tuple[int, int]], bodies: list[bytes], starts: list[int], ends: list[int]
+) -> list[Any]:
+    out: list[Any] = []
+    for s, e in zip(starts, ends):
+        for (ms, me), body in zip(merged, bodies):
+            if ms <= s and e <= me:
+                out.append(memoryview(body)[s - ms : e - ms])
+                break
+    return out
+
+
+class RangedFile:
+    """A read-only file over a :class:`RemoteObject` for code that parses a header by reading
+    (``read``, ``seek``, ``tell``); reads ahead ``ahead`` bytes a request."""
+
+    def __init__(self, remote: RemoteObject, ahead: int = 64 << 10) -> None:
+        self.remote, self.ahead, self.position = remote, ahead, 0
+        self._start, self._data = 0, b""
+
+    def read(self, count: int = -1) -> bytes:
+        end = self.remote.size if count < 0 else min(self.remote.size, self.position + count)
+        if end <= self.position:
+            return b""
+        if not (self._start <= self.position and end <= self._start + len(self._data)):
+            self._start = self.position
+            self._data = self.remote.read_range(
+                self.position, max(end, min(self.remote.size, self.position + self.ahead))
+            )
+        piece = bytes(self._data[self.position - self._start : end - self._start])
+        self.position = end
+        return piece
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.remote.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._data = b""
+
+
+def exists(url: str, doing: str = "reach") -> bool:
+    """Whether an object, or any object under the prefix ``url/``, is there."""
+    if is_http(url):
+        try:
+            RemoteObject(url)
+        except InputFileError:
+            return False
+        return True
+    store, key = _located(url)
+    obstore = _obstore()
+
+    def look() -> bool:
+        try:
+            obstore.head(store, key)
+            return True
+        except FileNotFoundError:
+            pass
+        listing = obstore.list(store, prefix=key.rstrip("/") + "/", chunk_size=1)
+        return any(True for batch in listing for _ in batch)
+
+    return _guarded(url, doing, look)
+
+
+def is_prefix(url: str) -> bool:
+    """Whether ``url`` names a folder of objects (a Zarr store, a batch's inputs) rather than one."""
+    if is_http(url):
+        return False
+    store, key = _located(url)
+    listing = _guarded(
+        url, "list", lambda: list(_obstore().list(store, prefix=key.rstrip("/") + "/", chunk_size=1))
+    )
+    return any(listing)
+
+
+def list_objects(url: str) -> list[str]:
+    """The URLs of every object under the prefix ``url``, sorted."""
+    if is_http(url):
+        raise UsageError(
+            f"expected an s3://, gs:// or az:// prefix to list, found the HTTP URL {shown(url)!r}"
+        )
+    store, key = _located(url)
+    prefix = key.rstrip("/") + "/" if key else ""
+    batches = _guarded(url, "list", lambda: list(_obstore().list(store, prefix=prefix)))
+    base = url_path(url).rstrip("/")
+    return sorted(base + "/" + item["path"][len(prefix) :] for batch in batches for item in batch)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def check_writable_url(url: str, overwrite: bool) -> None:
+    """Refuse an HTTP output and an existing object without ``overwrite``."""
+    if is_http(url):
+        raise UsageError(
+            f"expected an output pwconv can write, found the HTTP URL {shown(url)!r}, which is read only; "
+            "write to s3://, gs://, az:// or a local file"
+        )
+    Location.of(url)
+    if not overwrite and exists(url, "write"):
+        raise OutputExistsError(
+            f"output {shown(url)!r} exists; pass [[overwrite!]] to replace it, or choose another name"
+        )
+
+
+def upload_file(local: str, url: str) -> None:
+    """Put a finished local file at ``url``: a multipart upload whose object appears only when
+    the last part is in (obstore aborts the upload on failure)."""
+    store, key = _located(url)
+    obstore = _obstore()
+
+    def put() -> None:
+        with open(local, "rb") as handle:
+            obstore.put(store, key, handle, chunk_size=8 << 20, max_concurrency=8)
+
+    _guarded(url, "write", put)
+
+
+#: Files a store is opened through: uploaded last, so that a reader never finds metadata
+#: whose chunks are not all in place.
+_METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def upload_folder(local: str, url: str, *, replace: bool = True) -> None:
+    """Put a finished local folder (a Zarr store) under the prefix ``url``: chunks first,
+    metadata last, then the objects of an older store there that the new one lacks go. On
+    failure every object written goes, and the metadata of an older store went first, so that
+    nothing readable is left half-new. With ``replace=False`` the prefix holds chunks written
+    straight to it (by dask workers) that stay: only the local files are added."""
+    store, key = _located(url)
+    obstore = _obstore()
+    prefix = key.rstrip("/")
+    files = []
+    for root, _, names in os.walk(local):
+        for name in names:
+            path = os.path.join(root, name)
+            files.append((os.path.relpath(path, local).replace(os.sep, "/"), path))
+    files.sort(key=lambda item: (os.path.basename(item[0]) in _METADATA, item[0].count("/") * -1, item[0]))
+    from concurrent.futures import ThreadPoolExecutor
+
+    old = set(_keys_under(store, prefix)) if replace else set()
+    written: list[str] = []
+
+    def put(item: tuple[str, str]) -> None:
+        name, path = item
+        with open(path, "rb") as handle:
+            obstore.put(store, f"{prefix}/{name}", handle)
+        written.append(f"{prefix}/{name}")
+
+    def run() -> None:
+        stale_meta = [k for k in old if k.rpartition("/")[2] in _METADATA]
+        if stale_meta:
+            obstore.delete(store, stale_meta)
+        data = [f for f in files if os.path.basename(f[0]) not in _METADATA]
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            list(pool.map(put, data))
+        for item in (f for f in files if os.path.basename(f[0]) in _METADATA):
+            put(item)
+        stale = sorted(old - {f"{prefix}/{name}" for name, _ in files})
+        if stale:
+            obstore.delete(store, stale)
+
+    try:
+        _guarded(url, "write", run)
+    except BaseException:
+        try:
+            if written:
+                obstore.delete(store, written)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
+
+
+def _keys_under(store: Any, prefix: str) -> list[str]:
+    return [item["path"] for batch in _obstore().list(store, prefix=prefix + "/") for item in batch]
+
+
+def put_object(url: str, data: bytes) -> None:
+    """One small object (a chunk) written whole."""
+    store, key = _located(url)
+    _guarded(url, "write", lambda: _obstore().put(store, key, data))
+
+
+def remove(url: str) -> None:
+    """Delete the object (or every object under the prefix) at ``url``, quietly."""
+    try:
+        store, key = _located(url)
+        keys = _keys_under(store, key.rstrip("/")) or [key]
+        _obstore().delete(store, keys)
+    except Exception:  # noqa: BLE001 - clean-up after a failure must not mask it
+        pass
+
+
+# --- local copies of objects that a library reads only as files ------------------------------
+
+_copies: dict[str, str] = {}
+_copies_dir: list[str] = []
+
+
+def local_copy(url: str) -> str:
+    """A local file holding the object at ``url``, fetched once per process (formats whose
+    library reads only files: model files, HDF5, NetCDF, pictures); removed at exit."""
+    import shutil
+    import tempfile
+
+    if url in _copies:
+        return _copies[url]
+    if not _copies_dir:
+        _copies_dir.append(tempfile.mkdtemp(prefix="pwconv-remote-"))
+        import atexit
+
+        atexit.register(shutil.rmtree, _copies_dir[0], True)
+    folder = tempfile.mkdtemp(dir=_copies_dir[0])
+    path = os.path.join(folder, basename(url) or "object")
+    remote = RemoteObject(url)
+    try:
+        with open(path, "wb") as handle:
+            for piece in remote.chunks():
+                handle.write(piece)
+    except OSError as exc:
+        raise NetworkError(
+            f"cannot keep a local copy of {shown(url)!r} in {folder!r}: {exc.strerror}; free some space "
+            "or set TMPDIR"
+        ) from None
+    _copies[url] = path
+    return path
+
+
+def staging_folder() -> str:
+    """A private local folder where an output for a URL is written before it is uploaded."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="pwconv-upload-")
+
+
+# --- GDAL ------------------------------------------------------------------------------------
+
+
+def gdal_path(url: str) -> str:
+    """The path GDAL reads ``url`` by (``/vsis3/``, ``/vsigs/``, ``/vsiaz/``, ``/vsicurl/``),
+    with the cloud's variables handed on to GDAL's own names."""
+    if is_http(url):
+        return "/vsicurl/" + url
+    where = Location.of(url)
+    _gdal_settings()
+    prefix = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(where.scheme, "/vsiaz/")
+    return f"{prefix}{where.bucket}/{where.key}"
+
+
+def _gdal_settings() -> None:
+    """GDAL reads the same variables under other names: an S3 endpoint is host and port plus
+    a scheme switch, anonymous access is AWS_NO_SIGN_REQUEST."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
+        parts = urllib.parse.urlsplit(endpoint)
+        os.environ["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
+        os.environ.setdefault("AWS_HTTPS", "NO" if parts.scheme == "http" else "YES")
+        os.environ.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")
+    if _truthy("AWS_SKIP_SIGNATURE"):
+        os.environ.setdefault("AWS_NO_SIGN_REQUEST", "YES")
+    # no listing of the prefix; sidecars (an ENVI header, a .aux.xml) are still asked for by name
+    os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "YES")
+    if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        os.environ.setdefault("AWS_REGION", "us-east-1")
+
+
+# --- Zarr ------------------------------------------------------------------------------------
+
+
+def zarr_store(url: str) -> Any:
+    """A read-only zarr store over the prefix ``url``."""
+    zarr_storage = require_extra("zarr.storage", "zarr", ".zarr stores")
+    _obstore()
+    if is_http(url):
+        from obstore.store import HTTPStore
+
+        inner = HTTPStore.from_url(url_path(url).rstrip("/") + "/")
+    else:
+        where = Location.of(url)
+        inner = _store(where.scheme, where.bucket, where.key.rstrip("/"))
+    return zarr_storage.ObjectStore(inner, read_only=True)

@@ -1,0 +1,199 @@
+"""Servers on 127.0.0.1 for the remote-data tests: an S3 API server (moto's server mode) and
+an HTTP server with byte ranges that counts what it sends. Nothing reaches the internet."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class S3Server:
+    """moto's S3 API on a free loopback port, with the variables every client reads."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing-secret-key",
+            region_name="us-east-1",
+        )
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: RangeServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
+
+    def _target(self) -> str | None:
+        parts = urllib.parse.urlsplit(self.path)
+        token = self.server.token
+        if token and urllib.parse.parse_qs(parts.query).get("X-Amz-Signature") != [token]:
+            self.send_error(403)
+            return None
+        path = os.path.join(self.server.root, urllib.parse.unquote(parts.path).lstrip("/"))
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return None
+        return path
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        path = self._target()
+        if path:
+            self.send_response(200)
+            self.send_header("Content-Length", str(os.path.getsize(path)))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self._target()
+        if not path:
+            return
+        size = os.path.getsize(path)
+        start, end = 0, size
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes="):
+            first, _, last = ranged[6:].partition("-")
+            start, end = int(first), min(size, int(last) + 1 if last else size)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            body = handle.read(end - start)
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(body)
+        with self.server.lock:
+            self.server.sent += len(body)
+            self.server.requests += 1
+
+
+class RangeServer(http.server.ThreadingHTTPServer):
+    """Serves the files of ``root`` with byte ranges; ``sent`` counts the body bytes sent.
+    With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL)."""
+
+    daemon_threads = True
+
+    def __init__(self, root: str, token: str = "") -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.root, self.token = root, token
+        self.sent = self.requests = 0
+        self.lock = threading.Lock()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: FaultProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
+
+    def _forward(self) -> None:
+        import http.client
+
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.server.fails(self.command, self.path):
+            self.server.failed += 1
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)  # the connection is cut mid-transfer
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        reply = upstream.getresponse()
+        data = reply.read()
+        self.send_response(reply.status, reply.reason)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(key, value)
+        # a HEAD's length is the object's, from upstream; a body's is what is passed on
+        length = reply.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+            with self.server.lock:
+                self.server.sent += len(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815 - http.server's names
+
+
+class FaultProxy(http.server.ThreadingHTTPServer):
+    """Passes requests on to the S3 server at ``port`` but cuts the connection of every
+    request for which ``fails(method, path)`` is true (a reset in mid-upload); ``sent``
+    counts the body bytes passed back."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, fails: Any) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.port, self.fails, self.failed, self.sent = port, fails, 0, 0
+        self.lock = threading.Lock()
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,492 @@
+"""Data behind URLs: an S3 API server (moto) and an HTTP server with byte ranges, both on
+127.0.0.1. Results are compared with numpy's einsum on the same arrays, files read back
+with boto3, GDAL and zarr; errors are one line with the documented exit code."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_clean_error, run_cli, write_geotiff
+from tests.servers import FaultProxy, RangeServer, S3Server, free_port
+
+pytest.importorskip("obstore")
+pytest.importorskip("moto")
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def s3() -> S3Server:
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> str:
+    name = f"bucket-{os.getpid()}-{next(_numbers)}"
+    s3.client().create_bucket(Bucket=name)
+    return name
+
+
+def put(s3: S3Server, bucket: str, key: str, path: Path) -> str:
+    s3.client().upload_file(str(path), bucket, key)
+    return f"s3://{bucket}/{key}"
+
+
+def keys(s3: S3Server, bucket: str, prefix: str = "") -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def fetch(s3: S3Server, bucket: str, key: str, path: Path) -> Path:
+    s3.client().download_file(bucket, key, str(path))
+    return path
+
+
+def cube(shape: tuple[int, ...] = (48, 40, 5), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def mixed(x: np.ndarray, w: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.moveaxis(np.tensordot(np.moveaxis(x, axis, -1), w.T, axes=1), -1, axis)
+
+
+def test_npy_from_s3_to_s3_matches_einsum(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    x, w = cube(), np.arange(15, dtype=np.float32).reshape(3, 5) / 10
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    source, weights = (
+        put(s3, bucket, "in/x.npy", tmp_path / "x.npy"),
+        put(s3, bucket, "w.npy", tmp_path / "w.npy"),
+    )
+    proc = run_cli("apply", source, weights, "-o", f"s3://{bucket}/out/y.npy", "--json", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)[0]
+    assert doc["output"]["path"] == f"s3://{bucket}/out/y.npy"
+    y = np.load(fetch(s3, bucket, "out/y.npy", tmp_path / "y.npy"))
+    np.testing.assert_allclose(y, np.einsum("hwc,kc->hwk", x, w), rtol=1e-5, atol=1e-6)
+    # streamed in small blocks: each block is its own set of ranged reads
+    proc = run_cli("apply", source, weights, "-o", tmp_path / "z.npy", "--max-memory", "1MB", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), mixed(x, w), rtol=1e-5, atol=1e-6)
+
+
+def test_channels_first_blocks_read_by_ranges(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    x = cube((6, 300, 70), seed=1)
+    w = np.random.default_rng(2).random((2, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
+    proc = run_cli(
+        "apply", source, tmp_path / "w.npy", "-o", tmp_path / "y.npy", "--layout", "channels-first",
+        "--max-memory", "2MB", env=s3.env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_zarr_written_to_s3_chunks_then_metadata_and_read_back(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    zarr = pytest.importorskip("zarr")
+    x, w = cube((64, 50, 4), seed=3), np.eye(4, dtype=np.float32)[:2]
+    np.save(tmp_path / "x.npy", x)
+    target = f"s3://{bucket}/cube.zarr"
+    proc = run_cli(
+        "apply", tmp_path / "x.npy", "1,0,0,0;0,1,0,0", "-o", target, "--chunks", "16,50,2", env=s3.env
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = keys(s3, bucket, "cube.zarr/")
+    assert "cube.zarr/zarr.json" in written and len(written) == 5, written
+    local = tmp_path / "copy.zarr"
+    for key in written:
+        (local / key[len("cube.zarr/") :]).parent.mkdir(parents=True, exist_ok=True)
+        fetch(s3, bucket, key, local / key[len("cube.zarr/") :])
+    np.testing.assert_allclose(zarr.open_array(str(local), mode="r")[:], mixed(x, w))
+    # pwconv reads the store in place, and an overwrite leaves no chunk of the old one
+    proc = run_cli("apply", target, "1,1", "-o", tmp_path / "sum.npy", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "sum.npy")[..., 0], x[..., 0] + x[..., 1], rtol=1e-6)
+    proc = run_cli("apply", tmp_path / "x.npy", "1,0,0,0", "-o", target, "--overwrite", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    assert keys(s3, bucket, "cube.zarr/") == ["cube.zarr/c/0/0/0", "cube.zarr/zarr.json"]
+
+
+def test_geotiff_on_s3_keeps_georeferencing_both_ways(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    rasterio = pytest.importorskip("rasterio")
+    bands = np.random.default_rng(4).random((4, 90, 70)).astype(np.float32)
+    write_geotiff(tmp_path / "scene.tif", bands, ("blue", "green", "red", "nir"), nodata=-1.0)
+    source = put(s3, bucket, "scenes/scene.tif", tmp_path / "scene.tif")
+    proc = run_cli("apply", source, "0,0,-1,1", "-o", f"s3://{bucket}/out/diff.tif", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(fetch(s3, bucket, "out/diff.tif", tmp_path / "diff.tif")) as ds:
+        assert ds.crs.to_string() == "EPSG:32633" and ds.transform.c == 500000
+        np.testing.assert_allclose(ds.read(1), bands[3] - bands[2], rtol=1e-6, atol=1e-6)
+    proc = run_cli("info", source, "--json", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["labels"] == {"2": ["blue", "green", "red", "nir"]}
+
+
+def test_weights_and_banks_from_s3_and_a_fitted_bank_to_s3(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    x = cube((40, 30, 6), seed=5)
+    w = np.random.default_rng(6).random((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "bank.npz", weights=w, bias=np.array([1, 2, 3], np.float32))
+    bank = put(s3, bucket, "models/bank.npz", tmp_path / "bank.npz")
+    proc = run_cli("apply", tmp_path / "x.npy", bank, "-o", tmp_path / "y.npy", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w) + [1, 2, 3], rtol=1e-5)
+    source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
+    proc = run_cli("fit", "pca", source, "-k", "2", "-o", f"s3://{bucket}/models/pca.npz", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    fitted = np.load(fetch(s3, bucket, "models/pca.npz", tmp_path / "pca.npz"))
+    flat = x.reshape(-1, 6).astype(np.float64)
+    top = np.linalg.eigh(np.cov(flat, rowvar=False))[1][:, ::-1][:, :2].T
+    np.testing.assert_allclose(np.abs(fitted["weights"]), np.abs(top), atol=1e-5)
+
+
+def test_presigned_url_query_never_shown(tmp_path: Path) -> None:
+    x = cube((30, 20, 3), seed=7)
+    np.save(tmp_path / "x.npy", x)
+    server = RangeServer(str(tmp_path), token="s3cr3t-signature")
+    try:
+        url = f"{server.url}/x.npy?X-Amz-Signature=s3cr3t-signature"
+        out = tmp_path / "y.h5"
+        proc = run_cli("apply", url, "1,2,3", "-o", out, "--json")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(
+            __import__("h5py").File(out)[next(iter(__import__("h5py").File(out)))][:][..., 0], x @ [1, 2, 3],
+            rtol=1e-5,
+        )  # fmt: skip
+        everything = proc.stdout.decode() + proc.stderr + out.read_bytes().decode("latin1")
+        assert "s3cr3t" not in everything
+        assert f"{server.url}/x.npy?..." in proc.stdout.decode()
+        denied = run_cli("info", f"{server.url}/x.npy?X-Amz-Signature=wrong-one")
+        assert_clean_error(denied, 2, "denied", f"{server.url}/x.npy?...")
+        assert "wrong-one" not in denied.stderr
+    finally:
+        server.stop()
+
+
+def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None:
+    x = cube((4, 1024, 1024), seed=8)  # 16 MiB, channels first: planes 4 MiB apart
+    np.save(tmp_path / "x.npy", x)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("explain", f"{server.url}/x.npy", "1,1,1,1", "--at", "100,100", "--layout",
+                       "channels-first", "--json")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["results"][0]["sum"] == pytest.approx(
+            float(x[:, 100, 100].sum()), rel=1e-5
+        )
+        assert server.sent < os.path.getsize(tmp_path / "x.npy") / 100, server.sent
+        before = server.sent
+        proc = run_cli("info", f"{server.url}/x.npy")
+        assert proc.returncode == 0, proc.stderr
+        assert server.sent - before < 8192  # the header only
+    finally:
+        server.stop()
+
+
+def test_stack_of_band_objects(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    bands = np.random.default_rng(9).random((3, 50, 40)).astype(np.float32)
+    urls = []
+    for i, band in enumerate(bands):
+        write_geotiff(tmp_path / f"B{i}.tif", band[None])
+        urls.append(put(s3, bucket, f"scene/B{i}.tif", tmp_path / f"B{i}.tif"))
+    proc = run_cli("apply", "+".join(urls), "1,-2,1", "-o", tmp_path / "y.npy", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy")[..., 0], bands[0] - 2 * bands[1] + bands[2], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "fragment"),
+    [
+        ("s3://{bucket}/missing.npy", 2, "no such object"),
+        ("s3://no-such-bucket-here/x.npy", 2, "no such object"),
+        ("s3:///x.npy", 2, "expected a bucket"),
+    ],
+)
+def test_missing_inputs_are_one_line(s3: S3Server, bucket: str, tmp_path: Path, where: str, code: int,
+                                     fragment: str) -> None:  # fmt: skip
+    proc = run_cli("apply", where.format(bucket=bucket), "1,2", "-o", tmp_path / "y.npy", env=s3.env)
+    assert_clean_error(proc, code, fragment)
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_output_errors(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", cube((8, 8, 2)))
+    no_bucket = run_cli(
+        "apply", tmp_path / "x.npy", "1,2", "-o", "s3://no-such-bucket-here/y.npy", env=s3.env
+    )
+    assert_clean_error(no_bucket, 2, "existing bucket")
+    http = run_cli("apply", tmp_path / "x.npy", "1,2", "-o", "http://127.0.0.1:9/y.npy")
+    assert_clean_error(http, 2, "read only")
+    put(s3, bucket, "y.npy", tmp_path / "x.npy")
+    exists = run_cli("apply", tmp_path / "x.npy", "1,2", "-o", f"s3://{bucket}/y.npy", env=s3.env)
+    assert_clean_error(exists, 2, "exists", "--overwrite")
+    same = run_cli(
+        "apply", f"s3://{bucket}/y.npy", "1,2", "-o", f"s3://{bucket}/y.npy", "--overwrite", env=s3.env
+    )
+    assert_clean_error(same, 2, "same file")
+
+
+def test_unreachable_endpoint_is_exit_1(tmp_path: Path) -> None:
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "a",
+           "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1"}  # fmt: skip
+    proc = run_cli("info", "s3://bucket/x.npy", env=env)
+    assert_clean_error(proc, 1, "s3://bucket/x.npy", "connection refused")
+    http = run_cli("info", f"http://127.0.0.1:{free_port()}/x.npy")
+    assert_clean_error(http, 1, "connection refused")
+
+
+def test_reset_in_mid_upload_leaves_nothing(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    x = cube((512, 512, 16), seed=10)  # 16 MiB in and out: a multipart upload of the npy
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", np.eye(16, dtype=np.float32))
+    w = str(tmp_path / "w.npy")
+
+    def cut(method: str, path: str) -> bool:
+        return method == "PUT" and ("partNumber=2" in path or "/c/1/" in path)
+
+    proxy = FaultProxy(s3.port, cut)
+    try:
+        env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint}
+        proc = run_cli(
+            "apply", tmp_path / "x.npy", w, "-o", f"s3://{bucket}/y.npy", "--dtype", "float32", env=env
+        )
+        assert_clean_error(proc, 1, f"s3://{bucket}/y.npy")
+        proc = run_cli("apply", tmp_path / "x.npy", w, "-o", f"s3://{bucket}/y.zarr", "--chunks", "128,512,16",
+                       env=env)  # fmt: skip
+        assert_clean_error(proc, 1, f"s3://{bucket}/y.zarr")
+        assert proxy.failed >= 2
+    finally:
+        proxy.stop()
+    assert keys(s3, bucket) == []
+    uploads = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [], uploads
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_local_run_imports_no_cloud_client(worked: Path) -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['pwconv', 'apply', 'M.npy', '2,3', '-o', 'o.npy'];"
+        "import pwconv.cli.app as a\n"
+        "try: a.main()\nexcept SystemExit: pass\n"
+        "print([m for m in ('obstore', 'urllib.request', 'http.client', 'boto3') if m in sys.modules])"
+    )
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=worked, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", (proc.stdout, proc.stderr)
+
+
+def test_dask_cluster_reads_and_writes_the_store(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """Worker processes started in another folder read their blocks from S3 and put their
+    chunks there themselves; only the URL and the store's metadata travel to them."""
+    distributed = pytest.importorskip("distributed")
+    zarr = pytest.importorskip("zarr")
+    x = cube((512, 128, 6), seed=11)
+    w = np.random.default_rng(12).random((4, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
+    elsewhere = tmp_path / "workers"
+    elsewhere.mkdir()
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+        worker_dashboard_address=None, env=s3.env, local_directory=str(elsewhere),
+    ) as cluster:  # fmt: skip
+        proc = run_cli(
+            "apply", source, tmp_path / "w.npy", "-o", f"s3://{bucket}/y.zarr", "--engine", "dask",
+            "--scheduler", cluster.scheduler_address, "--max-memory", "1MB", env=s3.env,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = keys(s3, bucket, "y.zarr/")
+    assert len(written) >= 3 and "y.zarr/zarr.json" in written  # two chunks at least
+    local = tmp_path / "y.zarr"
+    for key in written:
+        (local / key[len("y.zarr/") :]).parent.mkdir(parents=True, exist_ok=True)
+        fetch(s3, bucket, key, local / key[len("y.zarr/") :])
+    np.testing.assert_allclose(zarr.open_array(str(local), mode="r")[:], mixed(x, w), rtol=1e-5, atol=1e-6)
+
+
+def test_object_writer_carries_no_local_path(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    import pickle
+
+    from pwconv.io.interface import SinkRequest
+    from pwconv.io.registry import open_sink
+    from tests.servers import environment
+
+    with environment(s3.env):
+        spec = __import__("pwconv.io.spec", fromlist=["parse_spec"]).parse_spec(
+            f"s3://{bucket}/o.zarr", what="output"
+        )
+        sink = open_sink(spec, SinkRequest((8, 8, 2), np.dtype("float32"), 2, block_shape=(4, 8, 2)))
+        try:
+            writer = sink.parallel_writer()
+            assert b"pwconv-upload" not in pickle.dumps(writer)
+            writer[0:4, :, :] = np.ones((4, 8, 2), np.float32)
+            assert keys(s3, bucket) == ["o.zarr/c/0/0/0"]  # the chunk, and no metadata before commit
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        assert keys(s3, bucket) == ["o.zarr/c/0/0/0", "o.zarr/zarr.json"]
+
+
+def test_batch_walks_a_prefix_and_writes_under_one(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    zarr = pytest.importorskip("zarr")
+    arrays = {
+        "a/x.npy": cube((10, 12, 3), 13),
+        "b/x.npy": cube((6, 5, 3), 14),
+        "top.npy": cube((4, 4, 3), 15),
+    }
+    for key, array in arrays.items():
+        np.save(tmp_path / "one.npy", array)
+        put(s3, bucket, f"in/{key}", tmp_path / "one.npy")
+    zarr.save_array(str(tmp_path / "s.zarr"), cube((7, 3, 3), 16), zarr_format=3)
+    for file in sorted((tmp_path / "s.zarr").rglob("*")):
+        if file.is_file():
+            put(s3, bucket, f"in/c/s.zarr/{file.relative_to(tmp_path / 's.zarr').as_posix()}", file)
+    put(s3, bucket, "in/notes.txt", tmp_path / "one.npy")
+    proc = run_cli(
+        "batch", "1,2,3", f"s3://{bucket}/in/", "--out-dir", f"s3://{bucket}/out", "--json", env=s3.env
+    )
+    assert proc.returncode == 0, proc.stderr
+    outputs = [key for key in keys(s3, bucket, "out/") if not key.startswith("out/c/s.pw.zarr/c/")]
+    assert outputs == ["out/a/x.pw.npy", "out/b/x.pw.npy", "out/c/s.pw.zarr/zarr.json", "out/top.pw.npy"]
+    for key, array in arrays.items():
+        got = np.load(fetch(s3, bucket, f"out/{key[:-4]}.pw.npy", tmp_path / "got.npy"))
+        np.testing.assert_allclose(got[..., 0], array @ [1, 2, 3], rtol=1e-5)
+    again = run_cli("batch", "1,2,3", f"s3://{bucket}/in/", "--out-dir", f"s3://{bucket}/out", "--skip-existing",
+                    "--json", env=s3.env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert {e["status"] for e in json.loads(again.stdout)} == {"skipped"}, again.stdout
+
+
+def _stac_item(assets: dict[str, dict]) -> str:
+    return json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "scene", "geometry": None, "links": [],
+        "properties": {"datetime": "2023-01-01T00:00:00Z"}, "assets": assets,
+    })  # fmt: skip
+
+
+def test_stac_item_on_s3_and_http_names_band_objects(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    pytest.importorskip("pystac")
+    bands = np.random.default_rng(17).random((2, 20, 30)).astype(np.float32)
+    assets = {}
+    for name, band in zip(("red", "nir08"), bands):
+        write_geotiff(tmp_path / f"{name}.tif", band[None])
+        put(s3, bucket, f"scene/bands/{name}.tif", tmp_path / f"{name}.tif")
+        assets[f"B_{name}"] = {
+            "href": f"./bands/{name}.tif",
+            "eo:bands": [{"name": name, "common_name": name}],
+        }
+    (tmp_path / "item.json").write_text(_stac_item(assets))
+    item = put(s3, bucket, "scene/item.json", tmp_path / "item.json")
+    proc = run_cli("apply", f"{item}:nir08,red", "1,-1", "-o", tmp_path / "d.npy", env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy")[..., 0], bands[1] - bands[0], atol=1e-6)
+    # over HTTP, the same item and its relative assets
+    (tmp_path / "bands").mkdir()
+    for name in ("red", "nir08"):
+        os.replace(tmp_path / f"{name}.tif", tmp_path / "bands" / f"{name}.tif")
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("info", f"{server.url}/item.json:nir08,red", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["labels"] == {"2": ["nir08", "red"]}
+    finally:
+        server.stop()
+    # an asset elsewhere in the bucket is outside the item's prefix
+    (tmp_path / "far.json").write_text(_stac_item({"x": {"href": f"s3://{bucket}/other/x.tif"}}))
+    far = put(s3, bucket, "scene/far.json", tmp_path / "far.json")
+    assert_clean_error(run_cli("info", f"{far}:x", env=s3.env), 2, "--allow-external")
+
+
+def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
+    """Truncations and flipped bytes of an npy header and of a STAC item, read by range over
+    HTTP: each opens and reads, or fails with pwconv's own error, never another exception."""
+    from pwconv.errors import PwconvError
+    from pwconv.io.registry import open_source
+    from pwconv.io.spec import parse_spec
+
+    np.save(tmp_path / "good.npy", cube((6, 5, 3), 18))
+    good = (tmp_path / "good.npy").read_bytes()
+    rng = np.random.default_rng(19)
+    cases = [good[:n] for n in (0, 5, 9, 40, 127, 129, len(good) - 1)]
+    for _ in range(120):
+        damaged = bytearray(good)
+        for at in rng.integers(0, 128, size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        cases.append(bytes(damaged))
+    for i, data in enumerate(cases):
+        (tmp_path / f"c{i}.npy").write_bytes(data)
+    server = RangeServer(str(tmp_path))
+    try:
+        for i in range(len(cases)):
+            try:
+                source = open_source(parse_spec(f"{server.url}/c{i}.npy"))
+                source.read(tuple(slice(0, n) for n in source.shape))
+                source.close()
+            except PwconvError:
+                pass
+    finally:
+        server.stop()
+
+
+def test_exported_vrt_names_a_raster_at_a_url_the_way_gdal_reads_it(s3: S3Server, bucket: str,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    rasterio = pytest.importorskip("rasterio")
+    from pwconv.io.stores import gdal_path
+    from tests.servers import environment
+
+    bands = np.random.default_rng(20).random((3, 16, 12)).astype(np.float32)
+    write_geotiff(tmp_path / "s.tif", bands)
+    raster = put(s3, bucket, "scene/s.tif", tmp_path / "s.tif")
+    beside = run_cli("export", "1,2,3", "-o", f"s3://{bucket}/scene/mix.vrt", raster, env=s3.env)
+    assert beside.returncode == 0, beside.stderr
+    here = run_cli("export", "1,2,3", "-o", tmp_path / "mix.vrt", raster, env=s3.env)
+    assert here.returncode == 0, here.stderr
+    text = fetch(s3, bucket, "scene/mix.vrt", tmp_path / "beside.vrt").read_text()
+    assert 'relativeToVRT="1">s.tif<' in text
+    assert f">/vsis3/{bucket}/scene/s.tif<" in (tmp_path / "mix.vrt").read_text()
+    expected = np.tensordot([1, 2, 3], bands, axes=1)
+    with environment(s3.env):
+        for path in (gdal_path(f"s3://{bucket}/scene/mix.vrt"), str(tmp_path / "mix.vrt")):
+            with rasterio.open(path) as ds:
+                np.testing.assert_allclose(ds.read(1), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5", ".zarr", ".tif", ".nc", ".img", ".png"])
+def test_every_written_format_round_trips_through_s3(s3: S3Server, bucket: str, tmp_path: Path, suffix: str) -> None:
+    """Written to a URL by its writer, read back from it by its reader (in place, or through
+    a local copy for the formats whose library reads only files)."""
+    picture = suffix == ".png"
+    x = (np.random.default_rng(21).integers(0, 80, (24, 18, 3)) if picture else cube((24, 18, 3), 21)).astype(
+        np.float32
+    )
+    np.save(tmp_path / "x.npy", x)
+    target = f"s3://{bucket}/out/y{suffix}"
+    extra = ["--dtype", "uint8"] if picture else []
+    proc = run_cli("apply", tmp_path / "x.npy", "1,1,1;1,0,0;0,0,1", "-o", target, *extra, env=s3.env)
+    assert proc.returncode == 0, proc.stderr
+    back = run_cli("apply", target, "1,0,0;0,1,0;0,0,1", "-o", tmp_path / "back.npy", env=s3.env)
+    assert back.returncode == 0, back.stderr
+    expected = np.stack([x.sum(-1), x[..., 0], x[..., 2]], -1)
+    np.testing.assert_allclose(np.load(tmp_path / "back.npy"), expected, rtol=1e-5, atol=1e-5)
+    names = keys(s3, bucket, "out/")
+    assert all(name.startswith(f"out/y{suffix}") or name == "out/y.hdr" for name in names), names
