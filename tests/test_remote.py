@@ -472,7 +472,9 @@ def test_exported_vrt_names_a_raster_at_a_url_the_way_gdal_reads_it(s3: S3Server
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5", ".zarr", ".tif", ".nc", ".img", ".png"])
-def test_every_written_format_round_trips_through_s3(s3: S3Server, bucket: str, tmp_path: Path, suffix: str) -> None:
+def test_every_written_format_round_trips_through_s3(
+    s3: S3Server, bucket: str, tmp_path: Path, suffix: str
+) -> None:
     """Written to a URL by its writer, read back from it by its reader (in place, or through
     a local copy for the formats whose library reads only files)."""
     picture = suffix == ".png"
