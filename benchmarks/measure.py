@@ -19,8 +19,9 @@ def best_of(commands: dict[str, list[str] | str], cwd: Path, repeats: int) -> di
     return best
 
 
-def run(cmd: list[str] | str, cwd: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS in bytes (largest process, pipelines included; wait4).
+def run(cmd: list[str] | str, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes (largest process, pipelines included; wait4);
+    ``env`` is added to the environment.
 
     The parent should stay small: a forked child starts with its parent's peak RSS.
     """
@@ -28,6 +29,7 @@ def run(cmd: list[str] | str, cwd: Path) -> tuple[float, int]:
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
+        env={**os.environ, **env} if env else None,
         shell=isinstance(cmd, str),
         executable="/bin/bash" if isinstance(cmd, str) else None,
         stdout=subprocess.DEVNULL,

@@ -135,15 +135,81 @@ def start_server() -> tuple[subprocess.Popen, int]:
     return server, port
 
 
+PY = [sys.executable, "-m", "pwconv"]
+
+
+def s3_tables(folder: Path, port: int, rows: int, in_bytes: int, out_bytes: int) -> None:
+    """apply S3 -> S3 against the floor for each input, explain's transfer, and the npy read
+    with 1, 4 and 16 requests in flight."""
+    subprocess.run([sys.executable, "-c", UPLOAD], cwd=folder, check=True)
+    print(f"input {in_bytes / 2**30:.2f} GiB, output {out_bytes / 2**30:.2f} GiB, moto on 127.0.0.1:{port}")
+    print(
+        "| input | GET floor (1 / 4 / 16 in flight) | PUT floor | floor | pwconv S3 -> S3 | ratio | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, source, target in (("npy", "in.npy", "out.npy"), ("zarr", "in.zarr", "out.zarr"),
+                                 ("tif", "in.tif", "out.tif")):  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", FLOOR, source, str(out_bytes)], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        floor = json.loads(done.stdout)
+        gets = {int(k): v for k, v in floor["gets"].items()}
+        total = min(gets.values()) + floor["put"]
+        wall, rss = run([*PY, "apply", f"s3://bench/{source}", "w.npy", "-o", f"s3://bench/{target}",
+                         "--overwrite"], folder)  # fmt: skip
+        print(f"| {name} | {gets[1]:.2f} / {gets[4]:.2f} / {gets[16]:.2f} s | {floor['put']:.2f} s | "
+              f"{total:.2f} s | {wall:.2f} s | {wall / total:.2f}x | {rss / 2**20:.0f} MiB |")  # fmt: skip
+    proxy = FaultProxy(port, lambda method, path: False)
+    start = time.perf_counter()
+    done = subprocess.run([*PY, "explain", "s3://bench/in.npy", "w.npy", "--at", f"{rows // 2},1000"],
+                          env={**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}, capture_output=True,
+                          cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    print(f"explain at one pixel (S3): {proxy.sent:,} bytes transferred of {in_bytes:,} "
+          f"({100 * proxy.sent / in_bytes:.4f}%), {time.perf_counter() - start:.2f} s")  # fmt: skip
+    proxy.stop()
+    print("| requests in flight | npy S3 -> local npy | throughput | peak RSS |")
+    print("|---|---|---|---|")
+    for flight in (1, 4, 16):
+        wall, rss = run([*PY, "apply", "s3://bench/in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder,
+                        env={"PWCONV_REMOTE_REQUESTS": str(flight)})  # fmt: skip
+        print(f"| {flight} | {wall:.2f} s | {in_bytes / wall / 2**20:.0f} MiB/s | {rss / 2**20:.0f} MiB |")
+
+
+def http_tables(folder: Path, rows: int, in_bytes: int) -> None:
+    """The npy over HTTP from a threaded server reading the file (faster than moto):
+    against the same GETs by urllib, with 1, 4 and 16 requests in flight, and explain."""
+    http = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder), str(Path(__file__).parents[1])],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert http.stdout is not None
+        base = http.stdout.readline().strip()
+        url = f"{base}/in.npy"
+        done = subprocess.run([sys.executable, "-c", HTTP_FLOOR, url, str(in_bytes)], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        gets = {int(k): v for k, v in json.loads(done.stdout).items()}
+        print(f"input {in_bytes / 2**30:.2f} GiB over HTTP at {base}")
+        print("| requests in flight | GET floor, HTTP | npy HTTP -> local npy | ratio | peak RSS |")
+        print("|---|---|---|---|---|")
+        for flight in (1, 4, 16):
+            wall, rss = run([*PY, "apply", url, "w.npy", "-o", "local.npy", "--overwrite"], folder,
+                            env={"PWCONV_REMOTE_REQUESTS": str(flight)})  # fmt: skip
+            print(f"| {flight} | {gets[flight]:.2f} s | {wall:.2f} s | {wall / gets[flight]:.2f}x | "
+                  f"{rss / 2**20:.0f} MiB |")  # fmt: skip
+        local, rss = run([*PY, "apply", "in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder)
+        print(f"the same apply from the local file: {local:.2f} s, {rss / 2**20:.0f} MiB")
+    finally:
+        http.terminate()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size-gib", type=float, default=1.0)
+    parser.add_argument("--size-gib", type=float, default=0.25)
+    parser.add_argument("--http-only", action="store_true", help="skip the S3 tables")
     args = parser.parse_args()
     rows = int(2048 * args.size_gib)
     server, port = start_server()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_REGION": "us-east-1"})  # fmt: skip
-    py = [sys.executable, "-m", "pwconv"]
     try:
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT"))  # noqa: S310
         blas = subprocess.run([sys.executable, "-c", "import numpy, threadpoolctl; print([(i.get('internal_api'), "
@@ -155,66 +221,10 @@ def main() -> None:
             subprocess.run(
                 [sys.executable, "-c", MAKE, str(rows)], cwd=folder, check=True, capture_output=True
             )
-            subprocess.run([sys.executable, "-c", UPLOAD], cwd=folder, check=True)
             in_bytes, out_bytes = (folder / "in.npy").stat().st_size, rows * 2048 * 16 * 4
-            print(
-                f"input {in_bytes / 2**30:.2f} GiB, output {out_bytes / 2**30:.2f} GiB, moto on 127.0.0.1:{port}"
-            )
-            print(
-                "| input | GET floor (1 / 4 / 16 in flight) | PUT floor | floor | pwconv S3 -> S3 | ratio | peak RSS |"
-            )
-            print("|---|---|---|---|---|---|---|")
-            for name, source, target in (("npy", "in.npy", "out.npy"), ("zarr", "in.zarr", "out.zarr"),
-                                         ("tif", "in.tif", "out.tif")):  # fmt: skip
-                done = subprocess.run([sys.executable, "-c", FLOOR, source, str(out_bytes)], capture_output=True,
-                                      text=True, check=True)  # fmt: skip
-                floor = json.loads(done.stdout)
-                gets = {int(k): v for k, v in floor["gets"].items()}
-                total = min(gets.values()) + floor["put"]
-                wall, rss = run([*py, "apply", f"s3://bench/{source}", "w.npy", "-o", f"s3://bench/{target}",
-                                 "--overwrite"], folder)  # fmt: skip
-                print(f"| {name} | {gets[1]:.2f} / {gets[4]:.2f} / {gets[16]:.2f} s | {floor['put']:.2f} s | "
-                      f"{total:.2f} s | {wall:.2f} s | {wall / total:.2f}x | {rss / 2**20:.0f} MiB |")  # fmt: skip
-            proxy = FaultProxy(port, lambda method, path: False)
-            env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}
-            start = time.perf_counter()
-            done = subprocess.run([*py, "explain", "s3://bench/in.npy", "w.npy", "--at", f"{rows // 2},1000"], env=env,
-                                  capture_output=True, cwd=folder)  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            print(f"explain at one pixel: {proxy.sent:,} bytes transferred of {in_bytes:,} "
-                  f"({100 * proxy.sent / in_bytes:.4f}%), {time.perf_counter() - start:.2f} s")  # fmt: skip
-            proxy.stop()
-            print("| requests in flight | npy S3 -> local npy | throughput | peak RSS |")
-            print("|---|---|---|---|")
-            for flight in (1, 4, 16):
-                os.environ["PWCONV_REMOTE_REQUESTS"] = str(flight)
-                wall, rss = run(
-                    [*py, "apply", "s3://bench/in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder
-                )
-                print(
-                    f"| {flight} | {wall:.2f} s | {in_bytes / wall / 2**20:.0f} MiB/s | {rss / 2**20:.0f} MiB |"
-                )
-            os.environ.pop("PWCONV_REMOTE_REQUESTS")
-            # HTTP from a threaded server reading the file: a faster server than moto
-            http = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder), str(Path(__file__).parents[1])],
-                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
-            try:
-                url = f"{http.stdout.readline().strip()}/in.npy"
-                done = subprocess.run([sys.executable, "-c", HTTP_FLOOR, url, str(in_bytes)], capture_output=True,
-                                      text=True, check=True)  # fmt: skip
-                gets = {int(k): v for k, v in json.loads(done.stdout).items()}
-                print("| requests in flight | GET floor, HTTP | npy HTTP -> local npy | ratio | peak RSS |")
-                print("|---|---|---|---|---|")
-                for flight in (1, 4, 16):
-                    os.environ["PWCONV_REMOTE_REQUESTS"] = str(flight)
-                    wall, rss = run([*py, "apply", url, "w.npy", "-o", "local.npy", "--overwrite"], folder)
-                    print(f"| {flight} | {gets[flight]:.2f} s | {wall:.2f} s | {wall / gets[flight]:.2f}x | "
-                          f"{rss / 2**20:.0f} MiB |")  # fmt: skip
-                local, _ = run([*py, "apply", "in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder)
-                print(f"the same apply from the local file: {local:.2f} s")
-            finally:
-                os.environ.pop("PWCONV_REMOTE_REQUESTS", None)
-                http.terminate()
+            if not args.http_only:
+                s3_tables(folder, port, rows, in_bytes, out_bytes)
+            http_tables(folder, rows, in_bytes)
     finally:
         server.terminate()
         server.wait()

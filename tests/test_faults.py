@@ -598,6 +598,16 @@ def _limited(tmp_path, limit, *args):
     ],
 )
 def test_new_writers_on_a_full_disk_are_exit_1_and_leave_nothing(tmp_path, args, target):
+    _full_disk_leaves_nothing(tmp_path, 2_000, args, target)
+
+
+def test_a_fit_report_that_does_not_fit_takes_its_bank_with_it(tmp_path):
+    """The bank (a few KB) fits, the report (tens of KB) does not: neither appears."""
+    _full_disk_leaves_nothing(tmp_path, 20_000, ("fit", "pca", "in.tif", "-k", "2", "-o", "b.npz", "--report",
+                                                 "r.html"), "r.html")  # fmt: skip
+
+
+def _full_disk_leaves_nothing(tmp_path, limit, args, target):
     pytest.importorskip("rasterio")
     pytest.importorskip("onnx")
     pytest.importorskip("matplotlib")
@@ -606,7 +616,7 @@ def test_new_writers_on_a_full_disk_are_exit_1_and_leave_nothing(tmp_path, args,
     write_geotiff(tmp_path / "in.tif", np.random.default_rng(0).random((40, 50, 60)).astype(np.float32))
     np.save(tmp_path / "w.npy", np.random.default_rng(1).random((20, 40)))
     before = sorted(os.listdir(tmp_path))
-    proc = _limited(tmp_path, 2_000, *args)
+    proc = _limited(tmp_path, limit, *args)
     assert_clean_error(proc, 1, f"cannot write '{target}'")
     assert sorted(os.listdir(tmp_path)) == before
 

@@ -397,23 +397,42 @@ def write_files_together(files: dict[str, bytes], overwrite: bool) -> None:
     write_together({path: _bytes_writer(data) for path, data in files.items()}, overwrite)
 
 
+# Files that join the next set written together in this thread (see published_with).
+_joining = threading.local()
+
+
+@contextlib.contextmanager
+def published_with(files: dict[str, bytes]) -> Iterator[None]:
+    """The first set of files written together inside the block (a bank, by its format's
+    writer) also holds ``files`` (a fit's report): all of them appear, or none."""
+    _joining.files = dict(files)
+    try:
+        yield
+    finally:
+        _joining.files = None
+
+
 def write_together(writes: dict[str, Callable[[str], None]], overwrite: bool) -> None:
     """Write a set of files (a bank and its bias file) together or not at all: every target
     is checked first, every file is written to its temp file, and only then are they renamed
     into place; any failure removes every temp file and leaves the targets as they were."""
+    joining, _joining.files = getattr(_joining, "files", None), None
+    if joining:
+        writes = {**writes, **{path: _bytes_writer(data) for path, data in joining.items()}}
     for path in writes:
         check_output_path(path, overwrite)
     temps: dict[str, TempTarget] = {}
+    failing = next(iter(writes))  # the file being written when a failure comes
     try:
-        for path, write in writes.items():
-            temps[path] = TempTarget(path)
-            write(temps[path].path)
+        for failing, write in writes.items():
+            temps[failing] = TempTarget(failing)
+            write(temps[failing].path)
         with signals_held():
-            for temp in temps.values():
+            for failing, temp in temps.items():  # noqa: B007 - named in the error below
                 temp.publish()
     except BaseException as exc:
         for temp in temps.values():
             temp.discard()
         if isinstance(exc, Exception) and not isinstance(exc, PwconvError):
-            raise write_failure(next(iter(writes)), exc) from None  # a library's full disk, say
+            raise write_failure(failing, exc) from None  # a library's full disk, say
         raise

@@ -284,34 +284,95 @@ def _located(url: str) -> tuple[Any, str]:
 # --- HTTP through the standard library -------------------------------------------------------
 
 
-def _http_get(url: str, start: int | None = None, end: int | None = None) -> tuple[bytes, str]:
-    """GET ``url`` (bytes start..end-1 where given), with retries on the errors servers call
-    passing; returns the body and the Content-Range header."""
+class _HttpStatus(Exception):
+    def __init__(self, code: int, location: str = "") -> None:
+        super().__init__(f"HTTP {code}")
+        self.code, self.location = code, location
+
+
+_connections = threading.local()
+_PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def _http_once(url: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    """One GET: (status, body, Content-Range). Connections are kept per thread and host
+    (keep-alive), but for a proxy from the environment, which urllib then speaks to."""
     import http.client
-    import urllib.error
-    import urllib.request
+
+    if any(os.environ.get(name) for name in _PROXIES):
+        from urllib.error import HTTPError
+        from urllib.request import Request, urlopen
+
+        try:
+            with urlopen(Request(url, headers=headers), timeout=_http_timeout()) as response:  # noqa: S310
+                return response.status, response.read(), response.headers.get("Content-Range", "")
+        except HTTPError as exc:
+            raise _HttpStatus(exc.code) from None
+    parts = urllib.parse.urlsplit(url)
+    pool = getattr(_connections, "pool", None)
+    if pool is None:
+        pool = _connections.pool = {}
+    key = (parts.scheme.lower(), parts.netloc)
+    connection = pool.get(key)
+    if connection is None:
+        kind = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
+        connection = pool[key] = kind(parts.netloc.rpartition("@")[2], timeout=_http_timeout())
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("GET", target, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    except BaseException:
+        pool.pop(key, None)
+        connection.close()
+        raise
+    if response.status in (301, 302, 303, 307, 308):
+        raise _HttpStatus(response.status, urllib.parse.urljoin(url, response.getheader("Location", "")))
+    if response.status >= 400:
+        raise _HttpStatus(response.status)
+    return response.status, body, response.getheader("Content-Range", "")
+
+
+def _http_get(url: str, start: int | None = None, end: int | None = None) -> tuple[bytes, str]:
+    """GET ``url`` (bytes start..end-1 where given), following redirects, with retries on
+    the errors servers call passing; returns the body and the Content-Range header."""
+    import http.client
 
     headers = {"User-Agent": "pwconv"}
     if start is not None:
         headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-    delay = 0.1
-    for attempt in range(4):
+    delay, where, redirects = 0.1, url, 0
+    attempt = 0
+    while True:
         try:
-            request = urllib.request.Request(url, headers=headers)
-            with urllib.request.urlopen(request, timeout=_http_timeout()) as response:  # noqa: S310
-                body = response.read()
-                if start is not None and response.status != 206:
-                    body = body[start:end]  # a server without ranges sent the whole object
-                return body, response.headers.get("Content-Range", "")
-        except urllib.error.HTTPError as exc:
+            status, body, span = _http_once(where, headers)
+            if start is not None and status != 206:
+                body = body[start:end]  # a server without ranges sent the whole object
+            return body, span
+        except _HttpStatus as exc:
+            if exc.location and redirects < 5:
+                where, redirects = exc.location, redirects + 1
+                continue
             if exc.code not in (429, 500, 502, 503, 504) or attempt == 3:
                 raise _failure(url, OSError(f"HTTP {exc.code}"), "read") from None
         except (OSError, http.client.HTTPException) as exc:
             if attempt == 3:
                 raise _failure(url, exc, "read") from None
+        attempt += 1
         time.sleep(delay)
         delay *= 2
-    raise AssertionError("unreachable")
+
+
+_pool: list[Any] = []
+
+
+def _threads() -> Any:
+    """One thread pool for every ranged read of the process (IN_FLIGHT threads)."""
+    if not _pool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool.append(ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="pwconv-remote"))
+    return _pool[0]
 
 
 def _http_timeout() -> float:
@@ -364,11 +425,11 @@ class RemoteObject:
                 "the object is truncated"
             )
         if is_http(self.url):
-            from concurrent.futures import ThreadPoolExecutor
-
             merged = _merge(starts, ends)
-            with ThreadPoolExecutor(min(IN_FLIGHT, len(merged))) as pool:
-                bodies = list(pool.map(lambda se: _http_get(self.url, *se)[0], merged))
+            if len(merged) == 1:
+                bodies = [_http_get(self.url, *merged[0])[0]]
+            else:
+                bodies = list(_threads().map(lambda se: _http_get(self.url, *se)[0], merged))
             parts = _split(merged, bodies, starts, ends)
         else:
             store, key = _located(self.url)
@@ -422,11 +483,8 @@ class RemoteObject:
         if len(pieces) == 1:
             fetch(pieces[0])
             return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(IN_FLIGHT, len(pieces))) as pool:
-            for done in pool.map(fetch, pieces):
-                del done
+        for done in _threads().map(fetch, pieces):
+            del done
 
     def chunks(self, size: int = 8 << 20) -> Iterator[bytes]:
         """The whole object, a few MiB at a time."""

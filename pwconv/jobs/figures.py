@@ -510,12 +510,6 @@ def fit_report(picture: FitPicture) -> bytes:
     return fit_page(picture, _save(fit_figure(picture), "svg")).encode("utf-8")
 
 
-def write_fit_report(path: str, page: bytes, overwrite: bool) -> dict[str, Any]:
-    """Write the fit report at ``path`` atomically; returns what was written."""
-    write_files_together({path: page}, overwrite)
-    return {"path": path, "format": "html", "bytes": len(page)}
-
-
 def check_report_target(path: str, overwrite: bool) -> None:
     """Refuse a report path that is not ``.html`` or that exists (without overwrite), and a
     missing extra, before any work."""

@@ -21,6 +21,7 @@ from pwconv.core.conv import Nodata
 from pwconv.core.fit import Moments, components_for, inverse_of, lstsq, mnf, pca, reconstruction
 from pwconv.core.layout import parse_layout
 from pwconv.errors import ShapeError, UsageError
+from pwconv.io.atomic import published_with
 from pwconv.io.interface import Source
 from pwconv.io.registry import bank_specs, check_distinct, limit_library_caches, open_source, write_arrays
 from pwconv.io.spec import Spec, parse_spec
@@ -440,8 +441,7 @@ def fit_pca(
     picture = _projection_picture(
         method, prepared, arrays, counts, spectrum, len(result.explained_variance), options
     )
-    written = write_arrays(prepared.out_spec, arrays, options.overwrite)
-    report = _write_report(options, picture)
+    written, report = _write_bank(prepared.out_spec, arrays, options, picture)
     return {
         **_projection_doc(method, prepared, written, arrays, counts),
         "components": int(result.weights.shape[0]),
@@ -583,8 +583,7 @@ def fit_mnf(
         "method": np.array([method]),
     }
     picture = _projection_picture(method, prepared, arrays, counts, result.eigenvalues, kept, options)
-    written = write_arrays(prepared.out_spec, arrays, options.overwrite)
-    report = _write_report(options, picture)
+    written, report = _write_bank(prepared.out_spec, arrays, options, picture)
     return {
         **_projection_doc(method, prepared, written, arrays, counts),
         "components": kept,
@@ -655,8 +654,7 @@ def fit_lstsq(
             method, in_spec.text, result.weights, result.bias, tuple(names), headers[0].labels, counts.used,
             sample=_sample_grid(in_spec, layouts[0]), target=_sample_grid(target_spec, layouts[1]), r2=result.r2,
         ))  # fmt: skip
-    written = write_arrays(out_spec, arrays, options.overwrite)
-    report = _write_report(options, page)
+    written, report = _write_bank(out_spec, arrays, options, page)
     return {
         "pwconv": __version__,
         "method": method,
@@ -708,12 +706,15 @@ def _sample_grid(spec: Spec, axes: Axes) -> np.ndarray:
         source.close()
 
 
-def _write_report(options: FitOptions, page: bytes | None) -> dict[str, Any] | None:
+def _write_bank(
+    spec: Spec, arrays: dict[str, np.ndarray], options: FitOptions, page: bytes | None
+) -> tuple[list[str], dict[str, Any] | None]:
+    """The bank's files, and the report page with them: published together, or none."""
     if options.report is None or page is None:
-        return None
-    from pwconv.jobs.figures import write_fit_report
-
-    return write_fit_report(options.report, page, options.overwrite)
+        return write_arrays(spec, arrays, options.overwrite), None
+    with published_with({options.report: page}):
+        written = write_arrays(spec, arrays, options.overwrite)
+    return written, {"path": options.report, "format": "html", "bytes": len(page)}
 
 
 def _check_report(options: FitOptions) -> None:
