@@ -127,6 +127,11 @@ def read_exact(stream: IO[bytes], view: memoryview, name: str) -> None:
         done += got
 
 
+def _storage(fortran: bool, offset: int, nbytes: int) -> dict[str, Any]:
+    """What ``info`` says of an npy file's storage."""
+    return {"format": "npy", "fortran_order": fortran, "header_bytes": offset, "data_bytes": nbytes}
+
+
 class NpySource(Source):
     """A ``.npy`` file read in blocks.
 
@@ -188,12 +193,7 @@ class NpySource(Source):
         drop_pages(self._map, start, self.offset + (offsets[-1] + run) * self.dtype.itemsize)
 
     def storage(self) -> dict[str, Any]:
-        return {
-            "format": "npy",
-            "fortran_order": self.fortran,
-            "header_bytes": self.offset,
-            "data_bytes": self.nbytes,
-        }
+        return _storage(self.fortran, self.offset, self.nbytes)
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         if self._array is not None:
@@ -236,13 +236,7 @@ class RemoteNpySource(Source):
         self.description = Description(reader="byte ranges")
 
     def storage(self) -> dict[str, Any]:
-        return {
-            "format": "npy",
-            "fortran_order": self.fortran,
-            "header_bytes": self.offset,
-            "data_bytes": self.nbytes,
-            "object_bytes": self._object.size,
-        }
+        return {**_storage(self.fortran, self.offset, self.nbytes), "object_bytes": self._object.size}
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         shape = self.shape[::-1] if self.fortran else self.shape
