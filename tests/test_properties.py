@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pwconv import pointwise_conv
+from pwconv.core.layout import parse_layout
 from pwconv.core.reference import reference_conv
 
 # Tolerances per input dtype: relative to the sum of |terms| (the reference sums in float64).
@@ -111,6 +112,22 @@ def test_channels_first_equals_transposed_channels_last(n, h, w, c, k, stride, s
     last = pointwise_conv(x, f, layout="NHWC", stride=stride)
     first = pointwise_conv(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), f, layout="NCHW", stride=stride)
     np.testing.assert_allclose(first.transpose(0, 2, 3, 1), last, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(problems())
+def test_bands_outermost_in_memory_match_reference_loop(problem):
+    """A raster's bands read whole and seen channels-last (the channel axis outermost in
+    memory) take their own path; it agrees with the loop and keeps that memory order."""
+    x, w, bias, layout, groups, stride = problem
+    axis = parse_layout(layout, x.ndim).channel_axis
+    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, axis, 0)), 0, axis)  # same values, bands outermost
+    fast = pointwise_conv(x, w, bias, layout=layout, groups=groups, stride=stride)
+    slow = reference_conv(x, w, bias, layout=layout, groups=groups, stride=stride)
+    assert fast.shape == slow.shape and fast.dtype == slow.dtype
+    _check_close(fast, slow, x, w)
+    if axis > 0 and groups == 1 and stride == 1 and fast.shape[axis] > 1 and fast.size > fast.shape[axis]:
+        assert np.moveaxis(fast, axis, 0).flags.c_contiguous
 
 
 def test_out_argument_is_written_in_place():
