@@ -193,6 +193,23 @@ def test_damaged_h5_files(tmp_path, mutation, contiguous):
     _only_clean_errors(str(path))
 
 
+def test_damaged_h5_object_headers_without_a_dataset_name(tmp_path):
+    """Flipped bytes in the first 4 KiB of a gzip-chunked file, opened without naming the
+    dataset, so that pwconv walks every object (h5py's visit fails with RuntimeError on some
+    of them): each opens and reads, or is a clean error."""
+    with h5py.File(tmp_path / "good.h5", "w") as handle:
+        data = np.random.default_rng(20).random((16, 16, 3), dtype=np.float32)
+        handle.create_dataset("x", data=data, chunks=(8, 8, 3), compression="gzip")
+    good = (tmp_path / "good.h5").read_bytes()
+    rng = np.random.default_rng(19)
+    for i in range(60):
+        damaged = bytearray(good)
+        for at in rng.integers(0, min(len(good), 4096), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        (tmp_path / f"d{i}.h5").write_bytes(bytes(damaged))
+        _only_clean_errors(str(tmp_path / f"d{i}.h5"))
+
+
 @settings(
     max_examples=40,
     deadline=None,

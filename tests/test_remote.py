@@ -197,6 +197,60 @@ def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None
         server.stop()
 
 
+def test_hdf5_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
+    """h5py reads an HDF5 object through a ranged file object: explain and info fetch the
+    metadata and a few chunks, apply reads every chunk (compressed and contiguous datasets)."""
+    h5py = pytest.importorskip("h5py")
+    x = cube((512, 512, 8), seed=30)  # 8 MiB a dataset
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle.create_dataset("cube", data=x, chunks=(64, 64, 8), compression="gzip")
+        handle.create_dataset("plain", data=x)
+    size = os.path.getsize(tmp_path / "x.h5")
+    w = np.random.default_rng(31).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("explain", f"{server.url}/x.h5:/cube", tmp_path / "w.npy", "--at", "100,200", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["results"][0]["sum"] == pytest.approx(
+            float(x[100, 200] @ w[0]), rel=1e-5, abs=1e-5
+        )
+        assert server.sent < size / 10, (server.sent, size)
+        before = server.sent
+        proc = run_cli("info", f"{server.url}/x.h5:/plain")
+        assert proc.returncode == 0, proc.stderr
+        assert server.sent - before < size / 50, server.sent - before
+        for name in ("cube", "plain"):
+            out = tmp_path / f"{name}.npy"
+            proc = run_cli(
+                "apply", f"{server.url}/x.h5:/{name}", tmp_path / "w.npy", "-o", out, "--max-memory", "1MiB"
+            )
+            assert proc.returncode == 0, proc.stderr
+            np.testing.assert_allclose(np.load(out), mixed(x, w), rtol=1e-5, atol=1e-5)
+    finally:
+        server.stop()
+
+
+def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
+    """A server that goes away after the file was opened: the read fails with pwconv's
+    network error (exit 1), not with h5py's account of a failed read."""
+    h5py = pytest.importorskip("h5py")
+    from pwconv.errors import NetworkError
+    from pwconv.io.registry import open_source
+    from pwconv.io.spec import parse_spec
+
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle.create_dataset("cube", data=cube((256, 256, 4), 32), chunks=(32, 32, 4), compression="gzip")
+    server = RangeServer(str(tmp_path))
+    try:
+        source = open_source(parse_spec(f"{server.url}/x.h5"))
+    finally:
+        server.stop()
+    with pytest.raises(NetworkError):
+        source.read(tuple(slice(0, n) for n in source.shape))
+    source.close()
+
+
 def test_stack_of_band_objects(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     bands = np.random.default_rng(9).random((3, 50, 40)).astype(np.float32)
     urls = []
@@ -417,7 +471,7 @@ def test_stac_item_on_s3_and_http_names_band_objects(s3: S3Server, bucket: str, 
 
 
 def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
-    """Truncations and flipped bytes of an npy header and of a STAC item, read by range over
+    """Truncations and flipped bytes of an npy header and of an HDF5 file, read by range over
     HTTP: each opens and reads, or fails with pwconv's own error, never another exception."""
     from pwconv.errors import PwconvError
     from pwconv.io.registry import open_source
@@ -434,11 +488,24 @@ def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
         cases.append(bytes(damaged))
     for i, data in enumerate(cases):
         (tmp_path / f"c{i}.npy").write_bytes(data)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "good.h5", "w") as handle:
+        handle.create_dataset("x", data=cube((16, 16, 3), 20), chunks=(8, 8, 3), compression="gzip")
+    good = (tmp_path / "good.h5").read_bytes()
+    h5_cases = [good[:n] for n in (0, 8, 100, 1000, len(good) - 100)]
+    for _ in range(40):
+        damaged = bytearray(good)
+        for at in rng.integers(0, min(len(good), 4096), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        h5_cases.append(bytes(damaged))
+    for i, data in enumerate(h5_cases):
+        (tmp_path / f"h{i}.h5").write_bytes(data)
+    names = [f"c{i}.npy" for i in range(len(cases))] + [f"h{i}.h5" for i in range(len(h5_cases))]
     server = RangeServer(str(tmp_path))
     try:
-        for i in range(len(cases)):
+        for name in names:
             try:
-                source = open_source(parse_spec(f"{server.url}/c{i}.npy"))
+                source = open_source(parse_spec(f"{server.url}/{name}"))
                 source.read(tuple(slice(0, n) for n in source.shape))
                 source.close()
             except PwconvError:

@@ -109,7 +109,7 @@ FORMATS: tuple[Format, ...] = (
            claims=_H5, family="model"),
     Format("hdf5", "HDF5", f"{_F}.hdf5:Hdf5Format", _H5, magic=b"\x89HDF\r\n\x1a\n", containers=True,
            writes=_H5, compressions=("gzip", "lzf"), banks=True, records_nodata=True,
-           records_labels=True),
+           records_labels=True, ranged=True),
     Format("zarr", "Zarr", f"{_F}.zarr:ZarrFormat", (".zarr",), containers=True, folder=True,
            writes=(".zarr",), compressions=("zstd", "gzip"), parallel_write=True, extra="zarr",
            records_nodata=True, records_labels=True, ranged=True),

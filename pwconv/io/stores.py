@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pwconv.errors import InputFileError, NetworkError, OutputExistsError, UsageError, require_extra
+from pwconv.errors import (
+    InputFileError,
+    NetworkError,
+    OutputExistsError,
+    PwconvError,
+    UsageError,
+    require_extra,
+)
 
 #: The schemes pwconv reads (and, but for HTTP, writes) and what messages call them.
 SCHEMES = {
@@ -41,6 +48,8 @@ _ANY_URL = re.compile(r"\b(?:s3|gs|az|abfss?|https?)://[^\s'\"<>]+", re.IGNORECA
 IN_FLIGHT = max(1, int(os.environ.get("PWCONV_REMOTE_REQUESTS", "0") or 0)) or 16
 #: The bytes of one request when a large read is split to run in parallel.
 PIECE = 8 << 20
+# A file-object read this large is fetched in pieces, several in flight.
+_PARALLEL_READ = 2 << 20
 _T = TypeVar("_T")
 
 
@@ -517,25 +526,45 @@ def _split(
 
 
 class RangedFile:
-    """A read-only file over a :class:`RemoteObject` for code that parses a header by reading
-    (``read``, ``seek``, ``tell``); reads ahead ``ahead`` bytes a request."""
+    """A read-only file over a :class:`RemoteObject` for code that reads through a file
+    object (``read``, ``seek``, ``tell``): a header parser, h5py's file-object driver. Small
+    reads take ``ahead`` bytes a request; a read of several MiB is fetched in pieces, several
+    in flight (:meth:`RemoteObject.read_into`).
+
+    A library that calls it may turn its errors into its own (h5py raises ``OSError``):
+    ``failure`` keeps the first pwconv error, for the caller to raise in their place."""
 
     def __init__(self, remote: RemoteObject, ahead: int = 64 << 10) -> None:
         self.remote, self.ahead, self.position = remote, ahead, 0
         self._start, self._data = 0, b""
+        self.failure: PwconvError | None = None
 
     def read(self, count: int = -1) -> bytes:
         end = self.remote.size if count < 0 else min(self.remote.size, self.position + count)
         if end <= self.position:
             return b""
-        if not (self._start <= self.position and end <= self._start + len(self._data)):
-            self._start = self.position
-            self._data = self.remote.read_range(
-                self.position, max(end, min(self.remote.size, self.position + self.ahead))
-            )
+        try:
+            if end - self.position >= _PARALLEL_READ:
+                out = bytearray(end - self.position)
+                self.remote.read_into([self.position], len(out), memoryview(out))
+                self.position = end
+                return bytes(out)
+            if not (self._start <= self.position and end <= self._start + len(self._data)):
+                self._start = self.position
+                self._data = self.remote.read_range(
+                    self.position, max(end, min(self.remote.size, self.position + self.ahead))
+                )
+        except PwconvError as exc:
+            self.failure = self.failure or exc
+            raise
         piece = bytes(self._data[self.position - self._start : end - self._start])
         self.position = end
         return piece
+
+    def raise_failure(self) -> None:
+        """Raise the pwconv error a read met, if one did."""
+        if self.failure is not None:
+            raise self.failure
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

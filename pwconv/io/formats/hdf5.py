@@ -9,21 +9,24 @@ through h5py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
 import shutil
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, OutputExistsError
+from pwconv.errors import FormatError, OutputExistsError, PwconvError
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
+from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -53,14 +56,38 @@ def list_datasets(group: Any) -> list[str]:
 
 
 def _open_file(path: str, mode: str) -> Any:
+    return _opened(path, mode)[0]
+
+
+def _opened(path: str, mode: str) -> tuple[Any, RangedFile | None]:
+    """The h5py file at ``path``, and for a URL the file object h5py reads it through (only
+    the metadata and chunks that are used are fetched)."""
     h5py = _h5py()
+    remote = RangedFile(RemoteObject(path)) if is_url(path) else None
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path if remote is None else remote, mode), remote
     except OSError as exc:
+        if remote is not None:
+            remote.raise_failure()  # the network's error, not h5py's account of it
         detail = str(exc).splitlines()[0]
         raise FormatError(
             f"expected an HDF5 file at {path!r}, found one h5py cannot open ({detail}); check that it "
             "is HDF5 and not truncated"
+        ) from None
+
+
+@contextlib.contextmanager
+def _structure_errors(path: str) -> Iterator[None]:
+    """h5py's errors while finding and describing datasets (a damaged object header makes
+    a visit or a lookup fail) as one line naming the file."""
+    try:
+        yield
+    except PwconvError:
+        raise  # already one line (a missing dataset name lists what exists)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise FormatError(
+            f"cannot read the structure of the HDF5 file {path!r} ({first_line(exc)}); check that it "
+            "is HDF5 and not damaged"
         ) from None
 
 
@@ -133,6 +160,11 @@ def _check_own_storage(ds: Any, path: str) -> None:
         others = sorted({s for s in sources if s != "."})
         if others:
             refuse_external(path, printable(f"{where} a virtual dataset reading {', '.join(others[:3])}"))
+        if is_url(path):
+            raise FormatError(
+                f"expected {where} to hold its own data, found a virtual dataset over other files, which "
+                "pwconv does not fetch beside a URL; download the file with its sources first"
+            )
         folder = os.path.dirname(os.path.abspath(path))
         missing = [s for s in others if not os.path.isfile(os.path.join(folder, s))]
         if missing:
@@ -153,15 +185,17 @@ class H5Source(Source):
         self.path = path
         self._raw_file: Any = None
         self._raw: RawChunks | None = None
-        self._file = _open_file(path, "r")
+        self._file, self._remote = _opened(path, "r")
         try:
-            _check_no_external_link(self._file, path, dataset)
-            self._ds = resolve_dataset(self._file, path, dataset)
-            self.dataset = self._ds.name
-            _check_own_storage(self._ds, path)
-            self.shape = tuple(int(n) for n in self._ds.shape)
-            self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
-            in_this_file = os.path.samefile(self._ds.file.filename, path)  # not through a link
+            with _structure_errors(path):
+                _check_no_external_link(self._file, path, dataset)
+                self._ds = resolve_dataset(self._file, path, dataset)
+                self.dataset = self._ds.name
+                _check_own_storage(self._ds, path)
+                self.shape = tuple(int(n) for n in self._ds.shape)
+                self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
+            # not through a link; at a URL, h5py reads every byte through the file object
+            in_this_file = self._remote is None and os.path.samefile(self._ds.file.filename, path)
             if raw_paths_enabled() and in_this_file:
                 self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
                 self._raw = raw_layout(self._ds, self._raw_file.fileno(), f"{path}:{self.dataset}")
@@ -204,6 +238,8 @@ class H5Source(Source):
         try:
             return np.asarray(self._ds[index])
         except OSError as exc:
+            if self._remote is not None:
+                self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.dataset}: {first_line(exc)}") from None
 
     def release(self, index: tuple[slice, ...]) -> None:
@@ -362,12 +398,12 @@ class Hdf5Format(Backend):
     def list_arrays(self, path: str) -> list[str]:
         """Every dataset in the file, depth first."""
         check_readable(path)
-        with _open_file(path, "r") as handle:
+        with _open_file(path, "r") as handle, _structure_errors(path):
             return list_datasets(handle)
 
     def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
         check_readable(path)
-        with _open_file(path, "r") as handle:
+        with _open_file(path, "r") as handle, _structure_errors(path):
             ds = handle.get(self.array_name(name))
             if not isinstance(ds, _h5py().Dataset) or ds.dtype.kind not in "OS" or ds.ndim != 1:
                 return None
