@@ -231,6 +231,41 @@ def test_hdf5_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_one_tensor_of_a_safetensors_model_over_http_is_read_by_range(tmp_path: Path) -> None:
+    """WEIGHTS as ``URL:tensor`` of a model file: the header and that tensor are fetched, not
+    the 8 MiB tensor beside it; ``info`` reads the header only; a bank's names come along."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(33)
+    w = rng.standard_normal((4, 5, 1, 1)).astype(np.float32)
+    save_file({"embed": rng.standard_normal((2048, 1024)).astype(np.float32), "conv.weight": w},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    size = os.path.getsize(tmp_path / "model.safetensors")
+    x = cube((32, 24, 5), seed=34)
+    np.save(tmp_path / "x.npy", x)
+    proc = run_cli("export", "0.1,0.2,0.3,0.4,0.5;1,0,0,0,-1", "-o", tmp_path / "bank.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    server = RangeServer(str(tmp_path))
+    try:
+        out = tmp_path / "y.npy"
+        proc = run_cli("apply", tmp_path / "x.npy", f"{server.url}/model.safetensors:conv.weight", "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(out), mixed(x, w[:, :, 0, 0]), rtol=1e-5, atol=1e-5)
+        assert server.sent < size / 20, (server.sent, size)
+        before = server.sent
+        proc = run_cli("info", f"{server.url}/model.safetensors", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert server.sent - before < 64 << 10
+        proc = run_cli(
+            "apply", tmp_path / "x.npy", f"{server.url}/bank.safetensors", "-o", tmp_path / "b.npy"
+        )
+        assert proc.returncode == 0, proc.stderr
+        expected = mixed(x, np.array([[0.1, 0.2, 0.3, 0.4, 0.5], [1, 0, 0, 0, -1]], np.float32))
+        np.testing.assert_allclose(np.load(tmp_path / "b.npy"), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        server.stop()
+
+
 def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""
@@ -471,8 +506,9 @@ def test_stac_item_on_s3_and_http_names_band_objects(s3: S3Server, bucket: str, 
 
 
 def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
-    """Truncations and flipped bytes of an npy header and of an HDF5 file, read by range over
-    HTTP: each opens and reads, or fails with pwconv's own error, never another exception."""
+    """Truncations and flipped bytes of an npy header, an HDF5 file and a safetensors header,
+    read by range over HTTP: each opens and reads, or fails with pwconv's own error, never
+    another exception."""
     from pwconv.errors import PwconvError
     from pwconv.io.registry import open_source
     from pwconv.io.spec import parse_spec
@@ -500,7 +536,20 @@ def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
         h5_cases.append(bytes(damaged))
     for i, data in enumerate(h5_cases):
         (tmp_path / f"h{i}.h5").write_bytes(data)
+    from safetensors.numpy import save_file
+
+    save_file({"w": cube((3, 4), 22), "b": cube((3,), 23)}, str(tmp_path / "good.safetensors"))
+    good = (tmp_path / "good.safetensors").read_bytes()
+    st_cases = [good[:n] for n in (0, 7, 8, 20, len(good) - 1)]
+    for _ in range(40):
+        damaged = bytearray(good)
+        for at in rng.integers(0, min(len(good), 200), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        st_cases.append(bytes(damaged))
+    for i, data in enumerate(st_cases):
+        (tmp_path / f"s{i}.safetensors").write_bytes(data)
     names = [f"c{i}.npy" for i in range(len(cases))] + [f"h{i}.h5" for i in range(len(h5_cases))]
+    names += [f"s{i}.safetensors" for i in range(len(st_cases))]
     server = RangeServer(str(tmp_path))
     try:
         for name in names:

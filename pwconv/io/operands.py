@@ -67,12 +67,20 @@ def looks_like_literal(text: str) -> bool:
     return bool(_LITERAL.match(text)) and any(ch.isdigit() for ch in text) and not os.path.exists(text)
 
 
+# A weights object at a URL larger than this has no digest: hashing it would fetch all of it
+# (a model file whose one tensor was read by range).
+_REMOTE_DIGEST_BYTES = 64 << 20
+
+
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     if is_url(path):
         if path.rstrip("/").lower().endswith(".zarr"):
             return ""
-        for piece in RemoteObject(path).chunks():
+        remote = RemoteObject(path)
+        if remote.size > _REMOTE_DIGEST_BYTES:
+            return ""
+        for piece in remote.chunks():
             digest.update(piece)
         return digest.hexdigest()
     if os.path.isdir(path):
@@ -113,7 +121,11 @@ def _read_spec(spec: Spec) -> Operand:
         source.close()
     if name is not None:
         spec = dataclasses.replace(spec, member=name)
-    return Operand(np.asarray(array), spec.text, _file_sha256(readable(spec).path), spec)
+    # A tensor read by range out of a container at a URL has no digest: it would fetch it all.
+    row = format_named(spec.format)
+    ranged_member = is_url(spec.path) and row.containers and row.ranged
+    digest = "" if ranged_member else _file_sha256(readable(spec).path)
+    return Operand(np.asarray(array), spec.text, digest, spec)
 
 
 def _names(spec: Spec) -> list[str]:

@@ -115,7 +115,7 @@ FORMATS: tuple[Format, ...] = (
            records_nodata=True, records_labels=True, ranged=True),
     Format("npz", ".npz", f"{_M}.npz:NpzFormat", (".npz",), containers=True, banks=True, family="model"),
     Format("safetensors", "safetensors", f"{_M}.safetensors:SafetensorsFormat", (".safetensors",),
-           containers=True, banks=True, family="model"),
+           containers=True, banks=True, family="model", ranged=True),
     Format("torch", "PyTorch", f"{_M}.torch:TorchFormat", (".pt", ".pth", ".bin"), containers=True,
            family="model"),
     Format("onnx", "ONNX", f"{_M}.onnx:OnnxFormat", (".onnx",), containers=True, extra="onnx",

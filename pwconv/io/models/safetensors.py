@@ -2,8 +2,10 @@
 
 Only the header is parsed to list or open a tensor; reading maps just the selected tensor's
 bytes. Every header field is checked against the file (offsets inside the data, sizes that
-match shape and dtype, no overlaps) and the ``safetensors`` library validates it too. bf16
-tensors are widened to float32 exactly (bf16 is the top half of a float32).
+match shape and dtype, no overlaps) and the ``safetensors`` library validates it too (for a
+local file: the library opens only files). At a URL the header and the one tensor are
+fetched by byte ranges, not the file. bf16 tensors are widened to float32 exactly (bf16 is
+the top half of a float32).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from pwconv.io.atomic import write_atomically
 from pwconv.io.checks import check_readable, first_line
 from pwconv.io.interface import Backend
 from pwconv.io.names import json_labels, pick_name
+from pwconv.io.stores import RemoteObject, is_url
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -59,15 +63,14 @@ def read_header(path: str) -> tuple[int, dict[str, dict[str, Any]]]:
 def read_header_metadata(path: str) -> tuple[int, dict[str, dict[str, Any]], dict[str, str]]:
     """:func:`read_header` and the header's ``__metadata__`` (text only, as the format says)."""
     check_readable(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise _fail(path, f"{len(head)} bytes, too short for a header")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(_MAX_HEADER_BYTES, size - 8):
-            raise _fail(path, f"a header length of {length} bytes in a file of {size}")
-        raw = handle.read(length)
+    size, read = _reader(path)
+    head = read(0, min(8, size))
+    if len(head) < 8:
+        raise _fail(path, f"{len(head)} bytes, too short for a header")
+    (length,) = struct.unpack("<Q", head)
+    if length > min(_MAX_HEADER_BYTES, size - 8):
+        raise _fail(path, f"a header length of {length} bytes in a file of {size}")
+    raw = read(8, 8 + length)
     try:
         header = json.loads(raw.decode("utf8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -107,7 +110,23 @@ def read_header_metadata(path: str) -> tuple[int, dict[str, dict[str, Any]], dic
     return 8 + length, header, metadata
 
 
+def _reader(path: str) -> tuple[int, Callable[[int, int], bytes]]:
+    """The size of the file or object at ``path`` and a function reading its bytes start..end."""
+    if is_url(path):
+        remote = RemoteObject(path)
+        return remote.size, lambda start, end: bytes(remote.read_range(start, end))
+
+    def read(start: int, end: int) -> bytes:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            return handle.read(end - start)
+
+    return os.path.getsize(path), read
+
+
 def _library_check(path: str) -> None:
+    if is_url(path):
+        return  # the library opens files only; pwconv's own checks of the header have run
     import safetensors  # a core dependency: small, and it runs no code from the file
 
     try:
@@ -123,6 +142,9 @@ def _load(path: str, offset: int, entry: dict[str, Any]) -> np.ndarray:
     shape = tuple(entry["shape"])
     if not math.prod(shape):
         data = np.empty(shape, dtype)
+    elif is_url(path):
+        data = np.empty(shape, dtype)
+        RemoteObject(path).read_into([offset + begin], data.nbytes, data.reshape(-1).view(np.uint8).data)
     else:
         data = np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset + begin, shape=shape))
     if entry["dtype"] == "BF16":
@@ -152,9 +174,8 @@ class SafetensorsFormat(Backend):
             "data_bytes": entry["data_offsets"][1] - entry["data_offsets"][0],
         }
         shape = tuple(entry["shape"])
-        return ArraySource(
-            shape, dtype, lambda: _load(spec.path, offset, entry), storage, named(name, "memory map")
-        )
+        how = "byte ranges" if is_url(spec.path) else "memory map"
+        return ArraySource(shape, dtype, lambda: _load(spec.path, offset, entry), storage, named(name, how))
 
     def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:
         """A bank's names, kept in the header's text metadata as JSON lists of strings."""
