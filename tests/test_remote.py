@@ -266,6 +266,41 @@ def test_one_tensor_of_a_safetensors_model_over_http_is_read_by_range(tmp_path: 
         server.stop()
 
 
+def test_netcdf_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
+    """A NetCDF-4 variable at a URL through the same ranged file object: its dimensions and
+    nodata are read, explain fetches a few chunks, apply reads them all."""
+    h5netcdf = pytest.importorskip("h5netcdf")
+    x = cube((6, 400, 400), seed=35)  # (band, y, x): 3.7 MiB
+    x[:, 0, 0] = -9999.0
+    with h5netcdf.File(tmp_path / "x.nc", "w") as handle:
+        handle.dimensions = {"band": 6, "y": 400, "x": 400}
+        var = handle.create_variable("refl", ("band", "y", "x"), np.float32, chunks=(6, 50, 50),
+                                     compression="gzip", fillvalue=np.float32(-9999.0))  # fmt: skip
+        var[...] = x
+    size = os.path.getsize(tmp_path / "x.nc")
+    w = np.random.default_rng(36).standard_normal((2, 6)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("explain", f"{server.url}/x.nc:refl", tmp_path / "w.npy", "--at", "120,300",
+                       "--channel-dim", "band", "--json")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["results"][0]["sum"] == pytest.approx(
+            float(w[0] @ x[:, 120, 300]), rel=1e-5, abs=1e-5
+        )
+        assert server.sent < size / 5, (server.sent, size)
+        out = tmp_path / "y.npy"
+        proc = run_cli("apply", f"{server.url}/x.nc:refl", tmp_path / "w.npy", "--channel-dim", "band", "-o", out,
+                       "--max-memory", "1MiB")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        y = np.load(out)
+        expected = mixed(x, w, axis=0)
+        assert np.isnan(y[:, 0, 0]).all()  # the fill value is nodata
+        np.testing.assert_allclose(y[:, 1:, 1:], expected[:, 1:, 1:], rtol=1e-5, atol=1e-5)
+    finally:
+        server.stop()
+
+
 def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""
@@ -506,8 +541,8 @@ def test_stac_item_on_s3_and_http_names_band_objects(s3: S3Server, bucket: str, 
 
 
 def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
-    """Truncations and flipped bytes of an npy header, an HDF5 file and a safetensors header,
-    read by range over HTTP: each opens and reads, or fails with pwconv's own error, never
+    """Truncations and flipped bytes of an npy header, an HDF5 file, a safetensors header and
+    a NetCDF-4 file, read by range over HTTP: each opens and reads, or fails with pwconv's own error, never
     another exception."""
     from pwconv.errors import PwconvError
     from pwconv.io.registry import open_source
@@ -548,8 +583,23 @@ def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
         st_cases.append(bytes(damaged))
     for i, data in enumerate(st_cases):
         (tmp_path / f"s{i}.safetensors").write_bytes(data)
+    h5netcdf = pytest.importorskip("h5netcdf")
+    with h5netcdf.File(tmp_path / "good.nc", "w") as handle:
+        handle.dimensions = {"y": 8, "x": 8, "band": 3}
+        handle.create_variable("v", ("y", "x", "band"), np.float32, chunks=(4, 4, 3), compression="gzip")[
+            ...
+        ] = cube((8, 8, 3), 24)
+    good = (tmp_path / "good.nc").read_bytes()
+    nc_cases = [good[:n] for n in (4, 100, 2000, len(good) - 50)]
+    for _ in range(30):
+        damaged = bytearray(good)
+        for at in rng.integers(0, min(len(good), 4096), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        nc_cases.append(bytes(damaged))
+    for i, data in enumerate(nc_cases):
+        (tmp_path / f"n{i}.nc").write_bytes(data)
     names = [f"c{i}.npy" for i in range(len(cases))] + [f"h{i}.h5" for i in range(len(h5_cases))]
-    names += [f"s{i}.safetensors" for i in range(len(st_cases))]
+    names += [f"s{i}.safetensors" for i in range(len(st_cases))] + [f"n{i}.nc" for i in range(len(nc_cases))]
     server = RangeServer(str(tmp_path))
     try:
         for name in names:

@@ -126,7 +126,7 @@ FORMATS: tuple[Format, ...] = (
            ranged=True),
     Format("netcdf", "NetCDF", f"{_F}.netcdf:NetcdfFormat", (".nc", ".nc4"), magic=b"CDF",
            containers=True, writes=(".nc", ".nc4"), compressions=("gzip",), extra="geo", records_nodata=True,
-           records_labels=True, georeferencing_from=("netcdf", "raster")),
+           records_labels=True, georeferencing_from=("netcdf", "raster"), ranged=True),
     Format("stac", "STAC item", f"{_F}.stac:StacFormat", (".json",), containers=True, extra="geo",
            channels_last=True, ranged=True),
     Format("image", "image", f"{_F}.image:ImageFormat", _PILLOW, magic=b"\x89PNG",

@@ -22,6 +22,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_fail
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
+from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -43,18 +44,31 @@ def _h5netcdf() -> Any:
 
 
 def _open(path: str) -> Any:
+    return _opened(path)[0]
+
+
+def _opened(path: str) -> tuple[Any, RangedFile | None]:
+    """The h5netcdf file at ``path``, and for a URL the file object it is read through (only
+    the metadata and chunks that are used are fetched)."""
     h5netcdf = _h5netcdf()
     check_readable(path)
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+    remote = RangedFile(RemoteObject(path)) if is_url(path) else None
+    if remote is not None:
+        head = remote.read(4)
+        remote.seek(0)
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
     if head[:3] == b"CDF":
         raise FormatError(
             f"expected a NetCDF-4 (HDF5) file at {path!r}, found classic NetCDF-3; convert it with: "
             f"nccopy -k nc4 {path} converted.nc"
         )
     try:
-        return h5netcdf.File(path, "r")
+        return h5netcdf.File(path if remote is None else remote, "r"), remote
     except Exception as exc:  # noqa: BLE001
+        if remote is not None:
+            remote.raise_failure()  # the network's error, not h5py's account of it
         raise FormatError(
             f"expected a NetCDF-4 file at {path!r}, found one that cannot be read ({first_line(exc)})"
         ) from None
@@ -103,7 +117,7 @@ class NetcdfSource(Source):
 
     def __init__(self, path: str, variable: str | None) -> None:
         self.path = path
-        self._file = _open(path)
+        self._file, self._remote = _opened(path)
         try:
             names = _data_variables(self._file)
             self.variable = pick_name(path, variable, names, "variable")
@@ -133,6 +147,8 @@ class NetcdfSource(Source):
             raise
         except Exception as exc:  # noqa: BLE001 - h5netcdf reads dimensions and attributes lazily
             self._file.close()
+            if self._remote is not None:
+                self._remote.raise_failure()
             raise FormatError(
                 f"expected a NetCDF-4 variable in {path!r}, found one that cannot be read "
                 f"({first_line(exc)}); check that the file was written as NetCDF-4"
@@ -164,6 +180,8 @@ class NetcdfSource(Source):
         try:
             return np.asarray(self._var[index])
         except Exception as exc:  # noqa: BLE001
+            if self._remote is not None:
+                self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.variable}: {first_line(exc)}") from None
 
     def _template(self) -> dict[str, Any]:
