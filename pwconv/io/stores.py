@@ -537,12 +537,33 @@ class RangedFile:
     def __init__(self, remote: RemoteObject, ahead: int = 64 << 10) -> None:
         self.remote, self.ahead, self.position = remote, ahead, 0
         self._start, self._data = 0, b""
+        self._fetched: list[tuple[int, Any]] = []  # (start, bytes) of prefetch()
         self.failure: PwconvError | None = None
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Fetch these byte ranges at once, in parallel (neighbours joined), for the reads
+        that follow: a block's chunks, which a library would otherwise ask for one by one."""
+        ranges = sorted((max(0, a), min(self.remote.size, b)) for a, b in ranges if b > a)
+        try:
+            bodies = self.remote.read_ranges([a for a, _ in ranges], [b for _, b in ranges]) if ranges else []
+        except PwconvError as exc:
+            self.failure = self.failure or exc
+            raise
+        self._fetched = [(a, body) for (a, _), body in zip(ranges, bodies)]
+
+    def forget(self) -> None:
+        """Drop what :meth:`prefetch` fetched."""
+        self._fetched = []
 
     def read(self, count: int = -1) -> bytes:
         end = self.remote.size if count < 0 else min(self.remote.size, self.position + count)
         if end <= self.position:
             return b""
+        for start, body in self._fetched:
+            if start <= self.position and end <= start + len(body):
+                piece = bytes(body[self.position - start : end - start])
+                self.position = end
+                return piece
         try:
             if end - self.position >= _PARALLEL_READ:
                 out = bytearray(end - self.position)

@@ -10,6 +10,7 @@ through h5py.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import mmap
 import os
@@ -133,6 +134,59 @@ def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
         return None
 
 
+class _ChunkSpans:
+    """Where the stored chunks of a dataset lie in its file, so that the chunks a block needs
+    can be fetched at once from a URL; a contiguous dataset gives the bytes from a block's
+    first element to its last, where they are mostly the block's own."""
+
+    def __init__(
+        self, shape: tuple[int, ...], chunks: tuple[int, ...], spans: dict[tuple[int, ...], tuple[int, int]],
+        contiguous: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
+        self.shape, self.chunks, self.spans, self.contiguous = shape, chunks, spans, contiguous
+
+    def ranges(self, box: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The byte ranges of the stored data that meet ``box`` ((start, stop) per axis)."""
+        if any(b <= a for a, b in box):
+            return []
+        if self.contiguous is not None:
+            offset, itemsize = self.contiguous
+            first = int(np.ravel_multi_index([a for a, _ in box], self.shape))
+            last = int(np.ravel_multi_index([b - 1 for _, b in box], self.shape))
+            if math.prod(b - a for a, b in box) * 2 < last + 1 - first:
+                return []  # a narrow window: h5py's own reads of its runs fetch less
+            return [(offset + first * itemsize, offset + (last + 1) * itemsize)]
+        grid = [range(a // c, -(-b // c)) for (a, b), c in zip(box, self.chunks)]
+        found = (self.spans.get(tuple(at)) for at in itertools.product(*grid))
+        return [span for span in found if span is not None]
+
+
+def _chunk_spans(ds: Any) -> _ChunkSpans | None:
+    """The chunks' spans of ``ds``, or None where HDF5 does not say (or they are too many to list)."""
+    h5d = _h5py().h5d
+    try:
+        plist = ds.id.get_create_plist()
+        shape = tuple(int(n) for n in ds.shape)
+        if plist.get_layout() == h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            return None if offset is None else _ChunkSpans(shape, shape, {}, (int(offset), ds.dtype.itemsize))
+        if plist.get_layout() != h5d.CHUNKED or ds.id.get_num_chunks() > _MAX_RAW_CHUNKS:
+            return None
+        chunks = tuple(int(c) for c in ds.chunks)
+        found: list[Any] = []
+        if hasattr(ds.id, "chunk_iter"):
+            ds.id.chunk_iter(found.append)
+        else:
+            found = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+        spans = {}
+        for info in found:
+            start = int(info.byte_offset)
+            spans[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = (start, start + int(info.size))
+        return _ChunkSpans(shape, chunks, spans)
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
+        return None
+
+
 def _check_no_external_link(handle: Any, path: str, dataset: str | None) -> None:
     """Refuse a dataset name that passes through a link into another file, unless allowed."""
     h5py = _h5py()
@@ -208,6 +262,7 @@ class H5Source(Source):
         except BaseException:
             self.close()
             raise
+        self._spans = _chunk_spans(self._ds) if self._remote is not None else None
         self.description = Description(reader="raw offsets" if self._raw is not None else "h5py")
 
     def chunks(self) -> tuple[int, ...] | None:
@@ -236,11 +291,16 @@ class H5Source(Source):
             box, steps = box_of(index, self.shape)
             return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
         try:
+            if self._remote is not None and self._spans is not None:
+                self._remote.prefetch(self._spans.ranges(box_of(index, self.shape)[0]))
             return np.asarray(self._ds[index])
         except OSError as exc:
             if self._remote is not None:
                 self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.dataset}: {first_line(exc)}") from None
+        finally:
+            if self._remote is not None:
+                self._remote.forget()
 
     def release(self, index: tuple[slice, ...]) -> None:
         """Drop the pages of a finished block read from the map (not from the file)."""
