@@ -134,7 +134,7 @@ def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
         return None
 
 
-class _ChunkSpans:
+class ChunkSpans:
     """Where the stored chunks of a dataset lie in its file, so that the chunks a block needs
     can be fetched at once from a URL; a contiguous dataset gives the bytes from a block's
     first element to its last, where they are mostly the block's own."""
@@ -161,7 +161,7 @@ class _ChunkSpans:
         return [span for span in found if span is not None]
 
 
-def _chunk_spans(ds: Any) -> _ChunkSpans | None:
+def chunk_spans(ds: Any) -> ChunkSpans | None:
     """The chunks' spans of ``ds``, or None where HDF5 does not say (or they are too many to list)."""
     h5d = _h5py().h5d
     try:
@@ -169,7 +169,7 @@ def _chunk_spans(ds: Any) -> _ChunkSpans | None:
         shape = tuple(int(n) for n in ds.shape)
         if plist.get_layout() == h5d.CONTIGUOUS:
             offset = ds.id.get_offset()
-            return None if offset is None else _ChunkSpans(shape, shape, {}, (int(offset), ds.dtype.itemsize))
+            return None if offset is None else ChunkSpans(shape, shape, {}, (int(offset), ds.dtype.itemsize))
         if plist.get_layout() != h5d.CHUNKED or ds.id.get_num_chunks() > _MAX_RAW_CHUNKS:
             return None
         chunks = tuple(int(c) for c in ds.chunks)
@@ -182,7 +182,7 @@ def _chunk_spans(ds: Any) -> _ChunkSpans | None:
         for info in found:
             start = int(info.byte_offset)
             spans[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = (start, start + int(info.size))
-        return _ChunkSpans(shape, chunks, spans)
+        return ChunkSpans(shape, chunks, spans)
     except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
         return None
 
@@ -262,7 +262,7 @@ class H5Source(Source):
         except BaseException:
             self.close()
             raise
-        self._spans = _chunk_spans(self._ds) if self._remote is not None else None
+        self._spans = chunk_spans(self._ds) if self._remote is not None else None
         self.description = Description(reader="raw offsets" if self._raw is not None else "h5py")
 
     def chunks(self) -> tuple[int, ...] | None:

@@ -20,8 +20,10 @@ import numpy as np
 from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
+from pwconv.io.formats.hdf5 import chunk_spans
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
+from pwconv.io.rawio import box_of
 from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
@@ -128,6 +130,10 @@ class NetcdfSource(Source):
             attrs = _readable_attrs(var)
             self.nodata, notes = _fill_value(attrs)
             self._var = var
+            # The chunks' places, for fetching a block's chunks at once from a URL; h5netcdf
+            # keeps its h5py dataset private (no prefetch where it is not there).
+            dataset = getattr(var, "_h5ds", None) if self._remote is not None else None
+            self._spans = chunk_spans(dataset) if dataset is not None else None
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
@@ -178,11 +184,16 @@ class NetcdfSource(Source):
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
+            if self._remote is not None and self._spans is not None:
+                self._remote.prefetch(self._spans.ranges(box_of(index, self.shape)[0]))
             return np.asarray(self._var[index])
         except Exception as exc:  # noqa: BLE001
             if self._remote is not None:
                 self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.variable}: {first_line(exc)}") from None
+        finally:
+            if self._remote is not None:
+                self._remote.forget()
 
     def _template(self) -> dict[str, Any]:
         """What a NetCDF output copies: dimensions, coordinates, attributes, grid mapping."""
