@@ -398,6 +398,27 @@ def test_output_errors(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     assert_clean_error(same, 2, "same file")
 
 
+def test_a_dataset_is_not_added_to_an_hdf5_object_by_replacing_it(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """On disk ``-o f.h5:/b`` adds /b and keeps the file's other datasets; at a URL that
+    would replace the object whole, so it is refused, with or without --overwrite."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "two.h5", "w") as handle:
+        handle["a"] = cube((4, 4, 2), 39)
+    put(s3, bucket, "two.h5", tmp_path / "two.h5")
+    np.save(tmp_path / "x.npy", cube((4, 4, 2), 40))
+    for extra in ([], ["--overwrite"]):
+        proc = run_cli(
+            "apply", tmp_path / "x.npy", "1,1", "-o", f"s3://{bucket}/two.h5:/b", *extra, env=s3.env
+        )
+        assert_clean_error(proc, 2, "adds a dataset to a file on disk only")
+    with h5py.File(fetch(s3, bucket, "two.h5", tmp_path / "back.h5")) as handle:
+        assert list(handle) == ["a"]
+    proc = run_cli("apply", tmp_path / "x.npy", "1,1", "-o", f"s3://{bucket}/new.h5:/b", env=s3.env)
+    assert proc.returncode == 0, proc.stderr  # a new object may name its dataset
+
+
 def test_unreachable_endpoint_is_exit_1(tmp_path: Path) -> None:
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "a",
            "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1"}  # fmt: skip

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pwconv.core.blocks import chunk_shape
-from pwconv.errors import FormatError, OutputExistsError, PwconvError
+from pwconv.errors import FormatError, OutputExistsError, PwconvError, UsageError
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
-from pwconv.io.stores import RangedFile, RemoteObject, is_url
+from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -446,6 +446,14 @@ class Hdf5Format(Backend):
         return H5Source(spec.path, spec.member)
 
     def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
+        if spec.member and is_url(spec.path) and exists(spec.path):
+            # On disk the dataset is added to the file; an object can only be replaced whole,
+            # which would drop its other datasets.
+            raise UsageError(
+                f"expected a new HDF5 object for {spec.text!r}, found {spec.path!r} there: pwconv adds a "
+                "dataset to a file on disk only (at a URL the whole object would be replaced); write a "
+                "new object, or download the file, add the dataset there and upload it"
+            )
         if spec.member and os.path.exists(spec.path):
             return H5MemberSink(spec.path, spec.member, request)
         check_output_path(spec.path, request.overwrite)
