@@ -593,66 +593,59 @@ def test_stac_item_on_s3_and_http_names_band_objects(s3: S3Server, bucket: str, 
     assert_clean_error(run_cli("info", f"{far}:x", env=s3.env), 2, "--allow-external")
 
 
+def _damaged(good: bytes, cuts: tuple[int, ...], flips: int, within: int, rng: np.random.Generator,
+             folder: Path, stem: str) -> list[str]:  # fmt: skip
+    """Truncations of ``good`` at ``cuts`` and ``flips`` copies with 1-3 bytes changed in
+    its first ``within`` bytes, written to ``folder`` as ``stem{i}``; their names."""
+    cases = [good[:n] for n in cuts]
+    for _ in range(flips):
+        damaged = bytearray(good)
+        for at in rng.integers(0, min(len(good), within), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        cases.append(bytes(damaged))
+    names = []
+    for i, data in enumerate(cases):
+        name = stem.replace("*", str(i))
+        (folder / name).write_bytes(data)
+        names.append(name)
+    return names
+
+
 def test_damaged_objects_over_http_are_pwconv_errors(tmp_path: Path) -> None:
     """Truncations and flipped bytes of an npy header, an HDF5 file, a safetensors header and
-    a NetCDF-4 file, read by range over HTTP: each opens and reads, or fails with pwconv's own error, never
-    another exception."""
+    a NetCDF-4 file, read by range over HTTP: each opens and reads, or fails with pwconv's
+    own error, never another exception."""
+    from safetensors.numpy import save_file
+
     from pwconv.errors import PwconvError
     from pwconv.io.registry import open_source
     from pwconv.io.spec import parse_spec
 
-    np.save(tmp_path / "good.npy", cube((6, 5, 3), 18))
-    good = (tmp_path / "good.npy").read_bytes()
-    rng = np.random.default_rng(19)
-    cases = [good[:n] for n in (0, 5, 9, 40, 127, 129, len(good) - 1)]
-    for _ in range(120):
-        damaged = bytearray(good)
-        for at in rng.integers(0, 128, size=int(rng.integers(1, 4))):
-            damaged[at] = int(rng.integers(0, 256))
-        cases.append(bytes(damaged))
-    for i, data in enumerate(cases):
-        (tmp_path / f"c{i}.npy").write_bytes(data)
     h5py = pytest.importorskip("h5py")
+    h5netcdf = pytest.importorskip("h5netcdf")
+    rng = np.random.default_rng(19)
+    np.save(tmp_path / "good.npy", cube((6, 5, 3), 18))
     with h5py.File(tmp_path / "good.h5", "w") as handle:
         handle.create_dataset("x", data=cube((16, 16, 3), 20), chunks=(8, 8, 3), compression="gzip")
-    good = (tmp_path / "good.h5").read_bytes()
-    h5_cases = [good[:n] for n in (0, 8, 100, 1000, len(good) - 100)]
-    for _ in range(40):
-        damaged = bytearray(good)
-        for at in rng.integers(0, min(len(good), 4096), size=int(rng.integers(1, 4))):
-            damaged[at] = int(rng.integers(0, 256))
-        h5_cases.append(bytes(damaged))
-    for i, data in enumerate(h5_cases):
-        (tmp_path / f"h{i}.h5").write_bytes(data)
-    from safetensors.numpy import save_file
-
     save_file({"w": cube((3, 4), 22), "b": cube((3,), 23)}, str(tmp_path / "good.safetensors"))
-    good = (tmp_path / "good.safetensors").read_bytes()
-    st_cases = [good[:n] for n in (0, 7, 8, 20, len(good) - 1)]
-    for _ in range(40):
-        damaged = bytearray(good)
-        for at in rng.integers(0, min(len(good), 200), size=int(rng.integers(1, 4))):
-            damaged[at] = int(rng.integers(0, 256))
-        st_cases.append(bytes(damaged))
-    for i, data in enumerate(st_cases):
-        (tmp_path / f"s{i}.safetensors").write_bytes(data)
-    h5netcdf = pytest.importorskip("h5netcdf")
     with h5netcdf.File(tmp_path / "good.nc", "w") as handle:
         handle.dimensions = {"y": 8, "x": 8, "band": 3}
-        handle.create_variable("v", ("y", "x", "band"), np.float32, chunks=(4, 4, 3), compression="gzip")[
-            ...
-        ] = cube((8, 8, 3), 24)
-    good = (tmp_path / "good.nc").read_bytes()
-    nc_cases = [good[:n] for n in (4, 100, 2000, len(good) - 50)]
-    for _ in range(30):
-        damaged = bytearray(good)
-        for at in rng.integers(0, min(len(good), 4096), size=int(rng.integers(1, 4))):
-            damaged[at] = int(rng.integers(0, 256))
-        nc_cases.append(bytes(damaged))
-    for i, data in enumerate(nc_cases):
-        (tmp_path / f"n{i}.nc").write_bytes(data)
-    names = [f"c{i}.npy" for i in range(len(cases))] + [f"h{i}.h5" for i in range(len(h5_cases))]
-    names += [f"s{i}.safetensors" for i in range(len(st_cases))] + [f"n{i}.nc" for i in range(len(nc_cases))]
+        var = handle.create_variable(
+            "v", ("y", "x", "band"), np.float32, chunks=(4, 4, 3), compression="gzip"
+        )
+        var[...] = cube((8, 8, 3), 24)
+    sizes = {
+        suffix: len((tmp_path / f"good{suffix}").read_bytes())
+        for suffix in (".npy", ".h5", ".safetensors", ".nc")
+    }
+    names = _damaged((tmp_path / "good.npy").read_bytes(), (0, 5, 9, 40, 127, 129, sizes[".npy"] - 1), 120, 128,
+                     rng, tmp_path, "c*.npy")  # fmt: skip
+    names += _damaged((tmp_path / "good.h5").read_bytes(), (0, 8, 100, 1000, sizes[".h5"] - 100), 40, 4096, rng,
+                      tmp_path, "h*.h5")  # fmt: skip
+    names += _damaged((tmp_path / "good.safetensors").read_bytes(), (0, 7, 8, 20, sizes[".safetensors"] - 1), 40,
+                      200, rng, tmp_path, "s*.safetensors")  # fmt: skip
+    names += _damaged((tmp_path / "good.nc").read_bytes(), (4, 100, 2000, sizes[".nc"] - 50), 30, 4096, rng,
+                      tmp_path, "n*.nc")  # fmt: skip
     server = RangeServer(str(tmp_path))
     try:
         for name in names:

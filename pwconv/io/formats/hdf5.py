@@ -99,6 +99,17 @@ def resolve_dataset(handle: Any, path: str, dataset: str | None) -> Any:
     return handle[pick_name(path, dataset, list_datasets(handle), "dataset")]
 
 
+def _stored_chunks(ds: Any) -> list[Any]:
+    """HDF5's record of each stored chunk of ``ds`` (offset in the data, byte offset, size,
+    filter mask)."""
+    found: list[Any] = []
+    if hasattr(ds.id, "chunk_iter"):  # h5py built on HDF5 1.12.3 or later; one call for all chunks
+        ds.id.chunk_iter(found.append)
+    else:
+        found = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    return found
+
+
 def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
     """Where an unfiltered dataset's bytes lie in its file, or None where h5py must read it
     (filters, external or virtual storage, foreign byte order, unallocated data)."""
@@ -119,13 +130,8 @@ def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
             return None
         chunks = tuple(int(c) for c in ds.chunks)
         chunk_bytes = math.prod(chunks) * dtype.itemsize
-        found: list[Any] = []
-        if hasattr(ds.id, "chunk_iter"):  # h5py built on HDF5 1.12.3 or later; one call for all chunks
-            ds.id.chunk_iter(found.append)
-        else:
-            found = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
         offsets = {}
-        for info in found:
+        for info in _stored_chunks(ds):
             if info.size != chunk_bytes or info.filter_mask:
                 return None
             offsets[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = int(info.byte_offset)
@@ -173,13 +179,8 @@ def chunk_spans(ds: Any) -> ChunkSpans | None:
         if plist.get_layout() != h5d.CHUNKED or ds.id.get_num_chunks() > _MAX_RAW_CHUNKS:
             return None
         chunks = tuple(int(c) for c in ds.chunks)
-        found: list[Any] = []
-        if hasattr(ds.id, "chunk_iter"):
-            ds.id.chunk_iter(found.append)
-        else:
-            found = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
         spans = {}
-        for info in found:
+        for info in _stored_chunks(ds):
             start = int(info.byte_offset)
             spans[tuple(o // c for o, c in zip(info.chunk_offset, chunks))] = (start, start + int(info.size))
         return ChunkSpans(shape, chunks, spans)

@@ -20,7 +20,7 @@ import numpy as np
 from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
-from pwconv.io.formats.hdf5 import chunk_spans
+from pwconv.io.formats.hdf5 import ChunkSpans, chunk_spans
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import box_of
@@ -114,6 +114,20 @@ def _fill_value(attrs: dict[str, Any]) -> tuple[float | None, tuple[str, ...]]:
     return None, ()
 
 
+def _chunk_places(remote: RemoteObject, name: str) -> ChunkSpans | None:
+    """Where the chunks of variable ``name`` lie in a NetCDF-4 object, for fetching a block's
+    chunks at once; read by h5py through a file object of its own, since h5netcdf does not
+    hand out its HDF5 dataset. None where HDF5 does not say."""
+    import h5py  # h5netcdf's own dependency
+
+    try:
+        with h5py.File(RangedFile(remote), "r") as handle:
+            dataset = handle.get(name)
+            return chunk_spans(dataset) if isinstance(dataset, h5py.Dataset) else None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return None  # the reads that follow meet the same trouble and say so
+
+
 class NetcdfSource(Source):
     """One NetCDF variable, read by hyperslab."""
 
@@ -130,10 +144,7 @@ class NetcdfSource(Source):
             attrs = _readable_attrs(var)
             self.nodata, notes = _fill_value(attrs)
             self._var = var
-            # The chunks' places, for fetching a block's chunks at once from a URL; h5netcdf
-            # keeps its h5py dataset private (no prefetch where it is not there).
-            dataset = getattr(var, "_h5ds", None) if self._remote is not None else None
-            self._spans = chunk_spans(dataset) if dataset is not None else None
+            self._spans = _chunk_places(self._remote.remote, var.name) if self._remote is not None else None
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
