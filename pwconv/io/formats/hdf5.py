@@ -151,6 +151,32 @@ class ChunkSpans:
     ) -> None:  # fmt: skip
         self.shape, self.chunks, self.spans, self.contiguous = shape, chunks, spans, contiguous
 
+    def cuts(self, box: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+        """``box``'s first axis cut at chunk boundaries into parts whose stored bytes stay
+        under ``limit`` (a part is at least one row of chunks), so that what one fetch holds
+        stays bounded however large the block.
+
+        >>> grid = {(r, c): (1000 * r + 100 * c, 1000 * r + 100 * c + 50) for r in range(4) for c in range(2)}
+        >>> spans = ChunkSpans((40, 20), (10, 10), grid)  # 4 x 2 chunks of 50 stored bytes
+        >>> spans.cuts([(5, 40), (0, 20)], 200), spans.cuts([(5, 40), (0, 20)], 10)
+        ([(5, 20), (20, 40)], [(5, 10), (10, 20), (20, 30), (30, 40)])
+        """
+        step = 1 if self.contiguous is not None else self.chunks[0]
+        (a, b), rest = box[0], box[1:]
+        parts: list[tuple[int, int]] = []
+        start = a
+        while start < b:
+            stop, held = start, 0
+            while stop < b:
+                following = min(b, (stop // step + 1) * step)
+                more = sum(end - begin for begin, end in self.ranges([(stop, following), *rest]))
+                if held and held + more > limit:
+                    break
+                stop, held = following, held + more
+            parts.append((start, stop))
+            start = stop
+        return parts
+
     def ranges(self, box: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The byte ranges of the stored data that meet ``box`` ((start, stop) per axis)."""
         if any(b <= a for a, b in box):
@@ -186,6 +212,27 @@ def chunk_spans(ds: Any) -> ChunkSpans | None:
         return ChunkSpans(shape, chunks, spans)
     except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
         return None
+
+
+# The stored bytes one prefetch of a block's chunks holds at most.
+_PREFETCH_BYTES = 32 << 20
+
+
+def read_prefetched(ds: Any, remote: RangedFile, spans: ChunkSpans, index: tuple[slice, ...]) -> np.ndarray:
+    """``ds[index]`` (an h5py dataset, or an h5netcdf variable over one) at a URL, a part of rows of chunks at a time: each part's chunks are
+    fetched together (h5py would ask for them one by one), then read by h5py from them."""
+    box, steps = box_of(index, tuple(int(n) for n in ds.shape))
+    out = np.empty([b - a for a, b in box], dtype=ds.dtype)
+    rest = tuple(slice(a, b) for a, b in box[1:])
+    try:
+        for start, stop in spans.cuts(box, _PREFETCH_BYTES):
+            remote.prefetch(spans.ranges([(start, stop), *box[1:]]))
+            part = (slice(start, stop),) + rest
+            out[start - box[0][0] : stop - box[0][0]] = ds[part]
+            remote.forget()
+    finally:
+        remote.forget()
+    return out[steps]
 
 
 def _check_no_external_link(handle: Any, path: str, dataset: str | None) -> None:
@@ -293,15 +340,12 @@ class H5Source(Source):
             return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
         try:
             if self._remote is not None and self._spans is not None:
-                self._remote.prefetch(self._spans.ranges(box_of(index, self.shape)[0]))
+                return read_prefetched(self._ds, self._remote, self._spans, index)
             return np.asarray(self._ds[index])
         except OSError as exc:
             if self._remote is not None:
                 self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.dataset}: {first_line(exc)}") from None
-        finally:
-            if self._remote is not None:
-                self._remote.forget()
 
     def release(self, index: tuple[slice, ...]) -> None:
         """Drop the pages of a finished block read from the map (not from the file)."""

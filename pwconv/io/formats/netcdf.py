@@ -20,10 +20,9 @@ import numpy as np
 from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
-from pwconv.io.formats.hdf5 import ChunkSpans, chunk_spans
+from pwconv.io.formats.hdf5 import ChunkSpans, chunk_spans, read_prefetched
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import box_of
 from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
@@ -196,15 +195,12 @@ class NetcdfSource(Source):
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
             if self._remote is not None and self._spans is not None:
-                self._remote.prefetch(self._spans.ranges(box_of(index, self.shape)[0]))
+                return read_prefetched(self._var, self._remote, self._spans, index)
             return np.asarray(self._var[index])
         except Exception as exc:  # noqa: BLE001
             if self._remote is not None:
                 self._remote.raise_failure()
             raise FormatError(f"cannot read {self.path}:{self.variable}: {first_line(exc)}") from None
-        finally:
-            if self._remote is not None:
-                self._remote.forget()
 
     def _template(self) -> dict[str, Any]:
         """What a NetCDF output copies: dimensions, coordinates, attributes, grid mapping."""
