@@ -197,6 +197,26 @@ def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None
         server.stop()
 
 
+def test_an_input_at_a_url_is_streamed_even_when_it_fits(tmp_path: Path) -> None:
+    """48 MiB over HTTP under the default --max-memory (one block for a local file): read in
+    streamed blocks, so that fetching one overlaps writing the one before."""
+    x = cube((96, 2048, 64), seed=41)  # 48 MiB
+    np.save(tmp_path / "x.npy", x)
+    w = np.random.default_rng(42).standard_normal((4, 64)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    local = run_cli("apply", tmp_path / "x.npy", tmp_path / "w.npy", "-o", tmp_path / "a.npy", "--json")
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)[0]["blocks"] == 1
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("apply", f"{server.url}/x.npy", tmp_path / "w.npy", "-o", tmp_path / "b.npy", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["blocks"] > 1
+        np.testing.assert_allclose(np.load(tmp_path / "b.npy"), mixed(x, w), rtol=1e-5, atol=1e-4)
+    finally:
+        server.stop()
+
+
 def test_hdf5_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
     """h5py reads an HDF5 object through a ranged file object: explain and info fetch the
     metadata and a few chunks, apply reads every chunk (compressed and contiguous datasets)."""

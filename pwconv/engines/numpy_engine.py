@@ -33,25 +33,30 @@ def pixel_bytes(plan: ConvPlan) -> int:
 
 
 def first_block_shape(
-    plan: ConvPlan, source: Source, sequential_output: bool, max_bytes: int
+    plan: ConvPlan, source: Source, sequential_output: bool, max_bytes: int, stream: bool = False
 ) -> tuple[int, ...] | None:
     """The shape of the blocks :func:`run` will write when it streams (the last ones may be
     smaller), for outputs that chunk best along them; None for a single block."""
-    blocks = _plan(plan, source, source.sequential or sequential_output, max_bytes)
+    blocks = _plan(plan, source, source.sequential or sequential_output, max_bytes, stream)
     if len(blocks) == 1:
         return None
     return tuple(len(range(*sl.indices(n))) for sl, n in zip(blocks[0], plan.out_shape))
 
 
-def block_plan(plan: ConvPlan, source: Source, sink: Sink, max_bytes: int) -> list[tuple[slice, ...]]:
-    """Blocks of the output to compute: one when everything fits in ``max_bytes``."""
-    return _plan(plan, source, source.sequential or sink.sequential, max_bytes)
+def block_plan(
+    plan: ConvPlan, source: Source, sink: Sink, max_bytes: int, stream: bool = False
+) -> list[tuple[slice, ...]]:
+    """Blocks of the output to compute: one when everything fits in ``max_bytes``, unless
+    ``stream`` asks for streamed blocks anyway."""
+    return _plan(plan, source, source.sequential or sink.sequential, max_bytes, stream)
 
 
-def _plan(plan: ConvPlan, source: Source, contiguous: bool, max_bytes: int) -> list[tuple[slice, ...]]:
+def _plan(
+    plan: ConvPlan, source: Source, contiguous: bool, max_bytes: int, stream: bool = False
+) -> list[tuple[slice, ...]]:
     per_pixel = pixel_bytes(plan)
     pixels = plan.pixels
-    if pixels * per_pixel <= max_bytes:
+    if pixels * per_pixel <= max_bytes and not stream:
         budget = max_bytes
     else:
         # Two blocks are in flight at once (one being read or written, one computed).
@@ -79,9 +84,11 @@ def run(
     max_bytes: int,
     progress: Progress | None = None,
     nodata: Nodata | None = None,
+    stream: bool = False,
 ) -> Timings:
-    """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here)."""
-    blocks = block_plan(plan, source, sink, max_bytes)
+    """Compute every block of ``plan`` from ``source`` into ``sink`` (not committed here);
+    ``stream``: in streamed blocks even when one would fit."""
+    blocks = block_plan(plan, source, sink, max_bytes, stream)
     reads = [plan.strided_index(index) for index in blocks]  # the input region of each block
     counted = 0 if nodata is not None else None
     timings = Timings(blocks=len(blocks), nodata_pixels=counted, nodata_replaced=counted)
@@ -175,11 +182,14 @@ class NumpyRun:
         max_bytes: int,
         sequential_output: bool,
         nodata: Nodata | None = None,
+        stream: bool = False,
     ) -> None:
         self.plan, self.source, self.max_bytes, self.nodata = plan, source, max_bytes, nodata
-        self.block_shape = first_block_shape(plan, source, sequential_output, max_bytes)
+        self.stream = stream
+        self.block_shape = first_block_shape(plan, source, sequential_output, max_bytes, stream)
 
     def run(self, sink: Sink, progress: Progress | None = None) -> Timings:
         return run(
-            self.plan, self.source, sink, max_bytes=self.max_bytes, progress=progress, nodata=self.nodata
-        )
+            self.plan, self.source, sink, max_bytes=self.max_bytes, progress=progress, nodata=self.nodata,
+            stream=self.stream,
+        )  # fmt: skip

@@ -32,7 +32,7 @@ from pwconv.io.registry import (
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.io.stores import scrub
+from pwconv.io.stores import is_url, scrub
 from pwconv.jobs.options import (
     ApplyOptions,
     check_decoded_piece,
@@ -379,7 +379,12 @@ def choose_engine(
     from pwconv.engines.numpy_engine import NumpyRun
 
     sequential = format_named(out_spec.format).sequential
-    return NumpyRun(plan, source, max_bytes=max_bytes, sequential_output=sequential, nodata=nodata)
+    # Data at a URL is streamed even when it would fit in one block: reading one block then
+    # overlaps writing the one before, where a single block pays the two transfers in series.
+    stream = is_url(in_spec.path) or is_url(out_spec.path)
+    return NumpyRun(
+        plan, source, max_bytes=max_bytes, sequential_output=sequential, nodata=nodata, stream=stream
+    )
 
 
 def run_into(sink: Sink, engine: Engine, progress: Progress | None) -> Timings:
