@@ -557,41 +557,45 @@ class RangedFile:
 
     def read(self, count: int = -1) -> bytes:
         end = self.remote.size if count < 0 else min(self.remote.size, self.position + count)
-        if end <= self.position:
-            return b""
-        for start, body in self._fetched:
-            if start <= self.position and end <= start + len(body):
-                piece = bytes(body[self.position - start : end - start])
+        out = bytearray(max(0, end - self.position))
+        self.readinto(out)
+        return bytes(out)
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the current position (h5py reads this way): straight into
+        it, from what was prefetched, from the read-ahead, or by ranges in flight."""
+        view = memoryview(buffer).cast("B")
+        start = self.position
+        end = min(self.remote.size, start + len(view))
+        if end <= start:
+            return 0
+        view = view[: end - start]
+        for first, body in self._fetched:
+            if first <= start and end <= first + len(body):
+                view[:] = body[start - first : end - first]
                 self.position = end
-                return piece
+                return end - start
         try:
-            if end - self.position >= _PARALLEL_READ:
-                out = bytearray(end - self.position)
-                self.remote.read_into([self.position], len(out), memoryview(out))
+            if end - start >= _PARALLEL_READ:
+                self.remote.read_into([start], end - start, view)
                 self.position = end
-                return bytes(out)
-            if not (self._start <= self.position and end <= self._start + len(self._data)):
-                self._start = self.position
+                return end - start
+            if not (self._start <= start and end <= self._start + len(self._data)):
+                self._start = start
                 self._data = self.remote.read_range(
-                    self.position, max(end, min(self.remote.size, self.position + self.ahead))
+                    start, max(end, min(self.remote.size, start + self.ahead))
                 )
         except PwconvError as exc:
             self.failure = self.failure or exc
             raise
-        piece = bytes(self._data[self.position - self._start : end - self._start])
+        view[:] = self._data[start - self._start : end - self._start]
         self.position = end
-        return piece
+        return end - start
 
     def raise_failure(self) -> None:
         """Raise the pwconv error a read met, if one did."""
         if self.failure is not None:
             raise self.failure
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.position, 2: self.remote.size}[whence]
