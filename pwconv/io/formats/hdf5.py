@@ -219,8 +219,9 @@ _PREFETCH_BYTES = 32 << 20
 
 
 def read_prefetched(ds: Any, remote: RangedFile, spans: ChunkSpans, index: tuple[slice, ...]) -> np.ndarray:
-    """``ds[index]`` (an h5py dataset, or an h5netcdf variable over one) at a URL, a part of rows of chunks at a time: each part's chunks are
-    fetched together (h5py would ask for them one by one), then read by h5py from them."""
+    """``ds[index]`` (an h5py dataset, or an h5netcdf variable over one) at a URL, a part of
+    rows of chunks at a time: each part's chunks are fetched together (h5py would ask for
+    them one by one), then read by h5py from them."""
     box, steps = box_of(index, tuple(int(n) for n in ds.shape))
     out = np.empty([b - a for a, b in box], dtype=ds.dtype)
     rest = tuple(slice(a, b) for a, b in box[1:])
