@@ -353,6 +353,26 @@ def test_netcdf_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_virtual_hdf5_dataset_at_a_url_is_refused(tmp_path: Path) -> None:
+    """Its sources are other files, which pwconv does not look for beside a URL: one line,
+    exit 2, also with --allow-external, and nothing written."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "part.h5", "w") as handle:
+        handle["x"] = cube((8, 8, 3), 43)
+    layout = h5py.VirtualLayout(shape=(8, 8, 3), dtype="float32")
+    layout[...] = h5py.VirtualSource("part.h5", "x", shape=(8, 8, 3))
+    with h5py.File(tmp_path / "virtual.h5", "w") as handle:
+        handle.create_virtual_dataset("v", layout)
+    server = RangeServer(str(tmp_path))
+    try:
+        out = tmp_path / "y.npy"
+        proc = run_cli("apply", f"{server.url}/virtual.h5:/v", "1,1,1", "-o", out, "--allow-external")
+        assert_clean_error(proc, 2, "virtual dataset", "download the file")
+        assert not out.exists()
+    finally:
+        server.stop()
+
+
 def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""
