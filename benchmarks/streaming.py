@@ -16,11 +16,21 @@ For the channel-mixing cases (64 -> 64, 256 -> 256) the product itself may cost 
 the floor: "compute" is the in-memory ``pointwise_conv`` time on the loaded array (best of
 3, in a child process), and the bound printed is the larger of 1.25x the floor and 1.1x
 compute plus the floor's I/O.
+
+With --compressed, the compressed cases instead, 1 GiB of float32 input each (values on a
+1/256 grid, so that they compress as measured data does): HDF5 64 channels gzip-4 in chunks
+of 256x256x64 -> 16 channels gzip; Zarr 64 channels zstd-3, the same chunks -> 16 channels
+zstd; a GeoTIFF of 16 bands, deflate, tiled 512 -> 4 bands deflate (GDAL's level 6). Each is
+given against its codec floor (``codec_floor.py``: every input chunk decoded and every output
+chunk encoded with the fastest implementation found, on all cores, measured in the same run),
+and the GeoTIFF also against GDAL's own band combination: the VRT ``pwconv export`` writes (a
+``BandAffineCombination`` step) copied by GDAL to a tiled deflate GeoTIFF with all threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -108,6 +118,110 @@ def make_data(folder: Path, gib: float) -> None:
         z[start : start + 128] = x[start : start + 128]
 
 
+def make_compressed(folder: Path, gib: float) -> None:
+    import h5py
+    import rasterio
+    import zarr
+
+    rng = np.random.default_rng(0)
+
+    def slab(rows: int, cols: int, c: int) -> np.ndarray:
+        return np.round(rng.standard_normal((rows, cols, c), dtype=np.float32) * 256) / 256
+
+    rows = int(2048 * gib)
+    with h5py.File(folder / "in_gz.h5", "w") as handle:
+        ds = handle.create_dataset(
+            "x", shape=(rows, 2048, 64), dtype=np.float32, chunks=(256, 256, 64), compression="gzip",
+            compression_opts=4,
+        )  # fmt: skip
+        z = zarr.create_array(
+            folder / "in_zstd.zarr", shape=(rows, 2048, 64), dtype=np.float32, chunks=(256, 256, 64),
+            compressors=zarr.codecs.ZstdCodec(level=3), zarr_format=3,
+        )  # fmt: skip
+        for start in range(0, rows, 256):
+            block = slab(min(256, rows - start), 2048, 64)
+            ds[start : start + len(block)] = block
+            z[start : start + len(block)] = block
+    side = int(4096 * gib**0.5) // 512 * 512
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": 16, "dtype": "float32", "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "num_threads": "all_cpus",
+    }  # fmt: skip
+    profile |= {"crs": "EPSG:32633", "transform": rasterio.transform.from_origin(500000, 4000000, 10, 10)}
+    with rasterio.open(folder / "in16.tif", "w", **profile) as dst:
+        for start in range(0, side, 512):
+            block = slab(512, side, 16)
+            dst.write(np.moveaxis(block, -1, 0), window=((start, start + 512), (0, side)))
+    np.save(folder / "w16_4.npy", rng.standard_normal((4, 16), dtype=np.float32))
+    np.save(folder / "w64_16.npy", rng.standard_normal((16, 64), dtype=np.float32))
+
+
+GDAL_COPY = (
+    "import sys, rasterio, rasterio.shutil\n"
+    "rasterio.shutil.copy(sys.argv[1], sys.argv[2], driver='GTiff', tiled=True, blockxsize=512, blockysize=512,"
+    " compress='deflate', num_threads='all_cpus')\n"
+)
+
+
+def compressed(args: argparse.Namespace) -> None:
+    py = sys.executable
+    here = Path(__file__).resolve().parent
+    pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]
+    # name: (codec floor kind, input, output, level, pwconv command)
+    cases = {
+        "HDF5 gzip 64->16": ("hdf5", "in_gz.h5", "pw_gz.h5", 4,
+                             pw + ["in_gz.h5", "w64_16.npy", "-o", "pw_gz.h5", "--compression", "gzip"]),
+        "Zarr zstd 64->16": ("zarr", "in_zstd.zarr", "pw_zstd.zarr", 3,
+                             pw + ["in_zstd.zarr", "w64_16.npy", "-o", "pw_zstd.zarr", "--compression", "zstd"]),
+        "GeoTIFF deflate 16->4": ("tiff", "in16.tif", "pw16.tif", 6, pw + ["in16.tif", "w16_4.npy", "-o", "pw16.tif"]),
+    }  # fmt: skip
+    chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        folder = Path(args.keep or tmp)
+        if not (folder / "in16.tif").exists():  # made once in a --keep folder
+            folder.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [py, __file__, "--make-compressed", str(folder), "--size-gib", str(args.size_gib)], check=True
+            )
+        print(
+            f"compressed inputs {args.size_gib:g} GiB float32, page-cached; best of {args.repeats}; {os.cpu_count()} cores"
+        )
+        print(
+            f"{'case':24s} {'floor s':>8s} {'pwconv s':>9s} {'/floor':>7s} {'pwconv RSS':>11s}  codecs (input stored/raw)"
+        )
+        for number, (name, (kind, inp, out, level, ours)) in enumerate(cases.items(), start=1):
+            if number not in chosen:
+                continue
+            run(ours, folder)  # the output whose chunks the floor encodes
+            floor, walls, rss = 1e9, [], 0
+            gdal: list[float] = []
+            if kind == "tiff":
+                subprocess.run([py, "-m", "pwconv", "export", "w16_4.npy", "-o", "mix.vrt", "in16.tif"],
+                               cwd=folder, check=True, capture_output=True)  # fmt: skip
+            for _ in range(args.repeats):
+                proc = subprocess.run(
+                    [py, str(here / "codec_floor.py"), kind, inp, out, str(level)],
+                    cwd=folder, check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                facts = json.loads(proc.stdout)
+                floor = min(floor, facts["floor_s"])
+                wall, peak = run(ours, folder)
+                walls.append(wall)
+                rss = max(rss, peak)
+                if kind == "tiff":
+                    gdal.append(run([py, "-c", GDAL_COPY, "mix.vrt", "gdal.tif"], folder)[0])
+            best = min(walls)
+            print(
+                f"{name:24s} {floor:8.2f} {best:9.2f} {best / floor:6.2f}x {rss / 2**20:9.0f}Mi  "
+                f"{facts['decode']} / {facts['encode']} ({facts['in_ratio']:.2f})",
+                flush=True,
+            )
+            if gdal:
+                print(
+                    f"{'  GDAL BandAffineCombination':24s} {min(gdal):8.2f} s; pwconv / GDAL {best / min(gdal):.2f}x"
+                )
+
+
 def size_of(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -122,10 +236,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", help="work folder (default: a temp folder)")
     parser.add_argument("--cases", help="comma-separated case numbers to run (default: all)")
+    parser.add_argument("--compressed", action="store_true", help="the compressed cases (see above)")
+    parser.add_argument("--keep", help="--compressed: make the inputs in this folder once and keep them")
     parser.add_argument("--make-data", help=argparse.SUPPRESS)
+    parser.add_argument("--make-compressed", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_data:
         make_data(Path(args.make_data), args.size_gib)
+        return
+    if args.make_compressed:
+        make_compressed(Path(args.make_compressed), args.size_gib)
+        return
+    if args.compressed:
+        compressed(args)
         return
     py = sys.executable
     pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]

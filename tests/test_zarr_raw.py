@@ -93,13 +93,78 @@ def test_metadata_pwconv_does_not_know_goes_to_zarr(tmp_path, change):
     assert zarr_store.read_raw_metadata(str(store)) is None
 
 
-def test_compressed_stores_go_through_zarr(tmp_path):
+def test_gzip_and_blosc_stores_go_through_zarr(tmp_path):
+    for name, compressor in (("gzip", zarr.codecs.GzipCodec()), ("blosc", zarr.codecs.BloscCodec())):
+        store = tmp_path / f"{name}.zarr"
+        zarr.create_array(
+            store=str(store), data=DATA, chunks=(2, 10, 6), zarr_format=3, compressors=compressor
+        )
+        assert zarr_store.read_raw_metadata(str(store), compressed=True) is None
+        data, source = _read_all(store)
+        np.testing.assert_array_equal(data, DATA)
+        assert source.description.reader == "zarr"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chunks": (2, 10, 6)},  # zarr's default compressor: zstd level 0
+        {"chunks": (3, 4, 4), "compressors": zarr.codecs.ZstdCodec(level=7, checksum=True)},  # edges
+    ],
+    ids=["default", "edges-checksum"],
+)
+def test_zstd_chunks_decoded_by_pwconv_equal_zarr(tmp_path, options):
     store = tmp_path / "x.zarr"
-    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), zarr_format=3)  # zstd
-    assert zarr_store.read_raw_metadata(str(store)) is None
-    data, source = _read_all(store)
-    np.testing.assert_array_equal(data, DATA)
-    assert source.description.reader == "zarr"
+    array = zarr.create_array(
+        store=str(store), shape=DATA.shape, dtype="f4", zarr_format=3, fill_value=-3, **options
+    )
+    array[:5] = DATA[:5]  # the last rows' chunks are never written: the fill value
+    expected = array[...]
+    source = open_source(parse_spec(str(store)))
+    try:
+        assert source.description.reader == "chunk files, zstd by imagecodecs"
+        for index in [
+            (slice(0, 7), slice(0, 10), slice(0, 6)),
+            (slice(1, 6), slice(2, 9), slice(1, 5)),
+            (slice(0, 7, 2), slice(1, 10, 3), slice(0, 6)),  # strided: through zarr
+        ]:
+            np.testing.assert_array_equal(source.read(index), expected[index])
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("extra", [[], ["--chunks", "3,4,3"], ["--max-memory", "2KB", "--chunks", "2,10,3"]])
+def test_zstd_output_is_a_store_zarr_reads(tmp_path, extra):
+    np.save(tmp_path / "x.npy", DATA)
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.zarr", "--compression", "zstd", *extra, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    array = zarr.open_array(str(tmp_path / "y.zarr"), mode="r")
+    assert [type(c).__name__ for c in array.compressors] == ["ZstdCodec"]
+    np.testing.assert_array_equal(array[...], pointwise_conv(DATA, W))
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [b"\x28\xb5\x2f\xfd" + bytes(range(60)), b"", "too-long", "too-short"],
+    ids=["garbage", "empty", "too-long", "too-short"],
+)
+def test_a_damaged_zstd_chunk_is_one_line(tmp_path, chunk):
+    import imagecodecs
+
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store=str(store), data=DATA, chunks=(2, 10, 6), zarr_format=3)
+    size = math.prod((2, 10, 6)) * 4
+    if chunk == "too-long":  # would inflate to 40 chunks' worth
+        chunk = imagecodecs.zstd_encode(bytes(size * 40))
+    elif chunk == "too-short":
+        chunk = imagecodecs.zstd_encode(bytes(size - 4))
+    (store / "c" / "1" / "0" / "0").write_bytes(chunk)
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.zarr", "w.npy", "-o", "y.npy", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "damaged" in proc.stderr and "1/0/0" in proc.stderr and not (tmp_path / "y.npy").exists()
 
 
 @pytest.mark.parametrize("extra", [[], ["--chunks", "3,4,3"], ["--max-memory", "2KB"]])

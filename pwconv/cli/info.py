@@ -180,6 +180,7 @@ def _print_system(json_report: bool) -> None:
             ("apply", f"few-filter C kernel: {doc['few_filter_kernel']}{off}; otherwise BLAS"),
             ("fit", f"scatter C kernel: {doc['scatter_kernel']}{off}; otherwise BLAS"),
             ("blas", blas_text),
+            ("gzip", f"HDF5 gzip chunks decoded and encoded on every core by {doc['deflate']}"),
         ]
     )
 

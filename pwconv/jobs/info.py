@@ -182,6 +182,7 @@ def system_doc() -> dict[str, Any]:
 
     from pwconv import __version__
     from pwconv.core import kernels
+    from pwconv.io import codecs
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -217,4 +218,5 @@ def system_doc() -> dict[str, Any]:
         "scatter_kernel": kernels.scatter_instruction_set(),
         "kernels_enabled": kernels.enabled,
         "blas": blas,
+        "deflate": codecs.deflate_implementation(),
     }

@@ -3,8 +3,10 @@
 An unfiltered dataset's bytes lie as they are in the file: such a dataset is read, and a
 new uncompressed output written, with positioned reads and writes at the offsets HDF5
 reports (:mod:`pwconv.io.rawio`), several times faster than h5py's hyperslab machinery
-and free of its global lock. Anything else (filters, external storage, odd layouts) goes
-through h5py.
+and free of its global lock. A gzip dataset (shuffled or not) has its chunks found the same
+way and decoded, and a gzip output's chunks encoded, by :mod:`pwconv.io.codecs` on every
+core; h5py only writes the encoded chunks. Anything else (other filters, external storage,
+odd layouts) goes through h5py.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import numpy as np
 
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, OutputExistsError, PwconvError, UsageError
+from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import RawChunks, box_of, raw_paths_enabled
+from pwconv.io.rawio import RawChunks, box_of, chunk_pieces, raw_paths_enabled
 from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url
 
 if TYPE_CHECKING:
@@ -138,6 +141,157 @@ def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
         return RawChunks(fd, name, shape, dtype, chunks, offsets, ds.fillvalue)
     except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
         return None
+
+
+# HDF5's filter numbers (H5Zpublic.h) that pwconv decodes and encodes itself.
+_DEFLATE, _SHUFFLE = 1, 2
+GZIP_LEVEL = 4  # h5py's default
+
+
+class DeflateChunks:
+    """A chunked gzip dataset (with or without HDF5's byte shuffle before it) whose stored
+    chunks pwconv reads at their offsets and decodes itself, on every core.
+
+    ``stored`` maps each chunk's grid coordinates to (byte offset, stored size, filter mask);
+    a mask bit set means HDF5 skipped that filter for the chunk (deflate is optional: a chunk
+    it cannot shrink is kept as it is). A chunk missing from it reads as ``fill``.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        stored: dict[tuple[int, ...], tuple[int, int, int]],
+        filters: tuple[int, ...],
+        fill: object,
+    ) -> None:
+        self.fd, self.name, self.shape, self.dtype, self.chunks = fd, name, shape, dtype, chunks
+        self.stored, self.filters, self.fill = stored, filters, fill
+        self.chunk_bytes = math.prod(chunks) * dtype.itemsize
+
+    def check_inside(self, size: int) -> None:
+        """Refuse chunks said to lie past ``size`` bytes (a truncated or lying file)."""
+        for coords, (offset, stored, _) in self.stored.items():
+            if offset < 0 or stored < 0 or offset + stored > size:
+                raise FormatError(
+                    f"expected the data of {self.name} chunk {coords} at bytes {offset}-{offset + stored}, "
+                    f"found a file of {size} bytes; the file is truncated or damaged, write it again"
+                )
+
+    def _decoded(self, coords: tuple[int, ...]) -> np.ndarray:
+        offset, size, mask = self.stored[coords]
+        data = os.pread(self.fd, size, offset)
+        where = f"{self.name} chunk {coords}"
+        if len(data) != size:
+            raise FormatError(f"expected {size} bytes of {where}, found {len(data)}; the file is truncated")
+        # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
+        for position in reversed(range(len(self.filters))):
+            if mask >> position & 1:
+                continue
+            if self.filters[position] == _DEFLATE:
+                data = codecs.inflate(data, self.chunk_bytes, where)
+            elif len(data) == self.chunk_bytes:  # shuffle: the items' first bytes, then their second, ...
+                planes = np.frombuffer(data, np.uint8).reshape(self.dtype.itemsize, -1)
+                data = np.ascontiguousarray(planes.T).tobytes()
+        if len(data) != self.chunk_bytes:
+            raise FormatError(
+                f"expected {self.chunk_bytes} bytes in {where}, found {len(data)}; the file is damaged, write it again"
+            )
+        return np.frombuffer(data, self.dtype).reshape(self.chunks)
+
+    def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The step-1 box ``index``, its chunks decoded in parallel."""
+        bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
+        out = np.empty(tuple(b - a for a, b in bounds), self.dtype)
+        if not out.size:
+            return out
+
+        def one(piece: Any) -> None:
+            if piece.coords in self.stored:
+                out[piece.outer] = self._decoded(piece.coords)[piece.inner]
+            else:
+                out[piece.outer] = self.fill
+
+        codecs.in_parallel(one, chunk_pieces(bounds, self.chunks))
+        return out
+
+
+def deflate_layout(ds: Any, fd: int, name: str) -> DeflateChunks | None:
+    """The stored chunks of a gzip (and shuffle) dataset for pwconv to decode, or None where
+    h5py must read it (other filters, external storage, foreign byte order, too many chunks)."""
+    try:
+        plist = ds.id.get_create_plist()
+        dtype = np.dtype(ds.dtype)
+        shape = tuple(int(n) for n in ds.shape)
+        if plist.get_layout() != _h5py().h5d.CHUNKED or plist.get_external_count():
+            return None
+        filters = tuple(int(plist.get_filter(i)[0]) for i in range(plist.get_nfilters()))
+        if filters not in ((_DEFLATE,), (_SHUFFLE, _DEFLATE)) or dtype.kind not in "biuf":
+            return None
+        if not dtype.isnative:
+            return None
+        if not math.prod(shape) or ds.id.get_num_chunks() > _MAX_RAW_CHUNKS:
+            return None
+        chunks = tuple(int(c) for c in ds.chunks)
+        stored = {
+            tuple(o // c for o, c in zip(info.chunk_offset, chunks)): (
+                int(info.byte_offset), int(info.size), int(info.filter_mask)
+            )
+            for info in _stored_chunks(ds)
+        }  # fmt: skip
+        return DeflateChunks(fd, name, shape, dtype, chunks, stored, filters, ds.fillvalue)
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
+        return None
+
+
+class DeflateChunkWriter:
+    """Whole chunks of a new gzip dataset, encoded on every core and written by h5py as they
+    are (``write_direct_chunk``). A chunk is gathered from the blocks that cover it and
+    encoded once it is complete, so the blocks need not follow the chunks."""
+
+    def __init__(self, ds: Any, name: str, level: int) -> None:
+        self._ds, self._name, self._level = ds, name, level
+        self.shape = tuple(int(n) for n in ds.shape)
+        self.chunks = tuple(int(c) for c in ds.chunks)
+        self.dtype = np.dtype(ds.dtype)
+        self._partial: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}
+
+    def _inside(self, coords: tuple[int, ...]) -> int:
+        """How many elements of chunk ``coords`` lie inside the dataset (edge chunks fewer)."""
+        return math.prod(min(c, n - g * c) for g, c, n in zip(coords, self.chunks, self.shape))
+
+    def write_box(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
+        complete: list[tuple[tuple[int, ...], np.ndarray]] = []
+        for piece in chunk_pieces(bounds, self.chunks):
+            buffer, left = self._partial.pop(piece.coords, (None, self._inside(piece.coords)))
+            if buffer is None:
+                buffer = np.zeros(self.chunks, self.dtype)
+            part = block[piece.outer]
+            buffer[piece.inner] = part
+            left -= part.size
+            if left > 0:
+                self._partial[piece.coords] = (buffer, left)
+            else:
+                complete.append((piece.coords, buffer))
+        self._store(complete)
+
+    def _store(self, complete: list[tuple[tuple[int, ...], np.ndarray]]) -> None:
+        encoded = codecs.in_parallel(lambda item: codecs.deflate(item[1], self._level), complete)
+        for (coords, _), data in zip(complete, encoded):
+            offset = tuple(g * c for g, c in zip(coords, self.chunks))
+            try:
+                self._ds.id.write_direct_chunk(offset, data, 0)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise write_failure(self._name, exc) from None
+
+    def flush(self) -> None:
+        """Write the chunks no block completed (none, when every block was written)."""
+        left, self._partial = self._partial, {}
+        self._store([(coords, buffer) for coords, (buffer, _) in left.items()])
 
 
 class ChunkSpans:
@@ -288,6 +442,7 @@ class H5Source(Source):
         self.path = path
         self._raw_file: Any = None
         self._raw: RawChunks | None = None
+        self._deflate: DeflateChunks | None = None
         self._file, self._remote = _opened(path, "r")
         try:
             with _structure_errors(path):
@@ -301,7 +456,12 @@ class H5Source(Source):
             in_this_file = self._remote is None and os.path.samefile(self._ds.file.filename, path)
             if raw_paths_enabled() and in_this_file:
                 self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
-                self._raw = raw_layout(self._ds, self._raw_file.fileno(), f"{path}:{self.dataset}")
+                name = f"{path}:{self.dataset}"
+                self._raw = raw_layout(self._ds, self._raw_file.fileno(), name)
+                if self._raw is None:
+                    self._deflate = deflate_layout(self._ds, self._raw_file.fileno(), name)
+            if self._deflate is not None:
+                self._deflate.check_inside(os.fstat(self._raw_file.fileno()).st_size)
             if self._raw is not None:
                 self._raw.check_inside(os.fstat(self._raw_file.fileno()).st_size)
                 try:
@@ -312,7 +472,10 @@ class H5Source(Source):
             self.close()
             raise
         self._spans = chunk_spans(self._ds) if self._remote is not None else None
-        self.description = Description(reader="raw offsets" if self._raw is not None else "h5py")
+        reader = "raw offsets" if self._raw is not None else "h5py"
+        if self._deflate is not None:
+            reader = f"chunk offsets, {codecs.deflate_implementation()}"
+        self.description = Description(reader=reader)
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(self._ds.chunks) if self._ds.chunks else None
@@ -339,6 +502,9 @@ class H5Source(Source):
         if self._raw is not None:
             box, steps = box_of(index, self.shape)
             return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
+        if self._deflate is not None:
+            box, steps = box_of(index, self.shape)
+            return self._deflate.read_box(tuple(slice(a, b) for a, b in box))[steps]
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._ds, self._remote, self._spans, index)
@@ -379,6 +545,8 @@ def _dataset_options(request: SinkRequest, direct: bool) -> dict[str, Any]:
         opts["chunks"] = tuple(chunks)
     if request.compression:
         opts["compression"] = request.compression
+        if request.compression == "gzip":
+            opts["compression_opts"] = GZIP_LEVEL
     if direct:
         h5py = _h5py()
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -404,6 +572,7 @@ class H5Sink(FileSink):
         self.dataset = dataset or "/data"
         self._file: Any = None
         self._raw: RawChunks | None = None
+        self._chunk_writer: DeflateChunkWriter | None = None
         direct = not request.compression and raw_paths_enabled()
         with setting_up(self, f"{path}:{self.dataset}"):
             self._file = _open_file(self.temp.path, "w")
@@ -414,6 +583,9 @@ class H5Sink(FileSink):
             self._ds.attrs.update(request.attrs)
             self._raw = raw_layout(self._ds, -1, f"{path}:{self.dataset}") if direct else None
             self.writer = "raw offsets" if self._raw is not None else "h5py"
+            if request.compression == "gzip" and raw_paths_enabled() and self._ds.chunks:
+                self._chunk_writer = DeflateChunkWriter(self._ds, f"{path}:{self.dataset}", GZIP_LEVEL)
+                self.writer = f"whole chunks, {codecs.deflate_implementation()}"
             if self._raw is not None:
                 self._file.close()
                 self._file = None
@@ -423,10 +595,14 @@ class H5Sink(FileSink):
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size and self._raw is not None:
             self._raw.write_box(index, block)
+        elif block.size and self._chunk_writer is not None:
+            self._chunk_writer.write_box(index, block)
         elif block.size:
             _write_hyperslab(self._ds, f"{self.target}:{self.dataset}", index, block)
 
     def finish(self) -> None:
+        if self._chunk_writer is not None:
+            self._chunk_writer.flush()
         self.close_quietly()  # closing is all that is left: h5py or the raw fd flushes
 
     def close_quietly(self) -> None:

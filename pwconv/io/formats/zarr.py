@@ -18,6 +18,7 @@ import numpy as np
 
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, InputFileError, PwconvError, UsageError, require_extra
+from pwconv.io import codecs as codec_threads
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
@@ -94,24 +95,33 @@ class ZarrSource(Source):
         if leaving:
             refuse_external(path, printable(f"a link out of the store ({leaving})"))
         folder = _folder_of(path, member)
-        raw = read_raw_metadata(folder) if folder and raw_paths_enabled() and not remote else None
+        raw = (
+            read_raw_metadata(folder, compressed=True)
+            if folder and raw_paths_enabled() and not remote
+            else None
+        )
         self._array: Any = open_zarr_array(path, member) if raw is None else None
         self._files = _ChunkFiles(raw) if raw is not None else None
         known: Any = raw if raw is not None else self._array
         self.shape = tuple(int(n) for n in known.shape)
         self.dtype = numeric_dtype(known.dtype, repr(path))
-        self.description = Description(reader="chunk files" if raw is not None else "zarr")
+        reader = "zarr" if raw is None else "chunk files"
+        if raw is not None and raw.compressor:
+            reader = f"chunk files, {raw.compressor} by imagecodecs"
+        self.description = Description(reader=reader)
 
     def chunks(self) -> tuple[int, ...] | None:
         return tuple(int(c) for c in (self._files or self._array).chunks)
 
     def decoded_piece(self) -> tuple[int, str] | None:
-        if self._files is not None:  # uncompressed chunk files: any box is read on its own
-            return None
+        if self._files is not None and self._files.meta.compressor is None:
+            return None  # uncompressed chunk files: any box is read on its own
         return math.prod(self.chunks() or self.shape) * self.dtype.itemsize, "a chunk"
 
     def storage(self) -> dict[str, Any]:
-        compressors = [] if self._array is None else list(self._array.compressors)
+        compressors: list[Any] = [] if self._array is None else list(self._array.compressors)
+        if self._files is not None and self._files.meta.compressor == "zstd":
+            compressors = list(open_zarr_array(self.path, self.member).compressors)
         return {
             "format": f"zarr v{3 if self._array is None else self._array.metadata.zarr_format}",
             "chunks": list(self.chunks() or ()),
@@ -194,6 +204,9 @@ class ZarrSink(FileSink):
                     attributes=json.loads(json.dumps(attrs, default=_json_value)),
                     overwrite=True,
                 )
+                # zarr's own metadata; pwconv encodes whole zstd chunks itself where it can
+                if compression == "zstd" and raw_paths_enabled():
+                    raw = read_raw_metadata(self.temp.path, compressed=True)
             self._writer = ZarrChunkWriter(self.temp.path, raw)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
@@ -239,9 +252,13 @@ class RawMetadata:
         fill: Any,
         prefix: str = "c",
         separator: str = "/",
+        compressor: str | None = None,
+        level: int = 0,
     ) -> None:
         self.folder, self.shape, self.dtype, self.chunks = folder, shape, dtype, chunks
         self.fill, self.prefix, self.separator = fill, prefix, separator
+        self.compressor = compressor  # None (plain chunk files) or "zstd"
+        self.level = level
 
     def encode_chunk_key(self, coords: tuple[int, ...]) -> str:
         """The chunk's path relative to the array's folder (v3 "default" or "v2" encoding)."""
@@ -267,6 +284,22 @@ def _check_fields(meta: dict[str, Any], where: str) -> None:
             )
 
 
+def _chunk_compressor(codecs: Any, dtype: np.dtype) -> str | None:
+    """ "none" when the codecs are the bytes codec alone, storing little-endian values; "zstd"
+    when a zstd codec follows it and pwconv can decode zstd itself; None for anything else."""
+    if isinstance(codecs, list) and len(codecs) == 2 and isinstance(codecs[1], dict):
+        config = codecs[1].get("configuration", {})
+        zstd = (
+            codecs[1].get("name") == "zstd"
+            and isinstance(config, dict)
+            and not set(config) - {"level", "checksum"}
+        )
+        if zstd and codec_threads.zstd_available() and _bytes_codec_little(codecs[:1], dtype):
+            return "zstd"
+        return None
+    return "none" if _bytes_codec_little(codecs, dtype) else None
+
+
 def _bytes_codec_little(codecs: Any, dtype: np.dtype) -> bool:
     """Whether the codecs are the bytes codec alone, storing little-endian values."""
     if not isinstance(codecs, list) or len(codecs) != 1 or not isinstance(codecs[0], dict):
@@ -289,10 +322,11 @@ def _fill_value(meta: dict[str, Any], dtype: np.dtype) -> Any:
     return fill
 
 
-def read_raw_metadata(path: str) -> RawMetadata | None:
+def read_raw_metadata(path: str, compressed: bool = False) -> RawMetadata | None:
     """The array at ``path`` when its ``zarr.json`` describes plain little-endian chunk
-    files on a regular grid; None for anything else (zarr then reads it). A field the spec
-    does not define is refused, as zarr refuses it."""
+    files on a regular grid (or, with ``compressed``, such files each compressed with zstd);
+    None for anything else (zarr then reads it). A field the spec does not define is
+    refused, as zarr refuses it."""
     try:
         metadata_file = os.path.join(path, "zarr.json")
         if os.path.exists(metadata_file):
@@ -320,8 +354,13 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
             or len(chunks) != len(shape)
             or not all(type(n) is int and n >= 0 for n in shape)
             or not all(type(c) is int and c > 0 for c in chunks)
-            or not _bytes_codec_little(meta["codecs"], dtype)
         ):
+            return None
+        compressor = _chunk_compressor(meta["codecs"], dtype)
+        if compressor is None or (compressor != "none" and not compressed):
+            return None
+        level = meta["codecs"][1].get("configuration", {}).get("level", 0) if compressor != "none" else 0
+        if type(level) is not int:
             return None
         encoding = meta.get("chunk_key_encoding", {"name": "default"})
         name = encoding.get("name")
@@ -336,8 +375,9 @@ def read_raw_metadata(path: str) -> RawMetadata | None:
     if fill is None:
         return None
     return RawMetadata(
-        os.path.abspath(path), shape, dtype, chunks, fill, "c" if name == "default" else "", separator
-    )
+        os.path.abspath(path), shape, dtype, chunks, fill, "c" if name == "default" else "", separator,
+        None if compressor == "none" else compressor, level,
+    )  # fmt: skip
 
 
 def _json_value(value: Any) -> Any:
@@ -432,15 +472,33 @@ class _ChunkFiles:
             return None
         extents = tuple(stop - start for start, stop in bounds)
         whole = self.chunk_file(index)
-        if whole is not None and os.path.exists(whole) and extents == self.chunks:
+        compressed = self.meta.compressor is not None
+        if whole is not None and os.path.exists(whole) and extents == self.chunks and not compressed:
             return self._mapped(whole)  # exactly one whole chunk: a read-only map, no copy
         out = np.empty(extents, self.dtype)
         if out.size == 0:
+            return out
+        if compressed:
+
+            def one(piece: Any) -> None:
+                path = self.chunk_path(piece.coords)
+                out[piece.outer] = self._decoded(path)[piece.inner] if os.path.exists(path) else self._fill
+
+            codec_threads.in_parallel(one, chunk_pieces(bounds, self.chunks))
             return out
         for piece in chunk_pieces(bounds, self.chunks):
             path = self.chunk_path(piece.coords)
             out[piece.outer] = self._mapped(path)[piece.inner] if os.path.exists(path) else self._fill
         return out
+
+    def _decoded(self, path: str) -> np.ndarray:
+        """One zstd chunk file, decoded (its size bounded by the chunk's)."""
+        expected = math.prod(self.chunks) * self.dtype.itemsize
+        check_regular(path)
+        with open(path, "rb") as handle:
+            data = handle.read(2 * expected + (1 << 16))  # a stored chunk is never much larger
+        raw = codec_threads.unzstd(data, expected, repr(path))
+        return np.frombuffer(raw, self.dtype).reshape(self.chunks)
 
     def _mapped(self, path: str) -> np.ndarray:
         """A read-only map of one chunk file, whose size is checked first."""
@@ -488,6 +546,7 @@ class ZarrChunkWriter:
         if files is None or bounds is None:
             _zarr().open_array(self.folder, mode="r+")[index] = block
             return
+        whole: list[tuple[str, np.ndarray]] = []
         for piece in chunk_pieces(bounds, files.chunks):
             where = tuple(
                 slice(start + p.start, start + p.stop) for p, (start, _) in zip(piece.outer, bounds)
@@ -496,12 +555,28 @@ class ZarrChunkWriter:
             if path is None:  # part of a chunk: zarr reads, merges and writes it
                 _zarr().open_array(self.folder, mode="r+")[where] = block[piece.outer]
                 continue
-            data = np.ascontiguousarray(block[piece.outer], dtype=files.dtype)
-            if data.shape != files.chunks:  # edge chunks are stored at full size
-                full = np.full(files.chunks, files.meta.fill, dtype=data.dtype)
-                full[tuple(slice(0, e) for e in data.shape)] = data
-                data = full
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            whole.append((path, block[piece.outer]))
+        if files.meta.compressor is not None and len(whole) > 1:
+            codec_threads.in_parallel(self._store, whole)  # encoded on every core
+            return
+        for item in whole:
+            self._store(item)
+
+    def _store(self, item: tuple[str, np.ndarray]) -> None:
+        """One whole chunk to its file (zstd-encoded where the array says so)."""
+        path, part = item
+        files = self._files
+        assert files is not None
+        data = np.ascontiguousarray(part, dtype=files.dtype)
+        if data.shape != files.chunks:  # edge chunks are stored at full size
+            full = np.full(files.chunks, files.meta.fill, dtype=data.dtype)
+            full[tuple(slice(0, e) for e in data.shape)] = data
+            data = full
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if files.meta.compressor == "zstd":
+            with open(path, "wb") as handle:
+                handle.write(codec_threads.zstd(data, files.meta.level))
+        else:
             data.tofile(path)
 
 

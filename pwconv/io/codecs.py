@@ -1,0 +1,150 @@
+"""Chunk codecs run by pwconv itself, on every core, outside the format libraries' locks.
+
+h5py serialises every HDF5 call, so a gzip dataset read and written through it decodes and
+encodes on one core at a time, and the reader and the writer wait for each other. Where the
+chunks of a file can be found (HDF5's chunk index), pwconv reads their stored bytes, decodes
+and encodes them here on a pool of one thread per core, and hands whole encoded chunks back
+to the library.
+
+The implementation is the fastest installed: libdeflate through imagecodecs
+(``pip install 'pwconv[codecs]'``), else the standard library's zlib; both release the GIL.
+Both read and write the same zlib streams, so files are the same to every reader. Zarr zstd
+chunks are decoded here too where imagecodecs is installed (zarr decodes them otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pwconv.errors import FormatError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Set to ``zlib`` to use the standard library's zlib even where libdeflate is installed
+#: (for measuring what libdeflate buys, and for testing both on the same files).
+DEFLATE_VARIABLE = "PWCONV_DEFLATE"
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_imagecodecs: Any = None
+_imagecodecs_any: Any = None  # imagecodecs whatever PWCONV_DEFLATE says, for zstd
+_looked = False
+
+
+def _fast() -> Any:
+    """imagecodecs where it is installed with libdeflate and not turned off, else None."""
+    global _imagecodecs, _imagecodecs_any, _looked
+    if not _looked:
+        try:
+            import imagecodecs
+
+            _imagecodecs = imagecodecs if imagecodecs.DEFLATE.available else None
+            _imagecodecs_any = imagecodecs if imagecodecs.ZSTD.available else None
+        except (ImportError, AttributeError):
+            _imagecodecs = _imagecodecs_any = None
+        _looked = True
+    if os.environ.get(DEFLATE_VARIABLE, "").strip().lower() == "zlib":
+        return None
+    return _imagecodecs
+
+
+def deflate_implementation() -> str:
+    """Which implementation :func:`inflate` and :func:`deflate` use (for descriptions)."""
+    return "libdeflate" if _fast() is not None else "zlib"
+
+
+def inflate(data: bytes, size: int, name: str) -> bytes:
+    """The ``size`` bytes a zlib stream holds; a damaged stream, or one that holds more or
+    fewer bytes, is a one-line error naming ``name``."""
+    fast = _fast()
+    try:
+        if fast is not None:
+            out = fast.deflate_decode(data, out=size)
+        else:
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(data, size)
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise ValueError("the stream holds more data than its chunk")
+    except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
+        raise FormatError(
+            f"cannot decode {name}: expected a deflate stream of {size} bytes, found damaged data "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the file is damaged, write it again"
+        ) from None
+    if len(out) != size:
+        raise FormatError(
+            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the file is damaged, write it again"
+        )
+    return bytes(out) if not isinstance(out, bytes) else out
+
+
+def zstd_available() -> bool:
+    """Whether :func:`unzstd` can run (imagecodecs, the ``codecs`` extra, is installed)."""
+    fast = _fast_zstd()
+    return fast is not None
+
+
+def _fast_zstd() -> Any:
+    _fast()
+    return _imagecodecs_any
+
+
+def unzstd(data: bytes, size: int, name: str) -> bytes:
+    """The ``size`` bytes a zstd frame holds; anything else is a one-line error naming ``name``."""
+    try:
+        out = _fast_zstd().zstd_decode(data, out=size)
+    except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
+        raise FormatError(
+            f"cannot decode {name}: expected a zstd frame of {size} bytes, found damaged data "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the store is damaged, write it again"
+        ) from None
+    if len(out) != size:
+        raise FormatError(
+            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the store is damaged, write it again"
+        )
+    return out if isinstance(out, bytes) else bytes(out)
+
+
+def zstd(data: Any, level: int) -> bytes:
+    """``data`` (a buffer) as one zstd frame at ``level`` (0: zstd's default)."""
+    encoded = _fast_zstd().zstd_encode(data, level=level)
+    return encoded if isinstance(encoded, bytes) else bytes(encoded)
+
+
+def deflate(data: Any, level: int) -> bytes:
+    """``data`` (a buffer) as a zlib stream at ``level`` (1-9)."""
+    fast = _fast()
+    if fast is not None:
+        encoded = fast.deflate_encode(data, level=level)
+        return encoded if isinstance(encoded, bytes) else bytes(encoded)
+    return zlib.compress(data, level)
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process's codec threads, one per core (started on first use)."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="pwconv-codec")
+        return _pool
+
+
+def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``work`` over ``items`` on the codec threads, results in order; the first failure is
+    raised once every item has been tried (so no thread still touches the caller's buffers)."""
+    futures: list[Future[R]] = [pool().submit(work, item) for item in items]
+    failure: BaseException | None = None
+    results: list[R] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others finished
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
