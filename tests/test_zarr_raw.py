@@ -179,10 +179,13 @@ def test_raw_output_is_a_store_zarr_reads(tmp_path, extra):
     np.testing.assert_array_equal(array[...], pointwise_conv(DATA, W))
 
 
-def test_zarr_to_zarr_runs_without_importing_zarr(tmp_path):
-    zarr.create_array(store=str(tmp_path / "x.zarr"), data=DATA, chunks=(2, 10, 6), compressors=None)
+@pytest.mark.parametrize("zstd", [False, True], ids=["raw", "zstd"])
+def test_zarr_to_zarr_runs_without_importing_zarr(tmp_path, zstd):
+    compressors = zarr.codecs.ZstdCodec() if zstd else None
+    zarr.create_array(store=str(tmp_path / "x.zarr"), data=DATA, chunks=(2, 10, 6), compressors=compressors)
     np.save(tmp_path / "w.npy", W)
-    proc = cli_in_process(tmp_path, [], ["apply", "x.zarr", "w.npy", "-o", "y.zarr"])
+    extra = ["--compression", "zstd"] if zstd else []
+    proc = cli_in_process(tmp_path, [], ["apply", "x.zarr", "w.npy", "-o", "y.zarr", *extra])
     assert proc.returncode == 0, proc.stderr
     assert "zarr" not in proc.stderr.strip().splitlines()[-1].removeprefix("loaded:").split(",")
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "y.zarr"))[...], pointwise_conv(DATA, W))

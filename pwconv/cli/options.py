@@ -104,7 +104,10 @@ MaxMemoryOpt = Annotated[
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 CompressionOpt = Annotated[
     Optional[str],
-    typer.Option("--compression", help=f"Output compression: {_COMPRESSIONS}; or none (the default)."),
+    typer.Option(
+        "--compression",
+        help=f"Output compression: {_COMPRESSIONS}; NAME:LEVEL for a level (gzip:9, zstd:19); or none (the default).",
+    ),
 ]
 ChunksOpt = Annotated[
     str, typer.Option("--chunks", help="HDF5/Zarr output chunks: auto, none or sizes like 1,64,64,16.")

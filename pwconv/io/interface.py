@@ -160,6 +160,7 @@ class SinkRequest:
     overwrite: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
     compression: str | None = None
+    compression_level: int | None = None  # None: the format library's default
     chunks: str | tuple[int, ...] = "auto"
     block_shape: tuple[int, ...] | None = None
     nodata: float | None = None  # the output's nodata value, for formats that record one

@@ -341,6 +341,7 @@ def open_output(
         overwrite=options.overwrite,
         attrs=output.attrs if output.nodata is None else {**output.attrs, "nodata": output.nodata},
         compression=options.compression,
+        compression_level=options.compression_level,
         chunks=chunks,
         block_shape=block_shape,
         nodata=output.nodata,

@@ -18,6 +18,7 @@ from pwconv.core.blocks import parse_size, size_text
 from pwconv.core.conv import ConvSettings
 from pwconv.engines.schedulers import IN_PROCESS_SCHEDULERS, check_scheduler
 from pwconv.errors import UsageError
+from pwconv.io.codecs import LEVELS
 from pwconv.io.interface import Source
 from pwconv.io.registry import (
     all_compressions,
@@ -146,7 +147,8 @@ class ApplyOptions:
     squeeze: bool = False
     overwrite: bool = False
     max_memory: str = DEFAULT_MAX_MEMORY
-    compression: str | None = None
+    compression: str | None = None  # NAME or NAME:LEVEL; parsed into the name and the level
+    compression_level: int | None = None
     chunks: str = "auto"
     engine: str = "numpy"
     scheduler: str = "threads"
@@ -167,15 +169,12 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise UsageError(f"expected [[engine=numpy|dask]], found {self.engine!r}")
-        known = all_compressions() if self.compression not in (None, "none") else ()
-        if self.compression not in (None, "none", *known):
-            raise UsageError(
-                f"expected [[compression={'|'.join((*known, 'none'))}]], found {self.compression!r}"
-            )
+        name, level = _parse_compression(self.compression)
+        object.__setattr__(self, "compression", name)
+        if level is not None or name is None:  # a copy of parsed options keeps its level
+            object.__setattr__(self, "compression_level", level)
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise UsageError(f"expected [[quality]] from 1 to 100, found {self.quality}")
-        if self.compression == "none":
-            object.__setattr__(self, "compression", None)
         check_scheduler(self.scheduler)
         parse_nodata(self.nodata, "nodata", ("auto", "none"))
         if self.out_nodata is not None:
@@ -195,6 +194,33 @@ class ApplyOptions:
         """The options among ``values`` (a command's parameters); the rest keep their defaults."""
         names = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _parse_compression(text: str | None) -> tuple[str | None, int | None]:
+    """``--compression NAME[:LEVEL]`` as (name or None, level or None), checked."""
+    if text in (None, "none"):
+        return None, None
+    known = all_compressions()
+    name, _, level_text = text.partition(":")
+    if name not in known:
+        raise UsageError(
+            f"expected [[compression={'|'.join((*known, 'none'))}]] (NAME or NAME:LEVEL), found {text!r}"
+        )
+    if not level_text:
+        return name, None
+    levels = LEVELS.get(name)
+    if levels is None:
+        raise UsageError(f"expected [[compression={name}]] without a level ({name} has none), found {text!r}")
+    low, high, usual = levels
+    try:
+        level = int(level_text)
+    except ValueError:
+        level = low - 1
+    if not low <= level <= high:
+        raise UsageError(
+            f"expected a {name} level from {low} to {high} in [[compression]] (e.g. {name}:{usual}), found {text!r}"
+        )
+    return name, level
 
 
 def check_decoded_piece(source: Source, max_bytes: int, where: str) -> None:

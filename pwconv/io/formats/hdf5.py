@@ -183,7 +183,7 @@ class DeflateChunks:
 
     def _decoded(self, coords: tuple[int, ...]) -> np.ndarray:
         offset, size, mask = self.stored[coords]
-        data = os.pread(self.fd, size, offset)
+        data: Any = os.pread(self.fd, size, offset)
         where = f"{self.name} chunk {coords}"
         if len(data) != size:
             raise FormatError(f"expected {size} bytes of {where}, found {len(data)}; the file is truncated")
@@ -195,12 +195,12 @@ class DeflateChunks:
                 data = codecs.inflate(data, self.chunk_bytes, where)
             elif len(data) == self.chunk_bytes:  # shuffle: the items' first bytes, then their second, ...
                 planes = np.frombuffer(data, np.uint8).reshape(self.dtype.itemsize, -1)
-                data = np.ascontiguousarray(planes.T).tobytes()
+                data = np.ascontiguousarray(planes.T).reshape(-1)
         if len(data) != self.chunk_bytes:
             raise FormatError(
                 f"expected {self.chunk_bytes} bytes in {where}, found {len(data)}; the file is damaged, write it again"
             )
-        return np.frombuffer(data, self.dtype).reshape(self.chunks)
+        return np.frombuffer(data, self.dtype).reshape(self.chunks)  # valid until this thread decodes again
 
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """The step-1 box ``index``, its chunks decoded in parallel."""
@@ -546,7 +546,7 @@ def _dataset_options(request: SinkRequest, direct: bool) -> dict[str, Any]:
     if request.compression:
         opts["compression"] = request.compression
         if request.compression == "gzip":
-            opts["compression_opts"] = GZIP_LEVEL
+            opts["compression_opts"] = request.compression_level or GZIP_LEVEL
     if direct:
         h5py = _h5py()
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -584,7 +584,8 @@ class H5Sink(FileSink):
             self._raw = raw_layout(self._ds, -1, f"{path}:{self.dataset}") if direct else None
             self.writer = "raw offsets" if self._raw is not None else "h5py"
             if request.compression == "gzip" and raw_paths_enabled() and self._ds.chunks:
-                self._chunk_writer = DeflateChunkWriter(self._ds, f"{path}:{self.dataset}", GZIP_LEVEL)
+                level = request.compression_level or GZIP_LEVEL
+                self._chunk_writer = DeflateChunkWriter(self._ds, f"{path}:{self.dataset}", level)
                 self.writer = f"whole chunks, {codecs.deflate_implementation()}"
             if self._raw is not None:
                 self._file.close()

@@ -345,6 +345,8 @@ class NetcdfSink(FileSink):
             old = str(self._file.attrs.get("history", "")).rstrip("\n")
             self._file.attrs["history"] = f"{old}\n{history}" if old else history
             options: dict[str, Any] = {"compression": "gzip"} if request.compression else {}
+            if request.compression and request.compression_level:
+                options["compression_opts"] = request.compression_level
             self._var = self._file.create_variable(
                 name, tuple(dims), dtype=np.dtype(request.dtype), fillvalue=request.nodata, **options
             )

@@ -231,6 +231,7 @@ class TiffSink(FileSink):
         self.dtype = dtype
         self._stored_shape = shape if len(shape) == 2 or shape[2] > 1 else shape[:2]
         self._compression = request.compression
+        self._level = request.compression_level
         self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
         self._data: np.ndarray | None = None
         self._fd = -1
@@ -277,6 +278,7 @@ class TiffSink(FileSink):
                 self.temp.path,
                 self._data,
                 compression="zlib",
+                compressionargs={"level": self._level} if self._level else None,
                 **_layout(self._data.shape, self.dtype),
                 **self._picture_tags,
             )

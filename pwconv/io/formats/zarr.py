@@ -154,15 +154,15 @@ def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> t
     return chunk_shape(shape, dtype.itemsize, channel_axis, _CHUNK_TARGET_BYTES)
 
 
-def _compressors(name: str | None) -> Any:
+def _compressors(name: str | None, level: int | None = None) -> Any:
     if name in (None, "none"):
         return None
     from zarr import codecs
 
     if name == "zstd":
-        return codecs.ZstdCodec()
+        return codecs.ZstdCodec(level=level or 0)
     if name == "gzip":
-        return codecs.GzipCodec()
+        return codecs.GzipCodec(level=level or 5)
     raise UsageError(f"expected [[compression=zstd|gzip|none]] for zarr output, found {name!r}")
 
 
@@ -179,6 +179,7 @@ class ZarrSink(FileSink):
         chunks: tuple[int, ...] | None = None,
         channel_axis: int = -1,
         compression: str | None = None,
+        level: int | None = None,
     ) -> None:
         require_extra("zarr", "zarr", ".zarr files", load=False)
         _compressors(compression)  # an unknown name fails before anything is created
@@ -188,11 +189,14 @@ class ZarrSink(FileSink):
         with setting_up(self, path):
             # An uncompressed array is written without zarr: its zarr.json here, whole chunks
             # straight to their files.
-            raw = (
-                write_raw_metadata(self.temp.path, shape, self.dtype, chunks, attrs)
-                if compression is None and raw_paths_enabled()
-                else None
-            )
+            raw = None
+            if compression is None and raw_paths_enabled():
+                raw = write_raw_metadata(self.temp.path, shape, self.dtype, chunks, attrs)
+            elif compression == "zstd" and raw_paths_enabled() and codec_threads.zstd_available():
+                # zarr's own metadata for zstd chunks; pwconv encodes whole chunks itself
+                raw = write_raw_metadata(
+                    self.temp.path, shape, self.dtype, chunks, attrs, zstd_level=level or 0
+                )
             if raw is None:
                 _zarr().create_array(
                     store=self.temp.path,
@@ -200,13 +204,10 @@ class ZarrSink(FileSink):
                     dtype=self.dtype,
                     chunks=chunks,
                     zarr_format=3,
-                    compressors=_compressors(compression),
+                    compressors=_compressors(compression, level),
                     attributes=json.loads(json.dumps(attrs, default=_json_value)),
                     overwrite=True,
                 )
-                # zarr's own metadata; pwconv encodes whole zstd chunks itself where it can
-                if compression == "zstd" and raw_paths_enabled():
-                    raw = read_raw_metadata(self.temp.path, compressed=True)
             self._writer = ZarrChunkWriter(self.temp.path, raw)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
@@ -390,10 +391,16 @@ def _json_value(value: Any) -> Any:
 
 
 def write_raw_metadata(
-    folder: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], attrs: dict[str, Any]
+    folder: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    attrs: dict[str, Any],
+    zstd_level: int | None = None,
 ) -> RawMetadata | None:
-    """Write the ``zarr.json`` of an uncompressed v3 array (what zarr itself writes for one),
-    or None when zarr must create the array (a dtype or attribute JSON cannot hold)."""
+    """Write the ``zarr.json`` of an uncompressed v3 array, or with ``zstd_level`` of one
+    whose chunks are zstd frames (what zarr itself writes for either), or None when zarr
+    must create the array (a dtype or attribute JSON cannot hold)."""
     if dtype.name not in _DATA_TYPES:
         return None
     fill: Any = (
@@ -413,13 +420,22 @@ def write_raw_metadata(
         "node_type": "array",
         "storage_transformers": [],
     }
+    if zstd_level is not None:
+        meta["codecs"] = [
+            {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": zstd_level, "checksum": False}},
+        ]
     try:
         text = json.dumps(meta, indent=2, default=_json_value, allow_nan=False)
     except (TypeError, ValueError):
         return None
     with open(os.path.join(folder, "zarr.json"), "w", encoding="utf-8") as handle:
         handle.write(text)
-    return RawMetadata(os.path.abspath(folder), shape, dtype, chunks, 0 if dtype.kind != "c" else 0j)
+    fill = 0 if dtype.kind != "c" else 0j
+    compressor = None if zstd_level is None else "zstd"
+    return RawMetadata(
+        os.path.abspath(folder), shape, dtype, chunks, fill, compressor=compressor, level=zstd_level or 0
+    )
 
 
 def whole_chunk(
@@ -623,6 +639,7 @@ class ZarrFormat(Backend):
             chunks=chunks,
             channel_axis=request.channel_axis,
             compression=request.compression,
+            level=request.compression_level,
         )
 
     def array_name(self, name: str) -> str:
