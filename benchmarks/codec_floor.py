@@ -4,7 +4,8 @@ codec found here. Run by ``streaming.py --compressed``; prints one JSON line.
 
     python benchmarks/codec_floor.py KIND INPUT OUTPUT LEVEL
 
-KIND is hdf5 (gzip chunks of dataset ``x`` in, ``/data`` out), zarr (zstd chunk files) or
+KIND is hdf5 (gzip chunks of dataset ``x`` in, ``/data`` out), netcdf (variable ``refl`` in and
+``data`` out), zarr (zstd chunk files) or
 tiff (deflate tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded
 first (not timed) to give the bytes the floor encodes, at LEVEL, in chunks of the same size.
 
@@ -128,6 +129,7 @@ def main() -> None:
     kind, inp, out, level = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     read = {
         "hdf5": lambda p, role: _hdf5_chunks(p, "x" if role == "in" else "data"),
+        "netcdf": lambda p, role: _hdf5_chunks(p, "refl"),  # the output keeps the name
         "zarr": lambda p, role: _zarr_chunks(p),
         "tiff": lambda p, role: _tiff_chunks(p),
     }[kind]

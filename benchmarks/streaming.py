@@ -19,7 +19,7 @@ compute plus the floor's I/O.
 
 With --compressed, the compressed cases instead, 1 GiB of float32 input each (values on a
 1/256 grid, so that they compress as measured data does): HDF5 64 channels gzip-4 in chunks
-of 256x256x64 -> 16 channels gzip; Zarr 64 channels zstd-3, the same chunks -> 16 channels
+of 256x256x64 -> 16 channels gzip; the same as a NetCDF-4 variable; Zarr 64 channels zstd-3, the same chunks -> 16 channels
 zstd; a GeoTIFF of 16 bands, deflate, tiled 512 -> 4 bands deflate (GDAL's level 6). Each is
 given against its codec floor (``codec_floor.py``: every input chunk decoded and every output
 chunk encoded with the fastest implementation found, on all cores, measured in the same run),
@@ -142,6 +142,20 @@ def make_compressed(folder: Path, gib: float) -> None:
             block = slab(min(256, rows - start), 2048, 64)
             ds[start : start + len(block)] = block
             z[start : start + len(block)] = block
+    import h5netcdf
+
+    with h5py.File(folder / "in_gz.h5", "r") as source, h5netcdf.File(folder / "in_gz.nc", "w") as nc:
+        nc.dimensions = {"y": rows, "x": 2048, "band": 64}
+        var = nc.create_variable(
+            "refl",
+            ("y", "x", "band"),
+            dtype="f4",
+            compression="gzip",
+            compression_opts=4,
+            chunks=(256, 256, 64),
+        )
+        for start in range(0, rows, 256):
+            var[start : start + 256] = source["x"][start : start + 256]
     side = int(4096 * gib**0.5) // 512 * 512
     profile = {
         "driver": "GTiff", "width": side, "height": side, "count": 16, "dtype": "float32", "tiled": True,
@@ -173,6 +187,8 @@ def compressed(args: argparse.Namespace) -> None:
                              pw + ["in_gz.h5", "w64_16.npy", "-o", "pw_gz.h5", "--compression", "gzip"]),
         "Zarr zstd 64->16": ("zarr", "in_zstd.zarr", "pw_zstd.zarr", 3,
                              pw + ["in_zstd.zarr", "w64_16.npy", "-o", "pw_zstd.zarr", "--compression", "zstd"]),
+        "NetCDF gzip 64->16": ("netcdf", "in_gz.nc", "pw_gz.nc", 4,
+                               pw + ["in_gz.nc", "w64_16.npy", "-o", "pw_gz.nc", "--compression", "gzip"]),
         "GeoTIFF deflate 16->4": ("tiff", "in16.tif", "pw16.tif", 6, pw + ["in16.tif", "w16_4.npy", "-o", "pw16.tif"]),
     }  # fmt: skip
     chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
@@ -196,7 +212,7 @@ def compressed(args: argparse.Namespace) -> None:
             floor, walls, rss = 1e9, [], 0
             gdal: list[float] = []
             if kind == "tiff":
-                subprocess.run([py, "-m", "pwconv", "export", "w16_4.npy", "-o", "mix.vrt", "in16.tif"],
+                subprocess.run([py, "-m", "pwconv", "export", "w16_4.npy", "-o", "mix.vrt", "in16.tif", "--overwrite"],
                                cwd=folder, check=True, capture_output=True)  # fmt: skip
             for _ in range(args.repeats):
                 proc = subprocess.run(

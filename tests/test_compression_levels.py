@@ -50,10 +50,17 @@ def test_zarr_levels(folder, compression, codec, level):
     np.testing.assert_array_equal(array[...], pointwise_conv(DATA, W))
 
 
-def test_netcdf_gzip_level(folder):
-    _apply(folder, "y.nc", "gzip:7")
+@pytest.mark.parametrize("max_memory", ["512MiB", "4KB"])  # one block, or many cutting the chunks
+def test_netcdf_gzip_level(folder, max_memory):
+    xarray = pytest.importorskip("xarray")
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.nc", "--compression", "gzip:7", "--max-memory", max_memory,
+                   cwd=folder)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     with h5py.File(folder / "y.nc") as handle:  # NetCDF-4 is HDF5 underneath
         assert handle["data"].compression == "gzip" and handle["data"].compression_opts == 7
+    with xarray.open_dataset(folder / "y.nc", engine="h5netcdf") as dataset:  # still NetCDF to its readers
+        assert dataset["data"].dims == ("dim_0", "dim_1", "channel")
+        np.testing.assert_array_equal(dataset["data"].values, pointwise_conv(DATA, W))
 
 
 def test_tiff_deflate_level_changes_the_stream(folder):

@@ -57,11 +57,14 @@ class Writer:
 WRITERS = {
     "npy": Writer("y.npy"),
     "hdf5": Writer("y.h5"),
+    "hdf5 gzip": Writer("y.h5", ("--compression", "gzip")),  # whole chunks encoded by pwconv
     "hdf5 dataset added": Writer("keep.h5:/c"),
     "hdf5 dataset replaced": Writer("keep.h5:/a", ("--overwrite",)),
     "zarr": Writer("y.zarr"),
+    "zarr zstd": Writer("y.zarr", ("--compression", "zstd")),
     "tiff": Writer("y.tif"),
     "netcdf": Writer("y.nc"),
+    "netcdf gzip": Writer("y.nc", ("--compression", "gzip:1")),
     "png": Writer("y.png", held=True),
     "jpeg": Writer("y.jpg", held=True),
     "webp": Writer("y.webp", held=True),

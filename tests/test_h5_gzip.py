@@ -200,3 +200,36 @@ def test_gzip_round_trip_with_other_implementation(tmp_path, monkeypatch):
         finally:
             source.close()
         np.testing.assert_allclose(got[..., 0], DATA.sum(axis=-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["gzip", "shuffle-gzip"])
+def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shuffle):
+    h5netcdf = pytest.importorskip("h5netcdf")
+    cube = np.stack([DATA, DATA * 2, DATA - 1])  # (time, y, x, band)
+    with h5netcdf.File(tmp_path / "x.nc", "w") as handle:
+        handle.dimensions = {"time": 3, "y": 9, "x": 11, "band": 6}
+        var = handle.create_variable(
+            "refl",
+            ("time", "y", "x", "band"),
+            dtype="f4",
+            compression="gzip",
+            shuffle=shuffle,
+            chunks=(1, 4, 4, 6),
+        )
+        var[...] = cube
+    source = open_source(parse_spec(str(tmp_path / "x.nc")))
+    try:
+        assert source.description.reader == f"chunk offsets, {implementation}"
+        with h5netcdf.File(tmp_path / "x.nc", "r") as handle:
+            for index in [
+                (slice(0, 3), slice(0, 9), slice(0, 11), slice(0, 6)),
+                (slice(1, 3), slice(2, 8), slice(1, 10, 2), slice(0, 6)),
+            ]:
+                np.testing.assert_array_equal(source.read(index), handle.variables["refl"][index])
+    finally:
+        source.close()
+    w = np.arange(12, dtype=np.float32).reshape(2, 6)
+    np.save(tmp_path / "w.npy", w)
+    proc = run_cli("apply", "x.nc", "w.npy", "-o", "y.npy", "--max-memory", "4KB", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), pointwise_conv(cube, w), rtol=1e-6)

@@ -81,29 +81,40 @@ def _buffer(size: int) -> np.ndarray:
     return buffer[:size]
 
 
+def _checked(decode: Callable[[], Any], size: int, name: str, stream: str, holder: str) -> Any:
+    """What ``decode`` returns, which must be ``size`` bytes; any failure is one line naming
+    ``name`` (``stream``: what it should hold, ``holder``: file or store)."""
+    try:
+        out = decode()
+    except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(
+            f"cannot decode {name}: expected {stream} of {size} bytes, found damaged data ({reason}); "
+            f"the {holder} is damaged, write it again"
+        ) from None
+    if len(out) != size:
+        raise FormatError(
+            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the {holder} is damaged, write it again"
+        )
+    return out
+
+
 def inflate(data: bytes, size: int, name: str) -> Any:
     """The ``size`` bytes a zlib stream holds (a buffer valid until this thread's next
     decode); a damaged stream, or one that holds more or fewer bytes, is a one-line error
     naming ``name``."""
     fast = _fast()
-    try:
+
+    def decode() -> Any:
         if fast is not None:
-            out = fast.deflate_decode(data, out=_buffer(size))
-        else:
-            inflater = zlib.decompressobj()
-            out = inflater.decompress(data, size)
-            if inflater.unconsumed_tail or not inflater.eof:
-                raise ValueError("the stream holds more data than its chunk")
-    except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
-        raise FormatError(
-            f"cannot decode {name}: expected a deflate stream of {size} bytes, found damaged data "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the file is damaged, write it again"
-        ) from None
-    if len(out) != size:
-        raise FormatError(
-            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the file is damaged, write it again"
-        )
-    return out
+            return fast.deflate_decode(data, out=_buffer(size))
+        inflater = zlib.decompressobj()
+        out = inflater.decompress(data, size)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("the stream holds more data than its chunk")
+        return out
+
+    return _checked(decode, size, name, "a deflate stream", "file")
 
 
 def zstd_available() -> bool:
@@ -120,18 +131,8 @@ def _fast_zstd() -> Any:
 def unzstd(data: bytes, size: int, name: str) -> Any:
     """The ``size`` bytes a zstd frame holds (a buffer valid until this thread's next
     decode); anything else is a one-line error naming ``name``."""
-    try:
-        out = _fast_zstd().zstd_decode(data, out=_buffer(size))
-    except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
-        raise FormatError(
-            f"cannot decode {name}: expected a zstd frame of {size} bytes, found damaged data "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the store is damaged, write it again"
-        ) from None
-    if len(out) != size:
-        raise FormatError(
-            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the store is damaged, write it again"
-        )
-    return out
+    fast = _fast_zstd()
+    return _checked(lambda: fast.zstd_decode(data, out=_buffer(size)), size, name, "a zstd frame", "store")
 
 
 def zstd(data: Any, level: int) -> bytes:

@@ -11,18 +11,30 @@ mapping). Classic NetCDF-3 files are refused with the conversion that fixes them
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
+from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype
-from pwconv.io.formats.hdf5 import ChunkSpans, chunk_spans, read_prefetched
+from pwconv.io.formats.hdf5 import (
+    GZIP_LEVEL,
+    ChunkSpans,
+    DeflateChunks,
+    DeflateChunkWriter,
+    chunk_spans,
+    deflate_layout,
+    read_prefetched,
+)
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
+from pwconv.io.rawio import box_of, raw_paths_enabled
 from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
@@ -127,11 +139,37 @@ def _chunk_places(remote: RemoteObject, name: str) -> ChunkSpans | None:
         return None  # the reads that follow meet the same trouble and say so
 
 
+def _gzip_chunks(path: str, name: str) -> tuple[DeflateChunks, int] | None:
+    """A local gzip variable's stored chunks for pwconv to decode on every core, with the file
+    descriptor they are read through; None where h5netcdf reads it. Found through h5py's
+    own handle (h5netcdf's is not public), closed again once the chunks are listed."""
+    import h5py  # h5netcdf's own dependency
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with h5py.File(path, "r") as handle:
+            dataset = handle.get(name)
+            found = (
+                deflate_layout(dataset, fd, f"{path}:{name}") if isinstance(dataset, h5py.Dataset) else None
+            )
+        if found is not None:
+            found.check_inside(os.fstat(fd).st_size)
+            return found, fd
+    except (OSError, ValueError):
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
 class NetcdfSource(Source):
     """One NetCDF variable, read by hyperslab."""
 
     def __init__(self, path: str, variable: str | None) -> None:
         self.path = path
+        self._gzip: tuple[DeflateChunks, int] | None = None
         self._file, self._remote = _opened(path)
         try:
             names = _data_variables(self._file)
@@ -144,6 +182,9 @@ class NetcdfSource(Source):
             self.nodata, notes = _fill_value(attrs)
             self._var = var
             self._spans = _chunk_places(self._remote.remote, var.name) if self._remote is not None else None
+            self._gzip = (
+                _gzip_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
+            )
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
@@ -153,11 +194,20 @@ class NetcdfSource(Source):
                 labels=labels,
                 dimensions=self.dimensions,
                 nodata=self.nodata,
-                reader="h5netcdf",
+                reader="h5netcdf"
+                if self._gzip is None
+                else f"chunk offsets, {codecs.deflate_implementation()}",
                 metadata=template,
                 georeferenced=bool(template["netcdf"]["scalars"]),  # a CF grid mapping
                 notes=notes,
             )
+            # last: nothing after it can fail and leave its file descriptor open
+            self._gzip = (
+                _gzip_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
+            )
+            if self._gzip is not None:
+                reader = f"chunk offsets, {codecs.deflate_implementation()}"
+                self.description = dataclasses.replace(self.description, reader=reader)
         except PwconvError:
             self._file.close()
             raise
@@ -193,6 +243,9 @@ class NetcdfSource(Source):
         }
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        if self._gzip is not None:
+            box, steps = box_of(index, self.shape)
+            return self._gzip[0].read_box(tuple(slice(a, b) for a, b in box))[steps]
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._var, self._remote, self._spans, index)
@@ -233,6 +286,9 @@ class NetcdfSource(Source):
         return "raster" if georeferenced and spec.path.lower().endswith(raster_names) else None
 
     def close(self) -> None:
+        if self._gzip is not None:
+            os.close(self._gzip[1])
+            self._gzip = None
         self._file.close()
 
 
@@ -326,6 +382,8 @@ class NetcdfSink(FileSink):
         name = variable or (template["variable"] if template else "data")
         super().__init__(path)
         self._file: Any = None
+        self._h5: Any = None  # h5py's handle, where the chunks are written directly
+        self._chunk_writer: DeflateChunkWriter | None = None
         with setting_up(self, path):
             self._file = h5netcdf.File(self.temp.path, "w")
             self._file.dimensions = dict(zip(dims, shape))
@@ -363,8 +421,23 @@ class NetcdfSink(FileSink):
                     dtype=_h5py_strings(),
                     data=np.array(request.channel_labels, object),
                 )
+            if request.compression == "gzip" and raw_paths_enabled() and self._var.chunks:
+                self._write_chunks_directly(f"{path}:{name}", name, request.compression_level or GZIP_LEVEL)
+
+    def _write_chunks_directly(self, where: str, name: str, level: int) -> None:
+        """Close h5netcdf (NetCDF's metadata is complete) and write the variable's chunks,
+        encoded on every core, through h5py into the same file."""
+        import h5py  # h5netcdf's own dependency
+
+        file, self._file = self._file, None
+        file.close()
+        self._h5 = h5py.File(self.temp.path, "r+")
+        self._chunk_writer = DeflateChunkWriter(self._h5[name], where, level)
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if self._chunk_writer is not None:
+            self._chunk_writer.write_box(index, block)
+            return
         try:
             self._var[index] = block
         except (OSError, ValueError) as exc:
@@ -373,10 +446,20 @@ class NetcdfSink(FileSink):
     def finish(self) -> None:
         # Closed at most once: a second close of a file whose first close failed (a full disk)
         # crashes HDF5.
+        if self._chunk_writer is not None:
+            self._chunk_writer.flush()
+            self._chunk_writer = None
+            handle, self._h5 = self._h5, None
+            handle.close()
+            return
         file, self._file = self._file, None
         file.close()
 
     def close_quietly(self) -> None:
+        handle, self._h5 = self._h5, None
+        self._chunk_writer = None
+        if handle is not None:
+            handle.close()
         # After a failure, only the HDF5 file under it is closed: h5netcdf's close (also its
         # __del__) would first write NetCDF's attributes into a file HDF5 may hold in a bad
         # state (a full disk), which crashes HDF5. The wrapper is then marked closed so that
