@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
 _CHUNK_TARGET_BYTES = 16 << 20
+# Chunks of compressed outputs are cut to about this size where the blocks allow it.
+_COMPRESSED_CHUNK_BYTES = 4 << 20
 
 
 def _zarr() -> Any:
@@ -152,6 +154,25 @@ class ZarrSource(Source):
 def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype, channel_axis: int) -> tuple[int, ...]:
     """About 16 MiB chunks of whole channel vectors."""
     return chunk_shape(shape, dtype.itemsize, channel_axis, _CHUNK_TARGET_BYTES)
+
+
+def _divided(block: tuple[int, ...], itemsize: int, target: int) -> tuple[int, ...]:
+    """``block`` with its first axis divided by the smallest whole factor that brings it to
+    ``target`` bytes or less (the block itself where none does), so that every block still
+    covers whole chunks.
+
+    >>> _divided((256, 2048, 16), 4, 4 << 20)
+    (32, 2048, 16)
+    >>> _divided((7, 10), 4, 30)
+    (7, 10)
+    """
+    if not block:
+        return block
+    size = math.prod(block) * itemsize
+    for factor in range(2, block[0] + 1):
+        if block[0] % factor == 0 and size // factor <= target:
+            return (block[0] // factor, *block[1:])
+    return block
 
 
 def _compressors(name: str | None, level: int | None = None) -> Any:
@@ -630,7 +651,11 @@ class ZarrFormat(Backend):
                 f"expected a zarr output without an array name, found {spec.text!r}; write to {spec.path}"
             )
         # Engines that write blocks in parallel get one chunk per block: each writes whole chunks.
+        # A compressed block is cut into a few chunks along its first axis, so that every core
+        # encodes a part of it.
         chunks = request.block_shape or (request.chunks if isinstance(request.chunks, tuple) else None)
+        if request.block_shape and request.compression:
+            chunks = _divided(request.block_shape, np.dtype(request.dtype).itemsize, _COMPRESSED_CHUNK_BYTES)
         return ZarrSink(
             spec.path,
             request.shape,
