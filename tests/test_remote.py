@@ -749,3 +749,21 @@ def test_every_written_format_round_trips_through_s3(
     np.testing.assert_allclose(np.load(tmp_path / "back.npy"), expected, rtol=1e-5, atol=1e-5)
     names = keys(s3, bucket, "out/")
     assert all(name.startswith(f"out/y{suffix}") or name == "out/y.hdr" for name in names), names
+
+
+def test_a_404_inside_an_id_or_a_lost_upload_is_not_a_missing_bucket() -> None:
+    """Status codes are read as words: "404" inside an upload id or an ETag in a client's
+    message says nothing about the bucket; a multipart upload lost while a part was retried
+    is the network's failure (exit 1), not a wrong URL (exit 2)."""
+    from pwconv.errors import NetworkError, UsageError
+    from pwconv.io.stores import _failure
+
+    url = "s3://data/y.npy"
+    reset = RuntimeError(
+        "Generic S3 error: connection reset by peer, PUT .../y.npy?partNumber=2&uploadId=Zx404Qa"
+    )
+    assert isinstance(_failure(url, reset, "write"), NetworkError)
+    lost = RuntimeError("Generic S3 error: HTTP 404 Not Found: <Code>NoSuchUpload</Code>")
+    assert isinstance(_failure(url, lost, "write"), NetworkError)
+    bucket = RuntimeError("Generic S3 error: HTTP 404 Not Found: <Code>NoSuchBucket</Code>")
+    assert isinstance(_failure(url, bucket, "write"), UsageError)

@@ -167,7 +167,14 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
     name = shown(url)
     kind = type(exc).__name__
     text = " ".join(str(exc).split())
-    missing = isinstance(exc, FileNotFoundError) or kind == "NotFoundError" or "404" in text[:400]
+    # A status code as a word: "404" inside an upload id or an ETag in the message is not one.
+    missing = (
+        isinstance(exc, FileNotFoundError)
+        or kind == "NotFoundError"
+        or bool(re.search(r"\b404\b", text[:400]))
+    )
+    if missing and "NoSuchUpload" in text:  # a multipart upload lost while a part was retried
+        return NetworkError(f"cannot {doing} {name!r}: the upload was lost mid-transfer; {_ENDPOINT_HINT}")
     if missing and doing == "write":
         return UsageError(
             f"expected an existing bucket for the output {name!r}, found none; create it, or check the URL"
