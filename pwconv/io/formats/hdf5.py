@@ -29,7 +29,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atom
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import RawChunks, box_of, chunk_pieces, raw_paths_enabled
+from pwconv.io.rawio import RawChunks, box_of, chunk_pieces, raw_paths_enabled, read_all
 from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url
 
 if TYPE_CHECKING:
@@ -183,10 +183,9 @@ class DeflateChunks:
 
     def _decoded(self, coords: tuple[int, ...]) -> np.ndarray:
         offset, size, mask = self.stored[coords]
-        data: Any = os.pread(self.fd, size, offset)
         where = f"{self.name} chunk {coords}"
-        if len(data) != size:
-            raise FormatError(f"expected {size} bytes of {where}, found {len(data)}; the file is truncated")
+        data: Any = bytearray(size)
+        read_all(self.fd, memoryview(data), offset, where)
         # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
         for position in reversed(range(len(self.filters))):
             if mask >> position & 1:
@@ -201,6 +200,11 @@ class DeflateChunks:
                 f"expected {self.chunk_bytes} bytes in {where}, found {len(data)}; the file is damaged, write it again"
             )
         return np.frombuffer(data, self.dtype).reshape(self.chunks)  # valid until this thread decodes again
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Any selection (steps too): its step-1 box read, then stepped."""
+        box, steps = box_of(index, self.shape)
+        return self.read_box(tuple(slice(a, b) for a, b in box))[steps]
 
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """The step-1 box ``index``, its chunks decoded in parallel."""
@@ -503,8 +507,7 @@ class H5Source(Source):
             box, steps = box_of(index, self.shape)
             return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
         if self._deflate is not None:
-            box, steps = box_of(index, self.shape)
-            return self._deflate.read_box(tuple(slice(a, b) for a, b in box))[steps]
+            return self._deflate.read(index)
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._ds, self._remote, self._spans, index)

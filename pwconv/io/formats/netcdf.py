@@ -34,7 +34,7 @@ from pwconv.io.formats.hdf5 import (
 )
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import box_of, raw_paths_enabled
+from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import RangedFile, RemoteObject, is_url
 
 if TYPE_CHECKING:
@@ -182,9 +182,6 @@ class NetcdfSource(Source):
             self.nodata, notes = _fill_value(attrs)
             self._var = var
             self._spans = _chunk_places(self._remote.remote, var.name) if self._remote is not None else None
-            self._gzip = (
-                _gzip_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
-            )
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
@@ -194,9 +191,7 @@ class NetcdfSource(Source):
                 labels=labels,
                 dimensions=self.dimensions,
                 nodata=self.nodata,
-                reader="h5netcdf"
-                if self._gzip is None
-                else f"chunk offsets, {codecs.deflate_implementation()}",
+                reader="h5netcdf",
                 metadata=template,
                 georeferenced=bool(template["netcdf"]["scalars"]),  # a CF grid mapping
                 notes=notes,
@@ -244,8 +239,7 @@ class NetcdfSource(Source):
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         if self._gzip is not None:
-            box, steps = box_of(index, self.shape)
-            return self._gzip[0].read_box(tuple(slice(a, b) for a, b in box))[steps]
+            return self._gzip[0].read(index)
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._var, self._remote, self._spans, index)

@@ -515,17 +515,17 @@ class _ChunkFiles:
         out = np.empty(extents, self.dtype)
         if out.size == 0:
             return out
-        if compressed:
+        load = self._decoded if compressed else self._mapped
 
-            def one(piece: Any) -> None:
-                path = self.chunk_path(piece.coords)
-                out[piece.outer] = self._decoded(path)[piece.inner] if os.path.exists(path) else self._fill
-
-            codec_threads.in_parallel(one, chunk_pieces(bounds, self.chunks))
-            return out
-        for piece in chunk_pieces(bounds, self.chunks):
+        def one(piece: Any) -> None:
             path = self.chunk_path(piece.coords)
-            out[piece.outer] = self._mapped(path)[piece.inner] if os.path.exists(path) else self._fill
+            out[piece.outer] = load(path)[piece.inner] if os.path.exists(path) else self._fill
+
+        if compressed:  # decoded on every core
+            codec_threads.in_parallel(one, chunk_pieces(bounds, self.chunks))
+        else:
+            for piece in chunk_pieces(bounds, self.chunks):
+                one(piece)
         return out
 
     def _decoded(self, path: str) -> np.ndarray:
