@@ -193,6 +193,27 @@ def test_damaged_h5_files(tmp_path, mutation, contiguous):
     _only_clean_errors(str(path))
 
 
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(mutation=st.data(), shuffle=st.booleans())
+def test_damaged_gzip_h5_files(tmp_path, mutation, shuffle):
+    # pwconv decodes these chunks itself: lying chunk addresses, sizes and filter masks, and
+    # damaged deflate streams, must end in a clean error too.
+    path = tmp_path / "sample.h5"
+    with h5py.File(path, "w") as handle:
+        data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+        handle.create_dataset("x", data=data, chunks=(1, 4, 5), compression="gzip", shuffle=shuffle)
+    sample = path.read_bytes()
+    _, flips = mutation.draw(_mutations(sample))  # flips only: a cut file mostly fails to open
+    path = tmp_path / "x.h5"
+    path.write_bytes(_mutate(sample, len(sample), flips))
+    _only_clean_errors(str(path))
+
+
 def test_damaged_h5_object_headers_without_a_dataset_name(tmp_path):
     """Flipped bytes in the first 4 KiB of a gzip-chunked file, opened without naming the
     dataset, so that pwconv walks every object (h5py's visit fails with RuntimeError on some
