@@ -177,6 +177,40 @@ def test_presigned_url_query_never_shown(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_explain_code_for_inputs_at_urls_runs_and_keeps_the_signature_out(tmp_path: Path) -> None:
+    """numpy and h5py take no URL: the code reads the input and the weights through pwconv,
+    and a presigned URL appears without its query string."""
+    h5py = pytest.importorskip("h5py")
+    x, w = cube((6, 5, 4), seed=41), np.random.default_rng(42).random((2, 4)).astype(np.float32)
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle["cube"] = x
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("explain", f"{server.url}/x.h5:/cube", f"{server.url}/w.npy", "--code", "numpy")
+        assert proc.returncode == 0, proc.stderr
+        code = proc.stdout.decode()
+        assert f"pwconv.load_array('{server.url}/x.h5', '/cube')" in code, code
+        (tmp_path / "snippet.py").write_text(code + "\nnp.save('snippet_out.npy', y)\n")
+        ran = subprocess.run(
+            [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 0, ran.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "snippet_out.npy"), mixed(x, w), rtol=1e-5)
+    finally:
+        server.stop()
+    signed = RangeServer(str(tmp_path), token="s3cr3t-signature")
+    try:
+        url = f"{signed.url}/w.npy?X-Amz-Signature=s3cr3t-signature"
+        proc = run_cli("explain", tmp_path / "x.h5:/cube", url, "--code", "numpy")
+        assert proc.returncode == 0, proc.stderr
+        code = proc.stdout.decode()
+        assert "s3cr3t" not in code + proc.stderr
+        assert f"pwconv.load_weights('{signed.url}/w.npy?...')  # the URL's query string" in code, code
+    finally:
+        signed.stop()
+
+
 def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None:
     x = cube((4, 1024, 1024), seed=8)  # 16 MiB, channels first: planes 4 MiB apart
     np.save(tmp_path / "x.npy", x)

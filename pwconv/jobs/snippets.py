@@ -17,6 +17,7 @@ from pwconv.core.conv import ConvPlan
 from pwconv.errors import UsageError
 from pwconv.io.operands import Operand, Weights
 from pwconv.io.spec import Spec
+from pwconv.io.stores import is_url, shown
 
 TARGETS = ("numpy", "torch", "keras")
 
@@ -66,6 +67,14 @@ class Case:
     saturate_to: np.dtype | None = None  # integers written from a float result (--dtype uint8)
 
 
+def _url_call(function: str, url: str, member: str | None) -> str:
+    """``pwconv.FUNCTION(url[, member])`` with the URL as messages show it: without its query
+    string (a presigned URL's signature), which nothing pwconv prints ever holds."""
+    named = f", {member!r}" if member else ""
+    note = "  # the URL's query string is not shown: put it back to run this" if "?" in url else ""
+    return f"pwconv.{function}({shown(url)!r}{named}){note}"
+
+
 def _array_literal(array: np.ndarray) -> str:
     text = np.array2string(array, separator=", ", threshold=10**9, max_line_width=10**9, floatmode="unique")
     return f"np.array({text}, dtype=np.{array.dtype.name})"
@@ -74,6 +83,9 @@ def _array_literal(array: np.ndarray) -> str:
 def _load_input(case: Case) -> tuple[list[str], list[str]]:
     """The imports and the lines that load the input as ``x``."""
     spec, path = case.spec, repr(case.spec.path)
+    member = f", {case.member!r}" if case.member else ""
+    if is_url(spec.path):  # numpy, h5py and zarr take no URL; pwconv reads it by ranges
+        return ["import pwconv"], [f"x = {_url_call('load_array', spec.path, case.member)}"]
     if spec.format == "npy":
         return [], [f"x = np.load({path})"]
     if spec.format in ("hdf5", "netcdf") and case.member:
@@ -90,7 +102,6 @@ def _load_input(case: Case) -> tuple[list[str], list[str]]:
             f"with rasterio.open({path}) as ds:",
             "    x = np.moveaxis(ds.read(), 0, -1)  # bands last: (rows, cols, bands), as pwconv reads a raster",
         ]
-    member = f", {case.member!r}" if case.member else ""
     return ["import pwconv"], [
         f"x = pwconv.load_array({path}{member})  # read as pwconv reads it: {case.plan.in_shape}"
     ]
@@ -107,6 +118,8 @@ def _load_operand(operand: Operand, name: str) -> tuple[list[str], list[str]]:
         )
         return [], [f"{name} = {_array_literal(operand.array)}  # {said}"]
     spec, path, member = operand.spec, repr(operand.spec.path), operand.spec.member
+    if is_url(spec.path):
+        return ["import pwconv"], [f"{name} = {_url_call('load_weights', spec.path, member)}"]
     if spec.format == "npy":
         return [], [f"{name} = np.load({path})"]
     if spec.format == "npz" and member:
