@@ -530,6 +530,38 @@ def test_reset_in_mid_upload_leaves_nothing(s3: S3Server, bucket: str, tmp_path:
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
 
+def test_folders_a_killed_run_left_in_tmpdir_go_with_the_next_run(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """A SIGKILL runs no exit handler: its staging and copy folders stay until the next run
+    that makes one removes them, those of processes still running excepted."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, alive = int(gone.stdout), os.getpid()
+    left = [
+        f"pwconv-upload-{dead}-a1",
+        f"pwconv-remote-{dead}-b2",
+        f"pwconv-upload-{alive}-c3",
+        "pwconv-upload-x",
+    ]
+    for name in left:
+        (temp / name).mkdir()
+        (temp / name / "part.npy").write_bytes(b"left")
+    x = cube((8, 8, 2), seed=43)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "bank.npz", weights=np.array([[1.0, 2.0]], np.float32))
+    weights = put(s3, bucket, "bank.npz", tmp_path / "bank.npz")
+    proc = run_cli("apply", tmp_path / "x.npy", f"{weights}:weights", "-o", f"s3://{bucket}/y.npy",
+                   env={**s3.env, "TMPDIR": str(temp)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in temp.iterdir()) == [f"pwconv-upload-{alive}-c3", "pwconv-upload-x"]
+    got = np.load(fetch(s3, bucket, "y.npy", tmp_path / "y.npy"))
+    np.testing.assert_allclose(got[..., 0], x @ [1.0, 2.0], rtol=1e-6)
+
+
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:
     code = (
         "import sys, runpy; sys.argv = ['pwconv', 'apply', 'M.npy', '2,3', '-o', 'o.npy'];"

@@ -899,7 +899,7 @@ def local_copy(url: str) -> str:
     if url in _copies:
         return _copies[url]
     if not _copies_dir:
-        _copies_dir.append(tempfile.mkdtemp(prefix="pwconv-remote-"))
+        _copies_dir.append(_private_folder("pwconv-remote-"))
         import atexit
 
         atexit.register(shutil.rmtree, _copies_dir[0], True)
@@ -921,9 +921,36 @@ def local_copy(url: str) -> str:
 
 def staging_folder() -> str:
     """A private local folder where an output for a URL is written before it is uploaded."""
+    return _private_folder("pwconv-upload-")
+
+
+def _private_folder(prefix: str) -> str:
+    """A new folder in TMPDIR named after this process (``PREFIX<pid>-...``); the folders of
+    the same kind that a killed pwconv left behind (their process gone) are removed first,
+    since no exit handler ran for them."""
+    import shutil
     import tempfile
 
-    return tempfile.mkdtemp(prefix="pwconv-upload-")
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        pid = name[len(prefix) :].partition("-")[0] if name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 # --- GDAL ------------------------------------------------------------------------------------
