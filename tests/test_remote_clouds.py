@@ -337,3 +337,21 @@ def test_a_clients_timing_fields_are_not_the_reason() -> None:
     failure = _failure("s3://b/x", RuntimeError(handshake), "read")
     assert "timed out" not in str(failure) and "5xx" not in str(failure), str(failure)
     assert "error sending request" in str(failure), str(failure)
+
+
+def test_a_development_storage_connection_string_names_azurites_account(monkeypatch) -> None:
+    """``UseDevelopmentStorage=true`` (the Azure tools' spelling for Azurite) is its account,
+    key and blob endpoint on port 10000; fields given beside it win."""
+    from pwconv.io.stores import azure_connection
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    fields = azure_connection()
+    assert fields["AccountName"] == AzuriteServer.ACCOUNT and fields["AccountKey"] == AzuriteServer.KEY
+    assert fields["BlobEndpoint"] == f"http://127.0.0.1:10000/{AzuriteServer.ACCOUNT}"
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://emulator;AccountName=other",
+    )
+    fields = azure_connection()
+    assert fields["AccountName"] == "other"
+    assert fields["BlobEndpoint"] == f"http://emulator:10000/{AzuriteServer.ACCOUNT}"

@@ -349,10 +349,17 @@ def azure_connection() -> dict[str, str]:
     fields = dict(part.strip().split("=", 1) for part in text.split(";") if "=" in part)
     if fields.pop("UseDevelopmentStorage", "").lower() == "true":
         host = fields.pop("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
-        fields.setdefault("AccountName", AZURITE_ACCOUNT)
-        fields.setdefault("AccountKey", AZURITE_KEY)
-        fields.setdefault("BlobEndpoint", f"{host}:10000/{AZURITE_ACCOUNT}")
+        fields = {**_azurite(f"{host}:10000"), **fields}
     return fields
+
+
+def _azurite(base: str) -> dict[str, str]:
+    """Connection fields of Azurite's development account with its blob service at ``base``."""
+    return {
+        "AccountName": AZURITE_ACCOUNT,
+        "AccountKey": AZURITE_KEY,
+        "BlobEndpoint": f"{base}/{AZURITE_ACCOUNT}",
+    }
 
 
 def _azure_config(account: str) -> Any:
@@ -984,9 +991,7 @@ def _gdal_azure_settings(account: str) -> None:
     for the account and key: those are handed on spelled out."""
     fields = azure_connection()
     if not fields and _truthy("AZURE_STORAGE_USE_EMULATOR"):
-        endpoint = os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000").rstrip("/")
-        fields = {"AccountName": AZURITE_ACCOUNT, "AccountKey": AZURITE_KEY}
-        fields["BlobEndpoint"] = f"{endpoint}/{AZURITE_ACCOUNT}"
+        fields = _azurite(os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000").rstrip("/"))
     if fields:
         if fields.get("AccountName") and fields.get("BlobEndpoint"):
             text = ";".join(f"{name}={value}" for name, value in fields.items())
