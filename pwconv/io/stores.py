@@ -738,6 +738,26 @@ class RangedFile:
     def close(self) -> None:
         self._data = b""
 
+    def __enter__(self) -> RangedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_binary(path: str) -> Any:
+    """A local file opened for reading, or the object at a URL as a :class:`RangedFile`:
+    for readers that seek and read a file object (a zip's directory, then one member).
+
+    >>> import tempfile, os; path = os.path.join(tempfile.mkdtemp(), "b.bin")
+    >>> _ = open(path, "wb").write(b"abc")
+    >>> with open_binary(path) as handle: handle.read()
+    b'abc'
+    """
+    if is_url(path):
+        return RangedFile(RemoteObject(path))
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
 
 def exists(url: str, doing: str = "reach") -> bool:
     """Whether an object, or any object under the prefix ``url/``, is there."""

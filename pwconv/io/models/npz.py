@@ -7,8 +7,12 @@ would need unpickling) is refused before any of its data is read. A filter-bank 
 
 from __future__ import annotations
 
+import contextlib
+import lzma
 import math
 import zipfile
+import zlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,20 +24,39 @@ from pwconv.io.checks import check_readable, zip_member_guard
 from pwconv.io.formats.npy import read_exact, read_header
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name
+from pwconv.io.stores import open_binary
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
 
-def _open_zip(path: str) -> zipfile.ZipFile:
+# What zipfile raises for a damaged archive: a member's codec fails (zlib, lzma; bz2's is
+# OSError), or its local header asks for a feature zipfile lacks (NotImplementedError).
+_DAMAGED = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+@contextlib.contextmanager
+def _open_zip(path: str) -> Iterator[zipfile.ZipFile]:
+    """The archive, local or at a URL (then its directory and members are read by range)."""
     check_readable(path)
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise FormatError(
-            f"expected an .npz archive at {path!r}, found one that is not a readable zip ({exc}); "
-            "save it with numpy.savez"
-        ) from None
+    with open_binary(path) as handle:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except _DAMAGED as exc:
+            raise FormatError(
+                f"expected an .npz archive at {path!r}, found one that is not a readable zip ({exc}); "
+                "save it with numpy.savez"
+            ) from None
+        with archive:
+            yield archive
 
 
 def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -50,17 +73,17 @@ def _is_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> boo
     try:
         with archive.open(info) as stream:
             return read_header(stream, where, text=True)[1].kind == "U"
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except _DAMAGED:
         return False  # damaged: listed, and refused with its own error when read
 
 
 def _load(path: str, info: zipfile.ZipInfo, where: str, *, text: bool = False) -> np.ndarray:
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(info) as stream:
+        with open_binary(path) as handle, zipfile.ZipFile(handle) as archive, archive.open(info) as stream:
             shape, dtype, fortran = read_header(stream, where, text=text)
             data = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
             read_exact(stream, data.data, where)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except _DAMAGED as exc:
         if isinstance(exc, FormatError):
             raise
         raise FormatError(f"cannot read {where}: the archive is damaged ({exc}); save it again") from None
@@ -99,7 +122,7 @@ class NpzFormat(Backend):
                 with archive.open(info) as stream:
                     shape, dtype, fortran = read_header(stream, where)
                     header_bytes = stream.tell()
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except _DAMAGED as exc:
                 raise FormatError(
                     f"cannot read {where}: the archive is damaged ({exc}); save it again"
                 ) from None

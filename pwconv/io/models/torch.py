@@ -6,8 +6,9 @@ that knows only what a state dict is made of: ordered dicts, lists, tuples, numb
 strings, and tensors rebuilt from a storage. Anything else the pickle asks for (a module, a
 function, any other class) is refused before it is built, so no code from the file runs,
 and no torch is needed. A tensor is a strided view of its storage member, memory-mapped:
-reading one tensor touches only that tensor's bytes. Nested dicts are flattened to dotted
-names (``model.head.weight``).
+reading one tensor touches only that tensor's bytes. At a URL the zip's directory, the pickle
+and the one tensor's storage are read by byte ranges, not the file. Nested dicts are
+flattened to dotted names (``model.head.weight``).
 
 torch's legacy format (``_use_new_zipfile_serialization=False``) is loaded with torch
 itself, with ``weights_only=True``, when torch is installed.
@@ -16,12 +17,15 @@ itself, with ``weights_only=True``, when torch is installed.
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import io
+import lzma
 import math
 import os
 import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ from pwconv.io.arrays import ArraySource, named
 from pwconv.io.checks import check_readable, first_line, zip_member_guard
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name, printable
+from pwconv.io.stores import RangedFile, is_url, local_copy, open_binary
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -55,6 +60,12 @@ _OTHER_DTYPES = {
     "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8", "qint32", "quint4x2",
 }  # fmt: skip
 _PICKLE_LIMIT = 256 << 20  # a state dict's pickle names tensors; its data lies elsewhere
+# What zipfile raises for a damaged archive: a member's codec fails (zlib, lzma; bz2's is
+# OSError), or its local header asks for a feature zipfile lacks (NotImplementedError).
+_DAMAGED = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError, zlib.error,
+    lzma.LZMAError,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -192,33 +203,26 @@ def _data_offset(handle: Any, info: zipfile.ZipInfo) -> int:
 class _Archive:
     path: str
     tensors: dict[str, _Tensor]
-    members: dict[str, tuple[int, int]]  # storage key -> (offset in the file, bytes)
+    members: dict[str, zipfile.ZipInfo]  # storage key -> its member (stored, not compressed)
     big_endian: bool
 
     def read(self, tensor: _Tensor, where: str) -> np.ndarray:
-        located = self.members.get(tensor.storage.key)
-        if located is None:
+        info = self.members.get(tensor.storage.key)
+        if info is None:
             raise FormatError(
                 f"expected the storage {printable(tensor.storage.key)!r} in {self.path!r}, found no such "
                 "member; the file is damaged, save it again"
             )
         word = tensor.word(where).newbyteorder(">" if self.big_endian else "<")
-        start, size = located
         count = tensor.storage.numel if tensor.storage.element else tensor.storage.numel // word.itemsize
-        if count * word.itemsize > size:
+        if count * word.itemsize > info.file_size:
             raise FormatError(
-                f"expected {count * word.itemsize} bytes for a storage in {self.path!r}, found {size}; "
-                "the file is damaged, save it again"
+                f"expected {count * word.itemsize} bytes for a storage in {self.path!r}, found "
+                f"{info.file_size}; the file is damaged, save it again"
             )
         if count == 0 or math.prod(tensor.shape) == 0:
             return np.zeros(tensor.shape, tensor.dtype(where))
-        try:
-            flat = np.memmap(self.path, word, "r", offset=start, shape=(count,))
-        except (ValueError, OSError):
-            raise FormatError(
-                f"expected a storage of {count} elements in {self.path!r}, found the file shorter; "
-                "it is damaged or incomplete"
-            ) from None
+        flat = self._storage(info, word, count)
         window = np.lib.stride_tricks.as_strided(
             flat[tensor.offset :],
             tensor.shape,
@@ -228,6 +232,27 @@ class _Archive:
         if tensor.element == "bfloat16":  # the top half of a float32: exact
             return (window.astype(np.uint32) << 16).view(np.float32)
         return np.array(window, dtype=word.newbyteorder("="))
+
+    def _storage(self, info: zipfile.ZipInfo, word: np.dtype, count: int) -> np.ndarray:
+        """A storage's first ``count`` elements: mapped from a local file, fetched by range
+        from a URL (the member's local header first, for where its bytes start)."""
+        with open_binary(self.path) as handle:
+            start = _data_offset(handle, info)
+            remote = handle.remote if isinstance(handle, RangedFile) else None
+        short = FormatError(
+            f"expected a storage of {count} elements in {self.path!r}, found the file shorter; "
+            "it is damaged or incomplete"
+        )
+        if remote is None:
+            try:
+                return np.memmap(self.path, word, "r", offset=start, shape=(count,))
+            except (ValueError, OSError):
+                raise short from None
+        if start + count * word.itemsize > remote.size:
+            raise short
+        flat = np.empty(count, word)
+        remote.read_into([start], flat.nbytes, flat.view(np.uint8).data)
+        return flat
 
 
 def _flatten(loaded: Any) -> dict[str, Any]:
@@ -251,7 +276,7 @@ def _flatten(loaded: Any) -> dict[str, Any]:
 
 def _read_archive(path: str) -> _Archive:
     try:
-        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        with open_binary(path) as handle, zipfile.ZipFile(handle) as archive:
             infos = archive.infolist()
             pickles = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") == 1]
             if len(pickles) != 1:
@@ -266,7 +291,7 @@ def _read_archive(path: str) -> _Archive:
                     f"expected a state dict's pickle of under {_PICKLE_LIMIT >> 20} MiB in {path!r}, "
                     f"found {pickles[0].file_size} bytes"
                 )
-            members: dict[str, tuple[int, int]] = {}
+            members: dict[str, zipfile.ZipInfo] = {}
             for info in infos:
                 if info.filename.startswith(prefix + "data/") and not info.is_dir():
                     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
@@ -274,12 +299,16 @@ def _read_archive(path: str) -> _Archive:
                             f"expected the tensors in {path!r} stored uncompressed, as torch.save "
                             f"writes them, found {printable(info.filename)!r} compressed; save it again"
                         )
-                    members[info.filename[len(prefix) + 5 :]] = (_data_offset(handle, info), info.file_size)
+                    members[info.filename[len(prefix) + 5 :]] = info
             order = b"little"
             if prefix + "byteorder" in archive.namelist():
                 order = archive.read(prefix + "byteorder").strip()
             raw = archive.read(pickles[0])
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+    except _DAMAGED as exc:
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # a disk that fails: pwconv's I/O error, exit 1
+        # EINVAL: a seek before the file's start, where a cut file's directory points; no errno:
+        # bz2's "invalid data stream"
         raise FormatError(
             f"expected a PyTorch file at {path!r}, found a damaged zip archive ({first_line(exc)}); "
             "check that it is complete"
@@ -308,7 +337,7 @@ def _legacy_tensors(path: str) -> dict[str, Any]:
             "pip install torch --index-url https://download.pytorch.org/whl/cpu"
         ) from None
     try:
-        loaded = torch.load(path, weights_only=True, map_location="cpu")
+        loaded = torch.load(local_copy(path) if is_url(path) else path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         raise FormatError(_refused_message(path, first_line(exc, 80))) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
@@ -320,13 +349,15 @@ def _legacy_tensors(path: str) -> dict[str, Any]:
 
 
 def _starts_with(path: str, magic: bytes) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(len(magic)) == magic
+    with open_binary(path) as handle:
+        return bool(handle.read(len(magic)) == magic)
 
 
 def _load_tensors(path: str) -> _Archive | dict[str, Any]:
     """Every tensor in the file by dotted name (data mapped, not read)."""
     check_readable(path)
+    if is_url(path):
+        return _load_cached(path, 0, 0)  # an object is taken as unchanged for the process
     status = os.stat(path)
     return _load_cached(os.path.abspath(path), status.st_mtime_ns, status.st_size)
 
@@ -334,7 +365,12 @@ def _load_tensors(path: str) -> _Archive | dict[str, Any]:
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: str, mtime_ns: int, size: int) -> _Archive | dict[str, Any]:
     # Listing, pairing a bias and reading all load the same file: once is enough.
-    if zipfile.is_zipfile(path) or _starts_with(path, b"PK\x03\x04"):
+    with open_binary(path) as handle:
+        try:
+            zipped = zipfile.is_zipfile(handle)
+        except zipfile.BadZipFile:  # a directory damaged past is_zipfile's own checks
+            zipped = True  # (_read_archive says what is wrong)
+    if zipped or _starts_with(path, b"PK\x03\x04"):
         return _read_archive(path)
     if _starts_with(path, b"\x80\x02"):  # a pickle (protocol 2): torch's format before 1.6
         return _legacy_tensors(path)
