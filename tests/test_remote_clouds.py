@@ -355,3 +355,34 @@ def test_a_development_storage_connection_string_names_azurites_account(monkeypa
     fields = azure_connection()
     assert fields["AccountName"] == "other"
     assert fields["BlobEndpoint"] == f"http://emulator:10000/{AzuriteServer.ACCOUNT}"
+
+
+@needs_azurite
+def test_a_public_container_is_read_unsigned(azurite: AzuriteServer, tmp_path: Path) -> None:
+    """AZURE_SKIP_SIGNATURE=true with a connection string that has no key (a public
+    container's users have none) reads the container unsigned."""
+    name = f"pub-{os.getpid()}-{next(_numbers)}"
+    azurite.service().create_container(name, public_access="container")
+    x = cube((6, 5, 3), 14)
+    np.save(tmp_path / "x.npy", x)
+    az_put(azurite, name, "x.npy", (tmp_path / "x.npy").read_bytes())
+    keyless = f"BlobEndpoint={azurite.endpoint};AccountName={azurite.ACCOUNT}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": keyless, "AZURE_SKIP_SIGNATURE": "true"}
+    proc = run_cli("apply", f"az://{name}/x.npy", "1,1,1", "-o", tmp_path / "sum.npy", env=env)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "sum.npy")[..., 0], x.sum(-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("url", "variable"),
+    [("s3://b/x", "AWS_SKIP_SIGNATURE=true"), ("gs://b/x", "GOOGLE_SKIP_SIGNATURE=true"),
+     ("az://c/x", "AZURE_SKIP_SIGNATURE=true"), ("abfs://c@a.dfs.core.windows.net/x", "AZURE_SKIP_SIGNATURE=true")],
+)  # fmt: skip
+def test_a_denial_names_the_clouds_own_variable_for_public_data(url: str, variable: str) -> None:
+    from pwconv.errors import InputFileError
+    from pwconv.io.stores import _failure
+
+    failure = _failure(url, RuntimeError("Server returned non-2xx status code: 403 Forbidden"), "read")
+    assert isinstance(failure, InputFileError) and variable in str(failure), str(failure)
+    others = {"AWS_SKIP", "GOOGLE_SKIP", "AZURE_SKIP"} - {variable.split("_SIGNATURE")[0]}
+    assert not any(other in str(failure) for other in others), str(failure)

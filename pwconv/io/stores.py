@@ -192,10 +192,15 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
             f"expected an object at {name!r}, found none (no such object, prefix or bucket); check the URL"
         )
     if kind in ("PermissionDeniedError", "UnauthenticatedError") or re.search(r"\b40[13]\b", text[:400]):
+        if is_http(url):
+            return InputFileError(
+                f"expected access to {name!r}, found it denied; check that the URL is whole (a presigned "
+                "URL's query string) and has not expired"
+            )
+        credentials, anonymous = _ACCESS[url.partition(":")[0].lower()[:2]]
         return InputFileError(
-            f"expected access to {name!r}, found it denied; check the credentials "
-            "(AWS_ACCESS_KEY_ID/AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), "
-            "or set AWS_SKIP_SIGNATURE=true for a public bucket"
+            f"expected access to {name!r}, found it denied; check the credentials ({credentials}), "
+            f"or set {anonymous} for a public bucket"
         )
     if isinstance(exc, FileExistsError) or kind in ("AlreadyExistsError", "PreconditionError"):
         return OutputExistsError(
@@ -204,6 +209,14 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
     reason = scrub(_reason(text) or kind)
     return NetworkError(f"cannot {doing} {name!r}: {reason}; {_ENDPOINT_HINT}")
 
+
+#: Where each cloud's credentials come from, and its variable for unsigned (public) access.
+_ACCESS = {
+    "s3": ("AWS_ACCESS_KEY_ID/AWS_PROFILE", "AWS_SKIP_SIGNATURE=true"),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SKIP_SIGNATURE=true"),
+    "az": ("AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_*", "AZURE_SKIP_SIGNATURE=true"),
+    "ab": ("AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_*", "AZURE_SKIP_SIGNATURE=true"),
+}
 
 _REASONS = (
     ("connection refused", "connection refused"),
@@ -999,16 +1012,21 @@ def gdal_path(url: str) -> str:
 
 
 def _gdal_gcs_settings() -> None:
-    """An emulator (STORAGE_EMULATOR_HOST) is GDAL's CPL_GS_ENDPOINT, unsigned."""
+    """An emulator (STORAGE_EMULATOR_HOST) is GDAL's CPL_GS_ENDPOINT, unsigned; unsigned
+    access (GOOGLE_SKIP_SIGNATURE) is GS_NO_SIGN_REQUEST."""
     emulator = _gcs_emulator()
     if emulator:
         os.environ.setdefault("CPL_GS_ENDPOINT", emulator + "/")
+    if emulator or _truthy("GOOGLE_SKIP_SIGNATURE"):
         os.environ.setdefault("GS_NO_SIGN_REQUEST", "YES")
 
 
 def _gdal_azure_settings(account: str) -> None:
     """GDAL reads a connection string too, but not UseDevelopmentStorage nor obstore's names
-    for the account and key: those are handed on spelled out."""
+    for the account and key: those are handed on spelled out, and unsigned access
+    (AZURE_SKIP_SIGNATURE) as AZURE_NO_SIGN_REQUEST."""
+    if _truthy("AZURE_SKIP_SIGNATURE"):
+        os.environ.setdefault("AZURE_NO_SIGN_REQUEST", "YES")
     fields = azure_connection()
     if not fields and _truthy("AZURE_STORAGE_USE_EMULATOR"):
         fields = _azurite(os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000").rstrip("/"))
