@@ -92,6 +92,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self._target()
         if not path:
             return
+        if self.server.latency:
+            time.sleep(self.server.latency)  # a remote store's time to first byte
         size = os.path.getsize(path)
         start, end = 0, size
         ranged = self.headers.get("Range", "")
@@ -115,13 +117,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class RangeServer(http.server.ThreadingHTTPServer):
     """Serves the files of ``root`` with byte ranges; ``sent`` counts the body bytes sent.
-    With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL)."""
+    With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL);
+    ``latency`` seconds pass before each GET is answered (a store's time to first byte)."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a client that opens 16
+    # connections at once, which then wait a second to retry: no server in use is that small
+    request_queue_size = 128
 
-    def __init__(self, root: str, token: str = "") -> None:
+    def __init__(self, root: str, token: str = "", latency: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.root, self.token = root, token
+        self.root, self.token, self.latency = root, token, latency
         self.sent = self.requests = 0
         self.lock = threading.Lock()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -178,6 +184,7 @@ class FaultProxy(http.server.ThreadingHTTPServer):
     counts the body bytes passed back."""
 
     daemon_threads = True
+    request_queue_size = 128  # as RangeServer's
 
     def __init__(self, port: int, fails: Any) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)

@@ -232,18 +232,19 @@ def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None
 
 
 def test_an_input_at_a_url_is_streamed_even_when_it_fits(tmp_path: Path) -> None:
-    """48 MiB over HTTP under the default --max-memory (one block for a local file): read in
-    streamed blocks, so that fetching one overlaps writing the one before."""
+    """48 MiB over HTTP under a --max-memory that holds it (one block for a local file): read
+    in streamed blocks, so that fetching one overlaps writing the one before."""
     x = cube((96, 2048, 64), seed=41)  # 48 MiB
     np.save(tmp_path / "x.npy", x)
     w = np.random.default_rng(42).standard_normal((4, 64)).astype(np.float32)
     np.save(tmp_path / "w.npy", w)
-    local = run_cli("apply", tmp_path / "x.npy", tmp_path / "w.npy", "-o", tmp_path / "a.npy", "--json")
+    memory = ["--max-memory", "96MB", "--json"]
+    local = run_cli("apply", tmp_path / "x.npy", tmp_path / "w.npy", "-o", tmp_path / "a.npy", *memory)
     assert local.returncode == 0, local.stderr
     assert json.loads(local.stdout)[0]["blocks"] == 1
     server = RangeServer(str(tmp_path))
     try:
-        proc = run_cli("apply", f"{server.url}/x.npy", tmp_path / "w.npy", "-o", tmp_path / "b.npy", "--json")
+        proc = run_cli("apply", f"{server.url}/x.npy", tmp_path / "w.npy", "-o", tmp_path / "b.npy", *memory)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)[0]["blocks"] > 1
         np.testing.assert_allclose(np.load(tmp_path / "b.npy"), mixed(x, w), rtol=1e-5, atol=1e-4)
@@ -590,16 +591,16 @@ def test_folders_a_killed_run_left_in_tmpdir_go_with_the_next_run(
     for name in left:
         (temp / name).mkdir()
         (temp / name / "part.npy").write_bytes(b"left")
-    x = cube((8, 8, 2), seed=43)
-    np.save(tmp_path / "x.npy", x)
-    np.savez(tmp_path / "bank.npz", weights=np.array([[1.0, 2.0]], np.float32))
-    weights = put(s3, bucket, "bank.npz", tmp_path / "bank.npz")
-    proc = run_cli("apply", tmp_path / "x.npy", f"{weights}:weights", "-o", f"s3://{bucket}/y.npy",
+    image = pytest.importorskip("PIL.Image")
+    x = np.random.default_rng(43).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    image.fromarray(x).save(tmp_path / "x.png")  # a picture at a URL is read from a local copy
+    source = put(s3, bucket, "x.png", tmp_path / "x.png")
+    proc = run_cli("apply", source, "1,2,0", "-o", f"s3://{bucket}/y.npy", "--dtype", "float32",
                    env={**s3.env, "TMPDIR": str(temp)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in temp.iterdir()) == [f"pwconv-upload-{alive}-c3", "pwconv-upload-x"]
     got = np.load(fetch(s3, bucket, "y.npy", tmp_path / "y.npy"))
-    np.testing.assert_allclose(got[..., 0], x @ [1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(got[..., 0], x[..., :2].astype(np.float32) @ [1.0, 2.0], rtol=1e-6)
 
 
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:

@@ -20,6 +20,10 @@ from pwconv.io.interface import Sink, Source
 # A streamed block costs at most this much (input, conversions and output); larger blocks
 # gain nothing in speed and cost memory.
 STREAM_BLOCK_BYTES = 32 << 20
+# ... but for data at a URL, whose block is read as requests of 8 MiB, up to 16 in flight:
+# a block that fills them hides each request's latency behind the others (half of
+# --max-memory at most, as any streamed block).
+REMOTE_BLOCK_BYTES = 128 << 20
 
 
 def pixel_bytes(plan: ConvPlan) -> int:
@@ -60,7 +64,8 @@ def _plan(
         budget = max_bytes
     else:
         # Two blocks are in flight at once (one being read or written, one computed).
-        budget = max(per_pixel, min(max_bytes // 2, STREAM_BLOCK_BYTES))
+        cap = REMOTE_BLOCK_BYTES if stream else STREAM_BLOCK_BYTES
+        budget = max(per_pixel, min(max_bytes // 2, cap))
     align = {}
     chunks = source.chunks()
     if chunks and plan.stride == 1:

@@ -45,7 +45,7 @@ SCHEMES = {
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _ANY_URL = re.compile(r"\b(?:s3|gs|az|abfss?|https?)://[^\s'\"<>]+", re.IGNORECASE)
 #: Requests in flight at once for the ranges of one read (PWCONV_REMOTE_REQUESTS sets it).
-IN_FLIGHT = max(1, int(os.environ.get("PWCONV_REMOTE_REQUESTS", "0") or 0)) or 16
+IN_FLIGHT = max(1, int(os.environ.get("PWCONV_REMOTE_REQUESTS") or 16))
 #: The bytes of one request when a large read is split to run in parallel.
 PIECE = 8 << 20
 # A file-object read this large is fetched in pieces, several in flight.
@@ -604,9 +604,10 @@ class RemoteObject:
         ``out``: neighbouring runs are joined, large ones split into pieces of :data:`PIECE`,
         and the pieces fetched :data:`IN_FLIGHT` at a time, each copied into place as it comes
         (memory: the output plus the pieces in flight)."""
-        # Pieces of at most PIECE bytes, smaller for a small read, so that the pieces in flight
-        # never hold more than the output does (at least 1 MiB a piece).
-        piece = max(1 << 20, min(PIECE, len(starts) * length // IN_FLIGHT))
+        # Pieces of PIECE bytes, the size object stores serve best (a block is made large enough
+        # to fill IN_FLIGHT of them): cut finer, a block's requests cost more than they hide.
+        # The pieces in flight never hold more than the output does.
+        piece = PIECE
         pieces: list[tuple[int, int, int]] = []  # (object offset, output offset, bytes)
         for i, start in enumerate(starts):
             if pieces and pieces[-1][0] + pieces[-1][2] == start and pieces[-1][2] + length <= piece:
