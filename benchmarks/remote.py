@@ -1,7 +1,7 @@
 """`pwconv apply` from S3 to S3 against the floor of the fastest client: the same bytes
 fetched and put by obstore alone, on the loopback S3 server the tests use (moto).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/remote.py [--size-gib 1]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/remote.py [--size-gib 1] [--store azurite]
 
 Inputs: float32 (2048 * size, 2048, 64) as npy, uncompressed Zarr (32 MiB chunks) and a
 tiled GeoTIFF (512 x 512 tiles, pixel-interleaved, uncompressed); 16 filters, so the output
@@ -14,7 +14,9 @@ with 1, 4 and 16 requests in flight (PWCONV_REMOTE_REQUESTS).
 
 moto keeps each object in one buffer and copies it whole for every ranged GET, so its ranged
 reads cost more the larger the object (a real S3 does not); pwconv and the floor pay that
-alike, request for request.
+alike, request for request. ``--store azurite`` runs the same tables against Azurite's blob
+service keeping its data on disk (npm's ``azurite``), which serves a range from its file
+without copying the object, and requests concurrently.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,8 +59,12 @@ with rasterio.open('in.tif', 'w', driver='GTiff', width=2048, height=rows, count
 
 STORE = """
 import os, obstore
-from obstore.store import S3Store
-store = S3Store('bench', config={'endpoint': os.environ['AWS_ENDPOINT_URL']}, client_options={'allow_http': True})
+from obstore.store import AzureStore, S3Store
+if os.environ.get('BENCH_AZURE_ENDPOINT'):
+    store = AzureStore('bench', config={'account_name': 'devstoreaccount1', 'account_key': os.environ['BENCH_AZURE_KEY'],
+                       'endpoint': os.environ['BENCH_AZURE_ENDPOINT']}, client_options={'allow_http': True})
+else:
+    store = S3Store('bench', config={'endpoint': os.environ['AWS_ENDPOINT_URL']}, client_options={'allow_http': True})
 """
 
 UPLOAD = (
@@ -99,7 +107,7 @@ HTTP_SERVER = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
 from tests.servers import RangeServer
-server = RangeServer(sys.argv[1])
+server = RangeServer(sys.argv[1], latency=float(sys.argv[3]))
 print(server.url, flush=True)
 time.sleep(3600)
 """
@@ -122,7 +130,25 @@ print(json.dumps(gets))
 """
 
 
-def start_server() -> tuple[subprocess.Popen, int]:
+@dataclass
+class Store:
+    """The server the tables run against, and the variables that point pwconv at it."""
+
+    name: str
+    scheme: str
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen
+
+    def through(self, endpoint: str) -> dict[str, str]:
+        """The variables that send pwconv through ``endpoint`` (a counting proxy) instead."""
+        if self.scheme == "s3":
+            return {"AWS_ENDPOINT_URL": endpoint}
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+            f"http://127.0.0.1:{self.port}", endpoint)}  # fmt: skip
+
+
+def start_moto() -> Store:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -132,19 +158,48 @@ def start_server() -> tuple[subprocess.Popen, int]:
             break
         except OSError:
             time.sleep(0.1)
-    return server, port
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_REGION": "us-east-1"}  # fmt: skip
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT"))  # noqa: S310
+    return Store(f"moto on 127.0.0.1:{port}", "s3", port, env, server)
+
+
+def start_azurite(folder: str) -> Store:
+    """Azurite's blob service keeping its data in ``folder`` (on disk: its in-memory mode
+    holds everything twice), with the container ``bench``."""
+    from tests.servers import AzuriteServer
+
+    port = free_port()
+    server = subprocess.Popen(["azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                               folder, "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}/{AzuriteServer.ACCOUNT}"
+    connection = (f"DefaultEndpointsProtocol=http;AccountName={AzuriteServer.ACCOUNT};"
+                  f"AccountKey={AzuriteServer.KEY};BlobEndpoint={base};")  # fmt: skip
+    env = {"AZURE_STORAGE_CONNECTION_STRING": connection, "BENCH_AZURE_ENDPOINT": base,
+           "BENCH_AZURE_KEY": AzuriteServer.KEY}  # fmt: skip
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    subprocess.run([sys.executable, "-c", "from azure.storage.blob import BlobServiceClient as B; import os; "
+                    "B.from_connection_string(os.environ['AZURE_STORAGE_CONNECTION_STRING']).create_container('bench')"],
+                   env={**os.environ, **env}, check=True)  # fmt: skip
+    return Store(f"Azurite on 127.0.0.1:{port}, on disk", "az", port, env, server)
 
 
 PY = [sys.executable, "-m", "pwconv"]
 
 
-def s3_tables(folder: Path, port: int, rows: int, in_bytes: int, out_bytes: int) -> None:
-    """apply S3 -> S3 against the floor for each input, explain's transfer, and the npy read
-    with 1, 4 and 16 requests in flight."""
+def store_tables(folder: Path, store: Store, rows: int, in_bytes: int, out_bytes: int) -> None:
+    """apply store -> store against the floor for each input, explain's transfer, and the npy
+    read with 1, 4 and 16 requests in flight."""
     subprocess.run([sys.executable, "-c", UPLOAD], cwd=folder, check=True)
-    print(f"input {in_bytes / 2**30:.2f} GiB, output {out_bytes / 2**30:.2f} GiB, moto on 127.0.0.1:{port}")
+    print(f"input {in_bytes / 2**30:.2f} GiB, output {out_bytes / 2**30:.2f} GiB, {store.name}")
     print(
-        "| input | GET floor (1 / 4 / 16 in flight) | PUT floor | floor | pwconv S3 -> S3 | ratio | peak RSS |"
+        "| input | GET floor (1 / 4 / 16 in flight) | PUT floor | floor | pwconv store -> store | ratio | peak RSS |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, source, target in (("npy", "in.npy", "out.npy"), ("zarr", "in.zarr", "out.zarr"),
@@ -154,32 +209,33 @@ def s3_tables(folder: Path, port: int, rows: int, in_bytes: int, out_bytes: int)
         floor = json.loads(done.stdout)
         gets = {int(k): v for k, v in floor["gets"].items()}
         total = min(gets.values()) + floor["put"]
-        wall, rss = run([*PY, "apply", f"s3://bench/{source}", "w.npy", "-o", f"s3://bench/{target}",
-                         "--overwrite"], folder)  # fmt: skip
+        wall, rss = run([*PY, "apply", f"{store.scheme}://bench/{source}", "w.npy", "-o",
+                         f"{store.scheme}://bench/{target}", "--overwrite"], folder)  # fmt: skip
         print(f"| {name} | {gets[1]:.2f} / {gets[4]:.2f} / {gets[16]:.2f} s | {floor['put']:.2f} s | "
               f"{total:.2f} s | {wall:.2f} s | {wall / total:.2f}x | {rss / 2**20:.0f} MiB |")  # fmt: skip
-    proxy = FaultProxy(port, lambda method, path: False)
+    proxy = FaultProxy(store.port, lambda method, path: False)
     start = time.perf_counter()
-    done = subprocess.run([*PY, "explain", "s3://bench/in.npy", "w.npy", "--at", f"{rows // 2},1000"],
-                          env={**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}, capture_output=True,
+    done = subprocess.run([*PY, "explain", f"{store.scheme}://bench/in.npy", "w.npy", "--at", f"{rows // 2},1000"],
+                          env={**os.environ, **store.through(proxy.endpoint)}, capture_output=True,
                           cwd=folder)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    print(f"explain at one pixel (S3): {proxy.sent:,} bytes transferred of {in_bytes:,} "
+    print(f"explain at one pixel ({store.scheme}): {proxy.sent:,} bytes transferred of {in_bytes:,} "
           f"({100 * proxy.sent / in_bytes:.4f}%), {time.perf_counter() - start:.2f} s")  # fmt: skip
     proxy.stop()
-    print("| requests in flight | npy S3 -> local npy | throughput | peak RSS |")
+    print("| requests in flight | npy store -> local npy | throughput | peak RSS |")
     print("|---|---|---|---|")
     for flight in (1, 4, 16):
-        wall, rss = run([*PY, "apply", "s3://bench/in.npy", "w.npy", "-o", "local.npy", "--overwrite"], folder,
-                        env={"PWCONV_REMOTE_REQUESTS": str(flight)})  # fmt: skip
+        wall, rss = run([*PY, "apply", f"{store.scheme}://bench/in.npy", "w.npy", "-o", "local.npy", "--overwrite"],
+                        folder, env={"PWCONV_REMOTE_REQUESTS": str(flight)})  # fmt: skip
         print(f"| {flight} | {wall:.2f} s | {in_bytes / wall / 2**20:.0f} MiB/s | {rss / 2**20:.0f} MiB |")
 
 
-def http_tables(folder: Path, rows: int, in_bytes: int) -> None:
-    """The npy over HTTP from a threaded server reading the file (faster than moto):
-    against the same GETs by urllib, with 1, 4 and 16 requests in flight, and explain."""
-    http = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder), str(Path(__file__).parents[1])],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+def http_tables(folder: Path, rows: int, in_bytes: int, latency: float) -> None:
+    """The npy over HTTP from a threaded server reading the file (faster than moto), each GET
+    answered after ``latency`` seconds (a store's time to first byte): against the same GETs
+    by urllib, with 1, 4 and 16 requests in flight."""
+    http = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder), str(Path(__file__).parents[1]),
+                             str(latency)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert http.stdout is not None
         base = http.stdout.readline().strip()
@@ -187,7 +243,7 @@ def http_tables(folder: Path, rows: int, in_bytes: int) -> None:
         done = subprocess.run([sys.executable, "-c", HTTP_FLOOR, url, str(in_bytes)], capture_output=True,
                               text=True, check=True)  # fmt: skip
         gets = {int(k): v for k, v in json.loads(done.stdout).items()}
-        print(f"input {in_bytes / 2**30:.2f} GiB over HTTP at {base}")
+        print(f"input {in_bytes / 2**30:.2f} GiB over HTTP at {base}, {latency * 1000:.0f} ms to first byte")
         print("| requests in flight | GET floor, HTTP | npy HTTP -> local npy | ratio | peak RSS |")
         print("|---|---|---|---|---|")
         for flight in (1, 4, 16):
@@ -204,14 +260,16 @@ def http_tables(folder: Path, rows: int, in_bytes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-gib", type=float, default=0.25)
-    parser.add_argument("--http-only", action="store_true", help="skip the S3 tables")
+    parser.add_argument("--http-only", action="store_true", help="skip the object-store tables")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="the HTTP server's time to first byte")
+    parser.add_argument("--store", choices=("moto", "azurite"), default="moto",
+                        help="the object store: moto's S3 (in memory) or Azurite's blob service (on disk)")  # fmt: skip
     args = parser.parse_args()
     rows = int(2048 * args.size_gib)
-    server, port = start_server()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_REGION": "us-east-1"})  # fmt: skip
+    data = tempfile.TemporaryDirectory()
+    store = start_moto() if args.store == "moto" else start_azurite(data.name)
+    os.environ.update(store.env)
     try:
-        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT"))  # noqa: S310
         blas = subprocess.run([sys.executable, "-c", "import numpy, threadpoolctl; print([(i.get('internal_api'), "
                                "i.get('architecture'), i.get('num_threads')) for i in threadpoolctl.threadpool_info()])"],
                               capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -223,11 +281,12 @@ def main() -> None:
             )
             in_bytes, out_bytes = (folder / "in.npy").stat().st_size, rows * 2048 * 16 * 4
             if not args.http_only:
-                s3_tables(folder, port, rows, in_bytes, out_bytes)
-            http_tables(folder, rows, in_bytes)
+                store_tables(folder, store, rows, in_bytes, out_bytes)
+            http_tables(folder, rows, in_bytes, args.latency_ms / 1000)
     finally:
-        server.terminate()
-        server.wait()
+        store.process.terminate()
+        store.process.wait()
+        data.cleanup()
 
 
 if __name__ == "__main__":
