@@ -603,6 +603,35 @@ def test_folders_a_killed_run_left_in_tmpdir_go_with_the_next_run(
     np.testing.assert_allclose(got[..., 0], x[..., :2].astype(np.float32) @ [1.0, 2.0], rtol=1e-6)
 
 
+def test_a_zarr_output_at_a_url_puts_each_blocks_chunks_as_it_goes(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """A block's chunks go up while the next block is read (the staging folder never holds
+    the whole store); when the metadata, put last, fails, the chunks already put go too."""
+    x = cube((256, 256, 16), seed=50)  # 4 MiB in blocks of under 1 MiB: several blocks
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", np.eye(16, dtype=np.float32)[:2])
+    source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
+    requests: list[tuple[str, str]] = []
+
+    def cut(method: str, path: str) -> bool:
+        requests.append((method, path))
+        return method == "PUT" and "zarr.json" in path
+
+    proxy = FaultProxy(s3.port, cut)
+    try:
+        target = f"s3://{bucket}/y.zarr"
+        proc = run_cli("apply", source, tmp_path / "w.npy", "-o", target, "--max-memory", "2MB",
+                       env={**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint})  # fmt: skip
+        assert_clean_error(proc, 1, target)
+    finally:
+        proxy.stop()
+    order = [i for i, (method, path) in enumerate(requests) if method == "PUT" and "/y.zarr/c/" in path]
+    reads = [i for i, (method, path) in enumerate(requests) if method == "GET" and "/x.npy" in path]
+    assert len(order) >= 4 and order[0] < reads[-1], requests  # chunks put before the input is all read
+    assert keys(s3, bucket) == ["x.npy"]
+
+
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:
     code = (
         "import sys, runpy; sys.argv = ['pwconv', 'apply', 'M.npy', '2,3', '-o', 'o.npy'];"

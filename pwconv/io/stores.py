@@ -905,6 +905,34 @@ def upload_folder(local: str, url: str, *, replace: bool = True) -> None:
         raise
 
 
+def put_chunk_files(local: str, url: str) -> None:
+    """Put every file under the local folder ``local`` but its metadata under the prefix
+    ``url`` (several in flight), and remove each once it is up: the chunks a block of a Zarr
+    output left there, while the next block is read. The metadata stays for the end."""
+    store, key = _located(url)
+    obstore = _obstore()
+    prefix = key.rstrip("/")
+    files = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(local)
+        for name in names
+        if name not in _METADATA
+    ]
+    if not files:
+        return
+
+    def put(path: str) -> None:
+        name = os.path.relpath(path, local).replace(os.sep, "/")
+        with open(path, "rb") as handle:
+            obstore.put(store, f"{prefix}/{name}", handle)
+        os.remove(path)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(IN_FLIGHT, len(files))) as pool:
+        _guarded(url, "write", lambda: list(pool.map(put, files)))
+
+
 def _keys_under(store: Any, prefix: str) -> list[str]:
     return [item["path"] for batch in _obstore().list(store, prefix=prefix + "/") for item in batch]
 

@@ -24,7 +24,7 @@ from pwconv.io.checks import check_readable, check_regular, link_leaving, numeri
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
-from pwconv.io.stores import is_url, join, put_object, shown, zarr_store
+from pwconv.io.stores import is_url, join, put_chunk_files, put_object, shown, zarr_store
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -237,6 +237,12 @@ class ZarrSink(FileSink):
                 self._writer[index] = block
             except OSError as exc:
                 raise write_failure(self.target, exc) from None
+            if is_url(self.target):
+                # The block's chunks go up now, overlapping the next block's read; an older
+                # store there goes first, and the metadata last, on commit.
+                if not self.temp.direct:
+                    self.temp.write_directly()
+                put_chunk_files(self.temp.path, self.target)
 
     def parallel_writer(self) -> ZarrChunkWriter | ZarrObjectWriter:
         if not is_url(self.target):
