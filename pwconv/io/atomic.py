@@ -27,6 +27,7 @@ from pwconv.io.stores import (
     check_writable_url,
     exists,
     is_url,
+    process_running,
     remove,
     shown,
     staging_folder,
@@ -99,16 +100,6 @@ def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
-
-
 # A temp file or folder, the old store moved aside when a store is overwritten, and the
 # sidecars GDAL writes beside a temp raster (its .aux.xml, an ENVI header).
 _STALE_ENDINGS = (_SUFFIX, _SUFFIX + ".old", _SUFFIX + ".aux.xml", ".hdr")
@@ -127,7 +118,7 @@ def sweep_stale(directory: str, name: str) -> list[str]:
         if not entry.startswith(prefix) or not entry.endswith(_STALE_ENDINGS):
             continue
         pid = entry[len(prefix) :].split(".", 1)[0]
-        if not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
+        if not (pid.isascii() and pid.isdigit()) or process_running(int(pid)):
             continue
         stale = os.path.join(directory, entry)
         if os.path.isdir(stale) and not os.path.islink(stale):

@@ -1007,12 +1007,13 @@ def _private_folder(prefix: str) -> str:
         names = []
     for name in names:
         pid = name[len(prefix) :].partition("-")[0] if name.startswith(prefix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process of this machine runs under ``pid`` (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
