@@ -468,6 +468,29 @@ def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None
     source.close()
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_zip_model_lost_in_mid_read_is_a_network_error(tmp_path: Path, suffix: str) -> None:
+    """A model file whose server goes away once its directory was read: pwconv's network
+    error (exit 1), not "the archive is damaged" (zipfile's OSError from a failed read)."""
+    from pwconv.errors import NetworkError
+    from pwconv.io.registry import open_source
+    from pwconv.io.spec import parse_spec
+
+    w = cube((300, 400), 33)  # beyond the directory's 64 KiB read-ahead
+    if suffix == ".pt":
+        torch = pytest.importorskip("torch")
+        torch.save({"w": torch.from_numpy(w)}, tmp_path / f"m{suffix}")
+    else:
+        np.savez(tmp_path / f"m{suffix}", w=w)
+    server = RangeServer(str(tmp_path))
+    try:
+        source = open_source(parse_spec(f"{server.url}/m{suffix}:w"))
+    finally:
+        server.stop()
+    with pytest.raises(NetworkError):
+        source.read(tuple(slice(0, n) for n in source.shape))
+
+
 def test_stack_of_band_objects(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     bands = np.random.default_rng(9).random((3, 50, 40)).astype(np.float32)
     urls = []

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import lzma
 import os
 import stat
+import zipfile
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, InputFileError
+from pwconv.errors import FormatError, InputFileError, PwconvError
 from pwconv.io.names import printable
 from pwconv.io.stores import is_url
 
@@ -33,6 +39,36 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """A library's exception as one short line for a message (its type when it says nothing)."""
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:limit]
+
+
+# What zipfile raises for a damaged archive: a directory or header it cannot parse, a member
+# whose codec fails (zlib, lzma; bz2's is an OSError without errno), a local header asking for
+# a feature zipfile lacks (NotImplementedError), a seek before the file's start (EINVAL).
+ZIP_DAMAGE = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, zlib.error,
+    lzma.LZMAError, OSError,
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def zip_damage(message: str) -> Iterator[None]:
+    """zipfile's errors for a damaged archive as one FormatError, ``message`` with ``{reason}``
+    in it; pwconv's own errors (a network failure at a URL) and a failing disk (an OSError
+    with its errno) pass as they are.
+
+    >>> with zip_damage("expected a zip ({reason})"):
+    ...     raise zipfile.BadZipFile("File is not a zip file")
+    Traceback (most recent call last):
+    pwconv.errors.FormatError: expected a zip (File is not a zip file)
+    """
+    try:
+        yield
+    except PwconvError:
+        raise
+    except ZIP_DAMAGE as exc:
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise
+        raise FormatError(message.format(reason=first_line(exc))) from None
 
 
 def check_readable(path: str, what: str = "input") -> None:

@@ -8,19 +8,17 @@ would need unpickling) is refused before any of its data is read. A filter-bank 
 from __future__ import annotations
 
 import contextlib
-import lzma
 import math
 import zipfile
-import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError
+from pwconv.errors import FormatError, PwconvError
 from pwconv.io.arrays import ArraySource, named
 from pwconv.io.atomic import write_atomically
-from pwconv.io.checks import check_readable, zip_member_guard
+from pwconv.io.checks import ZIP_DAMAGE, check_readable, zip_damage, zip_member_guard
 from pwconv.io.formats.npy import read_exact, read_header
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name
@@ -30,31 +28,16 @@ if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
 
-# What zipfile raises for a damaged archive: a member's codec fails (zlib, lzma; bz2's is
-# OSError), or its local header asks for a feature zipfile lacks (NotImplementedError).
-_DAMAGED = (
-    zipfile.BadZipFile,
-    OSError,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-    zlib.error,
-    lzma.LZMAError,
-)
-
-
 @contextlib.contextmanager
 def _open_zip(path: str) -> Iterator[zipfile.ZipFile]:
     """The archive, local or at a URL (then its directory and members are read by range)."""
     check_readable(path)
     with open_binary(path) as handle:
-        try:
+        with zip_damage(
+            f"expected an .npz archive at {path!r}, found one that is not a readable zip ({{reason}}); "
+            "save it with numpy.savez"
+        ):
             archive = zipfile.ZipFile(handle)
-        except _DAMAGED as exc:
-            raise FormatError(
-                f"expected an .npz archive at {path!r}, found one that is not a readable zip ({exc}); "
-                "save it with numpy.savez"
-            ) from None
         with archive:
             yield archive
 
@@ -73,20 +56,18 @@ def _is_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> boo
     try:
         with archive.open(info) as stream:
             return read_header(stream, where, text=True)[1].kind == "U"
-    except _DAMAGED:
+    except PwconvError:
+        raise
+    except ZIP_DAMAGE:
         return False  # damaged: listed, and refused with its own error when read
 
 
 def _load(path: str, info: zipfile.ZipInfo, where: str, *, text: bool = False) -> np.ndarray:
-    try:
+    with zip_damage(f"cannot read {where}: the archive is damaged ({{reason}}); save it again"):
         with open_binary(path) as handle, zipfile.ZipFile(handle) as archive, archive.open(info) as stream:
             shape, dtype, fortran = read_header(stream, where, text=text)
             data = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
             read_exact(stream, data.data, where)
-    except _DAMAGED as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"cannot read {where}: the archive is damaged ({exc}); save it again") from None
     array = data.view(dtype)
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
@@ -118,14 +99,10 @@ class NpzFormat(Backend):
             info = members[name]
             zip_member_guard(spec.path, info)
             where = f"{spec.path}:{name}"
-            try:
+            with zip_damage(f"cannot read {where}: the archive is damaged ({{reason}}); save it again"):
                 with archive.open(info) as stream:
                     shape, dtype, fortran = read_header(stream, where)
                     header_bytes = stream.tell()
-            except _DAMAGED as exc:
-                raise FormatError(
-                    f"cannot read {where}: the archive is damaged ({exc}); save it again"
-                ) from None
         nbytes = math.prod(shape) * dtype.itemsize
         if info.file_size != header_bytes + nbytes:
             raise FormatError(

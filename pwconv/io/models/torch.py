@@ -17,15 +17,12 @@ itself, with ``weights_only=True``, when torch is installed.
 from __future__ import annotations
 
 import collections
-import errno
 import functools
 import io
-import lzma
 import math
 import os
 import pickle
 import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +30,7 @@ import numpy as np
 
 from pwconv.errors import FormatError, MissingExtraError
 from pwconv.io.arrays import ArraySource, named
-from pwconv.io.checks import check_readable, first_line, zip_member_guard
+from pwconv.io.checks import check_readable, first_line, zip_damage, zip_member_guard
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name, printable
 from pwconv.io.stores import RangedFile, is_url, local_copy, open_binary
@@ -60,12 +57,6 @@ _OTHER_DTYPES = {
     "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8", "qint32", "quint4x2",
 }  # fmt: skip
 _PICKLE_LIMIT = 256 << 20  # a state dict's pickle names tensors; its data lies elsewhere
-# What zipfile raises for a damaged archive: a member's codec fails (zlib, lzma; bz2's is
-# OSError), or its local header asks for a feature zipfile lacks (NotImplementedError).
-_DAMAGED = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError, zlib.error,
-    lzma.LZMAError,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -275,7 +266,8 @@ def _flatten(loaded: Any) -> dict[str, Any]:
 
 
 def _read_archive(path: str) -> _Archive:
-    try:
+    damaged = f"expected a PyTorch file at {path!r}, found a damaged zip archive ({{reason}}); check that it is complete"
+    with zip_damage(damaged):
         with open_binary(path) as handle, zipfile.ZipFile(handle) as archive:
             infos = archive.infolist()
             pickles = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") == 1]
@@ -304,15 +296,6 @@ def _read_archive(path: str) -> _Archive:
             if prefix + "byteorder" in archive.namelist():
                 order = archive.read(prefix + "byteorder").strip()
             raw = archive.read(pickles[0])
-    except _DAMAGED as exc:
-        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
-            raise  # a disk that fails: pwconv's I/O error, exit 1
-        # EINVAL: a seek before the file's start, where a cut file's directory points; no errno:
-        # bz2's "invalid data stream"
-        raise FormatError(
-            f"expected a PyTorch file at {path!r}, found a damaged zip archive ({first_line(exc)}); "
-            "check that it is complete"
-        ) from None
     try:
         loaded = _StateDictUnpickler(io.BytesIO(raw)).load()
     except _Refused as exc:
