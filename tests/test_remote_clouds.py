@@ -386,3 +386,18 @@ def test_a_denial_names_the_clouds_own_variable_for_public_data(url: str, variab
     assert isinstance(failure, InputFileError) and variable in str(failure), str(failure)
     others = {"AWS_SKIP", "GOOGLE_SKIP", "AZURE_SKIP"} - {variable.split("_SIGNATURE")[0]}
     assert not any(other in str(failure) for other in others), str(failure)
+
+
+@pytest.mark.parametrize("took", ["403.217µs", "404.1µs", "401ms"])
+def test_a_duration_that_reads_like_a_status_is_not_one(took: str) -> None:
+    """A refused connection that took 403.2 µs is a network failure (exit 1), not an access
+    denied (the first CI of this test's commit met it: the duration is in obstore's message)."""
+    from pwconv.errors import NetworkError
+    from pwconv.io.stores import _failure
+
+    text = (
+        f"Generic S3 error: Error performing HEAD http://127.0.0.1:9/b/x in {took} - HTTP error: error "
+        'sending request Debug source: Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }'
+    )
+    failure = _failure("s3://b/x", RuntimeError(text), "read")
+    assert isinstance(failure, NetworkError) and "connection refused" in str(failure), str(failure)

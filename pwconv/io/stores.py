@@ -174,8 +174,9 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
     exit 1 for a network that failed."""
     name = shown(url)
     kind = type(exc).__name__
-    text = " ".join(str(exc).split())
-    # A status code as a word: "404" inside an upload id or an ETag in the message is not one.
+    text = _without_timings(" ".join(str(exc).split()))
+    # A status code as a word: "404" inside an upload id or an ETag in the message is not one,
+    # nor a duration ("in 403.2µs"), which _without_timings took out.
     missing = (
         isinstance(exc, FileNotFoundError)
         or kind == "NotFoundError"
@@ -230,11 +231,21 @@ _REASONS = (
 )
 
 
+def _without_timings(text: str) -> str:
+    """A client's message without its timings and retry settings, which are no cause and
+    whose numbers read like status codes ("in 403.2µs", "retry_timeout: 30s").
+
+    >>> _without_timings("HEAD /x in 403.217µs - error sending request, retry_timeout: 30s, retries: 3")
+    'HEAD /x in - error sending request, retries: 3'
+    """
+    text = re.sub(r"\b(retry_timeout|elapsed): [^,]*,\s*", "", text)
+    return re.sub(r"\s*\b\d+(\.\d+)?(ns|µs|us|ms|s)\b", "", text)
+
+
 def _reason(text: str) -> str:
     # obstore's "Debug source:" dump names the cause (ConnectionRefused) beside settings and
-    # timings that are none ("retry_timeout: 30s", "elapsed: 1.500s")
-    low = re.sub(r"\b(retry_timeout|elapsed): [^,]*,", "", text.lower())
-    low = re.sub(r"\b\d+(\.\d+)?(ns|µs|ms|s)\b", "", low)
+    # timings that are none (taken out by _failure)
+    low = text.lower()
     for key, reason in _REASONS:
         if key in low:
             return reason
