@@ -33,7 +33,7 @@ from pwconv.io.arrays import ArraySource, named
 from pwconv.io.checks import check_readable, first_line, zip_damage, zip_member_guard
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name, printable
-from pwconv.io.stores import RangedFile, is_url, local_copy, open_binary
+from pwconv.io.stores import RangedFile, RemoteObject, is_url, local_copy, open_binary
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -196,6 +196,7 @@ class _Archive:
     tensors: dict[str, _Tensor]
     members: dict[str, zipfile.ZipInfo]  # storage key -> its member (stored, not compressed)
     big_endian: bool
+    remote: RemoteObject | None  # the object at a URL, opened once for every read of it
 
     def read(self, tensor: _Tensor, where: str) -> np.ndarray:
         info = self.members.get(tensor.storage.key)
@@ -227,9 +228,9 @@ class _Archive:
     def _storage(self, info: zipfile.ZipInfo, word: np.dtype, count: int) -> np.ndarray:
         """A storage's first ``count`` elements: mapped from a local file, fetched by range
         from a URL (the member's local header first, for where its bytes start)."""
-        with open_binary(self.path) as handle:
+        remote = self.remote
+        with RangedFile(remote) if remote else open(self.path, "rb") as handle:
             start = _data_offset(handle, info)
-            remote = handle.remote if isinstance(handle, RangedFile) else None
         short = FormatError(
             f"expected a storage of {count} elements in {self.path!r}, found the file shorter; "
             "it is damaged or incomplete"
@@ -265,10 +266,10 @@ def _flatten(loaded: Any) -> dict[str, Any]:
     return tensors
 
 
-def _read_archive(path: str) -> _Archive:
+def _read_archive(path: str, handle: Any) -> _Archive:
     damaged = f"expected a PyTorch file at {path!r}, found a damaged zip archive ({{reason}}); check that it is complete"
     with zip_damage(damaged):
-        with open_binary(path) as handle, zipfile.ZipFile(handle) as archive:
+        with zipfile.ZipFile(handle) as archive:
             infos = archive.infolist()
             pickles = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") == 1]
             if len(pickles) != 1:
@@ -307,7 +308,8 @@ def _read_archive(path: str) -> _Archive:
             f"expected a PyTorch file at {path!r}, found a pickle that does not load "
             f"({type(exc).__name__}: {first_line(exc)}); check that it is complete"
         ) from None
-    return _Archive(path, _flatten(loaded), members, order == b"big")
+    remote = handle.remote if isinstance(handle, RangedFile) else None
+    return _Archive(path, _flatten(loaded), members, order == b"big", remote)
 
 
 def _legacy_tensors(path: str) -> dict[str, Any]:
@@ -331,11 +333,6 @@ def _legacy_tensors(path: str) -> dict[str, Any]:
     return _flatten(loaded)
 
 
-def _starts_with(path: str, magic: bytes) -> bool:
-    with open_binary(path) as handle:
-        return bool(handle.read(len(magic)) == magic)
-
-
 def _load_tensors(path: str) -> _Archive | dict[str, Any]:
     """Every tensor in the file by dotted name (data mapped, not read)."""
     check_readable(path)
@@ -347,15 +344,20 @@ def _load_tensors(path: str) -> _Archive | dict[str, Any]:
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: str, mtime_ns: int, size: int) -> _Archive | dict[str, Any]:
-    # Listing, pairing a bias and reading all load the same file: once is enough.
+    # Listing, pairing a bias and reading all load the same file: once is enough. The file is
+    # opened once (at a URL, one object for every request).
     with open_binary(path) as handle:
         try:
             zipped = zipfile.is_zipfile(handle)
         except zipfile.BadZipFile:  # a directory damaged past is_zipfile's own checks
             zipped = True  # (_read_archive says what is wrong)
-    if zipped or _starts_with(path, b"PK\x03\x04"):
-        return _read_archive(path)
-    if _starts_with(path, b"\x80\x02"):  # a pickle (protocol 2): torch's format before 1.6
+        magic = b""
+        if not zipped:
+            handle.seek(0)
+            magic = bytes(handle.read(4))
+        if zipped or magic == b"PK\x03\x04":
+            return _read_archive(path, handle)
+    if magic[:2] == b"\x80\x02":  # a pickle (protocol 2): torch's format before 1.6
         return _legacy_tensors(path)
     raise FormatError(
         f"expected a PyTorch file (a zip archive written by torch.save) at {path!r}, found neither "
