@@ -386,6 +386,12 @@ def _azurite(base: str) -> dict[str, str]:
     }
 
 
+def _azure_key() -> str:
+    """The account key by any of its names: obstore's, the Azure CLI's, GDAL's."""
+    names = ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCESS_KEY")
+    return next((os.environ[name] for name in names if os.environ.get(name)), "")
+
+
 def _azure_config(account: str) -> Any:
     """Settings obstore does not read itself: the connection string, the Azure CLI's and
     GDAL's names for the account and its key, and an account named in the URL."""
@@ -403,10 +409,8 @@ def _azure_config(account: str) -> Any:
     if "account_name" not in config and not os.environ.get("AZURE_STORAGE_ACCOUNT_NAME"):
         if os.environ.get("AZURE_STORAGE_ACCOUNT"):
             config["account_name"] = os.environ["AZURE_STORAGE_ACCOUNT"]
-    if "account_key" not in config and not os.environ.get("AZURE_STORAGE_ACCOUNT_KEY"):
-        key = os.environ.get("AZURE_STORAGE_KEY") or os.environ.get("AZURE_STORAGE_ACCESS_KEY", "")
-        if key:
-            config["account_key"] = key
+    if "account_key" not in config and not os.environ.get("AZURE_STORAGE_ACCOUNT_KEY") and _azure_key():
+        config["account_key"] = _azure_key()
     if account:
         config["account_name"] = account
     return config
@@ -1079,9 +1083,8 @@ def _gdal_azure_settings(account: str) -> None:
     name = account or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
     if name:
         os.environ.setdefault("AZURE_STORAGE_ACCOUNT", name)
-    key = os.environ.get("AZURE_STORAGE_ACCOUNT_KEY") or os.environ.get("AZURE_STORAGE_KEY")
-    if key:
-        os.environ.setdefault("AZURE_STORAGE_ACCESS_KEY", key)
+    if _azure_key():
+        os.environ.setdefault("AZURE_STORAGE_ACCESS_KEY", _azure_key())
 
 
 def _gdal_settings() -> None:
