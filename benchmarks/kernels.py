@@ -1,11 +1,16 @@
 """Which few-filter product wins where: the C kernels against BLAS, one thread each.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/kernels.py [--dtype float32] [--mib 64]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/kernels.py \
+        [--layout rows|planes] [--path avx2+fma|avx512f] [--dtype float32] [--mib 64]
 
-For each (channels C, filters K) the same (rows, C) input of --mib MiB is multiplied by
-the (K, C) filters with ``numpy.matmul`` (BLAS) and with ``pwconv.core.kernels.apply_rows``,
-both on one thread, best of --repeats, interleaved. The last column says whether
-``kernels.accepts`` picks the kernel there; the rules in ``accepts`` come from this table.
+``--layout rows`` (channels-last): for each (channels C, filters K) the same (rows, C)
+input of --mib MiB is multiplied by the (K, C) filters with ``numpy.matmul`` (BLAS) and
+with ``pwconv.core.kernels.apply_rows``. ``--layout planes`` (channels-first): the input is
+(4 images, C, pixels), ``filters @ x`` against ``kernels.apply_planes``. Both on one thread,
+best of --repeats, interleaved. The last column says whether ``kernels.accepts`` (or
+``accepts_planes``) picks the kernel there; their rules come from these tables. The header
+prints the CPU, the kernels' code path (``--path`` runs a lower one than the CPU's best)
+and the BLAS kernel.
 """
 
 from __future__ import annotations
@@ -38,10 +43,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--channels", default="8,16,32,64,128,256,512,2048")
     parser.add_argument("--filters", default="2,3,4,5,8,12,16,24,32")
+    parser.add_argument("--layout", default="rows", choices=["rows", "planes"])
+    parser.add_argument(
+        "--path", help="the kernels' code path: avx2+fma or avx512f (default: the CPU's best)"
+    )
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
+    if args.path:
+        kernels.use_instruction_set(args.path)
     blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info()]
-    print(f"{dtype}, {args.mib} MiB inputs, one thread; BLAS {blas}; kernel {kernels.instruction_set()}")
+    print(f"CPU {cpu_model()}; {dtype}, {args.mib} MiB inputs, {args.layout}, one thread")
+    print(f"BLAS {blas}; kernel {kernels.instruction_set()}")
+    if args.layout == "planes":
+        planes(args, dtype)
+        return
     print(f"{'C':>5s} {'K':>3s} {'BLAS ms':>8s} {'kernel ms':>9s} {'ratio':>6s}  picked")
     rng = np.random.default_rng(0)
     kernels.threads = 1
@@ -60,6 +75,41 @@ def main() -> None:
                 t_kernel = best_ms(kernels.apply_rows, (x, w, ours), args.repeats)
                 np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
                 picked = "kernel" if kernels.accepts(x, w, ours) else "BLAS"
+                print(
+                    f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}",
+                    flush=True,
+                )
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def planes(args: argparse.Namespace, dtype: np.dtype) -> None:
+    print(f"{'C':>5s} {'K':>3s} {'BLAS ms':>8s} {'kernel ms':>9s} {'ratio':>6s}  picked")
+    rng = np.random.default_rng(0)
+    kernels.threads = 1
+    with threadpool_limits(1):
+        for c in (int(v) for v in args.channels.split(",")):
+            pixels = (args.mib << 20) // (dtype.itemsize * c * 4)
+            x = rng.standard_normal((4, c, pixels)).astype(dtype)
+            for k in (int(v) for v in args.filters.split(",")):
+                w = rng.standard_normal((k, c)).astype(dtype)
+                out = np.empty((4, k, pixels), dtype)
+                ours = np.empty((4, k, pixels), dtype)
+                t_blas = best_ms(np.matmul, (w, x, out), args.repeats)
+                t_kernel = best_ms(kernels.apply_planes, (x, w, ours), args.repeats)
+                np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
+                picked = "kernel" if kernels.accepts_planes(x, w, ours) else "BLAS"
                 print(
                     f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}",
                     flush=True,

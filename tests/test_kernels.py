@@ -16,6 +16,18 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(params=kernels.instruction_sets() or ["unavailable"])
+def path(request):
+    """The test runs on each code path of the kernels this CPU has (AVX2+FMA, AVX-512)."""
+    if request.param == "unavailable":
+        yield request.param
+        return
+    before = kernels.instruction_set()
+    kernels.use_instruction_set(request.param)
+    yield request.param
+    kernels.use_instruction_set(before)
+
+
 _SHAPES = [
     (64, 2),
     (65, 3),
@@ -39,7 +51,7 @@ _SHAPES = [
     + [(np.float64, 33, 9), (np.float64, 40, 12)]  # float64 tiles hold 16
     + [(np.float32, 17, 24), (np.float32, 64, 32), (np.float32, 256, 29)],  # float32 tiles hold 32
 )
-def test_kernel_matches_reference_loop(dtype, c, k):
+def test_kernel_matches_reference_loop(dtype, c, k, path):
     rng = np.random.default_rng(c * 100 + k)
     # 21 rows: whole tiles of 8, 6, 4 and 3 rows and rows left over after them.
     x = rng.standard_normal((7, 3, c)).astype(dtype)
@@ -53,7 +65,7 @@ def test_kernel_matches_reference_loop(dtype, c, k):
 
 
 @needs_kernel
-def test_kernel_split_over_threads_equals_blas(monkeypatch):
+def test_kernel_split_over_threads_equals_blas(monkeypatch, path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20000, 256)).astype(np.float32)  # 20 MB: split across threads
     w = rng.standard_normal((8, 256)).astype(np.float32)
@@ -65,7 +77,7 @@ def test_kernel_split_over_threads_equals_blas(monkeypatch):
 
 @needs_kernel
 @pytest.mark.parametrize("k", [3, 16])
-def test_kernel_split_does_not_change_a_bit(monkeypatch, k):
+def test_kernel_split_does_not_change_a_bit(monkeypatch, k, path):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((40001, 64)).astype(np.float32)  # 10 MB: up to 5 shares of 2 MiB
     w = rng.standard_normal((k, 64)).astype(np.float32)
@@ -80,7 +92,7 @@ def test_kernel_split_does_not_change_a_bit(monkeypatch, k):
 
 @needs_kernel
 @pytest.mark.parametrize("k", [4, 8, 13, 16, 32])
-def test_kernel_rows_do_not_depend_on_blocking(k):
+def test_kernel_rows_do_not_depend_on_blocking(k, path):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3000, 64)).astype(np.float32)
     w = rng.standard_normal((k, 64)).astype(np.float32)
@@ -90,7 +102,7 @@ def test_kernel_rows_do_not_depend_on_blocking(k):
     np.testing.assert_array_equal(whole, parts)
 
 
-def test_kernel_is_not_used_where_blas_is_faster():
+def test_kernel_is_not_used_where_blas_is_faster(path):
     x2 = np.zeros((10, 16), np.float32)
     assert not kernels.accepts(
         x2, np.zeros((4, 16), np.float32), np.zeros((10, 4), np.float32)
@@ -102,11 +114,97 @@ def test_kernel_is_not_used_where_blas_is_faster():
     assert not kernels.accepts(
         x2.astype(np.float64), np.zeros((24, 256)), np.zeros((10, 24))
     )  # more float64 filters than one tile holds
-    assert not kernels.accepts(
-        x2, np.zeros((10, 256), np.float32), np.zeros((10, 10), np.float32)
-    )  # a last vector of filters mostly padding
+    mostly_padding = kernels.accepts(x2, np.zeros((10, 256), np.float32), np.zeros((10, 10), np.float32))
+    assert mostly_padding == (path == "avx512f")  # 10 of 16 lanes; 10 of 8 + 8 on AVX2
     assert not kernels.accepts(x2, np.zeros((1, 256), np.float32), np.zeros((10, 1), np.float32))  # matvec
     assert not kernels.accepts(x2.astype(np.int32), np.zeros((4, 256), np.int32), np.zeros((10, 4), np.int32))
+
+
+# Channels-first: (images, channels, pixels, filters). Pixels: under one span of 1024, spans
+# with a ragged end, and rows that end inside a vector; channels: under, at and over the
+# 8-row blocks; filters: every group size up to 8, and two to four groups.
+_PLANES = [
+    (1, 3, 64, 2),
+    (2, 8, 100, 3),
+    (1, 9, 1000, 4),
+    (3, 17, 1043, 5),
+    (1, 64, 2085, 6),
+    (2, 5, 333, 7),
+    (1, 256, 1040, 8),
+    (2, 33, 777, 9),
+    (1, 16, 1500, 13),
+    (1, 40, 300, 16),
+    (1, 64, 300, 12),
+    (1, 12, 200, 24),
+    (1, 7, 150, 32),
+    (1, 100, 130, 64),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("a", "c", "b", "k"), _PLANES)
+def test_planes_kernel_matches_reference_loop(dtype, a, c, b, k, path):
+    rng = np.random.default_rng(a * 1000 + c * 10 + k)
+    x = rng.standard_normal((a, c, b)).astype(dtype)
+    w = rng.standard_normal((k, c)).astype(dtype)
+    out = np.full((a, k, b), np.nan, dtype)
+    if (k > 8 and c >= 64 and path != "avx512f") or k > 32 and path != "avx512f":
+        assert not kernels.accepts_planes(x, w, out)
+        return
+    assert kernels.accepts_planes(x, w, out)
+    result = pointwise_conv(x[..., None], w, layout="NCHW")[..., 0]
+    expected = reference_conv(x[..., None], w, layout="NCHW")[..., 0]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
+    np.testing.assert_allclose(result, expected, rtol=tol, atol=tol * scale)
+    kernels.apply_planes(x, w, out)
+    np.testing.assert_array_equal(out, result)
+
+
+@needs_kernel
+@pytest.mark.parametrize("a", [1, 5])
+def test_planes_kernel_split_does_not_change_a_bit(monkeypatch, a, path):
+    rng = np.random.default_rng(a)
+    x = rng.standard_normal((a, 40, 40000 // a + 13)).astype(np.float32)  # 6 MB: up to 3 shares
+    w = rng.standard_normal((8, 40)).astype(np.float32)
+    monkeypatch.setattr(kernels, "threads", 1)
+    one = np.empty((a, 8, x.shape[2]), np.float32)
+    kernels.apply_planes(x, w, one)
+    monkeypatch.setattr(kernels, "threads", 3)
+    three = np.empty_like(one)
+    kernels.apply_planes(x, w, three)
+    np.testing.assert_array_equal(one, three)
+    np.testing.assert_allclose(one, np.matmul(w, x), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_bands_outermost_raster_block_goes_through_the_planes_kernel(monkeypatch):
+    rng = np.random.default_rng(9)
+    bands = rng.standard_normal((6, 50, 70)).astype(np.float32)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    calls = []
+    real = kernels.apply_planes
+    monkeypatch.setattr(kernels, "apply_planes", lambda *args: (calls.append(1), real(*args)))
+    result = pointwise_conv(np.moveaxis(bands, 0, -1), w)  # a band-sequential block seen channels-last
+    assert calls
+    np.testing.assert_allclose(result, reference_conv(np.moveaxis(bands, 0, -1), w), rtol=1e-5, atol=1e-4)
+
+
+def test_planes_kernel_is_not_used_where_blas_is_faster(path):
+    x = np.zeros((2, 16, 256), np.float32)
+
+    def takes(k: int, xs: np.ndarray = x) -> bool:
+        w = np.zeros((k, xs.shape[1]), xs.dtype)
+        return kernels.accepts_planes(xs, w, np.zeros((xs.shape[0], k, xs.shape[2]), xs.dtype))
+
+    assert not takes(1)  # a matrix-vector product
+    assert not takes(65)  # compute-bound
+    assert takes(64) == (kernels.instruction_set() == "avx512f")
+    assert not takes(33, np.zeros((1, 512, 64), np.float32))
+    assert not takes(4, np.zeros((2, 16, 63), np.float32))  # short rows
+    assert not takes(4, np.zeros((2, 16, 256), np.int32))
+    assert not takes(4, np.zeros((2, 16, 512), np.float32)[:, :, ::2])  # not contiguous
 
 
 def test_blas_fallback_when_disabled(monkeypatch):
@@ -222,3 +320,20 @@ def test_difference_kernel_equals_float64_differences(dtype, step, c):
     assert kernels.add_differences(image, step, shift, products, sums)
     np.testing.assert_allclose(products, d.T @ d, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(sums, d.sum(axis=0), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.skipif("avx512f" not in kernels.instruction_sets(), reason="CPU without AVX-512F")
+def test_kernel_setting_avx2_keeps_an_avx512_cpu_on_the_avx2_code():
+    import json
+    import subprocess
+    import sys
+
+    for setting, expected in (("auto", "avx512f"), ("avx2", "avx2+fma"), ("blas", "avx512f")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pwconv", "info", "--system", "--json"],
+            env={**os.environ, "PWCONV_KERNEL": setting}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (doc,) = json.loads(proc.stdout)
+        assert doc["few_filter_kernel"] == expected
+        assert doc["kernels_enabled"] == (setting != "blas")

@@ -177,7 +177,11 @@ def _print_system(json_report: bool) -> None:
         [
             ("pwconv", f"{doc['pwconv']} on Python {doc['python']}, numpy {doc['numpy']}"),
             ("cpu", f"{doc['cpu']}, {doc['cores']} cores"),
-            ("apply", f"few-filter C kernel: {doc['few_filter_kernel']}{off}; otherwise BLAS"),
+            (
+                "apply",
+                f"few-filter C kernels (channels-last and channels-first): {doc['few_filter_kernel']}{off};"
+                " otherwise BLAS",
+            ),
             ("fit", f"scatter C kernel: {doc['scatter_kernel']}{off}; otherwise BLAS"),
             ("blas", blas_text),
             ("gzip", f"HDF5 gzip chunks decoded and encoded on every core by {doc['deflate']}"),

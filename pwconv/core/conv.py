@@ -287,6 +287,16 @@ def _channels_last(x2: np.ndarray, w: np.ndarray, out2: np.ndarray) -> None:
         _matmul_rows(x2, w.T, out2)
 
 
+def _channels_first(x3: np.ndarray, w: np.ndarray, out3: np.ndarray) -> None:
+    """``out3[n] = w @ x3[n]`` for (images, C, pixels) input."""
+    if kernels.accepts_planes(x3, w, out3):
+        kernels.apply_planes(x3, w, out3)
+    elif x3.shape[0] == 1:
+        np.matmul(w, x3[0], out=out3[0])
+    else:
+        np.matmul(w, x3, out=out3)
+
+
 def _matmul_rows(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
     """out2 = x2 @ wt, in row blocks that keep the working set in cache."""
     rows = x2.shape[0]
@@ -354,10 +364,8 @@ def compute_block(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None)
         yg = y3[:, gi * kg : (gi + 1) * kg, :]
         if b == 1:
             _channels_last(xg[:, :, 0], w, yg[:, :, 0])
-        elif a == 1:
-            np.matmul(w, xg[0], out=yg[0])
         else:
-            np.matmul(w, xg, out=yg)
+            _channels_first(xg, w, yg)
     if plan.bias is not None:
         y3 += plan.bias.reshape(1, k, 1)
     if not direct:
@@ -383,7 +391,7 @@ def _compute_bands_first(plan: ConvPlan, xs: np.ndarray) -> np.ndarray:
     if bands.dtype != plan.compute_dtype:
         bands = bands.astype(plan.compute_dtype)
     result = np.empty((k, bands.shape[1]), dtype=plan.compute_dtype)
-    np.matmul(plan.filters, bands, out=result)
+    _channels_first(bands[None], plan.filters, result[None])
     if plan.bias is not None:
         result += plan.bias[:, None]
     if plan.out_dtype != plan.compute_dtype:

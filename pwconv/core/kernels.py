@@ -1,9 +1,10 @@
-"""The optional C kernels for few filters on channels-last data, and when to use them.
+"""The optional C kernels for few filters, channels-last and channels-first, and when to use them.
 
-BLAS is the fast path for everything else. The kernel is an accelerator only: when its
+BLAS is the fast path for everything else. The kernels are an accelerator only: when their
 module was not built (no compiler at install time), the CPU lacks AVX2/FMA, or
 ``PWCONV_KERNEL=blas`` is set, every call goes to numpy/BLAS and gives the same result
-within float rounding.
+within float rounding. The module picks its AVX-512 or AVX2+FMA code by the CPU it runs on;
+``PWCONV_KERNEL=avx2`` keeps an AVX-512 machine on the AVX2 code (for measuring).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
 
 _pool: ThreadPoolExecutor | None = None
 
+_SETTING = os.environ.get("PWCONV_KERNEL", "auto").lower()
 # Set to False (or PWCONV_KERNEL=blas in the environment) to run everything through BLAS.
-enabled = os.environ.get("PWCONV_KERNEL", "auto").lower() != "blas"
+enabled = _SETTING != "blas"
 
 # Threads the kernel splits rows over; engines that run several blocks at once set 1.
 threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -42,21 +44,40 @@ def _load() -> Any:
             _module = _fewfilters if _fewfilters.instruction_set() != "generic" else None
         except ImportError:
             _module = None
+        if _module is not None and _SETTING == "avx2":
+            _module.use_instruction_set("avx2+fma")
     return _module
 
 
 def instruction_set() -> str:
-    """What the few-filter kernel runs with: ``avx2+fma``, or ``unavailable``."""
+    """What the few-filter kernels run with: ``avx512f``, ``avx2+fma``, or ``unavailable``."""
     module = _load()
     return module.instruction_set() if module is not None else "unavailable"
+
+
+def instruction_sets() -> list[str]:
+    """The kernels' code paths this CPU runs, best last (``[]`` when the module is unavailable)."""
+    module = _load()
+    if module is None:
+        return []
+    paths = ["avx2+fma", "avx512f"]
+    return paths[: paths.index(module.cpu_instruction_set()) + 1]
+
+
+def use_instruction_set(name: str) -> None:
+    """Run the kernels' ``avx2+fma`` (or ``avx512f``) code, if this CPU has it (tests, benchmarks)."""
+    module = _load()
+    if module is not None:
+        module.use_instruction_set(name)
 
 
 def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
     """Whether a kernel beats BLAS here (measured with benchmarks/kernels.py).
 
-    float32: 2-4 filters over 64+ channels, 5-8 filters, and up to 32 filters where the last
-    vector of 8 is at least 5/8 full (16, 24, 32, 13-15, ...), over up to 2048 channels;
-    a last vector mostly of padding (9-12 filters) measured at BLAS speed or slower.
+    float32: 2-4 filters over 64+ channels, 5-8 filters, and up to 32 filters over up to 2048
+    channels; on the AVX2 code only where the last vector of 8 is at least 5/8 full (16, 24,
+    32, 13-15, ...): a last vector mostly of padding (9-12 filters) measured at BLAS speed or
+    slower there, while the AVX-512 code's 12 filters in 16 lanes measured 0.5-0.9x BLAS.
     float64: 2-4 filters over 32+ channels, 5-16 filters.
     """
     k, c = filters.shape
@@ -65,18 +86,18 @@ def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
     wide = x2.dtype.itemsize == 8
     if k < 2 or k > (16 if wide else 32) or c > 2048 or (k <= 4 and c < (32 if wide else 64)):
         return False
-    if not wide and k > 8 and 0 < k % 8 < 5:
+    module = _load()
+    if module is None:
+        return False
+    if not wide and k > 8 and 0 < k % 8 < 5 and module.instruction_set() != "avx512f":
         return False
     if not (x2.dtype == filters.dtype == out2.dtype):
         return False
-    if not (x2.flags.c_contiguous and filters.flags.c_contiguous and out2.flags.c_contiguous):
-        return False
-    return _load() is not None
+    return x2.flags.c_contiguous and filters.flags.c_contiguous and out2.flags.c_contiguous
 
 
 def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     """``out2[:] = x2 @ filters.T`` with the C kernel (call :func:`accepts` first)."""
-    global _pool
     module = _load()
     rows, c = x2.shape
     k = filters.shape[0]
@@ -85,19 +106,76 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     if parts == 1:
         module.apply_rows(x2, filters, out2, rows, c, k, itemsize)
         return
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor  # only when a job is split: start-up
-
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
     step = -(-rows // parts)
 
     def part(start: int) -> None:
         stop = min(rows, start + step)
         module.apply_rows(x2[start:stop], filters, out2[start:stop], stop - start, c, k, itemsize)
 
-    # The calling thread takes the first share itself.
-    futures = [_pool.submit(part, start) for start in range(step, rows, step)]
-    part(0)
+    _run_parts(part, list(range(0, rows, step)))
+
+
+def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> bool:
+    """Whether the channels-first kernel beats BLAS on ``x3`` (images, C, pixels) -> ``out3``
+    (images, K, pixels) (measured with ``benchmarks/kernels.py --layout planes``).
+
+    Rows of 64 pixels or more, 2 to 32 filters, and up to 64 over up to 256 channels on the
+    AVX-512 code (0.86-0.91x BLAS at 64 filters; 1.3x over 1024 channels). On the AVX2 code,
+    over 64 or more channels, only up to 8 filters (at 12-32 filters it measured 1.1-1.6x
+    BLAS there, 0.4-0.9x below). One filter is BLAS's matrix-vector product, which reads at
+    the floor already; with more filters the product is compute-bound, where BLAS's packed
+    GEMM wins.
+    """
+    k, c = filters.shape
+    if not enabled or x3.dtype.kind != "f" or x3.dtype.itemsize not in (4, 8) or x3.ndim != 3:
+        return False
+    module = _load()
+    if module is None:
+        return False
+    avx512 = module.instruction_set() == "avx512f"
+    if k < 2 or k > (64 if avx512 and c <= 256 else 32) or x3.shape[2] < 64:
+        return False
+    if k > 8 and c >= 64 and not avx512:
+        return False
+    if not (x3.dtype == filters.dtype == out3.dtype):
+        return False
+    return x3.flags.c_contiguous and filters.flags.c_contiguous and out3.flags.c_contiguous
+
+
+def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
+    """``out3[n] = filters @ x3[n]`` for every image n with the C kernel (call
+    :func:`accepts_planes` first). Threads take whole images, or pixel ranges of each."""
+    module = _load()
+    a, c, b = x3.shape
+    k = filters.shape[0]
+    itemsize = x3.dtype.itemsize
+    parts = max(1, min(threads, x3.nbytes // _SPLIT_BYTES))
+    if parts == 1:
+        module.apply_planes(x3, filters, out3, a, c, b, k, 0, b, itemsize)
+        return
+    if a >= parts:
+        step = -(-a // parts)
+        jobs = [(x3[n : n + step], out3[n : n + step], min(step, a - n), 0, b) for n in range(0, a, step)]
+    else:
+        step = -(-b // parts // 64) * 64  # whole cache lines of pixels for each thread
+        jobs = [(x3, out3, a, p, min(b, p + step)) for p in range(0, b, step)]
+
+    def part(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> None:
+        xs, outs, images, start, stop = job
+        module.apply_planes(xs, filters, outs, images, c, b, k, start, stop, itemsize)
+
+    _run_parts(part, jobs)
+
+
+def _run_parts(part: Callable[[Any], None], jobs: list[Any]) -> None:
+    """Run ``part`` over ``jobs`` on the kernel's threads; the calling thread takes the first."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor  # only when a job is split: start-up
+
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
+    futures = [_pool.submit(part, job) for job in jobs[1:]]
+    part(jobs[0])
     for future in futures:
         future.result()
 
@@ -131,7 +209,6 @@ def _accumulate(
 ) -> None:  # fmt: skip
     """Run each job into its own padded (cp, cp) products and (cp,) sums, on the kernel's
     threads, then add their upper triangles, mirrored, into ``products`` and ``sums``."""
-    global _pool
     block = 2 * module.lanes()
     cp = -(-c // block) * block
     accs = [(np.zeros((cp, cp)), np.zeros(cp)) for _ in jobs]
@@ -140,14 +217,7 @@ def _accumulate(
         jobs[index](*accs[index], cp)
 
     if len(jobs) > 1:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
-        futures = [_pool.submit(run, i) for i in range(1, len(jobs))]
-        run(0)
-        for future in futures:
-            future.result()
+        _run_parts(run, list(range(len(jobs))))
     else:
         run(0)
     acc, total = accs[0]
