@@ -285,11 +285,11 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
 #define PW_DEFINE_PLANE_TILE(FN, ATTR, T, V, VL, KK, NV)                                          \
     static inline __attribute__((always_inline)) ATTR void FN(                                    \
         const T *restrict x, const T *restrict wt, const T *restrict from, T *restrict to,        \
-        Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b, Py_ssize_t kp) {                     \
+        Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b, Py_ssize_t kp, Py_ssize_t sp) {      \
         V acc[KK][NV];                                                                            \
         for (int f = 0; f < KK; f++)                                                              \
             for (int v = 0; v < NV; v++)                                                          \
-                acc[f][v] = from != NULL ? *(const V *)(from + f * PW_SPAN + v * VL) : (V){0};    \
+                acc[f][v] = from != NULL ? *(const V *)(from + f * sp + v * VL) : (V){0};         \
         for (Py_ssize_t j = 0; j < rows; j++) {                                                   \
             const T *xr = x + j * b;                                                              \
             const T *wj = wt + j * kp;                                                            \
@@ -311,9 +311,9 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
     PW_DEFINE_PLANE_TILE(NAME##_narrow##KK, ATTR, T, V, VL, KK, 1)                                \
     static inline __attribute__((always_inline)) ATTR void NAME##_one##KK(                        \
         const T *restrict x, const T *restrict wt, const T *restrict from, T *restrict to,        \
-        Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b, Py_ssize_t kp) {                     \
+        Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b, Py_ssize_t kp, Py_ssize_t sp) {      \
         T acc[KK];                                                                                \
-        for (int f = 0; f < KK; f++) acc[f] = from != NULL ? from[f * PW_SPAN] : 0;               \
+        for (int f = 0; f < KK; f++) acc[f] = from != NULL ? from[f * sp] : 0;                    \
         for (Py_ssize_t j = 0; j < rows; j++) {                                                   \
             T xj = x[j * b];                                                                      \
             for (int f = 0; f < KK; f++) acc[f] += xj * wt[j * kp + f];                           \
@@ -322,13 +322,13 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
     }                                                                                             \
     static ATTR void NAME##_g##KK(const T *x, const T *wt, const T *from, T *to,                  \
                                   Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b,            \
-                                  Py_ssize_t kp, int width) {                                     \
+                                  Py_ssize_t kp, Py_ssize_t sp, int width) {                      \
         if (width == NV * VL)                                                                     \
-            NAME##_wide##KK(x, wt, from, to, to_stride, rows, b, kp);                             \
+            NAME##_wide##KK(x, wt, from, to, to_stride, rows, b, kp, sp);                             \
         else if (width == VL)                                                                     \
-            NAME##_narrow##KK(x, wt, from, to, to_stride, rows, b, kp);                           \
+            NAME##_narrow##KK(x, wt, from, to, to_stride, rows, b, kp, sp);                           \
         else                                                                                      \
-            NAME##_one##KK(x, wt, from, to, to_stride, rows, b, kp);                              \
+            NAME##_one##KK(x, wt, from, to, to_stride, rows, b, kp, sp);                              \
     }
 
 /* N1 .. N8: the vectors of pixels a wide tile holds for 1 .. 8 filters (as registers allow;
@@ -346,26 +346,27 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
                                          N5 * VL, N6 * VL, N7 * VL, N8 * VL};                     \
     static ATTR void NAME##_group(const T *x, const T *wt, const T *from, T *to,                  \
                                   Py_ssize_t to_stride, Py_ssize_t rows, Py_ssize_t b,            \
-                                  Py_ssize_t kp, int kk, int width) {                             \
+                                  Py_ssize_t kp, Py_ssize_t sp, int kk, int width) {              \
         switch (kk) {                                                                             \
-            case 1: NAME##_g1(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 2: NAME##_g2(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 3: NAME##_g3(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 4: NAME##_g4(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 5: NAME##_g5(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 6: NAME##_g6(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            case 7: NAME##_g7(x, wt, from, to, to_stride, rows, b, kp, width); break;             \
-            default: NAME##_g8(x, wt, from, to, to_stride, rows, b, kp, width); break;            \
+            case 1: NAME##_g1(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 2: NAME##_g2(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 3: NAME##_g3(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 4: NAME##_g4(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 5: NAME##_g5(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 6: NAME##_g6(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            case 7: NAME##_g7(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;             \
+            default: NAME##_g8(x, wt, from, to, to_stride, rows, b, kp, sp, width); break;            \
         }                                                                                         \
     }                                                                                             \
     /* Pixels [p0, p1) of each of the a images; `acc` holds k x PW_SPAN values. */                \
     static ATTR void NAME(const T *x, const T *wt, T *out, T *acc, Py_ssize_t a, Py_ssize_t c,    \
                           Py_ssize_t b, Py_ssize_t k, Py_ssize_t p0, Py_ssize_t p1) {             \
+        Py_ssize_t sp = PW_SPAN; /* 128-512 for 16-64 filters, acc in L1: no faster */            \
         for (Py_ssize_t n = 0; n < a; n++) {                                                      \
             const T *xn = x + n * c * b;                                                          \
             T *on = out + n * k * b;                                                              \
-            for (Py_ssize_t s = p0; s < p1; s += PW_SPAN) {                                       \
-                Py_ssize_t span = p1 - s < PW_SPAN ? p1 - s : PW_SPAN;                            \
+            for (Py_ssize_t s = p0; s < p1; s += sp) {                                            \
+                Py_ssize_t span = p1 - s < sp ? p1 - s : sp;                                      \
                 for (Py_ssize_t j0 = 0; j0 < c; j0 += PW_ROWS) {                                  \
                     Py_ssize_t rows = c - j0 < PW_ROWS ? c - j0 : PW_ROWS;                        \
                     int last = j0 + rows == c;                                                    \
@@ -374,10 +375,10 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
                         int wide = NAME##_widths[kk];                                             \
                         for (Py_ssize_t q = 0; q < span;) {                                       \
                             int width = q + wide <= span ? wide : (q + VL <= span ? VL : 1);      \
-                            const T *from = j0 == 0 ? NULL : acc + g * PW_SPAN + q;               \
-                            T *to = last ? on + g * b + s + q : acc + g * PW_SPAN + q;            \
+                            const T *from = j0 == 0 ? NULL : acc + g * sp + q;                    \
+                            T *to = last ? on + g * b + s + q : acc + g * sp + q;                 \
                             NAME##_group(xn + j0 * b + s + q, wt + j0 * k + g, from, to,          \
-                                         last ? b : PW_SPAN, rows, b, k, kk, width);              \
+                                         last ? b : sp, rows, b, k, sp, kk, width);               \
                             q += width;                                                           \
                         }                                                                         \
                     }                                                                             \
