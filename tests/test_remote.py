@@ -618,11 +618,14 @@ def test_folders_a_killed_run_left_in_tmpdir_go_with_the_next_run(
     x = np.random.default_rng(43).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     image.fromarray(x).save(tmp_path / "x.png")  # a picture at a URL is read from a local copy
     source = put(s3, bucket, "x.png", tmp_path / "x.png")
-    proc = run_cli("apply", source, "1,2,0", "-o", f"s3://{bucket}/y.npy", "--dtype", "float32",
+    # An HDF5 output at a URL is staged in a folder of its own (a .npy one is streamed).
+    proc = run_cli("apply", source, "1,2,0", "-o", f"s3://{bucket}/y.h5", "--dtype", "float32",
                    env={**s3.env, "TMPDIR": str(temp)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in temp.iterdir()) == [f"pwconv-upload-{alive}-c3", "pwconv-upload-x"]
-    got = np.load(fetch(s3, bucket, "y.npy", tmp_path / "y.npy"))
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(fetch(s3, bucket, "y.h5", tmp_path / "y.h5"), "r") as handle:
+        got = handle["data"][...]
     np.testing.assert_allclose(got[..., 0], x[..., :2].astype(np.float32) @ [1.0, 2.0], rtol=1e-6)
 
 
@@ -653,6 +656,87 @@ def test_a_zarr_output_at_a_url_puts_each_blocks_chunks_as_it_goes(
     reads = [i for i, (method, path) in enumerate(requests) if method == "GET" and "/x.npy" in path]
     assert len(order) >= 4 and order[0] < reads[-1], requests  # chunks put before the input is all read
     assert keys(s3, bucket) == ["x.npy"]
+
+
+def test_an_npy_output_at_a_url_is_uploaded_as_its_blocks_come(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """Parts go up while the input is still being read, nothing is staged in TMPDIR, and a
+    read failing after some parts are up aborts the upload: no object, no upload left."""
+    x = cube((512, 512, 16), seed=51)  # 16 MiB in and out, in blocks of about 1 MiB
+    np.save(tmp_path / "x.npy", x)
+    w = np.random.default_rng(52).random((16, 16)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    requests: list[tuple[str, str]] = []
+    failing = {"after": 10**9}
+
+    def cut(method: str, path: str) -> bool:
+        requests.append((method, path))
+        reads = sum(1 for m, p in requests if m == "GET" and "/x.npy" in p)
+        return method == "GET" and "/x.npy" in path and reads > failing["after"]
+
+    proxy = FaultProxy(s3.port, cut)
+    env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint, "TMPDIR": str(temp)}
+    target = f"s3://{bucket}/y.npy"
+    try:
+        proc = run_cli("apply", source, tmp_path / "w.npy", "-o", target, "--max-memory", "4MB", env=env)
+        assert proc.returncode == 0, proc.stderr
+        parts = [i for i, (m, p) in enumerate(requests) if m == "PUT" and "/y.npy" in p and "partNumber" in p]
+        reads = [i for i, (m, p) in enumerate(requests) if m == "GET" and "/x.npy" in p]
+        assert len(parts) >= 2 and parts[0] < reads[-1], requests  # a part up before the last read
+        assert list(temp.iterdir()) == []
+        got = np.load(fetch(s3, bucket, "y.npy", tmp_path / "y.npy"))
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
+        s3.client().delete_object(Bucket=bucket, Key="y.npy")
+
+        requests.clear()
+        failing["after"] = len(reads) * 3 // 4  # 12 of the 16 MiB read: the first 8 MiB part is up
+        proc = run_cli("apply", source, tmp_path / "w.npy", "-o", target, "--max-memory", "4MB", env=env)
+        assert_clean_error(proc, 1, f"s3://{bucket}/x.npy")
+        assert any(m == "PUT" and "partNumber=1" in p for m, p in requests), requests
+    finally:
+        proxy.stop()
+    assert keys(s3, bucket) == ["x.npy"]
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_sigterm_during_a_streamed_upload_leaves_nothing(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """SIGTERM after the first part is up: exit 143, the upload aborted, no object."""
+    import signal
+    import time
+
+    x = cube((512, 512, 16), seed=53)  # read over HTTP, 50 ms a request: several seconds
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", np.eye(16, dtype=np.float32))
+    server = RangeServer(str(tmp_path), latency=0.05)
+    parts: list[str] = []
+    proxy = FaultProxy(
+        s3.port, lambda method, path: bool(parts.append(path)) if "partNumber" in path else False
+    )
+    target = f"s3://{bucket}/y.npy"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pwconv", "apply", f"{server.url}/x.npy", str(tmp_path / "w.npy"), "-o", target,
+             "--max-memory", "4MB"],
+            env={**os.environ, **s3.env, "AWS_ENDPOINT_URL": proxy.endpoint}, cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not parts and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert parts and proc.poll() is None, "no part went up while the run went on"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert b"Traceback" not in err, err
+    finally:
+        proxy.stop()
+        server.stop()
+    assert keys(s3, bucket) == []
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:

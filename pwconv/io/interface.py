@@ -168,6 +168,12 @@ class SinkRequest:
     options: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # what the input's format passes on
     channel_labels: tuple[str, ...] | None = None  # one name per output channel (a bank's names)
+    #: The engine writes the blocks front to back, one at a time, each contiguous in C order:
+    #: a format that can may stream them (a ``.npy`` object uploaded as it is written).
+    in_order: bool = False
+    #: What such a streamed writer may buffer beside the blocks (bytes; 0: its own default):
+    #: for an upload, its parts in flight and the one being filled.
+    buffer_bytes: int = 0
 
 
 class Backend:

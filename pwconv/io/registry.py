@@ -68,6 +68,9 @@ class Format:
     #: The reader takes a URL itself and reads only the bytes a block needs (byte ranges,
     #: GDAL's /vsis3/); other formats read a URL through a local copy of the object.
     ranged: bool = False
+    #: An output at a URL is uploaded as its blocks come, when they come front to back (the
+    #: numpy engine's); otherwise it is staged in a local folder and uploaded on commit.
+    streamed_at_url: bool = False
 
     def load(self) -> Backend:
         return _backend(self)
@@ -104,7 +107,7 @@ _F, _M = "pwconv.io.formats", "pwconv.io.models"
 # One line a format. Order matters where suffixes overlap: the first match wins.
 FORMATS: tuple[Format, ...] = (
     Format("npy", ".npy", f"{_F}.npy:NpyFormat", (".npy",), magic=b"\x93NUMPY", writes=(".npy",),
-           parallel_write=True, banks=True, ranged=True),
+           parallel_write=True, banks=True, ranged=True, streamed_at_url=True),
     Format("keras", "Keras", f"{_M}.keras:KerasFormat", (".keras", ".weights.h5"), containers=True,
            claims=_H5, family="model"),
     Format("hdf5", "HDF5", f"{_F}.hdf5:Hdf5Format", _H5, magic=b"\x89HDF\r\n\x1a\n", containers=True,

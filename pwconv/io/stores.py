@@ -865,6 +865,100 @@ def upload_file(local: str, url: str) -> None:
     _guarded(url, "write", put)
 
 
+def streamed_upload_parts(max_bytes: int) -> int:
+    """The parts a streamed upload keeps in flight within a quarter of ``max_bytes``: it
+    holds that many 8 MiB pieces and the one being filled (1 to 8 parts)."""
+    return max(1, min(8, max_bytes // 4 // PIECE - 1))
+
+
+class StreamedUpload:
+    """An object written as its bytes come, front to back: one multipart upload (8 MiB
+    parts, ``parts`` in flight) fed from :meth:`send` while the run goes on, so that nothing is
+    staged on the local disk. The object appears only when :meth:`finish` completes the
+    upload; :meth:`cancel` (or any failure) aborts it, and nothing is left at the URL.
+
+    :meth:`send` returns once the client has taken the bytes, so at most one piece waits
+    beside the parts in flight. A failure of the upload is raised by the next call."""
+
+    _END = object()
+    _CANCEL = object()
+
+    def __init__(self, url: str, parts: int = 8) -> None:
+        import queue
+
+        self.url, self.parts = url, parts
+        self._store, self._key = _located(url)
+        self._slot: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._taken = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._upload, name="pwconv-upload", daemon=True)
+        self._thread.start()
+
+    def _pieces(self) -> Iterator[Any]:
+        while True:
+            item = self._slot.get()
+            if item is self._END:
+                return
+            if item is self._CANCEL:
+                raise _Cancelled("the run failed; the upload is aborted")
+            yield item
+            self._taken.set()  # the client asks for more: it has copied this piece
+
+    def _upload(self) -> None:
+        try:
+            _guarded(
+                self.url,
+                "write",
+                lambda: _obstore().put(
+                    self._store, self._key, self._pieces(), chunk_size=PIECE, max_concurrency=self.parts
+                ),
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that sends
+            self._error = exc
+        finally:
+            self._taken.set()
+
+    def _check(self) -> None:
+        if self._error is not None and not isinstance(self._error, _Cancelled):
+            raise self._error
+        if not self._thread.is_alive():
+            raise NetworkError(f"the upload to {shown(self.url)!r} stopped; run again")
+
+    def send(self, data: Any) -> None:
+        """Hand ``data`` (bytes or a buffer) to the upload; blocks while the client is busy."""
+        self._check()
+        self._taken.clear()
+        self._slot.put(data)
+        while not self._taken.wait(0.05):
+            self._check()
+        self._check()
+
+    def finish(self) -> None:
+        """Complete the upload: the object appears whole, or the failure is raised."""
+        self._check()
+        self._slot.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Abort the upload (its parts are removed); nothing appears at the URL."""
+        if not self._thread.is_alive():
+            return
+        import queue
+
+        try:  # a piece not taken yet makes way for the word to stop
+            self._slot.get_nowait()
+        except queue.Empty:
+            pass
+        self._slot.put(self._CANCEL)
+        self._thread.join(timeout=30)
+
+
+class _Cancelled(Exception):
+    pass
+
+
 #: Files a store is opened through: uploaded last, so that a reader never finds metadata
 #: whose chunks are not all in place.
 _METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")

@@ -32,7 +32,7 @@ from pwconv.io.registry import (
     stored_output_dtype,
 )
 from pwconv.io.spec import Spec, parse_spec
-from pwconv.io.stores import is_url, scrub
+from pwconv.io.stores import PIECE, is_url, scrub, streamed_upload_parts
 from pwconv.jobs.options import (
     ApplyOptions,
     check_decoded_piece,
@@ -349,6 +349,8 @@ def open_output(
         options=options.writer_options,
         metadata=output.metadata,
         channel_labels=None if squeeze else output.labels,
+        in_order=streamed_to_url(spec, options) and not move,
+        buffer_bytes=upload_buffer_bytes(options.max_bytes),
     )
     sink: Sink = open_sink(spec, request)
     if saturate_to is not None or squeeze or move:
@@ -358,6 +360,19 @@ def open_output(
     if saturate_to is not None:
         sink = SaturatingSink(sink, saturate_to)
     return (SqueezedSink(sink, axis) if squeeze else sink), request
+
+
+def upload_buffer_bytes(max_bytes: int) -> int:
+    """What a streamed upload holds beside the blocks: its parts in flight and the one being
+    filled, 8 MiB each, within a quarter of ``--max-memory``, and two pieces at the least
+    (16 MiB: object stores take parts of 5 MiB or more)."""
+    return (streamed_upload_parts(max_bytes) + 1) * PIECE
+
+
+def streamed_to_url(spec: Spec, options: ApplyOptions) -> bool:
+    """Whether the output is uploaded as its blocks come: a format that can, at a URL, written
+    by the numpy engine, which then cuts the blocks front to back and writes them in order."""
+    return options.engine != "dask" and is_url(spec.path) and format_named(spec.format).streamed_at_url
 
 
 def choose_engine(
@@ -379,7 +394,7 @@ def choose_engine(
         return DaskRun(plan, in_spec, source, max_bytes=max_bytes, scheduler=options.scheduler, nodata=nodata)
     from pwconv.engines.numpy_engine import NumpyRun
 
-    sequential = format_named(out_spec.format).sequential
+    sequential = format_named(out_spec.format).sequential or streamed_to_url(out_spec, options)
     # Data at a URL is streamed even when it would fit in one block: reading one block then
     # overlaps writing the one before, where a single block pays the two transfers in series.
     stream = is_url(in_spec.path) or is_url(out_spec.path)
@@ -509,6 +524,8 @@ def apply_file(
         labels = output_labels(loaded, plan)
         nodata = resolve_nodata(options, source, plan.out_dtype, saturate_to)
         held = held_output_bytes(out_spec, plan.out_shape, saturate_to or plan.out_dtype, options)
+        if streamed_to_url(out_spec, options):  # at most a quarter: parts have a floor of 8 MiB
+            held += min(upload_buffer_bytes(options.max_bytes), options.max_bytes // 4)
         engine = choose_engine(plan, in_spec, source, out_spec, options, nodata, held=held)
         # A chunked output takes one chunk per block unless told its chunks.
         block_shape = (

@@ -17,7 +17,7 @@ import numpy.lib.format as npformat
 from pwconv.errors import FormatError, InputFileError
 from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_together
 from pwconv.io.checks import check_readable, numeric_dtype
-from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
+from pwconv.io.interface import Backend, BlockWriter, Description, Sink, SinkRequest, Source
 from pwconv.io.rawio import (
     box_of,
     contiguous_runs,
@@ -27,7 +27,7 @@ from pwconv.io.rawio import (
     transfer_runs,
     write_all,
 )
-from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
+from pwconv.io.stores import PIECE, RangedFile, RemoteObject, StreamedUpload, is_url, shown
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -301,6 +301,50 @@ class NpySink(FileSink):
             self._fd = -1
 
 
+class StreamedNpySink(Sink):
+    """A ``.npy`` object at a URL written as the blocks come, front to back (the engine cuts
+    them so and writes them in order): one multipart upload fed while the run goes on, so
+    nothing is staged on the local disk. The object appears only when the upload completes
+    on commit; a failure aborts it and leaves nothing at the URL."""
+
+    sequential = True
+    writer = "multipart upload, streamed"
+
+    def __init__(self, url: str, shape: tuple[int, ...], dtype: np.dtype, parts: int = 8) -> None:
+        self.target, self.shape, self.dtype = url, shape, np.dtype(dtype)
+        self._upload = StreamedUpload(url, parts)
+        self._position = 0  # elements written
+        try:
+            self._upload.send(header_bytes(shape, self.dtype))
+        except BaseException:
+            self._upload.cancel()
+            raise
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        if not block.size:
+            return
+        box, _ = box_of(index, self.shape)
+        run, offsets = contiguous_runs(self.shape, box)
+        if len(offsets) != 1 or offsets[0] != self._position:
+            raise AssertionError("blocks of a streamed .npy output must be contiguous and in order")
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        self._upload.send(data.reshape(-1).view(np.uint8).data)
+        self._position += run
+
+    def commit(self) -> None:
+        if self._position != math.prod(self.shape):
+            self.abort()
+            raise AssertionError(f"{self._position} of {math.prod(self.shape)} values were written")
+        try:
+            self._upload.finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self._upload.cancel()
+
+
 class _NpyBlockWriter:
     """``writer[index] = block`` into the preallocated temp file, from any process."""
 
@@ -325,8 +369,11 @@ class NpyFormat(Backend):
     def open_source(self, spec: Spec) -> Source:
         return RemoteNpySource(spec.path) if is_url(spec.path) else NpySource(spec.path)
 
-    def open_sink(self, spec: Spec, request: SinkRequest) -> NpySink:
+    def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
         check_output_path(spec.path, request.overwrite)
+        if request.in_order and is_url(spec.path):
+            parts = max(1, request.buffer_bytes // PIECE - 1) if request.buffer_bytes else 8
+            return StreamedNpySink(spec.path, request.shape, request.dtype, parts)
         return NpySink(spec.path, request.shape, request.dtype)
 
     def bank_files(self, path: str) -> list[str]:
