@@ -65,6 +65,17 @@ def test_kernel_matches_reference_loop(dtype, c, k, path):
 
 
 @needs_kernel
+@pytest.mark.parametrize("c", [32, 40, 63])
+def test_few_filters_over_32_to_63_channels_take_the_avx512_kernel_only(c, path):
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((37, c)).astype(np.float32)
+    w = rng.standard_normal((3, c)).astype(np.float32)
+    assert kernels.accepts(x, w, np.empty((37, 3), np.float32)) == (path == "avx512f")
+    scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
+    np.testing.assert_allclose(pointwise_conv(x, w), reference_conv(x, w), rtol=1e-5, atol=1e-5 * scale)
+
+
+@needs_kernel
 def test_kernel_split_over_threads_equals_blas(monkeypatch, path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20000, 256)).astype(np.float32)  # 20 MB: split across threads

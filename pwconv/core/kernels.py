@@ -74,22 +74,24 @@ def use_instruction_set(name: str) -> None:
 def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
     """Whether a kernel beats BLAS here (measured with benchmarks/kernels.py).
 
-    float32: 2-4 filters over 64+ channels, 5-8 filters, and up to 32 filters over up to 2048
-    channels; on the AVX2 code only where the last vector of 8 is at least 5/8 full (16, 24,
-    32, 13-15, ...): a last vector mostly of padding (9-12 filters) measured at BLAS speed or
-    slower there, while the AVX-512 code's 12 filters in 16 lanes measured 0.5-0.9x BLAS.
+    float32: 2-4 filters over 64+ channels (32+ on the AVX-512 code: 0.5-0.6x BLAS at 32,
+    2.4x at 16), 5-8 filters, and up to 32 filters over up to 2048 channels; on the AVX2 code
+    only where the last vector of 8 is at least 5/8 full (16, 24, 32, 13-15, ...): a last
+    vector mostly of padding (9-12 filters) measured at BLAS speed or slower there, while the
+    AVX-512 code's 12 filters in 16 lanes measured 0.5-0.9x BLAS.
     float64: 2-4 filters over 32+ channels, 5-16 filters.
     """
     k, c = filters.shape
     if not enabled or x2.dtype.kind != "f" or x2.dtype.itemsize not in (4, 8):
         return False
     wide = x2.dtype.itemsize == 8
-    if k < 2 or k > (16 if wide else 32) or c > 2048 or (k <= 4 and c < (32 if wide else 64)):
-        return False
     module = _load()
     if module is None:
         return False
-    if not wide and k > 8 and 0 < k % 8 < 5 and module.instruction_set() != "avx512f":
+    avx512 = module.instruction_set() == "avx512f"
+    if k < 2 or k > (16 if wide else 32) or c > 2048 or (k <= 4 and c < (32 if wide or avx512 else 64)):
+        return False
+    if not wide and k > 8 and 0 < k % 8 < 5 and not avx512:
         return False
     if not (x2.dtype == filters.dtype == out2.dtype):
         return False
