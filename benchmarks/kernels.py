@@ -70,15 +70,28 @@ def main() -> None:
                     continue
                 w = rng.standard_normal((k, c)).astype(dtype)
                 out = np.empty((rows, k), dtype)
-                ours = np.empty((rows, k), dtype)
-                t_blas = best_ms(np.matmul, (x, w.T, out), args.repeats)
-                t_kernel = best_ms(kernels.apply_rows, (x, w, ours), args.repeats)
-                np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
-                picked = "kernel" if kernels.accepts(x, w, ours) else "BLAS"
-                print(
-                    f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}",
-                    flush=True,
-                )
+                compare(args.repeats, (np.matmul, (x, w.T, out)), kernels.apply_rows, kernels.accepts, (x, w))
+
+
+def compare(
+    repeats: int,
+    blas: tuple[Callable[..., object], tuple[object, ...]],
+    kernel: Callable[..., object],
+    accepts: Callable[..., bool],
+    operands: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Time BLAS's call and the kernel on the same operands (x, w), check they agree, and
+    print a row: channels, filters, both times, their ratio and which one pwconv picks."""
+    x, w = operands
+    out = blas[1][2]
+    assert isinstance(out, np.ndarray)
+    ours = np.empty_like(out)
+    t_blas = best_ms(blas[0], blas[1], repeats)
+    t_kernel = best_ms(kernel, (x, w, ours), repeats)
+    c, k = w.shape[1], w.shape[0]
+    np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
+    picked = "kernel" if accepts(x, w, ours) else "BLAS"
+    print(f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}", flush=True)
 
 
 def cpu_model() -> str:
@@ -105,14 +118,12 @@ def planes(args: argparse.Namespace, dtype: np.dtype) -> None:
             for k in (int(v) for v in args.filters.split(",")):
                 w = rng.standard_normal((k, c)).astype(dtype)
                 out = np.empty((4, k, pixels), dtype)
-                ours = np.empty((4, k, pixels), dtype)
-                t_blas = best_ms(np.matmul, (w, x, out), args.repeats)
-                t_kernel = best_ms(kernels.apply_planes, (x, w, ours), args.repeats)
-                np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
-                picked = "kernel" if kernels.accepts_planes(x, w, ours) else "BLAS"
-                print(
-                    f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}",
-                    flush=True,
+                compare(
+                    args.repeats,
+                    (np.matmul, (w, x, out)),
+                    kernels.apply_planes,
+                    kernels.accepts_planes,
+                    (x, w),
                 )
 
 
