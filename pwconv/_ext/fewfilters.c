@@ -44,15 +44,20 @@ typedef double pw_vd8 __attribute__((vector_size(64), aligned(8)));
 /* Horizontal sums of 8 accumulators at once: pairs of vectors are folded into one, each
  * half of it the sum of one input's halves, until every filter has one lane (or VL / 8 lanes
  * are folded once more). PW_REDUCE_<type>(acc, out) stores the 8 totals. */
+#if defined(__clang__)
+#define PW_SHUFFLE(a, b, M, ...) __builtin_shufflevector((a), (b), __VA_ARGS__)
+#else
+#define PW_SHUFFLE(a, b, M, ...) __builtin_shuffle((a), (b), (M){__VA_ARGS__})
+#endif
 typedef int pw_if8 __attribute__((vector_size(32)));
 typedef long long pw_il4 __attribute__((vector_size(32)));
 #ifdef PW_X86
 typedef int pw_if16 __attribute__((vector_size(64)));
 typedef long long pw_il8 __attribute__((vector_size(64)));
 #endif
-#define PW_FOLD_f32x8_4(a, b) (__builtin_shuffle((a), (b), (pw_if8){0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle((a), (b), (pw_if8){4, 5, 6, 7, 12, 13, 14, 15}))
-#define PW_FOLD_f32x8_2(a, b) (__builtin_shuffle((a), (b), (pw_if8){0, 1, 4, 5, 8, 9, 12, 13}) + __builtin_shuffle((a), (b), (pw_if8){2, 3, 6, 7, 10, 11, 14, 15}))
-#define PW_FOLD_f32x8_1(a, b) (__builtin_shuffle((a), (b), (pw_if8){0, 2, 4, 6, 8, 10, 12, 14}) + __builtin_shuffle((a), (b), (pw_if8){1, 3, 5, 7, 9, 11, 13, 15}))
+#define PW_FOLD_f32x8_4(a, b) (PW_SHUFFLE(a, b, pw_if8, 0, 1, 2, 3, 8, 9, 10, 11) + PW_SHUFFLE(a, b, pw_if8, 4, 5, 6, 7, 12, 13, 14, 15))
+#define PW_FOLD_f32x8_2(a, b) (PW_SHUFFLE(a, b, pw_if8, 0, 1, 4, 5, 8, 9, 12, 13) + PW_SHUFFLE(a, b, pw_if8, 2, 3, 6, 7, 10, 11, 14, 15))
+#define PW_FOLD_f32x8_1(a, b) (PW_SHUFFLE(a, b, pw_if8, 0, 2, 4, 6, 8, 10, 12, 14) + PW_SHUFFLE(a, b, pw_if8, 1, 3, 5, 7, 9, 11, 13, 15))
 #define PW_REDUCE_f32x8(acc, out) \
     do { \
         __typeof__((acc)[0]) pw_r0_0 = PW_FOLD_f32x8_4((acc)[0], (acc)[1]); \
@@ -64,8 +69,8 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
         __typeof__((acc)[0]) pw_r2_0 = PW_FOLD_f32x8_1(pw_r1_0, pw_r1_1); \
         for (int pw_f = 0; pw_f < 8; pw_f++) (out)[0 + pw_f] = pw_r2_0[pw_f]; \
     } while (0)
-#define PW_FOLD_f64x4_2(a, b) (__builtin_shuffle((a), (b), (pw_il4){0, 1, 4, 5}) + __builtin_shuffle((a), (b), (pw_il4){2, 3, 6, 7}))
-#define PW_FOLD_f64x4_1(a, b) (__builtin_shuffle((a), (b), (pw_il4){0, 2, 4, 6}) + __builtin_shuffle((a), (b), (pw_il4){1, 3, 5, 7}))
+#define PW_FOLD_f64x4_2(a, b) (PW_SHUFFLE(a, b, pw_il4, 0, 1, 4, 5) + PW_SHUFFLE(a, b, pw_il4, 2, 3, 6, 7))
+#define PW_FOLD_f64x4_1(a, b) (PW_SHUFFLE(a, b, pw_il4, 0, 2, 4, 6) + PW_SHUFFLE(a, b, pw_il4, 1, 3, 5, 7))
 #define PW_REDUCE_f64x4(acc, out) \
     do { \
         __typeof__((acc)[0]) pw_r0_0 = PW_FOLD_f64x4_2((acc)[0], (acc)[1]); \
@@ -78,10 +83,10 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
         for (int pw_f = 0; pw_f < 4; pw_f++) (out)[4 + pw_f] = pw_r1_1[pw_f]; \
     } while (0)
 #ifdef PW_X86
-#define PW_FOLD_f32x16_8(a, b) (__builtin_shuffle((a), (b), (pw_if16){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) + __builtin_shuffle((a), (b), (pw_if16){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}))
-#define PW_FOLD_f32x16_4(a, b) (__builtin_shuffle((a), (b), (pw_if16){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}) + __builtin_shuffle((a), (b), (pw_if16){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}))
-#define PW_FOLD_f32x16_2(a, b) (__builtin_shuffle((a), (b), (pw_if16){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}) + __builtin_shuffle((a), (b), (pw_if16){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31}))
-#define PW_FOLD_f32x16_1(a, b) (__builtin_shuffle((a), (b), (pw_if16){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}) + __builtin_shuffle((a), (b), (pw_if16){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}))
+#define PW_FOLD_f32x16_8(a, b) (PW_SHUFFLE(a, b, pw_if16, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) + PW_SHUFFLE(a, b, pw_if16, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+#define PW_FOLD_f32x16_4(a, b) (PW_SHUFFLE(a, b, pw_if16, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) + PW_SHUFFLE(a, b, pw_if16, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31))
+#define PW_FOLD_f32x16_2(a, b) (PW_SHUFFLE(a, b, pw_if16, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) + PW_SHUFFLE(a, b, pw_if16, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31))
+#define PW_FOLD_f32x16_1(a, b) (PW_SHUFFLE(a, b, pw_if16, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) + PW_SHUFFLE(a, b, pw_if16, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31))
 #define PW_REDUCE_f32x16(acc, out) \
     do { \
         __typeof__((acc)[0]) pw_r0_0 = PW_FOLD_f32x16_8((acc)[0], (acc)[1]); \
@@ -96,9 +101,9 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
     } while (0)
 #endif
 #ifdef PW_X86
-#define PW_FOLD_f64x8_4(a, b) (__builtin_shuffle((a), (b), (pw_il8){0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle((a), (b), (pw_il8){4, 5, 6, 7, 12, 13, 14, 15}))
-#define PW_FOLD_f64x8_2(a, b) (__builtin_shuffle((a), (b), (pw_il8){0, 1, 4, 5, 8, 9, 12, 13}) + __builtin_shuffle((a), (b), (pw_il8){2, 3, 6, 7, 10, 11, 14, 15}))
-#define PW_FOLD_f64x8_1(a, b) (__builtin_shuffle((a), (b), (pw_il8){0, 2, 4, 6, 8, 10, 12, 14}) + __builtin_shuffle((a), (b), (pw_il8){1, 3, 5, 7, 9, 11, 13, 15}))
+#define PW_FOLD_f64x8_4(a, b) (PW_SHUFFLE(a, b, pw_il8, 0, 1, 2, 3, 8, 9, 10, 11) + PW_SHUFFLE(a, b, pw_il8, 4, 5, 6, 7, 12, 13, 14, 15))
+#define PW_FOLD_f64x8_2(a, b) (PW_SHUFFLE(a, b, pw_il8, 0, 1, 4, 5, 8, 9, 12, 13) + PW_SHUFFLE(a, b, pw_il8, 2, 3, 6, 7, 10, 11, 14, 15))
+#define PW_FOLD_f64x8_1(a, b) (PW_SHUFFLE(a, b, pw_il8, 0, 2, 4, 6, 8, 10, 12, 14) + PW_SHUFFLE(a, b, pw_il8, 1, 3, 5, 7, 9, 11, 13, 15))
 #define PW_REDUCE_f64x8(acc, out) \
     do { \
         __typeof__((acc)[0]) pw_r0_0 = PW_FOLD_f64x8_4((acc)[0], (acc)[1]); \
