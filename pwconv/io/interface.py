@@ -172,7 +172,7 @@ class SinkRequest:
     #: a format that can may stream them (a ``.npy`` object uploaded as it is written).
     in_order: bool = False
     #: What such a streamed writer may buffer beside the blocks (bytes; 0: its own default):
-    #: for an upload, its parts in flight and the one being filled.
+    #: an upload keeps as many parts in flight as fit.
     buffer_bytes: int = 0
 
 

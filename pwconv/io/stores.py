@@ -865,10 +865,10 @@ def upload_file(local: str, url: str) -> None:
     _guarded(url, "write", put)
 
 
-def streamed_upload_parts(max_bytes: int) -> int:
-    """The parts a streamed upload keeps in flight within a quarter of ``max_bytes``: it
-    holds that many 8 MiB pieces and the one being filled (1 to 8 parts)."""
-    return max(1, min(8, max_bytes // 4 // PIECE - 1))
+def streamed_upload_parts(allowance: int) -> int:
+    """The parts a streamed upload keeps in flight within ``allowance`` bytes: it holds that
+    many 8 MiB pieces and the one being filled (1 to 8 parts, so 16 MiB at the least)."""
+    return max(1, min(8, allowance // PIECE - 1))
 
 
 class StreamedUpload:

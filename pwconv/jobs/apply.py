@@ -350,7 +350,7 @@ def open_output(
         metadata=output.metadata,
         channel_labels=None if squeeze else output.labels,
         in_order=streamed_to_url(spec, options) and not move,
-        buffer_bytes=upload_buffer_bytes(options.max_bytes),
+        buffer_bytes=options.max_bytes // 4,
     )
     sink: Sink = open_sink(spec, request)
     if saturate_to is not None or squeeze or move:
@@ -363,10 +363,12 @@ def open_output(
 
 
 def upload_buffer_bytes(max_bytes: int) -> int:
-    """What a streamed upload holds beside the blocks: its parts in flight and the one being
-    filled, 8 MiB each, within a quarter of ``--max-memory``, and two pieces at the least
-    (16 MiB: object stores take parts of 5 MiB or more)."""
-    return (streamed_upload_parts(max_bytes) + 1) * PIECE
+    """What the blocks give up to a streamed upload: its parts in flight and the one being
+    filled, 8 MiB each, within a quarter of ``--max-memory`` (the upload holds two pieces at
+    the least, 16 MiB, since object stores take parts of 5 MiB or more; past a quarter, that
+    floor is not taken from the blocks)."""
+    allowance = max_bytes // 4
+    return min((streamed_upload_parts(allowance) + 1) * PIECE, allowance)
 
 
 def streamed_to_url(spec: Spec, options: ApplyOptions) -> bool:
@@ -524,8 +526,8 @@ def apply_file(
         labels = output_labels(loaded, plan)
         nodata = resolve_nodata(options, source, plan.out_dtype, saturate_to)
         held = held_output_bytes(out_spec, plan.out_shape, saturate_to or plan.out_dtype, options)
-        if streamed_to_url(out_spec, options):  # at most a quarter: parts have a floor of 8 MiB
-            held += min(upload_buffer_bytes(options.max_bytes), options.max_bytes // 4)
+        if streamed_to_url(out_spec, options):
+            held += upload_buffer_bytes(options.max_bytes)
         engine = choose_engine(plan, in_spec, source, out_spec, options, nodata, held=held)
         # A chunked output takes one chunk per block unless told its chunks.
         block_shape = (

@@ -27,7 +27,7 @@ from pwconv.io.rawio import (
     transfer_runs,
     write_all,
 )
-from pwconv.io.stores import PIECE, RangedFile, RemoteObject, StreamedUpload, is_url, shown
+from pwconv.io.stores import RangedFile, RemoteObject, StreamedUpload, is_url, shown, streamed_upload_parts
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -372,7 +372,7 @@ class NpyFormat(Backend):
     def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
         check_output_path(spec.path, request.overwrite)
         if request.in_order and is_url(spec.path):
-            parts = max(1, request.buffer_bytes // PIECE - 1) if request.buffer_bytes else 8
+            parts = streamed_upload_parts(request.buffer_bytes) if request.buffer_bytes else 8
             return StreamedNpySink(spec.path, request.shape, request.dtype, parts)
         return NpySink(spec.path, request.shape, request.dtype)
 
