@@ -205,6 +205,18 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
 #define PW_AHEAD_BYTES 8192
 #define PW_ROW_PREFETCH(RR)                                                                     \
     for (int r = 0; r < (RR); r++) __builtin_prefetch((const char *)(x + r * c + j) + PW_AHEAD_BYTES, 0, 3)
+/* Rows i .. i + R - 1 (R by the block's name: r1 or rn) through the block for k filters. */
+#define PW_DOTS_BY_FILTERS(NAME, R)                                                              \
+    switch (k) {                                                                                 \
+        case 1: NAME##_1##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 2: NAME##_2##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 3: NAME##_3##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 4: NAME##_4##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 5: NAME##_5##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 6: NAME##_6##R(x + i * c, w, out + i * k, c, k); break;                             \
+        case 7: NAME##_7##R(x + i * c, w, out + i * k, c, k); break;                             \
+        default: NAME##_8##R(x + i * c, w, out + i * k, c, k); break;                            \
+    }
 /* RR: the rows the dot products take at once (as registers allow). */
 #define PW_DEFINE_KERNEL(NAME, ATTR, T, V, VL, SUFFIX, RR) PW_DEFINE_KERNEL_(NAME, ATTR, T, V, VL, SUFFIX, RR)
 #define PW_DEFINE_KERNEL_(NAME, ATTR, T, V, VL, SUFFIX, RR)                                               \
@@ -227,30 +239,8 @@ typedef long long pw_il8 __attribute__((vector_size(64)));
     static ATTR void NAME##_dots(const T *restrict x, const T *restrict w, T *restrict out,       \
                                  Py_ssize_t rows, Py_ssize_t c, Py_ssize_t k) {                   \
         Py_ssize_t i = 0;                                                                         \
-        for (; i + RR <= rows; i += RR) {                                                         \
-            switch (k) {                                                                          \
-                case 1: NAME##_1rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 2: NAME##_2rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 3: NAME##_3rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 4: NAME##_4rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 5: NAME##_5rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 6: NAME##_6rn(x + i * c, w, out + i * k, c, k); break;                 \
-                case 7: NAME##_7rn(x + i * c, w, out + i * k, c, k); break;                 \
-                default: NAME##_8rn(x + i * c, w, out + i * k, c, k); break;                    \
-            }                                                                                     \
-        }                                                                                         \
-        for (; i < rows; i++) {                                                                   \
-            switch (k) {                                                                          \
-                case 1: NAME##_1r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 2: NAME##_2r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 3: NAME##_3r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 4: NAME##_4r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 5: NAME##_5r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 6: NAME##_6r1(x + i * c, w, out + i * k, c, k); break;                    \
-                case 7: NAME##_7r1(x + i * c, w, out + i * k, c, k); break;                    \
-                default: NAME##_8r1(x + i * c, w, out + i * k, c, k); break;                       \
-            }                                                                                     \
-        }                                                                                         \
+        for (; i + RR <= rows; i += RR) PW_DOTS_BY_FILTERS(NAME, rn);                             \
+        for (; i < rows; i++) PW_DOTS_BY_FILTERS(NAME, r1);                                       \
     }                                                                                             \
     PW_DEFINE_ROWS(NAME, ATTR, T, V, VL, 8, 1)                                                   \
     PW_DEFINE_ROWS(NAME, ATTR, T, V, VL, 6, 2)                                                   \

@@ -93,9 +93,7 @@ def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
         return False
     if not wide and k > 8 and 0 < k % 8 < 5 and not avx512:
         return False
-    if not (x2.dtype == filters.dtype == out2.dtype):
-        return False
-    return x2.flags.c_contiguous and filters.flags.c_contiguous and out2.flags.c_contiguous
+    return _plain_operands(x2, filters, out2)
 
 
 def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
@@ -104,7 +102,7 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     rows, c = x2.shape
     k = filters.shape[0]
     itemsize = x2.dtype.itemsize
-    parts = max(1, min(threads, x2.nbytes // _SPLIT_BYTES))
+    parts = _shares(x2.nbytes)
     if parts == 1:
         module.apply_rows(x2, filters, out2, rows, c, k, itemsize)
         return
@@ -139,9 +137,14 @@ def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> boo
         return False
     if k > 8 and c >= 64 and not avx512:
         return False
-    if not (x3.dtype == filters.dtype == out3.dtype):
+    return _plain_operands(x3, filters, out3)
+
+
+def _plain_operands(x: np.ndarray, filters: np.ndarray, out: np.ndarray) -> bool:
+    """The kernels take one dtype throughout and C-contiguous buffers."""
+    if not (x.dtype == filters.dtype == out.dtype):
         return False
-    return x3.flags.c_contiguous and filters.flags.c_contiguous and out3.flags.c_contiguous
+    return x.flags.c_contiguous and filters.flags.c_contiguous and out.flags.c_contiguous
 
 
 def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
@@ -151,7 +154,7 @@ def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
     a, c, b = x3.shape
     k = filters.shape[0]
     itemsize = x3.dtype.itemsize
-    parts = max(1, min(threads, x3.nbytes // _SPLIT_BYTES))
+    parts = _shares(x3.nbytes)
     if parts == 1:
         module.apply_planes(x3, filters, out3, a, c, b, k, 0, b, itemsize)
         return
@@ -167,6 +170,11 @@ def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
         module.apply_planes(xs, filters, outs, images, c, b, k, start, stop, itemsize)
 
     _run_parts(part, jobs)
+
+
+def _shares(nbytes: int) -> int:
+    """The threads a job of ``nbytes`` input is split over: shares of at least _SPLIT_BYTES."""
+    return max(1, min(threads, nbytes // _SPLIT_BYTES))
 
 
 def _run_parts(part: Callable[[Any], None], jobs: list[Any]) -> None:
@@ -258,7 +266,7 @@ def add_scatter(rows: np.ndarray, shift: np.ndarray, products: np.ndarray, sums:
         return False
     n, c = rows.shape
     shift64 = np.ascontiguousarray(shift, dtype=np.float64)
-    parts = max(1, min(threads, rows.nbytes // _SPLIT_BYTES))
+    parts = _shares(rows.nbytes)
     step = -(-n // parts)
 
     def job(start: int) -> Callable[[np.ndarray, np.ndarray, int], None]:
@@ -293,7 +301,7 @@ def add_differences(
     if pairs <= 0 or width - abs(dc) <= 0:
         return True  # no pair in the block: nothing to add
     shift64 = np.ascontiguousarray(shift, dtype=np.float64)
-    parts = max(1, min(threads, pairs, image.nbytes // _SPLIT_BYTES))
+    parts = min(_shares(image.nbytes), pairs)
     share = -(-pairs // parts)
 
     def job(r0: int) -> Callable[[np.ndarray, np.ndarray, int], None]:
