@@ -452,15 +452,21 @@ def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""
     h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle.create_dataset("cube", data=cube((256, 256, 4), 32), chunks=(32, 32, 4), compression="gzip")
+    read_after_the_server_went(tmp_path, "x.h5")
+
+
+def read_after_the_server_went(folder: Path, name: str) -> None:
+    """Open ``name`` (a spec under ``folder``) over HTTP, stop the server, then read it whole:
+    that must raise pwconv's NetworkError."""
     from pwconv.errors import NetworkError
     from pwconv.io.registry import open_source
     from pwconv.io.spec import parse_spec
 
-    with h5py.File(tmp_path / "x.h5", "w") as handle:
-        handle.create_dataset("cube", data=cube((256, 256, 4), 32), chunks=(32, 32, 4), compression="gzip")
-    server = RangeServer(str(tmp_path))
+    server = RangeServer(str(folder))
     try:
-        source = open_source(parse_spec(f"{server.url}/x.h5"))
+        source = open_source(parse_spec(f"{server.url}/{name}"))
     finally:
         server.stop()
     with pytest.raises(NetworkError):
@@ -472,23 +478,13 @@ def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None
 def test_zip_model_lost_in_mid_read_is_a_network_error(tmp_path: Path, suffix: str) -> None:
     """A model file whose server goes away once its directory was read: pwconv's network
     error (exit 1), not "the archive is damaged" (zipfile's OSError from a failed read)."""
-    from pwconv.errors import NetworkError
-    from pwconv.io.registry import open_source
-    from pwconv.io.spec import parse_spec
-
     w = cube((300, 400), 33)  # beyond the directory's 64 KiB read-ahead
     if suffix == ".pt":
         torch = pytest.importorskip("torch")
         torch.save({"w": torch.from_numpy(w)}, tmp_path / f"m{suffix}")
     else:
         np.savez(tmp_path / f"m{suffix}", w=w)
-    server = RangeServer(str(tmp_path))
-    try:
-        source = open_source(parse_spec(f"{server.url}/m{suffix}:w"))
-    finally:
-        server.stop()
-    with pytest.raises(NetworkError):
-        source.read(tuple(slice(0, n) for n in source.shape))
+    read_after_the_server_went(tmp_path, f"m{suffix}:w")
 
 
 def test_stack_of_band_objects(s3: S3Server, bucket: str, tmp_path: Path) -> None:
