@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -93,3 +96,48 @@ def test_counts_in_the_report_are_singular_for_one(tmp_path):
     np.save(tmp_path / "bank.npy", WORKED_FILTER.reshape(1, 2))
     info = run_cli("info", "bank.npy", "--channels", "2", cwd=tmp_path)
     assert "yes: 1 filter x 2 channels" in info.stdout.decode() + info.stderr, info.stderr
+
+
+# What a run on .npy files has no use for: the other commands, the named tables and indices,
+# and the standard modules that cost start-up time (OpenSSL, sockets, zip, thread pools, JSON).
+NOT_FOR_AN_NPY_RUN = (
+    "pwconv.cli.batch", "pwconv.cli.explain", "pwconv.cli.info", "pwconv.cli.banks",
+    "pwconv.cli.export", "pwconv.cli.fit", "pwconv.io.tables", "pwconv.core.indices",
+    "_hashlib", "socket", "zipfile", "concurrent.futures", "json", "importlib.resources",
+)  # fmt: skip
+
+
+def test_npy_run_loads_only_what_it_uses(worked):
+    code = (
+        "import sys\n"
+        "sys.argv = ['pwconv', 'apply', 'M.npy', 'f.npy', '-o', 'o.npy', '--layout', 'CHW']\n"
+        "from pwconv.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"print(code, [m for m in {NOT_FOR_AN_NPY_RUN!r} if m in sys.modules], file=sys.__stdout__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=worked, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "0 []", (proc.stdout, proc.stderr)
+    np.testing.assert_array_equal(np.load(worked / "o.npy")[0], WORKED_RESULT)
+
+
+def test_root_help_lists_every_command():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    listed = [
+        line.split()[0] for line in proc.stdout.decode().split("Commands:")[1].splitlines() if line.strip()
+    ]
+    assert listed == ["apply", "batch", "explain", "info", "banks", "export", "fit"]
+
+
+@pytest.mark.parametrize("filters", [4, 1200], ids=["small bank (Python's sha256)", "large bank (OpenSSL's)"])
+def test_weights_digest_is_the_files_sha256(tmp_path, filters):
+    np.save(tmp_path / "x.npy", np.ones((2, 2, 64), np.float32))
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).random((filters, 64)))
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.h5", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = hashlib.sha256((tmp_path / "w.npy").read_bytes()).hexdigest()
+    assert json.loads(proc.stdout)[0]["weights"]["sha256"] == expected
+    with h5py.File(tmp_path / "y.h5") as handle:
+        assert handle["data"].attrs["weights_sha256"] == expected

@@ -57,24 +57,36 @@ def _quiet_libraries() -> None:
     native.capture()
 
 
+# The commands, in the order `pwconv --help` lists them; each is defined in pwconv.cli.<name>.
+COMMANDS = ("apply", "batch", "explain", "info", "banks", "export", "fit")
+
+
+def _register(names: tuple[str, ...]) -> None:
+    """Put these commands on the application. Each is built (its module imported, its options
+    turned into the parser's) only when registered: a run registers the one it runs."""
+    import importlib
+
+    for name in names:
+        module = importlib.import_module(f"pwconv.cli.{name}")
+        if name == "fit":
+            app.add_typer(module.fit_app)
+        else:
+            app.command(epilog=module.EXAMPLES)(getattr(module, name))
+
+
+def _commands_for(argv: list[str]) -> tuple[str, ...]:
+    """The commands a command line needs: the one it names, or all of them (for the root's
+    help, its options, or a name that is not a command, so that the parser's error lists them)."""
+    return (argv[1],) if len(argv) > 1 and argv[1] in COMMANDS else COMMANDS
+
+
 def main() -> None:
     """Console-script entry point."""
-    from pwconv.cli import apply, banks, batch, explain, export, fit, info
-
     _quiet_libraries()
     from pwconv.cli import native
 
     native.return_large_blocks()
-    for module, command in (
-        (apply, apply.apply),
-        (batch, batch.batch),
-        (explain, explain.explain),
-        (info, info.info),
-        (banks, banks.banks),
-        (export, export.export),
-    ):
-        app.command(epilog=module.EXAMPLES)(command)
-    app.add_typer(fit.fit_app)
+    _register(_commands_for(sys.argv))
     interrupts.install()
     if sys.stdout is None:  # started with stdout closed
         from pwconv.cli.output import ClosedStdout

@@ -8,12 +8,11 @@ format's writer only says how to finish and how to close after a failure.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import platform
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 from pwconv.errors import OutputExistsError, PwconvError, UsageError, WriteError
 from pwconv.io.checks import first_line
+from pwconv.io.digests import sha1_hex
 from pwconv.io.interface import Sink
 from pwconv.io.stores import (
     basename,
@@ -97,7 +97,7 @@ _SUFFIX = ".pwconv-part"
 def _host_tag() -> str:
     """A short tag of this machine, so that a temp file is only ever judged stale by the machine
     whose process made it (folders on network file systems are shared)."""
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+    return sha1_hex(platform.node().encode())[:6]
 
 
 # A temp file or folder, the old store moved aside when a store is overwritten, and the

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import lzma
 import os
 import stat
-import zipfile
-import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, InputFileError, PwconvError
-from pwconv.io.names import printable
+from pwconv.errors import FormatError, InputFileError
 from pwconv.io.stores import is_url
 
 
@@ -39,36 +32,6 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """A library's exception as one short line for a message (its type when it says nothing)."""
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:limit]
-
-
-# What zipfile raises for a damaged archive: a directory or header it cannot parse, a member
-# whose codec fails (zlib, lzma; bz2's is an OSError without errno), a local header asking for
-# a feature zipfile lacks (NotImplementedError), a seek before the file's start (EINVAL).
-ZIP_DAMAGE = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, zlib.error,
-    lzma.LZMAError, OSError,
-)  # fmt: skip
-
-
-@contextlib.contextmanager
-def zip_damage(message: str) -> Iterator[None]:
-    """zipfile's errors for a damaged archive as one FormatError, ``message`` with ``{reason}``
-    in it; pwconv's own errors (a network failure at a URL) and a failing disk (an OSError
-    with its errno) pass as they are.
-
-    >>> with zip_damage("expected a zip ({reason})"):
-    ...     raise zipfile.BadZipFile("File is not a zip file")
-    Traceback (most recent call last):
-    pwconv.errors.FormatError: expected a zip (File is not a zip file)
-    """
-    try:
-        yield
-    except PwconvError:
-        raise
-    except ZIP_DAMAGE as exc:
-        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
-            raise
-        raise FormatError(message.format(reason=first_line(exc))) from None
 
 
 def check_readable(path: str, what: str = "input") -> None:
@@ -101,34 +64,6 @@ def same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
-
-
-_ZIP_METHODS = (0, 8, 12, 14)  # stored, deflate, bzip2, lzma: what zipfile decodes
-
-
-def zip_member_guard(path: str, info: Any, limit_ratio: int = 100) -> None:
-    """Refuse a zip member that cannot be read as it is: encrypted, compressed with a method
-    zipfile does not decode, or inflating far beyond its stored size (a zip bomb)."""
-    name = printable(str(info.filename))
-    if info.flag_bits & 0x1:
-        raise FormatError(
-            f"expected an unencrypted zip member in {path!r}, found {name!r} encrypted; "
-            "save the arrays again without a password"
-        )
-    if info.compress_type not in _ZIP_METHODS:
-        raise FormatError(
-            f"expected a zip member stored or compressed with deflate, bzip2 or lzma in {path!r}, "
-            f"found {name!r} with method {info.compress_type}; save the arrays again with numpy"
-        )
-    if (
-        info.compress_size
-        and info.file_size > (16 << 20)
-        and info.file_size > limit_ratio * info.compress_size
-    ):
-        raise FormatError(
-            f"expected an ordinary zip member in {path!r}, found {name!r} declaring "
-            f"{info.file_size} bytes from {info.compress_size} (over {limit_ratio}x): refused as a zip bomb"
-        )
 
 
 def label_text(value: object) -> str:

@@ -18,12 +18,14 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from pwconv.errors import FormatError
+
+if TYPE_CHECKING:  # the pool's module is imported when the pool starts
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -155,6 +157,8 @@ def pool() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             _pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="pwconv-codec")
         return _pool
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import re
 
 from pwconv.errors import FormatError, InputFileError, UsageError
 
 #: A layer's name selects its weights: ``head`` finds ``head.weight`` or ``head/kernel``.
 _WEIGHT_SUFFIXES = (".weight", "/kernel")
+
+
+# What a named table looks like: a family, or family:member (``tasseled-cap:landsat8``).
+_TABLE_LIKE = re.compile(r"^[a-z][a-z0-9-]*(:[a-z0-9][a-z0-9-]*)?$")
+
+
+def could_name_a_table(text: str) -> bool:
+    """Whether ``text`` is spelled like a named table: any other text (a path, a literal) is
+    known to name none without reading the tables.
+
+    >>> could_name_a_table("colour:rgb-to-ycbcr"), could_name_a_table("bank.npy")
+    (True, False)
+    """
+    return bool(_TABLE_LIKE.match(text))
 
 
 def printable(name: str) -> str:
@@ -76,6 +90,8 @@ def json_labels(text: str | None, where: str) -> tuple[str, ...] | None:
     """
     if text is None:
         return None
+    import json
+
     try:
         values = json.loads(text)
     except (ValueError, RecursionError):

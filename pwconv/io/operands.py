@@ -10,19 +10,23 @@ node's B); without it, a bias that the file holds is reported as not applied.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pwconv.core.filters import parse_literal
 from pwconv.errors import InputFileError, UsageError
+from pwconv.io import digests
+from pwconv.io.names import could_name_a_table
 from pwconv.io.registry import companion_bias, format_named, list_arrays, open_source, read_labels, readable
 from pwconv.io.spec import Spec, parse_spec
 from pwconv.io.stores import RemoteObject, is_url
-from pwconv.io.tables import Table, table_named
+
+if TYPE_CHECKING:
+    from pwconv.io.tables import Table
 
 _LITERAL = re.compile(r"^[\s0-9eE+\-.,;]+$")
 
@@ -73,19 +77,20 @@ _REMOTE_DIGEST_BYTES = 64 << 20
 
 
 def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
     if is_url(path):
         if path.rstrip("/").lower().endswith(".zarr"):
             return ""
         remote = RemoteObject(path)
         if remote.size > _REMOTE_DIGEST_BYTES:
             return ""
+        digest = digests.sha256(remote.size)
         for piece in remote.chunks():
             digest.update(piece)
         return digest.hexdigest()
     if os.path.isdir(path):
         return ""  # a store of many files (zarr): no single digest
     with open(path, "rb") as handle:
+        digest = digests.sha256(os.fstat(handle.fileno()).st_size)
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -98,9 +103,7 @@ def read_operand(text: str, member: str | None = None, *, what: str = "weights")
     (2, 2)
     """
     if looks_like_literal(text):
-        return Operand(
-            parse_literal(text), f"literal {text!r}", hashlib.sha256(text.encode()).hexdigest(), None
-        )
+        return Operand(parse_literal(text), f"literal {text!r}", digests.sha256_hex(text.encode()), None)
     if text == "-":
         raise UsageError(f"expected a file or a literal for the {what}, found '-'; stdin is for the input")
     try:
@@ -174,7 +177,11 @@ def _read_bank(spec: Spec, bank: dict[str, str], bias: str | None) -> Weights:
 
 def read_weights(filters: str, bias: str | None = None, *, member: str | None = None) -> Weights:
     """Load the filters and the bias: ``bias`` is a file, a literal, ``"auto"`` or None."""
-    table = table_named(filters)
+    table = None
+    if could_name_a_table(filters):
+        from pwconv.io.tables import table_named
+
+        table = table_named(filters)
     if table is not None:
         if member is not None:
             raise UsageError(

@@ -9,16 +9,14 @@ was published for and where.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
 from pwconv.errors import UsageError
+from pwconv.io.names import could_name_a_table
 
 _NAME = re.compile(r"^([a-z][a-z0-9-]*):([a-z0-9][a-z0-9-]*)$")
 
@@ -42,17 +40,17 @@ class Table:
         return tuple(names[0] for names in self.bands)
 
 
-def _files() -> list[str]:
-    folder = resources.files("pwconv") / "data" / "banks"
-    return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".json"))
-
-
 @functools.cache
 def tables() -> dict[str, Table]:
     """Every shipped table by name, aliases included (``tasseled-cap:landsat9``)."""
+    import hashlib
+    import json
+    from importlib import resources
+
+    folder = resources.files("pwconv") / "data" / "banks"
     found: dict[str, Table] = {}
-    for file_name in _files():
-        data = (resources.files("pwconv") / "data" / "banks" / file_name).read_bytes()
+    for file_name in sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".json")):
+        data = (folder / file_name).read_bytes()
         family = json.loads(data)
         digest = hashlib.sha256(data).hexdigest()
         for member, entry in family["banks"].items():
@@ -90,6 +88,8 @@ def table_named(text: str) -> Table | None:
     >>> table_named("weights.npy") is None
     True
     """
+    if not could_name_a_table(text):
+        return None
     match = _NAME.match(text)
     family = match.group(1) if match else text
     if family not in families() or os.path.exists(family) or os.path.exists(text):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from pwconv.core.words import counted
 from pwconv.engines.base import Engine, Progress, Timings
 from pwconv.errors import ShapeError, UsageError
 from pwconv.io import pictures
+from pwconv.io.digests import sha256_hex
 from pwconv.io.interface import Sink, SinkRequest, Source
 from pwconv.io.operands import Operand, Weights, read_weights
 from pwconv.io.registry import (
@@ -103,9 +103,6 @@ def with_divide_by(weights: Weights, options: ApplyOptions) -> Weights:
 def bound_weights(weights: Weights, source: Source, options: ApplyOptions) -> Weights:
     """A named table's columns bound to ``source``'s bands: by ``--bands``, by the input's band
     names (common names or the sensor's band ids), or in order where the input names none."""
-    from pwconv.core.indices import band_of, parse_bindings
-    from pwconv.core.layout import parse_layout
-
     table = weights.table
     if options.constants is not None:
         raise UsageError(f"expected [[index]] for [[constants]], found WEIGHTS {weights.filters.source!r}")
@@ -116,6 +113,9 @@ def bound_weights(weights: Weights, source: Source, options: ApplyOptions) -> We
                 "drop [[bands]]"
             )
         return weights
+    from pwconv.core.indices import band_of, parse_bindings
+    from pwconv.core.layout import parse_layout
+
     axis = parse_layout(options.layout, len(source.shape)).channel_axis
     channels = int(source.shape[axis])
     labels = source.description.labels.get(axis)
@@ -147,7 +147,7 @@ def bound_weights(weights: Weights, source: Source, options: ApplyOptions) -> We
 
 def _computed(array: list[list[float]] | list[float], said: str) -> Operand:
     values = np.asarray(array, dtype=np.float64)
-    return Operand(values, said, hashlib.sha256(values.tobytes()).hexdigest(), None)
+    return Operand(values, said, sha256_hex(values.tobytes()), None)
 
 
 def index_weights(source: Source, options: ApplyOptions) -> Weights:

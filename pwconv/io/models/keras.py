@@ -17,9 +17,10 @@ import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io.arrays import ArraySource, named
-from pwconv.io.checks import check_readable, first_line, numeric_dtype, zip_member_guard
+from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name
+from pwconv.io.zips import zip_member_guard
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec

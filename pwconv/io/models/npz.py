@@ -18,11 +18,12 @@ import numpy as np
 from pwconv.errors import FormatError, PwconvError
 from pwconv.io.arrays import ArraySource, named
 from pwconv.io.atomic import write_atomically
-from pwconv.io.checks import ZIP_DAMAGE, check_readable, zip_damage, zip_member_guard
+from pwconv.io.checks import check_readable
 from pwconv.io.formats.npy import read_exact, read_header
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name
 from pwconv.io.stores import open_binary
+from pwconv.io.zips import ZIP_DAMAGE, zip_damage, zip_member_guard
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec

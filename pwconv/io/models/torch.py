@@ -30,10 +30,11 @@ import numpy as np
 
 from pwconv.errors import FormatError, MissingExtraError
 from pwconv.io.arrays import ArraySource, named
-from pwconv.io.checks import check_readable, first_line, zip_damage, zip_member_guard
+from pwconv.io.checks import check_readable, first_line
 from pwconv.io.interface import Backend
 from pwconv.io.names import pick_name, printable
 from pwconv.io.stores import RangedFile, RemoteObject, is_url, local_copy, open_binary
+from pwconv.io.zips import zip_damage, zip_member_guard
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
