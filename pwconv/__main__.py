@@ -1,6 +1,6 @@
 """``python -m pwconv``: the same as the ``pwconv`` console script."""
 
-from pwconv.cli.app import main
+from pwconv.cli.app import command_line
 
 if __name__ == "__main__":
-    main()
+    command_line()
