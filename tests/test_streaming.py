@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ from pwconv.core.conv import plan_conv
 from pwconv.engines.numpy_engine import block_plan, pixel_bytes, run
 from pwconv.io.formats.stream import StreamSink, StreamSource
 from pwconv.io.interface import SinkRequest
+from pwconv.io.rawio import BlockMemory
 from pwconv.io.registry import open_sink, open_source
 from pwconv.io.spec import parse_spec
 
@@ -245,3 +247,52 @@ def test_a_pipe_is_widened_and_a_file_is_left_alone(tmp_path):
         os.close(write_end)
     with open(tmp_path / "f.bin", "wb") as handle:
         widen_pipe(handle)  # not a pipe: nothing to do, no error
+
+
+def test_block_memory_is_taken_again_only_when_nothing_refers_to_it():
+    memory = BlockMemory()
+    f32 = np.dtype(np.float32)
+    first = memory.empty((4, 8), f32)
+    first[...] = 1
+    view = first[1:, ::2]
+    del first
+    second = memory.empty((4, 8), f32)  # a view of the first block is alive: fresh memory
+    assert not np.shares_memory(second, view)
+    del view
+    third = memory.empty((2, 2), np.dtype(np.float64))  # the first block's memory, now free
+    assert not np.shares_memory(third, second)
+    assert any(np.shares_memory(third, kept) for kept in memory._buffers)
+    assert len(memory._buffers) == 2
+
+
+def test_blocks_kept_from_a_stream_keep_their_values():
+    """Every block a caller still holds keeps what was read into it, however many come after."""
+    x = np.arange(12 * 5 * 3, dtype=np.float32).reshape(12, 5, 3)
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    buffer.seek(0)
+    source = StreamSource(buffer)
+    kept, seen = [], []
+    for row in range(12):
+        block = source.read((slice(row, row + 1), slice(0, 5), slice(0, 3)))
+        seen.append(block.copy())
+        if row % 3 == 0:
+            kept.append((row, block[:, ::2]))  # a view keeps its block's memory too
+    for row, view in kept:
+        np.testing.assert_array_equal(view, x[row : row + 1, ::2])
+    np.testing.assert_array_equal(np.concatenate(seen), x)
+
+
+def test_block_memory_shared_by_threads_hands_each_buffer_to_one():
+    from concurrent.futures import ThreadPoolExecutor
+
+    memory = BlockMemory(keep=3)
+
+    def fill(value: int) -> bool:
+        block = memory.empty((64, 64), np.dtype(np.int64))
+        block[...] = value
+        time.sleep(0.001)
+        return bool((block == value).all())
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(fill, range(400)))

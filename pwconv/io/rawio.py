@@ -36,6 +36,65 @@ def raw_paths_enabled() -> bool:
     return os.environ.get(RAW_IO_VARIABLE, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
+class BlockMemory:
+    """Memory for the blocks one reader hands out, taken again once nothing refers to it.
+
+    A fresh block's pages are faulted in and zeroed by the kernel at first touch (blocks of
+    1 MiB and more are mapped anew each time, see ``cli.native``): on a pipe that was a third
+    of the run's system time. A buffer is free when no block, and no view of one, refers to it
+    any longer: its reference count is what it was when it was new. Where that cannot be
+    told (the count does not grow with a view, or a build without the GIL), every block is
+    fresh memory, as before. Readers called from several threads (the Dask engine's) share
+    it under a lock: a buffer is handed out with its view made before another thread looks.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        import threading
+
+        self._buffers: list[np.ndarray] = []
+        self._keep = self._asked = keep
+        self._free_count = 0
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type[BlockMemory], tuple[int]]:
+        """A reader sent to another process (a Dask worker's) starts with no buffers there."""
+        return BlockMemory, (self._asked,)
+
+    def _count(self, i: int) -> int:
+        import sys
+
+        return sys.getrefcount(self._buffers[i])
+
+    def _calibrated(self) -> bool:
+        """Measure the count of a free buffer, and check that a view raises it."""
+        import sys
+
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            return False
+        self._buffers.append(np.empty(1, np.uint8))
+        free = self._count(0)
+        view = self._buffers[0][:]
+        held = self._count(0)
+        del view
+        self._buffers.clear()
+        self._free_count = free if held == free + 1 else -1
+        return self._free_count > 0
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array: a free buffer's memory where one is large enough."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            if self._free_count == 0 and not self._calibrated():
+                self._keep = 0
+            for i in range(len(self._buffers)):
+                if self._buffers[i].nbytes >= nbytes and self._count(i) == self._free_count:
+                    return self._buffers[i][:nbytes].view(dtype).reshape(shape)
+            buffer = np.empty(nbytes, np.uint8)
+            if len(self._buffers) < self._keep:
+                self._buffers.append(buffer)
+            return buffer.view(dtype).reshape(shape)
+
+
 def box_of(
     index: tuple[slice, ...], shape: tuple[int, ...]
 ) -> tuple[list[tuple[int, int]], tuple[slice, ...]]:
@@ -204,6 +263,7 @@ class RawChunks:
         self.fd, self.name = fd, name
         self.shape, self.dtype, self.chunks = shape, np.dtype(dtype), chunks
         self.offsets, self.fill = offsets, fill
+        self._memory = BlockMemory()
         # A read-only map of the whole file, set by readers: a box whose bytes are one run
         # in the file is then a view of it, with no copy (as for .npy files).
         self.mapping: mmap.mmap | None = None
@@ -272,7 +332,7 @@ class RawChunks:
         span = self._one_run(pieces, extents) if self.mapping is not None else None
         if span is not None:
             return np.ndarray(extents, dtype=self.dtype, buffer=self.mapping, offset=span[0])
-        out = np.empty(extents, self.dtype)
+        out = self._memory.empty(extents, self.dtype)
         if out.size == 0:
             return out
         for offset, local, target in pieces:

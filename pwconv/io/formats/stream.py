@@ -11,7 +11,7 @@ import numpy as np
 from pwconv.errors import FormatError, UsageError
 from pwconv.io.formats.npy import header_bytes, read_exact, read_header
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
-from pwconv.io.rawio import box_of, contiguous_runs
+from pwconv.io.rawio import BlockMemory, box_of, contiguous_runs
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -53,6 +53,7 @@ class StreamSource(Source):
                 "numpy.save(numpy.ascontiguousarray(a))"
             )
         self._position = 0
+        self._memory = BlockMemory()
 
     def storage(self) -> dict[str, Any]:
         return {"format": "npy stream"}
@@ -60,7 +61,7 @@ class StreamSource(Source):
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         box, steps = box_of(index, self.shape)
         extents = tuple(stop - start for start, stop in box)
-        block = np.empty(extents, dtype=self.dtype)
+        block = self._memory.empty(extents, self.dtype)
         if block.size:
             run, offsets = contiguous_runs(self.shape, box)
             if len(offsets) != 1 or offsets[0] < self._position:
