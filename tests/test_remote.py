@@ -1049,3 +1049,23 @@ def test_a_404_inside_an_id_or_a_lost_upload_is_not_a_missing_bucket() -> None:
     assert isinstance(_failure(url, lost, "write"), NetworkError)
     bucket = RuntimeError("Generic S3 error: HTTP 404 Not Found: <Code>NoSuchBucket</Code>")
     assert isinstance(_failure(url, bucket, "write"), UsageError)
+
+
+def test_the_copy_of_a_weights_file_fetched_whole_is_gone_after_the_run(tmp_path: Path) -> None:
+    """A legacy torch file at a URL is fetched into a private folder; the command's quick exit
+    still runs the exit handler that removes it."""
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.ones(4, 6)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    np.save(tmp_path / "x.npy", np.ones((3, 2, 6), np.float32))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli(
+            "apply", "x.npy", f"{server.url}/old.pt:w", "-o", "y.npy", cwd=tmp_path, env={"TMPDIR": str(temp)}
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.full((3, 2, 4), 6.0))
+    assert list(temp.iterdir()) == []

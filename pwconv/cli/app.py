@@ -82,7 +82,8 @@ def _commands_for(argv: list[str]) -> tuple[str, ...]:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Parse the command line and run its command; ends in ``SystemExit`` with the exit code
+    (for callers in the same process; the ``pwconv`` command is :func:`command_line`)."""
     _quiet_libraries()
     from pwconv.cli import native
 
@@ -111,12 +112,12 @@ def command_line() -> None:
         main()
     except SystemExit as done:
         code = 0 if done.code is None else done.code
-        if not isinstance(code, int) or not _finished(code):
+        if not isinstance(code, int) or not _finished():
             raise
         os._exit(code)
 
 
-def _finished(code: int) -> bool:
+def _finished() -> bool:
     """Do what an exit does for the outputs and the user (exit handlers, the streams'
     buffers), and say whether the process may now end at once. Freeing every module's objects
     takes 15-20 ms, more than the whole job on a small input; the outputs are committed or
