@@ -265,6 +265,15 @@ def test_block_memory_is_taken_again_only_when_nothing_refers_to_it():
     assert len(memory._buffers) == 2
 
 
+def test_block_memory_lets_a_free_buffer_too_small_go():
+    memory = BlockMemory()
+    small = memory.empty((4,), np.dtype(np.float32))
+    del small
+    large = memory.empty((64,), np.dtype(np.float32))
+    assert [b.nbytes for b in memory._buffers] == [256]  # the 16-byte buffer is gone
+    assert np.shares_memory(large, memory._buffers[0])
+
+
 def test_blocks_kept_from_a_stream_keep_their_values():
     """Every block a caller still holds keeps what was read into it, however many come after."""
     x = np.arange(12 * 5 * 3, dtype=np.float32).reshape(12, 5, 3)

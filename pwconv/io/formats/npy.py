@@ -19,7 +19,6 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_toge
 from pwconv.io.checks import check_readable, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, Sink, SinkRequest, Source
 from pwconv.io.rawio import (
-    BlockMemory,
     box_of,
     contiguous_runs,
     drop_pages,
@@ -146,7 +145,6 @@ class NpySource(Source):
     def __init__(self, path: str) -> None:
         check_readable(path)
         self.path = path
-        self._memory = BlockMemory()
         try:
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
@@ -204,7 +202,7 @@ class NpySource(Source):
         shape = self.shape[::-1] if self.fortran else self.shape
         index = index[::-1] if self.fortran else index
         box, steps = box_of(index, shape)
-        block = self._memory.empty(tuple(stop - start for start, stop in box), self.dtype)
+        block = np.empty(tuple(stop - start for start, stop in box), dtype=self.dtype)
         if block.size:
             transfer_runs(
                 self._file.fileno(), self.offset, shape, box, block, write=False, name=repr(self.path)
@@ -224,7 +222,6 @@ class RemoteNpySource(Source):
 
     def __init__(self, url: str) -> None:
         self.path = url
-        self._memory = BlockMemory()
         self._object = RemoteObject(url)
         name = repr(shown(url))
         stream: Any = RangedFile(self._object, 4096)
@@ -245,7 +242,7 @@ class RemoteNpySource(Source):
         shape = self.shape[::-1] if self.fortran else self.shape
         index = index[::-1] if self.fortran else index
         box, steps = box_of(index, shape)
-        block = self._memory.empty(tuple(stop - start for start, stop in box), self.dtype)
+        block = np.empty(tuple(stop - start for start, stop in box), dtype=self.dtype)
         if block.size:
             run, offsets = contiguous_runs(shape, box)
             size = self.dtype.itemsize

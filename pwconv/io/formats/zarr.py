@@ -23,7 +23,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_fail
 from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import BlockMemory, chunk_pieces, raw_paths_enabled
+from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
 from pwconv.io.stores import is_url, join, put_chunk_files, put_object, shown, zarr_store
 
 if TYPE_CHECKING:
@@ -498,7 +498,6 @@ class _ChunkFiles:
         # Only little-endian chunk files are read this way.
         self.dtype = np.dtype(meta.dtype).newbyteorder("<")
         self._fill = meta.fill
-        self._memory = BlockMemory()
 
     def chunk_path(self, coords: tuple[int, ...]) -> str:
         return os.path.join(self.meta.folder, self.meta.encode_chunk_key(coords))
@@ -519,7 +518,7 @@ class _ChunkFiles:
         compressed = self.meta.compressor is not None
         if whole is not None and os.path.exists(whole) and extents == self.chunks and not compressed:
             return self._mapped(whole)  # exactly one whole chunk: a read-only map, no copy
-        out = self._memory.empty(extents, self.dtype)
+        out = np.empty(extents, self.dtype)
         if out.size == 0:
             return out
         load = self._decoded if compressed else self._mapped
