@@ -577,6 +577,35 @@ def test_a_signal_whose_exception_a_destructor_swallowed_still_ends_the_wait(mon
     assert ended.value.code == 143
 
 
+# A library that turns the handler's exception into its own error, as h5py does for a signal
+# that comes inside one of its calls ("operation not defined for data type class").
+_SIGNAL_TURNED_INTO_A_WRITE_ERROR = """
+import os, signal
+from pwconv.cli.output import guarded
+from pwconv.engines import interrupts
+from pwconv.errors import WriteError
+interrupts.install()
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except BaseException:
+        pass
+    raise WriteError("cannot write 'y.nc': Operation not defined for data type class")
+guarded(command)()
+"""
+
+
+def test_a_signal_that_a_library_turned_into_its_own_error_ends_the_run_as_the_signal():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TURNED_INTO_A_WRITE_ERROR], capture_output=True, text=True, timeout=60
+    )
+    assert_clean_error(proc, 143, "terminated; no output was written")
+    assert "data type class" not in proc.stderr
+
+
 def _limited(tmp_path, limit, *args):
     import subprocess
     import sys

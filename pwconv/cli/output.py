@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from pwconv import errors
 from pwconv.core.words import counted
+from pwconv.engines import interrupts
 from pwconv.errors import PwconvError, UsageError
 from pwconv.io.stores import scrub
 
@@ -359,7 +360,14 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
 
             native.quiet_destructor_errors()
         try:
-            command(*args, **kwargs)
+            try:
+                command(*args, **kwargs)
+            except Exception:
+                # A signal whose exception was raised inside a library's call comes back as that
+                # library's error (h5py: "operation not defined for data type class"): the run
+                # ends as the signal asked, not as a failed write.
+                interrupts.check()
+                raise
         except PwconvError as exc:
             discard_unpublished()
             error(exc.for_cli())
