@@ -33,18 +33,20 @@ def sha256(size: int) -> Any:
     return new("sha256", size)
 
 
-def sha1_hex(data: bytes) -> str:
-    digest = new("sha1", len(data))
+def hex_digest(name: str, data: bytes) -> str:
+    """The ``name`` digest of ``data`` in hex.
+
+    >>> hex_digest("sha256", b"abc")[:16], hex_digest("sha1", b"abc")[:16]
+    ('ba7816bf8f01cfea', 'a9993e364706816a')
+    """
+    digest = new(name, len(data))
     digest.update(data)
     return str(digest.hexdigest())
+
+
+def sha1_hex(data: bytes) -> str:
+    return hex_digest("sha1", data)
 
 
 def sha256_hex(data: bytes) -> str:
-    """The sha256 of ``data`` in hex.
-
-    >>> sha256_hex(b"abc")[:16]
-    'ba7816bf8f01cfea'
-    """
-    digest = sha256(len(data))
-    digest.update(data)
-    return str(digest.hexdigest())
+    return hex_digest("sha256", data)

@@ -43,36 +43,39 @@ class BlockMemory:
     1 MiB and more are mapped anew each time, see ``cli.native``): on a pipe that was a third
     of the run's system time. Kept buffers stay resident, so this pays only where it was
     measured to: the stdin reader. Chunk readers (HDF5 gzip, Zarr zstd) gained nothing
-    measurable from it and held 130-150 MiB more at their peak. A buffer is free when no block, and no view of one, refers to it
-    any longer: its reference count is what it was when it was new. Where that cannot be
-    told (the count does not grow with a view, or a build without the GIL), every block is
-    fresh memory, as before. Readers called from several threads (the Dask engine's) share
-    it under a lock: a buffer is handed out with its view made before another thread looks.
+    measurable from it and held 130-150 MiB more at their peak.
+
+    A buffer is free when no block, and no view of one, refers to it any longer: its
+    reference count is what it was when it was new. Where that cannot be told (the count
+    does not grow with a view, or a build without the GIL), every block is fresh memory, as
+    before. Readers called from several threads (the Dask engine's) share it under a lock: a
+    buffer is handed out with its view made before another thread looks.
     """
 
     def __init__(self, keep: int = 4) -> None:
         import threading
 
         self._buffers: list[np.ndarray] = []
-        self._keep = self._asked = keep
-        self._free_count = 0
+        self._keep = keep
+        self._free_count = 0  # measured on first use; -1 where it cannot be told
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[type[BlockMemory], tuple[int]]:
         """A reader sent to another process (a Dask worker's) starts with no buffers there."""
-        return BlockMemory, (self._asked,)
+        return BlockMemory, (self._keep,)
 
     def _count(self, i: int) -> int:
         import sys
 
         return sys.getrefcount(self._buffers[i])
 
-    def _calibrated(self) -> bool:
+    def _calibrate(self) -> None:
         """Measure the count of a free buffer, and check that a view raises it."""
         import sys
 
         if not getattr(sys, "_is_gil_enabled", lambda: True)():
-            return False
+            self._free_count = -1
+            return
         self._buffers.append(np.empty(1, np.uint8))
         free = self._count(0)
         view = self._buffers[0][:]
@@ -80,7 +83,6 @@ class BlockMemory:
         del view
         self._buffers.clear()
         self._free_count = free if held == free + 1 else -1
-        return self._free_count > 0
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised array: a free buffer's memory where one is large enough. A free
@@ -88,8 +90,8 @@ class BlockMemory:
         kept are never more than the blocks once alive together."""
         nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
-            if self._free_count == 0 and not self._calibrated():
-                self._keep = 0
+            if self._free_count == 0:
+                self._calibrate()
             free = [i for i in range(len(self._buffers)) if self._count(i) == self._free_count]
             for i in free:
                 if self._buffers[i].nbytes >= nbytes:
@@ -97,7 +99,7 @@ class BlockMemory:
             if free:
                 del self._buffers[free[0]]
             buffer = np.empty(nbytes, np.uint8)
-            if len(self._buffers) < self._keep:
+            if self._free_count > 0 and len(self._buffers) < self._keep:
                 self._buffers.append(buffer)
             return buffer.view(dtype).reshape(shape)
 

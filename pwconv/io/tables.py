@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from pwconv.errors import UsageError
+from pwconv.io.digests import sha256_hex
 from pwconv.io.names import could_name_a_table
-
-_NAME = re.compile(r"^([a-z][a-z0-9-]*):([a-z0-9][a-z0-9-]*)$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,6 @@ class Table:
 @functools.cache
 def tables() -> dict[str, Table]:
     """Every shipped table by name, aliases included (``tasseled-cap:landsat9``)."""
-    import hashlib
     import json
     from importlib import resources
 
@@ -52,7 +49,7 @@ def tables() -> dict[str, Table]:
     for file_name in sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".json")):
         data = (folder / file_name).read_bytes()
         family = json.loads(data)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         for member, entry in family["banks"].items():
             weights = np.asarray(entry["weights"], dtype=np.float64)
             bias = entry.get("bias")
@@ -90,12 +87,11 @@ def table_named(text: str) -> Table | None:
     """
     if not could_name_a_table(text):
         return None
-    match = _NAME.match(text)
-    family = match.group(1) if match else text
+    family = text.partition(":")[0]
     if family not in families() or os.path.exists(family) or os.path.exists(text):
         return None
     known = tables()
-    if match and text in known:
+    if text in known:
         return known[text]
     members = sorted(name for name in known if name.startswith(family + ":"))
     raise UsageError(
