@@ -347,6 +347,11 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
     with rasterio.open(tmp_path / "g.tif", "w", transform=from_origin(0, 1, 0.1, 0.1), **geo) as ds:
         ds.write(np.moveaxis(photo, -1, 0))
     samples["geo.tif"] = (tmp_path / "g.tif").read_bytes()
+    # Tiled and compressed with a predictor: blocks pwconv decodes itself.
+    tiles = {"tiled": True, "blockxsize": 16, "blockysize": 16, "compress": "deflate", "predictor": 2}
+    with rasterio.open(tmp_path / "t.tif", "w", transform=from_origin(0, 1, 0.1, 0.1), **geo, **tiles) as ds:
+        ds.write(np.moveaxis(photo, -1, 0))
+    samples["deflate.tif"] = (tmp_path / "t.tif").read_bytes()
     # A STAC item naming g.tif (beside the damaged copies) as its red band.
     item = {
         "type": "Feature", "stac_version": "1.0.0", "id": "s", "geometry": None, "links": [],
@@ -361,7 +366,21 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "suffix",
-    ["npz", "safetensors", "pt", "onnx", "keras", "png", "jpg", "gif", "tif", "nc", "geo.tif", "json"],
+    [
+        "npz",
+        "safetensors",
+        "pt",
+        "onnx",
+        "keras",
+        "png",
+        "jpg",
+        "gif",
+        "tif",
+        "nc",
+        "geo.tif",
+        "deflate.tif",
+        "json",
+    ],
 )
 def test_damaged_model_files(tmp_path, suffix):
     sample = _model_samples(tmp_path)[suffix]

@@ -393,6 +393,64 @@ def test_a_block_fetches_its_chunks_together(tmp_path: Path, kind: str) -> None:
         server.stop()
 
 
+def test_spans_of_byte_ranges_come_back_whole_in_pieces_fetched_together(tmp_path: Path) -> None:
+    """Neighbouring ranges are joined into one span, and a span is fetched in pieces of
+    PIECE bytes (several requests in flight), each range's bytes exactly where it lies."""
+    from pwconv.io.stores import PIECE, RemoteObject
+
+    data = np.random.default_rng(41).integers(0, 256, 3 * PIECE + 12345, dtype=np.uint8).tobytes()
+    (tmp_path / "blob.bin").write_bytes(data)
+    server = RangeServer(str(tmp_path))
+    try:
+        remote = RemoteObject(f"{server.url}/blob.bin")
+        before = server.requests
+        starts = [5, PIECE - 3, 2 * PIECE + 100, len(data) - 10]
+        ends = [PIECE - 3, 2 * PIECE + 50, 3 * PIECE, len(data)]
+        got = remote.read_spans(starts, ends)
+        assert [bytes(part) for part in got] == [data[s:e] for s, e in zip(starts, ends)]
+        assert server.requests - before == 4  # one span of 3 pieces and a bit
+        small = remote.read_spans([10, 100], [20, 110])
+        assert [bytes(part) for part in small] == [data[10:20], data[100:110]]
+    finally:
+        server.stop()
+
+
+def test_a_compressed_geotiff_over_http_has_its_blocks_fetched_and_decoded_by_pwconv(tmp_path: Path) -> None:
+    """GDAL opens the file; pwconv fetches a block's tiles together and decodes them itself:
+    the data is GDAL's, in far fewer requests than tiles, and explain fetches a few tiles."""
+    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("imagecodecs")
+    from rasterio.transform import from_origin
+
+    bands = np.random.default_rng(39).random((4, 512, 384)).astype(np.float32)  # 3 MiB
+    profile = {
+        "driver": "GTiff", "height": 512, "width": 384, "count": 4, "dtype": "float32", "tiled": True,
+        "blockxsize": 32, "blockysize": 32, "compress": "deflate", "predictor": 3, "crs": "EPSG:32633",
+        "transform": from_origin(500000, 4200000, 30, 30),
+    }  # fmt: skip
+    with rasterio.open(tmp_path / "x.tif", "w", **profile) as ds:  # 192 tiles
+        ds.write(bands)
+    w = np.random.default_rng(40).standard_normal((2, 4)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        info = run_cli("info", f"{server.url}/x.tif", "--json")
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)[0]["reader"] == "block offsets, deflate"
+        before = server.requests
+        out = tmp_path / "y.npy"
+        proc = run_cli("apply", f"{server.url}/x.tif", tmp_path / "w.npy", "-o", out, "--max-memory", "4MiB")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(out), mixed(np.moveaxis(bands, 0, -1), w), rtol=1e-5, atol=1e-5)
+        assert server.requests - before < 64, server.requests - before
+        sent = server.sent
+        proc = run_cli("explain", f"{server.url}/x.tif", tmp_path / "w.npy", "--at", "100,200")
+        assert proc.returncode == 0, proc.stderr
+        assert server.sent - sent < (tmp_path / "x.tif").stat().st_size / 10
+    finally:
+        server.stop()
+
+
 def test_netcdf_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
     """A NetCDF-4 variable at a URL through the same ranged file object: its dimensions and
     nodata are read, explain fetches a few chunks, apply reads them all."""

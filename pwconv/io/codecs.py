@@ -83,9 +83,12 @@ def _buffer(size: int) -> np.ndarray:
     return buffer[:size]
 
 
-def _checked(decode: Callable[[], Any], size: int, name: str, stream: str, holder: str) -> Any:
-    """What ``decode`` returns, which must be ``size`` bytes; any failure is one line naming
-    ``name`` (``stream``: what it should hold, ``holder``: file or store)."""
+def _checked(
+    decode: Callable[[], Any], size: int, name: str, stream: str, holder: str, least: int | None = None
+) -> Any:
+    """What ``decode`` returns, which must be ``size`` bytes (from ``least`` to ``size``
+    where ``least`` is given); any failure is one line naming ``name`` (``stream``: what it
+    should hold, ``holder``: file or store)."""
     try:
         out = decode()
     except Exception as exc:  # noqa: BLE001 - every codec failure on hostile bytes is a damaged chunk
@@ -94,9 +97,10 @@ def _checked(decode: Callable[[], Any], size: int, name: str, stream: str, holde
             f"cannot decode {name}: expected {stream} of {size} bytes, found damaged data ({reason}); "
             f"the {holder} is damaged, write it again"
         ) from None
-    if len(out) != size:
+    if not (size if least is None else least) <= len(out) <= size:
+        expected = f"{size}" if least is None or least == size else f"{least} to {size}"
         raise FormatError(
-            f"cannot decode {name}: expected {size} bytes, found {len(out)}; the {holder} is damaged, write it again"
+            f"cannot decode {name}: expected {expected} bytes, found {len(out)}; the {holder} is damaged, write it again"
         )
     return out
 
@@ -135,6 +139,45 @@ def unzstd(data: bytes, size: int, name: str) -> Any:
     decode); anything else is a one-line error naming ``name``."""
     fast = _fast_zstd()
     return _checked(lambda: fast.zstd_decode(data, out=_buffer(size)), size, name, "a zstd frame", "store")
+
+
+def can_decode(codec: str) -> bool:
+    """Whether :func:`decode_between` takes ``codec`` here: deflate always (the standard
+    library's zlib at worst), zstd and LZW where imagecodecs is installed with them."""
+    if codec == "deflate":
+        return True
+    fast = _fast_zstd()
+    return fast is not None and codec in ("zstd", "lzw") and (codec == "zstd" or fast.LZW.available)
+
+
+def decode_between(codec: str, data: Any, least: int, most: int, name: str) -> Any:
+    """What ``data`` holds encoded with ``codec`` (``deflate``, ``zstd`` or ``lzw``, see
+    :func:`can_decode`): from ``least`` to ``most`` bytes of it (a buffer valid until this
+    thread's next decode); anything else is a one-line error naming ``name``.
+
+    >>> bytes(decode_between("deflate", zlib.compress(b"abc"), 2, 8, "x"))
+    b'abc'
+    """
+    fast = _fast() if codec == "deflate" else _fast_zstd()
+
+    def decode() -> Any:
+        if codec == "lzw":  # it stops where its output ends: one byte more shows a longer stream
+            out = fast.lzw_decode(data, out=_buffer(most + 1))
+            if len(out) > most:
+                raise ValueError("the stream holds more data than its block")
+            return out
+        if codec == "zstd":
+            return fast.zstd_decode(data, out=_buffer(most))
+        if fast is not None:
+            return fast.deflate_decode(data, out=_buffer(most))
+        inflater = zlib.decompressobj()
+        out = inflater.decompress(data, most)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("the stream holds more data than its block")
+        return out
+
+    stream = {"deflate": "a deflate stream", "zstd": "a zstd frame", "lzw": "an LZW stream"}[codec]
+    return _checked(decode, most, name, stream, "file", least=least)
 
 
 def zstd(data: Any, level: int) -> bytes:

@@ -26,7 +26,8 @@ import numpy as np
 from pwconv.errors import FormatError, WriteError
 
 #: Set to ``0`` (or ``off``) to read and write every format through its library instead of
-#: pwconv's own byte-level paths (npy and TIFF maps, raw HDF5 offsets, Zarr chunk files):
+#: pwconv's own byte-level paths (npy and TIFF maps, raw HDF5 offsets, Zarr chunk files,
+#: GeoTIFF blocks):
 #: for measuring what those paths buy, and for testing both on the same files.
 RAW_IO_VARIABLE = "PWCONV_RAW_IO"
 

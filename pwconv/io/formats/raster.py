@@ -21,7 +21,9 @@ import numpy as np
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
+from pwconv.io.formats.geotiles import GeoTiles, layout_of
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
+from pwconv.io.rawio import read_all
 from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
 
 if TYPE_CHECKING:
@@ -183,8 +185,9 @@ class RasterSource(Source):
         check_readable(path)
         self.path = path
         opened = path
+        remote = None
         if is_url(path):
-            RemoteObject(path)  # a missing object, no access or no network: its own message
+            remote = RemoteObject(path)  # a missing object, no access or no network: its own message
             opened = gdal_path(path)
         else:
             try:
@@ -215,9 +218,57 @@ class RasterSource(Source):
         placed = ds.crs is not None or not ds.transform.is_identity
         names = ds.descriptions
         labels = {2: tuple(d or f"band {i + 1}" for i, d in enumerate(names))} if any(names) else {}
+        self._fd: int | None = None
+        try:
+            self._tiles = self._own_blocks(remote)
+        except BaseException:
+            self.close()
+            raise
+        reader = "rasterio" if self._tiles is None else f"block offsets, {self._tiles.layout.codec or 'raw'}"
         self.description = Description(
-            nodata=ds.nodata, reader="rasterio", metadata={"raster": geo}, georeferenced=placed, labels=labels
+            nodata=ds.nodata, reader=reader, metadata={"raster": geo}, georeferenced=placed, labels=labels
         )
+
+    def _own_blocks(self, remote: RemoteObject | None) -> GeoTiles | None:
+        """pwconv's own reader of the file's blocks (see :mod:`geotiles`), where it reads it."""
+        if remote is not None:
+            head, size = bytes(remote.read_range(0, min(4, remote.size))), remote.size
+            layout = layout_of(self._ds, head)
+            if layout is None:
+                return None
+            return GeoTiles(
+                layout, self._block_place, remote.read_spans, batched=True, size=size, name=shown(self.path),
+                fill=self._ds.nodata,
+            )  # fmt: skip
+        fd = self._fd = os.open(self.path, os.O_RDONLY)
+        layout = layout_of(self._ds, os.pread(fd, 4, 0))
+        if layout is None:
+            return None
+
+        def fetch(starts: list[int], ends: list[int]) -> list[Any]:
+            data = bytearray(ends[0] - starts[0])
+            read_all(fd, memoryview(data), starts[0], self.path)
+            return [data]
+
+        size = os.fstat(fd).st_size
+        return GeoTiles(layout, self._block_place, fetch, batched=False, size=size, name=repr(self.path),
+                        fill=self._ds.nodata)  # fmt: skip
+
+    def _block_place(self, coords: tuple[int, ...]) -> tuple[int, int]:
+        """GDAL's offset and stored size of the block at (row, col, plane); (0, 0) for one
+        never written."""
+        row, col, plane = coords  # plane 0 holds all bands where they are pixel-interleaved
+        found = []
+        for item in ("OFFSET", "SIZE"):
+            text = self._ds.get_tag_item(f"BLOCK_{item}_{col}_{row}", "TIFF", bidx=plane + 1)
+            try:
+                found.append(int(text) if text else 0)
+            except ValueError:
+                raise FormatError(
+                    f"expected a block {item.lower()} for block {coords} of {self.path!r}, found {text!r}; "
+                    "the file is damaged, write it again"
+                ) from None
+        return (found[0], found[1]) if found[0] and found[1] else (0, 0)
 
     def chunks(self) -> tuple[int, ...] | None:
         rows, cols = self._ds.block_shapes[0]
@@ -243,6 +294,8 @@ class RasterSource(Source):
         }
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        if self._tiles is not None:
+            return self._tiles.read(index + (slice(None),) * (3 - len(index)))
         from rasterio.windows import Window
 
         rows = range(*index[0].indices(self.shape[0]))
@@ -263,6 +316,9 @@ class RasterSource(Source):
         return "raster" if os.path.splitext(url_path(spec.path))[1].lower() in _WRITES else None
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._ds.close()
 
 

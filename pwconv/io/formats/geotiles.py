@@ -1,0 +1,222 @@
+"""A GeoTIFF's stored blocks (tiles or strips) read at their offsets and decoded by pwconv.
+
+GDAL decodes the blocks a window meets one after another on the calling thread, and at a
+URL it fetches them one request at a time: a 1 GiB deflate GeoTIFF read in 3.9 s where its
+decoding alone takes 1.2 s on two cores, and a tiled one at a URL in 13-15 s where the bytes
+take 2.3 s. Here GDAL still opens the file and says what it holds (shape, dtype, georeferencing,
+compression, predictor, interleaving, and each block's offset and size in its ``TIFF``
+metadata domain); pwconv then reads the blocks a window meets (positioned reads on disk,
+ranged requests at a URL, all of a window's in flight at once), decodes them on one thread per
+core (:mod:`pwconv.io.codecs`) and undoes the predictor itself.
+
+Only files GDAL would read the same way take this path: little-endian (on a little-endian
+machine), uncompressed or deflate, zstd or LZW, predictor none, horizontal or floating point,
+whole bytes per sample. Anything else (JPEG, WebP, LERC, packed bits, big-endian files) is
+read by GDAL as before, as is every file with ``PWCONV_RAW_IO=0``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pwconv.errors import FormatError
+from pwconv.io import codecs
+from pwconv.io.rawio import box_of, chunk_pieces, raw_paths_enabled
+
+# GDAL's names for the compressions read here, and the codec that decodes each.
+_CODECS = {"DEFLATE": "deflate", "ZSTD": "zstd", "LZW": "lzw"}
+# A stored block larger than this many times its decoded size (plus a little) is a lie:
+# deflate and zstd grow incompressible data by well under 1%, LZW by at most 12 bits a byte.
+_STORED_GROWTH = 2
+_STORED_SLACK = 1 << 16
+
+#: Fetches byte ranges: (starts, ends) -> one bytes-like object per range.
+Fetch = Callable[[list[int], list[int]], list[Any]]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a GeoTIFF's pixels are stored: the block grid, one sample plane per band or all
+    bands pixel-interleaved in one, the codec (None: raw) and the predictor (1, 2 or 3)."""
+
+    shape: tuple[int, int, int]  # rows, cols, bands
+    dtype: np.dtype
+    block: tuple[int, int]  # rows, cols of one block
+    planar: bool  # one plane per band (INTERLEAVE=BAND)
+    codec: str | None
+    predictor: int
+
+    @property
+    def samples(self) -> int:
+        """Samples per pixel in one stored block."""
+        return 1 if self.planar else self.shape[2]
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """One block's extent in (rows, cols, bands)."""
+        return (self.block[0], self.block[1], self.samples)
+
+    @property
+    def row_bytes(self) -> int:
+        """The bytes of one decoded row of a block."""
+        return self.block[1] * self.samples * self.dtype.itemsize
+
+    def rows_inside(self, row: int) -> int:
+        """The rows of block row ``row`` that lie in the image: a strip at the bottom stores
+        only those, a tile stores its whole height."""
+        return min(self.block[0], self.shape[0] - row * self.block[0])
+
+
+def layout_of(ds: Any, head: bytes) -> BlockLayout | None:
+    """The layout of the GDAL dataset ``ds`` (a GeoTIFF whose first bytes are ``head``), or
+    None where GDAL must read it."""
+    if not raw_paths_enabled() or ds.driver != "GTiff" or len(set(ds.block_shapes)) != 1:
+        return None
+    order = {b"II": "little", b"MM": "big"}.get(head[:2])
+    structure = {str(k).upper(): str(v).upper() for k, v in ds.tags(ns="IMAGE_STRUCTURE").items()}
+    compression = structure.get("COMPRESSION", "NONE")
+    codec = _CODECS.get(compression)
+    predictor = structure.get("PREDICTOR", "1")
+    interleave = structure.get("INTERLEAVE", "BAND")
+    dtype = np.dtype(ds.dtypes[0])
+    if (
+        order != sys.byteorder
+        or (compression != "NONE" and (codec is None or not codecs.can_decode(codec)))
+        or predictor not in ("1", "2", "3")
+        or (predictor != "1" and dtype.kind not in "iuf")
+        or (predictor == "3" and dtype.kind != "f")
+        or structure.keys() & {"NBITS", "MINISWHITE"}
+        or interleave not in ("BAND", "PIXEL")
+    ):
+        return None
+    rows, cols = (int(n) for n in ds.block_shapes[0])
+    planar = ds.count == 1 or interleave == "BAND"
+    return BlockLayout((ds.height, ds.width, ds.count), dtype, (rows, cols), planar, codec, int(predictor))
+
+
+class GeoTiles:
+    """A GeoTIFF's blocks read through ``fetch`` and decoded on every core.
+
+    ``where`` gives a block's (offset, stored bytes) from its grid coordinates (row, col,
+    plane), GDAL's figures, checked here against the file's ``size``; a block never written
+    (no bytes) reads as ``fill`` (the nodata value where the dtype holds it, else 0), as GDAL
+    reads it. ``fetch`` takes all of a window's ranges at once where ``batched`` (requests in
+    flight together), else one block's on the thread that decodes it (positioned reads).
+    """
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        where: Callable[[tuple[int, ...]], tuple[int, int]],
+        fetch: Fetch,
+        *,
+        batched: bool,
+        size: int,
+        name: str,
+        fill: float | None,
+    ) -> None:
+        self.layout, self._where, self._fetch, self._batched = layout, where, fetch, batched
+        self._size, self.name = size, name
+        self._fill = _fill_value(fill, layout.dtype)
+        self._places: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._lock = threading.Lock()  # GDAL's dataset is not to be used from two threads
+
+    def _place(self, coords: tuple[int, ...]) -> tuple[int, int]:
+        """Where block ``coords`` is stored and how many of its bytes to read: checked to lie
+        in the file, hold the block's rows (raw) or not claim more bytes than its pixels
+        could take (compressed)."""
+        with self._lock:
+            if coords not in self._places:
+                self._places[coords] = self._where(coords)
+            offset, stored = self._places[coords]
+        layout = self.layout
+        least = layout.rows_inside(coords[0]) * layout.row_bytes
+        most = layout.block[0] * layout.row_bytes
+        if layout.codec is not None:
+            most = _STORED_GROWTH * most + _STORED_SLACK
+        fits = stored >= least if layout.codec is None else stored <= most
+        if offset < 0 or stored < 0 or offset + stored > self._size or (stored and not fits):
+            expected = f"at least {least}" if layout.codec is None else f"at most {most}"
+            raise FormatError(
+                f"expected block {coords} of {self.name} within its {self._size} bytes and {expected} bytes "
+                f"long, found {stored} bytes at byte {offset}; the file is damaged, write it again"
+            )
+        return offset, (min(stored, least) if layout.codec is None else stored)
+
+    def _decoded(self, coords: tuple[int, ...], data: Any) -> np.ndarray:
+        """The rows of block ``coords`` inside the image, from its stored bytes, as (rows,
+        cols, samples) in the file's dtype (a buffer valid until this thread's next decode)."""
+        layout = self.layout
+        rows = layout.rows_inside(coords[0])
+        least, most = rows * layout.row_bytes, layout.block[0] * layout.row_bytes
+        if layout.codec is not None:
+            where = f"block {coords} of {self.name}"
+            data = codecs.decode_between(layout.codec, data, least, most, where)
+        shape = (rows, layout.block[1], layout.samples)
+        pixels = np.frombuffer(data, np.uint8, least)
+        if not pixels.flags.writeable and layout.predictor != 1:
+            pixels = pixels.copy()
+        if layout.predictor == 2:  # each sample the difference from the one to its left
+            same_width = pixels.view(f"u{layout.dtype.itemsize}").reshape(shape)
+            np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
+            return same_width.view(layout.dtype)
+        if layout.predictor == 3:
+            return _unpredicted_floats(pixels, shape, layout.dtype)
+        return pixels.view(layout.dtype).reshape(shape)
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Any selection (steps too) of (rows, cols, bands): its step-1 box read, then stepped."""
+        box, steps = box_of(index, self.layout.shape)
+        out = np.empty(tuple(b - a for a, b in box), self.layout.dtype)
+        if not out.size:
+            return out[steps]
+        stored = []
+        for piece in chunk_pieces(box, self.layout.chunks):
+            offset, size = self._place(piece.coords)
+            if size:
+                stored.append((piece, offset, size))
+            else:
+                out[piece.outer] = self._fill
+        fetched: list[Any] = [None] * len(stored)
+        if self._batched:
+            fetched = self._fetch([o for _, o, _ in stored], [o + n for _, o, n in stored])
+
+        def one(i: int) -> None:
+            piece, offset, size = stored[i]
+            data = fetched[i] if self._batched else self._fetch([offset], [offset + size])[0]
+            out[piece.outer] = self._decoded(piece.coords, data)[piece.inner]
+
+        codecs.in_parallel(one, range(len(stored)))
+        return out[steps]
+
+
+def _fill_value(nodata: float | None, dtype: np.dtype) -> Any:
+    """What a block never written holds: the nodata value where ``dtype`` holds it exactly."""
+    if nodata is None:
+        return 0
+    try:
+        value = np.array(nodata).astype(dtype)
+        exact = bool(value == nodata) or (math.isnan(nodata) and dtype.kind in "fc")
+    except (OverflowError, ValueError):
+        return 0
+    return value if exact else 0
+
+
+def _unpredicted_floats(pixels: np.ndarray, shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
+    """Undo TIFF's floating-point predictor (3): each row holds its values' bytes as planes,
+    most significant first, each byte the difference from the same plane's byte one pixel
+    to its left."""
+    rows, cols, samples = shape
+    itemsize = dtype.itemsize
+    planes = pixels.reshape(rows, itemsize * cols, samples)
+    np.cumsum(planes, axis=1, dtype=np.uint8, out=planes)
+    values = planes.reshape(rows, itemsize, cols * samples).transpose(0, 2, 1)
+    big_endian = np.ascontiguousarray(values).view(dtype.newbyteorder(">"))
+    return big_endian.reshape(shape)
