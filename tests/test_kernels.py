@@ -226,6 +226,28 @@ def test_blas_fallback_when_disabled(monkeypatch):
     np.testing.assert_allclose(pointwise_conv(x, w), reference_conv(x, w), rtol=1e-5, atol=1e-4)
 
 
+def test_products_split_over_the_kernel_threads_beside_codecs_equal_blas():
+    """While BLAS is kept to one thread (codec threads decoding beside it), a channels-last
+    product BLAS runs is split over pwconv's threads: the same result, BLAS back after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from pwconv.engines.base import blas_beside_codecs
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 400, 16)).astype(np.float32)  # 7.3 MiB: a share per thread
+    w = rng.standard_normal((4, 16)).astype(np.float32)  # 4 over 16: BLAS, not the kernel
+    expected = np.einsum("hwc,kc->hwk", x.astype(np.float64), w.astype(np.float64))
+    before = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    with blas_beside_codecs():
+        assert kernels.blas_in_one_thread and kernels.blas_shares(x.nbytes) == min(kernels.threads, 3)
+        inside = [
+            pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"
+        ]
+        got = pointwise_conv(x, w)
+    after = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    assert set(inside) == {1} and after == before and not kernels.blas_in_one_thread
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_large_integer_input_is_converted_in_blocks():
     rng = np.random.default_rng(4)
     x = rng.integers(0, 255, size=(3000, 3000, 3), dtype=np.uint8)  # 27 MB: above the block size

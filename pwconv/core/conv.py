@@ -298,7 +298,22 @@ def _channels_first(x3: np.ndarray, w: np.ndarray, out3: np.ndarray) -> None:
 
 
 def _matmul_rows(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
-    """out2 = x2 @ wt, in row blocks that keep the working set in cache."""
+    """out2 = x2 @ wt, in row blocks that keep the working set in cache (in shares on the
+    kernel's threads where BLAS is kept to one thread)."""
+    parts = kernels.blas_shares(x2.nbytes)
+    if parts > 1:
+        step = -(-x2.shape[0] // parts)
+
+        def share(start: int) -> None:
+            _matmul_rows_here(x2[start : start + step], wt, out2[start : start + step])
+
+        kernels.run_shares(share, x2.shape[0], parts)
+        return
+    _matmul_rows_here(x2, wt, out2)
+
+
+def _matmul_rows_here(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
+    """out2 = x2 @ wt on this thread (and BLAS's), in row blocks."""
     rows = x2.shape[0]
     row_bytes = (x2.shape[1] + out2.shape[1]) * x2.itemsize
     block = max(_MIN_BLOCK_ROWS, _TARGET_BLOCK_BYTES // max(row_bytes, 1))

@@ -29,6 +29,11 @@ enabled = _SETTING != "blas"
 # Threads the kernel splits rows over; engines that run several blocks at once set 1.
 threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
+# Set while an engine keeps BLAS to one thread (its own threads spin between products and
+# took the cores the codec threads decode on): channels-last products are then split over
+# the kernel's threads instead, one BLAS call each.
+blas_in_one_thread = False
+
 # Each thread gets at least this many input bytes: a smaller share costs more to hand out
 # than it saves (see benchmarks/threads.py).
 _SPLIT_BYTES = 2 << 20
@@ -170,6 +175,18 @@ def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
         module.apply_planes(xs, filters, outs, images, c, b, k, start, stop, itemsize)
 
     _run_parts(part, jobs)
+
+
+def blas_shares(nbytes: int) -> int:
+    """The kernel's threads a BLAS product of ``nbytes`` input is split over: 1 unless BLAS
+    is kept to one thread (:data:`blas_in_one_thread`)."""
+    return _shares(nbytes) if blas_in_one_thread else 1
+
+
+def run_shares(part: Callable[[int], None], rows: int, parts: int) -> None:
+    """``part(start)`` for each of ``parts`` equal shares of ``rows`` (the share's rows are
+    ``start`` to ``start + -(-rows // parts)``), on the kernel's threads."""
+    _run_parts(part, list(range(0, rows, -(-rows // parts))))
 
 
 def _shares(nbytes: int) -> int:

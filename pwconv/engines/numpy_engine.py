@@ -7,6 +7,7 @@ bounded by the block size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -14,7 +15,8 @@ import numpy as np
 
 from pwconv.core.blocks import plan_blocks
 from pwconv.core.conv import ConvPlan, Nodata, compute_masked
-from pwconv.engines.base import Progress, Timings
+from pwconv.engines.base import Progress, Timings, blas_beside_codecs
+from pwconv.io import codecs
 from pwconv.io.interface import Sink, Source
 
 # A streamed block costs at most this much (input, conversions and output); larger blocks
@@ -133,9 +135,12 @@ def run(
     pending_read: Pending[np.ndarray] = reader.submit(load, reads[0])
     pending_write: Pending[None] | None = None
     finished = False
+    blas = contextlib.ExitStack()
     try:
         for i, index in enumerate(blocks):
             data = pending_read.result()
+            if i == 0 and codecs.started():  # the next blocks decode beside every product
+                blas.enter_context(blas_beside_codecs())
             if i + 1 < len(blocks):
                 pending_read = reader.submit(load, reads[i + 1])
             result = compute(data, reads[i])
@@ -158,6 +163,7 @@ def run(
             pending_write.cancel()
         reader.close(wait=finished)
         writer.close(wait=True, timeout=None if finished else 30.0)
+        blas.close()
     return timings
 
 

@@ -206,6 +206,12 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def started() -> bool:
+    """Whether the codec threads have started: chunks are being decoded or encoded on every
+    core, beside whatever else runs."""
+    return _pool is not None
+
+
 def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``work`` over ``items`` on the codec threads, results in order; the first failure is
     raised once every item has been tried (so no thread still touches the caller's buffers)."""
