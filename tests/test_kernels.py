@@ -248,6 +248,19 @@ def test_products_split_over_the_kernel_threads_beside_codecs_equal_blas():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_channels_first_products_split_beside_codecs_equal_blas():
+    pytest.importorskip("threadpoolctl")
+    from pwconv.engines.base import blas_beside_codecs
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 8, 300, 410)).astype(np.float32)  # (N, C, H, W): 7.5 MiB
+    w = rng.standard_normal((70, 8)).astype(np.float32)  # more filters than the planes kernel takes
+    expected = np.einsum("nchw,kc->nkhw", x.astype(np.float64), w.astype(np.float64))
+    with blas_beside_codecs():
+        got = pointwise_conv(x, w, layout="channels-first")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_large_integer_input_is_converted_in_blocks():
     rng = np.random.default_rng(4)
     x = rng.integers(0, 255, size=(3000, 3000, 3), dtype=np.uint8)  # 27 MB: above the block size

@@ -288,9 +288,18 @@ def _channels_last(x2: np.ndarray, w: np.ndarray, out2: np.ndarray) -> None:
 
 
 def _channels_first(x3: np.ndarray, w: np.ndarray, out3: np.ndarray) -> None:
-    """``out3[n] = w @ x3[n]`` for (images, C, pixels) input."""
+    """``out3[n] = w @ x3[n]`` for (images, C, pixels) input (in shares of pixels on the
+    kernel's threads where BLAS is kept to one thread)."""
+    parts = kernels.blas_shares(x3.nbytes)
     if kernels.accepts_planes(x3, w, out3):
         kernels.apply_planes(x3, w, out3)
+    elif parts > 1 and x3.shape[2] >= parts:
+        step = -(-x3.shape[2] // parts)
+
+        def share(start: int) -> None:
+            np.matmul(w, x3[:, :, start : start + step], out=out3[:, :, start : start + step])
+
+        kernels.run_shares(share, x3.shape[2], parts)
     elif x3.shape[0] == 1:
         np.matmul(w, x3[0], out=out3[0])
     else:

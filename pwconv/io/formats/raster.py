@@ -237,7 +237,7 @@ class RasterSource(Source):
             if layout is None:
                 return None
             return GeoTiles(
-                layout, self._block_place, remote.read_spans, batched=True, size=size, name=shown(self.path),
+                layout, self._block_place, remote.read_spans, batched=True, size=size, name=repr(shown(self.path)),
                 fill=self._ds.nodata,
             )  # fmt: skip
         fd = self._fd = os.open(self.path, os.O_RDONLY)
@@ -265,7 +265,7 @@ class RasterSource(Source):
                 found.append(int(text) if text else 0)
             except ValueError:
                 raise FormatError(
-                    f"expected a block {item.lower()} for block {coords} of {self.path!r}, found {text!r}; "
+                    f"expected a block {item.lower()} for block {coords} of {shown(self.path)!r}, found {text!r}; "
                     "the file is damaged, write it again"
                 ) from None
         return (found[0], found[1]) if found[0] and found[1] else (0, 0)
