@@ -154,6 +154,24 @@ def test_weights_and_banks_from_s3_and_a_fitted_bank_to_s3(s3: S3Server, bucket:
     np.testing.assert_allclose(np.abs(fitted["weights"]), np.abs(top), atol=1e-5)
 
 
+def test_a_small_bank_over_http_costs_two_requests_an_open(tmp_path: Path) -> None:
+    """A bank's zip is opened by several readers (names, labels, tensors): each open fetches
+    the whole small object in one request after its size, not each record of its directory
+    (33 requests before, for an apply with a bank over HTTP)."""
+    x = cube((20, 10, 6), seed=42)
+    w = np.random.default_rng(43).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "bank.npz", weights=w, bias=np.array([1, 2, 3], np.float32))
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("apply", tmp_path / "x.npy", f"{server.url}/bank.npz", "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w) + [1, 2, 3], rtol=1e-5)
+        assert server.requests <= 16, server.requests
+    finally:
+        server.stop()
+
+
 def test_presigned_url_query_never_shown(tmp_path: Path) -> None:
     x = cube((30, 20, 3), seed=7)
     np.save(tmp_path / "x.npy", x)

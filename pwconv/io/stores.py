@@ -50,6 +50,10 @@ IN_FLIGHT = max(1, int(os.environ.get("PWCONV_REMOTE_REQUESTS") or 16))
 PIECE = 8 << 20
 # A file-object read this large is fetched in pieces, several in flight.
 _PARALLEL_READ = 2 << 20
+# An object this small is fetched whole by a file object's first read; of a larger one, a
+# read near its end fetches this many bytes before it too.
+_WHOLE_OBJECT = 1 << 20
+_TAIL = 16 << 10
 _T = TypeVar("_T")
 
 
@@ -755,16 +759,27 @@ class RangedFile:
                 self.position = end
                 return end - start
             if not (self._start <= start and end <= self._start + len(self._data)):
-                self._start = start
-                self._data = self.remote.read_range(
-                    start, max(end, min(self.remote.size, start + self.ahead))
-                )
+                self._start, stop = self._window(start, end)
+                self._data = self.remote.read_range(self._start, stop)
         except PwconvError as exc:
             self.failure = self.failure or exc
             raise
         view[:] = self._data[start - self._start : end - self._start]
         self.position = end
         return end - start
+
+    def _window(self, start: int, end: int) -> tuple[int, int]:
+        """The bytes to fetch for a read of ``start``-``end``: the whole of a small object
+        (a bank: every open then costs one request), the last :data:`_TAIL` bytes for a
+        read near the end (a zip's end records, read backwards from the end), else ``ahead``
+        bytes from ``start``."""
+        size = self.remote.size
+        if size <= _WHOLE_OBJECT:
+            return 0, size
+        stop = max(end, min(size, start + self.ahead))
+        if stop == size:
+            return min(start, max(0, size - _TAIL)), size
+        return start, stop
 
     def raise_failure(self) -> None:
         """Raise the pwconv error a read met, if one did."""
