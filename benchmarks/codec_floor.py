@@ -5,9 +5,9 @@ codec found here. Run by ``streaming.py --compressed``; prints one JSON line.
     python benchmarks/codec_floor.py KIND INPUT OUTPUT LEVEL
 
 KIND is hdf5 (gzip chunks of dataset ``x`` in, ``/data`` out), netcdf (variable ``refl`` in and
-``data`` out), zarr (zstd chunk files) or
-tiff (deflate tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded
-first (not timed) to give the bytes the floor encodes, at LEVEL, in chunks of the same size.
+``data`` out), zarr (zstd chunk files), tiff (deflate tiles), tiff-zstd or tiff-lzw (zstd or
+LZW tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded first (not
+timed) to give the bytes the floor encodes, at LEVEL, in chunks of the same size.
 
 Each candidate (stdlib zlib; imagecodecs' libdeflate, zlib-ng and zstd; numcodecs' zstd) is
 timed on the first chunks; the fastest decoder and encoder then run over every chunk, the
@@ -73,6 +73,10 @@ def _tiff_chunks(path: str) -> tuple[list[bytes], int]:
 def decoders(kind: str, chunk_bytes: int) -> dict[str, Codec]:
     import imagecodecs
 
+    if kind == "tiff-zstd":
+        return {"imagecodecs zstd": lambda data: imagecodecs.zstd_decode(data, out=chunk_bytes)}
+    if kind == "tiff-lzw":
+        return {"imagecodecs lzw": lambda data: imagecodecs.lzw_decode(data, out=chunk_bytes)}
     if kind == "zarr":
         from numcodecs import Zstd
 
@@ -88,6 +92,10 @@ def decoders(kind: str, chunk_bytes: int) -> dict[str, Codec]:
 def encoders(kind: str, level: int) -> dict[str, Codec]:
     import imagecodecs
 
+    if kind == "tiff-zstd":
+        return {"imagecodecs zstd": lambda data: imagecodecs.zstd_encode(data, level=level)}
+    if kind == "tiff-lzw":
+        return {"imagecodecs lzw": imagecodecs.lzw_encode}
     if kind == "zarr":
         from numcodecs import Zstd
 
@@ -132,6 +140,8 @@ def main() -> None:
         "netcdf": lambda p, role: _hdf5_chunks(p, "refl"),  # the output keeps the name
         "zarr": lambda p, role: _zarr_chunks(p),
         "tiff": lambda p, role: _tiff_chunks(p),
+        "tiff-zstd": lambda p, role: _tiff_chunks(p),
+        "tiff-lzw": lambda p, role: _tiff_chunks(p),
     }[kind]
     stored_in, in_chunk = read(inp, "in")
     stored_out, out_chunk = read(out, "out")
