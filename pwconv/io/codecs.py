@@ -109,18 +109,7 @@ def inflate(data: bytes, size: int, name: str) -> Any:
     """The ``size`` bytes a zlib stream holds (a buffer valid until this thread's next
     decode); a damaged stream, or one that holds more or fewer bytes, is a one-line error
     naming ``name``."""
-    fast = _fast()
-
-    def decode() -> Any:
-        if fast is not None:
-            return fast.deflate_decode(data, out=_buffer(size))
-        inflater = zlib.decompressobj()
-        out = inflater.decompress(data, size)
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError("the stream holds more data than its chunk")
-        return out
-
-    return _checked(decode, size, name, "a deflate stream", "file")
+    return decode_between("deflate", data, size, size, name)
 
 
 def zstd_available() -> bool:
@@ -137,8 +126,7 @@ def _fast_zstd() -> Any:
 def unzstd(data: bytes, size: int, name: str) -> Any:
     """The ``size`` bytes a zstd frame holds (a buffer valid until this thread's next
     decode); anything else is a one-line error naming ``name``."""
-    fast = _fast_zstd()
-    return _checked(lambda: fast.zstd_decode(data, out=_buffer(size)), size, name, "a zstd frame", "store")
+    return decode_between("zstd", data, size, size, name, holder="store")
 
 
 def can_decode(codec: str) -> bool:
@@ -150,10 +138,11 @@ def can_decode(codec: str) -> bool:
     return fast is not None and codec in ("zstd", "lzw") and (codec == "zstd" or fast.LZW.available)
 
 
-def decode_between(codec: str, data: Any, least: int, most: int, name: str) -> Any:
+def decode_between(codec: str, data: Any, least: int, most: int, name: str, holder: str = "file") -> Any:
     """What ``data`` holds encoded with ``codec`` (``deflate``, ``zstd`` or ``lzw``, see
     :func:`can_decode`): from ``least`` to ``most`` bytes of it (a buffer valid until this
-    thread's next decode); anything else is a one-line error naming ``name``.
+    thread's next decode); anything else is a one-line error naming ``name`` and saying
+    that its ``holder`` (file or store) is damaged.
 
     >>> bytes(decode_between("deflate", zlib.compress(b"abc"), 2, 8, "x"))
     b'abc'
@@ -164,7 +153,7 @@ def decode_between(codec: str, data: Any, least: int, most: int, name: str) -> A
         if codec == "lzw":  # it stops where its output ends: one byte more shows a longer stream
             out = fast.lzw_decode(data, out=_buffer(most + 1))
             if len(out) > most:
-                raise ValueError("the stream holds more data than its block")
+                raise ValueError("the stream holds more data than expected")
             return out
         if codec == "zstd":
             return fast.zstd_decode(data, out=_buffer(most))
@@ -173,11 +162,11 @@ def decode_between(codec: str, data: Any, least: int, most: int, name: str) -> A
         inflater = zlib.decompressobj()
         out = inflater.decompress(data, most)
         if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError("the stream holds more data than its block")
+            raise ValueError("the stream holds more data than expected")
         return out
 
     stream = {"deflate": "a deflate stream", "zstd": "a zstd frame", "lzw": "an LZW stream"}[codec]
-    return _checked(decode, most, name, stream, "file", least=least)
+    return _checked(decode, most, name, stream, holder, least=least)
 
 
 def zstd(data: Any, level: int) -> bytes:
