@@ -162,3 +162,25 @@ def test_a_block_past_the_end_of_the_file_is_refused(tmp_path):
 
     text = _damaged(tmp_path, cut)
     assert "\n" not in text and "damaged" in text
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_the_dask_engine_reads_the_blocks_the_same_way(tmp_path, scheduler):
+    """Dask's threads share one reader and its processes open their own: both equal the
+    numpy engine on a compressed GeoTIFF with predictor."""
+    pytest.importorskip("dask.array")
+    data = _values("int16")
+    _write(
+        tmp_path / "in.tif", data, compress="deflate", predictor=2, tiled=True, blockxsize=16, blockysize=16
+    )
+    np.save(tmp_path / "w.npy", np.array([[1, 2, -1], [0.5, 0, 3]], np.float32))
+    for engine, out in (("numpy", "a.npy"), ("dask", "b.npy")):
+        extra = ["--scheduler", scheduler] if engine == "dask" else []
+        proc = run_cli("apply", "in.tif", "w.npy", "-o", out, "--engine", engine, "--dtype", "float32", *extra,
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"), rtol=1e-6)
+    expected = np.einsum(
+        "crw,kc->rwk", data.astype(np.float64), np.load(tmp_path / "w.npy").astype(np.float64)
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), expected, rtol=1e-5, atol=1e-3)
