@@ -28,7 +28,7 @@ import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io import codecs
-from pwconv.io.rawio import box_of, chunk_pieces, raw_paths_enabled
+from pwconv.io.rawio import box_of, chunk_pieces
 
 # GDAL's names for the compressions read here, and the codec that decodes each.
 _CODECS = {"DEFLATE": "deflate", "ZSTD": "zstd", "LZW": "lzw"}
@@ -77,7 +77,7 @@ class BlockLayout:
 def layout_of(ds: Any, head: bytes) -> BlockLayout | None:
     """The layout of the GDAL dataset ``ds`` (a GeoTIFF whose first bytes are ``head``), or
     None where GDAL must read it."""
-    if not raw_paths_enabled() or ds.driver != "GTiff" or len(set(ds.block_shapes)) != 1:
+    if ds.driver != "GTiff" or len(set(ds.block_shapes)) != 1:
         return None
     order = {b"II": "little", b"MM": "big"}.get(head[:2])
     structure = {str(k).upper(): str(v).upper() for k, v in ds.tags(ns="IMAGE_STRUCTURE").items()}

@@ -23,7 +23,7 @@ from pwconv.io.atomic import FileSink, check_output_path, place_companion, setti
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.formats.geotiles import GeoTiles, layout_of
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
-from pwconv.io.rawio import read_all
+from pwconv.io.rawio import raw_paths_enabled, read_all
 from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
 
 if TYPE_CHECKING:
@@ -231,6 +231,8 @@ class RasterSource(Source):
 
     def _own_blocks(self, remote: RemoteObject | None) -> GeoTiles | None:
         """pwconv's own reader of the file's blocks (see :mod:`geotiles`), where it reads it."""
+        if self._ds.driver != "GTiff" or not raw_paths_enabled():
+            return None
         if remote is not None:
             head, size = bytes(remote.read_range(0, min(4, remote.size))), remote.size
             layout = layout_of(self._ds, head)
@@ -243,6 +245,8 @@ class RasterSource(Source):
         fd = self._fd = os.open(self.path, os.O_RDONLY)
         layout = layout_of(self._ds, os.pread(fd, 4, 0))
         if layout is None:
+            os.close(fd)
+            self._fd = None
             return None
 
         def fetch(starts: list[int], ends: list[int]) -> list[Any]:
