@@ -184,3 +184,24 @@ def test_the_dask_engine_reads_the_blocks_the_same_way(tmp_path, scheduler):
         "crw,kc->rwk", data.astype(np.float64), np.load(tmp_path / "w.npy").astype(np.float64)
     )
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("compression", ["deflate", "zstd", "lzw"])
+def test_a_cloud_optimized_geotiff_with_overviews_and_a_mask_reads_as_gdal_reads_it(tmp_path, compression):
+    """GDAL's COG driver puts overviews and an internal mask in the file, and block leaders and
+    trailers around each tile: the full-resolution blocks are still where GDAL says."""
+    import rasterio.shutil
+
+    data = _values("uint16")
+    _write(tmp_path / "plain.tif", data, tiled=True, blockxsize=32, blockysize=32)
+    with rasterio.open(tmp_path / "plain.tif", "r+") as ds:
+        ds.write_mask(np.where(np.arange(COLS)[None, :] < 40, 0, 255).repeat(ROWS, 0).astype(np.uint8))
+    rasterio.shutil.copy(
+        tmp_path / "plain.tif", tmp_path / "cog.tif", driver="COG", compress=compression, predictor=2,
+        blocksize=32, overview_resampling="average",
+    )  # fmt: skip
+    with rasterio.open(tmp_path / "cog.tif") as ds:
+        assert ds.overviews(1)  # the layout under test
+    got, reader = _read(tmp_path / "cog.tif")
+    assert reader == f"block offsets, {compression}"
+    np.testing.assert_array_equal(got, _gdal_read(tmp_path / "cog.tif"))
