@@ -169,3 +169,20 @@ def test_stac_items_that_cannot_be_read_are_one_line_errors(tmp_path):
         proc = run_cli("apply", spec, "1", "-o", "y.npy", cwd=tmp_path)
         assert_clean_error(proc, 2, fragment)
         assert not (tmp_path / "y.npy").exists()
+
+
+def test_parts_opened_at_once_report_the_first_bad_part_in_order(tmp_path):
+    """Parts are opened together: with two bad parts the error names the first given, every
+    time, and nothing is written."""
+    _, stack = _scene(tmp_path, bands=(2, 3, 4))
+    names = stack.split("+")
+    (tmp_path / "damaged.tif").write_bytes(b"II*\x00" + bytes(60))
+    order = "+".join([names[0], "missing.tif", names[1], "damaged.tif", names[2]])
+    for _ in range(3):
+        proc = run_cli("apply", order, "1,1,1,1,1", "-o", "out.npy", cwd=tmp_path)
+        assert_clean_error(proc, 2, "missing.tif")
+        assert "damaged.tif" not in proc.stderr
+    swapped = "+".join([names[0], "damaged.tif", names[1], "missing.tif"])
+    proc = run_cli("apply", swapped, "1,1,1,1", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode != 0 and "damaged.tif" in proc.stderr and "missing.tif" not in proc.stderr
+    assert not (tmp_path / "out.npy").exists()

@@ -201,10 +201,14 @@ def started() -> bool:
     return _pool is not None
 
 
-def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``work`` over ``items`` on the codec threads, results in order; the first failure is
-    raised once every item has been tried (so no thread still touches the caller's buffers)."""
-    futures: list[Future[R]] = [pool().submit(work, item) for item in items]
+def in_parallel(
+    work: Callable[[T], R], items: Iterable[T], threads: ThreadPoolExecutor | None = None
+) -> list[R]:
+    """``work`` over ``items`` on the codec threads (or ``threads``), results in order; the
+    first failure is raised once every item has been tried (so no thread still touches the
+    caller's buffers)."""
+    executor = threads or pool()
+    futures: list[Future[R]] = [executor.submit(work, item) for item in items]
     failure: BaseException | None = None
     results: list[R] = []
     for future in futures:

@@ -10,15 +10,37 @@ part without one, by its file name.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.errors import ShapeError, UsageError
+from pwconv.io import codecs
 from pwconv.io.interface import Backend, Description, Source
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from pwconv.io.spec import Spec
+
+# Parts read at once: a scene's bands (Sentinel-2 has 13).
+_PART_THREADS = 16
+
+
+_pool: list[ThreadPoolExecutor] = []
+_lock = threading.Lock()
+
+
+def _part_threads() -> ThreadPoolExecutor:
+    """The threads that read a stack's parts at once (their own: a part's reader runs its
+    requests and codecs on the other pools)."""
+    with _lock:
+        if not _pool:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool.append(ThreadPoolExecutor(_PART_THREADS, thread_name_prefix="pwconv-stack"))
+        return _pool[0]
 
 
 def _pixels(source: Source, text: str) -> tuple[tuple[int, int], int]:
@@ -87,11 +109,19 @@ class StackSource(Source):
         )  # fmt: skip
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The block's pixels of every part, the parts read at once (at URLs each part's
+        requests wait on the network: one part after another, their waits added up)."""
         pixels = tuple(index[:2])
-        blocks = []
-        for part, count in zip(self.parts, self.counts):
+
+        def one(i: int) -> np.ndarray:
+            part, count = self.parts[i], self.counts[i]
             block = np.asarray(part.read(pixels if len(part.shape) == 2 else (*pixels, slice(None))))
-            blocks.append(block.reshape(*block.shape[:2], count).astype(self.dtype, copy=False))
+            return block.reshape(*block.shape[:2], count).astype(self.dtype, copy=False)
+
+        if len(self.parts) == 1:
+            blocks = [one(0)]
+        else:
+            blocks = codecs.in_parallel(one, range(len(self.parts)), _part_threads())
         whole = np.concatenate(blocks, axis=2)
         return whole[:, :, index[2]] if len(index) > 2 else whole
 
@@ -123,15 +153,21 @@ class StackFormat(Backend):
         from pwconv.io.spec import parse_spec
 
         texts = spec.path.split(JOIN)
-        opened: list[Source] = []
+        specs = [parse_spec(text) for text in texts]
+        for text, part in zip(texts, specs):
+            if part.path == "-":  # (a part holds no "+": it is never a stack itself)
+                raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
+        # opened at once: at URLs each opening waits on a few requests
+        opened: list[Source | None] = [None] * len(specs)
+
+        def one(i: int) -> None:
+            opened[i] = open_source(specs[i])
+
         try:
-            for text in texts:
-                part = parse_spec(text)
-                if part.path == "-":  # (a part holds no "+": it is never a stack itself)
-                    raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
-                opened.append(open_source(part))
-            return StackSource(texts, opened)
+            codecs.in_parallel(one, range(len(specs)), _part_threads())
+            return StackSource(texts, [source for source in opened if source is not None])
         except BaseException:
             for source in opened:
-                source.close()
+                if source is not None:
+                    source.close()
             raise
