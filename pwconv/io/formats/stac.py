@@ -109,8 +109,7 @@ class StacFormat(Backend):
         return list(_item(path).assets)
 
     def open_source(self, spec: Spec) -> Source:
-        from pwconv.io.formats.stack import StackSource
-        from pwconv.io.registry import open_source
+        from pwconv.io.formats.stack import StackSource, open_parts
         from pwconv.io.spec import parse_spec
 
         item = _item(spec.path)
@@ -119,16 +118,16 @@ class StacFormat(Backend):
                 f"expected the assets to read from the STAC item {spec.path!r}, found none; name them as "
                 f"{spec.path}:{','.join(list(item.assets)[:3]) or 'red,nir08'} (keys or eo:bands names)"
             )
-        texts, labels, opened = [], [], []
+        texts, labels = [], []
+        for wanted in [w.strip() for w in spec.member.split(",") if w.strip()]:
+            key, asset, label = _pick(item, wanted, spec.path)
+            target = _asset_target(spec.path, asset)
+            if _outside(spec.path, target):
+                refuse_external(spec.text, f"an asset outside its folder ({key!r})")
+            texts.append(target)
+            labels.append(label)
+        opened = open_parts([parse_spec(text) for text in texts])
         try:
-            for wanted in [w.strip() for w in spec.member.split(",") if w.strip()]:
-                key, asset, label = _pick(item, wanted, spec.path)
-                target = _asset_target(spec.path, asset)
-                if _outside(spec.path, target):
-                    refuse_external(spec.text, f"an asset outside its folder ({key!r})")
-                texts.append(target)
-                labels.append(label)
-                opened.append(open_source(parse_spec(target)))
             return StackSource(texts, opened, labels=labels)
         except BaseException:
             for source in opened:

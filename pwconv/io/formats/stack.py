@@ -149,7 +149,7 @@ class StackFormat(Backend):
     """Files joined with ``+``: each part opened by its own format."""
 
     def open_source(self, spec: Spec) -> Source:
-        from pwconv.io.registry import JOIN, open_source
+        from pwconv.io.registry import JOIN
         from pwconv.io.spec import parse_spec
 
         texts = spec.path.split(JOIN)
@@ -157,17 +157,31 @@ class StackFormat(Backend):
         for text, part in zip(texts, specs):
             if part.path == "-":  # (a part holds no "+": it is never a stack itself)
                 raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
-        # opened at once: at URLs each opening waits on a few requests
-        opened: list[Source | None] = [None] * len(specs)
-
-        def one(i: int) -> None:
-            opened[i] = open_source(specs[i])
-
+        opened = open_parts(specs)
         try:
-            codecs.in_parallel(one, range(len(specs)), _part_threads())
-            return StackSource(texts, [source for source in opened if source is not None])
+            return StackSource(texts, opened)
         except BaseException:
             for source in opened:
-                if source is not None:
-                    source.close()
+                source.close()
             raise
+
+
+def open_parts(specs: list[Spec]) -> list[Source]:
+    """Each part opened by its own format, all at once (at URLs each opening waits on a few
+    requests); where any fails, the first in the order given is raised and the others are
+    closed."""
+    from pwconv.io.registry import open_source
+
+    opened: list[Source | None] = [None] * len(specs)
+
+    def one(i: int) -> None:
+        opened[i] = open_source(specs[i])
+
+    try:
+        codecs.in_parallel(one, range(len(specs)), _part_threads())
+    except BaseException:
+        for source in opened:
+            if source is not None:
+                source.close()
+        raise
+    return [source for source in opened if source is not None]
