@@ -5,8 +5,8 @@ codec found here. Run by ``streaming.py --compressed``; prints one JSON line.
     python benchmarks/codec_floor.py KIND INPUT OUTPUT LEVEL
 
 KIND is hdf5 (gzip chunks of dataset ``x`` in, ``/data`` out), netcdf (variable ``refl`` in and
-``data`` out), zarr (zstd chunk files), tiff (deflate tiles), tiff-zstd or tiff-lzw (zstd or
-LZW tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded first (not
+``data`` out), zarr (zstd chunk files), zarr-blosc (blosc chunk files in, zstd out), tiff
+(deflate tiles), tiff-zstd or tiff-lzw (zstd or LZW tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded first (not
 timed) to give the bytes the floor encodes, at LEVEL, in chunks of the same size.
 
 Each candidate (stdlib zlib; imagecodecs' libdeflate, zlib-ng and zstd; numcodecs' zstd) is
@@ -73,6 +73,10 @@ def _tiff_chunks(path: str) -> tuple[list[bytes], int]:
 def decoders(kind: str, chunk_bytes: int) -> dict[str, Codec]:
     import imagecodecs
 
+    if kind == "zarr-blosc":
+        from numcodecs import Blosc
+
+        return {"imagecodecs blosc": imagecodecs.blosc_decode, "numcodecs blosc": Blosc().decode}
     if kind == "tiff-zstd":
         return {"imagecodecs zstd": lambda data: imagecodecs.zstd_decode(data, out=chunk_bytes)}
     if kind == "tiff-lzw":
@@ -142,16 +146,17 @@ def main() -> None:
         "tiff": lambda p, role: _tiff_chunks(p),
         "tiff-zstd": lambda p, role: _tiff_chunks(p),
         "tiff-lzw": lambda p, role: _tiff_chunks(p),
+        "zarr-blosc": lambda p, role: _zarr_chunks(p),
     }[kind]
+    out_kind = {"zarr-blosc": "zarr"}.get(kind, kind)  # blosc in, zstd out
     stored_in, in_chunk = read(inp, "in")
     stored_out, out_chunk = read(out, "out")
     decode_name = _fastest(decoders(kind, in_chunk), stored_in[:16])
     decode = decoders(kind, in_chunk)[decode_name]
-    raw_out = [
-        decoders(kind, out_chunk)[_fastest(decoders(kind, out_chunk), stored_out[:4])](p) for p in stored_out
-    ]
-    encode_name = _fastest(encoders(kind, level), raw_out[:16])
-    encode = encoders(kind, level)[encode_name]
+    out_decoders = decoders(out_kind, out_chunk)
+    raw_out = [out_decoders[_fastest(out_decoders, stored_out[:4])](p) for p in stored_out]
+    encode_name = _fastest(encoders(out_kind, level), raw_out[:16])
+    encode = encoders(out_kind, level)[encode_name]
     decode_s = _all_cores(decode, stored_in)
     encode_s = _all_cores(encode, raw_out)
     print(

@@ -21,7 +21,8 @@ With --compressed, the compressed cases instead, 1 GiB of float32 input each (va
 1/256 grid, so that they compress as measured data does): HDF5 64 channels gzip-4 in chunks
 of 256x256x64 -> 16 channels gzip; the same as a NetCDF-4 variable; Zarr 64 channels zstd-3, the same chunks -> 16 channels
 zstd; a GeoTIFF of 16 bands, deflate, tiled 512 -> 4 bands deflate (GDAL's level 6), and the
-same GeoTIFF zstd (GDAL's level 9) and LZW, each to the same codec. Each is
+same GeoTIFF zstd (GDAL's level 9) and LZW, each to the same codec; the Zarr with blosc
+(zstd level 5, byte shuffle) -> zstd. Each is
 given against its codec floor (``codec_floor.py``: every input chunk decoded and every output
 chunk encoded with the fastest implementation found, on all cores, measured in the same run),
 and the GeoTIFF also against GDAL's own band combination: the VRT ``pwconv export`` writes (a
@@ -173,8 +174,18 @@ def make_compressed(folder: Path, gib: float) -> None:
 
 
 def other_geotiff_codecs(folder: Path) -> None:
-    """The deflate GeoTIFF again, zstd (GDAL's level 9) and LZW, copied by GDAL."""
+    """The deflate GeoTIFF again, zstd (GDAL's level 9) and LZW, copied by GDAL; and the zstd
+    Zarr again with blosc (zarr's default blosc: zstd level 5, byte shuffle)."""
     import rasterio.shutil
+    import zarr
+
+    source = zarr.open_array(folder / "in_zstd.zarr", mode="r")
+    target = zarr.create_array(
+        folder / "in_blosc.zarr", shape=source.shape, dtype=source.dtype, chunks=source.chunks,
+        compressors=zarr.codecs.BloscCodec(), zarr_format=3, overwrite=True,
+    )  # fmt: skip
+    for start in range(0, source.shape[0], source.chunks[0]):
+        target[start : start + source.chunks[0]] = source[start : start + source.chunks[0]]
 
     for codec in ("zstd", "lzw"):
         rasterio.shutil.copy(
@@ -207,6 +218,8 @@ def compressed(args: argparse.Namespace) -> None:
                                pw + ["in16_zstd.tif", "w16_4.npy", "-o", "pw16_zstd.tif", "--co", "COMPRESS=ZSTD"]),
         "GeoTIFF LZW 16->4": ("tiff-lzw", "in16_lzw.tif", "pw16_lzw.tif", 0,
                               pw + ["in16_lzw.tif", "w16_4.npy", "-o", "pw16_lzw.tif", "--co", "COMPRESS=LZW"]),
+        "Zarr blosc 64->16 zstd": ("zarr-blosc", "in_blosc.zarr", "pw_blosc.zarr", 3,
+                                   pw + ["in_blosc.zarr", "w64_16.npy", "-o", "pw_blosc.zarr", "--compression", "zstd"]),
     }  # fmt: skip
     chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -216,7 +229,7 @@ def compressed(args: argparse.Namespace) -> None:
             subprocess.run(
                 [py, __file__, "--make-compressed", str(folder), "--size-gib", str(args.size_gib)], check=True
             )
-        if not (folder / "in16_lzw.tif").exists():  # a folder kept from before these cases
+        if not (folder / "in_blosc.zarr").exists():  # a folder kept from before these cases
             # in a child: this process stays small, as its children start with its peak RSS
             subprocess.run([py, __file__, "--make-geotiff-codecs", str(folder)], check=True)
         print(

@@ -237,16 +237,21 @@ def test_damaged_h5_object_headers_without_a_dataset_name(tmp_path):
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(mutation=st.data(), raw=st.booleans())
-def test_damaged_zarr_stores(tmp_path, mutation, raw):
-    # raw: uncompressed chunk files, whose zarr.json pwconv parses itself.
+@given(mutation=st.data(), kind=st.sampled_from(["raw", "zstd", "blosc"]))
+def test_damaged_zarr_stores(tmp_path, mutation, kind):
+    # Each kind's zarr.json is parsed and its chunks decoded by pwconv itself: raw chunk
+    # files, zarr's default zstd, blosc.
     zarr = pytest.importorskip("zarr")
-    store = tmp_path / ("raw.zarr" if raw else "x.zarr")
+    store = tmp_path / f"{kind}.zarr"
     if not store.exists():
-        options = {"compressors": None} if raw else {}
-        zarr.create_array(store=str(store), shape=(4, 4, 3), chunks=(2, 4, 3), dtype="float32", **options)[
-            :
-        ] = 1.0
+        options = {
+            "raw": {"compressors": None},
+            "zstd": {},
+            "blosc": {"compressors": zarr.codecs.BloscCodec()},
+        }
+        zarr.create_array(
+            store=str(store), shape=(4, 4, 3), chunks=(2, 4, 3), dtype="float32", **options[kind]
+        )[:] = np.arange(48, dtype=np.float32).reshape(4, 4, 3)
     files = sorted(p for p in store.rglob("*") if p.is_file())
     target = mutation.draw(st.sampled_from(files))
     original = target.read_bytes()

@@ -131,15 +131,16 @@ def unzstd(data: bytes, size: int, name: str) -> Any:
 
 def can_decode(codec: str) -> bool:
     """Whether :func:`decode_between` takes ``codec`` here: deflate always (the standard
-    library's zlib at worst), zstd and LZW where imagecodecs is installed with them."""
+    library's zlib at worst), zstd, LZW and blosc where imagecodecs is installed with them."""
     if codec == "deflate":
         return True
     fast = _fast_zstd()
-    return fast is not None and codec in ("zstd", "lzw") and (codec == "zstd" or fast.LZW.available)
+    flags = {"zstd": "ZSTD", "lzw": "LZW", "blosc": "BLOSC"}
+    return fast is not None and codec in flags and bool(getattr(fast, flags[codec]).available)
 
 
 def decode_between(codec: str, data: Any, least: int, most: int, name: str, holder: str = "file") -> Any:
-    """What ``data`` holds encoded with ``codec`` (``deflate``, ``zstd`` or ``lzw``, see
+    """What ``data`` holds encoded with ``codec`` (``deflate``, ``zstd``, ``lzw`` or ``blosc``, see
     :func:`can_decode`): from ``least`` to ``most`` bytes of it (a buffer valid until this
     thread's next decode); anything else is a one-line error naming ``name`` and saying
     that its ``holder`` (file or store) is damaged.
@@ -157,6 +158,8 @@ def decode_between(codec: str, data: Any, least: int, most: int, name: str, hold
             return out
         if codec == "zstd":
             return fast.zstd_decode(data, out=_buffer(most))
+        if codec == "blosc":  # one thread: the chunks are decoded on every core already
+            return fast.blosc_decode(data, numthreads=1, out=_buffer(most))
         if fast is not None:
             return fast.deflate_decode(data, out=_buffer(most))
         inflater = zlib.decompressobj()
@@ -165,7 +168,12 @@ def decode_between(codec: str, data: Any, least: int, most: int, name: str, hold
             raise ValueError("the stream holds more data than expected")
         return out
 
-    stream = {"deflate": "a deflate stream", "zstd": "a zstd frame", "lzw": "an LZW stream"}[codec]
+    stream = {
+        "deflate": "a deflate stream",
+        "zstd": "a zstd frame",
+        "lzw": "an LZW stream",
+        "blosc": "a blosc frame",
+    }[codec]
     return _checked(decode, most, name, stream, holder, least=least)
 
 

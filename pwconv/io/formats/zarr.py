@@ -122,7 +122,7 @@ class ZarrSource(Source):
 
     def storage(self) -> dict[str, Any]:
         compressors: list[Any] = [] if self._array is None else list(self._array.compressors)
-        if self._files is not None and self._files.meta.compressor == "zstd":
+        if self._files is not None and self._files.meta.compressor is not None:
             compressors = list(open_zarr_array(self.path, self.member).compressors)
         return {
             "format": f"zarr v{3 if self._array is None else self._array.metadata.zarr_format}",
@@ -285,7 +285,7 @@ class RawMetadata:
     ) -> None:
         self.folder, self.shape, self.dtype, self.chunks = folder, shape, dtype, chunks
         self.fill, self.prefix, self.separator = fill, prefix, separator
-        self.compressor = compressor  # None (plain chunk files) or "zstd"
+        self.compressor = compressor  # None (plain chunk files), "zstd" or (read only) "blosc"
         self.level = level
 
     def encode_chunk_key(self, coords: tuple[int, ...]) -> str:
@@ -312,19 +312,27 @@ def _check_fields(meta: dict[str, Any], where: str) -> None:
             )
 
 
+# The compressors whose chunks pwconv decodes itself, and the configuration keys each may have
+# (a blosc frame says its own shuffle, type size and codec in its header).
+_CHUNK_CODECS = {
+    "zstd": {"level", "checksum"},
+    "blosc": {"cname", "clevel", "shuffle", "typesize", "blocksize"},
+}
+
+
 def _chunk_compressor(codecs: Any, dtype: np.dtype) -> str | None:
-    """ "none" when the codecs are the bytes codec alone, storing little-endian values; "zstd"
-    when a zstd codec follows it and pwconv can decode zstd itself; None for anything else."""
+    """ "none" when the codecs are the bytes codec alone, storing little-endian values; the
+    compressor's name when one of :data:`_CHUNK_CODECS` follows it and pwconv can decode it
+    itself; None for anything else."""
     if isinstance(codecs, list) and len(codecs) == 2 and isinstance(codecs[1], dict):
-        config = codecs[1].get("configuration", {})
-        zstd = (
-            codecs[1].get("name") == "zstd"
+        name, config = codecs[1].get("name"), codecs[1].get("configuration", {})
+        known = (
+            name in _CHUNK_CODECS
             and isinstance(config, dict)
-            and not set(config) - {"level", "checksum"}
+            and not set(config) - _CHUNK_CODECS[name]
+            and codec_threads.can_decode(name)
         )
-        if zstd and codec_threads.zstd_available() and _bytes_codec_little(codecs[:1], dtype):
-            return "zstd"
-        return None
+        return name if known and _bytes_codec_little(codecs[:1], dtype) else None
     return "none" if _bytes_codec_little(codecs, dtype) else None
 
 
@@ -352,7 +360,8 @@ def _fill_value(meta: dict[str, Any], dtype: np.dtype) -> Any:
 
 def read_raw_metadata(path: str, compressed: bool = False) -> RawMetadata | None:
     """The array at ``path`` when its ``zarr.json`` describes plain little-endian chunk
-    files on a regular grid (or, with ``compressed``, such files each compressed with zstd);
+    files on a regular grid (or, with ``compressed``, such files each compressed with zstd or
+    blosc);
     None for anything else (zarr then reads it). A field the spec does not define is
     refused, as zarr refuses it."""
     try:
@@ -387,7 +396,7 @@ def read_raw_metadata(path: str, compressed: bool = False) -> RawMetadata | None
         compressor = _chunk_compressor(meta["codecs"], dtype)
         if compressor is None or (compressor != "none" and not compressed):
             return None
-        level = meta["codecs"][1].get("configuration", {}).get("level", 0) if compressor != "none" else 0
+        level = meta["codecs"][1].get("configuration", {}).get("level", 0) if compressor == "zstd" else 0
         if type(level) is not int:
             return None
         encoding = meta.get("chunk_key_encoding", {"name": "default"})
@@ -535,12 +544,13 @@ class _ChunkFiles:
         return out
 
     def _decoded(self, path: str) -> np.ndarray:
-        """One zstd chunk file, decoded (its size bounded by the chunk's)."""
+        """One compressed chunk file, decoded (its size bounded by the chunk's)."""
         expected = math.prod(self.chunks) * self.dtype.itemsize
         check_regular(path)
         with open(path, "rb") as handle:
             data = handle.read(2 * expected + (1 << 16))  # a stored chunk is never much larger
-        raw = codec_threads.unzstd(data, expected, repr(path))
+        codec = str(self.meta.compressor)
+        raw = codec_threads.decode_between(codec, data, expected, expected, repr(path), holder="store")
         return np.frombuffer(raw, self.dtype).reshape(self.chunks)
 
     def _mapped(self, path: str) -> np.ndarray:
