@@ -294,10 +294,9 @@ def _channels_first(x3: np.ndarray, w: np.ndarray, out3: np.ndarray) -> None:
     if kernels.accepts_planes(x3, w, out3):
         kernels.apply_planes(x3, w, out3)
     elif parts > 1 and x3.shape[2] >= parts:
-        step = -(-x3.shape[2] // parts)
 
-        def share(start: int) -> None:
-            np.matmul(w, x3[:, :, start : start + step], out=out3[:, :, start : start + step])
+        def share(start: int, stop: int) -> None:
+            np.matmul(w, x3[:, :, start:stop], out=out3[:, :, start:stop])
 
         kernels.run_shares(share, x3.shape[2], parts)
     elif x3.shape[0] == 1:
@@ -311,10 +310,9 @@ def _matmul_rows(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
     kernel's threads where BLAS is kept to one thread)."""
     parts = kernels.blas_shares(x2.nbytes)
     if parts > 1:
-        step = -(-x2.shape[0] // parts)
 
-        def share(start: int) -> None:
-            _matmul_rows_here(x2[start : start + step], wt, out2[start : start + step])
+        def share(start: int, stop: int) -> None:
+            _matmul_rows_here(x2[start:stop], wt, out2[start:stop])
 
         kernels.run_shares(share, x2.shape[0], parts)
         return

@@ -111,13 +111,11 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     if parts == 1:
         module.apply_rows(x2, filters, out2, rows, c, k, itemsize)
         return
-    step = -(-rows // parts)
 
-    def part(start: int) -> None:
-        stop = min(rows, start + step)
+    def part(start: int, stop: int) -> None:
         module.apply_rows(x2[start:stop], filters, out2[start:stop], stop - start, c, k, itemsize)
 
-    _run_parts(part, list(range(0, rows, step)))
+    run_shares(part, rows, parts)
 
 
 def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> bool:
@@ -183,10 +181,11 @@ def blas_shares(nbytes: int) -> int:
     return _shares(nbytes) if blas_in_one_thread else 1
 
 
-def run_shares(part: Callable[[int], None], rows: int, parts: int) -> None:
-    """``part(start)`` for each of ``parts`` equal shares of ``rows`` (the share's rows are
-    ``start`` to ``start + -(-rows // parts)``), on the kernel's threads."""
-    _run_parts(part, list(range(0, rows, -(-rows // parts))))
+def run_shares(part: Callable[[int, int], None], rows: int, parts: int) -> None:
+    """``part(start, stop)`` for each of ``parts`` equal shares of ``rows``, on the kernel's
+    threads (the calling thread takes the first)."""
+    step = -(-rows // parts)
+    _run_parts(lambda start: part(start, min(rows, start + step)), list(range(0, rows, step)))
 
 
 def _shares(nbytes: int) -> int:

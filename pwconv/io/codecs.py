@@ -113,7 +113,8 @@ def inflate(data: bytes, size: int, name: str) -> Any:
 
 
 def zstd_available() -> bool:
-    """Whether :func:`unzstd` can run (imagecodecs, the ``codecs`` extra, is installed)."""
+    """Whether zstd can be decoded and encoded here (imagecodecs, the ``codecs`` extra, is
+    installed)."""
     fast = _fast_zstd()
     return fast is not None
 
@@ -121,12 +122,6 @@ def zstd_available() -> bool:
 def _fast_zstd() -> Any:
     _fast()
     return _imagecodecs_any
-
-
-def unzstd(data: bytes, size: int, name: str) -> Any:
-    """The ``size`` bytes a zstd frame holds (a buffer valid until this thread's next
-    decode); anything else is a one-line error naming ``name``."""
-    return decode_between("zstd", data, size, size, name, holder="store")
 
 
 def can_decode(codec: str) -> bool:

@@ -74,6 +74,11 @@ class BlockLayout:
         only those, a tile stores its whole height."""
         return min(self.block[0], self.shape[0] - row * self.block[0])
 
+    def decoded_bytes(self, row: int) -> tuple[int, int]:
+        """The bytes a block of block row ``row`` decodes to: at least its rows inside the
+        image, at most its whole height."""
+        return self.rows_inside(row) * self.row_bytes, self.block[0] * self.row_bytes
+
 
 def layout_of(ds: Any, head: bytes, *, remote: bool) -> BlockLayout | None:
     """The layout of the GDAL dataset ``ds`` (a GeoTIFF whose first bytes are ``head``, at a
@@ -145,8 +150,7 @@ class GeoTiles:
                 self._places[coords] = self._where(coords)
             offset, stored = self._places[coords]
         layout = self.layout
-        least = layout.rows_inside(coords[0]) * layout.row_bytes
-        most = layout.block[0] * layout.row_bytes
+        least, most = layout.decoded_bytes(coords[0])
         if layout.codec is not None:
             most = _STORED_GROWTH * most + _STORED_SLACK
         fits = stored >= least if layout.codec is None else stored <= most
@@ -162,12 +166,11 @@ class GeoTiles:
         """The rows of block ``coords`` inside the image, from its stored bytes, as (rows,
         cols, samples) in the file's dtype (a buffer valid until this thread's next decode)."""
         layout = self.layout
-        rows = layout.rows_inside(coords[0])
-        least, most = rows * layout.row_bytes, layout.block[0] * layout.row_bytes
+        least, most = layout.decoded_bytes(coords[0])
         if layout.codec is not None:
             where = f"block {coords} of {self.name}"
             data = codecs.decode_between(layout.codec, data, least, most, where)
-        shape = (rows, layout.block[1], layout.samples)
+        shape = (layout.rows_inside(coords[0]), layout.block[1], layout.samples)
         pixels = np.frombuffer(data, np.uint8, least)
         if not pixels.flags.writeable and layout.predictor != 1:
             pixels = pixels.copy()

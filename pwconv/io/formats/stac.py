@@ -109,7 +109,7 @@ class StacFormat(Backend):
         return list(_item(path).assets)
 
     def open_source(self, spec: Spec) -> Source:
-        from pwconv.io.formats.stack import StackSource, open_parts
+        from pwconv.io.formats.stack import open_stack
         from pwconv.io.spec import parse_spec
 
         item = _item(spec.path)
@@ -126,10 +126,4 @@ class StacFormat(Backend):
                 refuse_external(spec.text, f"an asset outside its folder ({key!r})")
             texts.append(target)
             labels.append(label)
-        opened = open_parts([parse_spec(text) for text in texts])
-        try:
-            return StackSource(texts, opened, labels=labels)
-        except BaseException:
-            for source in opened:
-                source.close()
-            raise
+        return open_stack(texts, [parse_spec(text) for text in texts], labels)

@@ -157,19 +157,14 @@ class StackFormat(Backend):
         for text, part in zip(texts, specs):
             if part.path == "-":  # (a part holds no "+": it is never a stack itself)
                 raise UsageError(f"expected files in a stack, found {text!r}; join files with '+'")
-        opened = open_parts(specs)
-        try:
-            return StackSource(texts, opened)
-        except BaseException:
-            for source in opened:
-                source.close()
-            raise
+        return open_stack(texts, specs)
 
 
-def open_parts(specs: list[Spec]) -> list[Source]:
-    """Each part opened by its own format, all at once (at URLs each opening waits on a few
-    requests); where any fails, the first in the order given is raised and the others are
-    closed."""
+def open_stack(texts: list[str], specs: list[Spec], labels: list[str] | None = None) -> StackSource:
+    """The stack of the parts ``specs`` (written ``texts``): each part opened by its own
+    format, all at once (at URLs each opening waits on a few requests). Where any fails, the
+    first in the order given is raised; the parts already open are closed, and so they are
+    when the parts do not make a stack."""
     from pwconv.io.registry import open_source
 
     opened: list[Source | None] = [None] * len(specs)
@@ -179,9 +174,9 @@ def open_parts(specs: list[Spec]) -> list[Source]:
 
     try:
         codecs.in_parallel(one, range(len(specs)), _part_threads())
+        return StackSource(texts, [source for source in opened if source is not None], labels=labels)
     except BaseException:
         for source in opened:
             if source is not None:
                 source.close()
         raise
-    return [source for source in opened if source is not None]
