@@ -17,7 +17,7 @@ from pwconv.errors import FormatError  # noqa: E402
 from pwconv.io.registry import open_source  # noqa: E402
 from pwconv.io.spec import parse_spec  # noqa: E402
 
-from .conftest import run_cli  # noqa: E402
+from .conftest import assert_clean_error, leftovers, run_cli  # noqa: E402
 from .servers import RangeServer  # noqa: E402
 
 # Shapes that leave partial blocks on both edges.
@@ -157,6 +157,17 @@ def test_a_damaged_block_is_one_line_naming_it(tmp_path):
 
     text = _damaged(tmp_path, garble)
     assert "\n" not in text and "block (1, 1, 0)" in text and "damaged" in text
+
+
+def test_a_damaged_block_ends_the_run_with_exit_2_and_no_output(tmp_path):
+    def garble(raw, offset, size):
+        raw[offset + 2 : offset + size] = bytes(size - 2)
+
+    _damaged(tmp_path, garble)
+    for output in ("out.npy", "out.tif"):
+        proc = run_cli("apply", "in.tif", "1,1,1", "-o", output, cwd=tmp_path)
+        assert_clean_error(proc, 2, "block (1, 1, 0)", "damaged")
+        assert not (tmp_path / output).exists() and not leftovers(tmp_path)
 
 
 def test_a_block_past_the_end_of_the_file_is_refused(tmp_path):
