@@ -610,7 +610,7 @@ class ZarrChunkWriter:
                 continue
             whole.append((path, block[piece.outer]))
         if files.meta.compressor is not None and len(whole) > 1:
-            codec_threads.in_parallel(self._store, whole)  # encoded on every core
+            codec_threads.in_parallel(self._store, whole, later=True)  # encoded on every core
             return
         for item in whole:
             self._store(item)
