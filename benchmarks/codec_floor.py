@@ -6,7 +6,7 @@ codec found here. Run by ``streaming.py --compressed``; prints one JSON line.
 
 KIND is hdf5 (gzip chunks of dataset ``x`` in, ``/data`` out), netcdf (variable ``refl`` in and
 ``data`` out), zarr (zstd chunk files), zarr-blosc (blosc chunk files in, zstd out), tiff
-(deflate tiles), tiff-zstd or tiff-lzw (zstd or LZW tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded first (not
+(deflate tiles or strips), tiff-zstd or tiff-lzw (zstd or LZW tiles). OUTPUT is pwconv's output of the same case: its chunks are decoded first (not
 timed) to give the bytes the floor encodes, at LEVEL, in chunks of the same size.
 
 Each candidate (stdlib zlib; imagecodecs' libdeflate, zlib-ng and zstd; numcodecs' zstd) is
@@ -61,7 +61,10 @@ def _tiff_chunks(path: str) -> tuple[list[bytes], int]:
 
     with tifffile.TiffFile(path) as tif, open(path, "rb") as raw:
         page = tif.pages[0]
-        chunk_bytes = page.tilelength * page.tilewidth * page.samplesperpixel * page.dtype.itemsize
+        rows, cols = (
+            (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip, page.imagewidth)
+        )
+        chunk_bytes = min(rows, page.imagelength) * cols * page.samplesperpixel * page.dtype.itemsize
         if page.planarconfig == 2:  # one tile per band
             chunk_bytes //= page.samplesperpixel
         return [

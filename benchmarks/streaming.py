@@ -22,7 +22,8 @@ With --compressed, the compressed cases instead, 1 GiB of float32 input each (va
 of 256x256x64 -> 16 channels gzip; the same as a NetCDF-4 variable; Zarr 64 channels zstd-3, the same chunks -> 16 channels
 zstd; a GeoTIFF of 16 bands, deflate, tiled 512 -> 4 bands deflate (GDAL's level 6), and the
 same GeoTIFF zstd (GDAL's level 9) and LZW, each to the same codec; the Zarr with blosc
-(zstd level 5, byte shuffle) -> zstd. Each is
+(zstd level 5, byte shuffle) -> zstd; the GeoTIFF's pixels as a plain TIFF written by
+tifffile (deflate, tiled 512, no georeferencing) -> a deflate TIFF. Each is
 given against its codec floor (``codec_floor.py``: every input chunk decoded and every output
 chunk encoded with the fastest implementation found, on all cores, measured in the same run),
 and the GeoTIFF also against GDAL's own band combination: the VRT ``pwconv export`` writes (a
@@ -174,10 +175,24 @@ def make_compressed(folder: Path, gib: float) -> None:
 
 
 def other_geotiff_codecs(folder: Path) -> None:
-    """The deflate GeoTIFF again, zstd (GDAL's level 9) and LZW, copied by GDAL; and the zstd
-    Zarr again with blosc (zarr's default blosc: zstd level 5, byte shuffle)."""
+    """The deflate GeoTIFF again, zstd (GDAL's level 9) and LZW, copied by GDAL, and its
+    pixels as a plain deflate TIFF written by tifffile; and the zstd Zarr again with blosc
+    (zarr's default blosc: zstd level 5, byte shuffle)."""
+    import rasterio
     import rasterio.shutil
+    import tifffile
     import zarr
+
+    if not (folder / "in16_plain.tif").exists():
+        with rasterio.open(folder / "in16.tif") as ds:
+            pixels = np.moveaxis(ds.read(), 0, -1)
+        tifffile.imwrite(
+            folder / "in16_plain.tif", pixels, tile=(512, 512), compression="zlib", planarconfig="contig",
+            photometric="minisblack", maxworkers=os.cpu_count(),
+        )  # fmt: skip
+        del pixels
+        if (folder / "in_blosc.zarr").exists():
+            return
 
     source = zarr.open_array(folder / "in_zstd.zarr", mode="r")
     target = zarr.create_array(
@@ -220,6 +235,8 @@ def compressed(args: argparse.Namespace) -> None:
                               pw + ["in16_lzw.tif", "w16_4.npy", "-o", "pw16_lzw.tif", "--co", "COMPRESS=LZW"]),
         "Zarr blosc 64->16 zstd": ("zarr-blosc", "in_blosc.zarr", "pw_blosc.zarr", 3,
                                    pw + ["in_blosc.zarr", "w64_16.npy", "-o", "pw_blosc.zarr", "--compression", "zstd"]),
+        "TIFF deflate 16->4": ("tiff", "in16_plain.tif", "pw16_plain.tif", 6,
+                               pw + ["in16_plain.tif", "w16_4.npy", "-o", "pw16_plain.tif", "--compression", "deflate"]),
     }  # fmt: skip
     chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -229,7 +246,7 @@ def compressed(args: argparse.Namespace) -> None:
             subprocess.run(
                 [py, __file__, "--make-compressed", str(folder), "--size-gib", str(args.size_gib)], check=True
             )
-        if not (folder / "in_blosc.zarr").exists():  # a folder kept from before these cases
+        if not (folder / "in16_plain.tif").exists():  # a folder kept from before these cases
             # in a child: this process stays small, as its children start with its peak RSS
             subprocess.run([py, __file__, "--make-geotiff-codecs", str(folder)], check=True)
         print(
@@ -244,7 +261,7 @@ def compressed(args: argparse.Namespace) -> None:
             run(ours, folder)  # the output whose chunks the floor encodes
             floor, walls, rss = 1e9, [], 0
             gdal: list[float] = []
-            if kind == "tiff":
+            if inp == "in16.tif":  # the GeoTIFF: GDAL's own band combination too
                 subprocess.run([py, "-m", "pwconv", "export", "w16_4.npy", "-o", "mix.vrt", "in16.tif", "--overwrite"],
                                cwd=folder, check=True, capture_output=True)  # fmt: skip
             for _ in range(args.repeats):
@@ -257,7 +274,7 @@ def compressed(args: argparse.Namespace) -> None:
                 wall, peak = run(ours, folder)
                 walls.append(wall)
                 rss = max(rss, peak)
-                if kind == "tiff":
+                if inp == "in16.tif":  # the GeoTIFF: GDAL's own band combination too
                     gdal.append(run([py, "-c", GDAL_COPY, "mix.vrt", "gdal.tif"], folder)[0])
             best = min(walls)
             print(

@@ -341,6 +341,12 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
         tmp_path / "s.tif", np.moveaxis(photo, -1, 0), photometric="minisblack", planarconfig="separate",
         tile=(16, 16), compression="zlib",
     )  # fmt: skip
+    # Pages of strips, LZW with a predictor: blocks pwconv decodes itself, found page by page.
+    tifffile.imwrite(
+        tmp_path / "pages.tif", np.stack([photo, photo[::-1]]), photometric="rgb", planarconfig="contig",
+        rowsperstrip=5, compression="lzw", predictor=2,
+    )  # fmt: skip
+    samples["pages.tif"] = (tmp_path / "pages.tif").read_bytes()
     import h5netcdf
     import rasterio
     from rasterio.transform import from_origin
@@ -384,6 +390,7 @@ def _model_samples(tmp_path: Path) -> dict[str, bytes]:
         "nc",
         "geo.tif",
         "deflate.tif",
+        "pages.tif",
         "json",
     ],
 )

@@ -1,4 +1,5 @@
-"""GeoTIFF blocks read and decoded by pwconv itself, against GDAL reading the same files."""
+"""TIFF blocks read and decoded by pwconv itself: GeoTIFFs against GDAL reading the same files,
+plain TIFFs against tifffile."""
 
 from __future__ import annotations
 
@@ -244,3 +245,192 @@ def test_a_cloud_optimized_geotiff_with_overviews_and_a_mask_reads_as_gdal_reads
     got, reader = _read(tmp_path / "cog.tif")
     assert reader == ("rasterio" if compression == "lzw" else f"block offsets, {compression}")
     np.testing.assert_array_equal(got, _gdal_read(tmp_path / "cog.tif"))
+
+
+# Plain TIFFs (tifffile's reader): the same blocks, found through tifffile's pages.
+
+PLAIN_CODECS = [None, "zlib", "zstd", "lzw"]
+PLAIN_DTYPES = ["uint8", "int16", "uint16", "float32", "float64"]
+
+
+def _tifffile_read(path) -> np.ndarray:
+    """tifffile's read of the first series as (rows, cols, channels), the channels its other
+    axes in storage order: what pwconv presents."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, data = series.axes, series.asarray()
+    order = [axes.index("Y"), axes.index("X"), *(i for i, a in enumerate(axes) if a not in "YX")]
+    moved = data.transpose(order)
+    return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def _plain(path, data: np.ndarray, *, pages: int, planar: bool, tiled: bool, **options) -> None:
+    """``data`` (bands, rows, cols) as ``pages`` pages of its bands split evenly, each page's
+    samples contiguous or planar, in tiles or in strips."""
+    import tifffile
+
+    split = np.stack(np.split(data, pages))  # (pages, samples, rows, cols)
+    stored = split if planar else np.moveaxis(split, 1, -1)
+    layout = {"tile": (16, 32)} if tiled else {"rowsperstrip": 10}
+    tifffile.imwrite(
+        path, stored if pages > 1 else stored[0], photometric="minisblack",
+        planarconfig="separate" if planar else "contig", **layout, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["tiled", "strips"])
+@pytest.mark.parametrize("planar", [False, True], ids=["contig", "planar"])
+@pytest.mark.parametrize("pages", [1, 3])
+@pytest.mark.parametrize("compression", PLAIN_CODECS)
+def test_plain_tiff_blocks_decoded_by_pwconv_match_tifffile(tmp_path, layout, planar, pages, compression):
+    for dtype in PLAIN_DTYPES:
+        predictors = [1] if compression is None else [1, 3] if dtype[0] == "f" else [1, 2]
+        for predictor in predictors:
+            data = np.concatenate([_values(dtype), _values(dtype, seed=1)])  # 6 bands
+            path = tmp_path / f"{dtype}-{predictor}.tif"
+            options = {"compression": compression, "predictor": predictor if predictor > 1 else None}
+            _plain(path, data, pages=pages, planar=planar, tiled=layout == "tiled", **options)
+            expected = _tifffile_read(path)
+            got, reader = _read(path)
+            # uncompressed strips written one after another are a memory map of the file
+            codec = {None: "raw", "zlib": "deflate"}.get(compression, compression)
+            mapped = compression is None and layout == "strips"
+            assert reader == ("memory map" if mapped else f"block offsets, {codec}")
+            np.testing.assert_array_equal(got, expected)
+            window = (slice(5, 70, 3), slice(30, 93, 2), slice(1, 5))
+            np.testing.assert_array_equal(_read(path, window)[0], expected[window])
+
+
+@pytest.mark.parametrize("case", ["big-endian", "packbits", "raw io off"])
+def test_plain_tiffs_pwconv_does_not_decode_go_to_tifffile(tmp_path, monkeypatch, case):
+    import tifffile
+
+    data = np.moveaxis(_values("uint16"), 0, -1)
+    if case == "big-endian":
+        tifffile.imwrite(tmp_path / "in.tif", data, byteorder=">", compression="zlib", tile=(16, 16))
+    else:
+        tifffile.imwrite(tmp_path / "in.tif", data, compression="packbits" if case == "packbits" else "zlib",
+                         tile=(16, 16))  # fmt: skip
+    if case == "raw io off":
+        monkeypatch.setenv("PWCONV_RAW_IO", "0")
+    got, reader = _read(tmp_path / "in.tif")
+    assert reader == "tifffile"
+    np.testing.assert_array_equal(got, _tifffile_read(tmp_path / "in.tif"))
+
+
+def test_tiles_never_written_read_as_zeros_as_tifffile_reads_them(tmp_path):
+    data = np.moveaxis(_values("int16"), 0, -1)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", data, compression="zlib", tile=(16, 16), photometric="minisblack",
+                     planarconfig="contig")  # fmt: skip
+    missing = 2 * -(-COLS // 16) + 1  # tile (2, 1): no offset and no bytes, as a sparse writer leaves it
+    raw = bytearray((tmp_path / "in.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "in.tif") as tif:
+        for name in ("TileOffsets", "TileByteCounts"):
+            tag = tif.pages[0].tags[name]
+            width = np.dtype(tag.dataformat[-1]).itemsize
+            at = tag.valueoffset + width * missing
+            raw[at : at + width] = bytes(width)
+    (tmp_path / "in.tif").write_bytes(bytes(raw))
+    got, reader = _read(tmp_path / "in.tif")
+    assert reader == "block offsets, deflate"
+    np.testing.assert_array_equal(got, _tifffile_read(tmp_path / "in.tif"))
+    assert not got[32:48, 16:32].any() and got[32:48, :16].any()
+
+
+def _damaged_plain(tmp_path, change) -> str:
+    import tifffile
+
+    data = np.moveaxis(_values("int16"), 0, -1)
+    tifffile.imwrite(tmp_path / "in.tif", data, compression="zlib", predictor=2, tile=(32, 32),
+                     photometric="minisblack", planarconfig="contig")  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "in.tif") as tif:
+        page = tif.pages[0]
+        across = -(-COLS // 32)
+        offset, size = page.dataoffsets[across + 1], page.databytecounts[across + 1]
+    raw = bytearray((tmp_path / "in.tif").read_bytes())
+    change(raw, offset, size)
+    (tmp_path / "in.tif").write_bytes(bytes(raw))
+    with pytest.raises(FormatError) as caught:
+        _read(tmp_path / "in.tif")
+    return caught.value.for_cli()
+
+
+def test_a_damaged_plain_tiff_tile_is_one_line_naming_it(tmp_path):
+    def garble(raw, offset, size):
+        raw[offset + 2 : offset + size] = bytes(size - 2)
+
+    text = _damaged_plain(tmp_path, garble)
+    assert "\n" not in text and "block (1, 1, 0)" in text and "damaged" in text
+    proc = run_cli("apply", "in.tif", "1,1,1", "-o", "out.tif", cwd=tmp_path)
+    assert_clean_error(proc, 2, "block (1, 1, 0)", "damaged")
+    assert not (tmp_path / "out.tif").exists() and not leftovers(tmp_path)
+
+
+def test_a_plain_tiff_tile_past_the_end_of_the_file_is_refused(tmp_path):
+    def cut(raw, offset, size):
+        del raw[offset + size // 2 :]
+
+    text = _damaged_plain(tmp_path, cut)
+    assert "\n" not in text and "damaged" in text
+
+
+def test_apply_on_a_compressed_multi_page_tiff_matches_the_reference(tmp_path):
+    """Three pages of two planar samples each are six channels, page by page."""
+    data = np.concatenate([_values("float32"), _values("float32", seed=1)])
+    _plain(tmp_path / "in.tif", data, pages=3, planar=True, tiled=True, compression="zstd", predictor=3)
+    weights = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    np.save(tmp_path / "w.npy", weights)
+    proc = run_cli("apply", "in.tif", "w.npy", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    reference = np.einsum("crw,kc->rwk", data.astype(np.float64), weights.astype(np.float64))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 5])
+def test_a_deflate_tiff_output_encodes_strips_as_blocks_complete_them_in_any_order(tmp_path, channels):
+    """Blocks that cut strips in rows and columns, written out of order, one region written
+    twice after its strips were encoded: the file tifffile reads is the image written last,
+    in strips of about 256 KiB, at the level asked for."""
+    import tifffile
+
+    from pwconv.io.interface import SinkRequest
+    from pwconv.io.registry import open_sink
+
+    rng = np.random.default_rng(3)
+    shape = (203, 151, channels)
+    image = rng.integers(0, 1000, shape).astype(np.float32)
+    blocks = [(slice(r, r + 37), slice(c, c + 60)) for r in range(0, 203, 37) for c in range(0, 151, 60)]
+    rng.shuffle(blocks)
+    sizes = {}
+    for level in (1, 9):
+        path = tmp_path / f"out{level}.tif"
+        request = SinkRequest(shape, np.dtype(np.float32), channel_axis=2, compression="deflate",
+                              compression_level=level)  # fmt: skip
+        sink = open_sink(parse_spec(str(path)), request)
+        for rows, cols in blocks:
+            sink.write((rows, cols, slice(None)), np.zeros_like(image[rows, cols]))
+        for rows, cols in blocks:  # again, now that every strip is encoded
+            sink.write((rows, cols, slice(None)), image[rows, cols])
+        sink.commit()
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            assert page.rowsperstrip == min(203, (1 << 18) // (151 * channels * 4))
+            np.testing.assert_array_equal(tif.asarray().reshape(shape), image)
+        sizes[level] = path.stat().st_size
+    assert sizes[9] < sizes[1]
+
+
+def test_a_failed_deflate_tiff_output_leaves_nothing(tmp_path):
+    from pwconv.io.interface import SinkRequest
+    from pwconv.io.registry import open_sink
+
+    request = SinkRequest((64, 64, 2), np.dtype(np.uint16), channel_axis=2, compression="deflate")
+    sink = open_sink(parse_spec(str(tmp_path / "out.tif")), request)
+    sink.write((slice(0, 32), slice(None), slice(None)), np.ones((32, 64, 2), np.uint16))
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -21,9 +21,9 @@ import numpy as np
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
-from pwconv.io.formats.geotiles import GeoTiles, layout_of
+from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout, positioned
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
-from pwconv.io.rawio import raw_paths_enabled, read_all
+from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
 
 if TYPE_CHECKING:
@@ -232,34 +232,28 @@ class RasterSource(Source):
             nodata=ds.nodata, reader=reader, metadata={"raster": geo}, georeferenced=placed, labels=labels
         )
 
-    def _own_blocks(self, remote: RemoteObject | None) -> GeoTiles | None:
-        """pwconv's own reader of the file's blocks (see :mod:`geotiles`), where it reads it."""
+    def _own_blocks(self, remote: RemoteObject | None) -> TiffBlocks | None:
+        """pwconv's own reader of the file's blocks (see :mod:`tiffblocks`), where it reads it."""
         if self._ds.driver != "GTiff" or not raw_paths_enabled():
             return None
         if remote is not None:
             head, size = bytes(remote.read_range(0, min(4, remote.size))), remote.size
-            layout = layout_of(self._ds, head, remote=True)
+            layout = gdal_layout(self._ds, head, remote=True)
             if layout is None:
                 return None
-            return GeoTiles(
+            return TiffBlocks(
                 layout, self._block_place, remote.read_spans, batched=True, size=size, name=repr(shown(self.path)),
                 fill=self._ds.nodata,
             )  # fmt: skip
         fd = self._fd = os.open(self.path, os.O_RDONLY)
-        layout = layout_of(self._ds, os.pread(fd, 4, 0), remote=False)
+        layout = gdal_layout(self._ds, os.pread(fd, 4, 0), remote=False)
         if layout is None:
             os.close(fd)
             self._fd = None
             return None
-
-        def fetch(starts: list[int], ends: list[int]) -> list[Any]:
-            data = bytearray(ends[0] - starts[0])
-            read_all(fd, memoryview(data), starts[0], self.path)
-            return [data]
-
         size = os.fstat(fd).st_size
-        return GeoTiles(layout, self._block_place, fetch, batched=False, size=size, name=repr(self.path),
-                        fill=self._ds.nodata)  # fmt: skip
+        return TiffBlocks(layout, self._block_place, positioned(fd, self.path), batched=False, size=size,
+                          name=repr(self.path), fill=self._ds.nodata)  # fmt: skip
 
     def _block_place(self, coords: tuple[int, ...]) -> tuple[int, int]:
         """GDAL's offset and stored size of the block at (row, col, plane); (0, 0) for one

@@ -2,35 +2,46 @@
 
 A TIFF is presented as (H, W, C), channels last, whatever its storage: the samples of a
 contiguous (HWC) or planar (CHW) image, or the pages of a multi-page stack, become the
-channels, in storage order. Uncompressed contiguous files are memory-mapped; tiled, striped
-or compressed files are read through tifffile's zarr view, which decodes only the strips or
-tiles a block needs, so large files stream with bounded memory. BigTIFF is read and, for
-outputs over 4 GiB, written.
+channels, in storage order. Uncompressed contiguous files are memory-mapped. Tiled, striped
+or compressed files have the strips or tiles a block needs read at their offsets and decoded
+by pwconv on every core (:mod:`pwconv.io.formats.tiffblocks`: uncompressed, deflate, zstd
+and LZW, with any predictor tifffile writes but its x2/x4 floating-point ones); other codecs
+go through tifffile's zarr view, which decodes them on one thread. Either way only the
+pieces a block needs are decoded, so large files stream with bounded memory. BigTIFF is
+read and, for outputs over 4 GiB, written.
 
 Outputs: uncompressed TIFFs are written block by block into a memory-mapped temp file
-(several processes may write at once); ``compression="deflate"`` builds the image in memory
-and writes it on commit.
+(several processes may write at once); ``compression="deflate"`` holds the image in memory
+as strips, deflates each strip on the codec threads as soon as it is complete (so encoding
+overlaps the run), and has tifffile write the encoded strips on commit.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
+from pwconv.io.formats.tiffblocks import TiffBlocks, positioned, tifffile_layout
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from pwconv.io.spec import Spec
 
 _BIGTIFF_BYTES = 2**32 - 2**25
+_STRIP_BYTES = 1 << 18  # a deflate output's strips: tifffile's own choice (about 256 KiB)
 
 
 def _tifffile() -> Any:
@@ -45,6 +56,8 @@ class TiffSource(Source):
         check_readable(path)
         self.path = path
         self._chunk_rows: int | None = None
+        self._blocks: TiffBlocks | None = None
+        self._fd: int | None = None
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
@@ -98,6 +111,9 @@ class TiffSource(Source):
                 return array
             except Exception:  # noqa: BLE001 - not contiguous and uncompressed: decode by segment
                 pass
+            blocks = self._own_blocks(series)
+            if blocks is not None:
+                return blocks
         try:
             zarr = require_extra("zarr", "image", "tiled or compressed TIFF files")
             array = zarr.open(series.aszarr(), mode="r")
@@ -113,18 +129,44 @@ class TiffSource(Source):
                 f"expected readable image data in {self.path!r}, found ({first_line(exc)})"
             ) from None
 
+    def _own_blocks(self, series: Any) -> TiffBlocks | None:
+        """pwconv's own reader of the series' strips or tiles, where it reads them."""
+        try:
+            found = tifffile_layout(self._tif, series)
+        except Exception as exc:  # noqa: BLE001 - tifffile reads tags lazily, and they may be damaged
+            raise FormatError(
+                f"expected a readable TIFF at {self.path!r}, found damaged tags ({first_line(exc)})"
+            ) from None
+        if found is None or found[0].shape != self.shape:
+            return None
+        layout, where = found
+        fd = self._fd = os.open(self.path, os.O_RDONLY)
+        self._blocks = TiffBlocks(layout, where, positioned(fd, self.path), batched=False,
+                                  size=os.fstat(fd).st_size, name=repr(self.path), fill=None)  # fmt: skip
+        self._chunk_rows = layout.block[0]
+        self.description = Description(
+            is_image=True, reader=f"block offsets, {layout.codec or 'raw'}", metadata=self._picture,
+            labels=self._labels(),
+        )  # fmt: skip
+        return self._blocks
+
     def _labels(self) -> dict[int, tuple[str, ...]]:
         """An OME-TIFF's channel names, as the labels of the channel axis."""
         names = _ome_channel_names(self._tif)
         return {2: names} if names and len(names) == self.shape[2] else {}
 
     def chunks(self) -> tuple[int, ...] | None:
+        if self._blocks is not None:
+            return (*self._blocks.layout.block, self.shape[2])
         return None if self._chunk_rows is None else (self._chunk_rows, self.shape[1], self.shape[2])
 
     def decoded_piece(self) -> tuple[int, str] | None:
         if self._chunk_rows is None:  # memory-mapped
             return None
         kind = "tile" if self._page_info["tiled"] else "strip"
+        if self._blocks is not None:
+            layout = self._blocks.layout
+            return math.prod(layout.chunks) * self.dtype.itemsize, f"a {kind}"
         return math.prod(int(c) for c in self._array.chunks) * self.dtype.itemsize, f"a {kind}"
 
     def storage(self) -> dict[str, Any]:
@@ -138,6 +180,8 @@ class TiffSource(Source):
         }
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        if self._blocks is not None:
+            return self._blocks.read(index + (slice(None),) * (3 - len(index)))
         stored: list[Any] = [slice(None)] * len(self._storage_shape)
         stored[self._y], stored[self._x] = index[0], index[1]
         try:
@@ -151,7 +195,10 @@ class TiffSource(Source):
         return block[:, :, index[2]] if len(index) > 2 else block
 
     def close(self) -> None:
-        self._array = None
+        self._array = self._blocks = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._tif.close()
 
 
@@ -233,12 +280,13 @@ class TiffSink(FileSink):
         self._compression = request.compression
         self._level = request.compression_level
         self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
-        self._data: np.ndarray | None = None
+        self._strips: _Strips | None = None
         self._fd = -1
         self._offset = 0
         with setting_up(self, path):
             if self._compression:
-                self._data = np.zeros(self._stored_shape, dtype)
+                level = self._level or codecs.LEVELS["deflate"][2]  # type: ignore[index]
+                self._strips = _Strips(self._stored_shape, dtype, level, repr(path))
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
@@ -258,10 +306,10 @@ class TiffSink(FileSink):
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         stored = index[: len(self._stored_shape)]
-        if self._data is not None:
-            self._data[stored] = block.reshape(self._data[stored].shape)
-            return
         box, _ = box_of(stored, self._stored_shape)
+        if self._strips is not None:
+            self._strips.write(box, block)
+            return
         data = np.ascontiguousarray(block, dtype=self.dtype)
         transfer_runs(
             self._fd, self._offset, self._stored_shape, box, data, write=True, name=repr(self.target)
@@ -273,26 +321,103 @@ class TiffSink(FileSink):
         return _TiffBlockWriter(self.temp.path, len(self._stored_shape))
 
     def finish(self) -> None:
-        if self._data is not None:
+        if self._strips is not None:
+            strips, self._strips = self._strips, None
             _tifffile().imwrite(
                 self.temp.path,
-                self._data,
+                strips.encoded(),  # deflate streams, which tifffile writes as they are
+                shape=self._stored_shape,
+                dtype=self.dtype,
                 compression="zlib",
-                compressionargs={"level": self._level} if self._level else None,
-                # strips compressed on every core (tifffile's default is one: 256 MiB of
-                # float32 took 5.6 s there, 2.4 s on two)
-                maxworkers=os.cpu_count() or 1,
-                **_layout(self._data.shape, self.dtype),
+                rowsperstrip=strips.rows,
+                **_layout(self._stored_shape, self.dtype),
                 **self._picture_tags,
             )
-            self._data = None
         self.close_quietly()
 
     def close_quietly(self) -> None:
-        self._data = None
+        if self._strips is not None:
+            self._strips.drop()
+            self._strips = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class _Strips:
+    """A deflate TIFF's image held as strips of :attr:`rows` rows (tifffile's choice: about
+    256 KiB each), each deflated on the codec threads once its last pixel is written. A
+    strip's raw pixels are let go when it is encoded, so the image held never exceeds its
+    raw size by more than the strips being encoded.
+
+    Written whole at the end by tifffile, 256 MiB of float32 took 2.4 s of deflate on two
+    cores after the run; here that work overlaps the reading and the products."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, level: int, name: str) -> None:
+        self.shape, self.dtype, self._level, self._name = shape, dtype, level, name
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self.rows = min(max(1, _STRIP_BYTES // row_bytes), shape[0])
+        count = -(-shape[0] // self.rows)
+        self._raw: list[np.ndarray | None] = [None] * count
+        self._left = [self._strip_rows(i) * math.prod(shape[1:]) for i in range(count)]
+        self._encoded: list[Future[bytes] | None] = [None] * count
+        self._lock = threading.Lock()
+
+    def _strip_rows(self, i: int) -> int:
+        return min(self.rows, self.shape[0] - i * self.rows)
+
+    def write(self, box: list[tuple[int, int]], block: np.ndarray) -> None:
+        """Copy ``block`` (the pixels of ``box``) into its strips; encode those it completes."""
+        block = block.reshape(tuple(b - a for a, b in box))
+        (top, bottom), rest = box[0], tuple(slice(a, b) for a, b in box[1:])
+        per_row = math.prod(b - a for a, b in box[1:])
+        for i in range(top // self.rows, -(-bottom // self.rows)):
+            start = i * self.rows
+            low, high = max(top, start), min(bottom, start + self._strip_rows(i))
+            with self._lock:
+                raw = self._raw_of(i)
+                raw[(slice(low - start, high - start),) + rest] = block[low - top : high - top]
+                self._left[i] -= (high - low) * per_row
+                if self._left[i] <= 0:
+                    self._encoded[i] = codecs.pool().submit(codecs.deflate, raw, self._level, later=True)
+                    self._raw[i] = None
+
+    def _raw_of(self, i: int) -> np.ndarray:
+        """Strip ``i``'s pixels: new, held, or decoded again where a strip already encoded is
+        written once more (no engine does; kept correct all the same)."""
+        raw = self._raw[i]
+        if raw is None:
+            encoded = self._encoded[i]
+            shape = (self._strip_rows(i), *self.shape[1:])
+            if encoded is None:
+                raw = np.zeros(shape, self.dtype)
+            else:
+                size = math.prod(shape) * self.dtype.itemsize
+                decoded = codecs.inflate(encoded.result(), size, self._name)
+                raw = np.frombuffer(decoded, self.dtype).reshape(shape).copy()
+                self._encoded[i] = None
+            self._raw[i] = raw
+        return raw
+
+    def encoded(self) -> Iterator[bytes]:
+        """Every strip's deflate stream, in order (a strip never completed is encoded now)."""
+        for i in range(len(self._encoded)):
+            with self._lock:
+                if self._encoded[i] is None:
+                    self._encoded[i] = codecs.pool().submit(codecs.deflate, self._raw_of(i), self._level)
+                    self._raw[i] = None
+                future = self._encoded[i]
+            assert future is not None
+            yield future.result()
+            self._encoded[i] = None
+
+    def drop(self) -> None:
+        """Let go of every strip; encodings not yet started are cancelled."""
+        for future in self._encoded:
+            if future is not None:
+                future.cancel()
+        self._raw = [None] * len(self._raw)
+        self._encoded = [None] * len(self._encoded)
 
 
 class _TiffBlockWriter:

@@ -1,19 +1,20 @@
-"""A GeoTIFF's stored blocks (tiles or strips) read at their offsets and decoded by pwconv.
+"""A TIFF's stored blocks (tiles or strips) read at their offsets and decoded by pwconv.
 
 GDAL decodes the blocks a window meets one after another on the calling thread, and at a
 URL it fetches them one request at a time: a 1 GiB deflate GeoTIFF read in 3.9 s where its
 decoding alone takes 1.2 s on two cores, and a tiled one at a URL in 13-15 s where the bytes
-take 2.3 s. Here GDAL still opens the file and says what it holds (shape, dtype, georeferencing,
-compression, predictor, interleaving, and each block's offset and size in its ``TIFF``
-metadata domain); pwconv then reads the blocks a window meets (positioned reads on disk,
-ranged requests at a URL, all of a window's in flight at once), decodes them on one thread per
-core (:mod:`pwconv.io.codecs`) and undoes the predictor itself.
+take 2.3 s. tifffile's zarr view of a plain TIFF decodes on one thread too. Here GDAL or
+tifffile still opens the file and says what it holds (shape, dtype, compression, predictor,
+interleaving, and each block's offset and stored size); pwconv then reads the blocks a window
+meets (positioned reads on disk, ranged requests at a URL, all of a window's in flight at
+once), decodes them on one thread per core (:mod:`pwconv.io.codecs`) and undoes the predictor
+itself.
 
-Only files GDAL would read the same way take this path: little-endian (on a little-endian
-machine), uncompressed or deflate, zstd or (at a URL) LZW, predictor none, horizontal or
+Only files read the same way by the library take this path: little-endian (on a
+little-endian machine), uncompressed, deflate, zstd or LZW, predictor none, horizontal or
 floating point, whole bytes per sample. Anything else (JPEG, WebP, LERC, packed bits,
-big-endian files, LZW on disk) is read by GDAL as before, as is every file with
-``PWCONV_RAW_IO=0``.
+big-endian files) is read by GDAL or tifffile as before, as is every file with
+``PWCONV_RAW_IO=0``. A GeoTIFF's LZW on disk stays GDAL's (see :func:`gdal_layout`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io import codecs
-from pwconv.io.rawio import box_of, chunk_pieces
+from pwconv.io.rawio import box_of, chunk_pieces, read_all
 
 # GDAL's names for the compressions read here, and the codec that decodes each.
 _CODECS = {"DEFLATE": "deflate", "ZSTD": "zstd", "LZW": "lzw"}
@@ -40,24 +41,23 @@ _STORED_SLACK = 1 << 16
 
 #: Fetches byte ranges: (starts, ends) -> one bytes-like object per range.
 Fetch = Callable[[list[int], list[int]], list[Any]]
+#: Where a block is stored: its grid coordinates (row, col, plane) -> (offset, stored bytes).
+Where = Callable[[tuple[int, ...]], tuple[int, int]]
 
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """How a GeoTIFF's pixels are stored: the block grid, one sample plane per band or all
-    bands pixel-interleaved in one, the codec (None: raw) and the predictor (1, 2 or 3)."""
+    """How a TIFF's pixels are stored: the block grid, the samples each stored pixel holds
+    (1 where each band has a plane of its own, all of a plane's bands where they are
+    pixel-interleaved), the codec (None: raw) and the predictor (1, 2 or 3). Band ``b`` lies
+    in plane ``b // samples``."""
 
     shape: tuple[int, int, int]  # rows, cols, bands
     dtype: np.dtype
     block: tuple[int, int]  # rows, cols of one block
-    planar: bool  # one plane per band (INTERLEAVE=BAND)
+    samples: int  # samples per pixel in one stored block
     codec: str | None
     predictor: int
-
-    @property
-    def samples(self) -> int:
-        """Samples per pixel in one stored block."""
-        return 1 if self.planar else self.shape[2]
 
     @property
     def chunks(self) -> tuple[int, int, int]:
@@ -80,7 +80,7 @@ class BlockLayout:
         return self.rows_inside(row) * self.row_bytes, self.block[0] * self.row_bytes
 
 
-def layout_of(ds: Any, head: bytes, *, remote: bool) -> BlockLayout | None:
+def gdal_layout(ds: Any, head: bytes, *, remote: bool) -> BlockLayout | None:
     """The layout of the GDAL dataset ``ds`` (a GeoTIFF whose first bytes are ``head``, at a
     URL where ``remote``), or None where GDAL must read it, or reads it as fast.
 
@@ -110,12 +110,100 @@ def layout_of(ds: Any, head: bytes, *, remote: bool) -> BlockLayout | None:
     ):
         return None
     rows, cols = (int(n) for n in ds.block_shapes[0])
-    planar = ds.count == 1 or interleave == "BAND"
-    return BlockLayout((ds.height, ds.width, ds.count), dtype, (rows, cols), planar, codec, int(predictor))
+    samples = 1 if interleave == "BAND" else ds.count
+    return BlockLayout((ds.height, ds.width, ds.count), dtype, (rows, cols), samples, codec, int(predictor))
 
 
-class GeoTiles:
-    """A GeoTIFF's blocks read through ``fetch`` and decoded on every core.
+# tifffile's numbers for the compressions read here (8 and 32946 are both deflate; 34926 is
+# zstd's older number), and its page axes whose layout is one of ours.
+_TIFF_CODECS = {1: None, 5: "lzw", 8: "deflate", 32946: "deflate", 50000: "zstd", 34926: "zstd"}
+_PAGE_AXES = {"YX": False, "YXS": False, "SYX": True}  # axes: one plane per sample
+_YCBCR = 6
+
+
+def tifffile_layout(tif: Any, series: Any) -> tuple[BlockLayout, Where] | None:
+    """The layout of tifffile's ``series`` of ``tif`` as (rows, cols, channels), its channels
+    the series' other axes and the pages' samples in storage order, with the function that
+    finds a block (row, col, plane) in it; or None where tifffile must read it.
+
+    Each page is a plane (its samples pixel-interleaved) or as many planes as it has samples
+    (planar); plane ``p`` lies in page ``p // planes_per_page``. The pages' tags are the first
+    page's, as tifffile reads them; a page's block offsets are read when first needed.
+    """
+    page = series.keyframe
+    axes, shape = str(page.axes), tuple(int(n) for n in page.shape)
+    k, codec = len(axes), _TIFF_CODECS.get(int(page.compression), "unknown")
+    dtype = page.dtype
+    if (
+        sys.byteorder != "little"
+        or tif.byteorder != "<"
+        or axes not in _PAGE_AXES
+        or tuple(int(n) for n in series.shape[-k:]) != shape
+        or str(series.axes)[-k:] != axes
+        or math.prod(int(n) for n in series.shape[:-k]) != len(series.pages)
+        or codec == "unknown"
+        or (codec is not None and not codecs.can_decode(codec))
+        or dtype is None
+        or np.dtype(dtype).kind not in "iuf"
+        or int(page.bitspersample) != np.dtype(dtype).itemsize * 8
+        or int(page.imagedepth) != 1
+        or int(page.fillorder) != 1
+        or int(page.photometric) == _YCBCR
+        or int(page.predictor) not in (1, 2, 3)
+        or (int(page.predictor) == 2 and np.dtype(dtype).kind not in "iuf")
+        or (int(page.predictor) == 3 and np.dtype(dtype).kind != "f")
+    ):
+        return None
+    dtype = np.dtype(dtype)
+    planar = _PAGE_AXES[axes]
+    rows, cols = int(page.imagelength), int(page.imagewidth)
+    spp = int(page.samplesperpixel)
+    if page.is_tiled:
+        block = (int(page.tilelength), int(page.tilewidth))
+    else:
+        block = (min(int(page.rowsperstrip) or rows, rows), cols)
+    if spp != {"YX": 1, "YXS": shape[-1], "SYX": shape[0]}[axes] or min(block) < 1:
+        return None
+    samples = 1 if planar else spp
+    planes_per_page = spp if planar else 1
+    across, down = -(-cols // block[1]), -(-rows // block[0])
+    channels = math.prod(int(n) for n in series.shape) // (rows * cols)
+    layout = BlockLayout((rows, cols, channels), dtype, block, samples, codec, int(page.predictor))
+
+    pages: dict[int, tuple[Any, Any] | None] = {}  # a page's offsets and byte counts, once read
+
+    def where(coords: tuple[int, ...]) -> tuple[int, int]:
+        row, col, plane = coords
+        number = plane // planes_per_page
+        if number not in pages:
+            held = series.pages[number]
+            pages[number] = None if held is None else (held.dataoffsets, held.databytecounts)
+        found = pages[number]
+        if found is None:  # a page the file lacks: tifffile reads zeros
+            return (0, 0)
+        index = (plane % planes_per_page) * across * down + row * across + col
+        if index >= min(len(found[0]), len(found[1])):
+            return (-1, 0)  # fewer blocks than the page's size needs: refused as damaged
+        offset, count = int(found[0][index]), int(found[1][index])
+        return (offset, count) if offset and count else (0, 0)
+
+    return layout, where
+
+
+def positioned(fd: int, name: str) -> Fetch:
+    """A :data:`Fetch` of one range at a time from the open file ``fd`` (positioned reads,
+    so that every codec thread reads its own block)."""
+
+    def fetch(starts: list[int], ends: list[int]) -> list[Any]:
+        data = bytearray(ends[0] - starts[0])
+        read_all(fd, memoryview(data), starts[0], name)
+        return [data]
+
+    return fetch
+
+
+class TiffBlocks:
+    """A TIFF's blocks read through ``fetch`` and decoded on every core.
 
     ``where`` gives a block's (offset, stored bytes) from its grid coordinates (row, col,
     plane), GDAL's figures, checked here against the file's ``size``; a block never written
@@ -127,7 +215,7 @@ class GeoTiles:
     def __init__(
         self,
         layout: BlockLayout,
-        where: Callable[[tuple[int, ...]], tuple[int, int]],
+        where: Where,
         fetch: Fetch,
         *,
         batched: bool,
