@@ -136,14 +136,34 @@ def test_apply_on_a_compressed_geotiff_matches_the_reference(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference, rtol=1e-5, atol=1e-4)
 
 
-def _damaged(tmp_path, change) -> str:
+def _block_1_1(tmp_path, kind: str) -> tuple[int, int]:
+    """Write in.tif (int16, deflate, predictor 2, 32x32 tiles), a GeoTIFF through GDAL or a
+    plain TIFF through tifffile; the offset and size of its block (1, 1)."""
     data = _values("int16")
-    _write(
-        tmp_path / "in.tif", data, compress="deflate", predictor=2, tiled=True, blockxsize=32, blockysize=32
-    )
-    with rasterio.open(tmp_path / "in.tif") as ds:
-        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
-        size = int(ds.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    if kind == "geotiff":
+        _write(
+            tmp_path / "in.tif",
+            data,
+            compress="deflate",
+            predictor=2,
+            tiled=True,
+            blockxsize=32,
+            blockysize=32,
+        )
+        with rasterio.open(tmp_path / "in.tif") as ds:
+            offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+            return offset, int(ds.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", np.moveaxis(data, 0, -1), compression="zlib", predictor=2,
+                     tile=(32, 32), photometric="minisblack", planarconfig="contig")  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "in.tif") as tif:
+        index = -(-COLS // 32) + 1
+        return tif.pages[0].dataoffsets[index], tif.pages[0].databytecounts[index]
+
+
+def _damaged(tmp_path, change, kind: str) -> str:
+    offset, size = _block_1_1(tmp_path, kind)
     raw = bytearray((tmp_path / "in.tif").read_bytes())
     change(raw, offset, size)
     (tmp_path / "in.tif").write_bytes(bytes(raw))
@@ -152,30 +172,34 @@ def _damaged(tmp_path, change) -> str:
     return caught.value.for_cli()
 
 
-def test_a_damaged_block_is_one_line_naming_it(tmp_path):
-    def garble(raw, offset, size):
-        raw[offset + 2 : offset + size] = bytes(size - 2)
+def _garble(raw, offset, size):
+    raw[offset + 2 : offset + size] = bytes(size - 2)
 
-    text = _damaged(tmp_path, garble)
+
+KINDS = pytest.mark.parametrize("kind", ["geotiff", "plain"])
+
+
+@KINDS
+def test_a_damaged_block_is_one_line_naming_it(tmp_path, kind):
+    text = _damaged(tmp_path, _garble, kind)
     assert "\n" not in text and "block (1, 1, 0)" in text and "damaged" in text
 
 
-def test_a_damaged_block_ends_the_run_with_exit_2_and_no_output(tmp_path):
-    def garble(raw, offset, size):
-        raw[offset + 2 : offset + size] = bytes(size - 2)
-
-    _damaged(tmp_path, garble)
+@KINDS
+def test_a_damaged_block_ends_the_run_with_exit_2_and_no_output(tmp_path, kind):
+    _damaged(tmp_path, _garble, kind)
     for output in ("out.npy", "out.tif"):
         proc = run_cli("apply", "in.tif", "1,1,1", "-o", output, cwd=tmp_path)
         assert_clean_error(proc, 2, "block (1, 1, 0)", "damaged")
         assert not (tmp_path / output).exists() and not leftovers(tmp_path)
 
 
-def test_a_block_past_the_end_of_the_file_is_refused(tmp_path):
+@KINDS
+def test_a_block_past_the_end_of_the_file_is_refused(tmp_path, kind):
     def cut(raw, offset, size):
         del raw[offset + size // 2 :]
 
-    text = _damaged(tmp_path, cut)
+    text = _damaged(tmp_path, cut, kind)
     assert "\n" not in text and "damaged" in text
 
 
@@ -339,43 +363,6 @@ def test_tiles_never_written_read_as_zeros_as_tifffile_reads_them(tmp_path):
     assert reader == "block offsets, deflate"
     np.testing.assert_array_equal(got, _tifffile_read(tmp_path / "in.tif"))
     assert not got[32:48, 16:32].any() and got[32:48, :16].any()
-
-
-def _damaged_plain(tmp_path, change) -> str:
-    import tifffile
-
-    data = np.moveaxis(_values("int16"), 0, -1)
-    tifffile.imwrite(tmp_path / "in.tif", data, compression="zlib", predictor=2, tile=(32, 32),
-                     photometric="minisblack", planarconfig="contig")  # fmt: skip
-    with tifffile.TiffFile(tmp_path / "in.tif") as tif:
-        page = tif.pages[0]
-        across = -(-COLS // 32)
-        offset, size = page.dataoffsets[across + 1], page.databytecounts[across + 1]
-    raw = bytearray((tmp_path / "in.tif").read_bytes())
-    change(raw, offset, size)
-    (tmp_path / "in.tif").write_bytes(bytes(raw))
-    with pytest.raises(FormatError) as caught:
-        _read(tmp_path / "in.tif")
-    return caught.value.for_cli()
-
-
-def test_a_damaged_plain_tiff_tile_is_one_line_naming_it(tmp_path):
-    def garble(raw, offset, size):
-        raw[offset + 2 : offset + size] = bytes(size - 2)
-
-    text = _damaged_plain(tmp_path, garble)
-    assert "\n" not in text and "block (1, 1, 0)" in text and "damaged" in text
-    proc = run_cli("apply", "in.tif", "1,1,1", "-o", "out.tif", cwd=tmp_path)
-    assert_clean_error(proc, 2, "block (1, 1, 0)", "damaged")
-    assert not (tmp_path / "out.tif").exists() and not leftovers(tmp_path)
-
-
-def test_a_plain_tiff_tile_past_the_end_of_the_file_is_refused(tmp_path):
-    def cut(raw, offset, size):
-        del raw[offset + size // 2 :]
-
-    text = _damaged_plain(tmp_path, cut)
-    assert "\n" not in text and "damaged" in text
 
 
 def test_apply_on_a_compressed_multi_page_tiff_matches_the_reference(tmp_path):
