@@ -63,12 +63,13 @@ def test_netcdf_gzip_level(folder, max_memory):
         np.testing.assert_array_equal(dataset["data"].values, pointwise_conv(DATA, W))
 
 
-def test_tiff_deflate_level_changes_the_stream(folder):
+@pytest.mark.parametrize(("name", "tag"), [("deflate", "ADOBE_DEFLATE"), ("zstd", "ZSTD")])
+def test_tiff_level_changes_the_stream(folder, name, tag):
     sizes = {}
     for level in (1, 9):
-        _apply(folder, f"y{level}.tif", f"deflate:{level}")
+        _apply(folder, f"y{level}.tif", f"{name}:{level}")
         with tifffile.TiffFile(folder / f"y{level}.tif") as tif:
-            assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            assert tif.pages[0].compression == tifffile.COMPRESSION[tag]
             np.testing.assert_allclose(tif.asarray(), pointwise_conv(DATA, W), rtol=1e-6)
         sizes[level] = (folder / f"y{level}.tif").stat().st_size
     assert sizes[9] < sizes[1]  # the level was used: level 9 compresses this data more

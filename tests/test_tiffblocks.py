@@ -377,11 +377,20 @@ def test_apply_on_a_compressed_multi_page_tiff_matches_the_reference(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference, rtol=1e-5, atol=1e-4)
 
 
+OUTPUT_CASES = [
+    ("deflate", 1, "float32"), ("deflate", 3, "float64"), ("zstd", 2, "int16"), ("zstd", 3, "float32"),
+    ("lzw", 2, "uint16"), ("lzw", 1, "uint8"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("channels", [1, 3, 5])
-def test_a_deflate_tiff_output_encodes_strips_as_blocks_complete_them_in_any_order(tmp_path, channels):
+@pytest.mark.parametrize(("compression", "predictor", "dtype"), OUTPUT_CASES)
+def test_a_compressed_tiff_output_encodes_strips_as_blocks_complete_them_in_any_order(
+    tmp_path, channels, compression, predictor, dtype
+):
     """Blocks that cut strips in rows and columns, written out of order, one region written
-    twice after its strips were encoded: the file tifffile reads is the image written last,
-    in strips of about 256 KiB, at the level asked for."""
+    twice after its strips were encoded: the file tifffile and GDAL read is the image written
+    last, in strips of about 256 KiB, with the codec and predictor asked for."""
     import tifffile
 
     from pwconv.io.interface import SinkRequest
@@ -389,27 +398,47 @@ def test_a_deflate_tiff_output_encodes_strips_as_blocks_complete_them_in_any_ord
 
     rng = np.random.default_rng(3)
     shape = (203, 151, channels)
-    image = rng.integers(0, 1000, shape).astype(np.float32)
+    image = (rng.integers(0, 1000, shape) - (0 if dtype[0] == "u" else 500)).astype(dtype)
+    if dtype[0] == "f":
+        image = image / 7  # values with all their bytes in use
     blocks = [(slice(r, r + 37), slice(c, c + 60)) for r in range(0, 203, 37) for c in range(0, 151, 60)]
     rng.shuffle(blocks)
-    sizes = {}
-    for level in (1, 9):
-        path = tmp_path / f"out{level}.tif"
-        request = SinkRequest(shape, np.dtype(np.float32), channel_axis=2, compression="deflate",
-                              compression_level=level)  # fmt: skip
-        sink = open_sink(parse_spec(str(path)), request)
-        for rows, cols in blocks:
-            sink.write((rows, cols, slice(None)), np.zeros_like(image[rows, cols]))
-        for rows, cols in blocks:  # again, now that every strip is encoded
-            sink.write((rows, cols, slice(None)), image[rows, cols])
-        sink.commit()
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
-            assert page.rowsperstrip == min(203, (1 << 18) // (151 * channels * 4))
-            np.testing.assert_array_equal(tif.asarray().reshape(shape), image)
-        sizes[level] = path.stat().st_size
-    assert sizes[9] < sizes[1]
+    path = tmp_path / "out.tif"
+    request = SinkRequest(shape, np.dtype(dtype), channel_axis=2, compression=compression,
+                          options={"PREDICTOR": str(predictor)})  # fmt: skip
+    sink = open_sink(parse_spec(str(path)), request)
+    for rows, cols in blocks:
+        sink.write((rows, cols, slice(None)), np.ones_like(image[rows, cols]))
+    for rows, cols in blocks:  # again, now that every strip is encoded
+        sink.write((rows, cols, slice(None)), image[rows, cols])
+    sink.commit()
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.compression.name == {"deflate": "ADOBE_DEFLATE"}.get(compression, compression.upper())
+        assert int(page.predictor) == predictor
+        assert page.rowsperstrip == min(203, (1 << 18) // (151 * channels * image.itemsize))
+        np.testing.assert_array_equal(tif.asarray().reshape(shape), image)
+    np.testing.assert_array_equal(_gdal_read(path).reshape(shape), image)
+    got, reader = _read(path)  # pwconv's own reader, through the same strips
+    assert reader == f"block offsets, {compression}"
+    np.testing.assert_array_equal(got.reshape(shape), image)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--co", "predictor=2", "--compression", "zstd"], ("integer output for predictor=2", "float32")),
+        (["--co", "predictor=3", "--dtype", "int16", "--compression", "lzw"], ("floating-point", "int16")),
+        (["--co", "predictor=3"], ("--compression deflate, zstd or lzw", "found none")),
+        (["--co", "predictor=4", "--compression", "lzw"], ("predictor=1, 2 or 3", "predictor=4")),
+        (["--compression", "lzw:5"], ("lzw without a level",)),
+    ],
+)
+def test_a_tiff_output_refuses_what_it_cannot_honour(tmp_path, options, fragments):
+    np.save(tmp_path / "x.npy", np.ones((8, 8, 2), np.float32))
+    proc = run_cli("apply", "x.npy", "1,1", "-o", "out.tif", *options, cwd=tmp_path)
+    assert_clean_error(proc, 2, *fragments)
+    assert not (tmp_path / "out.tif").exists() and not leftovers(tmp_path)
 
 
 def test_a_failed_deflate_tiff_output_leaves_nothing(tmp_path):

@@ -37,6 +37,7 @@ LEVELS: dict[str, tuple[int, int, int] | None] = {
     "deflate": (1, 9, 6),  # zlib's own default (TIFF)
     "zstd": (1, 22, 3),
     "lzf": None,
+    "lzw": None,  # TIFF
 }
 
 #: Set to ``zlib`` to use the standard library's zlib even where libdeflate is installed
@@ -235,6 +236,12 @@ class CodecThreads:
             else:
                 future.set_result(result)
             del future, work, args  # no reference to a block kept while the thread waits
+
+
+def lzw(data: Any) -> bytes:
+    """``data`` (a buffer) as one TIFF LZW stream (imagecodecs: see :func:`can_decode`)."""
+    encoded = _fast_zstd().lzw_encode(data)
+    return encoded if isinstance(encoded, bytes) else bytes(encoded)
 
 
 def pool() -> CodecThreads:

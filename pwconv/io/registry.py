@@ -137,8 +137,8 @@ FORMATS: tuple[Format, ...] = (
            writes=_PILLOW[:-1], options=("quality",), extra="image", channels_last=True,
            picture_metadata=True),
     Format("tiff", "TIFF", f"{_F}.tiff:TiffFormat", (".tif", ".tiff"), magic=b"II*\x00",
-           writes=(".tif", ".tiff"), compressions=("deflate",), parallel_write=True, extra="image",
-           channels_last=True, picture_metadata=True),
+           writes=(".tif", ".tiff"), compressions=("deflate", "zstd", "lzw"), options=("predictor",),
+           parallel_write=True, extra="image", channels_last=True, picture_metadata=True),
 )  # fmt: skip
 
 #: What joins the files of a stack (several files as the channels of one input).

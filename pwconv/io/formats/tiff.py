@@ -30,7 +30,14 @@ from pwconv.errors import FormatError, UsageError, require_extra
 from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
-from pwconv.io.formats.tiffblocks import TiffBlocks, positioned, tifffile_layout
+from pwconv.io.formats.tiffblocks import (
+    BlockLayout,
+    TiffBlocks,
+    decoded_block,
+    positioned,
+    predicted,
+    tifffile_layout,
+)
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
@@ -41,7 +48,8 @@ if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
 _BIGTIFF_BYTES = 2**32 - 2**25
-_STRIP_BYTES = 1 << 18  # a deflate output's strips: tifffile's own choice (about 256 KiB)
+_STRIP_BYTES = 1 << 18  # a compressed output's strips: tifffile's own choice (about 256 KiB)
+_TIFFFILE_NAMES = {"deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}  # pwconv's name -> tifffile's
 
 
 def _tifffile() -> Any:
@@ -283,10 +291,10 @@ class TiffSink(FileSink):
         self._strips: _Strips | None = None
         self._fd = -1
         self._offset = 0
+        self._predictor = _predictor(request, dtype)
         with setting_up(self, path):
             if self._compression:
-                level = self._level or codecs.LEVELS["deflate"][2]  # type: ignore[index]
-                self._strips = _Strips(self._stored_shape, dtype, level, repr(path))
+                self._strips = _Strips(self._stored_shape, dtype, self._encoding(), self._level, repr(path))
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
@@ -303,6 +311,19 @@ class TiffSink(FileSink):
                 self._offset = int(layout.offset)
                 del layout
                 self._fd = os.open(self.temp.path, os.O_RDWR)
+
+    def _encoding(self) -> BlockLayout:
+        """How the compressed output's strips are stored (rows per strip: tifffile's choice,
+        about 256 KiB a strip)."""
+        compression = self._compression
+        assert compression is not None
+        if compression != "deflate" and not codecs.can_decode(compression):
+            require_extra("imagecodecs", "codecs", f"{compression} TIFF output")
+        shape, dtype = self._stored_shape, self.dtype
+        samples = shape[2] if len(shape) == 3 else 1
+        rows = min(max(1, _STRIP_BYTES // (shape[1] * samples * dtype.itemsize)), shape[0])
+        return BlockLayout((shape[0], shape[1], samples), dtype, (rows, shape[1]), samples, compression,
+                           self._predictor)  # fmt: skip
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         stored = index[: len(self._stored_shape)]
@@ -325,10 +346,11 @@ class TiffSink(FileSink):
             strips, self._strips = self._strips, None
             _tifffile().imwrite(
                 self.temp.path,
-                strips.encoded(),  # deflate streams, which tifffile writes as they are
+                strips.encoded(),  # encoded strips, which tifffile writes as they are
                 shape=self._stored_shape,
                 dtype=self.dtype,
-                compression="zlib",
+                compression=_TIFFFILE_NAMES[strips.layout.codec or ""],
+                predictor=self._predictor if self._predictor > 1 else None,
                 rowsperstrip=strips.rows,
                 **_layout(self._stored_shape, self.dtype),
                 **self._picture_tags,
@@ -345,18 +367,20 @@ class TiffSink(FileSink):
 
 
 class _Strips:
-    """A deflate TIFF's image held as strips of :attr:`rows` rows (tifffile's choice: about
-    256 KiB each), each deflated on the codec threads once its last pixel is written. A
-    strip's raw pixels are let go when it is encoded, so the image held never exceeds its
-    raw size by more than the strips being encoded.
+    """A compressed TIFF's image held as strips (``layout``: its rows per strip, codec and
+    predictor; ``level``: the codec's, None for its usual one), each encoded on the codec threads once its last pixel is written. A strip's
+    raw pixels are let go when it is encoded, so the image held never exceeds its raw size
+    by more than the strips being encoded.
 
     Written whole at the end by tifffile, 256 MiB of float32 took 2.4 s of deflate on two
     cores after the run; here that work overlaps the reading and the products."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, level: int, name: str) -> None:
-        self.shape, self.dtype, self._level, self._name = shape, dtype, level, name
-        row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        self.rows = min(max(1, _STRIP_BYTES // row_bytes), shape[0])
+    def __init__(
+        self, shape: tuple[int, ...], dtype: np.dtype, layout: BlockLayout, level: int | None, name: str
+    ) -> None:
+        self.shape, self.dtype, self.layout, self._name = shape, dtype, layout, name
+        self._level = level
+        self.rows = layout.block[0]
         count = -(-shape[0] // self.rows)
         self._raw: list[np.ndarray | None] = [None] * count
         self._left = [self._strip_rows(i) * math.prod(shape[1:]) for i in range(count)]
@@ -365,6 +389,15 @@ class _Strips:
 
     def _strip_rows(self, i: int) -> int:
         return min(self.rows, self.shape[0] - i * self.rows)
+
+    def _encode(self, raw: np.ndarray) -> bytes:
+        layout = self.layout
+        stored = predicted(raw.reshape(raw.shape[0], raw.shape[1], layout.samples), layout.predictor)
+        if layout.codec == "zstd":
+            return codecs.zstd(stored, _level(layout.codec, self._level))
+        if layout.codec == "lzw":
+            return codecs.lzw(stored)
+        return codecs.deflate(stored, _level("deflate", self._level))
 
     def write(self, box: list[tuple[int, int]], block: np.ndarray) -> None:
         """Copy ``block`` (the pixels of ``box``) into its strips; encode those it completes."""
@@ -379,7 +412,7 @@ class _Strips:
                 raw[(slice(low - start, high - start),) + rest] = block[low - top : high - top]
                 self._left[i] -= (high - low) * per_row
                 if self._left[i] <= 0:
-                    self._encoded[i] = codecs.pool().submit(codecs.deflate, raw, self._level, later=True)
+                    self._encoded[i] = codecs.pool().submit(self._encode, raw, later=True)
                     self._raw[i] = None
 
     def _raw_of(self, i: int) -> np.ndarray:
@@ -392,19 +425,18 @@ class _Strips:
             if encoded is None:
                 raw = np.zeros(shape, self.dtype)
             else:
-                size = math.prod(shape) * self.dtype.itemsize
-                decoded = codecs.inflate(encoded.result(), size, self._name)
-                raw = np.frombuffer(decoded, self.dtype).reshape(shape).copy()
+                decoded = decoded_block(self.layout, i, encoded.result(), f"strip {i} of {self._name}")
+                raw = decoded.reshape(shape).copy()
                 self._encoded[i] = None
             self._raw[i] = raw
         return raw
 
     def encoded(self) -> Iterator[bytes]:
-        """Every strip's deflate stream, in order (a strip never completed is encoded now)."""
+        """Every strip's stored bytes, in order (a strip never completed is encoded now)."""
         for i in range(len(self._encoded)):
             with self._lock:
                 if self._encoded[i] is None:
-                    self._encoded[i] = codecs.pool().submit(codecs.deflate, self._raw_of(i), self._level)
+                    self._encoded[i] = codecs.pool().submit(self._encode, self._raw_of(i))
                     self._raw[i] = None
                 future = self._encoded[i]
             assert future is not None
@@ -418,6 +450,40 @@ class _Strips:
                 future.cancel()
         self._raw = [None] * len(self._raw)
         self._encoded = [None] * len(self._encoded)
+
+
+def _predictor(request: SinkRequest, dtype: np.dtype) -> int:
+    """The predictor a compressed TIFF output is asked for (``--co predictor=2``), checked
+    against its compression and dtype: 1 (none) without one."""
+    text = next((v for k, v in request.options.items() if k.lower() == "predictor"), None)
+    if text is None:
+        return 1
+    if text not in ("1", "2", "3"):
+        raise UsageError(
+            f"expected [[co]] predictor=1, 2 or 3 for TIFF output (none, horizontal for integers, floating "
+            f"point for floats), found predictor={text}"
+        )
+    predictor = int(text)
+    if predictor > 1 and request.compression is None:
+        raise UsageError(
+            f"expected [[compression]] deflate, zstd or lzw with predictor={predictor} (it only helps a "
+            "compressed TIFF), found none; add [[compression=deflate]]"
+        )
+    wanted = {2: "iu", 3: "f"}.get(predictor, "iuf")
+    if dtype.kind not in wanted:
+        fix = "predictor=3 for floating point" if predictor == 2 else "predictor=2 for integers"
+        raise UsageError(
+            f"expected {'an integer' if predictor == 2 else 'a floating-point'} output for predictor={predictor}, "
+            f"found {dtype}; use {fix}"
+        )
+    return predictor
+
+
+def _level(codec: str, level: int | None) -> int:
+    """The compression level asked for, else the usual one (``codecs.LEVELS``)."""
+    levels = codecs.LEVELS[codec]
+    assert levels is not None
+    return level or levels[2]
 
 
 class _TiffBlockWriter:

@@ -251,24 +251,8 @@ class TiffBlocks:
         return offset, (min(stored, least) if layout.codec is None else stored)
 
     def _decoded(self, coords: tuple[int, ...], data: Any) -> np.ndarray:
-        """The rows of block ``coords`` inside the image, from its stored bytes, as (rows,
-        cols, samples) in the file's dtype (a buffer valid until this thread's next decode)."""
-        layout = self.layout
-        least, most = layout.decoded_bytes(coords[0])
-        if layout.codec is not None:
-            where = f"block {coords} of {self.name}"
-            data = codecs.decode_between(layout.codec, data, least, most, where)
-        shape = (layout.rows_inside(coords[0]), layout.block[1], layout.samples)
-        pixels = np.frombuffer(data, np.uint8, least)
-        if not pixels.flags.writeable and layout.predictor != 1:
-            pixels = pixels.copy()
-        if layout.predictor == 2:  # each sample the difference from the one to its left
-            same_width = pixels.view(f"u{layout.dtype.itemsize}").reshape(shape)
-            np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
-            return same_width.view(layout.dtype)
-        if layout.predictor == 3:
-            return _unpredicted_floats(pixels, shape, layout.dtype)
-        return pixels.view(layout.dtype).reshape(shape)
+        """The rows of block ``coords`` inside the image (see :func:`decoded_block`)."""
+        return decoded_block(self.layout, coords[0], data, f"block {coords} of {self.name}")
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """Any selection (steps too) of (rows, cols, bands): its step-1 box read, then stepped."""
@@ -294,6 +278,50 @@ class TiffBlocks:
 
         codecs.in_parallel(one, range(len(stored)))
         return out[steps]
+
+
+def decoded_block(layout: BlockLayout, row: int, data: Any, name: str) -> np.ndarray:
+    """The rows inside the image of a block of block row ``row``, from its stored bytes, as
+    (rows, cols, samples) in the file's dtype (a buffer valid until this thread's next
+    decode); damaged bytes are a one-line error naming ``name``."""
+    least, most = layout.decoded_bytes(row)
+    if layout.codec is not None:
+        data = codecs.decode_between(layout.codec, data, least, most, name)
+    shape = (layout.rows_inside(row), layout.block[1], layout.samples)
+    pixels = np.frombuffer(data, np.uint8, least)
+    if not pixels.flags.writeable and layout.predictor != 1:
+        pixels = pixels.copy()
+    if layout.predictor == 2:  # each sample the difference from the one to its left
+        same_width = pixels.view(f"u{layout.dtype.itemsize}").reshape(shape)
+        np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
+        return same_width.view(layout.dtype)
+    if layout.predictor == 3:
+        return _unpredicted_floats(pixels, shape, layout.dtype)
+    return pixels.view(layout.dtype).reshape(shape)
+
+
+def predicted(pixels: np.ndarray, predictor: int) -> np.ndarray:
+    """``pixels`` (rows, cols, samples) as TIFF stores them under ``predictor`` before
+    compression: unchanged (1); each sample the difference from the same sample one pixel to
+    its left, wrapping (2, integers); or each row's values as byte planes, most significant
+    first, each byte the difference from the one a pixel to its left (3, floats)."""
+    if predictor == 1:
+        return pixels
+    rows, cols, samples = pixels.shape
+    if predictor == 2:
+        same_width = pixels.view(f"u{pixels.dtype.itemsize}")
+        out = np.empty_like(same_width)
+        out[:, :1] = same_width[:, :1]
+        np.subtract(same_width[:, 1:], same_width[:, :-1], out=out[:, 1:])
+        return out
+    itemsize = pixels.dtype.itemsize
+    big_endian = pixels.astype(pixels.dtype.newbyteorder(">")).view(np.uint8)
+    planes = big_endian.reshape(rows, cols * samples, itemsize).transpose(0, 2, 1)
+    planes = np.ascontiguousarray(planes).reshape(rows, itemsize * cols, samples)
+    out = np.empty_like(planes)
+    out[:, :1] = planes[:, :1]
+    np.subtract(planes[:, 1:], planes[:, :-1], out=out[:, 1:])
+    return out
 
 
 def _fill_value(nodata: float | None, dtype: np.dtype) -> Any:
