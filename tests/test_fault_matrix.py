@@ -63,6 +63,8 @@ WRITERS = {
     "zarr": Writer("y.zarr"),
     "zarr zstd": Writer("y.zarr", ("--compression", "zstd")),
     "tiff": Writer("y.tif"),
+    "tiff deflate": Writer("y.tif", ("--compression", "deflate")),  # strips written by a thread of their own
+    "tiff zstd": Writer("y.tif", ("--compression", "zstd", "--co", "predictor=2")),
     "netcdf": Writer("y.nc"),
     "netcdf gzip": Writer("y.nc", ("--compression", "gzip:1")),
     "png": Writer("y.png", held=True),

@@ -222,7 +222,7 @@ class Backend:
 
     def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
         """Whether the output is held whole in memory and encoded at the end (a picture, a
-        compressed TIFF, JPEG 2000), so that it takes its share of ``--max-memory``."""
+        JPEG 2000), so that it takes its share of ``--max-memory``."""
         return False
 
     def read_labels(self, path: str, name: str) -> tuple[str, ...] | None:

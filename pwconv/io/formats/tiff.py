@@ -11,9 +11,10 @@ pieces a block needs are decoded, so large files stream with bounded memory. Big
 read and, for outputs over 4 GiB, written.
 
 Outputs: uncompressed TIFFs are written block by block into a memory-mapped temp file
-(several processes may write at once); ``compression="deflate"`` holds the image in memory
-as strips, deflates each strip on the codec threads as soon as it is complete (so encoding
-overlaps the run), and has tifffile write the encoded strips on commit.
+(several processes may write at once); a deflate, zstd or LZW output is cut into strips,
+each encoded on the codec threads as soon as it is complete (with the predictor asked for),
+and tifffile writes the encoded strips in order during the run, so that a compressed TIFF
+may be larger than memory too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +34,6 @@ from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.formats.tiffblocks import (
     BlockLayout,
     TiffBlocks,
-    decoded_block,
     positioned,
     predicted,
     tifffile_layout,
@@ -272,8 +272,8 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
 
 
 class TiffSink(FileSink):
-    """A TIFF output: blocks written at their offsets into an uncompressed temp file, or an
-    in-memory image for ``deflate``."""
+    """A TIFF output: blocks written at their offsets into an uncompressed temp file, or
+    compressed strips written in order by tifffile as they are complete (:class:`_Strips`)."""
 
     def __init__(self, path: str, request: SinkRequest) -> None:
         tifffile = _tifffile()
@@ -295,6 +295,7 @@ class TiffSink(FileSink):
         with setting_up(self, path):
             if self._compression:
                 self._strips = _Strips(self._stored_shape, dtype, self._encoding(), self._level, repr(path))
+                self._strips.start(self._write_file)
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
@@ -341,20 +342,26 @@ class TiffSink(FileSink):
             return None
         return _TiffBlockWriter(self.temp.path, len(self._stored_shape))
 
+    def _write_file(self, strips: Iterator[bytes]) -> None:
+        """tifffile writing the temp file from ``strips`` (encoded, in order), on the strip
+        writer's thread."""
+        assert self._strips is not None
+        layout = self._strips.layout
+        _tifffile().imwrite(
+            self.temp.path,
+            strips,  # encoded strips, which tifffile writes as they are
+            shape=self._stored_shape,
+            dtype=self.dtype,
+            compression=_TIFFFILE_NAMES[layout.codec or ""],
+            predictor=self._predictor if self._predictor > 1 else None,
+            rowsperstrip=layout.block[0],
+            **_layout(self._stored_shape, self.dtype),
+            **self._picture_tags,
+        )
+
     def finish(self) -> None:
         if self._strips is not None:
-            strips, self._strips = self._strips, None
-            _tifffile().imwrite(
-                self.temp.path,
-                strips.encoded(),  # encoded strips, which tifffile writes as they are
-                shape=self._stored_shape,
-                dtype=self.dtype,
-                compression=_TIFFFILE_NAMES[strips.layout.codec or ""],
-                predictor=self._predictor if self._predictor > 1 else None,
-                rowsperstrip=strips.rows,
-                **_layout(self._stored_shape, self.dtype),
-                **self._picture_tags,
-            )
+            self._strips.finish()
         self.close_quietly()
 
     def close_quietly(self) -> None:
@@ -366,26 +373,50 @@ class TiffSink(FileSink):
             self._fd = -1
 
 
-class _Strips:
-    """A compressed TIFF's image held as strips (``layout``: its rows per strip, codec and
-    predictor; ``level``: the codec's, None for its usual one), each encoded on the codec threads once its last pixel is written. A strip's
-    raw pixels are let go when it is encoded, so the image held never exceeds its raw size
-    by more than the strips being encoded.
+class _Stopped(Exception):
+    """The run failed: the strip writer stops and the temp file is discarded."""
 
-    Written whole at the end by tifffile, 256 MiB of float32 took 2.4 s of deflate on two
-    cores after the run; here that work overlaps the reading and the products."""
+
+class _Strips:
+    """A compressed TIFF's strips (``layout``: rows per strip, codec and predictor;
+    ``level``: the codec's, None for its usual one). Each strip is encoded on the codec
+    threads once its last pixel is written, and its raw pixels let go; a thread of its own
+    hands the encoded strips to tifffile in order as they are ready, so the file is written
+    during the run and only strips not yet complete, or complete ahead of an earlier one,
+    are held.
+
+    Held whole and written by tifffile at the end, 256 MiB of float32 took 2.4 s of deflate
+    on two cores after the run, and a compressed output had to fit in half of
+    ``--max-memory``."""
 
     def __init__(
         self, shape: tuple[int, ...], dtype: np.dtype, layout: BlockLayout, level: int | None, name: str
     ) -> None:
-        self.shape, self.dtype, self.layout, self._name = shape, dtype, layout, name
-        self._level = level
+        self.shape, self.dtype, self.layout, self._level, self._name = shape, dtype, layout, level, name
         self.rows = layout.block[0]
         count = -(-shape[0] // self.rows)
         self._raw: list[np.ndarray | None] = [None] * count
         self._left = [self._strip_rows(i) * math.prod(shape[1:]) for i in range(count)]
         self._encoded: list[Future[bytes] | None] = [None] * count
-        self._lock = threading.Lock()
+        self._written = 0  # strips handed to the file
+        self._closing = self._stopped = False
+        self._failure: BaseException | None = None
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self, write: Callable[[Iterator[bytes]], None]) -> None:
+        """Run ``write`` over the encoded strips, in order, on the strip writer's thread."""
+
+        def run() -> None:
+            try:
+                write(self._in_order())
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - raised again by finish(), on the caller's thread
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="pwconv-tiff-strips", daemon=True)
+        self._thread.start()
 
     def _strip_rows(self, i: int) -> int:
         return min(self.rows, self.shape[0] - i * self.rows)
@@ -408,46 +439,60 @@ class _Strips:
             start = i * self.rows
             low, high = max(top, start), min(bottom, start + self._strip_rows(i))
             with self._lock:
-                raw = self._raw_of(i)
+                raw = self._raw[i]
+                if raw is None:
+                    if self._encoded[i] is not None or i < self._written:  # no engine writes a pixel twice
+                        raise RuntimeError(f"strip {i} of {self._name} was written after it was complete")
+                    raw = self._raw[i] = np.zeros((self._strip_rows(i), *self.shape[1:]), self.dtype)
                 raw[(slice(low - start, high - start),) + rest] = block[low - top : high - top]
                 self._left[i] -= (high - low) * per_row
                 if self._left[i] <= 0:
                     self._encoded[i] = codecs.pool().submit(self._encode, raw, later=True)
                     self._raw[i] = None
+                    self._lock.notify_all()
 
-    def _raw_of(self, i: int) -> np.ndarray:
-        """Strip ``i``'s pixels: new, held, or decoded again where a strip already encoded is
-        written once more (no engine does; kept correct all the same)."""
-        raw = self._raw[i]
-        if raw is None:
-            encoded = self._encoded[i]
-            shape = (self._strip_rows(i), *self.shape[1:])
-            if encoded is None:
-                raw = np.zeros(shape, self.dtype)
-            else:
-                decoded = decoded_block(self.layout, i, encoded.result(), f"strip {i} of {self._name}")
-                raw = decoded.reshape(shape).copy()
-                self._encoded[i] = None
-            self._raw[i] = raw
-        return raw
-
-    def encoded(self) -> Iterator[bytes]:
-        """Every strip's stored bytes, in order (a strip never completed is encoded now)."""
+    def _in_order(self) -> Iterator[bytes]:
+        """Every strip's stored bytes, in order, each once it is encoded; at the end a strip
+        never completed is encoded as it is."""
         for i in range(len(self._encoded)):
             with self._lock:
-                if self._encoded[i] is None:
-                    self._encoded[i] = codecs.pool().submit(self._encode, self._raw_of(i))
-                    self._raw[i] = None
+                while self._encoded[i] is None and not (self._closing or self._stopped):
+                    self._lock.wait()
+                if self._stopped:
+                    raise _Stopped
                 future = self._encoded[i]
-            assert future is not None
-            yield future.result()
-            self._encoded[i] = None
+                if future is None:
+                    raw = self._raw[i]
+                    shape = (self._strip_rows(i), *self.shape[1:])
+                    future = codecs.pool().submit(
+                        self._encode, raw if raw is not None else np.zeros(shape, self.dtype)
+                    )
+                    self._raw[i] = None
+            data = future.result()
+            with self._lock:
+                self._encoded[i], self._written = None, i + 1
+            yield data
+
+    def finish(self) -> None:
+        """Wait for the file to be written; its writer's failure is raised here."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._failure is not None:
+            raise self._failure
 
     def drop(self) -> None:
-        """Let go of every strip; encodings not yet started are cancelled."""
-        for future in self._encoded:
-            if future is not None:
-                future.cancel()
+        """Stop the writer and let go of every strip; encodings not yet started are cancelled."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+            for future in self._encoded:
+                if future is not None:
+                    future.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
         self._raw = [None] * len(self._raw)
         self._encoded = [None] * len(self._encoded)
 
@@ -509,9 +554,6 @@ class TiffFormat(Backend):
     def open_sink(self, spec: Spec, request: SinkRequest) -> TiffSink:
         check_output_path(spec.path, request.overwrite)
         return TiffSink(spec.path, request)
-
-    def encodes_whole(self, spec: Spec, compression: str | None) -> bool:
-        return compression is not None  # an uncompressed TIFF is written block by block in place
 
     def default_dtype(self, input_dtype: np.dtype, input_is_image: bool) -> np.dtype | None:
         """A TIFF output keeps an image input's dtype (uint16 in, uint16 out); else numpy's rule."""
