@@ -448,3 +448,30 @@ def test_a_failed_deflate_tiff_output_leaves_nothing(tmp_path):
     sink.write((slice(0, 32), slice(None), slice(None)), np.ones((32, 64, 2), np.uint16))
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multi_page_tiff_gdal_would_read_one_page_of_is_refused(tmp_path):
+    """GDAL reads a multi-page TIFF's first page only: at a URL (where a .tif is GDAL's) and
+    for a georeferenced one on disk, that is one line and exit 2, not the first page's
+    channels; a local plain one is read by pages, as channels."""
+    import tifffile
+
+    pages = np.stack([np.moveaxis(_values("uint8", seed=i), 0, -1) for i in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="rgb", planarconfig="contig")
+    geokeys = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (33922, "d", 6, (0, 0, 0, 5e5, 4.6e6, 0), True),
+               (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), True)]  # fmt: skip
+    with tifffile.TiffWriter(tmp_path / "geo.tif") as tif:
+        for page in pages:
+            tif.write(page, photometric="rgb", extratags=geokeys)
+    local = run_cli("info", "stack.tif", "--json", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)[0]["shape"] == [ROWS, COLS, 9]
+    proc = run_cli("apply", "geo.tif", "1,1,1", "-o", "out.npy", cwd=tmp_path)
+    assert_clean_error(proc, 2, "3 pages", "GTIFF_DIR:2:")
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("apply", f"{server.url}/stack.tif", "1,1,1,1,1,1,1,1,1", "-o", tmp_path / "out.npy")
+    finally:
+        server.stop()
+    assert_clean_error(proc, 2, "3 pages", "download it first")
+    assert not (tmp_path / "out.npy").exists()

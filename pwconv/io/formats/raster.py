@@ -180,6 +180,24 @@ def _check_own_files(ds: Any, path: str) -> None:
             refuse_external(path, f"data in another file ({name!r})")
 
 
+def _check_one_image(ds: Any, path: str) -> None:
+    """Refuse a TIFF of several images (pages that are not overviews or masks): GDAL reads
+    only the first, where pwconv reads a local plain TIFF's pages as channels."""
+    pages = len(ds.subdatasets) if ds.driver == "GTiff" else 0
+    if pages < 2:
+        return
+    if is_url(path):
+        raise FormatError(
+            f"expected one image in the TIFF at {shown(path)!r}, found {pages} pages, of which GDAL reads only the "
+            "first; pwconv reads a TIFF's pages as channels from a local file: download it first"
+        )
+    raise FormatError(
+        f"expected one image in the GeoTIFF {path!r}, found {pages} pages, of which GDAL reads only the first; "
+        f"write each page to a file of its own (gdal_translate GTIFF_DIR:2:{path} page2.tif) and stack "
+        "them (page1.tif+page2.tif)"
+    )
+
+
 class RasterSource(Source):
     """A raster's bands as (rows, cols, bands), read window by window."""
 
@@ -208,6 +226,7 @@ class RasterSource(Source):
         ds = self._ds
         try:
             _check_own_files(ds, path)
+            _check_one_image(ds, path)
         except FormatError:
             ds.close()
             raise
