@@ -1145,3 +1145,43 @@ def test_the_copy_of_a_weights_file_fetched_whole_is_gone_after_the_run(tmp_path
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.full((3, 2, 4), 6.0))
     assert list(temp.iterdir()) == []
+
+
+def test_a_multi_page_tiff_in_a_store_is_read_by_pages_and_a_cut_is_the_networks_failure(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """A plain multi-page TIFF in a bucket is read through tifffile (GDAL would read its first
+    page only), its tiles fetched by pwconv; when the connection is cut as the tiles are
+    fetched, the run ends with exit 1 naming the URL, not with the file called damaged."""
+    tifffile = pytest.importorskip("tifffile")
+    pages = np.stack([cube((64, 48, 2), seed=60 + i) for i in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack", planarconfig="contig",
+                     compression="zlib", tile=(16, 16))  # fmt: skip
+    source = put(s3, bucket, "stack.tif", tmp_path / "stack.tif")
+    expected = np.moveaxis(pages, 0, 2).reshape(64, 48, 6).astype(np.float64) @ np.arange(1, 7)
+    requests: list[tuple[str, str]] = []
+    last = {"allowed": 10**9}
+
+    def cut(method: str, path: str) -> bool:
+        requests.append((method, path))
+        gets = sum(1 for m, p in requests if m == "GET" and p.split("?")[0].endswith("/stack.tif"))
+        return method == "GET" and path.split("?")[0].endswith("/stack.tif") and gets > last["allowed"]
+
+    proxy = FaultProxy(s3.port, cut)
+    env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint}
+    try:
+        whole = run_cli(
+            "apply", source, "1,2,3,4,5,6", "-o", tmp_path / "out.npy", "--dtype", "float64", env=env
+        )
+        assert whole.returncode == 0, whole.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy")[..., 0], expected, rtol=1e-12)
+        # the same run again, the last GET (a span of tiles) cut
+        last["allowed"] = (
+            sum(1 for m, p in requests if m == "GET" and p.split("?")[0].endswith("/stack.tif")) - 1
+        )
+        requests.clear()
+        cut_run = run_cli("apply", source, "1,2,3,4,5,6", "-o", tmp_path / "cut.npy", env=env)
+    finally:
+        proxy.stop()
+    assert_clean_error(cut_run, 1, source)
+    assert not (tmp_path / "cut.npy").exists()

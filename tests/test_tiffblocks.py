@@ -450,28 +450,39 @@ def test_a_failed_deflate_tiff_output_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_multi_page_tiff_gdal_would_read_one_page_of_is_refused(tmp_path):
-    """GDAL reads a multi-page TIFF's first page only: at a URL (where a .tif is GDAL's) and
-    for a georeferenced one on disk, that is one line and exit 2, not the first page's
-    channels; a local plain one is read by pages, as channels."""
+def test_a_multi_page_tiff_is_read_by_pages_or_refused_where_gdal_would_read_one(tmp_path):
+    """GDAL reads a multi-page TIFF's first page only. A plain one at a URL (where a .tif is
+    GDAL's) is read through tifffile instead, its pages as channels, as on disk; a
+    georeferenced one, on disk or at a URL, is one line and exit 2, not the first page."""
     import tifffile
 
-    pages = np.stack([np.moveaxis(_values("uint8", seed=i), 0, -1) for i in range(3)])
-    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="rgb", planarconfig="contig")
+    pages = np.stack([np.moveaxis(_values("uint16", seed=i), 0, -1) for i in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="rgb", planarconfig="contig", compression="zlib",
+                     predictor=2, tile=(16, 32))  # fmt: skip
+    tifffile.imwrite(
+        tmp_path / "packed.tif", pages, photometric="rgb", planarconfig="contig", compression="packbits"
+    )
     geokeys = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (33922, "d", 6, (0, 0, 0, 5e5, 4.6e6, 0), True),
                (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), True)]  # fmt: skip
     with tifffile.TiffWriter(tmp_path / "geo.tif") as tif:
         for page in pages:
             tif.write(page, photometric="rgb", extratags=geokeys)
-    local = run_cli("info", "stack.tif", "--json", cwd=tmp_path)
-    assert local.returncode == 0, local.stderr
-    assert json.loads(local.stdout)[0]["shape"] == [ROWS, COLS, 9]
+    expected = np.moveaxis(pages, 0, 2).reshape(ROWS, COLS, 9).astype(np.float64)
+    mix = ";".join(",".join("1" if j == i else "0" for j in range(9)) for i in range(9))  # the identity
     proc = run_cli("apply", "geo.tif", "1,1,1", "-o", "out.npy", cwd=tmp_path)
     assert_clean_error(proc, 2, "3 pages", "GTIFF_DIR:2:")
     server = RangeServer(str(tmp_path))
     try:
-        proc = run_cli("apply", f"{server.url}/stack.tif", "1,1,1,1,1,1,1,1,1", "-o", tmp_path / "out.npy")
+        for name, reader in (("stack.tif", "block offsets, deflate"), ("packed.tif", "tifffile")):
+            info = run_cli("info", f"{server.url}/{name}", "--json")
+            assert info.returncode == 0, info.stderr
+            assert json.loads(info.stdout)[0]["reader"] == reader
+            proc = run_cli("apply", f"{server.url}/{name}", mix, "-o", tmp_path / "out.npy", "--dtype", "float64",
+                           "--overwrite")  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+        refused = run_cli("apply", f"{server.url}/geo.tif", "1,1,1", "-o", tmp_path / "geo.npy")
     finally:
         server.stop()
-    assert_clean_error(proc, 2, "3 pages", "download it first")
-    assert not (tmp_path / "out.npy").exists()
+    assert_clean_error(refused, 2, "3 pages", "GTIFF_DIR:2:")
+    assert not (tmp_path / "geo.npy").exists()

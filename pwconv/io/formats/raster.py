@@ -180,21 +180,24 @@ def _check_own_files(ds: Any, path: str) -> None:
             refuse_external(path, f"data in another file ({name!r})")
 
 
+class _SeveralPages(FormatError):
+    """A plain (not georeferenced) TIFF of several pages at a URL: tifffile's to read."""
+
+
 def _check_one_image(ds: Any, path: str) -> None:
     """Refuse a TIFF of several images (pages that are not overviews or masks): GDAL reads
-    only the first, where pwconv reads a local plain TIFF's pages as channels."""
+    only the first, where pwconv reads a plain TIFF's pages as channels (through tifffile,
+    which takes a plain one at a URL: :class:`_SeveralPages`)."""
     pages = len(ds.subdatasets) if ds.driver == "GTiff" else 0
     if pages < 2:
         return
-    if is_url(path):
-        raise FormatError(
-            f"expected one image in the TIFF at {shown(path)!r}, found {pages} pages, of which GDAL reads only the "
-            "first; pwconv reads a TIFF's pages as channels from a local file: download it first"
-        )
+    placed = ds.crs is not None or not ds.transform.is_identity
+    if is_url(path) and not placed:
+        raise _SeveralPages(f"{pages} pages")
     raise FormatError(
-        f"expected one image in the GeoTIFF {path!r}, found {pages} pages, of which GDAL reads only the first; "
-        f"write each page to a file of its own (gdal_translate GTIFF_DIR:2:{path} page2.tif) and stack "
-        "them (page1.tif+page2.tif)"
+        f"expected one image in the GeoTIFF {shown(path)!r}, found {pages} pages, of which GDAL reads only the "
+        f"first; write each page to a file of its own (gdal_translate GTIFF_DIR:2:{shown(path)} page2.tif) and "
+        "stack them (page1.tif+page2.tif)"
     )
 
 
@@ -473,8 +476,13 @@ class _Collect(logging.Handler):
 class RasterFormat(Backend):
     """Rasters through rasterio (GDAL): GeoTIFF/COG, ENVI, JPEG 2000 and VRT (read only)."""
 
-    def open_source(self, spec: Spec) -> RasterSource:
-        return RasterSource(spec.path)
+    def open_source(self, spec: Spec) -> Source:
+        try:
+            return RasterSource(spec.path)
+        except _SeveralPages:  # a plain multi-page TIFF at a URL: its pages are channels
+            from pwconv.io.formats.tiff import TiffSource
+
+            return TiffSource(spec.path)
 
     def open_sink(self, spec: Spec, request: SinkRequest) -> RasterSink:
         check_output_path(spec.path, request.overwrite)

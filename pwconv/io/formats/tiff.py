@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, require_extra
+from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
@@ -41,6 +41,7 @@ from pwconv.io.formats.tiffblocks import (
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
+from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -66,11 +67,16 @@ class TiffSource(Source):
         self._chunk_rows: int | None = None
         self._blocks: TiffBlocks | None = None
         self._fd: int | None = None
+        # At a URL (a multi-page TIFF, which GDAL would read one page of, see raster.py):
+        # tifffile parses the pages through ranged reads, and the blocks are fetched by spans.
+        self._remote = RemoteObject(path) if is_url(path) else None
+        self._file = RangedFile(self._remote) if self._remote is not None else None
         try:
-            self._tif = tifffile.TiffFile(path)
+            self._tif = tifffile.TiffFile(path if self._file is None else self._file)
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
+            self._network_failure(exc)
             raise FormatError(
-                f"expected a TIFF file at {path!r}, found one tifffile cannot open ({first_line(exc)})"
+                f"expected a TIFF file at {shown(path)!r}, found one tifffile cannot open ({first_line(exc)})"
             ) from None
         try:
             self._describe()
@@ -95,11 +101,11 @@ class TiffSource(Source):
             )
         except Exception as exc:  # noqa: BLE001
             raise FormatError(
-                f"expected a readable TIFF at {self.path!r}, found damaged tags ({first_line(exc)})"
+                f"expected a readable TIFF at {shown(self.path)!r}, found damaged tags ({first_line(exc)})"
             ) from None
         if "Y" not in axes or "X" not in axes:
-            raise FormatError(f"expected an image (Y and X axes) in {self.path!r}, found axes {axes}")
-        self.dtype = numeric_dtype(dtype, repr(self.path))
+            raise FormatError(f"expected an image (Y and X axes) in {shown(self.path)!r}, found axes {axes}")
+        self.dtype = numeric_dtype(dtype, repr(shown(self.path)))
         others = [i for i, a in enumerate(axes) if a not in "YX"]
         self._y, self._x = axes.index("Y"), axes.index("X")
         self._order = [self._y, self._x, *others]
@@ -112,6 +118,8 @@ class TiffSource(Source):
         tifffile = _tifffile()
         if raw_paths_enabled():
             try:
+                if self._remote is not None:
+                    raise OSError("no memory map of a URL")
                 array = tifffile.memmap(self.path, series=0, mode="r")
                 self.description = Description(
                     is_image=True, reader="memory map", metadata=self._picture, labels=self._labels()
@@ -134,7 +142,7 @@ class TiffSource(Source):
             if isinstance(exc, (FormatError, UsageError)):
                 raise
             raise FormatError(
-                f"expected readable image data in {self.path!r}, found ({first_line(exc)})"
+                f"expected readable image data in {shown(self.path)!r}, found ({first_line(exc)})"
             ) from None
 
     def _own_blocks(self, series: Any) -> TiffBlocks | None:
@@ -143,20 +151,32 @@ class TiffSource(Source):
             found = tifffile_layout(self._tif, series)
         except Exception as exc:  # noqa: BLE001 - tifffile reads tags lazily, and they may be damaged
             raise FormatError(
-                f"expected a readable TIFF at {self.path!r}, found damaged tags ({first_line(exc)})"
+                f"expected a readable TIFF at {shown(self.path)!r}, found damaged tags ({first_line(exc)})"
             ) from None
         if found is None or found[0].shape != self.shape:
             return None
         layout, where = found
-        fd = self._fd = os.open(self.path, os.O_RDONLY)
-        self._blocks = TiffBlocks(layout, where, positioned(fd, self.path), batched=False,
-                                  size=os.fstat(fd).st_size, name=repr(self.path), fill=None)  # fmt: skip
+        if self._remote is not None:
+            self._blocks = TiffBlocks(layout, where, self._remote.read_spans, batched=True, size=self._remote.size,
+                                      name=repr(shown(self.path)), fill=None)  # fmt: skip
+        else:
+            fd = self._fd = os.open(self.path, os.O_RDONLY)
+            self._blocks = TiffBlocks(layout, where, positioned(fd, self.path), batched=False,
+                                      size=os.fstat(fd).st_size, name=repr(self.path), fill=None)  # fmt: skip
         self._chunk_rows = layout.block[0]
         self.description = Description(
             is_image=True, reader=f"block offsets, {layout.codec or 'raw'}", metadata=self._picture,
             labels=self._labels(),
         )  # fmt: skip
         return self._blocks
+
+    def _network_failure(self, exc: Exception) -> None:
+        """Raise the URL's own error (no access, the network) where ``exc`` came of one,
+        rather than calling the file damaged."""
+        if isinstance(exc, PwconvError):
+            raise exc
+        if self._file is not None and self._file.failure is not None:
+            raise self._file.failure from None
 
     def _labels(self) -> dict[int, tuple[str, ...]]:
         """An OME-TIFF's channel names, as the labels of the channel axis."""
@@ -195,8 +215,9 @@ class TiffSource(Source):
         try:
             data = np.asarray(self._array[tuple(stored)])
         except Exception as exc:  # noqa: BLE001 - codecs and offsets past the end
+            self._network_failure(exc)
             raise FormatError(
-                f"cannot read {self.path!r}: its image data is damaged ({first_line(exc)})"
+                f"cannot read {shown(self.path)!r}: its image data is damaged ({first_line(exc)})"
             ) from None
         block = data.transpose(self._order)
         block = block.reshape(block.shape[0], block.shape[1], -1)
