@@ -315,8 +315,9 @@ class TiffSink(FileSink):
         self._predictor = _predictor(request, dtype)
         with setting_up(self, path):
             if self._compression:
-                self._strips = _Strips(self._stored_shape, dtype, self._encoding(), self._level, repr(path))
-                self._strips.start(self._write_file)
+                encoding = self._encoding()
+                self._strips = _Strips(self._stored_shape, dtype, encoding, self._level, repr(path))
+                self._strips.start(lambda strips: self._write_file(strips, encoding))
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
@@ -363,11 +364,9 @@ class TiffSink(FileSink):
             return None
         return _TiffBlockWriter(self.temp.path, len(self._stored_shape))
 
-    def _write_file(self, strips: Iterator[bytes]) -> None:
-        """tifffile writing the temp file from ``strips`` (encoded, in order), on the strip
-        writer's thread."""
-        assert self._strips is not None
-        layout = self._strips.layout
+    def _write_file(self, strips: Iterator[bytes], layout: BlockLayout) -> None:
+        """tifffile writing the temp file from ``strips`` (encoded as ``layout`` says, in
+        order), on the strip writer's thread."""
         _tifffile().imwrite(
             self.temp.path,
             strips,  # encoded strips, which tifffile writes as they are
