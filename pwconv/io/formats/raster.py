@@ -21,7 +21,7 @@ import numpy as np
 from pwconv.errors import FormatError, UsageError, WriteError, require_extra
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
-from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout, positioned
+from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
@@ -243,7 +243,7 @@ class RasterSource(Source):
         placed = ds.crs is not None or not ds.transform.is_identity
         names = ds.descriptions
         labels = {2: tuple(d or f"band {i + 1}" for i, d in enumerate(names))} if any(names) else {}
-        self._fd: int | None = None
+        self._tiles: TiffBlocks | None = None
         try:
             self._tiles = self._own_blocks(remote)
         except BaseException:
@@ -259,23 +259,14 @@ class RasterSource(Source):
         if self._ds.driver != "GTiff" or not raw_paths_enabled():
             return None
         if remote is not None:
-            head, size = bytes(remote.read_range(0, min(4, remote.size))), remote.size
-            layout = gdal_layout(self._ds, head, remote=True)
-            if layout is None:
-                return None
-            return TiffBlocks(
-                layout, self._block_place, remote.read_spans, batched=True, size=size, name=repr(shown(self.path)),
-                fill=self._ds.nodata,
-            )  # fmt: skip
-        fd = self._fd = os.open(self.path, os.O_RDONLY)
-        layout = gdal_layout(self._ds, os.pread(fd, 4, 0), remote=False)
+            head = bytes(remote.read_range(0, min(4, remote.size)))
+        else:
+            with open(self.path, "rb") as handle:
+                head = handle.read(4)
+        layout = gdal_layout(self._ds, head, remote=remote is not None)
         if layout is None:
-            os.close(fd)
-            self._fd = None
             return None
-        size = os.fstat(fd).st_size
-        return TiffBlocks(layout, self._block_place, positioned(fd, self.path), batched=False, size=size,
-                          name=repr(self.path), fill=self._ds.nodata)  # fmt: skip
+        return TiffBlocks.of_file(self.path, remote, layout, self._block_place, self._ds.nodata)
 
     def _block_place(self, coords: tuple[int, ...]) -> tuple[int, int]:
         """GDAL's offset and stored size of the block at (row, col, plane); (0, 0) for one
@@ -339,9 +330,8 @@ class RasterSource(Source):
         return "raster" if os.path.splitext(url_path(spec.path))[1].lower() in _WRITES else None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._tiles is not None:
+            self._tiles.close()
         self._ds.close()
 
 

@@ -34,7 +34,6 @@ from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.formats.tiffblocks import (
     BlockLayout,
     TiffBlocks,
-    positioned,
     predicted,
     tifffile_layout,
 )
@@ -66,7 +65,6 @@ class TiffSource(Source):
         self.path = path
         self._chunk_rows: int | None = None
         self._blocks: TiffBlocks | None = None
-        self._fd: int | None = None
         # At a URL (a multi-page TIFF, which GDAL would read one page of, see raster.py):
         # tifffile parses the pages through ranged reads, and the blocks are fetched by spans.
         self._remote = RemoteObject(path) if is_url(path) else None
@@ -156,13 +154,7 @@ class TiffSource(Source):
         if found is None or found[0].shape != self.shape:
             return None
         layout, where = found
-        if self._remote is not None:
-            self._blocks = TiffBlocks(layout, where, self._remote.read_spans, batched=True, size=self._remote.size,
-                                      name=repr(shown(self.path)), fill=None)  # fmt: skip
-        else:
-            fd = self._fd = os.open(self.path, os.O_RDONLY)
-            self._blocks = TiffBlocks(layout, where, positioned(fd, self.path), batched=False,
-                                      size=os.fstat(fd).st_size, name=repr(self.path), fill=None)  # fmt: skip
+        self._blocks = TiffBlocks.of_file(self.path, self._remote, layout, where, None)
         self._chunk_rows = layout.block[0]
         self.description = Description(
             is_image=True, reader=f"block offsets, {layout.codec or 'raw'}", metadata=self._picture,
@@ -224,10 +216,9 @@ class TiffSource(Source):
         return block[:, :, index[2]] if len(index) > 2 else block
 
     def close(self) -> None:
+        if self._blocks is not None:
+            self._blocks.close()
         self._array = self._blocks = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         self._tif.close()
 
 
@@ -316,7 +307,7 @@ class TiffSink(FileSink):
         with setting_up(self, path):
             if self._compression:
                 encoding = self._encoding()
-                self._strips = _Strips(self._stored_shape, dtype, encoding, self._level, repr(path))
+                self._strips = _Strips(self._stored_shape, encoding, self._level, repr(path))
                 self._strips.start(lambda strips: self._write_file(strips, encoding))
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
@@ -409,10 +400,8 @@ class _Strips:
     on two cores after the run, and a compressed output had to fit in half of
     ``--max-memory``."""
 
-    def __init__(
-        self, shape: tuple[int, ...], dtype: np.dtype, layout: BlockLayout, level: int | None, name: str
-    ) -> None:
-        self.shape, self.dtype, self.layout, self._level, self._name = shape, dtype, layout, level, name
+    def __init__(self, shape: tuple[int, ...], layout: BlockLayout, level: int | None, name: str) -> None:
+        self.shape, self.layout, self._level, self._name = shape, layout, level, name
         self.rows = layout.block[0]
         count = -(-shape[0] // self.rows)
         self._raw: list[np.ndarray | None] = [None] * count
@@ -441,6 +430,10 @@ class _Strips:
     def _strip_rows(self, i: int) -> int:
         return min(self.rows, self.shape[0] - i * self.rows)
 
+    def _blank(self, i: int) -> np.ndarray:
+        """Strip ``i``'s pixels before any is written."""
+        return np.zeros((self._strip_rows(i), *self.shape[1:]), self.layout.dtype)
+
     def _encode(self, raw: np.ndarray) -> bytes:
         layout = self.layout
         stored = predicted(raw.reshape(raw.shape[0], raw.shape[1], layout.samples), layout.predictor)
@@ -463,7 +456,7 @@ class _Strips:
                 if raw is None:
                     if self._encoded[i] is not None or i < self._written:  # no engine writes a pixel twice
                         raise RuntimeError(f"strip {i} of {self._name} was written after it was complete")
-                    raw = self._raw[i] = np.zeros((self._strip_rows(i), *self.shape[1:]), self.dtype)
+                    raw = self._raw[i] = self._blank(i)
                 raw[(slice(low - start, high - start),) + rest] = block[low - top : high - top]
                 self._left[i] -= (high - low) * per_row
                 if self._left[i] <= 0:
@@ -483,10 +476,7 @@ class _Strips:
                 future = self._encoded[i]
                 if future is None:
                     raw = self._raw[i]
-                    shape = (self._strip_rows(i), *self.shape[1:])
-                    future = codecs.pool().submit(
-                        self._encode, raw if raw is not None else np.zeros(shape, self.dtype)
-                    )
+                    future = codecs.pool().submit(self._encode, raw if raw is not None else self._blank(i))
                     self._raw[i] = None
             data = future.result()
             with self._lock:

@@ -20,17 +20,22 @@ big-endian files) is read by GDAL or tifffile as before, as is every file with
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io import codecs
 from pwconv.io.rawio import box_of, chunk_pieces, read_all
+from pwconv.io.stores import shown
+
+if TYPE_CHECKING:
+    from pwconv.io.stores import RemoteObject
 
 # GDAL's names for the compressions read here, and the codec that decodes each.
 _CODECS = {"DEFLATE": "deflate", "ZSTD": "zstd", "LZW": "lzw"}
@@ -190,7 +195,7 @@ def tifffile_layout(tif: Any, series: Any) -> tuple[BlockLayout, Where] | None:
     return layout, where
 
 
-def positioned(fd: int, name: str) -> Fetch:
+def _positioned(fd: int, name: str) -> Fetch:
     """A :data:`Fetch` of one range at a time from the open file ``fd`` (positioned reads,
     so that every codec thread reads its own block)."""
 
@@ -225,9 +230,31 @@ class TiffBlocks:
     ) -> None:
         self.layout, self._where, self._fetch, self._batched = layout, where, fetch, batched
         self._size, self.name = size, name
+        self._fd: int | None = None  # the file it reads, where it opened one (see of_file)
         self._fill = _fill_value(fill, layout.dtype)
         self._places: dict[tuple[int, ...], tuple[int, int]] = {}
         self._lock = threading.Lock()  # GDAL's dataset is not to be used from two threads
+
+    @classmethod
+    def of_file(
+        cls, path: str, remote: RemoteObject | None, layout: BlockLayout, where: Where, fill: float | None
+    ) -> TiffBlocks:
+        """The blocks of the file at ``path``: at a URL (``remote``), a window's blocks fetched
+        at once, by spans; on disk, each block by a positioned read on the thread that decodes
+        it, from a descriptor :meth:`close` closes."""
+        if remote is not None:
+            return cls(layout, where, remote.read_spans, batched=True, size=remote.size, name=repr(shown(path)),
+                       fill=fill)  # fmt: skip
+        fd = os.open(path, os.O_RDONLY)
+        blocks = cls(layout, where, _positioned(fd, path), batched=False, size=os.fstat(fd).st_size, name=repr(path),
+                     fill=fill)  # fmt: skip
+        blocks._fd = fd
+        return blocks
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _place(self, coords: tuple[int, ...]) -> tuple[int, int]:
         """Where block ``coords`` is stored and how many of its bytes to read: checked to lie
