@@ -220,23 +220,17 @@ def compressed(args: argparse.Namespace) -> None:
     py = sys.executable
     here = Path(__file__).resolve().parent
     pw = [py, "-m", "pwconv", "apply", "-q", "--overwrite"]
-    # name: (codec floor kind, input, output, level, pwconv command)
+    # name: (codec floor kind, input, weights, output, level, pwconv's options)
     cases = {
-        "HDF5 gzip 64->16": ("hdf5", "in_gz.h5", "pw_gz.h5", 4,
-                             pw + ["in_gz.h5", "w64_16.npy", "-o", "pw_gz.h5", "--compression", "gzip"]),
-        "Zarr zstd 64->16": ("zarr", "in_zstd.zarr", "pw_zstd.zarr", 3,
-                             pw + ["in_zstd.zarr", "w64_16.npy", "-o", "pw_zstd.zarr", "--compression", "zstd"]),
-        "NetCDF gzip 64->16": ("netcdf", "in_gz.nc", "pw_gz.nc", 4,
-                               pw + ["in_gz.nc", "w64_16.npy", "-o", "pw_gz.nc", "--compression", "gzip"]),
-        "GeoTIFF deflate 16->4": ("tiff", "in16.tif", "pw16.tif", 6, pw + ["in16.tif", "w16_4.npy", "-o", "pw16.tif"]),
-        "GeoTIFF zstd 16->4": ("tiff-zstd", "in16_zstd.tif", "pw16_zstd.tif", 9,
-                               pw + ["in16_zstd.tif", "w16_4.npy", "-o", "pw16_zstd.tif", "--co", "COMPRESS=ZSTD"]),
-        "GeoTIFF LZW 16->4": ("tiff-lzw", "in16_lzw.tif", "pw16_lzw.tif", 0,
-                              pw + ["in16_lzw.tif", "w16_4.npy", "-o", "pw16_lzw.tif", "--co", "COMPRESS=LZW"]),
-        "Zarr blosc 64->16 zstd": ("zarr-blosc", "in_blosc.zarr", "pw_blosc.zarr", 3,
-                                   pw + ["in_blosc.zarr", "w64_16.npy", "-o", "pw_blosc.zarr", "--compression", "zstd"]),
-        "TIFF deflate 16->4": ("tiff", "in16_plain.tif", "pw16_plain.tif", 6,
-                               pw + ["in16_plain.tif", "w16_4.npy", "-o", "pw16_plain.tif", "--compression", "deflate"]),
+        "HDF5 gzip 64->16": ("hdf5", "in_gz.h5", "w64_16.npy", "pw_gz.h5", 4, ["--compression", "gzip"]),
+        "Zarr zstd 64->16": ("zarr", "in_zstd.zarr", "w64_16.npy", "pw_zstd.zarr", 3, ["--compression", "zstd"]),
+        "NetCDF gzip 64->16": ("netcdf", "in_gz.nc", "w64_16.npy", "pw_gz.nc", 4, ["--compression", "gzip"]),
+        "GeoTIFF deflate 16->4": ("tiff", "in16.tif", "w16_4.npy", "pw16.tif", 6, []),
+        "GeoTIFF zstd 16->4": ("tiff-zstd", "in16_zstd.tif", "w16_4.npy", "pw16_zstd.tif", 9, ["--co", "COMPRESS=ZSTD"]),
+        "GeoTIFF LZW 16->4": ("tiff-lzw", "in16_lzw.tif", "w16_4.npy", "pw16_lzw.tif", 0, ["--co", "COMPRESS=LZW"]),
+        "Zarr blosc 64->16 zstd": ("zarr-blosc", "in_blosc.zarr", "w64_16.npy", "pw_blosc.zarr", 3,
+                                   ["--compression", "zstd"]),
+        "TIFF deflate 16->4": ("tiff", "in16_plain.tif", "w16_4.npy", "pw16_plain.tif", 6, ["--compression", "deflate"]),
     }  # fmt: skip
     chosen = {int(n) for n in args.cases.split(",")} if args.cases else set(range(1, len(cases) + 1))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -255,9 +249,10 @@ def compressed(args: argparse.Namespace) -> None:
         print(
             f"{'case':24s} {'floor s':>8s} {'pwconv s':>9s} {'/floor':>7s} {'pwconv RSS':>11s}  codecs (input stored/raw)"
         )
-        for number, (name, (kind, inp, out, level, ours)) in enumerate(cases.items(), start=1):
+        for number, (name, (kind, inp, weights, out, level, options)) in enumerate(cases.items(), start=1):
             if number not in chosen:
                 continue
+            ours = pw + [inp, weights, "-o", out, *options]
             run(ours, folder)  # the output whose chunks the floor encodes
             floor, walls, rss = 1e9, [], 0
             gdal: list[float] = []
