@@ -96,7 +96,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(self.server.latency)  # a remote store's time to first byte
         size = os.path.getsize(path)
         start, end = 0, size
-        ranged = self.headers.get("Range", "")
+        ranged = self.headers.get("Range", "") if self.server.ranges else ""
         if ranged.startswith("bytes="):
             first, _, last = ranged[6:].partition("-")
             start, end = int(first), min(size, int(last) + 1 if last else size)
@@ -118,16 +118,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class RangeServer(http.server.ThreadingHTTPServer):
     """Serves the files of ``root`` with byte ranges; ``sent`` counts the body bytes sent.
     With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL);
-    ``latency`` seconds pass before each GET is answered (a store's time to first byte)."""
+    ``latency`` seconds pass before each GET is answered (a store's time to first byte); with
+    ``ranges`` False, every GET is answered with the whole file (a server without ranges)."""
 
     daemon_threads = True
     # socketserver's default backlog of 5 drops the SYNs of a client that opens 16
     # connections at once, which then wait a second to retry: no server in use is that small
     request_queue_size = 128
 
-    def __init__(self, root: str, token: str = "", latency: float = 0.0) -> None:
+    def __init__(self, root: str, token: str = "", latency: float = 0.0, ranges: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.root, self.token, self.latency = root, token, latency
+        self.root, self.token, self.latency, self.ranges = root, token, latency, ranges
         self.sent = self.requests = 0
         self.lock = threading.Lock()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"

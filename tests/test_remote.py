@@ -172,6 +172,26 @@ def test_a_small_bank_over_http_costs_two_requests_an_open(tmp_path: Path) -> No
         server.stop()
 
 
+@pytest.mark.parametrize("ranges", [True, False], ids=["ranged", "whole answers"])
+def test_a_large_npy_over_http_is_read_in_pieces_into_place(tmp_path: Path, ranges: bool) -> None:
+    """A 24 MiB input is fetched as 8 MiB pieces, each read from the socket into its place in
+    the block; a server that ignores Range sends the whole file for each piece, of which
+    pwconv keeps the piece's bytes. Both equal the product of the file on disk."""
+    x = cube((48, 1024, 128), seed=44)
+    w = np.random.default_rng(45).standard_normal((3, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path), ranges=ranges)
+    try:
+        proc = run_cli("apply", f"{server.url}/x.npy", tmp_path / "w.npy", "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w), rtol=1e-4, atol=1e-4)
+        if ranges:
+            assert server.sent < 1.01 * x.nbytes + (1 << 20), server.sent
+    finally:
+        server.stop()
+
+
 def test_presigned_url_query_never_shown(tmp_path: Path) -> None:
     x = cube((30, 20, 3), seed=7)
     np.save(tmp_path / "x.npy", x)
