@@ -94,6 +94,95 @@ def test_channels_first_blocks_read_by_ranges(s3: S3Server, bucket: str, tmp_pat
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w, 0), rtol=1e-5, atol=1e-6)
 
 
+def _partial_zarr(path: Path, x: np.ndarray, chunks: tuple[int, ...], compressors: object, **extra: object) -> None:
+    """A zarr v3 array of ``x`` whose first chunk is never written (it reads as the fill
+    value 7.5); ``extra`` goes to zarr (a key encoding)."""
+    zarr = pytest.importorskip("zarr")
+    array = zarr.create_array(
+        str(path), shape=x.shape, dtype=x.dtype, chunks=chunks, compressors=compressors, fill_value=7.5,
+        zarr_format=3, **extra,
+    )  # fmt: skip
+    array[chunks[0] :] = x[chunks[0] :]
+
+
+_ZARR_LAYOUTS = {
+    # a chunk of 9.6 MB: fetched as two pieces, the first straight into the block
+    "plain, large chunks": dict(shape=(50, 400, 12), chunks=(30, 400, 12)),
+    "plain, edge chunks": dict(shape=(23, 17, 6), chunks=(5, 7, 6)),
+    "plain, v2 keys": dict(shape=(23, 17, 6), chunks=(5, 17, 6), chunk_key_encoding={"name": "v2"}),
+    "zstd": dict(shape=(23, 17, 6), chunks=(5, 7, 6), compressors="zstd"),
+    "blosc": dict(shape=(23, 17, 6), chunks=(6, 17, 6), compressors="blosc"),
+}
+
+
+@pytest.mark.parametrize("layout", list(_ZARR_LAYOUTS))
+@pytest.mark.parametrize("server", ["http", "s3"])
+def test_zarr_chunks_at_a_url_are_read_by_pwconv(
+    layout: str, server: str, s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """Plain, zstd and blosc chunks at a URL are fetched and decoded by pwconv (info names the
+    reader), in blocks larger and smaller than a chunk, equal to zarr's read of the store on
+    disk: edge chunks, a chunk never written (the fill value), v2 keys, a group's member."""
+    zarr = pytest.importorskip("zarr")
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    settings = dict(_ZARR_LAYOUTS[layout])
+    shape, chunks = settings.pop("shape"), settings.pop("chunks")
+    compressor = settings.pop("compressors", None)
+    codecs = {None: None, "zstd": ZstdCodec(level=3), "blosc": BloscCodec(cname="lz4")}[compressor]
+    x = cube(shape, seed=46)
+    _partial_zarr(tmp_path / "g.zarr" / "inner", x, chunks, codecs, **settings)
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="a")  # the group's own zarr.json
+    expected = zarr.open_array(str(tmp_path / "g.zarr" / "inner"), mode="r")[:]
+    assert (expected[: chunks[0]] == 7.5).all()
+    w = np.random.default_rng(47).standard_normal((2, shape[-1])).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    http = RangeServer(str(tmp_path)) if server == "http" else None
+    try:
+        if http is not None:
+            base, env = f"{http.url}/g.zarr", None
+        else:
+            for file in sorted((tmp_path / "g.zarr").rglob("*")):
+                if file.is_file():
+                    put(s3, bucket, f"g.zarr/{file.relative_to(tmp_path / 'g.zarr').as_posix()}", file)
+            base, env = f"s3://{bucket}/g.zarr", s3.env
+        info = run_cli("info", f"{base}:inner", "--json", env=env)
+        assert info.returncode == 0, info.stderr
+        reader = json.loads(info.stdout)[0]["reader"]
+        assert reader == ("chunk files" if compressor is None else f"chunk files, {compressor} by imagecodecs")
+        for budget in ("64MB", "200KB"):
+            out = tmp_path / f"y-{budget}.npy"
+            proc = run_cli("apply", f"{base}:inner", tmp_path / "w.npy", "-o", out, "--max-memory", budget, env=env)
+            assert proc.returncode == 0, proc.stderr
+            np.testing.assert_allclose(np.load(out), mixed(expected, w), rtol=1e-5, atol=1e-5)
+    finally:
+        if http is not None:
+            http.stop()
+
+
+def test_damaged_zarr_chunks_at_a_url_are_one_line_errors(tmp_path: Path) -> None:
+    """A plain chunk of the wrong size and a zstd chunk that does not decode: exit 2 naming
+    the chunk's URL, no output."""
+    pytest.importorskip("zarr")
+    from zarr.codecs import ZstdCodec
+
+    x = cube((10, 8, 4), seed=48)
+    _partial_zarr(tmp_path / "plain.zarr", x, (5, 8, 4), None)
+    _partial_zarr(tmp_path / "zstd.zarr", x, (5, 8, 4), ZstdCodec(level=1))
+    (tmp_path / "plain.zarr" / "c" / "1" / "0" / "0").write_bytes(b"short")
+    (tmp_path / "zstd.zarr" / "c" / "1" / "0" / "0").write_bytes(b"\x28\xb5\x2f\xfd not zstd")
+    server = RangeServer(str(tmp_path))
+    try:
+        for name, words in (("plain", "640 bytes"), ("zstd", "c/1/0/0")):
+            out = tmp_path / f"{name}.npy"
+            proc = run_cli("apply", f"{server.url}/{name}.zarr", "1,2,3,4", "-o", out)
+            assert_clean_error(proc, 2, words)
+            assert f"{server.url}/{name}.zarr/c/1/0/0" in proc.stderr, proc.stderr
+            assert not out.exists()
+    finally:
+        server.stop()
+
+
 def test_zarr_written_to_s3_chunks_then_metadata_and_read_back(
     s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:

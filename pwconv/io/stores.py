@@ -176,6 +176,11 @@ class Location:
 _ENDPOINT_HINT = "check the network, or the endpoint (AWS_ENDPOINT_URL and the like)"
 
 
+class MissingObject(InputFileError):
+    """No object at the URL (exit 2): for a store's optional objects (a Zarr chunk never
+    written), the reader's cue to use the fill value."""
+
+
 def _failure(url: str, exc: BaseException, doing: str) -> Exception:
     """A client's exception as pwconv's one-line error: exit 2 for a wrong URL or no access,
     exit 1 for a network that failed."""
@@ -196,7 +201,7 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
             f"expected an existing bucket for the output {name!r}, found none; create it, or check the URL"
         )
     if missing:
-        return InputFileError(
+        return MissingObject(
             f"expected an object at {name!r}, found none (no such object, prefix or bucket); check the URL"
         )
     if kind in ("PermissionDeniedError", "UnauthenticatedError") or re.search(r"\b40[13]\b", text[:400]):
@@ -298,10 +303,20 @@ def _store(scheme: str, bucket: str, prefix: str = "", account: str = "") -> Any
         ) from None
 
 
+def _seconds(value: float) -> Any:
+    import datetime
+
+    return datetime.timedelta(seconds=value)
+
+
+# Three retries with backoff on the errors the clouds call retryable, within 30 s.
+_RETRY: Any = {"max_retries": 3, "retry_timeout": _seconds(30), "backoff": {"init_backoff": _seconds(0.1)}}
+
+
 def _client(scheme: str, bucket: str, prefix: str, account: str) -> Any:
     from obstore.store import AzureStore, GCSStore, S3Store
 
-    retry: Any = {"max_retries": 3, "retry_timeout": _seconds(30), "backoff": {"init_backoff": _seconds(0.1)}}
+    retry = _RETRY
     client: Any = {"connect_timeout": "10s", "timeout": os.environ.get("PWCONV_REMOTE_TIMEOUT", "120s")}
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -421,12 +436,6 @@ def _azure_config(account: str) -> Any:
     if account:
         config["account_name"] = account
     return config
-
-
-def _seconds(value: float) -> Any:
-    import datetime
-
-    return datetime.timedelta(seconds=value)
 
 
 def _profile_credentials() -> Any:
@@ -558,7 +567,7 @@ def _http_get(
 _pool: list[Any] = []
 
 
-def _threads() -> Any:
+def remote_threads() -> Any:
     """One thread pool for every ranged read of the process (IN_FLIGHT threads)."""
     if not _pool:
         from concurrent.futures import ThreadPoolExecutor
@@ -591,9 +600,13 @@ def _http_size(url: str) -> int:
 class RemoteObject:
     """One object behind a URL, read by byte ranges, several in flight at once."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, size: int | None = None) -> None:
+        """``size``, where the caller knows it (a chunk of a fixed size), spares the request
+        that asks it; every ranged answer is then checked against it."""
         self.url = url
-        if is_http(url):
+        if size is not None:
+            self.size = size
+        elif is_http(url):
             self.size = _guarded(url, "read", lambda: _http_size(url))
         else:
             store, key = _located(url)
@@ -620,23 +633,30 @@ class RemoteObject:
         end = start + len(out)
         self._check_within([start], [end])
         if is_http(self.url):
-            got = len(_http_get(self.url, start, end, into=out)[0])
+            body, span = _http_get(self.url, start, end, into=out)
+            got, total = len(body), span.rpartition("/")[2]
+            size = int(total) if total.isdigit() else self.size
         else:
             store, key = _located(self.url)
             obstore = _obstore()
 
-            def stream() -> int:
+            def stream() -> tuple[int, int]:
                 at = 0
                 answer = obstore.get(store, key, options={"range": (start, end)})
                 for chunk in answer.stream(min_chunk_size=_STREAMED):
                     count = min(len(chunk), len(out) - at)
                     out[at : at + count] = memoryview(chunk)[:count]
                     at += len(chunk)
-                return at
+                return at, int(answer.meta["size"])
 
-            got = _guarded(self.url, "read", stream)
+            got, size = _guarded(self.url, "read", stream)
         with self._lock:
             self.transferred += got
+        if size != self.size:
+            raise InputFileError(
+                f"expected an object of {self.size} bytes at {shown(self.url)!r}, found {size}; it is "
+                "damaged or was replaced while read; write it again"
+            )
         if got != len(out):
             raise NetworkError(
                 f"cannot read {shown(self.url)!r}: the server sent {got} bytes of the {len(out)} asked; "
@@ -654,7 +674,7 @@ class RemoteObject:
             if len(merged) == 1:
                 bodies = [_http_get(self.url, *merged[0])[0]]
             else:
-                bodies = list(_threads().map(lambda se: _http_get(self.url, *se)[0], merged))
+                bodies = list(remote_threads().map(lambda se: _http_get(self.url, *se)[0], merged))
             parts = _split(merged, bodies, starts, ends)
         else:
             store, key = _located(self.url)
@@ -709,7 +729,7 @@ class RemoteObject:
         if len(pieces) == 1:
             fetch(pieces[0])
             return
-        for done in _threads().map(fetch, pieces):
+        for done in remote_threads().map(fetch, pieces):
             del done
 
     def read_spans(self, starts: list[int], ends: list[int]) -> list[Any]:
@@ -730,7 +750,7 @@ class RemoteObject:
             i, at, count = piece
             self.read_range_into(spans[i][0] + at, memoryview(buffers[i])[at : at + count])
 
-        for done in _threads().map(fetch, pieces):
+        for done in remote_threads().map(fetch, pieces):
             del done
         return _split(spans, buffers, starts, ends)
 
@@ -739,6 +759,16 @@ class RemoteObject:
         for start in range(0, self.size, size * IN_FLIGHT):
             starts = list(range(start, min(self.size, start + size * IN_FLIGHT), size))
             yield from self.read_ranges(starts, [min(self.size, s + size) for s in starts])
+
+
+def read_head(url: str, limit: int) -> Any:
+    """Up to the first ``limit`` bytes of the object at ``url``, in one request that does
+    not ask its size first (:class:`MissingObject` where there is none)."""
+    if is_http(url):
+        return _guarded(url, "read", lambda: _http_get(url, 0, limit)[0])
+    store, key = _located(url)
+    obstore = _obstore()
+    return _guarded(url, "read", lambda: obstore.get(store, key, options={"range": (0, limit)}).bytes())
 
 
 def _merge(starts: list[int], ends: list[int], gap: int = 256 << 10) -> list[tuple[int, int]]:
@@ -1303,7 +1333,9 @@ def zarr_store(url: str) -> Any:
     if is_http(url):
         from obstore.store import HTTPStore
 
-        inner = HTTPStore.from_url(url_path(url).rstrip("/") + "/")
+        base = url_path(url).rstrip("/") + "/"
+        client: Any = {"allow_http": base.lower().startswith("http://")}
+        inner = HTTPStore.from_url(base, client_options=client, retry_config=_RETRY)
     else:
         where = Location.of(url)
         inner = _store(where.scheme, where.bucket, where.key.rstrip("/"), where.account)

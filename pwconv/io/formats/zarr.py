@@ -24,7 +24,20 @@ from pwconv.io.checks import check_readable, check_regular, link_leaving, numeri
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
-from pwconv.io.stores import is_url, join, put_chunk_files, put_object, shown, zarr_store
+from pwconv.io.stores import (
+    PIECE,
+    MissingObject,
+    RemoteObject,
+    is_http,
+    is_url,
+    join,
+    put_chunk_files,
+    put_object,
+    read_head,
+    remote_threads,
+    shown,
+    zarr_store,
+)
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -59,10 +72,18 @@ def _open_node(path: str) -> Any:
         ) from None
 
 
-def _arrays_of(node: Any) -> list[str]:
-    """Every array under a group, depth first, by its path inside the group."""
+def _arrays_of(node: Any, path: str) -> list[str]:
+    """Every array under a group, depth first, by its path inside the group. A store that
+    cannot be listed (a group over plain HTTP) is a one-line error."""
     zarr = _zarr()
-    return sorted(name for name, item in node.members(max_depth=None) if isinstance(item, zarr.Array))
+    try:
+        return sorted(name for name, item in node.members(max_depth=None) if isinstance(item, zarr.Array))
+    except Exception as exc:  # noqa: BLE001 - the store's client raises many types
+        why = "a plain HTTP server, which lists no folders" if is_http(path) else type(exc).__name__
+        raise InputFileError(
+            f"expected a zarr group whose arrays can be listed at {shown(path)!r}, found that they cannot "
+            f"be ({why}); name the array as {shown(path)}:path/in/group"
+        ) from None
 
 
 def open_zarr_array(path: str, member: str | None) -> Any:
@@ -74,7 +95,14 @@ def open_zarr_array(path: str, member: str | None) -> Any:
                 f"expected a zarr group for {path}:{member}, found an array; drop the array name"
             )
         return node
-    return node[pick_name(path, member, _arrays_of(node), "array")]
+    if member:  # an array named in full needs no listing of the group
+        try:
+            item = node[member.strip("/")]
+        except (KeyError, ValueError, OSError):
+            item = None
+        if isinstance(item, _zarr().Array):
+            return item
+    return node[pick_name(path, member, _arrays_of(node, path), "array")]
 
 
 def _folder_of(path: str, member: str | None) -> str | None:
@@ -82,7 +110,9 @@ def _folder_of(path: str, member: str | None) -> str | None:
     if not member:
         return path
     parts = member.strip("/").split("/")
-    return None if any(p in ("", ".", "..") for p in parts) else os.path.join(path, *parts)
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    return join(path, "/".join(parts)) if is_url(path) else os.path.join(path, *parts)
 
 
 class ZarrSource(Source):
@@ -97,11 +127,7 @@ class ZarrSource(Source):
         if leaving:
             refuse_external(path, printable(f"a link out of the store ({leaving})"))
         folder = _folder_of(path, member)
-        raw = (
-            read_raw_metadata(folder, compressed=True)
-            if folder and raw_paths_enabled() and not remote
-            else None
-        )
+        raw = read_raw_metadata(folder, compressed=True) if folder and raw_paths_enabled() else None
         self._array: Any = open_zarr_array(path, member) if raw is None else None
         self._files = _ChunkFiles(raw) if raw is not None else None
         known: Any = raw if raw is not None else self._array
@@ -121,13 +147,15 @@ class ZarrSource(Source):
         return math.prod(self.chunks() or self.shape) * self.dtype.itemsize, "a chunk"
 
     def storage(self) -> dict[str, Any]:
-        compressors: list[Any] = [] if self._array is None else list(self._array.compressors)
-        if self._files is not None and self._files.meta.compressor is not None:
-            compressors = list(open_zarr_array(self.path, self.member).compressors)
+        if self._array is not None:
+            compressors = [type(c).__name__ for c in self._array.compressors]
+        else:  # the chunk files' own metadata, read without zarr
+            codec = self._files.meta.compressor if self._files is not None else None
+            compressors = [_CODEC_CLASSES[codec]] if codec else []
         return {
             "format": f"zarr v{3 if self._array is None else self._array.metadata.zarr_format}",
             "chunks": list(self.chunks() or ()),
-            "compressors": [type(c).__name__ for c in compressors],
+            "compressors": compressors,
             "data_bytes": math.prod(self.shape) * self.dtype.itemsize,
         }
 
@@ -139,7 +167,7 @@ class ZarrSource(Source):
                     return direct
                 self._array = self._array or open_zarr_array(self.path, self.member)
             return np.asarray(self._array[index])
-        except FormatError:
+        except PwconvError:  # pwconv's own readers' errors say what failed (a network: exit 1)
             raise
         except Exception as exc:  # noqa: BLE001 - codecs raise many types for corrupt chunks
             raise FormatError(
@@ -320,6 +348,10 @@ _CHUNK_CODECS = {
 }
 
 
+# zarr's class for each of them, as info names the compressors of an array zarr opened.
+_CODEC_CLASSES = {"zstd": "ZstdCodec", "blosc": "BloscCodec"}
+
+
 def _chunk_compressor(codecs: Any, dtype: np.dtype) -> str | None:
     """ "none" when the codecs are the bytes codec alone, storing little-endian values; the
     compressor's name when one of :data:`_CHUNK_CODECS` follows it and pwconv can decode it
@@ -365,11 +397,9 @@ def read_raw_metadata(path: str, compressed: bool = False) -> RawMetadata | None
     None for anything else (zarr then reads it). A field the spec does not define is
     refused, as zarr refuses it."""
     try:
-        metadata_file = os.path.join(path, "zarr.json")
-        if os.path.exists(metadata_file):
-            check_regular(metadata_file)  # a FIFO here would block the open for ever
-        with open(metadata_file, "rb") as handle:
-            text = handle.read(1 << 20)
+        text = _metadata_text(path)
+        if text is None:
+            return None
         try:
             meta = json.loads(text)
         except RecursionError:  # zarr's own reader would fail the same way
@@ -412,9 +442,24 @@ def read_raw_metadata(path: str, compressed: bool = False) -> RawMetadata | None
     if fill is None:
         return None
     return RawMetadata(
-        os.path.abspath(path), shape, dtype, chunks, fill, "c" if name == "default" else "", separator,
-        None if compressor == "none" else compressor, level,
+        path if is_url(path) else os.path.abspath(path), shape, dtype, chunks, fill,
+        "c" if name == "default" else "", separator, None if compressor == "none" else compressor, level,
     )  # fmt: skip
+
+
+def _metadata_text(path: str) -> bytes | None:
+    """The first MiB of the array's ``zarr.json`` (a folder's, or an object's under a URL);
+    None where there is none."""
+    if is_url(path):
+        try:
+            return bytes(read_head(join(path, "zarr.json"), 1 << 20))
+        except MissingObject:
+            return None
+    metadata_file = os.path.join(path, "zarr.json")
+    if os.path.exists(metadata_file):
+        check_regular(metadata_file)  # a FIFO here would block the open for ever
+    with open(metadata_file, "rb") as handle:
+        return handle.read(1 << 20)
 
 
 def _json_value(value: Any) -> Any:
@@ -507,9 +552,14 @@ class _ChunkFiles:
         # Only little-endian chunk files are read this way.
         self.dtype = np.dtype(meta.dtype).newbyteorder("<")
         self._fill = meta.fill
+        self.remote = is_url(meta.folder)
+        self._stored = math.prod(self.chunks) * self.dtype.itemsize  # an uncompressed chunk's bytes
 
     def chunk_path(self, coords: tuple[int, ...]) -> str:
-        return os.path.join(self.meta.folder, self.meta.encode_chunk_key(coords))
+        key = self.meta.encode_chunk_key(coords)
+        if self.remote:
+            return join(self.meta.folder, key.replace(os.sep, "/"))
+        return os.path.join(self.meta.folder, key)
 
     def chunk_file(self, index: tuple[slice, ...]) -> str | None:
         """The file of the one whole chunk ``index`` covers, or None."""
@@ -523,6 +573,8 @@ class _ChunkFiles:
         if bounds is None:
             return None
         extents = tuple(stop - start for start, stop in bounds)
+        if self.remote:
+            return self._fetched_box(bounds, extents)
         whole = self.chunk_file(index)
         compressed = self.meta.compressor is not None
         if whole is not None and os.path.exists(whole) and extents == self.chunks and not compressed:
@@ -543,14 +595,77 @@ class _ChunkFiles:
                 one(piece)
         return out
 
+    def _fetched_box(self, bounds: list[tuple[int, int]], extents: tuple[int, ...]) -> np.ndarray:
+        """A box from the chunk objects under a URL, fetched several at a time: plain chunks in
+        pieces of a known size (straight into the box where a whole chunk is one run of it),
+        compressed ones whole and then decoded on every core. A chunk never written reads
+        as the fill value."""
+        out = np.empty(extents, self.dtype)
+        if out.size == 0:
+            return out
+        pieces = list(chunk_pieces(bounds, self.chunks))
+        if self.meta.compressor is not None:
+            limit = 2 * self._stored + (1 << 16)  # a stored chunk is never much larger
+            stored = list(remote_threads().map(lambda p: self._fetched(p.coords, limit), pieces))
+
+            def decode(item: tuple[Any, Any]) -> None:
+                piece, data = item
+                if data is None:
+                    out[piece.outer] = self._fill
+                else:
+                    out[piece.outer] = self._decode(data, shown(self.chunk_path(piece.coords)))[piece.inner]
+
+            codec_threads.in_parallel(decode, list(zip(pieces, stored)))
+            return out
+        targets, direct = [], []  # per chunk: where its bytes go; whether that is in the box
+        for piece in pieces:
+            place = out[piece.outer]
+            whole = all(s.stop - s.start == c for s, c in zip(piece.inner, self.chunks))
+            direct.append(whole and place.flags.c_contiguous)
+            targets.append(place if direct[-1] else np.empty(self.chunks, self.dtype))
+        runs = [
+            (i, at, min(PIECE, self._stored - at))
+            for i in range(len(pieces))
+            for at in range(0, self._stored, PIECE)
+        ]  # fmt: skip
+        missing: set[int] = set()
+
+        def fetch(run: tuple[int, int, int]) -> None:
+            i, at, count = run
+            remote = RemoteObject(self.chunk_path(pieces[i].coords), size=self._stored)
+            try:
+                remote.read_range_into(at, targets[i].reshape(-1).view(np.uint8).data[at : at + count])
+            except MissingObject:
+                missing.add(i)
+
+        for done in remote_threads().map(fetch, runs):
+            del done
+        for i, piece in enumerate(pieces):
+            if i in missing:
+                out[piece.outer] = self._fill
+            elif not direct[i]:
+                out[piece.outer] = targets[i][piece.inner]
+        return out
+
+    def _fetched(self, coords: tuple[int, ...], limit: int) -> Any:
+        """A compressed chunk's stored bytes (at most ``limit``), or None where it was never
+        written."""
+        try:
+            return read_head(self.chunk_path(coords), limit)
+        except MissingObject:
+            return None
+
     def _decoded(self, path: str) -> np.ndarray:
         """One compressed chunk file, decoded (its size bounded by the chunk's)."""
-        expected = math.prod(self.chunks) * self.dtype.itemsize
         check_regular(path)
         with open(path, "rb") as handle:
-            data = handle.read(2 * expected + (1 << 16))  # a stored chunk is never much larger
-        codec = str(self.meta.compressor)
-        raw = codec_threads.decode_between(codec, data, expected, expected, repr(path), holder="store")
+            data = handle.read(2 * self._stored + (1 << 16))  # a stored chunk is never much larger
+        return self._decode(data, path)
+
+    def _decode(self, data: Any, where: str) -> np.ndarray:
+        """A compressed chunk's bytes, decoded to exactly one chunk."""
+        expected, codec = self._stored, str(self.meta.compressor)
+        raw = codec_threads.decode_between(codec, data, expected, expected, repr(where), holder="store")
         return np.frombuffer(raw, self.dtype).reshape(self.chunks)
 
     def _mapped(self, path: str) -> np.ndarray:
@@ -572,7 +687,7 @@ class ZarrBlocks:
         remote = is_url(path)
         self.path, self.member = path if remote else os.path.abspath(path), member
         folder = _folder_of(self.path, member)
-        meta = read_raw_metadata(folder) if folder and raw_paths_enabled() and not remote else None
+        meta = read_raw_metadata(folder) if folder and raw_paths_enabled() else None
         self._files = _ChunkFiles(meta) if meta is not None else None
         array = open_zarr_array(self.path, member) if meta is None else meta
         self.shape, self.dtype = tuple(int(n) for n in array.shape), np.dtype(array.dtype)
@@ -689,4 +804,4 @@ class ZarrFormat(Backend):
     def list_arrays(self, path: str) -> list[str]:
         """Every array of a group, depth first, or ``[]`` for a store that is one array."""
         node = _open_node(path)
-        return [] if isinstance(node, _zarr().Array) else _arrays_of(node)
+        return [] if isinstance(node, _zarr().Array) else _arrays_of(node, path)
