@@ -140,6 +140,32 @@ class RangeServer(http.server.ThreadingHTTPServer):
         self.server_close()
 
 
+class RangeServerProcess:
+    """A :class:`RangeServer` over ``root`` in a process of its own, for a test that reads
+    through h5py in its own process: a server thread there may collect an h5py object while
+    h5py's lock is held by a read that waits for that server, and both then wait for ever."""
+
+    def __init__(self, root: str) -> None:
+        import sys
+
+        code = (
+            "import sys, time; sys.path.insert(0, sys.argv[2]); from tests.servers import RangeServer; "
+            "server = RangeServer(sys.argv[1]); print(server.url, flush=True); time.sleep(3600)"
+        )
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, root, repo], stdout=subprocess.PIPE, text=True
+        )  # fmt: skip
+        assert self._process.stdout is not None
+        self.url = self._process.stdout.readline().strip()
+        if not self.url:
+            raise RuntimeError("the HTTP server process did not start")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     server: FaultProxy
     protocol_version = "HTTP/1.1"

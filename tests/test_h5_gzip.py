@@ -1,5 +1,6 @@
 """HDF5 gzip datasets: chunks found at their offsets and decoded, and gzip outputs' chunks
-encoded, by pwconv on every core (libdeflate, or the standard library's zlib).
+encoded, by pwconv on every core (libdeflate, or the standard library's zlib). The reads run
+on disk and at a URL (a block's chunks fetched by ranges from an HTTP server on 127.0.0.1).
 
 Every read is checked against h5py reading the same file, every output by h5py reading it
 back; both implementations run on the same files.
@@ -22,6 +23,7 @@ from pwconv.io.registry import open_sink, open_source
 from pwconv.io.spec import parse_spec
 
 from .conftest import assert_clean_error, leftovers, run_cli
+from .servers import RangeServerProcess
 
 DATA = (np.arange(9 * 11 * 6, dtype=np.float32).reshape(9, 11, 6) % 17) / 4
 IMPLEMENTATIONS = ["libdeflate", "zlib"]
@@ -35,6 +37,17 @@ def implementation(request, monkeypatch) -> str:
         monkeypatch.delenv(codecs.DEFLATE_VARIABLE, raising=False)
     assert codecs.deflate_implementation() == request.param
     return request.param
+
+
+@pytest.fixture(params=["disk", "http"])
+def located(request, tmp_path):
+    """The name an input under ``tmp_path`` is read by: its path, or its URL."""
+    if request.param == "disk":
+        yield str
+        return
+    server = RangeServerProcess(str(tmp_path))
+    yield lambda path: f"{server.url}/{Path(path).relative_to(tmp_path).as_posix()}"
+    server.stop()
 
 
 def _write(path: Path, data: np.ndarray = DATA, **options) -> None:
@@ -63,10 +76,10 @@ def _indexes(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
     ids=["rows", "tiles-level9", "shuffle"],
 )
 @pytest.mark.parametrize("dtype", ["float32", "int16", "float64"])
-def test_gzip_reads_equal_h5py(tmp_path, implementation, options, dtype):
+def test_gzip_reads_equal_h5py(tmp_path, implementation, options, dtype, located):
     data = (DATA * 4).astype(dtype)
     _write(tmp_path / "x.h5", data, **options)
-    source = open_source(parse_spec(str(tmp_path / "x.h5")))
+    source = open_source(parse_spec(located(tmp_path / "x.h5")))
     try:
         assert source.description.reader == f"chunk offsets, {implementation}"  # the path under test
         with h5py.File(tmp_path / "x.h5") as handle:
@@ -76,7 +89,7 @@ def test_gzip_reads_equal_h5py(tmp_path, implementation, options, dtype):
         source.close()
 
 
-def test_unwritten_chunks_and_chunks_kept_unfiltered(tmp_path, implementation):
+def test_unwritten_chunks_and_chunks_kept_unfiltered(tmp_path, implementation, located):
     """A chunk never written reads as the fill value; a chunk whose filter mask says HDF5 kept
     it as it is (deflate is an optional filter) is read raw, as h5py reads it."""
     with h5py.File(tmp_path / "x.h5", "w") as handle:
@@ -97,7 +110,7 @@ def test_unwritten_chunks_and_chunks_kept_unfiltered(tmp_path, implementation):
         expected = ds[...]
     np.testing.assert_array_equal(expected[2:4], raw)  # h5py agrees on what the masks mean
     np.testing.assert_array_equal(expected[4:6], raw)
-    source = open_source(parse_spec(str(tmp_path / "x.h5")))
+    source = open_source(parse_spec(located(tmp_path / "x.h5")))
     try:
         assert source.description.reader.startswith("chunk offsets")
         np.testing.assert_array_equal(source.read((slice(0, 6), slice(0, 4), slice(0, 3))), expected)
@@ -123,17 +136,17 @@ def _damaged(tmp_path: Path, chunk: bytes) -> Path:
     ],
     ids=["garbage", "too-long", "too-short", "cut", "one-byte"],
 )
-def test_damaged_chunks_are_one_line_errors(tmp_path, implementation, chunk):
+def test_damaged_chunks_are_one_line_errors(tmp_path, implementation, chunk, located):
     path = _damaged(tmp_path, chunk)
-    source = open_source(parse_spec(str(path)))
+    source = open_source(parse_spec(located(path)))
     try:
         source.read((slice(0, 3), slice(0, 11), slice(0, 6)))  # the chunks before are fine
         with pytest.raises(FormatError, match=r"chunk \(1, 0, 0\)"):
             source.read((slice(0, 9), slice(0, 11), slice(0, 6)))
     finally:
         source.close()
-    proc = run_cli("apply", "bad.h5", "1,1,1,1,1,1", "-o", "out.h5", cwd=tmp_path)
-    assert_clean_error(proc, 2, "bad.h5", "chunk (1, 0, 0)")
+    proc = run_cli("apply", located(path), "1,1,1,1,1,1", "-o", "out.h5", cwd=tmp_path)
+    assert_clean_error(proc, 2, located(path), "chunk (1, 0, 0)")
     assert not (tmp_path / "out.h5").exists() and not leftovers(tmp_path)
 
 
@@ -203,7 +216,7 @@ def test_gzip_round_trip_with_other_implementation(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("shuffle", [False, True], ids=["gzip", "shuffle-gzip"])
-def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shuffle):
+def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shuffle, located):
     h5netcdf = pytest.importorskip("h5netcdf")
     cube = np.stack([DATA, DATA * 2, DATA - 1])  # (time, y, x, band)
     with h5netcdf.File(tmp_path / "x.nc", "w") as handle:
@@ -217,7 +230,7 @@ def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shu
             chunks=(1, 4, 4, 6),
         )
         var[...] = cube
-    source = open_source(parse_spec(str(tmp_path / "x.nc")))
+    source = open_source(parse_spec(located(tmp_path / "x.nc")))
     try:
         assert source.description.reader == f"chunk offsets, {implementation}"
         with h5netcdf.File(tmp_path / "x.nc", "r") as handle:
@@ -230,6 +243,8 @@ def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shu
         source.close()
     w = np.arange(12, dtype=np.float32).reshape(2, 6)
     np.save(tmp_path / "w.npy", w)
-    proc = run_cli("apply", "x.nc", "w.npy", "-o", "y.npy", "--max-memory", "4KB", cwd=tmp_path)
+    proc = run_cli(
+        "apply", located(tmp_path / "x.nc"), "w.npy", "-o", "y.npy", "--max-memory", "4KB", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), pointwise_conv(cube, w), rtol=1e-6)

@@ -94,7 +94,9 @@ def test_channels_first_blocks_read_by_ranges(s3: S3Server, bucket: str, tmp_pat
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w, 0), rtol=1e-5, atol=1e-6)
 
 
-def _partial_zarr(path: Path, x: np.ndarray, chunks: tuple[int, ...], compressors: object, **extra: object) -> None:
+def _partial_zarr(
+    path: Path, x: np.ndarray, chunks: tuple[int, ...], compressors: object, **extra: object
+) -> None:
     """A zarr v3 array of ``x`` whose first chunk is never written (it reads as the fill
     value 7.5); ``extra`` goes to zarr (a key encoding)."""
     zarr = pytest.importorskip("zarr")
@@ -149,10 +151,14 @@ def test_zarr_chunks_at_a_url_are_read_by_pwconv(
         info = run_cli("info", f"{base}:inner", "--json", env=env)
         assert info.returncode == 0, info.stderr
         reader = json.loads(info.stdout)[0]["reader"]
-        assert reader == ("chunk files" if compressor is None else f"chunk files, {compressor} by imagecodecs")
+        assert reader == (
+            "chunk files" if compressor is None else f"chunk files, {compressor} by imagecodecs"
+        )
         for budget in ("64MB", "200KB"):
             out = tmp_path / f"y-{budget}.npy"
-            proc = run_cli("apply", f"{base}:inner", tmp_path / "w.npy", "-o", out, "--max-memory", budget, env=env)
+            proc = run_cli(
+                "apply", f"{base}:inner", tmp_path / "w.npy", "-o", out, "--max-memory", budget, env=env
+            )
             assert proc.returncode == 0, proc.stderr
             np.testing.assert_allclose(np.load(out), mixed(expected, w), rtol=1e-5, atol=1e-5)
     finally:

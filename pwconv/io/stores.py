@@ -739,7 +739,10 @@ class RemoteObject:
         spans = _merge(starts, ends)
         if sum(e - s for s, e in spans) <= PIECE:  # one call: obstore joins and runs them
             return self.read_ranges(starts, ends)
-        buffers = [bytearray(e - s) for s, e in spans]
+        import numpy as np
+
+        # Not zeroed first (as a bytearray is): each page is touched once, by its bytes.
+        buffers = [np.empty(e - s, np.uint8) for s, e in spans]
         pieces = [
             (i, at, min(PIECE, end - start - at))
             for i, (start, end) in enumerate(spans)
@@ -748,7 +751,7 @@ class RemoteObject:
 
         def fetch(piece: tuple[int, int, int]) -> None:
             i, at, count = piece
-            self.read_range_into(spans[i][0] + at, memoryview(buffers[i])[at : at + count])
+            self.read_range_into(spans[i][0] + at, buffers[i].data[at : at + count])
 
         for done in remote_threads().map(fetch, pieces):
             del done
@@ -812,7 +815,7 @@ class RangedFile:
         that follow: a block's chunks, which a library would otherwise ask for one by one."""
         ranges = sorted((max(0, a), min(self.remote.size, b)) for a, b in ranges if b > a)
         try:
-            bodies = self.remote.read_ranges([a for a, _ in ranges], [b for _, b in ranges]) if ranges else []
+            bodies = self.remote.read_spans([a for a, _ in ranges], [b for _, b in ranges]) if ranges else []
         except PwconvError as exc:
             self.failure = self.failure or exc
             raise

@@ -30,7 +30,7 @@ from pwconv.io.checks import check_readable, first_line, label_text, numeric_dty
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import RawChunks, box_of, chunk_pieces, raw_paths_enabled, read_all
-from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url
+from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url, shown
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -159,7 +159,7 @@ class DeflateChunks:
 
     def __init__(
         self,
-        fd: int,
+        fd: int | RemoteObject,
         name: str,
         shape: tuple[int, ...],
         dtype: np.dtype,
@@ -168,6 +168,8 @@ class DeflateChunks:
         filters: tuple[int, ...],
         fill: object,
     ) -> None:
+        """``fd``: the file's descriptor, or the object at a URL whose chunks a block fetches
+        together (neighbours joined, several requests in flight) before decoding them."""
         self.fd, self.name, self.shape, self.dtype, self.chunks = fd, name, shape, dtype, chunks
         self.stored, self.filters, self.fill = stored, filters, fill
         self.chunk_bytes = math.prod(chunks) * dtype.itemsize
@@ -181,11 +183,14 @@ class DeflateChunks:
                     f"found a file of {size} bytes; the file is truncated or damaged, write it again"
                 )
 
-    def _decoded(self, coords: tuple[int, ...]) -> np.ndarray:
+    def _decoded(self, coords: tuple[int, ...], data: Any = None) -> np.ndarray:
+        """One chunk decoded: its stored bytes ``data`` where fetched already, else read."""
         offset, size, mask = self.stored[coords]
         where = f"{self.name} chunk {coords}"
-        data: Any = bytearray(size)
-        read_all(self.fd, memoryview(data), offset, where)
+        if data is None:
+            assert isinstance(self.fd, int)
+            data = bytearray(size)
+            read_all(self.fd, memoryview(data), offset, where)
         # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
         for position in reversed(range(len(self.filters))):
             if mask >> position & 1:
@@ -213,17 +218,27 @@ class DeflateChunks:
         if not out.size:
             return out
 
+        pieces = list(chunk_pieces(bounds, self.chunks))
+        fetched: dict[tuple[int, ...], Any] = {}
+        if isinstance(self.fd, RemoteObject):
+            wanted = sorted(
+                {p.coords for p in pieces if p.coords in self.stored}, key=lambda c: self.stored[c]
+            )
+            starts = [self.stored[c][0] for c in wanted]
+            ends = [self.stored[c][0] + self.stored[c][1] for c in wanted]
+            fetched = dict(zip(wanted, self.fd.read_spans(starts, ends)))
+
         def one(piece: Any) -> None:
             if piece.coords in self.stored:
-                out[piece.outer] = self._decoded(piece.coords)[piece.inner]
+                out[piece.outer] = self._decoded(piece.coords, fetched.get(piece.coords))[piece.inner]
             else:
                 out[piece.outer] = self.fill
 
-        codecs.in_parallel(one, chunk_pieces(bounds, self.chunks))
+        codecs.in_parallel(one, pieces)
         return out
 
 
-def deflate_layout(ds: Any, fd: int, name: str) -> DeflateChunks | None:
+def deflate_layout(ds: Any, fd: int | RemoteObject, name: str) -> DeflateChunks | None:
     """The stored chunks of a gzip (and shuffle) dataset for pwconv to decode, or None where
     h5py must read it (other filters, external storage, foreign byte order, too many chunks)."""
     try:
@@ -464,8 +479,15 @@ class H5Source(Source):
                 self._raw = raw_layout(self._ds, self._raw_file.fileno(), name)
                 if self._raw is None:
                     self._deflate = deflate_layout(self._ds, self._raw_file.fileno(), name)
+            elif raw_paths_enabled() and self._remote is not None:  # gzip chunks fetched by ranges
+                self._deflate = deflate_layout(self._ds, self._remote.remote, f"{shown(path)}:{self.dataset}")
             if self._deflate is not None:
-                self._deflate.check_inside(os.fstat(self._raw_file.fileno()).st_size)
+                size = (
+                    self._remote.remote.size
+                    if self._remote is not None
+                    else os.fstat(self._raw_file.fileno()).st_size
+                )
+                self._deflate.check_inside(size)
             if self._raw is not None:
                 self._raw.check_inside(os.fstat(self._raw_file.fileno()).st_size)
                 try:

@@ -35,7 +35,7 @@ from pwconv.io.formats.hdf5 import (
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
 from pwconv.io.rawio import raw_paths_enabled
-from pwconv.io.stores import RangedFile, RemoteObject, is_url
+from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -139,6 +139,25 @@ def _chunk_places(remote: RemoteObject, name: str) -> ChunkSpans | None:
         return None  # the reads that follow meet the same trouble and say so
 
 
+def _remote_gzip_chunks(remote: RemoteObject, name: str) -> DeflateChunks | None:
+    """The stored chunks of a gzip variable at a URL, which a block fetches together and
+    pwconv decodes on every core; None where h5netcdf reads it (listed through h5py over a
+    file object of its own, as :func:`_chunk_places`)."""
+    import h5py  # h5netcdf's own dependency
+
+    try:
+        with h5py.File(RangedFile(remote), "r") as handle:
+            dataset = handle.get(name)
+            if not isinstance(dataset, h5py.Dataset):
+                return None
+            found = deflate_layout(dataset, remote, f"{shown(remote.url)}:{name}")
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return None  # the reads that follow meet the same trouble and say so
+    if found is not None:
+        found.check_inside(remote.size)
+    return found
+
+
 def _gzip_chunks(path: str, name: str) -> tuple[DeflateChunks, int] | None:
     """A local gzip variable's stored chunks for pwconv to decode on every core, with the file
     descriptor they are read through; None where h5netcdf reads it. Found through h5py's
@@ -169,7 +188,8 @@ class NetcdfSource(Source):
 
     def __init__(self, path: str, variable: str | None) -> None:
         self.path = path
-        self._gzip: tuple[DeflateChunks, int] | None = None
+        self._gzip: tuple[DeflateChunks, int] | None = None  # and its file descriptor
+        self._remote_gzip: DeflateChunks | None = None
         self._file, self._remote = _opened(path)
         try:
             names = _data_variables(self._file)
@@ -181,7 +201,11 @@ class NetcdfSource(Source):
             attrs = _readable_attrs(var)
             self.nodata, notes = _fill_value(attrs)
             self._var = var
-            self._spans = _chunk_places(self._remote.remote, var.name) if self._remote is not None else None
+            self._spans = None
+            if self._remote is not None and raw_paths_enabled():
+                self._remote_gzip = _remote_gzip_chunks(self._remote.remote, var.name)
+            if self._remote is not None and self._remote_gzip is None:
+                self._spans = _chunk_places(self._remote.remote, var.name)
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
@@ -200,7 +224,7 @@ class NetcdfSource(Source):
             self._gzip = (
                 _gzip_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
             )
-            if self._gzip is not None:
+            if self._gzip is not None or self._remote_gzip is not None:
                 reader = f"chunk offsets, {codecs.deflate_implementation()}"
                 self.description = dataclasses.replace(self.description, reader=reader)
         except PwconvError:
@@ -240,6 +264,8 @@ class NetcdfSource(Source):
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         if self._gzip is not None:
             return self._gzip[0].read(index)
+        if self._remote_gzip is not None:
+            return self._remote_gzip.read(index)
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._var, self._remote, self._spans, index)
