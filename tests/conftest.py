@@ -151,3 +151,16 @@ def write_geotiff(
         dst.write(bands_first)
         for band, name in enumerate(descriptions, 1):
             dst.set_band_description(band, name)
+
+
+@pytest.fixture(params=["disk", "http"])
+def located(request, tmp_path):
+    """The name an input under ``tmp_path`` is read by: its path, or its URL."""
+    if request.param == "disk":
+        yield str
+        return
+    from tests.servers import RangeServerProcess
+
+    server = RangeServerProcess(str(tmp_path))
+    yield lambda path: f"{server.url}/{Path(path).relative_to(tmp_path).as_posix()}"
+    server.stop()

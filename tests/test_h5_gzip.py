@@ -23,7 +23,6 @@ from pwconv.io.registry import open_sink, open_source
 from pwconv.io.spec import parse_spec
 
 from .conftest import assert_clean_error, leftovers, run_cli
-from .servers import RangeServerProcess
 
 DATA = (np.arange(9 * 11 * 6, dtype=np.float32).reshape(9, 11, 6) % 17) / 4
 IMPLEMENTATIONS = ["libdeflate", "zlib"]
@@ -37,17 +36,6 @@ def implementation(request, monkeypatch) -> str:
         monkeypatch.delenv(codecs.DEFLATE_VARIABLE, raising=False)
     assert codecs.deflate_implementation() == request.param
     return request.param
-
-
-@pytest.fixture(params=["disk", "http"])
-def located(request, tmp_path):
-    """The name an input under ``tmp_path`` is read by: its path, or its URL."""
-    if request.param == "disk":
-        yield str
-        return
-    server = RangeServerProcess(str(tmp_path))
-    yield lambda path: f"{server.url}/{Path(path).relative_to(tmp_path).as_posix()}"
-    server.stop()
 
 
 def _write(path: Path, data: np.ndarray = DATA, **options) -> None:

@@ -1,6 +1,7 @@
 """HDF5 datasets whose bytes are raw in the file: read and written with positioned I/O.
 
-Every result is checked against h5py reading or writing the same data itself.
+Every result is checked against h5py reading or writing the same data itself. The reads run
+on disk and at a URL (runs fetched by ranges from an HTTP server on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def _write(path: Path, data: np.ndarray = DATA, **options) -> None:
     ],
     ids=["contiguous", "rows", "tiles", "channels-chunked", "userblock"],
 )
-def test_raw_reads_equal_h5py(tmp_path, options):
+def test_raw_reads_equal_h5py(tmp_path, options, located):
     _write(tmp_path / "x.h5", **options)
-    source = open_source(parse_spec(str(tmp_path / "x.h5")))
+    source = open_source(parse_spec(located(tmp_path / "x.h5")))
     try:
         assert source.description.reader == "raw offsets"  # the raw path is the one under test
         for index in [
@@ -57,11 +58,11 @@ def test_raw_reads_equal_h5py(tmp_path, options):
         source.close()
 
 
-def test_unwritten_chunks_read_as_the_fill_value(tmp_path):
+def test_unwritten_chunks_read_as_the_fill_value(tmp_path, located):
     with h5py.File(tmp_path / "x.h5", "w") as handle:
         ds = handle.create_dataset("x", shape=(6, 4, 3), dtype="f4", chunks=(2, 4, 3), fillvalue=-1.5)
         ds[2:4] = 7.0
-    source = open_source(parse_spec(str(tmp_path / "x.h5")))
+    source = open_source(parse_spec(located(tmp_path / "x.h5")))
     try:
         assert source.description.reader == "raw offsets"
         expected = np.full((6, 4, 3), -1.5, np.float32)
@@ -80,9 +81,9 @@ def test_unwritten_chunks_read_as_the_fill_value(tmp_path):
     ],
     ids=["lzf", "shuffle", "gzip-fletcher32"],
 )
-def test_filtered_datasets_go_through_h5py(tmp_path, options):
+def test_filtered_datasets_go_through_h5py(tmp_path, options, located):
     _write(tmp_path / "x.h5", **options)
-    source = open_source(parse_spec(str(tmp_path / "x.h5")))
+    source = open_source(parse_spec(located(tmp_path / "x.h5")))
     try:
         assert source.description.reader == "h5py"
         np.testing.assert_array_equal(source.read((slice(1, 5), slice(0, 10), slice(0, 6))), DATA[1:5])
@@ -100,21 +101,21 @@ def test_big_endian_data_goes_through_h5py(tmp_path):
         source.close()
 
 
-def test_chunks_past_the_end_of_a_truncated_file_are_refused(tmp_path):
+def test_chunks_past_the_end_of_a_truncated_file_are_refused(tmp_path, located):
     _write(tmp_path / "x.h5", chunks=(1, 10, 6))
     with h5py.File(tmp_path / "x.h5") as handle:
         last = handle["x"].id.get_chunk_info(6).byte_offset
     data = (tmp_path / "x.h5").read_bytes()
     (tmp_path / "cut.h5").write_bytes(data[: last + 8])  # the file ends inside the last chunk
     try:
-        source = open_source(parse_spec(str(tmp_path / "cut.h5")))
+        source = open_source(parse_spec(located(tmp_path / "cut.h5")))
     except FormatError as exc:
         assert "truncated" in str(exc)
     else:
         source.close()
         pytest.fail("a chunk past the end of the file was not refused")
-    proc = run_cli("apply", "cut.h5", "1,1,1,1,1,1", "-o", "out.h5", cwd=tmp_path)
-    assert_clean_error(proc, 2, "cut.h5")
+    proc = run_cli("apply", located(tmp_path / "cut.h5"), "1,1,1,1,1,1", "-o", "out.h5", cwd=tmp_path)
+    assert_clean_error(proc, 2, located(tmp_path / "cut.h5"))
     assert not (tmp_path / "out.h5").exists() and not leftovers(tmp_path)
 
 

@@ -20,10 +20,14 @@ import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pwconv.errors import FormatError, WriteError
+
+if TYPE_CHECKING:
+    from pwconv.io.stores import RemoteObject
 
 #: Set to ``0`` (or ``off``) to read and write every format through its library instead of
 #: pwconv's own byte-level paths (npy and TIFF maps, raw HDF5 offsets, Zarr chunk files,
@@ -262,7 +266,7 @@ class RawChunks:
 
     def __init__(
         self,
-        fd: int,
+        fd: int | RemoteObject,
         name: str,
         shape: tuple[int, ...],
         dtype: np.dtype,
@@ -270,6 +274,8 @@ class RawChunks:
         offsets: dict[tuple[int, ...], int],
         fill: object = 0,
     ) -> None:
+        """``fd``: the file's descriptor, or (for reading) the object at a URL, whose runs a
+        block fetches all together, straight into place."""
         self.fd, self.name = fd, name
         self.shape, self.dtype, self.chunks = shape, np.dtype(dtype), chunks
         self.offsets, self.fill = offsets, fill
@@ -291,6 +297,7 @@ class RawChunks:
         """Claim the disk space of every chunk now (writers): a full disk fails before any
         computing, and writes into claimed space are faster than into a sparse file."""
         end = max(self.offsets.values(), default=0) + math.prod(self.chunks) * self.dtype.itemsize
+        assert isinstance(self.fd, int)
         reserve_space(self.fd, end, self.name)
 
     def _pieces(self, index: tuple[slice, ...]) -> list[Piece]:
@@ -344,6 +351,8 @@ class RawChunks:
         out = np.empty(extents, self.dtype)
         if out.size == 0:
             return out
+        fetches: list[tuple[list[int], int, memoryview]] = []  # at a URL: runs fetched at the end
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
         for offset, local, target in pieces:
             part = out[target]
             if offset is None:
@@ -351,9 +360,29 @@ class RawChunks:
                 continue
             direct = part.flags.c_contiguous
             buffer = part if direct else np.empty(part.shape, self.dtype)
-            self._transfer(offset, local, buffer, write=False)
+            if isinstance(self.fd, int):
+                self._transfer(offset, local, buffer, write=False)
+            else:
+                run, starts = contiguous_runs(self.chunks, local)
+                size = self.dtype.itemsize
+                fetches.append(
+                    ([offset + s * size for s in starts], run * size, buffer.reshape(-1).view(np.uint8).data)
+                )
             if not direct:
-                part[...] = buffer
+                copies.append((part, buffer))
+        if fetches:
+            # Runs that neighbour each other in the object (a block's chunks, written in order)
+            # are fetched as one span in 8 MiB pieces, then copied into place: requests per
+            # chunk (4 MiB each, straight into place) took twice as long from Azurite.
+            assert not isinstance(self.fd, int)
+            starts = [a for run_starts, _, _ in fetches for a in run_starts]
+            ends = [a + length for run_starts, length, _ in fetches for a in run_starts]
+            got = iter(self.fd.read_spans(starts, ends))
+            for run_starts, length, view in fetches:
+                for i in range(len(run_starts)):
+                    view[i * length : (i + 1) * length] = next(got)
+        for part, buffer in copies:
+            part[...] = buffer
         return out
 
     def write_box(self, index: tuple[slice, ...], block: np.ndarray) -> None:
@@ -364,4 +393,5 @@ class RawChunks:
             self._transfer(offset, local, np.ascontiguousarray(block[target], dtype=self.dtype), write=True)
 
     def _transfer(self, offset: int, local: list[tuple[int, int]], data: np.ndarray, write: bool) -> None:
+        assert isinstance(self.fd, int)
         transfer_runs(self.fd, offset, self.chunks, local, data, write=write, name=self.name)

@@ -113,7 +113,7 @@ def _stored_chunks(ds: Any) -> list[Any]:
     return found
 
 
-def raw_layout(ds: Any, fd: int, name: str) -> RawChunks | None:
+def raw_layout(ds: Any, fd: int | RemoteObject, name: str) -> RawChunks | None:
     """Where an unfiltered dataset's bytes lie in its file, or None where h5py must read it
     (filters, external or virtual storage, foreign byte order, unallocated data)."""
     try:
@@ -479,8 +479,13 @@ class H5Source(Source):
                 self._raw = raw_layout(self._ds, self._raw_file.fileno(), name)
                 if self._raw is None:
                     self._deflate = deflate_layout(self._ds, self._raw_file.fileno(), name)
-            elif raw_paths_enabled() and self._remote is not None:  # gzip chunks fetched by ranges
-                self._deflate = deflate_layout(self._ds, self._remote.remote, f"{shown(path)}:{self.dataset}")
+            elif raw_paths_enabled() and self._remote is not None:  # chunks fetched by ranges
+                name = f"{shown(path)}:{self.dataset}"
+                self._raw = raw_layout(self._ds, self._remote.remote, name)
+                if self._raw is None:
+                    self._deflate = deflate_layout(self._ds, self._remote.remote, name)
+            if self._raw is not None and self._remote is not None:
+                self._raw.check_inside(self._remote.remote.size)
             if self._deflate is not None:
                 size = (
                     self._remote.remote.size
@@ -488,7 +493,7 @@ class H5Source(Source):
                     else os.fstat(self._raw_file.fileno()).st_size
                 )
                 self._deflate.check_inside(size)
-            if self._raw is not None:
+            if self._raw is not None and self._raw_file is not None:
                 self._raw.check_inside(os.fstat(self._raw_file.fileno()).st_size)
                 try:
                     self._raw.mapping = mmap.mmap(self._raw_file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -632,7 +637,7 @@ class H5Sink(FileSink):
         self.close_quietly()  # closing is all that is left: h5py or the raw fd flushes
 
     def close_quietly(self) -> None:
-        if self._raw is not None and self._raw.fd >= 0:
+        if self._raw is not None and isinstance(self._raw.fd, int) and self._raw.fd >= 0:
             os.close(self._raw.fd)
         self._raw = None
         file, self._file = self._file, None  # closed at most once, even when closing fails
