@@ -189,19 +189,30 @@ def test_damaged_zarr_chunks_at_a_url_are_one_line_errors(tmp_path: Path) -> Non
         server.stop()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--chunks", "16,50,2"],
+        ["--chunks", "24,32,2", "--max-memory", "20KB"],
+        ["--chunks", "24,32,2", "--compression", "zstd", "--max-memory", "20KB"],
+        ["--chunks", "24,32,2", "--compression", "gzip", "--max-memory", "20KB"],
+    ],
+    ids=["plain", "plain, edge chunks cut by small blocks", "zstd, the same", "gzip (zarr's), the same"],
+)
 def test_zarr_written_to_s3_chunks_then_metadata_and_read_back(
-    s3: S3Server, bucket: str, tmp_path: Path
+    s3: S3Server, bucket: str, tmp_path: Path, extra: list[str]
 ) -> None:
+    """Whole chunks are put from memory as their blocks are written (zstd-encoded where
+    asked), the metadata last; zarr reads the store back, and so does pwconv, in place."""
     zarr = pytest.importorskip("zarr")
     x, w = cube((64, 50, 4), seed=3), np.eye(4, dtype=np.float32)[:2]
     np.save(tmp_path / "x.npy", x)
     target = f"s3://{bucket}/cube.zarr"
-    proc = run_cli(
-        "apply", tmp_path / "x.npy", "1,0,0,0;0,1,0,0", "-o", target, "--chunks", "16,50,2", env=s3.env
-    )
+    proc = run_cli("apply", tmp_path / "x.npy", "1,0,0,0;0,1,0,0", "-o", target, *extra, env=s3.env)
     assert proc.returncode == 0, proc.stderr
     written = keys(s3, bucket, "cube.zarr/")
-    assert "cube.zarr/zarr.json" in written and len(written) == 5, written
+    chunks = 4 if extra == ["--chunks", "16,50,2"] else 3 * 2
+    assert "cube.zarr/zarr.json" in written and len(written) == chunks + 1, written
     local = tmp_path / "copy.zarr"
     for key in written:
         (local / key[len("cube.zarr/") :]).parent.mkdir(parents=True, exist_ok=True)

@@ -1142,18 +1142,19 @@ def upload_folder(local: str, url: str, *, replace: bool = True) -> None:
         raise
 
 
-def put_chunk_files(local: str, url: str) -> None:
-    """Put every file under the local folder ``local`` but its metadata under the prefix
-    ``url`` (several in flight), and remove each once it is up: the chunks a block of a Zarr
-    output left there, while the next block is read. The metadata stays for the end."""
+def put_chunk_files(local: str, url: str, names: set[str]) -> None:
+    """Put the files ``names`` (paths relative to the local folder ``local``, with ``/``)
+    that exist there under the prefix ``url`` (several in flight), and remove each once it is
+    up: the chunks a block of a Zarr output completed, while the next block is read. A chunk
+    still being filled stays (put again, it would lose what the first put held), and so does
+    the metadata, for the end."""
     store, key = _located(url)
     obstore = _obstore()
     prefix = key.rstrip("/")
     files = [
-        os.path.join(root, name)
-        for root, _, names in os.walk(local)
-        for name in names
-        if name not in _METADATA
+        path
+        for path in (os.path.join(local, *name.split("/")) for name in sorted(names))
+        if os.path.basename(path) not in _METADATA and os.path.isfile(path)
     ]
     if not files:
         return

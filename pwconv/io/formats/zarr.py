@@ -257,20 +257,42 @@ class ZarrSink(FileSink):
                     attributes=json.loads(json.dumps(attrs, default=_json_value)),
                     overwrite=True,
                 )
-            self._writer = ZarrChunkWriter(self.temp.path, raw)
+            self._writer = ZarrChunkWriter(self.temp.path, raw, path if is_url(path) and raw else None)
+        self._chunks, self._raw = chunks, raw
+        self._left: dict[tuple[int, ...], int] = {}  # at a URL: elements each chunk still awaits
 
     def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         if block.size:
+            remote = is_url(self.target)
+            if remote and not self.temp.direct:  # an older store there goes first
+                self.temp.write_directly()
             try:
                 self._writer[index] = block
             except OSError as exc:
                 raise write_failure(self.target, exc) from None
-            if is_url(self.target):
-                # The block's chunks go up now, overlapping the next block's read; an older
-                # store there goes first, and the metadata last, on commit.
-                if not self.temp.direct:
-                    self.temp.write_directly()
-                put_chunk_files(self.temp.path, self.target)
+            if remote:
+                # The chunks this block completed go up now, overlapping the next block's read
+                # (whole chunks were put from memory by the writer; these are the files zarr
+                # wrote). The metadata goes last, on commit, with any chunk left unfinished.
+                put_chunk_files(self.temp.path, self.target, self._completed(index))
+
+    def _completed(self, index: tuple[slice, ...]) -> set[str]:
+        """The keys of the chunks whose last elements this block wrote (an engine writes each
+        element once)."""
+        bounds = _step1_bounds(index, self.shape)
+        assert bounds is not None  # engines write step-1 boxes
+        done = set()
+        for piece in chunk_pieces(bounds, self._chunks):
+            whole = math.prod(min(c, n - g * c) for g, c, n in zip(piece.coords, self._chunks, self.shape))
+            left = self._left.pop(piece.coords, whole) - math.prod(s.stop - s.start for s in piece.inner)
+            if left > 0:
+                self._left[piece.coords] = left
+                continue
+            if self._raw is not None:
+                done.add(self._raw.encode_chunk_key(piece.coords).replace(os.sep, "/"))
+            else:  # zarr's default v3 keys, which the arrays it creates here use
+                done.add("/".join(["c", *map(str, piece.coords)]))
+        return done
 
     def parallel_writer(self) -> ZarrChunkWriter | ZarrObjectWriter:
         if not is_url(self.target):
@@ -704,9 +726,12 @@ class ZarrChunkWriter:
     """``target[index] = block`` for ``dask.array.store``: whole chunks of a bytes-only array
     are written straight to their files; anything else goes through zarr."""
 
-    def __init__(self, folder: str, meta: RawMetadata | None = None) -> None:
+    def __init__(self, folder: str, meta: RawMetadata | None = None, url: str | None = None) -> None:
+        """``url``: where a store at a URL goes; its whole chunks are put there from memory
+        (several in flight) instead of being written into ``folder``."""
         self.folder = os.path.abspath(folder)
         self._files = _ChunkFiles(meta) if meta is not None else None
+        self.url = url
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         files = self._files
@@ -724,15 +749,18 @@ class ZarrChunkWriter:
                 _zarr().open_array(self.folder, mode="r+")[where] = block[piece.outer]
                 continue
             whole.append((path, block[piece.outer]))
+        if self.url is not None:
+            self._put(whole)
+            return
         if files.meta.compressor is not None and len(whole) > 1:
             codec_threads.in_parallel(self._store, whole, later=True)  # encoded on every core
             return
         for item in whole:
             self._store(item)
 
-    def _store(self, item: tuple[str, np.ndarray]) -> None:
-        """One whole chunk to its file (zstd-encoded where the array says so)."""
-        path, part = item
+    def _stored(self, part: np.ndarray) -> Any:
+        """One whole chunk's bytes as stored: at full size (edge chunks too), zstd-encoded
+        where the array says so."""
         files = self._files
         assert files is not None
         data = np.ascontiguousarray(part, dtype=files.dtype)
@@ -740,12 +768,33 @@ class ZarrChunkWriter:
             full = np.full(files.chunks, files.meta.fill, dtype=data.dtype)
             full[tuple(slice(0, e) for e in data.shape)] = data
             data = full
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         if files.meta.compressor == "zstd":
-            with open(path, "wb") as handle:
-                handle.write(codec_threads.zstd(data, files.meta.level))
+            return codec_threads.zstd(data, files.meta.level)
+        return data.reshape(-1).view(np.uint8).data
+
+    def _store(self, item: tuple[str, np.ndarray]) -> None:
+        """One whole chunk to its file."""
+        path, part = item
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(self._stored(part))
+
+    def _put(self, whole: list[tuple[str, np.ndarray]]) -> None:
+        """A block's whole chunks put under the URL: encoded on every core where compressed,
+        then sent several at a time."""
+        assert self.url is not None and self._files is not None
+        parts = [part for _, part in whole]
+        if self._files.meta.compressor is not None and len(parts) > 1:
+            stored = codec_threads.in_parallel(self._stored, parts, later=True)
         else:
-            data.tofile(path)
+            stored = [self._stored(part) for part in parts]
+        keys = [os.path.relpath(path, self.folder).replace(os.sep, "/") for path, _ in whole]
+        url = self.url
+        codec_threads.in_parallel(
+            lambda item: put_object(join(url, item[0]), item[1]),
+            list(zip(keys, stored)),
+            threads=remote_threads(),
+        )
 
 
 class ZarrObjectWriter:
