@@ -203,24 +203,27 @@ def test_gzip_round_trip_with_other_implementation(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[..., 0], DATA.sum(axis=-1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("shuffle", [False, True], ids=["gzip", "shuffle-gzip"])
-def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, shuffle, located):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "gzip", "chunks": (1, 4, 4, 6)},
+        {"compression": "gzip", "shuffle": True, "chunks": (1, 4, 4, 6)},
+        {"chunks": (1, 4, 4, 6)},  # unfiltered chunks: read at their offsets
+        {},  # contiguous
+    ],
+    ids=["gzip", "shuffle-gzip", "unfiltered", "contiguous"],
+)
+def test_netcdf_gzip_variables_read_equal_h5netcdf(tmp_path, implementation, options, located):
     h5netcdf = pytest.importorskip("h5netcdf")
     cube = np.stack([DATA, DATA * 2, DATA - 1])  # (time, y, x, band)
     with h5netcdf.File(tmp_path / "x.nc", "w") as handle:
         handle.dimensions = {"time": 3, "y": 9, "x": 11, "band": 6}
-        var = handle.create_variable(
-            "refl",
-            ("time", "y", "x", "band"),
-            dtype="f4",
-            compression="gzip",
-            shuffle=shuffle,
-            chunks=(1, 4, 4, 6),
-        )
+        var = handle.create_variable("refl", ("time", "y", "x", "band"), dtype="f4", **options)
         var[...] = cube
     source = open_source(parse_spec(located(tmp_path / "x.nc")))
     try:
-        assert source.description.reader == f"chunk offsets, {implementation}"
+        gzip = "compression" in options
+        assert source.description.reader == (f"chunk offsets, {implementation}" if gzip else "raw offsets")
         with h5netcdf.File(tmp_path / "x.nc", "r") as handle:
             for index in [
                 (slice(0, 3), slice(0, 9), slice(0, 11), slice(0, 6)),

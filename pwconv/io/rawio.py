@@ -340,6 +340,11 @@ class RawChunks:
         if span is not None:
             drop_pages(self.mapping, span[0], span[0] + span[1])
 
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Any selection (steps too): its step-1 box read, then stepped."""
+        box, steps = box_of(index, self.shape)
+        return self.read_box(tuple(slice(a, b) for a, b in box))[steps]
+
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """The step-1 box ``index``: a view of the map where its bytes are one run, else a
         new array."""

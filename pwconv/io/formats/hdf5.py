@@ -531,8 +531,7 @@ class H5Source(Source):
             extents = tuple(len(range(*sl.indices(n))) for sl, n in zip(index, self.shape))
             return np.empty(extents, dtype=self.dtype)
         if self._raw is not None:
-            box, steps = box_of(index, self.shape)
-            return self._raw.read_box(tuple(slice(a, b) for a, b in box))[steps]
+            return self._raw.read(index)
         if self._deflate is not None:
             return self._deflate.read(index)
         try:

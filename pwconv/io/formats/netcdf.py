@@ -30,11 +30,12 @@ from pwconv.io.formats.hdf5 import (
     DeflateChunkWriter,
     chunk_spans,
     deflate_layout,
+    raw_layout,
     read_prefetched,
 )
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import raw_paths_enabled
+from pwconv.io.rawio import RawChunks, raw_paths_enabled
 from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 
 if TYPE_CHECKING:
@@ -139,10 +140,17 @@ def _chunk_places(remote: RemoteObject, name: str) -> ChunkSpans | None:
         return None  # the reads that follow meet the same trouble and say so
 
 
-def _remote_gzip_chunks(remote: RemoteObject, name: str) -> DeflateChunks | None:
-    """The stored chunks of a gzip variable at a URL, which a block fetches together and
-    pwconv decodes on every core; None where h5netcdf reads it (listed through h5py over a
-    file object of its own, as :func:`_chunk_places`)."""
+def _layout(dataset: Any, fd: int | RemoteObject, name: str) -> RawChunks | DeflateChunks | None:
+    """Where an HDF5 dataset's chunks lie, for pwconv to read (unfiltered) or decode (gzip)
+    itself; None where h5netcdf reads it."""
+    raw = raw_layout(dataset, fd, name)
+    return raw if raw is not None else deflate_layout(dataset, fd, name)
+
+
+def _remote_chunks(remote: RemoteObject, name: str) -> RawChunks | DeflateChunks | None:
+    """The stored chunks of an unfiltered or gzip variable at a URL, which a block fetches
+    together; None where h5netcdf reads it (listed through h5py over a file object of its
+    own, as :func:`_chunk_places`)."""
     import h5py  # h5netcdf's own dependency
 
     try:
@@ -150,7 +158,7 @@ def _remote_gzip_chunks(remote: RemoteObject, name: str) -> DeflateChunks | None
             dataset = handle.get(name)
             if not isinstance(dataset, h5py.Dataset):
                 return None
-            found = deflate_layout(dataset, remote, f"{shown(remote.url)}:{name}")
+            found = _layout(dataset, remote, f"{shown(remote.url)}:{name}")
     except (OSError, RuntimeError, ValueError, KeyError, TypeError):
         return None  # the reads that follow meet the same trouble and say so
     if found is not None:
@@ -158,19 +166,18 @@ def _remote_gzip_chunks(remote: RemoteObject, name: str) -> DeflateChunks | None
     return found
 
 
-def _gzip_chunks(path: str, name: str) -> tuple[DeflateChunks, int] | None:
-    """A local gzip variable's stored chunks for pwconv to decode on every core, with the file
-    descriptor they are read through; None where h5netcdf reads it. Found through h5py's
-    own handle (h5netcdf's is not public), closed again once the chunks are listed."""
+def _local_chunks(path: str, name: str) -> tuple[RawChunks | DeflateChunks, int] | None:
+    """A local unfiltered or gzip variable's stored chunks for pwconv to read (gzip: decode on
+    every core), with the file descriptor they are read through; None where h5netcdf reads it.
+    Found through h5py's own handle (h5netcdf's is not public), closed again once the chunks
+    are listed."""
     import h5py  # h5netcdf's own dependency
 
     fd = os.open(path, os.O_RDONLY)
     try:
         with h5py.File(path, "r") as handle:
             dataset = handle.get(name)
-            found = (
-                deflate_layout(dataset, fd, f"{path}:{name}") if isinstance(dataset, h5py.Dataset) else None
-            )
+            found = _layout(dataset, fd, f"{path}:{name}") if isinstance(dataset, h5py.Dataset) else None
         if found is not None:
             found.check_inside(os.fstat(fd).st_size)
             return found, fd
@@ -188,8 +195,8 @@ class NetcdfSource(Source):
 
     def __init__(self, path: str, variable: str | None) -> None:
         self.path = path
-        self._gzip: tuple[DeflateChunks, int] | None = None  # and its file descriptor
-        self._remote_gzip: DeflateChunks | None = None
+        self._local: tuple[RawChunks | DeflateChunks, int] | None = None  # and its file descriptor
+        self._remote_chunks: RawChunks | DeflateChunks | None = None
         self._file, self._remote = _opened(path)
         try:
             names = _data_variables(self._file)
@@ -203,8 +210,8 @@ class NetcdfSource(Source):
             self._var = var
             self._spans = None
             if self._remote is not None and raw_paths_enabled():
-                self._remote_gzip = _remote_gzip_chunks(self._remote.remote, var.name)
-            if self._remote is not None and self._remote_gzip is None:
+                self._remote_chunks = _remote_chunks(self._remote.remote, var.name)
+            if self._remote is not None and self._remote_chunks is None:
                 self._spans = _chunk_places(self._remote.remote, var.name)
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
@@ -221,11 +228,14 @@ class NetcdfSource(Source):
                 notes=notes,
             )
             # last: nothing after it can fail and leave its file descriptor open
-            self._gzip = (
-                _gzip_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
+            self._local = (
+                _local_chunks(path, var.name) if self._remote is None and raw_paths_enabled() else None
             )
-            if self._gzip is not None or self._remote_gzip is not None:
-                reader = f"chunk offsets, {codecs.deflate_implementation()}"
+            chunks = self._local[0] if self._local is not None else self._remote_chunks
+            if chunks is not None:
+                reader = "raw offsets"
+                if isinstance(chunks, DeflateChunks):
+                    reader = f"chunk offsets, {codecs.deflate_implementation()}"
                 self.description = dataclasses.replace(self.description, reader=reader)
         except PwconvError:
             self._file.close()
@@ -262,10 +272,10 @@ class NetcdfSource(Source):
         }
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        if self._gzip is not None:
-            return self._gzip[0].read(index)
-        if self._remote_gzip is not None:
-            return self._remote_gzip.read(index)
+        if self._local is not None:
+            return self._local[0].read(index)
+        if self._remote_chunks is not None:
+            return self._remote_chunks.read(index)
         try:
             if self._remote is not None and self._spans is not None:
                 return read_prefetched(self._var, self._remote, self._spans, index)
@@ -306,9 +316,9 @@ class NetcdfSource(Source):
         return "raster" if georeferenced and spec.path.lower().endswith(raster_names) else None
 
     def close(self) -> None:
-        if self._gzip is not None:
-            os.close(self._gzip[1])
-            self._gzip = None
+        if self._local is not None:
+            os.close(self._local[1])
+            self._local = None
         self._file.close()
 
 
