@@ -275,7 +275,7 @@ class RawChunks:
         fill: object = 0,
     ) -> None:
         """``fd``: the file's descriptor, or (for reading) the object at a URL, whose runs a
-        block fetches all together, straight into place."""
+        block fetches all together (:meth:`_fetch_into`)."""
         self.fd, self.name = fd, name
         self.shape, self.dtype, self.chunks = shape, np.dtype(dtype), chunks
         self.offsets, self.fill = offsets, fill
@@ -356,8 +356,9 @@ class RawChunks:
         out = np.empty(extents, self.dtype)
         if out.size == 0:
             return out
-        fetches: list[tuple[list[int], int, memoryview]] = []  # at a URL: runs fetched at the end
-        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        if not isinstance(self.fd, int):
+            self._fetch_into(out, pieces)
+            return out
         for offset, local, target in pieces:
             part = out[target]
             if offset is None:
@@ -365,30 +366,33 @@ class RawChunks:
                 continue
             direct = part.flags.c_contiguous
             buffer = part if direct else np.empty(part.shape, self.dtype)
-            if isinstance(self.fd, int):
-                self._transfer(offset, local, buffer, write=False)
-            else:
-                run, starts = contiguous_runs(self.chunks, local)
-                size = self.dtype.itemsize
-                fetches.append(
-                    ([offset + s * size for s in starts], run * size, buffer.reshape(-1).view(np.uint8).data)
-                )
+            self._transfer(offset, local, buffer, write=False)
             if not direct:
-                copies.append((part, buffer))
-        if fetches:
-            # Runs that neighbour each other in the object (a block's chunks, written in order)
-            # are fetched as one span in 8 MiB pieces, then copied into place: requests per
-            # chunk (4 MiB each, straight into place) took twice as long from Azurite.
-            assert not isinstance(self.fd, int)
-            starts = [a for run_starts, _, _ in fetches for a in run_starts]
-            ends = [a + length for run_starts, length, _ in fetches for a in run_starts]
-            got = iter(self.fd.read_spans(starts, ends))
-            for run_starts, length, view in fetches:
-                for i in range(len(run_starts)):
-                    view[i * length : (i + 1) * length] = next(got)
-        for part, buffer in copies:
-            part[...] = buffer
+                part[...] = buffer
         return out
+
+    def _fetch_into(self, out: np.ndarray, pieces: list[Piece]) -> None:
+        """``out`` from the object at a URL: the runs of every chunk it meets fetched together
+        (neighbours in the object, a block's chunks written in order, joined into spans and
+        fetched in 8 MiB pieces, several in flight), then copied into place. Requests per
+        chunk straight into place (4 MiB each) took twice as long from Azurite."""
+        assert not isinstance(self.fd, int)
+        itemsize = self.dtype.itemsize
+        wanted: list[tuple[tuple[slice, ...], list[int], int]] = []  # (where in out, run starts, run bytes)
+        for offset, local, target in pieces:
+            if offset is None:
+                out[target] = self.fill
+                continue
+            run, starts = contiguous_runs(self.chunks, local)
+            wanted.append((target, [offset + s * itemsize for s in starts], run * itemsize))
+        starts = [a for _, firsts, _ in wanted for a in firsts]
+        ends = [a + length for _, firsts, length in wanted for a in firsts]
+        got = iter(self.fd.read_spans(starts, ends))
+        for target, firsts, _ in wanted:
+            runs = [next(got) for _ in firsts]  # the piece's bytes in C order, run after run
+            data = runs[0] if len(runs) == 1 else b"".join(runs)
+            part = out[target]
+            part[...] = np.frombuffer(data, self.dtype).reshape(part.shape)
 
     def write_box(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         """Write ``block`` at the step-1 box ``index`` (every chunk it meets must exist)."""

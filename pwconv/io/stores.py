@@ -316,7 +316,6 @@ _RETRY: Any = {"max_retries": 3, "retry_timeout": _seconds(30), "backoff": {"ini
 def _client(scheme: str, bucket: str, prefix: str, account: str) -> Any:
     from obstore.store import AzureStore, GCSStore, S3Store
 
-    retry = _RETRY
     client: Any = {"connect_timeout": "10s", "timeout": os.environ.get("PWCONV_REMOTE_TIMEOUT", "120s")}
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -335,19 +334,21 @@ def _client(scheme: str, bucket: str, prefix: str, account: str) -> Any:
             prefix=prefix or None,
             config=config,
             client_options=client,
-            retry_config=retry,
+            retry_config=_RETRY,
             credential_provider=credentials,
         )
     if scheme == "gs":
         if _gcs_emulator().startswith("http://"):
             client["allow_http"] = True
         return GCSStore(
-            bucket, prefix=prefix or None, config=_gcs_config(), client_options=client, retry_config=retry
+            bucket, prefix=prefix or None, config=_gcs_config(), client_options=client, retry_config=_RETRY
         )
     config = _azure_config(account)
     if str(config.get("endpoint", "")).startswith("http://"):
         client["allow_http"] = True
-    return AzureStore(bucket, prefix=prefix or None, config=config, client_options=client, retry_config=retry)
+    return AzureStore(
+        bucket, prefix=prefix or None, config=config, client_options=client, retry_config=_RETRY
+    )
 
 
 def _gcs_emulator() -> str:

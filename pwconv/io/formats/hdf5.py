@@ -471,30 +471,26 @@ class H5Source(Source):
                 _check_own_storage(self._ds, path)
                 self.shape = tuple(int(n) for n in self._ds.shape)
                 self.dtype = numeric_dtype(self._ds.dtype, f"{path}:{self.dataset}")
-            # not through a link; at a URL, h5py reads every byte through the file object
-            in_this_file = self._remote is None and os.path.samefile(self._ds.file.filename, path)
-            if raw_paths_enabled() and in_this_file:
-                self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
-                name = f"{path}:{self.dataset}"
-                self._raw = raw_layout(self._ds, self._raw_file.fileno(), name)
-                if self._raw is None:
-                    self._deflate = deflate_layout(self._ds, self._raw_file.fileno(), name)
-            elif raw_paths_enabled() and self._remote is not None:  # chunks fetched by ranges
-                name = f"{shown(path)}:{self.dataset}"
-                self._raw = raw_layout(self._ds, self._remote.remote, name)
-                if self._raw is None:
-                    self._deflate = deflate_layout(self._ds, self._remote.remote, name)
-            if self._raw is not None and self._remote is not None:
-                self._raw.check_inside(self._remote.remote.size)
-            if self._deflate is not None:
-                size = (
-                    self._remote.remote.size
-                    if self._remote is not None
-                    else os.fstat(self._raw_file.fileno()).st_size
+            # On disk, not through a link; at a URL, the chunks are fetched by ranges.
+            where: int | RemoteObject | None = None
+            if raw_paths_enabled() and self._remote is not None:
+                where, name, size = (
+                    self._remote.remote,
+                    f"{shown(path)}:{self.dataset}",
+                    self._remote.remote.size,
                 )
-                self._deflate.check_inside(size)
+            elif raw_paths_enabled() and os.path.samefile(self._ds.file.filename, path):
+                self._raw_file = open(path, "rb")  # noqa: SIM115 - closed in close()
+                fd = self._raw_file.fileno()
+                where, name, size = fd, f"{path}:{self.dataset}", os.fstat(fd).st_size
+            if where is not None:
+                self._raw = raw_layout(self._ds, where, name)
+                if self._raw is None:
+                    self._deflate = deflate_layout(self._ds, where, name)
+                for layout in (self._raw, self._deflate):
+                    if layout is not None:
+                        layout.check_inside(size)
             if self._raw is not None and self._raw_file is not None:
-                self._raw.check_inside(os.fstat(self._raw_file.fileno()).st_size)
                 try:
                     self._raw.mapping = mmap.mmap(self._raw_file.fileno(), 0, access=mmap.ACCESS_READ)
                 except (OSError, ValueError):
@@ -502,7 +498,9 @@ class H5Source(Source):
         except BaseException:
             self.close()
             raise
-        self._spans = chunk_spans(self._ds) if self._remote is not None else None
+        # h5py's reads at a URL (other filters) fetch a block's chunks together
+        unread = self._raw is None and self._deflate is None
+        self._spans = chunk_spans(self._ds) if self._remote is not None and unread else None
         reader = "raw offsets" if self._raw is not None else "h5py"
         if self._deflate is not None:
             reader = f"chunk offsets, {codecs.deflate_implementation()}"

@@ -126,20 +126,6 @@ def _fill_value(attrs: dict[str, Any]) -> tuple[float | None, tuple[str, ...]]:
     return None, ()
 
 
-def _chunk_places(remote: RemoteObject, name: str) -> ChunkSpans | None:
-    """Where the chunks of variable ``name`` lie in a NetCDF-4 object, for fetching a block's
-    chunks at once; read by h5py through a file object of its own, since h5netcdf does not
-    hand out its HDF5 dataset. None where HDF5 does not say."""
-    import h5py  # h5netcdf's own dependency
-
-    try:
-        with h5py.File(RangedFile(remote), "r") as handle:
-            dataset = handle.get(name)
-            return chunk_spans(dataset) if isinstance(dataset, h5py.Dataset) else None
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
-        return None  # the reads that follow meet the same trouble and say so
-
-
 def _layout(dataset: Any, fd: int | RemoteObject, name: str) -> RawChunks | DeflateChunks | None:
     """Where an HDF5 dataset's chunks lie, for pwconv to read (unfiltered) or decode (gzip)
     itself; None where h5netcdf reads it."""
@@ -147,23 +133,28 @@ def _layout(dataset: Any, fd: int | RemoteObject, name: str) -> RawChunks | Defl
     return raw if raw is not None else deflate_layout(dataset, fd, name)
 
 
-def _remote_chunks(remote: RemoteObject, name: str) -> RawChunks | DeflateChunks | None:
-    """The stored chunks of an unfiltered or gzip variable at a URL, which a block fetches
-    together; None where h5netcdf reads it (listed through h5py over a file object of its
-    own, as :func:`_chunk_places`)."""
+def _remote_places(
+    remote: RemoteObject, name: str
+) -> tuple[RawChunks | DeflateChunks | None, ChunkSpans | None]:
+    """Where the chunks of variable ``name`` lie in a NetCDF-4 object, read once by h5py
+    through a file object of its own (h5netcdf does not hand out its HDF5 dataset): the
+    chunks of an unfiltered or gzip variable, which pwconv fetches and reads itself, or else
+    their spans, for h5netcdf's reads to fetch a block's chunks at once. (None, None) where
+    HDF5 does not say."""
     import h5py  # h5netcdf's own dependency
 
     try:
         with h5py.File(RangedFile(remote), "r") as handle:
             dataset = handle.get(name)
             if not isinstance(dataset, h5py.Dataset):
-                return None
-            found = _layout(dataset, remote, f"{shown(remote.url)}:{name}")
+                return None, None
+            found = _layout(dataset, remote, f"{shown(remote.url)}:{name}") if raw_paths_enabled() else None
+            if found is None:
+                return None, chunk_spans(dataset)
     except (OSError, RuntimeError, ValueError, KeyError, TypeError):
-        return None  # the reads that follow meet the same trouble and say so
-    if found is not None:
-        found.check_inside(remote.size)
-    return found
+        return None, None  # the reads that follow meet the same trouble and say so
+    found.check_inside(remote.size)
+    return found, None
 
 
 def _local_chunks(path: str, name: str) -> tuple[RawChunks | DeflateChunks, int] | None:
@@ -208,11 +199,9 @@ class NetcdfSource(Source):
             attrs = _readable_attrs(var)
             self.nodata, notes = _fill_value(attrs)
             self._var = var
-            self._spans = None
-            if self._remote is not None and raw_paths_enabled():
-                self._remote_chunks = _remote_chunks(self._remote.remote, var.name)
-            if self._remote is not None and self._remote_chunks is None:
-                self._spans = _chunk_places(self._remote.remote, var.name)
+            self._spans: ChunkSpans | None = None
+            if self._remote is not None:
+                self._remote_chunks, self._spans = _remote_places(self._remote.remote, var.name)
             template = self._template()
             raster = _raster_georeferencing(template["netcdf"], self.dimensions)
             if raster is not None:  # a GeoTIFF or ENVI output gets the same CRS and transform
