@@ -650,6 +650,34 @@ def test_a_virtual_hdf5_dataset_at_a_url_is_refused(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.parametrize("codec", [None, "zstd"], ids=["plain", "zstd"])
+def test_zarr_chunks_lost_in_mid_read_are_a_network_error(tmp_path: Path, codec: str | None) -> None:
+    """A server that goes away after the store was opened: pwconv's chunk reads fail with
+    its network error (exit 1), not as a corrupt chunk."""
+    pytest.importorskip("zarr")
+    from zarr.codecs import ZstdCodec
+
+    _partial_zarr(tmp_path / "s.zarr", cube((12, 8, 4), 51), (4, 8, 4), ZstdCodec(level=1) if codec else None)
+    read_after_the_server_went(tmp_path, "s.zarr")
+
+
+def test_a_zarr_group_over_plain_http_names_its_arrays_in_full(tmp_path: Path) -> None:
+    """Plain HTTP lists no folders: a group's array named in full is read; the group alone
+    is exit 2 in one line naming that spelling, and writes nothing."""
+    zarr = pytest.importorskip("zarr")
+    _partial_zarr(tmp_path / "g.zarr" / "inner", cube((12, 8, 4), 52), (4, 8, 4), None)
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="a")
+    server = RangeServer(str(tmp_path))
+    try:
+        named = run_cli("apply", f"{server.url}/g.zarr:inner", "1,1,1,1", "-o", tmp_path / "y.npy")
+        assert named.returncode == 0, named.stderr
+        proc = run_cli("apply", f"{server.url}/g.zarr", "1,1,1,1", "-o", tmp_path / "z.npy")
+        assert_clean_error(proc, 2, "lists no folders", f"{server.url}/g.zarr:path/in/group")
+        assert not (tmp_path / "z.npy").exists()
+    finally:
+        server.stop()
+
+
 def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""
