@@ -81,7 +81,13 @@ def decoders(kind: str, chunk_bytes: int) -> dict[str, Codec]:
 
         return {"imagecodecs blosc": imagecodecs.blosc_decode, "numcodecs blosc": Blosc().decode}
     if kind == "tiff-zstd":
-        return {"imagecodecs zstd": lambda data: imagecodecs.zstd_decode(data, out=chunk_bytes)}
+        from numcodecs import Zstd
+
+        numcodecs_zstd = Zstd()
+        return {
+            "imagecodecs zstd": lambda data: imagecodecs.zstd_decode(data, out=chunk_bytes),
+            "numcodecs zstd": numcodecs_zstd.decode,
+        }
     if kind == "tiff-lzw":
         return {"imagecodecs lzw": lambda data: imagecodecs.lzw_decode(data, out=chunk_bytes)}
     if kind == "zarr":
@@ -99,11 +105,9 @@ def decoders(kind: str, chunk_bytes: int) -> dict[str, Codec]:
 def encoders(kind: str, level: int) -> dict[str, Codec]:
     import imagecodecs
 
-    if kind == "tiff-zstd":
-        return {"imagecodecs zstd": lambda data: imagecodecs.zstd_encode(data, level=level)}
     if kind == "tiff-lzw":
         return {"imagecodecs lzw": imagecodecs.lzw_encode}
-    if kind == "zarr":
+    if kind in ("zarr", "tiff-zstd"):
         from numcodecs import Zstd
 
         numcodecs_zstd = Zstd(level=level)

@@ -50,6 +50,28 @@ def test_zarr_levels(folder, compression, codec, level):
     np.testing.assert_array_equal(array[...], pointwise_conv(DATA, W))
 
 
+@pytest.mark.parametrize("level", [1, 19])
+@pytest.mark.parametrize("rows", [40, 512])  # chunks of 125 KiB and of 2 MiB (numcodecs from 1 MiB)
+def test_zarr_zstd_level_reaches_the_chunks(tmp_path, rows, level):
+    """Each chunk is one zstd frame at the level asked for: as large as zarr's own codec
+    makes it at that level (within 2%), whichever implementation pwconv picked."""
+    from numcodecs import Zstd
+
+    rng = np.random.default_rng(4)
+    data = np.round(rng.standard_normal((rows, 512, 6), dtype=np.float32) * 8) / 8
+    np.save(tmp_path / "x.npy", data)
+    np.save(tmp_path / "w.npy", W)
+    proc = run_cli("apply", "x.npy", "w.npy", "-o", "y.zarr", "--compression", f"zstd:{level}",
+                   "--chunks", f"{rows},512,2", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    expected = pointwise_conv(data, W)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "y.zarr"), mode="r")[...], expected)
+    (chunk,) = [p for p in (tmp_path / "y.zarr" / "c").rglob("*") if p.is_file()]
+    sizes = {other: len(Zstd(level=other).encode(np.ascontiguousarray(expected))) for other in (1, 19)}
+    assert abs(sizes[1] - sizes[19]) > 0.05 * sizes[19]  # the levels differ enough to be told apart
+    assert abs(chunk.stat().st_size - sizes[level]) <= 0.02 * sizes[level]
+
+
 @pytest.mark.parametrize("max_memory", ["512MiB", "4KB"])  # one block, or many cutting the chunks
 def test_netcdf_gzip_level(folder, max_memory):
     xarray = pytest.importorskip("xarray")

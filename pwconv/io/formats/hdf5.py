@@ -189,7 +189,7 @@ class DeflateChunks:
         where = f"{self.name} chunk {coords}"
         if data is None:
             assert isinstance(self.fd, int)
-            data = bytearray(size)
+            data = codecs.read_buffer(size)
             read_all(self.fd, memoryview(data), offset, where)
         # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
         for position in reversed(range(len(self.filters))):

@@ -197,11 +197,12 @@ def tifffile_layout(tif: Any, series: Any) -> tuple[BlockLayout, Where] | None:
 
 def _positioned(fd: int, name: str) -> Fetch:
     """A :data:`Fetch` of one range at a time from the open file ``fd`` (positioned reads,
-    so that every codec thread reads its own block)."""
+    so that every codec thread reads its own block, into its own buffer: valid until the
+    thread reads its next block)."""
 
     def fetch(starts: list[int], ends: list[int]) -> list[Any]:
-        data = bytearray(ends[0] - starts[0])
-        read_all(fd, memoryview(data), starts[0], name)
+        data = codecs.read_buffer(ends[0] - starts[0])
+        read_all(fd, data.data, starts[0], name)
         return [data]
 
     return fetch

@@ -680,9 +680,13 @@ class _ChunkFiles:
     def _decoded(self, path: str) -> np.ndarray:
         """One compressed chunk file, decoded (its size bounded by the chunk's)."""
         check_regular(path)
-        with open(path, "rb") as handle:
-            data = handle.read(2 * self._stored + (1 << 16))  # a stored chunk is never much larger
-        return self._decode(data, path)
+        # a stored chunk is never much larger than a raw one
+        buffer = codec_threads.read_buffer(2 * self._stored + (1 << 16))
+        count, view = 0, buffer.data
+        with open(path, "rb", buffering=0) as handle:
+            while count < len(view) and (got := handle.readinto(view[count:])):
+                count += got
+        return self._decode(buffer[:count], path)
 
     def _decode(self, data: Any, where: str) -> np.ndarray:
         """A compressed chunk's bytes, decoded to exactly one chunk."""
