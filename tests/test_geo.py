@@ -64,6 +64,28 @@ def test_ndvi_style_index_keeps_georeferencing_and_nodata(tmp_path):
     assert f"{int(bad.sum())} pixels" in proc.stderr
 
 
+def test_a_geotiff_run_leaves_boto3_unimported(tmp_path):
+    """rasterio imports boto3 where installed (as here, beside moto); pwconv keeps it out of
+    its runs, GDAL reading the AWS settings itself, and a later import of boto3 works."""
+    pytest.importorskip("boto3")
+    x, _ = _geotiff(tmp_path / "in.tif")
+    code = (
+        "import sys\n"
+        "sys.argv = ['pwconv', 'apply', 'in.tif', '1,0,0,-1', '--dtype', 'float32', '-o', 'ratio.tif']\n"
+        "from pwconv.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "loaded = [m for m in ('rasterio', 'boto3', 'botocore') if m in sys.modules]\n"
+        "import boto3\n"
+        "print(code, loaded, file=sys.__stdout__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "0 ['rasterio']", (proc.stdout, proc.stderr)
+    with rasterio.open(tmp_path / "ratio.tif") as out:
+        data = out.read(1)
+    good = ~_masked(x)
+    np.testing.assert_array_equal(data[good], (x[..., 0].astype(np.float32) - x[..., 3])[good])
+
+
 def test_pca_projection_of_a_geotiff_is_nodata_in_every_band(tmp_path):
     x, profile = _geotiff(tmp_path / "in.tif")
     proc = run_cli("fit", "pca", "in.tif", "-k", "3", "-o", "pca.npz", "--nodata", str(NODATA), cwd=tmp_path)

@@ -194,7 +194,9 @@ def vrt_text(
 def gdal_band_count(path: str) -> int:
     """The bands GDAL sees in ``path`` (the raster a VRT reads), or a usage error where GDAL
     does not open it."""
-    rasterio = require_extra("rasterio", "geo", "VRT export")
+    from pwconv.io.gdal import rasterio_module
+
+    rasterio = rasterio_module("VRT export")
     try:
         with rasterio.open(gdal_path(path) if is_url(path) else path) as dataset:
             return int(dataset.count)

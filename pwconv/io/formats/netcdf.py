@@ -350,7 +350,9 @@ def _raster_georeferencing(template: dict[str, Any], dimensions: tuple[str, ...]
         or not (np.allclose(np.diff(x), x[1] - x[0]) and np.allclose(np.diff(y), y[1] - y[0]))
     ):
         return None
-    rasterio = require_extra("rasterio", "geo", "georeferenced NetCDF written as a raster")
+    from pwconv.io.gdal import rasterio_module
+
+    rasterio = rasterio_module("georeferenced NetCDF written as a raster")
     from affine import Affine
 
     dx, dy = x[1] - x[0], y[1] - y[0]

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pwconv.errors import FormatError, UsageError, WriteError, require_extra
+from pwconv.errors import FormatError, UsageError, WriteError
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
+from pwconv.io.gdal import rasterio_module
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
@@ -64,20 +65,6 @@ def _check_dtype(driver: str, dtype: np.dtype, path: str) -> None:
     raise UsageError(
         f"expected a dtype that {driver} stores ({', '.join(takes)}), found {dtype} for {path!r}; "
         f"pass [[dtype={fix}]] or write another format"
-    )
-
-
-def _rasterio() -> Any:
-    # GDAL's block cache defaults to 5% of RAM and would hold every block written: keep it
-    # small (MB), so that memory follows the block size (GDAL_CACHEMAX set by the user wins).
-    os.environ.setdefault("GDAL_CACHEMAX", "64")
-    # A VRT may carry Python code for its pixels: never run it (a user's own setting wins).
-    os.environ.setdefault("GDAL_VRT_ENABLE_PYTHON", "NO")
-    # The blocks of a window GDAL reads (the codecs pwconv does not decode itself) are decoded
-    # on every core: an LZW GeoTIFF of 1 GiB read in 5.2-5.5 s against 7.3-8.3 s on one.
-    os.environ.setdefault("GDAL_NUM_THREADS", "ALL_CPUS")
-    return require_extra(
-        "rasterio", "geo", "georeferenced rasters (a GeoTIFF's georeferencing would be lost)"
     )
 
 
@@ -205,7 +192,7 @@ class RasterSource(Source):
     """A raster's bands as (rows, cols, bands), read window by window."""
 
     def __init__(self, path: str) -> None:
-        rasterio = _rasterio()
+        rasterio = rasterio_module()
         check_readable(path)
         self.path = path
         opened = path
@@ -318,7 +305,7 @@ class RasterSource(Source):
             return np.empty((len(rows), len(cols), self.shape[2]), self.dtype)
         window = Window(cols.start, rows.start, cols[-1] - cols.start + 1, rows[-1] - rows.start + 1)
         try:
-            with _rasterio().Env():  # GDAL's messages go to logging, not straight to stderr
+            with rasterio_module().Env():  # GDAL's messages go to logging, not straight to stderr
                 data = self._ds.read(window=window)
         except Exception as exc:  # noqa: BLE001
             raise FormatError(f"cannot read {self.path!r}: its data is damaged ({first_line(exc)})") from None
@@ -354,7 +341,7 @@ class RasterSink(FileSink):
     """A raster written window by window into a temp file renamed on commit."""
 
     def __init__(self, path: str, request: SinkRequest) -> None:
-        rasterio = _rasterio()
+        rasterio = rasterio_module()
         shape = request.shape
         if len(shape) != 3:
             raise UsageError(
@@ -405,7 +392,7 @@ class RasterSink(FileSink):
         rows, cols = index[0], index[1]
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         try:
-            with _rasterio().Env():  # GDAL's messages go to logging, not straight to stderr
+            with rasterio_module().Env():  # GDAL's messages go to logging, not straight to stderr
                 self._ds.write(np.moveaxis(block, -1, 0), window=window)
         except Exception as exc:  # noqa: BLE001
             raise write_failure(self.target, exc) from None
@@ -416,7 +403,7 @@ class RasterSink(FileSink):
         return [base + ".aux.xml"] + ([os.path.splitext(base)[0] + ".hdr"] if self._driver == "ENVI" else [])
 
     def finish(self) -> None:
-        rasterio = _rasterio()
+        rasterio = rasterio_module()
         ds, self._ds = self._ds, None  # closed at most once, even when closing fails
         height, width, raw_bytes = (
             ds.height,
