@@ -78,7 +78,9 @@ def test_a_geotiff_run_leaves_boto3_unimported(tmp_path):
         "import boto3\n"
         "print(code, loaded, file=sys.__stdout__)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.stdout.strip().splitlines()[-1] == "0 ['rasterio']", (proc.stdout, proc.stderr)
     with rasterio.open(tmp_path / "ratio.tif") as out:
         data = out.read(1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pwconv.io import stores
 from tests.conftest import assert_clean_error, run_cli, write_geotiff
 from tests.servers import FaultProxy, RangeServer, S3Server, free_port
 
@@ -260,6 +261,28 @@ def test_weights_and_banks_from_s3_and_a_fitted_bank_to_s3(s3: S3Server, bucket:
     np.testing.assert_allclose(np.abs(fitted["weights"]), np.abs(top), atol=1e-5)
 
 
+def test_opening_an_object_fetches_its_size_and_first_bytes_in_one_request(tmp_path: Path) -> None:
+    """The request that learns an object's size brings its first HEAD_BYTES: info on an npy
+    at a URL is one request (two before), and a small input and bank come whole with it (an
+    apply took 8 requests before, 3 now: the input, the bank, and the bank's digest)."""
+    x = cube((20, 10, 6), seed=44)
+    w = np.random.default_rng(45).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        info = run_cli("info", f"{server.url}/x.npy", "--json")
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)[0]["shape"] == [20, 10, 6]
+        assert server.requests == 1
+        proc = run_cli("apply", f"{server.url}/x.npy", f"{server.url}/w.npy", "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), mixed(x, w), rtol=1e-5)
+        assert server.requests - 1 <= 3, server.requests
+    finally:
+        server.stop()
+
+
 def test_a_small_bank_over_http_costs_two_requests_an_open(tmp_path: Path) -> None:
     """A bank's zip is opened by several readers (names, labels, tensors): each open fetches
     the whole small object in one request after its size, not each record of its directory
@@ -370,7 +393,7 @@ def test_explain_on_http_reads_a_few_ranges_not_the_file(tmp_path: Path) -> None
         before = server.sent
         proc = run_cli("info", f"{server.url}/x.npy")
         assert proc.returncode == 0, proc.stderr
-        assert server.sent - before < 8192  # the header only
+        assert server.sent - before <= stores.HEAD_BYTES  # the first bytes, with the size
     finally:
         server.stop()
 

@@ -585,14 +585,36 @@ def _http_timeout() -> float:
         return 120.0
 
 
-def _http_size(url: str) -> int:
-    """The object's size from a one-byte ranged GET (a presigned URL signs GET, not HEAD)."""
-    body, span = _http_get(url, 0, 1)
+#: What opening an object fetches of its start, in the request that learns its size: every
+#: reader parses a header there (npy, TIFF, HDF5, safetensors), and a small object comes whole.
+#: As much as GDAL reads on opening a file; some objects are opened several times a run (a
+#: model file's header by ``info``: three times), so more would cost bytes for no request.
+HEAD_BYTES = 16 << 10
+
+
+def _http_head(url: str) -> tuple[int, Any]:
+    """The object's size and first bytes from one ranged GET (a presigned URL signs GET, not
+    HEAD)."""
+    body, span = _http_get(url, 0, HEAD_BYTES)
     total = span.rpartition("/")[2]
     if total.isdigit():
-        return int(total)
+        return int(total), body
     body, _ = _http_get(url)
-    return len(body)
+    return len(body), memoryview(body)[:HEAD_BYTES]
+
+
+def _store_head(url: str) -> tuple[int, Any]:
+    """The object's size and first bytes from one ranged GET; an empty object, which no range
+    fits, is asked its size."""
+    store, key = _located(url)
+    obstore = _obstore()
+    try:
+        answer = obstore.get(store, key, options={"range": (0, HEAD_BYTES)})
+        return int(answer.meta["size"]), answer.bytes()
+    except Exception as exc:  # noqa: BLE001 - obstore's errors have many types; this one says 416
+        if "416" not in str(exc):
+            raise
+    return int(obstore.head(store, key)["size"]), b""
 
 
 # --- one object ------------------------------------------------------------------------------
@@ -603,18 +625,27 @@ class RemoteObject:
 
     def __init__(self, url: str, size: int | None = None) -> None:
         """``size``, where the caller knows it (a chunk of a fixed size), spares the request
-        that asks it; every ranged answer is then checked against it."""
+        that asks it; every ranged answer is then checked against it. Otherwise that request
+        also fetches the first :data:`HEAD_BYTES`, kept for the reads that fall within them."""
         self.url = url
+        self._head: Any = b""
         if size is not None:
             self.size = size
-        elif is_http(url):
-            self.size = _guarded(url, "read", lambda: _http_size(url))
         else:
-            store, key = _located(url)
-            meta = _guarded(url, "read", lambda: _obstore().head(store, key))
-            self.size = int(meta["size"])
-        self.transferred = 0
+            self.size, self._head = _guarded(
+                url, "read", lambda: (_http_head if is_http(url) else _store_head)(url)
+            )
+        self.transferred = len(self._head)
         self._lock = threading.Lock()
+
+    @property
+    def head(self) -> Any:
+        """The first bytes, fetched with the size (empty where the size was given)."""
+        return self._head
+
+    def _in_head(self, start: int, end: int) -> Any:
+        """Bytes start..end-1 from the kept first bytes, or None where they lie beyond."""
+        return memoryview(self._head)[start:end] if end <= len(self._head) else None
 
     def read_range(self, start: int, end: int) -> Any:
         """The bytes start..end-1 (a bytes-like object)."""
@@ -633,6 +664,10 @@ class RemoteObject:
         0.4 s of system time per GiB on object stores)."""
         end = start + len(out)
         self._check_within([start], [end])
+        kept = self._in_head(start, end)
+        if kept is not None:
+            out[:] = kept
+            return
         if is_http(self.url):
             body, span = _http_get(self.url, start, end, into=out)
             got, total = len(body), span.rpartition("/")[2]
@@ -670,6 +705,8 @@ class RemoteObject:
         if not starts:
             return []
         self._check_within(starts, ends)
+        if max(ends) <= len(self._head):
+            return [self._in_head(s, e) for s, e in zip(starts, ends)]
         if is_http(self.url):
             merged = _merge(starts, ends)
             if len(merged) == 1:
@@ -807,7 +844,7 @@ class RangedFile:
 
     def __init__(self, remote: RemoteObject, ahead: int = 64 << 10) -> None:
         self.remote, self.ahead, self.position = remote, ahead, 0
-        self._start, self._data = 0, b""
+        self._start, self._data = 0, remote.head  # the first window: what opening it fetched
         self._fetched: list[tuple[int, Any]] = []  # (start, bytes) of prefetch()
         self.failure: PwconvError | None = None
 
