@@ -70,6 +70,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _target(self) -> str | None:
         parts = urllib.parse.urlsplit(self.path)
+        with self.server.lock:
+            self.server.asked.append(f"{self.command} {urllib.parse.unquote(parts.path)}")
         token = self.server.token
         if token and urllib.parse.parse_qs(parts.query).get("X-Amz-Signature") != [token]:
             self.send_error(403)
@@ -119,7 +121,8 @@ class RangeServer(http.server.ThreadingHTTPServer):
     """Serves the files of ``root`` with byte ranges; ``sent`` counts the body bytes sent.
     With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL);
     ``latency`` seconds pass before each GET is answered (a store's time to first byte); with
-    ``ranges`` False, every GET is answered with the whole file (a server without ranges)."""
+    ``ranges`` False, every GET is answered with the whole file (a server without ranges);
+    ``asked`` lists every request as "METHOD /path", answered or not."""
 
     daemon_threads = True
     # socketserver's default backlog of 5 drops the SYNs of a client that opens 16
@@ -130,6 +133,7 @@ class RangeServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root, self.token, self.latency, self.ranges = root, token, latency, ranges
         self.sent = self.requests = 0
+        self.asked: list[str] = []
         self.lock = threading.Lock()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)

@@ -618,6 +618,24 @@ def test_a_compressed_geotiff_over_http_has_its_blocks_fetched_and_decoded_by_pw
         server.stop()
 
 
+def test_a_geotiff_at_a_url_is_opened_without_asking_for_sidecar_files(tmp_path: Path) -> None:
+    """GDAL listed the folder and asked for 38 names beside a GeoTIFF (.aux.xml, .ovr, .msk,
+    _MTL.txt, ...) at every open, each a request: now only the file itself is asked for."""
+    x = cube((40, 30, 3), seed=46)
+    write_geotiff(tmp_path / "scene.tif", np.moveaxis(x, -1, 0).copy())
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("apply", f"{server.url}/scene.tif", "1,0,-1", "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(
+            np.load(tmp_path / "y.npy")[..., 0], x[..., 0] - x[..., 2], rtol=1e-5, atol=1e-5
+        )
+        assert {line.split(" ", 1)[1] for line in server.asked} == {"/scene.tif"}, server.asked
+        assert len(server.asked) <= 6, server.asked
+    finally:
+        server.stop()
+
+
 def test_netcdf_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
     """A NetCDF-4 variable at a URL through the same ranged file object: its dimensions and
     nodata are read, explain fetches a few chunks, apply reads them all."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from pwconv.errors import UsageError, require_extra
 from pwconv.io.atomic import write_bytes_atomically
-from pwconv.io.stores import gdal_path, is_url, shown, url_path
+from pwconv.io.stores import gdal_open_settings, gdal_path, is_url, shown, url_path
 
 #: The ONNX operator set the models use: Conv, Div, Equal and Where as onnxruntime 1.14+ runs them.
 ONNX_OPSET = 17
@@ -197,8 +197,9 @@ def gdal_band_count(path: str) -> int:
     from pwconv.io.gdal import rasterio_module
 
     rasterio = rasterio_module("VRT export")
+    settings = gdal_open_settings(path) if is_url(path) else {}
     try:
-        with rasterio.open(gdal_path(path) if is_url(path) else path) as dataset:
+        with rasterio.Env(**settings), rasterio.open(gdal_path(path) if is_url(path) else path) as dataset:
             return int(dataset.count)
     except Exception:  # noqa: BLE001 - rasterio raises its own error types for files it cannot open
         raise UsageError(

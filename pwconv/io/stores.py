@@ -1317,6 +1317,18 @@ def gdal_path(url: str) -> str:
     return f"{prefix}{where.bucket}/{where.key}"
 
 
+def gdal_open_settings(url: str) -> dict[str, str]:
+    """GDAL's settings for opening the raster at ``url``: its folder is neither listed nor
+    searched for sidecar files, except for ENVI, whose header is one (asked for by name).
+    GDAL otherwise listed the folder over HTTP and asked for 38 names beside a GeoTIFF at
+    every open (``.aux.xml``, ``.ovr``, ``.msk``, ``_MTL.txt``, ...), each a request. A
+    user's own GDAL_DISABLE_READDIR_ON_OPEN wins."""
+    if "GDAL_DISABLE_READDIR_ON_OPEN" in os.environ:
+        return {}
+    envi = url_path(url).lower().endswith((".img", ".dat"))
+    return {"GDAL_DISABLE_READDIR_ON_OPEN": "YES" if envi else "EMPTY_DIR"}
+
+
 def _gdal_gcs_settings() -> None:
     """An emulator (STORAGE_EMULATOR_HOST) is GDAL's CPL_GS_ENDPOINT, unsigned; unsigned
     access (GOOGLE_SKIP_SIGNATURE) is GS_NO_SIGN_REQUEST."""
@@ -1359,8 +1371,6 @@ def _gdal_settings() -> None:
         os.environ.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")
     if _truthy("AWS_SKIP_SIGNATURE"):
         os.environ.setdefault("AWS_NO_SIGN_REQUEST", "YES")
-    # no listing of the prefix; sidecars (an ENVI header, a .aux.xml) are still asked for by name
-    os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "YES")
     if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
         os.environ.setdefault("AWS_REGION", "us-east-1")
 

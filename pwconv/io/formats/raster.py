@@ -25,7 +25,7 @@ from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
 from pwconv.io.gdal import rasterio_module
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
-from pwconv.io.stores import RemoteObject, gdal_path, is_url, shown, url_path
+from pwconv.io.stores import RemoteObject, gdal_open_settings, gdal_path, is_url, shown, url_path
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -197,9 +197,11 @@ class RasterSource(Source):
         self.path = path
         opened = path
         remote = None
+        self._settings: dict[str, str] = {}  # GDAL's, for the file's opening and reads
         if is_url(path):
             remote = RemoteObject(path)  # a missing object, no access or no network: its own message
             opened = gdal_path(path)
+            self._settings = gdal_open_settings(path)
         else:
             try:
                 _check_vrt_sources(path)
@@ -208,7 +210,8 @@ class RasterSource(Source):
                     f"expected a readable raster at {path!r}, found ({first_line(exc)})"
                 ) from None
         try:
-            self._ds = rasterio.open(opened)
+            with rasterio.Env(**self._settings):
+                self._ds = rasterio.open(opened)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
             raise FormatError(
                 f"expected a raster GDAL can read at {path!r}, found ({first_line(exc)})"
@@ -305,7 +308,8 @@ class RasterSource(Source):
             return np.empty((len(rows), len(cols), self.shape[2]), self.dtype)
         window = Window(cols.start, rows.start, cols[-1] - cols.start + 1, rows[-1] - rows.start + 1)
         try:
-            with rasterio_module().Env():  # GDAL's messages go to logging, not straight to stderr
+            # GDAL's messages go to logging, not straight to stderr; a VRT's sources open here
+            with rasterio_module().Env(**self._settings):
                 data = self._ds.read(window=window)
         except Exception as exc:  # noqa: BLE001
             raise FormatError(f"cannot read {self.path!r}: its data is damaged ({first_line(exc)})") from None
