@@ -77,7 +77,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(403)
             return None
         path = os.path.join(self.server.root, urllib.parse.unquote(parts.path).lstrip("/"))
-        if not os.path.isfile(path):
+        # "a//b" is another key than "a/b" to an object store's HTTP endpoint: not found
+        if "//" in parts.path or not os.path.isfile(path):
             self.send_error(404)
             return None
         return path

@@ -719,6 +719,21 @@ def test_a_zarr_group_over_plain_http_names_its_arrays_in_full(tmp_path: Path) -
         server.stop()
 
 
+def test_info_on_a_zarr_array_at_a_url_asks_for_its_zarr_json_only(tmp_path: Path) -> None:
+    """An array's store has no sibling arrays to list: info reads its zarr.json (twice: the
+    listing and the reader) and nothing else; zarr's own open asked for three objects more,
+    under keys with a doubled "/" (another key to an object store)."""
+    _partial_zarr(tmp_path / "a.zarr", cube((12, 8, 4), 53), (4, 8, 4), None)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("info", f"{server.url}/a.zarr", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["shape"] == [12, 8, 4]
+        assert server.asked == ["GET /a.zarr/zarr.json"] * 2, server.asked
+    finally:
+        server.stop()
+
+
 def test_hdf5_object_lost_in_mid_read_is_a_network_error(tmp_path: Path) -> None:
     """A server that goes away after the file was opened: the read fails with pwconv's
     network error (exit 1), not with h5py's account of a failed read."""

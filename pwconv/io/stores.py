@@ -1385,7 +1385,7 @@ def zarr_store(url: str) -> Any:
     if is_http(url):
         from obstore.store import HTTPStore
 
-        base = url_path(url).rstrip("/") + "/"
+        base = url_path(url).rstrip("/")  # obstore adds the "/" (with one here: "//key", another key)
         client: Any = {"allow_http": base.lower().startswith("http://")}
         inner = HTTPStore.from_url(base, client_options=client, retry_config=_RETRY)
     else:

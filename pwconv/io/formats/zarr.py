@@ -484,6 +484,15 @@ def _metadata_text(path: str) -> bytes | None:
         return handle.read(1 << 20)
 
 
+def _one_array(path: str) -> bool:
+    """Whether the store at ``path`` is one zarr v3 array, by its ``zarr.json``."""
+    try:
+        text = _metadata_text(path)
+        return text is not None and json.loads(text).get("node_type") == "array"
+    except (ValueError, AttributeError):  # not JSON, or not an object: zarr's open says what it is
+        return False
+
+
 def _json_value(value: Any) -> Any:
     """An attribute value as JSON, numpy scalars and arrays included."""
     if isinstance(value, np.ndarray):
@@ -855,6 +864,9 @@ class ZarrFormat(Backend):
         return name.strip("/")
 
     def list_arrays(self, path: str) -> list[str]:
-        """Every array of a group, depth first, or ``[]`` for a store that is one array."""
+        """Every array of a group, depth first, or ``[]`` for a store that is one array (at a
+        URL told by its ``zarr.json`` alone: zarr's open asked for three objects more)."""
+        if is_url(path) and _one_array(path):
+            return []
         node = _open_node(path)
         return [] if isinstance(node, _zarr().Array) else _arrays_of(node, path)
