@@ -283,6 +283,17 @@ def test_opening_an_object_fetches_its_size_and_first_bytes_in_one_request(tmp_p
         server.stop()
 
 
+def test_an_empty_object_is_a_format_error_not_a_failed_range(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """No range fits an empty object (416): its size is then asked, and the reader says what
+    it expected, as for an empty file on disk."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    url = put(s3, bucket, "empty.npy", tmp_path / "empty.npy")
+    proc = run_cli("info", url, env=s3.env)
+    assert_clean_error(proc, 2, "expected an npy file", "save the array with numpy.save")
+
+
 def test_a_small_bank_over_http_costs_two_requests_an_open(tmp_path: Path) -> None:
     """A bank's zip is opened by several readers (names, labels, tensors): each open fetches
     the whole small object in one request after its size, not each record of its directory
