@@ -72,6 +72,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = urllib.parse.urlsplit(self.path)
         with self.server.lock:
             self.server.asked.append(f"{self.command} {urllib.parse.unquote(parts.path)}")
+            busy = self.server.busy(self.command, len(self.server.asked)) if self.server.busy else None
+        if busy:
+            self.send_error(busy)
+            return None
         token = self.server.token
         if token and urllib.parse.parse_qs(parts.query).get("X-Amz-Signature") != [token]:
             self.send_error(403)
@@ -123,16 +127,20 @@ class RangeServer(http.server.ThreadingHTTPServer):
     With ``token`` set, a request must carry ``?X-Amz-Signature=token`` (a presigned URL);
     ``latency`` seconds pass before each GET is answered (a store's time to first byte); with
     ``ranges`` False, every GET is answered with the whole file (a server without ranges);
-    ``asked`` lists every request as "METHOD /path", answered or not."""
+    ``asked`` lists every request as "METHOD /path", answered or not; ``busy(method, n)``,
+    where given, may name a status to answer the n-th request with instead (a busy server's
+    503)."""
 
     daemon_threads = True
     # socketserver's default backlog of 5 drops the SYNs of a client that opens 16
     # connections at once, which then wait a second to retry: no server in use is that small
     request_queue_size = 128
 
-    def __init__(self, root: str, token: str = "", latency: float = 0.0, ranges: bool = True) -> None:
+    def __init__(
+        self, root: str, token: str = "", latency: float = 0.0, ranges: bool = True, busy: Any = None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.root, self.token, self.latency, self.ranges = root, token, latency, ranges
+        self.root, self.token, self.latency, self.ranges, self.busy = root, token, latency, ranges, busy
         self.sent = self.requests = 0
         self.asked: list[str] = []
         self.lock = threading.Lock()

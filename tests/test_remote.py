@@ -647,6 +647,31 @@ def test_a_geotiff_at_a_url_is_opened_without_asking_for_sidecar_files(tmp_path:
         server.stop()
 
 
+def test_gdal_retries_a_busy_server_and_names_one_that_stays_busy(tmp_path: Path) -> None:
+    """GDAL made no retries: a 503 to its request ended the run as a raster it cannot read
+    (exit 2). Now it retries with backoff, as pwconv's own requests do; a server busy for
+    good is the network's failure (exit 1), one line naming the URL and the status."""
+    x = cube((40, 30, 3), seed=47)
+    write_geotiff(tmp_path / "scene.tif", np.moveaxis(x, -1, 0).copy())
+    every_other = RangeServer(str(tmp_path), busy=lambda method, n: 503 if n % 2 == 0 else None)
+    try:
+        proc = run_cli("apply", f"{every_other.url}/scene.tif", "1,0,-1", "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(
+            np.load(tmp_path / "y.npy")[..., 0], x[..., 0] - x[..., 2], rtol=1e-5, atol=1e-5
+        )
+    finally:
+        every_other.stop()
+    heads_refused = RangeServer(str(tmp_path), busy=lambda method, n: 503 if method == "HEAD" else None)
+    try:
+        url = f"{heads_refused.url}/scene.tif"
+        proc = run_cli("apply", url, "1,0,-1", "-o", tmp_path / "z.npy")
+        assert_clean_error(proc, 1, url, "503")
+        assert not (tmp_path / "z.npy").exists()
+    finally:
+        heads_refused.stop()
+
+
 def test_netcdf_over_http_reads_its_chunks_not_the_file(tmp_path: Path) -> None:
     """A NetCDF-4 variable at a URL through the same ranged file object: its dimensions and
     nodata are read, explain fetches a few chunks, apply reads them all."""

@@ -1306,6 +1306,10 @@ def process_running(pid: int) -> bool:
 def gdal_path(url: str) -> str:
     """The path GDAL reads ``url`` by (``/vsis3/``, ``/vsigs/``, ``/vsiaz/``, ``/vsicurl/``),
     with the cloud's variables handed on to GDAL's own names."""
+    # Retries with backoff on the statuses GDAL calls passing (429, 502, 503, 504), as
+    # pwconv's own requests have (GDAL makes none by default); a user's own settings win.
+    os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "3")
+    os.environ.setdefault("GDAL_HTTP_RETRY_DELAY", "0.1")
     if is_http(url):
         return "/vsicurl/" + url
     where = Location.of(url)
@@ -1316,6 +1320,23 @@ def gdal_path(url: str) -> str:
         _gdal_azure_settings(where.account)
     prefix = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(where.scheme, "/vsiaz/")
     return f"{prefix}{where.bucket}/{where.key}"
+
+
+# GDAL's account of a request that failed: a status, or the network's failure.
+_GDAL_REQUEST = re.compile(
+    r"HTTP (?:response|error) code: ?(\d{3})|(could not resolve host|connection refused|couldn't connect|timed out)",
+    re.IGNORECASE,
+)
+
+
+def gdal_failure(url: str, exc: BaseException) -> Exception | None:
+    """GDAL's error about the object at ``url`` as pwconv's where GDAL says a request failed
+    (a missing object or no access: exit 2; the server or the network: exit 1), or None
+    where it is about the file itself."""
+    found = _GDAL_REQUEST.search(str(exc))
+    if found is None:
+        return None
+    return _failure(url, OSError(f"HTTP {found.group(1)}" if found.group(1) else found.group(2)), "read")
 
 
 def gdal_open_settings(url: str) -> dict[str, str]:

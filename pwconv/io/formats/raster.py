@@ -25,7 +25,15 @@ from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
 from pwconv.io.gdal import rasterio_module
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
-from pwconv.io.stores import RemoteObject, gdal_open_settings, gdal_path, is_url, shown, url_path
+from pwconv.io.stores import (
+    RemoteObject,
+    gdal_failure,
+    gdal_open_settings,
+    gdal_path,
+    is_url,
+    shown,
+    url_path,
+)
 
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
@@ -213,6 +221,9 @@ class RasterSource(Source):
             with rasterio.Env(**self._settings):
                 self._ds = rasterio.open(opened)
         except Exception as exc:  # noqa: BLE001 - rasterio raises its own errors for bad files
+            failed = gdal_failure(path, exc) if remote is not None else None
+            if failed is not None:
+                raise failed from None
             raise FormatError(
                 f"expected a raster GDAL can read at {path!r}, found ({first_line(exc)})"
             ) from None
@@ -312,6 +323,9 @@ class RasterSource(Source):
             with rasterio_module().Env(**self._settings):
                 data = self._ds.read(window=window)
         except Exception as exc:  # noqa: BLE001
+            failed = gdal_failure(self.path, exc) if is_url(self.path) else None
+            if failed is not None:
+                raise failed from None
             raise FormatError(f"cannot read {self.path!r}: its data is damaged ({first_line(exc)})") from None
         block = np.moveaxis(data, 0, -1)[:: rows.step, :: cols.step]
         return block[:, :, index[2]] if len(index) > 2 else block
