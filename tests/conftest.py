@@ -134,6 +134,27 @@ def cli_in_process(cwd: Path, blocked: list[str], args: list[str]) -> subprocess
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def modules_imported_by(
+    cwd: Path, args: list[str], names: tuple[str, ...], after: str = ""
+) -> tuple[object, list[str]]:
+    """Run the CLI with ``args`` in a fresh interpreter: its exit code, and which of ``names``
+    it imported (listed before ``after``, Python run once the command is done)."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['pwconv'] + {args!r}\n"
+        "from pwconv.cli.app import main\n"
+        "try:\n    main()\n    code = 0\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"loaded = [m for m in {names!r} if m in sys.modules]\n"
+        f"{after}\n"
+        "print(repr((code, loaded)), file=sys.__stdout__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip(), (proc.stdout, proc.stderr)
+    import ast
+
+    return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+
+
 def write_geotiff(
     path: Path, bands_first: np.ndarray, descriptions: tuple[str, ...] | list[str] = (), *,
     nodata: float | None = None, transform: object = None, crs: str = "EPSG:32633",

@@ -18,7 +18,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from rasterio.transform import from_origin  # noqa: E402
 
-from .conftest import assert_clean_error, cli_in_process, leftovers, run_cli  # noqa: E402
+from .conftest import assert_clean_error, cli_in_process, leftovers, modules_imported_by, run_cli  # noqa: E402
 
 NODATA = -9999
 
@@ -69,19 +69,9 @@ def test_a_geotiff_run_leaves_boto3_unimported(tmp_path):
     its runs, GDAL reading the AWS settings itself, and a later import of boto3 works."""
     pytest.importorskip("boto3")
     x, _ = _geotiff(tmp_path / "in.tif")
-    code = (
-        "import sys\n"
-        "sys.argv = ['pwconv', 'apply', 'in.tif', '1,0,0,-1', '--dtype', 'float32', '-o', 'ratio.tif']\n"
-        "from pwconv.cli.app import main\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "loaded = [m for m in ('rasterio', 'boto3', 'botocore') if m in sys.modules]\n"
-        "import boto3\n"
-        "print(code, loaded, file=sys.__stdout__)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert proc.stdout.strip().splitlines()[-1] == "0 ['rasterio']", (proc.stdout, proc.stderr)
+    args = ["apply", "in.tif", "1,0,0,-1", "--dtype", "float32", "-o", "ratio.tif"]
+    found = modules_imported_by(tmp_path, args, ("rasterio", "boto3", "botocore"), after="import boto3")
+    assert found == (0, ["rasterio"])
     with rasterio.open(tmp_path / "ratio.tif") as out:
         data = out.read(1)
     good = ~_masked(x)

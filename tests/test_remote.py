@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pwconv.io import stores
-from tests.conftest import assert_clean_error, run_cli, write_geotiff
+from tests.conftest import assert_clean_error, modules_imported_by, run_cli, write_geotiff
 from tests.servers import FaultProxy, RangeServer, S3Server, free_port
 
 pytest.importorskip("obstore")
@@ -1058,16 +1058,8 @@ def test_sigterm_during_a_streamed_upload_leaves_nothing(s3: S3Server, bucket: s
 
 
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:
-    code = (
-        "import sys, runpy; sys.argv = ['pwconv', 'apply', 'M.npy', '2,3', '-o', 'o.npy'];"
-        "import pwconv.cli.app as a\n"
-        "try: a.main()\nexcept SystemExit: pass\n"
-        "print([m for m in ('obstore', 'urllib.request', 'http.client', 'boto3') if m in sys.modules])"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=worked, capture_output=True, text=True, timeout=60
-    )
-    assert proc.stdout.strip().splitlines()[-1] == "[]", (proc.stdout, proc.stderr)
+    clients = ("obstore", "urllib.request", "http.client", "boto3")
+    assert modules_imported_by(worked, ["apply", "M.npy", "2,3", "-o", "o.npy"], clients) == (0, [])
 
 
 def test_dask_cluster_reads_and_writes_the_store(s3: S3Server, bucket: str, tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from pwconv import load_weights, pointwise_conv
 from pwconv.core.reference import reference_conv
 
-from .conftest import SAMPLES, WORKED_FILTER, WORKED_M, WORKED_RESULT, run_cli
+from .conftest import SAMPLES, WORKED_FILTER, WORKED_M, WORKED_RESULT, modules_imported_by, run_cli
 
 
 @pytest.mark.parametrize(
@@ -108,17 +106,8 @@ NOT_FOR_AN_NPY_RUN = (
 
 
 def test_npy_run_loads_only_what_it_uses(worked):
-    code = (
-        "import sys\n"
-        "sys.argv = ['pwconv', 'apply', 'M.npy', 'f.npy', '-o', 'o.npy', '--layout', 'CHW']\n"
-        "from pwconv.cli.app import main\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        f"print(code, [m for m in {NOT_FOR_AN_NPY_RUN!r} if m in sys.modules], file=sys.__stdout__)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=worked, capture_output=True, text=True, timeout=60
-    )
-    assert proc.stdout.strip().splitlines()[-1] == "0 []", (proc.stdout, proc.stderr)
+    args = ["apply", "M.npy", "f.npy", "-o", "o.npy", "--layout", "CHW"]
+    assert modules_imported_by(worked, args, NOT_FOR_AN_NPY_RUN) == (0, [])
     np.testing.assert_array_equal(np.load(worked / "o.npy")[0], WORKED_RESULT)
 
 
