@@ -186,14 +186,8 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
     exit 1 for a network that failed."""
     name = shown(url)
     kind = type(exc).__name__
-    text = _without_timings(" ".join(str(exc).split()))
-    # A status code as a word: "404" inside an upload id or an ETag in the message is not one,
-    # nor a duration ("in 403.2µs"), which _without_timings took out.
-    missing = (
-        isinstance(exc, FileNotFoundError)
-        or kind == "NotFoundError"
-        or bool(re.search(r"\b404\b", text[:400]))
-    )
+    text = _client_message(exc)
+    missing = isinstance(exc, FileNotFoundError) or kind == "NotFoundError" or _says_status(text, "404")
     if missing and "NoSuchUpload" in text:  # a multipart upload lost while a part was retried
         return NetworkError(f"cannot {doing} {name!r}: the upload was lost mid-transfer; {_ENDPOINT_HINT}")
     if missing and doing == "write":
@@ -204,7 +198,7 @@ def _failure(url: str, exc: BaseException, doing: str) -> Exception:
         return MissingObject(
             f"expected an object at {name!r}, found none (no such object, prefix or bucket); check the URL"
         )
-    if kind in ("PermissionDeniedError", "UnauthenticatedError") or re.search(r"\b40[13]\b", text[:400]):
+    if kind in ("PermissionDeniedError", "UnauthenticatedError") or _says_status(text, "40[13]"):
         if is_http(url):
             return InputFileError(
                 f"expected access to {name!r}, found it denied; check that the URL is whole (a presigned "
@@ -241,6 +235,18 @@ _REASONS = (
     ("incomplete", "the transfer was cut short"),
     ("end of file", "the transfer was cut short"),
 )
+
+
+def _client_message(exc: BaseException) -> str:
+    """A client's exception as one line, without its timings (see :func:`_without_timings`)."""
+    return _without_timings(" ".join(str(exc).split()))
+
+
+def _says_status(text: str, codes: str) -> bool:
+    """Whether a client's message (:func:`_client_message`) names one of the HTTP statuses
+    ``codes`` (a pattern) as a word: "404" inside an upload id or an ETag is not one, nor a
+    duration ("in 403.2µs"), which the message no longer holds."""
+    return bool(re.search(rf"\b{codes}\b", text[:400]))
 
 
 def _without_timings(text: str) -> str:
@@ -612,8 +618,7 @@ def _store_head(url: str) -> tuple[int, Any]:
         answer = obstore.get(store, key, options={"range": (0, HEAD_BYTES)})
         return int(answer.meta["size"]), answer.bytes()
     except Exception as exc:  # noqa: BLE001 - obstore's errors have many types; this one says 416
-        text = _without_timings(" ".join(str(exc).split()))
-        if not re.search(r"\b416\b", text[:400]):  # the status as a word, as _failure reads it
+        if not _says_status(_client_message(exc), "416"):
             raise
     return int(obstore.head(store, key)["size"]), b""
 
