@@ -190,7 +190,7 @@ class DeflateChunks:
         if data is None:
             assert isinstance(self.fd, int)
             data = codecs.read_buffer(size)
-            read_all(self.fd, memoryview(data), offset, where)
+            read_all(self.fd, data.data, offset, where)
         # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
         for position in reversed(range(len(self.filters))):
             if mask >> position & 1:

@@ -23,7 +23,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_fail
 from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import chunk_pieces, raw_paths_enabled
+from pwconv.io.rawio import chunk_pieces, raw_paths_enabled, read_all
 from pwconv.io.stores import (
     PIECE,
     MissingObject,
@@ -689,13 +689,12 @@ class _ChunkFiles:
     def _decoded(self, path: str) -> np.ndarray:
         """One compressed chunk file, decoded (its size bounded by the chunk's)."""
         check_regular(path)
-        # a stored chunk is never much larger than a raw one
-        buffer = codec_threads.read_buffer(2 * self._stored + (1 << 16))
-        count, view = 0, buffer.data
         with open(path, "rb", buffering=0) as handle:
-            while count < len(view) and (got := handle.readinto(view[count:])):
-                count += got
-        return self._decode(buffer[:count], path)
+            fd = handle.fileno()
+            # a stored chunk is never much larger than a raw one
+            buffer = codec_threads.read_buffer(min(os.fstat(fd).st_size, 2 * self._stored + (1 << 16)))
+            read_all(fd, buffer.data, 0, repr(path))
+        return self._decode(buffer, path)
 
     def _decode(self, data: Any, where: str) -> np.ndarray:
         """A compressed chunk's bytes, decoded to exactly one chunk."""
