@@ -301,12 +301,17 @@ class TiffSink(FileSink):
         self._level = request.compression_level
         self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
         self._strips: _Strips | None = None
+        self._file: Any = None  # a compressed output's temp file, written by tifffile
         self._fd = -1
         self._offset = 0
         self._predictor = _predictor(request, dtype)
         with setting_up(self, path):
             if self._compression:
                 encoding = self._encoding()
+                # Opened here, not by tifffile on the strip writer's thread: a run stopped by a
+                # signal removes the temp file while that thread may not have opened it yet,
+                # and opening it by name then made it again (an empty file left behind).
+                self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
                 self._strips = _Strips(self._stored_shape, encoding, self._level, repr(path))
                 self._strips.start(lambda strips: self._write_file(strips, encoding))
             else:
@@ -359,7 +364,7 @@ class TiffSink(FileSink):
         """tifffile writing the temp file from ``strips`` (encoded as ``layout`` says, in
         order), on the strip writer's thread."""
         _tifffile().imwrite(
-            self.temp.path,
+            self._file,
             strips,  # encoded strips, which tifffile writes as they are
             shape=self._stored_shape,
             dtype=self.dtype,
@@ -373,12 +378,21 @@ class TiffSink(FileSink):
     def finish(self) -> None:
         if self._strips is not None:
             self._strips.finish()
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()  # its last bytes go to the disk here: a full disk fails the run
         self.close_quietly()
 
     def close_quietly(self) -> None:
         if self._strips is not None:
             self._strips.drop()
             self._strips = None
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
