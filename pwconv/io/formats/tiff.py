@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,25 +30,18 @@ from pwconv.errors import FormatError, PwconvError, UsageError, require_extra
 from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
-from pwconv.io.formats.tiffblocks import (
-    BlockLayout,
-    TiffBlocks,
-    predicted,
-    tifffile_layout,
-)
+from pwconv.io.formats.tiffblocks import BlockLayout, TiffBlocks, tifffile_layout
+from pwconv.io.formats.tiffwriter import TIFFFILE_NAMES, EncodedBlocks
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
 from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from pwconv.io.spec import Spec
 
 _BIGTIFF_BYTES = 2**32 - 2**25
 _STRIP_BYTES = 1 << 18  # a compressed output's strips: tifffile's own choice (about 256 KiB)
-_TIFFFILE_NAMES = {"deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}  # pwconv's name -> tifffile's
 
 
 def _tifffile() -> Any:
@@ -285,7 +277,8 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
 
 class TiffSink(FileSink):
     """A TIFF output: blocks written at their offsets into an uncompressed temp file, or
-    compressed strips written in order by tifffile as they are complete (:class:`_Strips`)."""
+    compressed strips written in order by tifffile as they are complete
+    (:class:`~pwconv.io.formats.tiffwriter.EncodedBlocks`)."""
 
     def __init__(self, path: str, request: SinkRequest) -> None:
         tifffile = _tifffile()
@@ -300,7 +293,7 @@ class TiffSink(FileSink):
         self._compression = request.compression
         self._level = request.compression_level
         self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
-        self._strips: _Strips | None = None
+        self._strips: EncodedBlocks | None = None
         self._file: Any = None  # a compressed output's temp file, written by tifffile
         self._fd = -1
         self._offset = 0
@@ -312,7 +305,9 @@ class TiffSink(FileSink):
                 # signal removes the temp file while that thread may not have opened it yet,
                 # and opening it by name then made it again (an empty file left behind).
                 self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
-                self._strips = _Strips(self._stored_shape, encoding, self._level, repr(path))
+                self._strips = EncodedBlocks(
+                    self._stored_shape, encoding, self._level, repr(path), tiled=False
+                )
                 self._strips.start(lambda strips: self._write_file(strips, encoding))
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
@@ -368,7 +363,7 @@ class TiffSink(FileSink):
             strips,  # encoded strips, which tifffile writes as they are
             shape=self._stored_shape,
             dtype=self.dtype,
-            compression=_TIFFFILE_NAMES[layout.codec or ""],
+            compression=TIFFFILE_NAMES[layout.codec or ""],
             predictor=self._predictor if self._predictor > 1 else None,
             rowsperstrip=layout.block[0],
             **_layout(self._stored_shape, self.dtype),
@@ -398,129 +393,6 @@ class TiffSink(FileSink):
             self._fd = -1
 
 
-class _Stopped(Exception):
-    """The run failed: the strip writer stops and the temp file is discarded."""
-
-
-class _Strips:
-    """A compressed TIFF's strips (``layout``: rows per strip, codec and predictor;
-    ``level``: the codec's, None for its usual one). Each strip is encoded on the codec
-    threads once its last pixel is written, and its raw pixels let go; a thread of its own
-    hands the encoded strips to tifffile in order as they are ready, so the file is written
-    during the run and only strips not yet complete, or complete ahead of an earlier one,
-    are held.
-
-    Held whole and written by tifffile at the end, 256 MiB of float32 took 2.4 s of deflate
-    on two cores after the run, and a compressed output had to fit in half of
-    ``--max-memory``."""
-
-    def __init__(self, shape: tuple[int, ...], layout: BlockLayout, level: int | None, name: str) -> None:
-        self.shape, self.layout, self._level, self._name = shape, layout, level, name
-        self.rows = layout.block[0]
-        count = -(-shape[0] // self.rows)
-        self._raw: list[np.ndarray | None] = [None] * count
-        self._left = [self._strip_rows(i) * math.prod(shape[1:]) for i in range(count)]
-        self._encoded: list[Future[bytes] | None] = [None] * count
-        self._written = 0  # strips handed to the file
-        self._closing = self._stopped = False
-        self._failure: BaseException | None = None
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def start(self, write: Callable[[Iterator[bytes]], None]) -> None:
-        """Run ``write`` over the encoded strips, in order, on the strip writer's thread."""
-
-        def run() -> None:
-            try:
-                write(self._in_order())
-            except _Stopped:
-                pass
-            except BaseException as exc:  # noqa: BLE001 - raised again by finish(), on the caller's thread
-                self._failure = exc
-
-        self._thread = threading.Thread(target=run, name="pwconv-tiff-strips", daemon=True)
-        self._thread.start()
-
-    def _strip_rows(self, i: int) -> int:
-        return min(self.rows, self.shape[0] - i * self.rows)
-
-    def _blank(self, i: int) -> np.ndarray:
-        """Strip ``i``'s pixels before any is written."""
-        return np.zeros((self._strip_rows(i), *self.shape[1:]), self.layout.dtype)
-
-    def _encode(self, raw: np.ndarray) -> bytes:
-        layout = self.layout
-        stored = predicted(raw.reshape(raw.shape[0], raw.shape[1], layout.samples), layout.predictor)
-        if layout.codec == "zstd":
-            return codecs.zstd(stored, _level(layout.codec, self._level))
-        if layout.codec == "lzw":
-            return codecs.lzw(stored)
-        return codecs.deflate(stored, _level("deflate", self._level))
-
-    def write(self, box: list[tuple[int, int]], block: np.ndarray) -> None:
-        """Copy ``block`` (the pixels of ``box``) into its strips; encode those it completes."""
-        block = block.reshape(tuple(b - a for a, b in box))
-        (top, bottom), rest = box[0], tuple(slice(a, b) for a, b in box[1:])
-        per_row = math.prod(b - a for a, b in box[1:])
-        for i in range(top // self.rows, -(-bottom // self.rows)):
-            start = i * self.rows
-            low, high = max(top, start), min(bottom, start + self._strip_rows(i))
-            with self._lock:
-                raw = self._raw[i]
-                if raw is None:
-                    if self._encoded[i] is not None or i < self._written:  # no engine writes a pixel twice
-                        raise RuntimeError(f"strip {i} of {self._name} was written after it was complete")
-                    raw = self._raw[i] = self._blank(i)
-                raw[(slice(low - start, high - start),) + rest] = block[low - top : high - top]
-                self._left[i] -= (high - low) * per_row
-                if self._left[i] <= 0:
-                    self._encoded[i] = codecs.pool().submit(self._encode, raw, later=True)
-                    self._raw[i] = None
-                    self._lock.notify_all()
-
-    def _in_order(self) -> Iterator[bytes]:
-        """Every strip's stored bytes, in order, each once it is encoded; at the end a strip
-        never completed is encoded as it is."""
-        for i in range(len(self._encoded)):
-            with self._lock:
-                while self._encoded[i] is None and not (self._closing or self._stopped):
-                    self._lock.wait()
-                if self._stopped:
-                    raise _Stopped
-                future = self._encoded[i]
-                if future is None:
-                    raw = self._raw[i]
-                    future = codecs.pool().submit(self._encode, raw if raw is not None else self._blank(i))
-                    self._raw[i] = None
-            data = future.result()
-            with self._lock:
-                self._encoded[i], self._written = None, i + 1
-            yield data
-
-    def finish(self) -> None:
-        """Wait for the file to be written; its writer's failure is raised here."""
-        with self._lock:
-            self._closing = True
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        if self._failure is not None:
-            raise self._failure
-
-    def drop(self) -> None:
-        """Stop the writer and let go of every strip; encodings not yet started are cancelled."""
-        with self._lock:
-            self._stopped = True
-            self._lock.notify_all()
-            for future in self._encoded:
-                if future is not None:
-                    future.cancel()
-        if self._thread is not None:
-            self._thread.join(timeout=30.0)
-        self._raw = [None] * len(self._raw)
-        self._encoded = [None] * len(self._encoded)
-
-
 def _predictor(request: SinkRequest, dtype: np.dtype) -> int:
     """The predictor a compressed TIFF output is asked for (``--co predictor=2``), checked
     against its compression and dtype: 1 (none) without one."""
@@ -546,13 +418,6 @@ def _predictor(request: SinkRequest, dtype: np.dtype) -> int:
             f"found {dtype}; use {fix}"
         )
     return predictor
-
-
-def _level(codec: str, level: int | None) -> int:
-    """The compression level asked for, else the usual one (``codecs.LEVELS``)."""
-    levels = codecs.LEVELS[codec]
-    assert levels is not None
-    return level or levels[2]
 
 
 class _TiffBlockWriter:

@@ -1,0 +1,174 @@
+"""Compressed TIFF outputs written during the run: strips or tiles encoded on the codec
+threads as each is complete, handed to tifffile in order by a thread of their own.
+
+Used for plain TIFF outputs (strips) and for GeoTIFF outputs pwconv writes itself (tiles,
+the georeferencing tags made by GDAL: :mod:`pwconv.io.formats.raster`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pwconv.io import codecs
+from pwconv.io.formats.tiffblocks import BlockLayout, predicted
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+#: pwconv's codec names -> tifffile's.
+TIFFFILE_NAMES = {"deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}
+
+
+def level_or_default(codec: str, level: int | None) -> int:
+    """The compression level asked for, else the usual one (``codecs.LEVELS``)."""
+    levels = codecs.LEVELS[codec]
+    assert levels is not None
+    return level or levels[2]
+
+
+class _Stopped(Exception):
+    """The run failed: the block writer stops and the temp file is discarded."""
+
+
+class EncodedBlocks:
+    """A compressed TIFF's blocks (``layout``: the block grid, codec and predictor; ``level``:
+    the codec's, None for its usual one): strips, or tiles where ``tiled`` (a tile is stored
+    whole, padded past the image's edges; a strip at the bottom stores only its rows). Each
+    block is encoded on the codec threads once its last pixel is written, and its raw pixels
+    let go; a thread of its own hands the encoded blocks to the file's writer in order (row
+    by row of blocks) as they are ready, so the file is written during the run and only
+    blocks not yet complete, or complete ahead of an earlier one, are held.
+
+    Held whole and written by tifffile at the end, 256 MiB of float32 took 2.4 s of deflate
+    on two cores after the run, and a compressed output had to fit in half of
+    ``--max-memory``."""
+
+    def __init__(
+        self, shape: tuple[int, ...], layout: BlockLayout, level: int | None, name: str, *, tiled: bool
+    ) -> None:
+        self.shape, self.layout, self._level, self._name, self.tiled = shape, layout, level, name, tiled
+        self.rows, self.cols = layout.block if tiled else (layout.block[0], shape[1])
+        self._across = -(-shape[1] // self.cols)
+        count = -(-shape[0] // self.rows) * self._across
+        self._raw: list[np.ndarray | None] = [None] * count
+        self._left = [math.prod(self._inside(i)) * math.prod(shape[2:]) for i in range(count)]
+        self._encoded: list[Future[bytes] | None] = [None] * count
+        self._written = 0  # blocks handed to the file
+        self._closing = self._stopped = False
+        self._failure: BaseException | None = None
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self, write: Callable[[Iterator[bytes]], None]) -> None:
+        """Run ``write`` over the encoded blocks, in order, on the block writer's thread."""
+
+        def run() -> None:
+            try:
+                write(self._in_order())
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - raised again by finish(), on the caller's thread
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="pwconv-tiff-blocks", daemon=True)
+        self._thread.start()
+
+    def _origin(self, i: int) -> tuple[int, int]:
+        """Block ``i``'s first row and column in the image."""
+        row, col = divmod(i, self._across)
+        return row * self.rows, col * self.cols
+
+    def _inside(self, i: int) -> tuple[int, int]:
+        """The rows and columns of block ``i`` that lie in the image."""
+        top, left = self._origin(i)
+        return min(self.rows, self.shape[0] - top), min(self.cols, self.shape[1] - left)
+
+    def _blank(self, i: int) -> np.ndarray:
+        """Block ``i``'s pixels before any is written."""
+        rows = self.rows if self.tiled else self._inside(i)[0]
+        return np.zeros((rows, self.cols, *self.shape[2:]), self.layout.dtype)
+
+    def _encode(self, raw: np.ndarray) -> bytes:
+        layout = self.layout
+        stored = predicted(raw.reshape(raw.shape[0], raw.shape[1], layout.samples), layout.predictor)
+        if layout.codec == "zstd":
+            return codecs.zstd(stored, level_or_default("zstd", self._level))
+        if layout.codec == "lzw":
+            return codecs.lzw(stored)
+        return codecs.deflate(stored, level_or_default("deflate", self._level))
+
+    def write(self, box: list[tuple[int, int]], block: np.ndarray) -> None:
+        """Copy ``block`` (the pixels of ``box``) into its blocks; encode those it completes."""
+        block = block.reshape(tuple(b - a for a, b in box))
+        (top, bottom), (left, right) = box[0], box[1]
+        for row in range(top // self.rows, -(-bottom // self.rows)):
+            for col in range(left // self.cols, -(-right // self.cols)):
+                self._copy(row * self._across + col, box, block)
+
+    def _copy(self, i: int, box: list[tuple[int, int]], block: np.ndarray) -> None:
+        """Copy the part of ``block`` (the pixels of ``box``) that lies in block ``i``."""
+        (top, bottom), (left, right) = box[0], box[1]
+        first_row, first_col = self._origin(i)
+        low, high = max(top, first_row), min(bottom, first_row + self.rows)
+        west, east = max(left, first_col), min(right, first_col + self.cols)
+        place = (slice(low - first_row, high - first_row), slice(west - first_col, east - first_col))
+        place += tuple(slice(a, b) for a, b in box[2:])
+        with self._lock:
+            raw = self._raw[i]
+            if raw is None:
+                if self._encoded[i] is not None or i < self._written:  # no engine writes a pixel twice
+                    raise RuntimeError(f"block {i} of {self._name} was written after it was complete")
+                raw = self._raw[i] = self._blank(i)
+            raw[place] = block[low - top : high - top, west - left : east - left]
+            self._left[i] -= (high - low) * (east - west) * math.prod(b - a for a, b in box[2:])
+            if self._left[i] <= 0:
+                self._encoded[i] = codecs.pool().submit(self._encode, raw, later=True)
+                self._raw[i] = None
+                self._lock.notify_all()
+
+    def _in_order(self) -> Iterator[bytes]:
+        """Every block's stored bytes, in order, each once it is encoded; at the end a block
+        never completed is encoded as it is."""
+        for i in range(len(self._encoded)):
+            with self._lock:
+                while self._encoded[i] is None and not (self._closing or self._stopped):
+                    self._lock.wait()
+                if self._stopped:
+                    raise _Stopped
+                future = self._encoded[i]
+                if future is None:
+                    raw = self._raw[i]
+                    future = codecs.pool().submit(self._encode, raw if raw is not None else self._blank(i))
+                    self._raw[i] = None
+            data = future.result()
+            with self._lock:
+                self._encoded[i], self._written = None, i + 1
+            yield data
+
+    def finish(self) -> None:
+        """Wait for the file to be written; its writer's failure is raised here."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def drop(self) -> None:
+        """Stop the writer and let go of every block; encodings not yet started are cancelled."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+            for future in self._encoded:
+                if future is not None:
+                    future.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
+        self._raw = [None] * len(self._raw)
+        self._encoded = [None] * len(self._encoded)
