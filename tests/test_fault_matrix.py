@@ -73,7 +73,8 @@ WRITERS = {
     "bmp": Writer("y.bmp", held=True),
     "envi": Writer("y.img"),
     "jpeg2000": Writer("y.jp2", held=True),
-    "geotiff": Writer("y.tif", kind="geo"),
+    "geotiff": Writer("y.tif", kind="geo"),  # deflate tiles encoded and written by pwconv
+    "geotiff by gdal": Writer("y.tif", ("--co", "COMPRESS=NONE"), kind="geo"),
     "bank npy": Writer("b.npy", kind="bank"),
     "bank npz": Writer("b.npz", kind="bank"),
     "bank safetensors": Writer("b.safetensors", kind="bank"),

@@ -33,3 +33,8 @@ def rasterio_module(
         return require_extra("rasterio", "geo", feature)
     finally:
         del sys.modules["boto3"]
+
+
+def gdal_flag(value: Any) -> bool:
+    """A creation option's value read as GDAL reads a boolean: false for NO, FALSE, OFF and 0."""
+    return str(value).strip().lower() not in ("no", "false", "off", "0")

@@ -22,7 +22,7 @@ from pwconv.errors import FormatError, UsageError, WriteError
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
-from pwconv.io.gdal import rasterio_module
+from pwconv.io.gdal import gdal_flag, rasterio_module
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import (
@@ -374,6 +374,7 @@ class RasterSink(FileSink):
             transform = transform @ transform.scale(request.stride)
         options = _creation_options(driver, request, shape, geo.get("blocks"))
         self._driver = driver
+        self._sparse = gdal_flag(options.get("sparse_ok", False))
         self._ds: Any = None
         warnings: list[str] = []
         handler = _Collect(warnings)
@@ -431,14 +432,17 @@ class RasterSink(FileSink):
         with rasterio.Env():
             ds.close()
             # GDAL reports a failed write (a full disk) only on its own stderr and closes
-            # "successfully": an ENVI file must hold all its raw bytes, and the last row (at
-            # the end of a GeoTIFF) must read back.
+            # "successfully": an ENVI file must hold all its raw bytes, the last row (at the
+            # end of a GeoTIFF) must read back, and every block of a GeoTIFF must lie in the
+            # file (a block whose write failed is recorded as never written, and reads as 0).
             problem = None
             if self._driver == "ENVI" and os.path.getsize(self.temp.path) < raw_bytes:
                 problem = f"{os.path.getsize(self.temp.path)} of {raw_bytes} bytes written"
             try:
                 with rasterio.open(self.temp.path) as written:
                     written.read(window=rasterio.windows.Window(0, height - 1, width, 1))
+                    if self._driver == "GTiff" and not self._sparse:
+                        problem = _missing_block(written, os.path.getsize(self.temp.path))
             except Exception as exc:  # noqa: BLE001 - rasterio's errors for a short file
                 problem = first_line(exc)
         if problem is not None:
@@ -457,6 +461,20 @@ class RasterSink(FileSink):
         ds, self._ds = self._ds, None
         if ds is not None:
             ds.close()
+
+
+def _missing_block(ds: Any, size: int) -> str | None:
+    """The first block of the GeoTIFF ``ds`` (``size`` bytes) that is not in the file, if any."""
+    rows, cols = ds.block_shapes[0]
+    planes = ds.count if ds.interleaving is not None and ds.interleaving.name == "BAND" else 1
+    for plane in range(1, planes + 1):
+        for row in range(-(-ds.height // rows)):
+            for col in range(-(-ds.width // cols)):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=plane)
+                stored = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=plane)
+                if not offset or not stored or int(offset) + int(stored) > size:
+                    return f"block {row},{col} of band {plane} missing"
+    return None
 
 
 class _Collect(logging.Handler):

@@ -116,8 +116,9 @@ class EncodedBlocks:
         first_row, first_col = self._origin(i)
         low, high = max(top, first_row), min(bottom, first_row + self.rows)
         west, east = max(left, first_col), min(right, first_col + self.cols)
-        place = (slice(low - first_row, high - first_row), slice(west - first_col, east - first_col))
-        place += tuple(slice(a, b) for a, b in box[2:])
+        place = (slice(low - first_row, high - first_row), slice(west - first_col, east - first_col)) + tuple(
+            slice(a, b) for a, b in box[2:]
+        )
         with self._lock:
             raw = self._raw[i]
             if raw is None:
