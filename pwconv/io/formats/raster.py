@@ -355,6 +355,15 @@ def _creation_options(
     return options
 
 
+def _placement(request: SinkRequest) -> tuple[Any, Any]:
+    """The output's CRS and transform: the input's, the transform scaled by the stride."""
+    geo = request.metadata.get("raster", {})
+    transform = geo.get("transform")
+    if transform is not None and request.stride > 1:
+        transform = transform @ transform.scale(request.stride)
+    return geo.get("crs"), transform
+
+
 class RasterSink(FileSink):
     """A raster written window by window into a temp file renamed on commit."""
 
@@ -365,14 +374,10 @@ class RasterSink(FileSink):
             raise UsageError(
                 f"expected (rows, cols, bands) for a raster output, found shape {shape}; write .npy"
             )
-        suffix = os.path.splitext(path)[1].lower()
-        driver = _DRIVERS[suffix]
+        driver = _DRIVERS[os.path.splitext(path)[1].lower()]
         _check_dtype(driver, np.dtype(request.dtype), path)
-        geo = request.metadata.get("raster", {})
-        transform = geo.get("transform")
-        if transform is not None and request.stride > 1:
-            transform = transform @ transform.scale(request.stride)
-        options = _creation_options(driver, request, shape, geo.get("blocks"))
+        crs, transform = _placement(request)
+        options = _creation_options(driver, request, shape, request.metadata.get("raster", {}).get("blocks"))
         self._driver = driver
         self._sparse = gdal_flag(options.get("sparse_ok", False))
         self._ds: Any = None
@@ -387,7 +392,7 @@ class RasterSink(FileSink):
                 try:
                     self._ds = rasterio.open(
                         self.temp.path, "w", driver=driver, width=shape[1], height=shape[0], count=shape[2],
-                        dtype=np.dtype(request.dtype).name, crs=geo.get("crs"), transform=transform,
+                        dtype=np.dtype(request.dtype).name, crs=crs, transform=transform,
                         nodata=request.nodata, **options,
                     )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001
@@ -497,8 +502,18 @@ class RasterFormat(Backend):
 
             return TiffSource(spec.path)
 
-    def open_sink(self, spec: Spec, request: SinkRequest) -> RasterSink:
+    def open_sink(self, spec: Spec, request: SinkRequest) -> FileSink:
         check_output_path(spec.path, request.overwrite)
+        if _DRIVERS[os.path.splitext(spec.path)[1].lower()] == "GTiff" and raw_paths_enabled():
+            from pwconv.io.formats.geotiff import open_own
+
+            _check_dtype("GTiff", np.dtype(request.dtype), spec.path)
+            shape = request.shape
+            blocks = request.metadata.get("raster", {}).get("blocks")
+            options = _creation_options("GTiff", request, shape, blocks) if len(shape) == 3 else {}
+            own = open_own(spec.path, request, options, *_placement(request))
+            if own is not None:
+                return own
         return RasterSink(spec.path, request)
 
     def claims(self, path: str) -> bool:

@@ -1,0 +1,228 @@
+"""Tiled deflate, zstd and LZW GeoTIFF outputs written by pwconv itself.
+
+GDAL encodes a GeoTIFF's tiles as it flushes them, and on this project's machines its zstd
+took about twice the CPU time of the fastest encoder installed (1.3 CPU-s for 256 MiB at
+level 9, against 0.6). Where the creation options are ones pwconv can honour exactly
+(:func:`own_layout`), the tiles are encoded on pwconv's codec threads as each is complete
+and written in order by tifffile (:class:`~pwconv.io.formats.tiffwriter.EncodedBlocks`);
+GDAL still says what the file means: it writes a one-pixel GeoTIFF with the output's CRS,
+transform, nodata, band descriptions and photometric interpretation, and every tag of it
+but the image structure's is copied into the output. Any other option, driver or dtype is
+left to GDAL (:class:`~pwconv.io.formats.raster.RasterSink`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pwconv.io import codecs
+from pwconv.io.atomic import FileSink, place_companion, setting_up
+from pwconv.io.formats.tiffblocks import BlockLayout
+from pwconv.io.formats.tiffwriter import TIFFFILE_NAMES, EncodedBlocks
+from pwconv.io.gdal import gdal_flag, rasterio_module
+from pwconv.io.rawio import box_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pwconv.io.interface import SinkRequest
+
+# Past this many bytes of pixels (4 GiB less a margin for the tags), a BigTIFF.
+_BIGTIFF_BYTES = 2**32 - 2**25
+# The creation options written here; any other sends the output to GDAL.
+_OPTIONS = {
+    "tiled", "compress", "num_threads", "blockxsize", "blockysize", "predictor", "zlevel", "zstd_level",
+    "bigtiff", "interleave",
+}  # fmt: skip
+# GDAL's level options, their codec, their range here (ZLEVEL 10-12 needs libdeflate: GDAL's)
+# and GDAL's default.
+_LEVELS = {"deflate": ("zlevel", 1, 9, 6), "zstd": ("zstd_level", 1, 22, 9)}
+# The tags tifffile writes from the image's structure; every other tag of GDAL's one-pixel
+# GeoTIFF is copied (the georeferencing, GDAL_NODATA, GDAL_METADATA, ...).
+_STRUCTURE = {254, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How pwconv writes a GeoTIFF: its tiles, codec and predictor, the codec's level and
+    whether the file is a BigTIFF."""
+
+    layout: BlockLayout
+    level: int
+    bigtiff: bool
+
+
+def _whole(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype) -> Plan | None:
+    """How pwconv writes a GeoTIFF of ``shape`` (rows, cols, bands) and ``dtype`` with the
+    creation ``options`` (lower-case keys), or None where GDAL must: options other than
+    these, strips, a codec other than deflate, zstd or LZW, a level or predictor outside what
+    pwconv's codecs take, complex numbers, BIGTIFF=NO, or tifffile (or for zstd and LZW,
+    imagecodecs) not installed."""
+    if len(shape) != 3 or not options.keys() <= _OPTIONS or dtype.kind not in "iuf":
+        return None
+    codec = str(options.get("compress", "none")).strip().lower()
+    if importlib.util.find_spec("tifffile") is None or (codec != "deflate" and not codecs.can_decode(codec)):
+        return None  # tifffile comes with pwconv[image]; zstd and LZW need imagecodecs
+    rows, cols = _whole(options.get("blockysize", 256)), _whole(options.get("blockxsize", 256))
+    predictor = _whole(options.get("predictor", 1))
+    if (
+        codec not in ("deflate", "zstd", "lzw")
+        or not gdal_flag(options.get("tiled", False))
+        or str(options.get("interleave", "pixel")).strip().lower() != "pixel"
+        or rows is None
+        or cols is None
+        or rows <= 0
+        or cols <= 0
+        or rows % 16
+        or cols % 16
+        or predictor not in (1, 2, 3)
+        or (predictor == 2 and dtype.kind == "f")
+        or (predictor == 3 and dtype.kind != "f")
+    ):
+        return None
+    level = 0
+    if codec in _LEVELS:
+        name, low, high, default = _LEVELS[codec]
+        level = _whole(options.get(name, default)) or 0
+        if not low <= level <= high:
+            return None
+    # A BigTIFF where asked, or where the pixels would not fit a classic TIFF uncompressed
+    # (GDAL's IF_NEEDED never makes a compressed file a BigTIFF, and fails past 4 GiB).
+    bigtiff = str(options.get("bigtiff", "if_needed")).strip().lower()
+    if not gdal_flag(bigtiff):
+        return None
+    big = bigtiff not in ("if_needed", "if_safer") or math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
+    layout = BlockLayout((shape[0], shape[1], shape[2]), dtype, (rows, cols), shape[2], codec, predictor)
+    return Plan(layout, level, big)
+
+
+def _gdal_tags(request: SinkRequest, crs: Any, transform: Any) -> tuple[Any, tuple[int, ...], list[tuple]]:
+    """GDAL's description of the output, from a one-pixel GeoTIFF it writes in a temp folder:
+    the photometric interpretation, the extra samples and the other tags (tifffile's
+    ``extratags``). :class:`_NotHere` where GDAL refuses something (it says what when it
+    writes the output itself) or needs a sidecar (a CRS GeoTIFF keys cannot hold)."""
+    import tifffile
+
+    rasterio = rasterio_module()
+    shape = request.shape
+    try:
+        with tempfile.TemporaryDirectory(prefix="pwconv-geotiff-") as folder:
+            path = os.path.join(folder, "tags.tif")
+            with rasterio.Env(), rasterio.open(
+                path, "w", driver="GTiff", width=1, height=1, count=shape[2], dtype=np.dtype(request.dtype).name,
+                crs=crs, transform=transform, nodata=request.nodata, interleave="pixel",
+            ) as ds:  # fmt: skip
+                for band, label in enumerate(request.channel_labels or (), start=1):
+                    ds.set_band_description(band, label)
+            if os.listdir(folder) != ["tags.tif"]:  # a sidecar (.aux.xml)
+                raise _NotHere
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                tags = [
+                    (t.code, int(t.dtype), t.count, t.value, True)
+                    for t in page.tags
+                    if t.code not in _STRUCTURE
+                ]
+                return page.photometric, tuple(int(s) for s in page.extrasamples), tags
+    except Exception:  # noqa: BLE001 - GDAL's or the file system's refusal: GDAL writes the output
+        raise _NotHere from None
+
+
+class _NotHere(Exception):
+    """GDAL's description does not fit in the tags pwconv copies: GDAL writes the output."""
+
+
+class GeoTiffSink(FileSink):
+    """A GeoTIFF whose tiles pwconv encodes and writes in order during the run."""
+
+    def __init__(self, path: str, request: SinkRequest, plan: Plan, crs: Any, transform: Any) -> None:
+        self._plan = plan
+        self._shape = request.shape
+        photometric, extrasamples, tags = _gdal_tags(request, crs, transform)
+        self._tiles: EncodedBlocks | None = None
+        self._file: Any = None
+        super().__init__(path)
+        with setting_up(self, path):
+            # Opened here, not on the writer's thread: a signal removes the temp file, which
+            # the thread could otherwise make again by opening it by name.
+            self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
+            self._tiles = EncodedBlocks(request.shape, plan.layout, plan.level, repr(path), tiled=True)
+            self._tiles.start(lambda tiles: self._write_file(tiles, photometric, extrasamples, tags))
+
+    def _write_file(
+        self, tiles: Iterator[bytes], photometric: Any, extrasamples: tuple[int, ...], tags: list
+    ) -> None:
+        """tifffile writing the temp file from the encoded ``tiles``, on the writer's thread."""
+        import tifffile
+
+        layout = self._plan.layout
+        tifffile.imwrite(
+            self._file,
+            tiles,
+            shape=self._shape if self._shape[2] > 1 else self._shape[:2],
+            dtype=layout.dtype,
+            bigtiff=self._plan.bigtiff,
+            tile=layout.block,
+            compression=TIFFFILE_NAMES[layout.codec or ""],
+            predictor=layout.predictor if layout.predictor > 1 else None,
+            photometric=photometric,
+            planarconfig="contig" if self._shape[2] > 1 else None,
+            extrasamples=extrasamples or None,
+            extratags=tags,
+            metadata=None,
+            software=False,
+        )
+
+    def write(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        assert self._tiles is not None
+        box, _ = box_of(index[:3], self._shape)
+        self._tiles.write(box, block)
+
+    def finish(self) -> None:
+        if self._tiles is not None:
+            self._tiles.finish()
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()  # its last bytes go to the disk here: a full disk fails the run
+        self.close_quietly()
+
+    def publish_companions(self) -> None:
+        place_companion(self.temp.path + ".aux.xml", self.target + ".aux.xml")  # an old output's goes
+
+    def close_quietly(self) -> None:
+        if self._tiles is not None:
+            self._tiles.drop()
+            self._tiles = None
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass
+
+
+def open_own(
+    path: str, request: SinkRequest, options: dict[str, Any], crs: Any, transform: Any
+) -> GeoTiffSink | None:
+    """The GeoTIFF written by pwconv, or None where GDAL must write it (see :func:`own_layout`)."""
+    plan = own_layout(options, request.shape, np.dtype(request.dtype))
+    if plan is None:
+        return None
+    try:
+        return GeoTiffSink(path, request, plan, crs, transform)
+    except _NotHere:
+        return None
