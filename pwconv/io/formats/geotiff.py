@@ -160,7 +160,9 @@ class GeoTiffSink(FileSink):
             # Opened here, not on the writer's thread: a signal removes the temp file, which
             # the thread could otherwise make again by opening it by name.
             self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
-            self._tiles = EncodedBlocks(request.shape, plan.layout, plan.level, repr(path), tiled=True)
+            self._tiles = EncodedBlocks(
+                request.shape, plan.layout, plan.level, repr(path), tiled=True, hold=request.buffer_bytes // 4
+            )
             self._tiles.start(lambda tiles: self._write_file(tiles, photometric, extrasamples, tags))
 
     def _write_file(

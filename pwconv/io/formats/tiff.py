@@ -306,7 +306,12 @@ class TiffSink(FileSink):
                 # and opening it by name then made it again (an empty file left behind).
                 self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
                 self._strips = EncodedBlocks(
-                    self._stored_shape, encoding, self._level, repr(path), tiled=False
+                    self._stored_shape,
+                    encoding,
+                    self._level,
+                    repr(path),
+                    tiled=False,
+                    hold=request.buffer_bytes // 4,
                 )
                 self._strips.start(lambda strips: self._write_file(strips, encoding))
             else:
