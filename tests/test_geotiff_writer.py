@@ -100,14 +100,18 @@ def test_options_pwconv_does_not_write_go_to_gdal(tmp_path):
     bands = np.random.default_rng(2).random((3, 40, 40)).astype(np.float32)
     _input(tmp_path / "in.tif", bands)
     cases = {"strips.tif": ["--co", "TILED=NO"], "jpeg.tif": ["--dtype", "uint8", "--co", "COMPRESS=JPEG"],
-             "sparse.tif": ["--co", "SPARSE_OK=TRUE"], "level12.tif": ["--co", "ZLEVEL=12"]}  # fmt: skip
+             "sparse.tif": ["--co", "SPARSE_OK=TRUE"], "level12.tif": ["--co", "ZLEVEL=12"],
+             "maybe.tif": ["--co", "TILED=maybe"]}  # fmt: skip
     for name, options in cases.items():
         proc = run_cli("apply", "in.tif", "1,1,1", "-o", name, *options, cwd=tmp_path)
         assert proc.returncode == 0, (name, proc.stderr)
         assert not _facts(tmp_path / name)["own"], name
-    proc = run_cli("apply", "in.tif", "1,1,1", "-o", "bad.tif", "--co", "NO_SUCH=1", cwd=tmp_path)
-    assert_clean_error(proc, 2, "NO_SUCH")
-    assert not (tmp_path / "bad.tif").exists()
+    with rasterio.open(tmp_path / "maybe.tif") as ds:  # GDAL reads only YES, TRUE, ON and 1 as true
+        assert ds.profile["tiled"] is False
+    for option, named in (("NO_SUCH=1", "NO_SUCH"), ("BIGTIFF=maybe", "BIGTIFF")):
+        proc = run_cli("apply", "in.tif", "1,1,1", "-o", "bad.tif", "--co", option, cwd=tmp_path)
+        assert_clean_error(proc, 2, named)
+        assert not (tmp_path / "bad.tif").exists()
 
 
 def test_overwriting_removes_an_old_outputs_sidecar(tmp_path):

@@ -3,8 +3,11 @@ pwconv's settings for GDAL."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pwconv.errors import require_extra
@@ -36,5 +39,31 @@ def rasterio_module(
 
 
 def gdal_flag(value: Any) -> bool:
-    """A creation option's value read as GDAL reads a boolean: false for NO, FALSE, OFF and 0."""
-    return str(value).strip().lower() not in ("no", "false", "off", "0")
+    """A creation option's value read as the GeoTIFF driver reads a boolean: true for YES,
+    TRUE, ON and 1 (and Python's True), false for anything else (``TILED=maybe`` is not tiled)."""
+    return str(value).strip().lower() in ("yes", "true", "on", "1")
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def option_warnings() -> Iterator[list[str]]:
+    """The warnings GDAL gives about creation options while the block runs (through
+    rasterio's logging): an option it does not know, or a value it does not take."""
+    found: list[str] = []
+    handler = _Collect(found)
+    logger = logging.getLogger("rasterio._env")
+    logger.addHandler(handler)
+    warnings: list[str] = []
+    try:
+        yield warnings
+    finally:
+        logger.removeHandler(handler)
+        warnings.extend(w for w in found if "creation option" in w.lower())

@@ -26,7 +26,7 @@ from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, place_companion, setting_up
 from pwconv.io.formats.tiffblocks import BlockLayout
 from pwconv.io.formats.tiffwriter import TIFFFILE_NAMES, EncodedBlocks
-from pwconv.io.gdal import gdal_flag, rasterio_module
+from pwconv.io.gdal import gdal_flag, option_warnings, rasterio_module
 from pwconv.io.rawio import box_of
 
 if TYPE_CHECKING:
@@ -103,18 +103,21 @@ def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype)
     # A BigTIFF where asked, or where the pixels would not fit a classic TIFF uncompressed
     # (GDAL's IF_NEEDED never makes a compressed file a BigTIFF, and fails past 4 GiB).
     bigtiff = str(options.get("bigtiff", "if_needed")).strip().lower()
-    if not gdal_flag(bigtiff):
+    if bigtiff not in ("yes", "if_needed", "if_safer"):
         return None
-    big = bigtiff not in ("if_needed", "if_safer") or math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
+    big = bigtiff == "yes" or math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
     layout = BlockLayout((shape[0], shape[1], shape[2]), dtype, (rows, cols), shape[2], codec, predictor)
     return Plan(layout, level, big)
 
 
-def _gdal_tags(request: SinkRequest, crs: Any, transform: Any) -> tuple[Any, tuple[int, ...], list[tuple]]:
-    """GDAL's description of the output, from a one-pixel GeoTIFF it writes in a temp folder:
-    the photometric interpretation, the extra samples and the other tags (tifffile's
-    ``extratags``). :class:`_NotHere` where GDAL refuses something (it says what when it
-    writes the output itself) or needs a sidecar (a CRS GeoTIFF keys cannot hold)."""
+def _gdal_tags(
+    request: SinkRequest, options: dict[str, Any], crs: Any, transform: Any
+) -> tuple[Any, tuple[int, ...], list[tuple]]:
+    """GDAL's description of the output, from a one-pixel GeoTIFF it writes in a temp folder
+    with the same creation ``options``: the photometric interpretation, the extra samples and
+    the other tags (tifffile's ``extratags``). :class:`_NotHere` where GDAL refuses an option
+    or warns about one (it says which when it writes the output itself) or needs a sidecar (a
+    CRS GeoTIFF keys cannot hold)."""
     import tifffile
 
     rasterio = rasterio_module()
@@ -122,13 +125,13 @@ def _gdal_tags(request: SinkRequest, crs: Any, transform: Any) -> tuple[Any, tup
     try:
         with tempfile.TemporaryDirectory(prefix="pwconv-geotiff-") as folder:
             path = os.path.join(folder, "tags.tif")
-            with rasterio.Env(), rasterio.open(
+            with option_warnings() as unknown, rasterio.Env(), rasterio.open(
                 path, "w", driver="GTiff", width=1, height=1, count=shape[2], dtype=np.dtype(request.dtype).name,
-                crs=crs, transform=transform, nodata=request.nodata, interleave="pixel",
+                crs=crs, transform=transform, nodata=request.nodata, **options,
             ) as ds:  # fmt: skip
                 for band, label in enumerate(request.channel_labels or (), start=1):
                     ds.set_band_description(band, label)
-            if os.listdir(folder) != ["tags.tif"]:  # a sidecar (.aux.xml)
+            if unknown or os.listdir(folder) != ["tags.tif"]:  # a sidecar (.aux.xml)
                 raise _NotHere
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
@@ -149,10 +152,12 @@ class _NotHere(Exception):
 class GeoTiffSink(FileSink):
     """A GeoTIFF whose tiles pwconv encodes and writes in order during the run."""
 
-    def __init__(self, path: str, request: SinkRequest, plan: Plan, crs: Any, transform: Any) -> None:
+    def __init__(
+        self, path: str, request: SinkRequest, plan: Plan, options: dict[str, Any], crs: Any, transform: Any
+    ) -> None:
         self._plan = plan
         self._shape = request.shape
-        photometric, extrasamples, tags = _gdal_tags(request, crs, transform)
+        photometric, extrasamples, tags = _gdal_tags(request, options, crs, transform)
         self._tiles: EncodedBlocks | None = None
         self._file: Any = None
         super().__init__(path)
@@ -225,6 +230,6 @@ def open_own(
     if plan is None:
         return None
     try:
-        return GeoTiffSink(path, request, plan, crs, transform)
+        return GeoTiffSink(path, request, plan, options, crs, transform)
     except _NotHere:
         return None

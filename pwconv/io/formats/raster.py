@@ -10,7 +10,6 @@ plain TIFF reader, so that its georeferencing is not silently lost.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import struct
@@ -22,7 +21,7 @@ from pwconv.errors import FormatError, UsageError, WriteError
 from pwconv.io.atomic import FileSink, check_output_path, place_companion, setting_up, write_failure
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
-from pwconv.io.gdal import gdal_flag, rasterio_module
+from pwconv.io.gdal import gdal_flag, option_warnings, rasterio_module
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import (
@@ -381,13 +380,9 @@ class RasterSink(FileSink):
         self._driver = driver
         self._sparse = gdal_flag(options.get("sparse_ok", False))
         self._ds: Any = None
-        warnings: list[str] = []
-        handler = _Collect(warnings)
-        logger = logging.getLogger("rasterio._env")
-        logger.addHandler(handler)
         super().__init__(path)
         self.temp.extras = self._sidecars(self.temp.path)
-        try:
+        with option_warnings() as unknown:
             with setting_up(self, path):  # any failure, or a signal, takes the temp file away
                 try:
                     self._ds = rasterio.open(
@@ -399,9 +394,6 @@ class RasterSink(FileSink):
                     raise UsageError(
                         f"expected creation options {driver} takes, found a failure ({first_line(exc)})"
                     ) from None
-        finally:
-            logger.removeHandler(handler)
-        unknown = [w for w in warnings if "creation option" in w.lower()]
         if unknown:
             self.abort()
             raise UsageError(
@@ -480,15 +472,6 @@ def _missing_block(ds: Any, size: int) -> str | None:
                 if not offset or not stored or int(offset) + int(stored) > size:
                     return f"block {row},{col} of band {plane} missing"
     return None
-
-
-class _Collect(logging.Handler):
-    def __init__(self, into: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record.getMessage())
 
 
 class RasterFormat(Backend):
