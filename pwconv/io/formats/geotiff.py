@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -159,26 +159,30 @@ class GeoTiffSink(FileSink):
         self._shape = request.shape
         photometric, extrasamples, tags = _gdal_tags(request, options, crs, transform)
         self._tiles: EncodedBlocks | None = None
-        self._file: Any = None
         super().__init__(path)
         with setting_up(self, path):
-            # Opened here, not on the writer's thread: a signal removes the temp file, which
-            # the thread could otherwise make again by opening it by name.
-            self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
             self._tiles = EncodedBlocks(
                 request.shape, plan.layout, plan.level, repr(path), tiled=True, hold=request.buffer_bytes // 4
             )
-            self._tiles.start(lambda tiles: self._write_file(tiles, photometric, extrasamples, tags))
+            self._tiles.start(
+                self.temp.path,
+                lambda file, tiles: self._write_file(file, tiles, photometric, extrasamples, tags),
+            )
 
     def _write_file(
-        self, tiles: Iterator[bytes], photometric: Any, extrasamples: tuple[int, ...], tags: list
+        self,
+        file: BinaryIO,
+        tiles: Iterator[bytes],
+        photometric: Any,
+        extrasamples: tuple[int, ...],
+        tags: list,
     ) -> None:
-        """tifffile writing the temp file from the encoded ``tiles``, on the writer's thread."""
+        """tifffile writing ``file`` from the encoded ``tiles``, on the writer's thread."""
         import tifffile
 
         layout = self._plan.layout
         tifffile.imwrite(
-            self._file,
+            file,
             tiles,
             shape=self._shape if self._shape[2] > 1 else self._shape[:2],
             dtype=layout.dtype,
@@ -202,9 +206,6 @@ class GeoTiffSink(FileSink):
     def finish(self) -> None:
         if self._tiles is not None:
             self._tiles.finish()
-        if self._file is not None:
-            file, self._file = self._file, None
-            file.close()  # its last bytes go to the disk here: a full disk fails the run
         self.close_quietly()
 
     def publish_companions(self) -> None:
@@ -214,12 +215,6 @@ class GeoTiffSink(FileSink):
         if self._tiles is not None:
             self._tiles.drop()
             self._tiles = None
-        if self._file is not None:
-            file, self._file = self._file, None
-            try:
-                file.close()
-            except OSError:
-                pass
 
 
 def open_own(

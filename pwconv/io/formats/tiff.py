@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -294,17 +294,12 @@ class TiffSink(FileSink):
         self._level = request.compression_level
         self._picture_tags = _picture_tags(request, shape[2] if len(shape) == 3 else 1)
         self._strips: EncodedBlocks | None = None
-        self._file: Any = None  # a compressed output's temp file, written by tifffile
         self._fd = -1
         self._offset = 0
         self._predictor = _predictor(request, dtype)
         with setting_up(self, path):
             if self._compression:
                 encoding = self._encoding()
-                # Opened here, not by tifffile on the strip writer's thread: a run stopped by a
-                # signal removes the temp file while that thread may not have opened it yet,
-                # and opening it by name then made it again (an empty file left behind).
-                self._file = open(self.temp.path, "wb")  # noqa: SIM115 - closed by finish() or close_quietly()
                 self._strips = EncodedBlocks(
                     self._stored_shape,
                     encoding,
@@ -313,7 +308,9 @@ class TiffSink(FileSink):
                     tiled=False,
                     hold=request.buffer_bytes // 4,
                 )
-                self._strips.start(lambda strips: self._write_file(strips, encoding))
+                self._strips.start(
+                    self.temp.path, lambda file, strips: self._write_file(file, strips, encoding)
+                )
             else:
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
@@ -360,11 +357,11 @@ class TiffSink(FileSink):
             return None
         return _TiffBlockWriter(self.temp.path, len(self._stored_shape))
 
-    def _write_file(self, strips: Iterator[bytes], layout: BlockLayout) -> None:
-        """tifffile writing the temp file from ``strips`` (encoded as ``layout`` says, in
-        order), on the strip writer's thread."""
+    def _write_file(self, file: BinaryIO, strips: Iterator[bytes], layout: BlockLayout) -> None:
+        """tifffile writing ``file`` from ``strips`` (encoded as ``layout`` says, in order),
+        on the strip writer's thread."""
         _tifffile().imwrite(
-            self._file,
+            file,
             strips,  # encoded strips, which tifffile writes as they are
             shape=self._stored_shape,
             dtype=self.dtype,
@@ -378,21 +375,12 @@ class TiffSink(FileSink):
     def finish(self) -> None:
         if self._strips is not None:
             self._strips.finish()
-        if self._file is not None:
-            file, self._file = self._file, None
-            file.close()  # its last bytes go to the disk here: a full disk fails the run
         self.close_quietly()
 
     def close_quietly(self) -> None:
         if self._strips is not None:
             self._strips.drop()
             self._strips = None
-        if self._file is not None:
-            file, self._file = self._file, None
-            try:
-                file.close()
-            except OSError:
-                pass
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

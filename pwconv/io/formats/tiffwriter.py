@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -82,13 +82,19 @@ class EncodedBlocks:
         self._failure: BaseException | None = None
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._file: BinaryIO | None = None
 
-    def start(self, write: Callable[[Iterator[bytes]], None]) -> None:
-        """Run ``write`` over the encoded blocks, in order, on the block writer's thread."""
+    def start(self, path: str, write: Callable[[BinaryIO, Iterator[bytes]], None]) -> None:
+        """Open ``path`` for writing and run ``write(file, encoded blocks in order)`` on the
+        block writer's thread. The file is opened here, not on that thread: a run stopped by
+        a signal removes its temp files, and a thread opening the file by name after that
+        made it again (an empty file left behind)."""
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by finish() or drop()
+        file = self._file
 
         def run() -> None:
             try:
-                write(self._in_order())
+                write(file, self._in_order())
             except _Stopped:
                 pass
             except BaseException as exc:  # noqa: BLE001 - raised again by finish(), on the caller's thread
@@ -187,6 +193,9 @@ class EncodedBlocks:
             self._thread.join()
         if self._failure is not None:
             raise self._failure
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()  # its last bytes go to the disk here: a full disk fails the run
 
     def drop(self) -> None:
         """Stop the writer and let go of every block; encodings not yet started are cancelled."""
@@ -200,3 +209,9 @@ class EncodedBlocks:
             self._thread.join(timeout=30.0)
         self._raw = [None] * len(self._raw)
         self._encoded = [None] * len(self._encoded)
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass
