@@ -59,6 +59,12 @@ CASES = {
                                       float("nan")),
     "uint16 bigtiff zstd": ("1,1,1;2,2,2", np.uint16, ["--dtype", "uint16", "--co", "COMPRESS=ZSTD",
                                                        "--co", "BIGTIFF=YES", "--co", "NUM_THREADS=2"], 0),
+    "int8 four bands deflate": ("1,0,0;0,1,0;0,0,1;1,1,-1", np.int8, ["--dtype", "int8"], None),
+    "int32 zstd predictor 2": ("3,-2,1", np.int32, ["--dtype", "int32", "--co", "COMPRESS=ZSTD", "--co", "PREDICTOR=2"],
+                               None),
+    "uint32 lzw four bands": ("1,0,0;0,1,0;0,0,1;1,1,1", np.uint32, ["--dtype", "uint32", "--co", "COMPRESS=LZW"],
+                              None),
+    "uint8 four bands zstd": ("1,0,0;0,1,0;0,0,1;0,0,0", np.uint8, ["--dtype", "uint8", "--co", "COMPRESS=ZSTD"], None),
 }  # fmt: skip
 
 
