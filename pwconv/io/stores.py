@@ -281,6 +281,9 @@ def _guarded(url: str, doing: str, call: Callable[[], _T]) -> _T:
         raise
     except Exception as exc:  # noqa: BLE001 - obstore's and http.client's errors have many types
         raise _failure(url, exc, doing) from None
+    finally:
+        if doing == "write":
+            _forget_small()
 
 
 # --- object stores through obstore -----------------------------------------------------------
@@ -626,6 +629,21 @@ def _store_head(url: str) -> tuple[int, Any]:
 # --- one object ------------------------------------------------------------------------------
 
 
+# Objects that came whole with the request that opened them (at most HEAD_BYTES), kept for
+# the rest of the process: a small bank is opened by several readers (its names, labels,
+# tensors, the digest) and was fetched by each (an npz bank over HTTP: up to 16 requests).
+# Whatever pwconv writes or removes at a URL forgets them all, so no read after it sees a
+# copy older than its own write.
+_small: dict[str, bytes] = {}
+_small_lock = threading.Lock()
+_SMALL_MOST = 256  # objects kept at most (4 MiB)
+
+
+def _forget_small() -> None:
+    with _small_lock:
+        _small.clear()
+
+
 class RemoteObject:
     """One object behind a URL, read by byte ranges, several in flight at once."""
 
@@ -635,13 +653,22 @@ class RemoteObject:
         also fetches the first :data:`HEAD_BYTES`, kept for the reads that fall within them."""
         self.url = url
         self._head: Any = b""
+        self.transferred = 0
+        with _small_lock:
+            whole = _small.get(url)
         if size is not None:
             self.size = size
+        elif whole is not None:  # fetched whole by an earlier open this run
+            self.size, self._head = len(whole), whole
         else:
             self.size, self._head = _guarded(
                 url, "read", lambda: (_http_head if is_http(url) else _store_head)(url)
             )
-        self.transferred = len(self._head)
+            self.transferred = len(self._head)
+            if len(self._head) == self.size:
+                with _small_lock:
+                    if len(_small) < _SMALL_MOST:
+                        _small[url] = bytes(self._head)
         self._lock = threading.Lock()
 
     @property
@@ -1233,6 +1260,8 @@ def remove(url: str) -> None:
         _obstore().delete(store, keys)
     except Exception:  # noqa: BLE001 - clean-up after a failure must not mask it
         pass
+    finally:
+        _forget_small()
 
 
 # --- local copies of objects that a library reads only as files ------------------------------
