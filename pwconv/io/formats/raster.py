@@ -269,20 +269,7 @@ class RasterSource(Source):
         return TiffBlocks.of_file(self.path, remote, layout, self._block_place, self._ds.nodata)
 
     def _block_place(self, coords: tuple[int, ...]) -> tuple[int, int]:
-        """GDAL's offset and stored size of the block at (row, col, plane); (0, 0) for one
-        never written."""
-        row, col, plane = coords  # plane 0 holds all bands where they are pixel-interleaved
-        found = []
-        for item in ("OFFSET", "SIZE"):
-            text = self._ds.get_tag_item(f"BLOCK_{item}_{col}_{row}", "TIFF", bidx=plane + 1)
-            try:
-                found.append(int(text) if text else 0)
-            except ValueError:
-                raise FormatError(
-                    f"expected a block {item.lower()} for block {coords} of {shown(self.path)!r}, found {text!r}; "
-                    "the file is damaged, write it again"
-                ) from None
-        return (found[0], found[1]) if found[0] and found[1] else (0, 0)
+        return _gdal_block(self._ds, coords, self.path)
 
     def chunks(self) -> tuple[int, ...] | None:
         rows, cols = self._ds.block_shapes[0]
@@ -366,17 +353,12 @@ def _placement(request: SinkRequest) -> tuple[Any, Any]:
 class RasterSink(FileSink):
     """A raster written window by window into a temp file renamed on commit."""
 
-    def __init__(self, path: str, request: SinkRequest) -> None:
+    def __init__(
+        self, path: str, request: SinkRequest, driver: str, options: dict[str, Any], crs: Any, transform: Any
+    ) -> None:
+        """``options``: the creation options (lower-case keys, pwconv's defaults included)."""
         rasterio = rasterio_module()
         shape = request.shape
-        if len(shape) != 3:
-            raise UsageError(
-                f"expected (rows, cols, bands) for a raster output, found shape {shape}; write .npy"
-            )
-        driver = _DRIVERS[os.path.splitext(path)[1].lower()]
-        _check_dtype(driver, np.dtype(request.dtype), path)
-        crs, transform = _placement(request)
-        options = _creation_options(driver, request, shape, request.metadata.get("raster", {}).get("blocks"))
         self._driver = driver
         self._sparse = gdal_flag(options.get("sparse_ok", False))
         self._ds: Any = None
@@ -439,7 +421,7 @@ class RasterSink(FileSink):
                 with rasterio.open(self.temp.path) as written:
                     written.read(window=rasterio.windows.Window(0, height - 1, width, 1))
                     if self._driver == "GTiff" and not self._sparse:
-                        problem = _missing_block(written, os.path.getsize(self.temp.path))
+                        problem = _missing_block(written, self.temp.path)
             except Exception as exc:  # noqa: BLE001 - rasterio's errors for a short file
                 problem = first_line(exc)
         if problem is not None:
@@ -460,17 +442,34 @@ class RasterSink(FileSink):
             ds.close()
 
 
-def _missing_block(ds: Any, size: int) -> str | None:
-    """The first block of the GeoTIFF ``ds`` (``size`` bytes) that is not in the file, if any."""
+def _gdal_block(ds: Any, coords: tuple[int, ...], path: str) -> tuple[int, int]:
+    """GDAL's offset and stored size of the block at (row, col, plane) of the GeoTIFF ``ds``
+    (at ``path``); (0, 0) for one never written."""
+    row, col, plane = coords  # plane 0 holds all bands where they are pixel-interleaved
+    found = []
+    for item in ("OFFSET", "SIZE"):
+        text = ds.get_tag_item(f"BLOCK_{item}_{col}_{row}", "TIFF", bidx=plane + 1)
+        try:
+            found.append(int(text) if text else 0)
+        except ValueError:
+            raise FormatError(
+                f"expected a block {item.lower()} for block {coords} of {shown(path)!r}, found {text!r}; "
+                "the file is damaged, write it again"
+            ) from None
+    return (found[0], found[1]) if found[0] and found[1] else (0, 0)
+
+
+def _missing_block(ds: Any, path: str) -> str | None:
+    """The first block of the GeoTIFF ``ds`` (the file at ``path``) that is not in the file, if any."""
     rows, cols = ds.block_shapes[0]
     planes = ds.count if ds.interleaving is not None and ds.interleaving.name == "BAND" else 1
-    for plane in range(1, planes + 1):
+    size = os.path.getsize(path)
+    for plane in range(planes):
         for row in range(-(-ds.height // rows)):
             for col in range(-(-ds.width // cols)):
-                offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=plane)
-                stored = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=plane)
-                if not offset or not stored or int(offset) + int(stored) > size:
-                    return f"block {row},{col} of band {plane} missing"
+                offset, stored = _gdal_block(ds, (row, col, plane), path)
+                if not offset or offset + stored > size:
+                    return f"block {row},{col} of band {plane + 1} missing"
     return None
 
 
@@ -486,18 +485,24 @@ class RasterFormat(Backend):
             return TiffSource(spec.path)
 
     def open_sink(self, spec: Spec, request: SinkRequest) -> FileSink:
+        """pwconv's own writer for a GeoTIFF it can write (:mod:`geotiff`), else GDAL's."""
         check_output_path(spec.path, request.overwrite)
-        if _DRIVERS[os.path.splitext(spec.path)[1].lower()] == "GTiff" and raw_paths_enabled():
+        shape = request.shape
+        if len(shape) != 3:
+            raise UsageError(
+                f"expected (rows, cols, bands) for a raster output, found shape {shape}; write .npy"
+            )
+        driver = _DRIVERS[os.path.splitext(spec.path)[1].lower()]
+        _check_dtype(driver, np.dtype(request.dtype), spec.path)
+        options = _creation_options(driver, request, shape, request.metadata.get("raster", {}).get("blocks"))
+        crs, transform = _placement(request)
+        if driver == "GTiff" and raw_paths_enabled():
             from pwconv.io.formats.geotiff import open_own
 
-            _check_dtype("GTiff", np.dtype(request.dtype), spec.path)
-            shape = request.shape
-            blocks = request.metadata.get("raster", {}).get("blocks")
-            options = _creation_options("GTiff", request, shape, blocks) if len(shape) == 3 else {}
-            own = open_own(spec.path, request, options, *_placement(request))
+            own = open_own(spec.path, request, options, crs, transform)
             if own is not None:
                 return own
-        return RasterSink(spec.path, request)
+        return RasterSink(spec.path, request, driver, options, crs, transform)
 
     def claims(self, path: str) -> bool:
         return claims(path)
