@@ -644,6 +644,11 @@ def _forget_small() -> None:
         _small.clear()
 
 
+def _kept_whole(url: str) -> bytes | None:
+    with _small_lock:
+        return _small.get(url)
+
+
 class RemoteObject:
     """One object behind a URL, read by byte ranges, several in flight at once."""
 
@@ -654,11 +659,9 @@ class RemoteObject:
         self.url = url
         self._head: Any = b""
         self.transferred = 0
-        with _small_lock:
-            whole = _small.get(url)
         if size is not None:
             self.size = size
-        elif whole is not None:  # fetched whole by an earlier open this run
+        elif (whole := _kept_whole(url)) is not None:  # fetched whole by an earlier open this run
             self.size, self._head = len(whole), whole
         else:
             self.size, self._head = _guarded(

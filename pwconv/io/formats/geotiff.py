@@ -25,7 +25,7 @@ import numpy as np
 from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, place_companion, setting_up
 from pwconv.io.formats.tiffblocks import BlockLayout
-from pwconv.io.formats.tiffwriter import TIFFFILE_NAMES, EncodedBlocks
+from pwconv.io.formats.tiffwriter import BIGTIFF_BYTES, TIFFFILE_NAMES, EncodedBlocks
 from pwconv.io.gdal import gdal_flag, option_warnings, rasterio_module
 from pwconv.io.rawio import box_of
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
     from pwconv.io.interface import SinkRequest
 
-# Past this many bytes of pixels (4 GiB less a margin for the tags), a BigTIFF.
-_BIGTIFF_BYTES = 2**32 - 2**25
 # The creation options written here; any other sends the output to GDAL.
 _OPTIONS = {
     "tiled", "compress", "num_threads", "blockxsize", "blockysize", "predictor", "zlevel", "zstd_level",
@@ -72,7 +70,7 @@ def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype)
     these, strips, a codec other than deflate, zstd or LZW, a level or predictor outside what
     pwconv's codecs take, complex numbers, BIGTIFF=NO, or tifffile (or for zstd and LZW,
     imagecodecs) not installed."""
-    if len(shape) != 3 or not options.keys() <= _OPTIONS or dtype.kind not in "iuf":
+    if not options.keys() <= _OPTIONS or dtype.kind not in "iuf":
         return None
     codec = str(options.get("compress", "none")).strip().lower()
     if importlib.util.find_spec("tifffile") is None or (codec != "deflate" and not codecs.can_decode(codec)):
@@ -105,7 +103,7 @@ def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype)
     bigtiff = str(options.get("bigtiff", "if_needed")).strip().lower()
     if bigtiff not in ("yes", "if_needed", "if_safer"):
         return None
-    big = bigtiff == "yes" or math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
+    big = bigtiff == "yes" or math.prod(shape) * dtype.itemsize > BIGTIFF_BYTES
     layout = BlockLayout((shape[0], shape[1], shape[2]), dtype, (rows, cols), shape[2], codec, predictor)
     return Plan(layout, level, big)
 

@@ -31,7 +31,7 @@ from pwconv.io import codecs
 from pwconv.io.atomic import FileSink, check_output_path, setting_up
 from pwconv.io.checks import check_readable, first_line, numeric_dtype
 from pwconv.io.formats.tiffblocks import BlockLayout, TiffBlocks, tifffile_layout
-from pwconv.io.formats.tiffwriter import TIFFFILE_NAMES, EncodedBlocks
+from pwconv.io.formats.tiffwriter import BIGTIFF_BYTES, TIFFFILE_NAMES, EncodedBlocks
 from pwconv.io.interface import Backend, BlockWriter, Description, SinkRequest, Source
 from pwconv.io.pictures import kept_for, picture_metadata
 from pwconv.io.rawio import box_of, raw_paths_enabled, transfer_runs
@@ -40,7 +40,6 @@ from pwconv.io.stores import RangedFile, RemoteObject, is_url, shown
 if TYPE_CHECKING:
     from pwconv.io.spec import Spec
 
-_BIGTIFF_BYTES = 2**32 - 2**25
 _STRIP_BYTES = 1 << 18  # a compressed output's strips: tifffile's own choice (about 256 KiB)
 
 
@@ -315,7 +314,7 @@ class TiffSink(FileSink):
                 # tifffile lays out an uncompressed contiguous image; blocks are then written at
                 # their offsets with plain file writes (a writable map of the whole output would
                 # keep every page written resident).
-                big = math.prod(shape) * dtype.itemsize > _BIGTIFF_BYTES
+                big = math.prod(shape) * dtype.itemsize > BIGTIFF_BYTES
                 layout = tifffile.memmap(
                     self.temp.path,
                     shape=self._stored_shape,

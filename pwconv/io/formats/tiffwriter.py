@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: pwconv's codec names -> tifffile's.
 TIFFFILE_NAMES = {"deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}
+#: Past this many bytes of pixels (4 GiB less a margin for the tags), an output is a BigTIFF.
+BIGTIFF_BYTES = 2**32 - 2**25
 # The complete blocks that may wait behind the reads where the sink was given no budget.
 _HOLD = 64 << 20
 
