@@ -174,6 +174,25 @@ def write_geotiff(
             dst.set_band_description(band, name)
 
 
+def raster_facts(path: Path) -> dict:
+    """What GDAL reads of a raster: profile, nodata (NaN as "nan"), tags, image structure,
+    band descriptions, colour interpretation, block shapes and pixels."""
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(path) as ds:
+        profile = dict(ds.profile)
+        nodata = profile.pop("nodata")
+        return {
+            "profile": profile,
+            "nodata": "nan" if nodata is not None and np.isnan(nodata) else nodata,
+            "tags": ds.tags(),
+            "structure": ds.tags(ns="IMAGE_STRUCTURE"),
+            "descriptions": ds.descriptions,
+            "colorinterp": ds.colorinterp,
+            "blocks": ds.block_shapes,
+            "pixels": ds.read(),
+        }
+
+
 @pytest.fixture(params=["disk", "http"])
 def located(request, tmp_path):
     """The name an input under ``tmp_path`` is read by: its path, or its URL."""

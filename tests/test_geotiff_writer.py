@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, run_cli
+from .conftest import assert_clean_error, raster_facts, run_cli
 
 rasterio = pytest.importorskip("rasterio")
 tifffile = pytest.importorskip("tifffile")
@@ -31,20 +31,11 @@ def _input(path, bands: np.ndarray, nodata=None, names=None) -> None:
 
 
 def _facts(path) -> dict:
-    with rasterio.open(path) as ds:
-        tags, profile = ds.tags(), dict(ds.profile)
-        nodata = profile.pop("nodata")
-        return {
-            "profile": profile,
-            "nodata": "nan" if nodata is not None and np.isnan(nodata) else nodata,
-            "tags": {k: v for k, v in tags.items() if k not in _RESOLUTION},
-            "own": _RESOLUTION <= tags.keys(),
-            "structure": ds.tags(ns="IMAGE_STRUCTURE"),
-            "descriptions": ds.descriptions,
-            "colorinterp": ds.colorinterp,
-            "blocks": ds.block_shapes,
-            "pixels": ds.read(),
-        }
+    """GDAL's reading of the file, the resolution tags apart; "own": they are there."""
+    facts = raster_facts(path)
+    facts["own"] = _RESOLUTION <= facts["tags"].keys()
+    facts["tags"] = {k: v for k, v in facts["tags"].items() if k not in _RESOLUTION}
+    return facts
 
 
 CASES = {

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pwconv.io import stores
-from tests.conftest import assert_clean_error, modules_imported_by, run_cli, write_geotiff
+from tests.conftest import assert_clean_error, modules_imported_by, raster_facts, run_cli, write_geotiff
 from tests.servers import FaultProxy, RangeServer, S3Server, free_port
 
 pytest.importorskip("obstore")
@@ -924,7 +924,10 @@ def test_reset_in_mid_upload_leaves_nothing(s3: S3Server, bucket: str, tmp_path:
         proc = run_cli("apply", tmp_path / "x.npy", w, "-o", f"s3://{bucket}/y.zarr", "--chunks", "128,512,16",
                        env=env)  # fmt: skip
         assert_clean_error(proc, 1, f"s3://{bucket}/y.zarr")
-        assert proxy.failed >= 2
+        proc = run_cli("apply", tmp_path / "x.npy", w, "-o", f"s3://{bucket}/y.tif", "--co", "COMPRESS=NONE",
+                       env=env)  # fmt: skip
+        assert_clean_error(proc, 1, f"s3://{bucket}/y.tif")
+        assert proxy.failed >= 3
     finally:
         proxy.stop()
     assert keys(s3, bucket) == []
@@ -997,6 +1000,40 @@ def test_a_zarr_output_at_a_url_puts_each_blocks_chunks_as_it_goes(
     assert keys(s3, bucket) == ["x.npy"]
 
 
+class _ReadsCut:
+    """A proxy to the S3 server that records every request and cuts every GET of ``key``
+    after the first ``after`` of them (a network failing in mid-run)."""
+
+    def __init__(self, s3: S3Server, key: str) -> None:
+        self.key, self.after = key, 10**9
+        self.requests: list[tuple[str, str]] = []
+        self.proxy = FaultProxy(s3.port, self._cut)
+
+    def _cut(self, method: str, path: str) -> bool:
+        self.requests.append((method, path))
+        reads = sum(1 for m, p in self.requests if m == "GET" and self.key in p)
+        return method == "GET" and self.key in path and reads > self.after
+
+    def reads(self) -> list[int]:
+        return [i for i, (m, p) in enumerate(self.requests) if m == "GET" and self.key in p]
+
+    def parts(self, target: str) -> list[int]:
+        """The positions of the upload parts put at ``target``, among all requests."""
+        return [
+            i
+            for i, (m, p) in enumerate(self.requests)
+            if m == "PUT" and f"/{target}?" in p and "partNumber" in p
+        ]
+
+    def assert_a_part_went_up_before_the_last_read(self, target: str) -> None:
+        parts, reads = self.parts(target), self.reads()
+        assert len(parts) >= 2 and parts[0] < reads[-1], self.requests
+
+    def fail_after_three_quarters(self) -> None:
+        """The next run's reads fail three quarters of the way through (those of the last run)."""
+        self.after, self.requests = len(self.reads()) * 3 // 4, []
+
+
 def test_an_npy_output_at_a_url_is_uploaded_as_its_blocks_come(
     s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:
@@ -1009,36 +1046,108 @@ def test_an_npy_output_at_a_url_is_uploaded_as_its_blocks_come(
     source = put(s3, bucket, "x.npy", tmp_path / "x.npy")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    requests: list[tuple[str, str]] = []
-    failing = {"after": 10**9}
-
-    def cut(method: str, path: str) -> bool:
-        requests.append((method, path))
-        reads = sum(1 for m, p in requests if m == "GET" and "/x.npy" in p)
-        return method == "GET" and "/x.npy" in path and reads > failing["after"]
-
-    proxy = FaultProxy(s3.port, cut)
-    env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint, "TMPDIR": str(temp)}
+    cut = _ReadsCut(s3, "/x.npy")
+    env = {**s3.env, "AWS_ENDPOINT_URL": cut.proxy.endpoint, "TMPDIR": str(temp)}
     target = f"s3://{bucket}/y.npy"
     try:
         proc = run_cli("apply", source, tmp_path / "w.npy", "-o", target, "--max-memory", "4MB", env=env)
         assert proc.returncode == 0, proc.stderr
-        parts = [i for i, (m, p) in enumerate(requests) if m == "PUT" and "/y.npy" in p and "partNumber" in p]
-        reads = [i for i, (m, p) in enumerate(requests) if m == "GET" and "/x.npy" in p]
-        assert len(parts) >= 2 and parts[0] < reads[-1], requests  # a part up before the last read
+        cut.assert_a_part_went_up_before_the_last_read("y.npy")
         assert list(temp.iterdir()) == []
         got = np.load(fetch(s3, bucket, "y.npy", tmp_path / "y.npy"))
         np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
         s3.client().delete_object(Bucket=bucket, Key="y.npy")
 
-        requests.clear()
-        failing["after"] = len(reads) * 3 // 4  # 12 of the 16 MiB read: the first 8 MiB part is up
+        cut.fail_after_three_quarters()  # 12 of the 16 MiB read: the first 8 MiB part is up
         proc = run_cli("apply", source, tmp_path / "w.npy", "-o", target, "--max-memory", "4MB", env=env)
         assert_clean_error(proc, 1, f"s3://{bucket}/x.npy")
-        assert any(m == "PUT" and "partNumber=1" in p for m, p in requests), requests
+        assert cut.parts("y.npy"), cut.requests
     finally:
-        proxy.stop()
+        cut.proxy.stop()
     assert keys(s3, bucket) == ["x.npy"]
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+_STREAMED_GEOTIFFS = {
+    # input dtype, input nodata, output options
+    "float32, nodata, names": (np.float32, -1.0, []),
+    "int16 out, edge tiles": (np.int16, -999, ["--dtype", "int16", "--co", "BLOCKXSIZE=48", "--co", "BLOCKYSIZE=32"]),
+    "uint8 out, bigtiff": (np.uint8, None, ["--dtype", "uint8", "--co", "BIGTIFF=YES"]),
+    "float64, nan nodata": (np.float64, float("nan"), []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_STREAMED_GEOTIFFS))
+def test_an_uncompressed_geotiff_at_a_url_is_the_file_gdal_writes(
+    s3: S3Server, bucket: str, tmp_path: Path, case: str
+) -> None:
+    """Streamed to the store by pwconv, it reads back as GDAL's own file of the same run:
+    pixels, georeferencing, nodata, band names, tags, tiles and BigTIFF-ness."""
+    dtype, nodata, options = _STREAMED_GEOTIFFS[case]
+    bands = (np.random.default_rng(54).random((4, 70, 50)) * 90).astype(dtype)
+    if nodata is not None and not np.isnan(nodata):
+        bands[:, :2, :3] = nodata
+    write_geotiff(tmp_path / "in.tif", bands, ("blue", "green", "red", "nir"), nodata=nodata)
+    weights = "1,0,0,0;0,1,0,1;0,0,1,-1"
+    options = [*options, "--co", "COMPRESS=NONE"]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = run_cli("apply", "in.tif", weights, "-o", f"s3://{bucket}/out.tif", *options, "--json", cwd=tmp_path,
+                   env={**s3.env, "TMPDIR": str(temp)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(temp.iterdir()) == []  # nothing staged
+    proc = run_cli("apply", "in.tif", weights, "-o", "gdal.tif", *options, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    streamed = raster_facts(fetch(s3, bucket, "out.tif", tmp_path / "streamed.tif"))
+    gdal = raster_facts(tmp_path / "gdal.tif")
+    np.testing.assert_array_equal(streamed.pop("pixels"), gdal.pop("pixels"))
+    assert streamed == gdal
+    assert streamed["structure"].get("COMPRESSION") is None
+    with open(tmp_path / "streamed.tif", "rb") as handle:
+        assert handle.read(4)[2:] == (b"+\x00" if "BIGTIFF=YES" in options else b"*\x00")
+
+
+def test_an_uncompressed_geotiff_at_a_url_is_uploaded_as_its_tiles_come(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """Parts go up while the input is still being read, and the run replaces an old output
+    and removes its sidecar; a read failing after some parts are up aborts the upload and
+    leaves an old output and its sidecar as they were."""
+    x = cube((1024, 1024, 4), seed=55)  # 16 MiB in and out: parts of 8 MiB
+    write_geotiff(tmp_path / "in.tif", np.moveaxis(x, -1, 0).copy())
+    source = put(s3, bucket, "in.tif", tmp_path / "in.tif")
+    w = np.random.default_rng(56).random((4, 4)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    target = f"s3://{bucket}/out.tif"
+
+    def old_output() -> None:
+        s3.client().put_object(Bucket=bucket, Key="out.tif", Body=b"old")
+        s3.client().put_object(Bucket=bucket, Key="out.tif.aux.xml", Body=b"<PAMDataset/>")
+
+    cut = _ReadsCut(s3, "/in.tif")
+    env = {**s3.env, "AWS_ENDPOINT_URL": cut.proxy.endpoint}
+    run = ["apply", source, tmp_path / "w.npy", "-o", target, "--co", "COMPRESS=NONE", "--overwrite",
+           "--max-memory", "8MB"]  # fmt: skip
+    rasterio = pytest.importorskip("rasterio")
+    try:
+        old_output()
+        proc = run_cli(*run, env=env)
+        assert proc.returncode == 0, proc.stderr
+        cut.assert_a_part_went_up_before_the_last_read("out.tif")
+        assert keys(s3, bucket) == ["in.tif", "out.tif"]  # the old sidecar is gone
+        with rasterio.open(fetch(s3, bucket, "out.tif", tmp_path / "out.tif")) as ds:
+            assert ds.crs == "EPSG:32633" and ds.compression is None
+            np.testing.assert_allclose(np.moveaxis(ds.read(), 0, -1), mixed(x, w), rtol=1e-5, atol=1e-5)
+
+        old_output()
+        cut.fail_after_three_quarters()  # 12 of the 16 MiB read: the first part is up
+        proc = run_cli(*run, env=env)
+        assert_clean_error(proc, 1, f"s3://{bucket}/in.tif")
+        assert cut.parts("out.tif"), cut.requests
+    finally:
+        cut.proxy.stop()
+    assert keys(s3, bucket) == ["in.tif", "out.tif", "out.tif.aux.xml"]
+    assert s3.client().get_object(Bucket=bucket, Key="out.tif")["Body"].read() == b"old"
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 

@@ -22,7 +22,7 @@ from pwconv.io.atomic import FileSink, check_output_path, place_companion, setti
 from pwconv.io.checks import check_readable, first_line, lies_outside, numeric_dtype, refuse_external
 from pwconv.io.formats.tiffblocks import TiffBlocks, gdal_layout
 from pwconv.io.gdal import gdal_flag, option_warnings, rasterio_module
-from pwconv.io.interface import Backend, Description, SinkRequest, Source
+from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.rawio import raw_paths_enabled
 from pwconv.io.stores import (
     RemoteObject,
@@ -484,7 +484,7 @@ class RasterFormat(Backend):
 
             return TiffSource(spec.path)
 
-    def open_sink(self, spec: Spec, request: SinkRequest) -> FileSink:
+    def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
         """pwconv's own writer for a GeoTIFF it can write (:mod:`geotiff`), else GDAL's."""
         check_output_path(spec.path, request.overwrite)
         shape = request.shape
