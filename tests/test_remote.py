@@ -4,9 +4,11 @@ with boto3, GDAL and zarr; errors are one line with the documented exit code."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -646,6 +648,34 @@ def test_a_compressed_geotiff_over_http_has_its_blocks_fetched_and_decoded_by_pw
         proc = run_cli("explain", f"{server.url}/x.tif", tmp_path / "w.npy", "--at", "100,200")
         assert proc.returncode == 0, proc.stderr
         assert server.sent - sent < (tmp_path / "x.tif").stat().st_size / 10
+    finally:
+        server.stop()
+
+
+def test_windows_cutting_across_uncompressed_tiles_fetch_only_the_rows_they_need(tmp_path: Path) -> None:
+    """Tiles of 8 MiB (16 bands of 256 x 512) read in windows of about 100 rows (an output
+    written front to back, here a pipe): each window fetches its rows of each tile, and the
+    file is transferred about once (whole tiles: each tile for every window that met it)."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    bands = np.random.default_rng(57).random((16, 512, 512)).astype(np.float32)  # 16 MiB
+    profile = {
+        "driver": "GTiff", "height": 512, "width": 512, "count": 16, "dtype": "float32", "tiled": True,
+        "blockxsize": 512, "blockysize": 256, "crs": "EPSG:32633", "transform": from_origin(500000, 4200000, 30, 30),
+    }  # fmt: skip
+    with rasterio.open(tmp_path / "x.tif", "w", **profile) as ds:
+        ds.write(bands)
+    w = np.random.default_rng(58).standard_normal((2, 16)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    server = RangeServer(str(tmp_path))
+    try:
+        proc = run_cli("apply", f"{server.url}/x.tif", tmp_path / "w.npy", "-o", "-", "--max-memory", "8MB")
+        assert proc.returncode == 0, proc.stderr
+        assert int(re.search(r"\((\d+) blocks", proc.stderr).group(1)) >= 4, proc.stderr
+        got = np.load(io.BytesIO(proc.stdout))
+        np.testing.assert_allclose(got, mixed(np.moveaxis(bands, 0, -1), w), rtol=1e-5, atol=1e-5)
+        assert server.sent < 1.2 * (tmp_path / "x.tif").stat().st_size, server.sent
     finally:
         server.stop()
 

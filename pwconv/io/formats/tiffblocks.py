@@ -283,14 +283,26 @@ class TiffBlocks:
         return decoded_block(self.layout, coords[0], data, f"block {coords} of {self.name}")
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        """Any selection (steps too) of (rows, cols, bands): its step-1 box read, then stepped."""
+        """Any selection (steps too) of (rows, cols, bands): its step-1 box read, then stepped.
+
+        Of an uncompressed block, only the rows the selection meets are read: a window whose
+        rows cut across large tiles (64 bands of 512 x 512 float32: 64 MiB each) otherwise
+        fetched every tile it met whole, for each window that met it."""
         box, steps = box_of(index, self.layout.shape)
         out = np.empty(tuple(b - a for a, b in box), self.layout.dtype)
         if not out.size:
             return out[steps]
+        layout = self.layout
+        raw = layout.codec is None and layout.predictor == 1
         stored = []
-        for piece in chunk_pieces(box, self.layout.chunks):
+        for piece in chunk_pieces(box, layout.chunks):
             offset, size = self._place(piece.coords)
+            if size and raw:  # rows are stored one after another: read those needed
+                rows = piece.inner[0]
+                offset, size = (
+                    offset + rows.start * layout.row_bytes,
+                    (rows.stop - rows.start) * layout.row_bytes,
+                )
             if size:
                 stored.append((piece, offset, size))
             else:
@@ -302,7 +314,12 @@ class TiffBlocks:
         def one(i: int) -> None:
             piece, offset, size = stored[i]
             data = fetched[i] if self._batched else self._fetch([offset], [offset + size])[0]
-            out[piece.outer] = self._decoded(piece.coords, data)[piece.inner]
+            if raw:
+                rows = np.frombuffer(data, layout.dtype, size // layout.dtype.itemsize)
+                rows = rows.reshape(-1, layout.block[1], layout.samples)
+                out[piece.outer] = rows[(slice(None),) + piece.inner[1:]]
+            else:
+                out[piece.outer] = self._decoded(piece.coords, data)[piece.inner]
 
         codecs.in_parallel(one, range(len(stored)))
         return out[steps]
