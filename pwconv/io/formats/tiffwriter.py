@@ -31,24 +31,7 @@ _HOLD = 64 << 20
 
 
 #: Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD8).
-FIELD_BYTES = {
-    1: 1,
-    2: 1,
-    3: 2,
-    4: 4,
-    5: 8,
-    6: 1,
-    7: 1,
-    8: 2,
-    9: 4,
-    10: 8,
-    11: 4,
-    12: 8,
-    13: 4,
-    16: 8,
-    17: 8,
-    18: 8,
-}
+FIELD_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}  # fmt: skip
 _SHORT, _LONG, _LONG8 = 3, 4, 16
 
 
@@ -95,9 +78,8 @@ def tiff_head(tags: list[RawTag], block_bytes: list[int], *, bigtiff: bool, tile
         key=lambda tag: tag.code,
     )
     header_bytes, count_bytes = (16, 8) if bigtiff else (8, 2)
-    end = (
-        header_bytes + count_bytes + len(entries) * entry_bytes + word
-    )  # ... and the next IFD's offset: none
+    # the header, the IFD's entry count, its entries and the next IFD's offset (none)
+    end = header_bytes + count_bytes + len(entries) * entry_bytes + word
     places: dict[int, int] = {}
     for tag in entries:
         if len(tag.data) > word:
@@ -306,7 +288,7 @@ class EncodedBlocks:
             return done
         return codecs.pool().submit(self._encode, raw, later=later)
 
-    def _in_order(self) -> Iterator[bytes]:
+    def _in_order(self) -> Iterator[Any]:
         """Every block's stored bytes, in order, each once it is encoded; at the end a block
         never completed is encoded as it is."""
         for i in range(len(self._encoded)):
