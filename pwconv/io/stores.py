@@ -1069,7 +1069,10 @@ def upload_file(local: str, url: str) -> None:
 
 def streamed_upload_parts(allowance: int) -> int:
     """The parts a streamed upload keeps in flight within ``allowance`` bytes: it holds that
-    many 8 MiB pieces and the one being filled (1 to 8 parts, so 16 MiB at the least)."""
+    many 8 MiB pieces and the one being filled (1 to 8 parts, so 16 MiB at the least); 8
+    where no allowance is given (0)."""
+    if not allowance:
+        return 8
     return max(1, min(8, allowance // PIECE - 1))
 
 

@@ -124,10 +124,6 @@ def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype)
     bigtiff = str(options.get("bigtiff", "if_needed")).strip().lower()
     if bigtiff not in ("yes", "if_needed", "if_safer"):
         return None
-    stored = math.prod(shape) * dtype.itemsize
-    if codec == "none":  # every tile whole, padded past the edges
-        stored = -(-shape[0] // rows) * -(-shape[1] // cols) * rows * cols * shape[2] * dtype.itemsize
-    big = bigtiff == "yes" or stored > BIGTIFF_BYTES
     layout = BlockLayout(
         (shape[0], shape[1], shape[2]),
         dtype,
@@ -136,7 +132,16 @@ def own_layout(options: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype)
         None if codec == "none" else codec,
         predictor,
     )
-    return Plan(layout, level, big)
+    stored = sum(_raw_tiles(layout)) if layout.codec is None else math.prod(shape) * dtype.itemsize
+    return Plan(layout, level, bigtiff == "yes" or stored > BIGTIFF_BYTES)
+
+
+def _raw_tiles(layout: BlockLayout) -> list[int]:
+    """Each tile's stored bytes where there is no codec: every tile whole, padded past the
+    image's edges."""
+    rows, cols, bands = layout.shape
+    count = -(-rows // layout.block[0]) * -(-cols // layout.block[1])
+    return [layout.block[0] * layout.block[1] * bands * layout.dtype.itemsize] * count
 
 
 @dataclass(frozen=True)
@@ -306,13 +311,9 @@ class StreamedGeoTiffSink(Sink):
         self._tiles = EncodedBlocks(
             request.shape, layout, None, repr(url), tiled=True, hold=request.buffer_bytes // 4
         )
-        tile_bytes = layout.block[0] * layout.block[1] * layout.shape[2] * layout.dtype.itemsize
-        sizes = [tile_bytes] * -(-layout.shape[0] // layout.block[0]) * -(-layout.shape[1] // layout.block[1])
         tags = _structure(plan, description.photometric, description.extrasamples) + description.tags
-        head = tiff_head(tags, sizes, bigtiff=plan.bigtiff, tiled=True)
-        self._upload = StreamedUpload(
-            url, streamed_upload_parts(request.buffer_bytes) if request.buffer_bytes else 8
-        )
+        head = tiff_head(tags, _raw_tiles(layout), bigtiff=plan.bigtiff, tiled=True)
+        self._upload = StreamedUpload(url, streamed_upload_parts(request.buffer_bytes))
         try:
             self._upload.send(head)
             self._tiles.start(_ToUpload(self._upload), _write_all)

@@ -372,8 +372,9 @@ class NpyFormat(Backend):
     def open_sink(self, spec: Spec, request: SinkRequest) -> Sink:
         check_output_path(spec.path, request.overwrite)
         if request.in_order and is_url(spec.path):
-            parts = streamed_upload_parts(request.buffer_bytes) if request.buffer_bytes else 8
-            return StreamedNpySink(spec.path, request.shape, request.dtype, parts)
+            return StreamedNpySink(
+                spec.path, request.shape, request.dtype, streamed_upload_parts(request.buffer_bytes)
+            )
         return NpySink(spec.path, request.shape, request.dtype)
 
     def bank_files(self, path: str) -> list[str]:
