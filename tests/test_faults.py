@@ -578,6 +578,23 @@ def test_a_signal_whose_exception_a_destructor_swallowed_still_ends_the_wait(mon
     assert ended.value.code == 143
 
 
+def test_a_thread_whose_join_a_signal_interrupted_still_runs():
+    """Python up to 3.12 marks a thread ended when a signal interrupts a join on it; pwconv's
+    threads (the upload, the TIFF block writer, the engine's workers) end only when they do."""
+    import threading
+
+    from pwconv.io import threads
+    from tests.conftest import Interrupted, interrupted_after
+
+    release = threading.Event()
+    thread = threads.Thread(lambda: release.wait(30), "test")
+    with interrupted_after(0.1), pytest.raises(Interrupted):
+        thread.join()
+    assert thread.alive() and not thread.join(0.05)
+    release.set()
+    assert thread.join(5) and not thread.alive()
+
+
 # A library that turns the handler's exception into its own error, as h5py does for a signal
 # that comes inside one of its calls ("operation not defined for data type class").
 _SIGNAL_TURNED_INTO_A_WRITE_ERROR = """

@@ -1217,6 +1217,34 @@ def test_sigterm_during_a_streamed_upload_leaves_nothing(s3: S3Server, bucket: s
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_a_signal_while_the_upload_completes_leaves_nothing(s3: S3Server, bucket: str) -> None:
+    """A signal's exception that stops ``finish()`` while it waits for the last parts (the
+    client already has them all) leaves the upload running: ``cancel()`` must wait for it and
+    remove the object it completes, not take the interrupted wait for its end."""
+    import time
+
+    from tests.conftest import Interrupted, interrupted_after
+    from tests.servers import environment
+
+    def slow_parts(method: str, path: str) -> bool:
+        if "partNumber" in path:
+            time.sleep(1.0)
+        return False
+
+    proxy = FaultProxy(s3.port, slow_parts)
+    try:
+        with environment({**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint}):
+            upload = stores.StreamedUpload(f"s3://{bucket}/y.bin", parts=2)
+            upload.send(b"x" * (9 << 20))  # two parts
+            with interrupted_after(0.2), pytest.raises(Interrupted):
+                upload.finish()
+            upload.cancel()
+    finally:
+        proxy.stop()
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert keys(s3, bucket) == []
+
+
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:
     clients = ("obstore", "urllib.request", "http.client", "boto3")
     assert modules_imported_by(worked, ["apply", "M.npy", "2,3", "-o", "o.npy"], clients) == (0, [])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pwconv.engines import interrupts
+from pwconv.io import threads
 
 T = TypeVar("T")
 
@@ -75,8 +76,7 @@ class Worker:
             with _blocking_lock:
                 _blocking.add(self)
         self._may_block = may_block
-        self._thread = threading.Thread(target=self._loop, name="pwconv-worker", daemon=True)
-        self._thread.start()
+        self._thread = threads.Thread(self._loop, "pwconv-worker")
 
     def _loop(self) -> None:
         while (call := self._calls.get()) is not None:

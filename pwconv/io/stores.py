@@ -31,6 +31,7 @@ from pwconv.errors import (
     UsageError,
     require_extra,
 )
+from pwconv.io import threads
 
 #: The schemes pwconv reads (and, but for HTTP, writes) and what messages call them.
 SCHEMES = {
@@ -1096,13 +1097,14 @@ class StreamedUpload:
         self._slot: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._taken = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._upload, name="pwconv-upload", daemon=True)
-        self._thread.start()
+        self._all_given = False  # the client has had the last piece: it completes the upload
+        self._thread = threads.Thread(self._upload, "pwconv-upload")
 
     def _pieces(self) -> Iterator[Any]:
         while True:
             item = self._slot.get()
             if item is self._END:
+                self._all_given = True
                 return
             if item is self._CANCEL:
                 raise _Cancelled("the run failed; the upload is aborted")
@@ -1126,7 +1128,7 @@ class StreamedUpload:
     def _check(self) -> None:
         if self._error is not None and not isinstance(self._error, _Cancelled):
             raise self._error
-        if not self._thread.is_alive():
+        if not self._thread.alive():
             raise NetworkError(f"the upload to {shown(self.url)!r} stopped; run again")
 
     def send(self, data: Any) -> None:
@@ -1147,17 +1149,20 @@ class StreamedUpload:
             raise self._error
 
     def cancel(self) -> None:
-        """Abort the upload (its parts are removed); nothing appears at the URL."""
-        if not self._thread.is_alive():
-            return
-        import queue
+        """Abort the upload (its parts are removed); nothing is left at the URL, not even an
+        object that :meth:`finish` was completing when a signal stopped it."""
+        if self._thread.alive():
+            import queue
 
-        try:  # a piece not taken yet makes way for the word to stop
-            self._slot.get_nowait()
-        except queue.Empty:
-            pass
-        self._slot.put(self._CANCEL)
-        self._thread.join(timeout=30)
+            try:  # a piece not taken yet (the end too) makes way for the word to stop
+                self._slot.get_nowait()
+            except queue.Empty:
+                pass
+            self._slot.put(self._CANCEL)
+            self._thread.join(timeout=30)
+        if self._all_given and self._error is None and not self._thread.alive():
+            self._all_given = False
+            remove(self.url)  # completed after all: the run that wrote it failed
 
 
 class _Cancelled(Exception):

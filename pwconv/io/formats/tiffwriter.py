@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pwconv.io import codecs
+from pwconv.io import codecs, threads
 from pwconv.io.formats.tiffblocks import BlockLayout, predicted
 
 #: pwconv's codec names -> tifffile's.
@@ -186,7 +186,7 @@ class EncodedBlocks:
         self._ended = False  # the file's writer returned or failed: it takes no more blocks
         self._failure: BaseException | None = None
         self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._thread: threads.Thread | None = None
         self._file: BlockFile | None = None
 
     def start(self, target: str | BlockFile, write: Callable[[Any, Iterator[Any]], None]) -> None:
@@ -209,8 +209,7 @@ class EncodedBlocks:
                     self._ended = True
                     self._lock.notify_all()
 
-        self._thread = threading.Thread(target=run, name="pwconv-tiff-blocks", daemon=True)
-        self._thread.start()
+        self._thread = threads.Thread(run, "pwconv-tiff-blocks")
 
     def _origin(self, i: int) -> tuple[int, int]:
         """Block ``i``'s first row and column in the image."""
