@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from pwconv.io import stores
-from tests.conftest import assert_clean_error, modules_imported_by, raster_facts, run_cli, write_geotiff
+from tests.conftest import (
+    WORKED_RESULT,
+    assert_clean_error,
+    modules_imported_by,
+    raster_facts,
+    run_cli,
+    write_geotiff,
+)
 from tests.servers import FaultProxy, RangeServer, S3Server, free_port
 
 pytest.importorskip("obstore")
@@ -1243,6 +1250,26 @@ def test_a_signal_while_the_upload_completes_leaves_nothing(s3: S3Server, bucket
         proxy.stop()
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert keys(s3, bucket) == []
+
+
+def test_file_urls_name_local_paths_and_other_schemes_are_refused(worked: Path) -> None:
+    """``file://`` is the local path it names; a scheme pwconv has no client for is one line,
+    exit 2, without the URL's user, password or query, not "no file at 'ftp://...'"."""
+    proc = run_cli("apply", (worked / "M.npy").as_uri(), "2,3", "-o", f"file://{worked}/o.npy", "--layout", "CHW",
+                   cwd=worked)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(worked / "o.npy")[0], WORKED_RESULT)
+
+    proc = run_cli("apply", "file://elsewhere/M.npy", "2,3", "-o", "o2.npy", cwd=worked)
+    assert_clean_error(proc, 2, "file:///path", "'elsewhere'")
+    for args in (["ftp://user:secret@host/x.npy?token=abc", "2,3", "-o", "o2.npy"],
+                 ["M.npy", "sftp://host/w.npy", "-o", "o2.npy"],
+                 ["M.npy", "2,3", "-o", "ftp://host/o2.npy"],
+                 ["M.npy+ftp://host/y.npy", "1", "-o", "o2.npy"]):  # fmt: skip
+        proc = run_cli("apply", *args, cwd=worked)
+        assert_clean_error(proc, 2, "found the scheme", "://host/")
+        assert "secret" not in proc.stderr and "token" not in proc.stderr
+    assert not (worked / "o2.npy").exists() and not (worked / "ftp:").exists()
 
 
 def test_local_run_imports_no_cloud_client(worked: Path) -> None:

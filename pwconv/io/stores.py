@@ -72,12 +72,22 @@ def is_url(text: str) -> bool:
 
 
 def local_path(text: str) -> str:
-    """A ``file://`` URL as the path it names; anything else unchanged.
+    """A ``file://`` URL as the path it names; anything else unchanged, but for a URL of a
+    scheme pwconv does not read (``ftp://``), which is refused rather than taken for a
+    local path that does not exist.
 
     >>> local_path("file:///data/x.npy"), local_path("x.npy")
     ('/data/x.npy', 'x.npy')
     """
     if text[:7].lower() != "file://":
+        match = _URL.match(text)
+        if match is not None and match.group("scheme").lower() not in SCHEMES and not os.path.exists(text):
+            parts = urllib.parse.urlsplit(text)  # shown without its user, password or query
+            raise UsageError(
+                "expected a local path or an s3://, gs://, az://, abfs://, http(s):// or file:// URL, "
+                f"found the scheme {parts.scheme + '://'!r} in '{parts.scheme}://{parts.hostname or ''}{parts.path}'; "
+                "use one of those instead"
+            )
         return text
     parts = urllib.parse.urlsplit(text)
     if parts.netloc not in ("", "localhost"):
