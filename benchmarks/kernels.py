@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from pwconv.core import kernels
+from pwconv.core import calibration, kernels
 
 
 def best_ms(call: Callable[..., object], args: tuple[object, ...], repeats: int) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
         kernels.use_instruction_set(args.path)
     blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info()]
     print(f"CPU {cpu_model()}; {dtype}, {args.mib} MiB inputs, {args.layout}, one thread")
-    print(f"BLAS {blas}; kernel {kernels.instruction_set()}")
+    print(f"BLAS {blas}; kernel {kernels.instruction_set()}; picked by {calibration.describe()}")
     if args.layout == "planes":
         planes(args, dtype)
         return

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pwconv import pointwise_conv
-from pwconv.core import kernels
+from pwconv.core import calibration, kernels
 
 try:
     import torch
@@ -61,6 +61,7 @@ def environment() -> dict[str, object]:
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "(unset)"),
         "pwconv_kernel": kernels.instruction_set() if kernels.enabled else "disabled",
+        "kernel_or_blas": calibration.describe(),
         "torch": getattr(torch, "__version__", "not installed"),
     }
     try:

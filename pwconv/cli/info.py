@@ -157,8 +157,34 @@ EXAMPLES = examples(
         "python -m pwconv info input.npy",
         "python -m pwconv info model.pt --channels 192",
         "python -m pwconv info --system",
+        "python -m pwconv info --system --calibrate",
     ]
 )
+
+
+def _calibrate(json_report: bool) -> None:
+    from pwconv.core import calibration, kernels
+    from pwconv.errors import UsageError
+
+    if not kernels.enabled or kernels.instruction_set() == "unavailable":
+        raise UsageError(
+            "expected the few-filter C kernels to calibrate, found them off (PWCONV_KERNEL=blas) or not built; "
+            "everything runs through BLAS, so there is nothing to choose"
+        )
+    cells, found = calibration.calibrate()
+    if json_report:
+        emit_json([entry(None, {"calibration": calibration.cache_path(), "regions": found,
+                               "cells": [cell._asdict() | {"ratio": cell.ratio} for cell in cells]})])  # fmt: skip
+        return
+    rows = [
+        (
+            f"{cell.layout} C={cell.channels} K={cell.filters}",
+            f"BLAS {cell.blas_ms:.2f} ms, kernel {cell.kernel_ms:.2f} ms ({cell.ratio:.2f}x)",
+        )  # fmt: skip
+        for cell in cells
+    ]
+    rows += [(("kernel" if won else "BLAS"), name) for name, won in found.items()]
+    print_rows(rows + [("kept in", calibration.cache_path())])
 
 
 def _print_system(json_report: bool) -> None:
@@ -182,6 +208,7 @@ def _print_system(json_report: bool) -> None:
                 f"few-filter C kernels (channels-last and channels-first): {doc['few_filter_kernel']}{off};"
                 " otherwise BLAS",
             ),
+            ("choice", f"kernel or BLAS: {doc['kernel_rule']}"),
             ("fit", f"scatter C kernel: {doc['scatter_kernel']}{off}; otherwise BLAS"),
             ("blas", blas_text),
             ("gzip", f"HDF5 gzip chunks decoded and encoded on every core by {doc['deflate']}"),
@@ -205,6 +232,14 @@ def info(
     system: Annotated[
         bool, typer.Option("--system", help="Describe the machine instead: CPU, cores, the C kernels, BLAS.")
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="With --system: time the C kernels against BLAS where CPUs differ (a few seconds) and keep "
+            "the choice for this machine.",
+        ),
+    ] = False,
     json_report: o.JsonOpt = False,
     allow_external: o.AllowExternalOpt = False,
 ) -> None:
@@ -220,8 +255,15 @@ def info(
     if system:
         if files:
             raise UsageError("expected FILE... or --system, found both; describe files and the machine apart")
+        if calibrate:
+            _calibrate(json_report)
+            return
         _print_system(json_report)
         return
+    if calibrate:
+        raise UsageError(
+            "expected --calibrate with --system, found it alone; run pwconv info --system --calibrate"
+        )
     if not files:
         raise UsageError("expected FILE... to describe (or --system), found none")
     described = describe_files(files, dataset, channels, channel_dim)

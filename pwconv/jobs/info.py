@@ -181,7 +181,7 @@ def system_doc() -> dict[str, Any]:
     import numpy as np
 
     from pwconv import __version__
-    from pwconv.core import kernels
+    from pwconv.core import calibration, kernels
     from pwconv.io import codecs
 
     cpu = platform.processor() or platform.machine()
@@ -217,6 +217,8 @@ def system_doc() -> dict[str, Any]:
         "few_filter_kernel": kernels.instruction_set(),
         "scatter_kernel": kernels.scatter_instruction_set(),
         "kernels_enabled": kernels.enabled,
+        "kernel_rule": calibration.describe(),
+        "calibrated": calibration.verdicts(),
         "blas": blas,
         "deflate": codecs.deflate_implementation(),
     }
