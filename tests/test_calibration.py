@@ -47,25 +47,43 @@ def rows_case(c: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, rng.standard_normal((k, c)).astype(np.float32), np.empty((4096, k), np.float32)
 
 
+def default_here(region: calibration.Region) -> bool:
+    vendor = dict(calibration._cpu()).get("vendor_id", "")
+    return region.default(kernels.instruction_set(), vendor)
+
+
+@pytest.mark.parametrize(
+    ("region", "code", "vendor", "kernel"),
+    [
+        (0, "avx512f", "GenuineIntel", True),  # 0.5-0.95x BLAS on the Intel Xeon
+        (0, "avx512f", "AuthenticAMD", False),  # 1.0-1.7x on the AMD EPYC with 256-bit units
+        (0, "avx2+fma", "AuthenticAMD", True),  # 0.35-0.92x on the AVX2 AMD EPYC
+        (1, "avx512f", "GenuineIntel", True),
+        (1, "avx512f", "AuthenticAMD", False),
+        (2, "avx512f", "AuthenticAMD", False),
+        (2, "avx512f", "HygonGenuine", False),  # a CPU nobody measured: BLAS, the safe side
+    ],
+)
+def test_the_regions_default_to_the_side_measured_faster_on_that_cpu(region, code, vendor, kernel) -> None:
+    assert calibration.REGIONS[region].default(code, vendor) is kernel
+
+
 @needs_kernel
-def test_a_region_the_kernel_lost_goes_to_blas_and_nothing_else_moves(calibration_file: Path) -> None:
+def test_a_calibration_settles_its_regions_and_nothing_else_moves(calibration_file: Path) -> None:
     inside, outside = rows_case(64, 3), rows_case(256, 3)
-    assert kernels.accepts(*inside) and kernels.accepts(*outside)  # the built-in rule
-
-    write(calibration_file, {ROWS.name: False})
-    calibration._loaded = None
-    assert not kernels.accepts(*inside)
+    assert kernels.accepts(*inside) is default_here(ROWS)
     assert kernels.accepts(*outside)
-    assert kernels.accepts(
-        inside[0].astype(np.float64), inside[1].astype(np.float64), inside[2].astype(np.float64)
-    )
-    x, w, _ = inside
-    scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
-    np.testing.assert_allclose(pointwise_conv(x, w), reference_conv(x, w), rtol=1e-5, atol=1e-5 * scale)
 
-    write(calibration_file, {ROWS.name: True})
-    calibration._loaded = None
-    assert kernels.accepts(*inside)
+    for won in (False, True):
+        write(calibration_file, {ROWS.name: won})
+        calibration._loaded = None
+        assert kernels.accepts(*inside) is won
+        assert kernels.accepts(*outside)
+        wide = [a.astype(np.float64) for a in inside]  # the regions are float32's
+        assert kernels.accepts(*wide)
+        x, w, _ = inside
+        scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
+        np.testing.assert_allclose(pointwise_conv(x, w), reference_conv(x, w), rtol=1e-5, atol=1e-5 * scale)
 
 
 @needs_kernel
@@ -85,23 +103,24 @@ def test_a_file_pwconv_did_not_write_leaves_the_built_in_rule(calibration_file: 
     calibration_file.parent.mkdir(parents=True)
     calibration_file.write_bytes(text.encode("latin-1"))
     assert calibration.verdicts() == {}
-    assert kernels.accepts(*rows_case(64, 3))
+    assert kernels.accepts(*rows_case(64, 3)) is default_here(ROWS)
     proc = run_cli("info", "--system", env={"PWCONV_CALIBRATION": str(calibration_file)})
     assert proc.returncode == 0 and "built-in rule" in proc.stdout.decode() + proc.stderr, proc.stderr
 
 
 @needs_kernel
 def test_a_calibration_of_another_machine_is_not_used(calibration_file: Path) -> None:
+    verdict = not default_here(ROWS)  # a verdict the default would not give
     other = calibration.machine() | {"cores": calibration.machine()["cores"] + 1}
-    write(calibration_file, {ROWS.name: False}, other)
+    write(calibration_file, {ROWS.name: verdict}, other)
     assert calibration.verdicts() == {}
-    assert kernels.accepts(*rows_case(64, 3))
-    if "avx512f" in kernels.instruction_sets():  # a calibration of the AVX-512 code is not the AVX2 code's
+    assert kernels.accepts(*rows_case(64, 3)) is not verdict
+    if "avx512f" in kernels.instruction_sets():  # the AVX-512 code's calibration is not the AVX2 code's
         write(calibration_file, {ROWS.name: False})
         calibration._loaded = None
         kernels.use_instruction_set("avx2+fma")
         try:
-            assert kernels.accepts(*rows_case(64, 3))
+            assert kernels.accepts(*rows_case(64, 3))  # the AVX2 code's default
         finally:
             kernels.use_instruction_set("avx512f")
         assert not kernels.accepts(*rows_case(64, 3))

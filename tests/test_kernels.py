@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 
 from pwconv import pointwise_conv
-from pwconv.core import kernels
+from pwconv.core import calibration, kernels
 from pwconv.core.reference import reference_conv
 
 needs_kernel = pytest.mark.skipif(
     kernels.instruction_set() == "unavailable", reason="C kernel not built or CPU without AVX2/FMA"
 )
+
+
+@pytest.fixture(autouse=True)
+def kernel_where_cpus_disagree(monkeypatch):
+    """The kernel takes the cases where CPUs disagree (BLAS does on some CPUs by default), so
+    that these tests run it wherever it can run; the choice itself is test_calibration's."""
+    monkeypatch.setattr(calibration, "override", True)
 
 
 @pytest.fixture(params=kernels.instruction_sets() or ["unavailable"])

@@ -1,20 +1,23 @@
-"""Where the few-filter kernels lose to BLAS on this machine: measured once, kept per machine.
+"""Where the few-filter kernels and BLAS trade places from one CPU to another.
 
 The built-in rules (:func:`kernels.accepts`, :func:`kernels.accepts_planes`) come from
-tables measured on a few CPUs, and on others some of their boundaries move: on an AMD EPYC
-(family 25) whose AVX-512 runs on 256-bit units, the channels-first kernel at 33-64 filters
-took 1.15-1.37x BLAS's time on one thread, where an Intel Xeon's took 0.86-0.91x.
+tables measured on three CPUs. They agree but for three regions (:data:`REGIONS`): on an
+Intel Xeon with AVX-512 the kernel took 0.5-0.95x BLAS's time there, on an AMD EPYC (family
+25) whose AVX-512 runs on 256-bit units 1.0-1.7x (one thread), and no rule of channels and
+filters alone holds on both. In those regions the kernel runs by default on Intel CPUs (and,
+for the AVX2 code's channels-last cases, everywhere: an AVX2 AMD EPYC measured 0.35-0.92x),
+BLAS elsewhere.
 
-``pwconv info --system --calibrate`` times the kernel against BLAS in the regions where the
-measured CPUs disagreed, and keeps the verdicts for this CPU, kernel code path, BLAS and core
-count in ``$XDG_CACHE_HOME/pwconv/kernels.json`` (``~/.cache`` by default;
-``PWCONV_CALIBRATION`` names another file). Runs on that machine then leave the kernel out of
-a region where it lost. A calibration only narrows the built-in rule: it never gives the
-kernel a case the rule refuses. Without one, or with one for another machine, the rule stands.
+``pwconv info --system --calibrate`` settles them for the machine it runs on instead: it
+times the kernel against BLAS there and keeps the verdicts for this CPU, kernel code path,
+BLAS and core count in ``$XDG_CACHE_HOME/pwconv/kernels.json`` (``~/.cache`` by default;
+``PWCONV_CALIBRATION`` names another file). Outside the three regions nothing moves. A file
+of another machine, or one pwconv did not write, is ignored.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -43,19 +46,25 @@ class Region(NamedTuple):
             and self.channels[0] <= c <= self.channels[1]
         )
 
+    def default(self, code: str, vendor: str) -> bool:
+        """Whether the kernel takes the region without a calibration: where it was measured
+        to win (``code``: the kernels' code path, ``vendor``: the CPU's vendor string)."""
+        return vendor == "GenuineIntel" or (self.layout == "rows" and code == "avx2+fma")
 
+
+_ANY = 1 << 30
 REGIONS = (
     Region(
         "channels-last, 2-4 filters under 128 channels", "rows", (2, 4), (1, 127), ((32, 3), (64, 2), (64, 4))
     ),
-    Region("channels-first, 33-64 filters", "planes", (33, 64), (1, 1 << 30), ((128, 64), (256, 48))),
+    Region("channels-first, 33-64 filters", "planes", (33, 64), (1, _ANY), ((128, 64), (256, 48))),
     Region(
         "channels-first, 17-32 filters over 512+ channels",
         "planes",
         (17, 32),
-        (512, 1 << 30),
+        (512, _ANY),
         ((512, 24), (1024, 32)),
-    ),  # fmt: skip
+    ),
 )
 
 # Input bytes of a timed cell: beyond the caches for the memory-bound channels-last cells.
@@ -67,6 +76,10 @@ _PAUSE = 0.2  # s; OpenBLAS's threads stop spinning within about 0.1 s of a call
 
 _loaded: tuple[str, dict[str, bool]] | None = None  # (code path, verdicts)
 
+#: Set by tests and benchmarks: True or False settles every case of the regions, before any
+#: calibration or default.
+override: bool | None = None
+
 
 def cache_path() -> str:
     """``PWCONV_CALIBRATION``, else ``kernels.json`` in the user's cache folder."""
@@ -76,10 +89,9 @@ def cache_path() -> str:
     return os.path.join(base, "pwconv", "kernels.json")
 
 
-def machine() -> dict[str, Any]:
-    """What a calibration holds for: the CPU, the kernels' code path, BLAS, the cores."""
-    from pwconv.core import kernels
-
+@functools.cache
+def _cpu() -> tuple[tuple[str, str], ...]:
+    """The first processor's vendor, family, model and name from ``/proc/cpuinfo``."""
     cpu: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -94,13 +106,20 @@ def machine() -> dict[str, Any]:
         import platform
 
         cpu["processor"] = platform.processor() or platform.machine()
+    return tuple(cpu.items())
+
+
+def machine() -> dict[str, Any]:
+    """What a calibration holds for: the CPU, the kernels' code path, BLAS, the cores."""
+    from pwconv.core import kernels
+
     blas = ""
     try:
         found = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[func-returns-value]
         blas = f"{found.get('name')} {found.get('version')}"
     except (TypeError, KeyError, AttributeError):
         pass
-    return {"cpu": cpu, "kernel": kernels.instruction_set(), "blas": blas, "cores": kernels.threads}
+    return {"cpu": dict(_cpu()), "kernel": kernels.instruction_set(), "blas": blas, "cores": kernels.threads}
 
 
 def verdicts() -> dict[str, bool]:
@@ -134,12 +153,22 @@ def _read(path: str, here: dict[str, Any]) -> dict[str, bool]:
         return {}  # a file pwconv did not write, or cut short: the built-in rule stands
 
 
-def kernel_loses(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
-    """Whether this machine's calibration took the kernel out of the case (float32 only)."""
-    if dtype != np.float32:
-        return False
-    region = next((r for r in REGIONS if r.holds(layout, k, c)), None)
-    return region is not None and verdicts().get(region.name) is False
+def kernel_kept(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
+    """Whether the kernel takes a case the built-in rule gives it: every case outside the
+    regions (and every float64 one); inside, as :data:`override`, this machine's calibration
+    or the region's default settles it."""
+    region = next((r for r in REGIONS if r.holds(layout, k, c)), None) if dtype == np.float32 else None
+    if region is None:
+        return True
+    if override is not None:
+        return override
+    return verdicts().get(region.name, _default(region))
+
+
+def _default(region: Region) -> bool:
+    from pwconv.core import kernels
+
+    return region.default(kernels.instruction_set(), dict(_cpu()).get("vendor_id", ""))
 
 
 class Cell(NamedTuple):
@@ -156,22 +185,26 @@ class Cell(NamedTuple):
 
 
 def calibrate() -> tuple[list[Cell], dict[str, bool]]:
-    """Time the kernel against BLAS at each region's cells that the built-in rule gives the
-    kernel (each side twice, 3 calls after a pause, best of all), and write the verdicts for this machine: the kernel
-    stays in a region where it took at most BLAS's time (geometric mean over the cells)."""
+    """Time the kernel against BLAS at the regions' cells where the kernel can run (each side
+    twice, 3 calls after a pause, the best of all), and write the verdicts for this machine:
+    the kernel keeps a region where it took at most BLAS's time (geometric mean of the cells)."""
     global _loaded
     from pwconv.core import kernels
 
     rng = np.random.default_rng(0)
     cells: list[Cell] = []
     found: dict[str, bool] = {}
-    _loaded = (kernels.instruction_set(), {})  # the built-in rule decides where the kernel is timed
-    for region in REGIONS:
-        timed = [cell for c, k in region.cells if (cell := _time(region, c, k, rng)) is not None]
-        if timed:
-            cells += timed
-            mean = float(np.exp(np.mean([np.log(cell.ratio) for cell in timed])))
-            found[region.name] = mean <= 1.0
+    global override
+    kept, override = override, True  # every cell the built-in rule gives the kernel is timed
+    try:
+        for region in REGIONS:
+            timed = [cell for c, k in region.cells if (cell := _time(region, c, k, rng)) is not None]
+            if timed:
+                cells += timed
+                mean = float(np.exp(np.mean([np.log(cell.ratio) for cell in timed])))
+                found[region.name] = mean <= 1.0
+    finally:
+        override = kept
     if kernels.instruction_set() != "unavailable":
         _write(cache_path(), cells, found)
     _loaded = (kernels.instruction_set(), found)
@@ -269,10 +302,13 @@ def _write(path: str, cells: list[Cell], found: dict[str, bool]) -> None:
 
 
 def describe() -> str:
-    """What chooses between kernel and BLAS here, in a line (``info --system``, benchmarks)."""
+    """What settles the regions here, in a line (``info --system``, benchmarks)."""
     found = verdicts()
-    if not found:
-        return "the built-in rule (`pwconv info --system --calibrate` measures this machine)"
-    lost = [name for name, won in found.items() if not won]
-    where = f"this machine's calibration ({cache_path()})"
-    return f"{where}: BLAS for {'; '.join(lost)}" if lost else f"{where}: the built-in rule held"
+    if found:
+        where = f"this machine's calibration ({cache_path()})"
+    else:
+        found = {region.name: _default(region) for region in REGIONS}
+        where = "the built-in rule for this CPU (`pwconv info --system --calibrate` measures it)"
+    parts = [f"{side} for {'; '.join(n for n, won in found.items() if won == (side == 'kernel'))}"
+             for side in ("kernel", "BLAS") if any(won == (side == "kernel") for won in found.values())]  # fmt: skip
+    return f"{where}: {', '.join(parts)}" if parts else where

@@ -85,7 +85,8 @@ def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
     vector mostly of padding (9-12 filters) measured at BLAS speed or slower there, while the
     AVX-512 code's 12 filters in 16 lanes measured 0.5-0.9x BLAS.
     float64: 2-4 filters over 32+ channels, 5-16 filters.
-    This machine's calibration may take float32 cases out (:mod:`pwconv.core.calibration`).
+    For 2-4 float32 filters under 128 channels the CPU or its calibration decides
+    (:mod:`pwconv.core.calibration`).
     """
     k, c = filters.shape
     if not enabled or x2.dtype.kind != "f" or x2.dtype.itemsize not in (4, 8):
@@ -99,7 +100,7 @@ def accepts(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> bool:
         return False
     if not wide and k > 8 and 0 < k % 8 < 5 and not avx512:
         return False
-    return _plain_operands(x2, filters, out2) and not _calibrated_out("rows", x2.dtype, k, c)
+    return _plain_operands(x2, filters, out2) and _kept("rows", x2.dtype, k, c)
 
 
 def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
@@ -128,7 +129,7 @@ def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> boo
     over 64 or more channels, only up to 8 filters (at 12-32 filters it measured 1.1-1.6x
     BLAS there, 0.4-0.9x below). One filter is BLAS's matrix-vector product, which reads at
     the floor already; with more filters the product is compute-bound, where BLAS's packed
-    GEMM wins. This machine's calibration may take float32 cases out
+    GEMM wins. In two float32 regions the CPU or its calibration decides
     (:mod:`pwconv.core.calibration`).
     """
     k, c = filters.shape
@@ -142,17 +143,17 @@ def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> boo
         return False
     if k > 8 and c >= 64 and not avx512:
         return False
-    return _plain_operands(x3, filters, out3) and not _calibrated_out("planes", x3.dtype, k, c)
+    return _plain_operands(x3, filters, out3) and _kept("planes", x3.dtype, k, c)
 
 
-def _calibrated_out(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
-    """Whether this machine's calibration (``pwconv info --system --calibrate``) found BLAS
-    faster in the case's region; the module is loaded only for float32 products."""
+def _kept(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
+    """Whether the kernel keeps a case where CPUs disagree (:mod:`pwconv.core.calibration`:
+    loaded only for float32 products)."""
     if dtype != np.float32:
-        return False
+        return True
     from pwconv.core import calibration
 
-    return calibration.kernel_loses(layout, dtype, k, c)
+    return calibration.kernel_kept(layout, dtype, k, c)
 
 
 def _plain_operands(x: np.ndarray, filters: np.ndarray, out: np.ndarray) -> bool:
