@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import use_bytecode_cache  # noqa: F401 - pwconv from bytecode, as installed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
