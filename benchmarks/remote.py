@@ -1,7 +1,7 @@
 """`pwconv apply` from S3 to S3 against the floor of the fastest client: the same bytes
 fetched and put by obstore alone, on the loopback S3 server the tests use (moto).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/remote.py [--size-gib 1] [--store azurite] [--repeats 3]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/remote.py [--size-gib 1] [--store azurite] [--repeats 3] [--server-cpu 0]
 
 Inputs: float32 (2048 * size, 2048, 64) as npy, uncompressed Zarr (32 MiB chunks) and a
 Cloud-Optimized GeoTIFF (GDAL's COG driver: 512 x 512 tiles, pixel-interleaved,
@@ -19,7 +19,10 @@ moto keeps each object in one buffer and copies it whole for every ranged GET, s
 reads cost more the larger the object (a real S3 does not); pwconv and the floor pay that
 alike, request for request. ``--store azurite`` runs the same tables against Azurite's blob
 service keeping its data on disk (npm's ``azurite``), which serves a range from its file
-without copying the object, and requests concurrently.
+without copying the object, and requests concurrently. On a machine of few cores the server
+takes cores that pwconv's threads would use, which a real store's servers do not:
+``--server-cpu N`` runs the store on CPU N and everything else (the floor, pwconv) on the
+other CPUs.
 """
 
 from __future__ import annotations
@@ -166,9 +169,9 @@ class Store:
             f"http://127.0.0.1:{self.port}", endpoint)}  # fmt: skip
 
 
-def start_moto() -> Store:
+def start_moto(pin: list[str]) -> Store:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    server = subprocess.Popen([*pin, sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     for _ in range(100):
         try:
@@ -182,13 +185,13 @@ def start_moto() -> Store:
     return Store(f"moto on 127.0.0.1:{port}", "s3", port, env, server)
 
 
-def start_azurite(folder: str) -> Store:
+def start_azurite(folder: str, pin: list[str]) -> Store:
     """Azurite's blob service keeping its data in ``folder`` (on disk: its in-memory mode
     holds everything twice), with the container ``bench``."""
     from tests.servers import AzuriteServer
 
     port = free_port()
-    server = subprocess.Popen(["azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+    server = subprocess.Popen([*pin, "azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
                                folder, "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     base = f"http://127.0.0.1:{port}/{AzuriteServer.ACCOUNT}"
@@ -294,10 +297,19 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the HTTP server's time to first byte")
     parser.add_argument("--store", choices=("moto", "azurite"), default="moto",
                         help="the object store: moto's S3 (in memory) or Azurite's blob service (on disk)")  # fmt: skip
+    parser.add_argument("--server-cpu", type=int, default=None,
+                        help="run the store on this CPU and everything else on the others, so that the "
+                             "server's work does not take the cores pwconv and the floor run on")  # fmt: skip
     args = parser.parse_args()
     rows = int(2048 * args.size_gib)
     data = tempfile.TemporaryDirectory()
-    store = start_moto() if args.store == "moto" else start_azurite(data.name)
+    pin = [] if args.server_cpu is None else ["taskset", "-c", str(args.server_cpu)]
+    store = start_moto(pin) if args.store == "moto" else start_azurite(data.name, pin)
+    if args.server_cpu is not None:
+        os.sched_setaffinity(
+            0, os.sched_getaffinity(0) - {args.server_cpu}
+        )  # the processes started from here on
+        print(f"store on CPU {args.server_cpu}, the rest on CPUs {sorted(os.sched_getaffinity(0))}")
     os.environ.update(store.env)
     try:
         blas = subprocess.run([sys.executable, "-c", "import numpy, threadpoolctl; print([(i.get('internal_api'), "
