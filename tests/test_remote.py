@@ -1246,10 +1246,17 @@ def test_a_signal_while_the_upload_completes_leaves_nothing(s3: S3Server, bucket
             with interrupted_after(0.2), pytest.raises(Interrupted):
                 upload.finish()
             upload.cancel()
+            assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+            assert keys(s3, bucket) == []
+
+            # A failure after finish() returned (a sidecar's) leaves the output in place.
+            upload = stores.StreamedUpload(f"s3://{bucket}/z.bin", parts=2)
+            upload.send(b"z" * (9 << 20))
+            upload.finish()
+            upload.cancel()
     finally:
         proxy.stop()
-    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert keys(s3, bucket) == []
+    assert keys(s3, bucket) == ["z.bin"]
 
 
 def test_file_urls_name_local_paths_and_other_schemes_are_refused(worked: Path) -> None:

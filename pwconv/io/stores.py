@@ -1108,6 +1108,7 @@ class StreamedUpload:
         self._taken = threading.Event()
         self._error: BaseException | None = None
         self._all_given = False  # the client has had the last piece: it completes the upload
+        self._finished = False  # finish() returned: the object is in place
         self._thread = threads.Thread(self._upload, "pwconv-upload")
 
     def _pieces(self) -> Iterator[Any]:
@@ -1157,10 +1158,12 @@ class StreamedUpload:
         self._thread.join()
         if self._error is not None:
             raise self._error
+        self._finished = True
 
     def cancel(self) -> None:
         """Abort the upload (its parts are removed); nothing is left at the URL, not even an
-        object that :meth:`finish` was completing when a signal stopped it."""
+        object that :meth:`finish` was completing when a signal stopped it. After
+        :meth:`finish` has returned, the object is the output and stays."""
         if self._thread.alive():
             import queue
 
@@ -1170,7 +1173,7 @@ class StreamedUpload:
                 pass
             self._slot.put(self._CANCEL)
             self._thread.join(timeout=30)
-        if self._all_given and self._error is None and not self._thread.alive():
+        if self._all_given and not self._finished and self._error is None and not self._thread.alive():
             self._all_given = False
             remove(self.url)  # completed after all: the run that wrote it failed
 
