@@ -1259,6 +1259,26 @@ def test_a_signal_while_the_upload_completes_leaves_nothing(s3: S3Server, bucket
     assert keys(s3, bucket) == ["z.bin"]
 
 
+def test_a_streamed_output_counts_as_written_once_its_upload_completed(s3: S3Server, bucket: str) -> None:
+    """A signal after the upload completed must not say "no output was written": the streamed
+    sinks record the object as published, as an atomic rename does."""
+    from pwconv.io import atomic
+    from pwconv.io.formats.npy import StreamedNpySink
+    from tests.servers import environment
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    url = f"s3://{bucket}/y.npy"
+    with environment(s3.env):
+        sink = StreamedNpySink(url, x.shape, x.dtype)
+        sink.write((slice(0, 2), slice(0, 3), slice(0, 4)), x)
+        assert url not in atomic.published()
+        sink.commit()
+    assert atomic.published()[-1] == url
+    np.testing.assert_array_equal(
+        np.load(io.BytesIO(s3.client().get_object(Bucket=bucket, Key="y.npy")["Body"].read())), x
+    )
+
+
 def test_file_urls_name_local_paths_and_other_schemes_are_refused(worked: Path) -> None:
     """``file://`` is the local path it names; a scheme pwconv has no client for is one line,
     exit 2, without the URL's user, password or query, not "no file at 'ftp://...'"."""

@@ -46,6 +46,12 @@ def published() -> list[str]:
     return list(_published)
 
 
+def mark_published(target: str) -> None:
+    """Record an output that its sink put in place itself (a streamed upload, completed), so
+    that a signal that stops the run after it says it was written."""
+    _published.append(target)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM wait while files are renamed into place, so that a set of renames

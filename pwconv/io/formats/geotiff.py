@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from pwconv.io import codecs
-from pwconv.io.atomic import FileSink, place_companion, setting_up
+from pwconv.io.atomic import FileSink, mark_published, place_companion, setting_up, signals_held
 from pwconv.io.formats.tiffblocks import BlockLayout
 from pwconv.io.formats.tiffwriter import (
     BIGTIFF_BYTES,
@@ -335,7 +335,9 @@ class StreamedGeoTiffSink(Sink):
         except BaseException:
             self.abort()
             raise
-        place_companion("", self.target + ".aux.xml")
+        mark_published(self.target)
+        with signals_held():  # the new object and its old sidecar's removal, not cut in half
+            place_companion("", self.target + ".aux.xml")
 
     def abort(self) -> None:
         self._tiles.drop()

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from pwconv.errors import FormatError, InputFileError
-from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_together
+from pwconv.io.atomic import FileSink, check_output_path, mark_published, setting_up, write_together
 from pwconv.io.checks import check_readable, numeric_dtype
 from pwconv.io.interface import Backend, BlockWriter, Description, Sink, SinkRequest, Source
 from pwconv.io.rawio import (
@@ -340,6 +340,7 @@ class StreamedNpySink(Sink):
         except BaseException:
             self.abort()
             raise
+        mark_published(self.target)
 
     def abort(self) -> None:
         self._upload.cancel()
