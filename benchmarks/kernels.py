@@ -52,7 +52,7 @@ def main() -> None:
     if args.path:
         kernels.use_instruction_set(args.path)
     blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info()]
-    print(f"CPU {cpu_model()}; {dtype}, {args.mib} MiB inputs, {args.layout}, one thread")
+    print(f"CPU {calibration.cpu_model()}; {dtype}, {args.mib} MiB inputs, {args.layout}, one thread")
     print(f"BLAS {blas}; kernel {kernels.instruction_set()}; picked by {calibration.describe()}")
     if args.layout == "planes":
         planes(args, dtype)
@@ -92,19 +92,6 @@ def compare(
     np.testing.assert_allclose(ours, out, rtol=1e-4, atol=1e-3 * np.sqrt(c))
     picked = "kernel" if accepts(x, w, ours) else "BLAS"
     print(f"{c:5d} {k:3d} {t_blas:8.1f} {t_kernel:9.1f} {t_kernel / t_blas:5.2f}x  {picked}", flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def planes(args: argparse.Namespace, dtype: np.dtype) -> None:

@@ -109,16 +109,29 @@ def _cpu() -> tuple[tuple[str, str], ...]:
     return tuple(cpu.items())
 
 
+def cpu_model() -> str:
+    """The CPU's name as the system gives it (``info --system``, benchmarks)."""
+    import platform
+
+    facts = dict(_cpu())
+    return facts.get("model name") or facts.get("processor") or platform.processor() or platform.machine()
+
+
+def blas_build() -> dict[str, str]:
+    """The BLAS numpy was built with: ``name`` and ``version`` (empty where numpy cannot say)."""
+    try:
+        found = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[func-returns-value]
+        return {"name": found.get("name"), "version": found.get("version")}
+    except (TypeError, KeyError, AttributeError):
+        return {}
+
+
 def machine() -> dict[str, Any]:
     """What a calibration holds for: the CPU, the kernels' code path, BLAS, the cores."""
     from pwconv.core import kernels
 
-    blas = ""
-    try:
-        found = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[func-returns-value]
-        blas = f"{found.get('name')} {found.get('version')}"
-    except (TypeError, KeyError, AttributeError):
-        pass
+    build = blas_build()
+    blas = f"{build['name']} {build['version']}" if build else ""
     return {"cpu": dict(_cpu()), "kernel": kernels.instruction_set(), "blas": blas, "cores": kernels.threads}
 
 
@@ -153,11 +166,11 @@ def _read(path: str, here: dict[str, Any]) -> dict[str, bool]:
         return {}  # a file pwconv did not write, or cut short: the built-in rule stands
 
 
-def kernel_kept(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
-    """Whether the kernel takes a case the built-in rule gives it: every case outside the
-    regions (and every float64 one); inside, as :data:`override`, this machine's calibration
-    or the region's default settles it."""
-    region = next((r for r in REGIONS if r.holds(layout, k, c)), None) if dtype == np.float32 else None
+def kernel_kept(layout: str, k: int, c: int) -> bool:
+    """Whether the kernel takes a float32 case the built-in rule gives it: every case outside
+    the regions; inside, :data:`override`, this machine's calibration or the region's default
+    settles it."""
+    region = next((r for r in REGIONS if r.holds(layout, k, c)), None)
     if region is None:
         return True
     if override is not None:
@@ -188,13 +201,12 @@ def calibrate() -> tuple[list[Cell], dict[str, bool]]:
     """Time the kernel against BLAS at the regions' cells where the kernel can run (each side
     twice, 3 calls after a pause, the best of all), and write the verdicts for this machine:
     the kernel keeps a region where it took at most BLAS's time (geometric mean of the cells)."""
-    global _loaded
+    global _loaded, override
     from pwconv.core import kernels
 
     rng = np.random.default_rng(0)
     cells: list[Cell] = []
     found: dict[str, bool] = {}
-    global override
     kept, override = override, True  # every cell the built-in rule gives the kernel is timed
     try:
         for region in REGIONS:
@@ -309,6 +321,10 @@ def describe() -> str:
     else:
         found = {region.name: _default(region) for region in REGIONS}
         where = "the built-in rule for this CPU (`pwconv info --system --calibrate` measures it)"
-    parts = [f"{side} for {'; '.join(n for n, won in found.items() if won == (side == 'kernel'))}"
-             for side in ("kernel", "BLAS") if any(won == (side == "kernel") for won in found.values())]  # fmt: skip
-    return f"{where}: {', '.join(parts)}" if parts else where
+    sides = {
+        "kernel": [n for n, won in found.items() if won],
+        "BLAS": [n for n, won in found.items() if not won],
+    }
+    return f"{where}: " + ", ".join(
+        f"{side} for {'; '.join(names)}" for side, names in sides.items() if names
+    )

@@ -153,7 +153,7 @@ def _kept(layout: str, dtype: np.dtype, k: int, c: int) -> bool:
         return True
     from pwconv.core import calibration
 
-    return calibration.kernel_kept(layout, dtype, k, c)
+    return calibration.kernel_kept(layout, k, c)
 
 
 def _plain_operands(x: np.ndarray, filters: np.ndarray, out: np.ndarray) -> bool:

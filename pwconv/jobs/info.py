@@ -184,21 +184,8 @@ def system_doc() -> dict[str, Any]:
     from pwconv.core import calibration, kernels
     from pwconv.io import codecs
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    blas: dict[str, Any] = {}
-    try:
-        config = np.show_config(mode="dicts")  # type: ignore[func-returns-value]
-        found = config["Build Dependencies"]["blas"]
-        blas = {"name": found.get("name"), "version": found.get("version")}
-    except (TypeError, KeyError, AttributeError):
-        pass
+    cpu = calibration.cpu_model()
+    blas: dict[str, Any] = dict(calibration.blas_build())
     try:
         from threadpoolctl import threadpool_info
 
