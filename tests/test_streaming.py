@@ -305,3 +305,58 @@ def test_block_memory_shared_by_threads_hands_each_buffer_to_one():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(fill, range(400)))
+
+
+class _KeepingSink:
+    """A sink that keeps every block it is given (no copy), as a sink that queues blocks for
+    encoding does, and the memory each came in."""
+
+    sequential = False
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[tuple[slice, ...], np.ndarray]] = []
+
+    def write(self, index, block):
+        self.blocks.append((index, block))
+
+
+class _CopyingSink(_KeepingSink):
+    """A sink that copies each block and lets it go, as a file writer does."""
+
+    def __init__(self, shape, dtype) -> None:
+        super().__init__()
+        self.out = np.empty(shape, dtype)
+        self.addresses: set[int] = set()
+        self.kept_memory: list[bool] = []
+
+    def write(self, index, block):
+        self.out[index] = block
+        self.addresses.add(block.__array_interface__["data"][0])
+        # a view of one of the engine's kept buffers (bytes), not an array of its own
+        self.kept_memory.append(block.base is not None and block.base.dtype == np.uint8)
+
+
+def test_streamed_output_buffers_are_reused_only_once_the_sink_let_go(tmp_path):
+    """The engine computes each block into one of two kept buffers, and never into one a
+    sink still holds: a sink that keeps its blocks sees each with its own values."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 32, 16)).astype(np.float32)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    plan = plan_conv(x.shape, x.dtype, w)
+    expected = x @ w.T
+
+    source = open_source(parse_spec(str(tmp_path / "x.npy")))
+    keeping = _KeepingSink()
+    timings = run(plan, source, keeping, max_bytes=16 << 10)
+    assert timings.blocks > 8
+    for index, block in keeping.blocks:
+        np.testing.assert_allclose(block, expected[index], rtol=RTOL, atol=ATOL)
+
+    copying = _CopyingSink(plan.out_shape, plan.out_dtype)
+    timings = run(plan, source, copying, max_bytes=16 << 10)
+    source.close()
+    np.testing.assert_allclose(copying.out, expected, rtol=RTOL, atol=ATOL)
+    assert timings.blocks > 8
+    assert all(copying.kept_memory)
+    assert len(copying.addresses) <= 3  # two kept buffers (the last, smaller block may be a third)

@@ -9,6 +9,7 @@ array.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,9 @@ _MIN_BLOCK_ROWS = 4096
 
 # Block size for in-memory inputs that need a dtype conversion (integers, float16).
 _CONVERT_BLOCK_BYTES = 8 << 20
+
+#: Makes an uninitialised array of a shape and dtype (``np.empty``'s signature).
+Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -332,11 +336,15 @@ def _matmul_rows_here(x2: np.ndarray, wt: np.ndarray, out2: np.ndarray) -> None:
         np.matmul(x2[start:stop], wt, out=out2[start:stop])
 
 
-def compute_block(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def compute_block(
+    plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None, empty: Allocator | None = None
+) -> np.ndarray:
     """Apply ``plan`` to ``xs``, a block of the input with the stride already applied.
 
     ``xs`` may have any extent on non-channel axes; the result has the same extents and
     ``plan.out_channels`` on the channel axis, in ``plan.out_dtype`` (or written into ``out``).
+    ``empty`` allocates the result where no ``out`` is given (a streaming engine's reused
+    buffers; ``np.empty`` otherwise).
     """
     axis = plan.channel_axis
     if xs.shape[axis] != plan.in_channels:
@@ -345,7 +353,7 @@ def compute_block(plan: ConvPlan, xs: np.ndarray, out: np.ndarray | None = None)
     if out is None:
         if plan.groups == 1 and xs.size and _bands_outermost(xs, axis):
             return _compute_bands_first(plan, xs)
-        out = np.empty(out_shape, dtype=plan.out_dtype)
+        out = (empty or np.empty)(out_shape, np.dtype(plan.out_dtype))
     elif out.shape != out_shape:
         raise ShapeError(f"expected out of shape {out_shape}, found {out.shape}")
     elif not np.can_cast(plan.out_dtype, out.dtype, casting="same_kind"):
@@ -607,11 +615,15 @@ class Masked:
 
 
 def compute_masked(
-    plan: ConvPlan, xs: np.ndarray, nodata: Nodata | None, out: np.ndarray | None = None
+    plan: ConvPlan,
+    xs: np.ndarray,
+    nodata: Nodata | None,
+    out: np.ndarray | None = None,
+    empty: Allocator | None = None,
 ) -> tuple[np.ndarray, Masked]:
     """:func:`compute_block` with nodata pixels filled with the output's nodata, and computed
     values equal to it replaced; (result, counts)."""
-    result = compute_block(plan, xs, out)
+    result = compute_block(plan, xs, out, empty)
     zero = None
     if plan.denominator is not None:
         zero = _divide(result, compute_block(plan.denominator, xs))

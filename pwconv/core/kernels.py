@@ -9,18 +9,15 @@ within float rounding. The module picks its AVX-512 or AVX2+FMA code by the CPU 
 
 from __future__ import annotations
 
+import _thread
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 _module: Any = None
 _loaded = False
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
-_pool: ThreadPoolExecutor | None = None
 
 _SETTING = os.environ.get("PWCONV_KERNEL", "auto").lower()
 # Set to False (or PWCONV_KERNEL=blas in the environment) to run everything through BLAS.
@@ -37,6 +34,11 @@ blas_in_one_thread = False
 # Each thread gets at least this many input bytes: a smaller share costs more to hand out
 # than it saves (see benchmarks/threads.py).
 _SPLIT_BYTES = 2 << 20
+# The channels-last kernel's split job is cut into this many pieces per thread (of at least
+# _PIECE_BYTES), taken by the threads as each finishes one: in a file-to-file run, equal
+# halves left one thread waiting for the other, whose core the writer shared.
+_PIECES = 4
+_PIECE_BYTES = 1 << 20
 
 
 def _load() -> Any:
@@ -117,7 +119,7 @@ def apply_rows(x2: np.ndarray, filters: np.ndarray, out2: np.ndarray) -> None:
     def part(start: int, stop: int) -> None:
         module.apply_rows(x2[start:stop], filters, out2[start:stop], stop - start, c, k, itemsize)
 
-    run_shares(part, rows, parts)
+    run_shares(part, rows, min(parts * _PIECES, max(parts, x2.nbytes // _PIECE_BYTES)))
 
 
 def accepts_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> bool:
@@ -185,7 +187,7 @@ def apply_planes(x3: np.ndarray, filters: np.ndarray, out3: np.ndarray) -> None:
         xs, outs, images, start, stop = job
         module.apply_planes(xs, filters, outs, images, c, b, k, start, stop, itemsize)
 
-    _run_parts(part, jobs)
+    run_jobs(part, jobs)
 
 
 def blas_shares(nbytes: int) -> int:
@@ -196,9 +198,9 @@ def blas_shares(nbytes: int) -> int:
 
 def run_shares(part: Callable[[int, int], None], rows: int, parts: int) -> None:
     """``part(start, stop)`` for each of ``parts`` equal shares of ``rows``, on the kernel's
-    threads (the calling thread takes the first)."""
+    threads (:func:`run_jobs`)."""
     step = -(-rows // parts)
-    _run_parts(lambda start: part(start, min(rows, start + step)), list(range(0, rows, step)))
+    run_jobs(lambda start: part(start, min(rows, start + step)), list(range(0, rows, step)))
 
 
 def _shares(nbytes: int) -> int:
@@ -206,17 +208,116 @@ def _shares(nbytes: int) -> int:
     return max(1, min(threads, nbytes // _SPLIT_BYTES))
 
 
-def _run_parts(part: Callable[[Any], None], jobs: list[Any]) -> None:
-    """Run ``part`` over ``jobs`` on the kernel's threads; the calling thread takes the first."""
-    global _pool
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor  # only when a job is split: start-up
+def run_jobs(part: Callable[[Any], None], jobs: list[Any]) -> None:
+    """``part(job)`` for each of ``jobs`` on the kernel's threads, the calling thread among
+    them: each takes the next job when it is done with one, so that a thread slowed by another
+    (an engine's writer on its core, page faults) takes fewer jobs instead of holding up the
+    rest. The first exception of a job is raised here, once no job runs any more."""
+    if len(jobs) == 1:
+        part(jobs[0])
+        return
+    lock = _thread.allocate_lock()
+    left = iter(jobs)
+    failed: list[BaseException] = []
 
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="pwconv-kernel")
-    futures = [_pool.submit(part, job) for job in jobs[1:]]
-    part(jobs[0])
-    for future in futures:
-        future.result()
+    def take() -> None:
+        while not failed:
+            with lock:
+                job = next(left, left)
+            if job is left:
+                return
+            try:
+                part(job)
+            except BaseException as exc:
+                failed.append(exc)  # the other threads take no more jobs
+                raise
+
+    calls = [_helpers().submit(take) for _ in range(min(threads, len(jobs)) - 1)]
+    try:
+        take()
+    finally:  # no job still runs when this returns or raises
+        for call in calls:
+            call.wait()
+    if failed:
+        raise failed[0]
+
+
+class _Call:
+    """A share of a split job handed to a helper thread (its failures are the job's to keep).
+    The caller, once it has taken every job itself, waits only for a call a helper has
+    started: one still queued (every helper busy, with another caller's job or with one that
+    split a job of its own) is dropped."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        import threading  # only when a job is split: start-up
+
+        self.function = function
+        self.done = threading.Event()
+        self._state = "queued"  # then "running" (by a helper) or "dropped" (by the caller)
+        self._lock = _thread.allocate_lock()
+
+    def _claim(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = state
+            return True
+
+    def run(self) -> None:
+        if not self._claim("running"):
+            return
+        try:
+            self.function()
+        except BaseException:  # noqa: BLE001, S110 - the job recorded it for its caller
+            pass
+        finally:
+            self.done.set()
+
+    def wait(self) -> None:
+        if not self._claim("dropped"):
+            self.done.wait()
+
+
+class _Helpers:
+    """The threads that take a split job's shares beside the calling thread: daemons, so
+    that the command line's quick exit is not held up by them, started on first use."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._started = 0
+        self._pid = os.getpid()
+
+    def submit(self, function: Callable[[], None]) -> _Call:
+        import threading
+
+        call = _Call(function)
+        self._calls.put(call)
+        with _helpers_lock:
+            if self._started < threads - 1:
+                self._started += 1
+                threading.Thread(
+                    target=self._loop, name=f"pwconv-kernel-{self._started}", daemon=True
+                ).start()
+        return call
+
+    def _loop(self) -> None:
+        while True:
+            self._calls.get().run()
+
+
+_helpers_lock = _thread.allocate_lock()
+_pool: _Helpers | None = None
+
+
+def _helpers() -> _Helpers:
+    """The process's helper threads (made again in a forked child, where they do not run)."""
+    global _pool
+    with _helpers_lock:
+        if _pool is None or _pool._pid != os.getpid():
+            _pool = _Helpers()
+        return _pool
 
 
 _scatter_module: Any = None
@@ -256,7 +357,7 @@ def _accumulate(
         jobs[index](*accs[index], cp)
 
     if len(jobs) > 1:
-        _run_parts(run, list(range(len(jobs))))
+        run_jobs(run, list(range(len(jobs))))
     else:
         run(0)
     acc, total = accs[0]

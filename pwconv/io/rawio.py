@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pwconv.core import kernels
 from pwconv.errors import FormatError, WriteError
 
 if TYPE_CHECKING:
@@ -217,8 +218,36 @@ def read_all(fd: int, view: memoryview, position: int, name: str) -> None:
         done += got
 
 
+# A positioned write of at least twice this many bytes is split into pieces of at least this
+# many, written at once on the kernel's threads (whole pages each). Writing a file takes fresh
+# page-cache pages, and on this project's virtual machines a page the system has not touched
+# lately costs a fault in the host on first write: one thread then spent a core copying the
+# output of a 1 GiB npy 64 -> 16 run. Measured there: median wall 0.45-0.54 s -> 0.39 s,
+# best unchanged.
+_WRITE_PIECE_BYTES = 1 << 20
+
+
 def write_all(fd: int, view: memoryview, position: int, name: str) -> None:
     """Write all of ``view`` at byte ``position`` of ``fd``; a refusal is a one-line error."""
+    parts = min(kernels.threads, len(view) // _WRITE_PIECE_BYTES)
+    if parts < 2:
+        _write_all(fd, view, position, name)
+        return
+    page = mmap.PAGESIZE
+    step = -(-len(view) // parts)
+    # file offsets of the cuts, on page boundaries: no page is written by two threads
+    cuts = sorted(
+        {min(len(view), -(-(position + i * step) // page) * page - position) for i in range(1, parts)}
+    )
+    starts = [0, *cuts]
+    stops = [*cuts, len(view)]
+    kernels.run_jobs(
+        lambda piece: _write_all(fd, view[piece[0] : piece[1]], position + piece[0], name),
+        [(a, b) for a, b in zip(starts, stops) if b > a],
+    )
+
+
+def _write_all(fd: int, view: memoryview, position: int, name: str) -> None:
     done = 0
     while done < len(view):
         try:
