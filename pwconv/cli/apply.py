@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pwconv.cli import native
 from pwconv.cli import options as o
 from pwconv.cli.output import (
     Progress,
@@ -81,6 +82,7 @@ def apply(
     from pwconv.jobs.options import ApplyOptions
 
     options = ApplyOptions.pick({**locals(), "format_options": tuple(format_options or ())})
+    native.return_large_blocks(options.max_bytes)
     check_stdout_use(output, json_report)
     with Progress("pwconv apply", enabled=not quiet and not json_report) as progress:
         report = apply_file(input, weights, output, options, dataset=dataset, progress=progress)

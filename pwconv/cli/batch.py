@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pwconv.cli import native
 from pwconv.cli import options as o
 from pwconv.cli.output import check_stdout_open, emit_json, examples, guarded, say, seconds_text, shape_text
 from pwconv.io.stores import scrub
@@ -84,6 +85,7 @@ def batch(
     check_stdout_open(json_report)
 
     options = ApplyOptions.pick({**locals(), "format_options": tuple(format_options or ())})
+    native.return_large_blocks(options.max_bytes)
     quiet_lines = quiet or json_report
     start = time.perf_counter()
 

@@ -64,9 +64,10 @@ SampleOpt = Annotated[
 
 
 def _options(values: dict[str, Any]) -> Any:
+    from pwconv.cli import native
     from pwconv.jobs.fit import FitOptions
 
-    return FitOptions(
+    options = FitOptions(
         layout=values["layout"],
         nodata=values["nodata"],
         sample=values["sample"],
@@ -76,6 +77,8 @@ def _options(values: dict[str, Any]) -> Any:
         dataset=values["dataset"],
         report=values["report"],
     )
+    native.return_large_blocks(options.max_bytes)
+    return options
 
 
 def _report(bank: str, doc: dict[str, Any], json_report: bool, quiet: bool) -> None:

@@ -86,6 +86,18 @@ def _buffer(size: int, kind: str = "decoded") -> np.ndarray:
     return buffer[:size]
 
 
+def staged(part: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``part`` as a C-contiguous array of ``dtype`` for an encoder: itself where it is one,
+    else a copy in this thread's kept buffer (valid until the thread stages its next part).
+    A fresh copy per chunk cost the kernel's zeroing of its pages every time (a 1 GiB zstd
+    Zarr to a zstd Zarr: 4% of the run's CPU samples)."""
+    if part.flags.c_contiguous and part.dtype == dtype:
+        return part
+    copy = _buffer(part.size * dtype.itemsize, "staged").view(dtype).reshape(part.shape)
+    np.copyto(copy, part, casting="unsafe")
+    return copy
+
+
 def read_buffer(size: int) -> np.ndarray:
     """This thread's buffer for a chunk's stored bytes read from a file, ``size`` bytes of it
     (valid until the thread reads its next chunk). A fresh buffer per chunk cost its page

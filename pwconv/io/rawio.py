@@ -45,11 +45,12 @@ def raw_paths_enabled() -> bool:
 class BlockMemory:
     """Memory for the blocks one reader hands out, taken again once nothing refers to it.
 
-    A fresh block's pages are faulted in and zeroed by the kernel at first touch (blocks of
-    1 MiB and more are mapped anew each time, see ``cli.native``): on a pipe that was a third
-    of the run's system time. Kept buffers stay resident, so this pays only where it was
-    measured to: the stdin reader. Chunk readers (HDF5 gzip, Zarr zstd) gained nothing
-    measurable from it and held 130-150 MiB more at their peak.
+    A fresh block's pages are faulted in and zeroed by the kernel at first touch (blocks are
+    mapped anew each time, see ``cli.native``): on a pipe that was a third of the run's
+    system time. Kept buffers stay resident, so this pays only where it was measured to: the
+    stdin reader, and the numpy engine's output blocks (two kept). Chunk readers (HDF5 gzip,
+    Zarr zstd) gained nothing measurable from it and held 130-150 MiB more at their peak:
+    their blocks are larger, and a freed one used to be unmapped while the next decoded.
 
     A buffer is free when no block, and no view of one, refers to it any longer: its
     reference count is what it was when it was new. Where that cannot be told (the count

@@ -775,12 +775,17 @@ class ZarrChunkWriter:
         where the array says so."""
         files = self._files
         assert files is not None
-        data = np.ascontiguousarray(part, dtype=files.dtype)
+        zstd = files.meta.compressor == "zstd"
+        # staged in this thread's kept buffer only when it is encoded at once: plain chunks'
+        # bytes are returned (and may be held, several at a time, for an upload)
+        data = (
+            codec_threads.staged(part, files.dtype) if zstd else np.ascontiguousarray(part, dtype=files.dtype)
+        )
         if data.shape != files.chunks:  # edge chunks are stored at full size
             full = np.full(files.chunks, files.meta.fill, dtype=data.dtype)
             full[tuple(slice(0, e) for e in data.shape)] = data
             data = full
-        if files.meta.compressor == "zstd":
+        if zstd:
             return codec_threads.zstd(data, files.meta.level)
         return data.reshape(-1).view(np.uint8).data
 
