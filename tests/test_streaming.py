@@ -360,3 +360,28 @@ def test_streamed_output_buffers_are_reused_only_once_the_sink_let_go(tmp_path):
     assert timings.blocks > 8
     assert all(copying.kept_memory)
     assert len(copying.addresses) <= 3  # two kept buffers (the last, smaller block may be a third)
+
+
+@pytest.mark.parametrize("least", [1, 2, 3])
+def test_blocks_smaller_than_a_chunk_row_are_tiles_of_whole_chunks(least):
+    """A block budget below one row of (256, 256) chunks gives tiles of whole chunks, at least
+    ``least`` of them (one per codec thread) while that fits ``align_limit``; every position
+    once."""
+    shape, per_pixel = (1000, 2048, 16), 320  # a chunk costs 20 MiB, a row of them 160 MiB
+    blocks = plan_blocks(
+        shape, 2, per_pixel, 32 << 20, align={0: 256, 1: 256}, align_limit=256 << 20, least_tiles=least
+    )
+    np.testing.assert_array_equal(_covering(blocks, shape, 2), 1)
+    widths = {sl[1].stop - sl[1].start for sl in blocks}
+    assert max(widths) == 256 * least
+    assert all(sl[0].start % 256 == 0 and sl[1].start % 256 == 0 for sl in blocks)
+    # at most align_limit: a tile of more chunks than fit is cut to what does
+    tight = plan_blocks(
+        shape, 2, per_pixel, 32 << 20, align={0: 256, 1: 256}, align_limit=45 << 20, least_tiles=3
+    )
+    assert {sl[1].stop - sl[1].start for sl in tight} == {512}
+    # contiguous blocks (a pipe) are never tiles
+    rows = plan_blocks(
+        shape, 2, per_pixel, 32 << 20, contiguous=True, align={0: 256, 1: 256}, align_limit=256 << 20
+    )
+    assert all(sl[1] == slice(0, 2048) for sl in rows)

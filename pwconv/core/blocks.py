@@ -15,6 +15,7 @@ def plan_blocks(
     contiguous: bool = False,
     align: dict[int, int] | None = None,
     align_limit: int = 0,
+    least_tiles: int = 1,
 ) -> list[tuple[slice, ...]]:
     """Split ``shape`` into blocks along non-channel axes, each costing at most ``max_bytes``.
 
@@ -23,8 +24,11 @@ def plan_blocks(
     fit. With ``contiguous`` only axes before the channel axis are cut, so each block is one
     contiguous run of a C-ordered array (what a pipe needs). ``align`` maps an axis to a
     multiple that block starts should keep (HDF5 chunk extents); a block smaller than one
-    chunk is stretched to a whole chunk when that costs at most ``align_limit`` (reading or
-    writing part of a compressed chunk or tile means decoding or encoding all of it).
+    chunk is stretched to whole chunks (reading or writing part of a compressed chunk or tile
+    means decoding or encoding all of it): to tiles of ``least_tiles`` whole chunks or more
+    where the next axis is chunked too (one for each codec thread, so that a block decodes
+    on every core), else to a whole chunk along the axis cut when that costs at most
+    ``align_limit``.
 
     >>> plan_blocks((4, 3, 2), 2, 8, 48)
     [(slice(0, 2, None), slice(0, 3, None), slice(0, 2, None)), (slice(2, 4, None), slice(0, 3, None), slice(0, 2, None))]
@@ -47,12 +51,18 @@ def plan_blocks(
     step = max(1, max_bytes // cost(cut))
     if align and align.get(cut, 1) > 1 and step >= align[cut]:
         step -= step % align[cut]
-    elif align and align.get(cut, 1) > step and align[cut] * cost(cut) <= align_limit:
-        step = align[cut]
-    elif align and align.get(cut, 1) > step and not contiguous:
-        tiles = _tile_blocks(shape, cut, candidates, align, cost, max_bytes)
+    elif align and align.get(cut, 1) > step:
+        # A block is smaller than one chunk along the axis cut: tiles of whole chunks where the
+        # next axis is chunked too, else whole chunks along the cut axis.
+        tiles = (
+            None
+            if contiguous
+            else _tile_blocks(shape, cut, candidates, align, cost, max_bytes, least_tiles, align_limit)
+        )
         if tiles:
             return tiles
+        if align[cut] * cost(cut) <= align_limit:
+            step = align[cut]
     outer = [i for i in candidates if i < cut]
     check_block_count(math.prod(shape[i] for i in outer) * -(-shape[cut] // step), shape, max_bytes)
     blocks = []
@@ -90,15 +100,18 @@ def _tile_blocks(
     align: dict[int, int],
     cost: Callable[[int], int],
     max_bytes: int,
+    least: int = 1,
+    limit: int = 0,
 ) -> list[tuple[slice, ...]] | None:
     """Blocks of whole chunks along ``cut`` and as many whole chunks of the next axis as fit
-    (the tiles of a tiled raster), or None when the next axis is not chunked."""
+    (the tiles of a tiled raster), at least ``least`` of them while they cost at most
+    ``limit``; None when the next axis is not chunked."""
     inner = next((i for i in candidates if i > cut), None)
     if inner is None or align.get(inner, 1) <= 1:
         return None
     rows = align[cut]
-    per_chunk = rows * align[inner] * cost(inner)
-    cols = align[inner] * max(1, max_bytes // max(per_chunk, 1))
+    per_chunk = max(rows * align[inner] * cost(inner), 1)
+    cols = align[inner] * max(1, max_bytes // per_chunk, min(least, limit // per_chunk))
     outer = [i for i in candidates if i < cut]
     count = math.prod(shape[i] for i in outer) * -(-shape[cut] // rows) * -(-shape[inner] // cols)
     check_block_count(count, shape, max_bytes)

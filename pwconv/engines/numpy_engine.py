@@ -80,6 +80,7 @@ def _plan(
         contiguous=contiguous,
         align=align,
         align_limit=max_bytes // 2,
+        least_tiles=codecs.thread_count(),
     )
 
 

@@ -288,12 +288,17 @@ def lzw(data: Any) -> bytes:
     return encoded if isinstance(encoded, bytes) else bytes(encoded)
 
 
+def thread_count() -> int:
+    """How many codec threads :func:`pool` runs: one per core."""
+    return max(1, os.cpu_count() or 1)
+
+
 def pool() -> CodecThreads:
     """The process's codec threads, one per core (started on first use)."""
     global _pool
     with _lock:
         if _pool is None:
-            _pool = CodecThreads(max(1, os.cpu_count() or 1))
+            _pool = CodecThreads(thread_count())
         return _pool
 
 
