@@ -385,3 +385,46 @@ def test_blocks_smaller_than_a_chunk_row_are_tiles_of_whole_chunks(least):
         shape, 2, per_pixel, 32 << 20, contiguous=True, align={0: 256, 1: 256}, align_limit=256 << 20
     )
     assert all(sl[1] == slice(0, 2048) for sl in rows)
+
+
+@pytest.mark.parametrize("kind", ["zarr zstd", "hdf5 gzip", "tiff deflate"])
+def test_boxes_kept_from_a_compressed_reader_keep_their_values(tmp_path, kind):
+    """The chunk readers assemble boxes in kept buffers: a box, or a view of one, that the
+    caller still holds keeps its values however many boxes are read after it."""
+    rng = np.random.default_rng(12)
+    x = (np.round(rng.standard_normal((64, 48, 3)) * 64) / 64).astype(np.float32)
+    if kind == "zarr zstd":
+        zarr = pytest.importorskip("zarr")
+        z = zarr.create_array(
+            tmp_path / "x.zarr", shape=x.shape, dtype=x.dtype, chunks=(8, 16, 3),
+            compressors=zarr.codecs.ZstdCodec(level=1), zarr_format=3,
+        )  # fmt: skip
+        z[...] = x
+        path = tmp_path / "x.zarr"
+    elif kind == "hdf5 gzip":
+        path = tmp_path / "x.h5"
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("x", data=x, chunks=(8, 16, 3), compression="gzip")
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        path = tmp_path / "x.tif"
+        tifffile.imwrite(
+            path, x, tile=(16, 16), compression="zlib", planarconfig="contig", photometric="minisblack"
+        )
+    source = open_source(parse_spec(str(path)))
+    try:
+        assert source.shape == x.shape
+        kept, seen = [], []
+        for row in range(0, 64, 16):
+            for col in (0, 16, 32):
+                index = (slice(row, row + 16), slice(col, col + 16), slice(0, 3))
+                box = source.read(index)
+                seen.append((index, box.copy()))
+                if (row + col) % 32 == 0:
+                    kept.append((index, box[::2]))  # a view keeps its box's memory too
+        for index, box in seen:
+            np.testing.assert_array_equal(box, x[index])
+        for index, view in kept:
+            np.testing.assert_array_equal(view, x[index][::2])
+    finally:
+        source.close()

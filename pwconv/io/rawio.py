@@ -48,9 +48,10 @@ class BlockMemory:
     A fresh block's pages are faulted in and zeroed by the kernel at first touch (blocks are
     mapped anew each time, see ``cli.native``): on a pipe that was a third of the run's
     system time. Kept buffers stay resident, so this pays only where it was measured to: the
-    stdin reader, and the numpy engine's output blocks (two kept). Chunk readers (HDF5 gzip,
-    Zarr zstd) gained nothing measurable from it and held 130-150 MiB more at their peak:
-    their blocks are larger, and a freed one used to be unmapped while the next decoded.
+    stdin reader, the numpy engine's output blocks, and the boxes of the compressed chunk
+    readers (HDF5 gzip, Zarr, TIFF blocks), two kept each. The chunk readers' boxes measured
+    slower kept while they were whole rows of chunks (128 MiB and more); as tiles of a few
+    chunks they measured 2-7% faster, for 30-36 MiB more at the peak.
 
     A buffer is free when no block, and no view of one, refers to it any longer: its
     reference count is what it was when it was new. Where that cannot be told (the count

@@ -29,7 +29,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atom
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import RawChunks, box_of, chunk_pieces, raw_paths_enabled, read_all
+from pwconv.io.rawio import BlockMemory, RawChunks, box_of, chunk_pieces, raw_paths_enabled, read_all
 from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url, shown
 
 if TYPE_CHECKING:
@@ -173,6 +173,7 @@ class DeflateChunks:
         self.fd, self.name, self.shape, self.dtype, self.chunks = fd, name, shape, dtype, chunks
         self.stored, self.filters, self.fill = stored, filters, fill
         self.chunk_bytes = math.prod(chunks) * dtype.itemsize
+        self._memory = BlockMemory(keep=2)  # a box is assembled in a kept buffer
 
     def check_inside(self, size: int) -> None:
         """Refuse chunks said to lie past ``size`` bytes (a truncated or lying file)."""
@@ -214,7 +215,7 @@ class DeflateChunks:
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """The step-1 box ``index``, its chunks decoded in parallel."""
         bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
-        out = np.empty(tuple(b - a for a, b in bounds), self.dtype)
+        out = self._memory.empty(tuple(b - a for a, b in bounds), self.dtype)
         if not out.size:
             return out
 

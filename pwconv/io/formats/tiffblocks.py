@@ -31,7 +31,7 @@ import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io import codecs
-from pwconv.io.rawio import box_of, chunk_pieces, read_all
+from pwconv.io.rawio import BlockMemory, box_of, chunk_pieces, read_all
 from pwconv.io.stores import shown
 
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ class TiffBlocks:
         self._fill = _fill_value(fill, layout.dtype)
         self._places: dict[tuple[int, ...], tuple[int, int]] = {}
         self._lock = threading.Lock()  # GDAL's dataset is not to be used from two threads
+        self._memory = BlockMemory(keep=2)  # a window's box is assembled in a kept buffer
 
     @classmethod
     def of_file(
@@ -289,7 +290,7 @@ class TiffBlocks:
         rows cut across large tiles (64 bands of 512 x 512 float32: 64 MiB each) otherwise
         fetched every tile it met whole, for each window that met it."""
         box, steps = box_of(index, self.layout.shape)
-        out = np.empty(tuple(b - a for a, b in box), self.layout.dtype)
+        out = self._memory.empty(tuple(b - a for a, b in box), self.layout.dtype)
         if not out.size:
             return out[steps]
         layout = self.layout

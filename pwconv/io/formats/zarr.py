@@ -23,7 +23,7 @@ from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_fail
 from pwconv.io.checks import check_readable, check_regular, link_leaving, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import chunk_pieces, raw_paths_enabled, read_all
+from pwconv.io.rawio import BlockMemory, chunk_pieces, raw_paths_enabled, read_all
 from pwconv.io.stores import (
     PIECE,
     MissingObject,
@@ -585,6 +585,8 @@ class _ChunkFiles:
         self._fill = meta.fill
         self.remote = is_url(meta.folder)
         self._stored = math.prod(self.chunks) * self.dtype.itemsize  # an uncompressed chunk's bytes
+        # Boxes of local chunk files are assembled in two kept buffers (see BlockMemory).
+        self._memory = BlockMemory(keep=2)
 
     def chunk_path(self, coords: tuple[int, ...]) -> str:
         key = self.meta.encode_chunk_key(coords)
@@ -610,7 +612,7 @@ class _ChunkFiles:
         compressed = self.meta.compressor is not None
         if whole is not None and os.path.exists(whole) and extents == self.chunks and not compressed:
             return self._mapped(whole)  # exactly one whole chunk: a read-only map, no copy
-        out = np.empty(extents, self.dtype)
+        out = self._memory.empty(extents, self.dtype)
         if out.size == 0:
             return out
         load = self._decoded if compressed else self._mapped
