@@ -232,7 +232,8 @@ def run_jobs(part: Callable[[Any], None], jobs: list[Any]) -> None:
                 failed.append(exc)  # the other threads take no more jobs
                 raise
 
-    calls = [_helpers().submit(take) for _ in range(min(threads, len(jobs)) - 1)]
+    helpers = _helpers()
+    calls = [helpers.submit(take) for _ in range(min(threads, len(jobs)) - 1)]
     try:
         take()
     finally:  # no job still runs when this returns or raises
