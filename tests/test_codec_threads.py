@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from pwconv.io.codecs import CodecThreads, in_parallel
+from pwconv.io.codecs import CodecThreads, each_done, in_parallel, thread_count
 
 
 def test_work_submitted_later_runs_after_work_that_waits():
@@ -57,3 +58,50 @@ def test_cancelled_work_is_skipped():
     busy.result(timeout=10)
     kept.result(timeout=10)
     assert ran == ["kept"]
+
+
+def test_each_done_hands_results_over_as_they_finish_and_fails_after_all_are_tried():
+    """A result is handed to the caller while later items are still being worked on, and a
+    failure (of the work or of the caller's handling) is raised once every item has run."""
+    if thread_count() < 2:
+        pytest.skip("needs two codec threads: one holds the first item")
+    gate, order = threading.Event(), []
+
+    def work(item: int) -> int:
+        if item == 0:
+            gate.wait(10)  # the first item finishes last
+        order.append(f"work {item}")
+        return item * 10
+
+    def then(item: int, result: int) -> None:
+        order.append(f"then {item}")
+        if item == 2:
+            gate.set()
+
+    each_done(work, [0, 1, 2], then, later=True)
+    assert order.index("then 2") < order.index("work 0")  # handed over before the last finished
+    assert sorted(x for x in order if x.startswith("then")) == ["then 0", "then 1", "then 2"]
+
+    ran: list[int] = []
+
+    def failing_then(item: int, result: int) -> None:
+        raise OSError(f"write {item} failed")
+
+    def slow(item: int) -> int:
+        time.sleep(0.01 * item)
+        ran.append(item)
+        return item
+
+    with pytest.raises(OSError, match="write"):
+        each_done(slow, list(range(6)), failing_then)
+    assert sorted(ran) == list(range(6))  # no work still running when the failure is raised
+
+    def bad(item: int) -> int:
+        if item == 1:
+            raise ValueError("damaged")
+        return item
+
+    handed: list[int] = []
+    with pytest.raises(ValueError, match="damaged"):
+        each_done(bad, [0, 1, 2], lambda item, result: handed.append(item))
+    assert set(handed) <= {0, 2}

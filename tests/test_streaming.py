@@ -363,23 +363,33 @@ def test_streamed_output_buffers_are_reused_only_once_the_sink_let_go(tmp_path):
 
 
 @pytest.mark.parametrize("least", [1, 2, 3])
-def test_blocks_smaller_than_a_chunk_row_are_tiles_of_whole_chunks(least):
-    """A block budget below one row of (256, 256) chunks gives tiles of whole chunks, at least
-    ``least`` of them (one per codec thread) while that fits ``align_limit``; every position
-    once."""
+def test_blocks_smaller_than_a_chunk_row_are_columns_of_whole_chunks(least):
+    """A block budget below one row of (256, 256) chunks gives blocks one chunk wide and
+    ``least`` chunks or more tall (one per codec thread) while that fits ``align_limit``, so
+    that each chunk is one run of its block; every position once."""
     shape, per_pixel = (1000, 2048, 16), 320  # a chunk costs 20 MiB, a row of them 160 MiB
     blocks = plan_blocks(
         shape, 2, per_pixel, 32 << 20, align={0: 256, 1: 256}, align_limit=256 << 20, least_tiles=least
     )
     np.testing.assert_array_equal(_covering(blocks, shape, 2), 1)
-    widths = {sl[1].stop - sl[1].start for sl in blocks}
-    assert max(widths) == 256 * least
+    assert {sl[1].stop - sl[1].start for sl in blocks} == {256}
+    assert max(sl[0].stop - sl[0].start for sl in blocks) == 256 * least
     assert all(sl[0].start % 256 == 0 and sl[1].start % 256 == 0 for sl in blocks)
-    # at most align_limit: a tile of more chunks than fit is cut to what does
+    # a row of blocks is done before the next starts (writers complete rows of chunks)
+    assert [sl[0].start for sl in blocks] == sorted(sl[0].start for sl in blocks)
+    # at most align_limit: a column of more chunks than fit is cut to what does
     tight = plan_blocks(
         shape, 2, per_pixel, 32 << 20, align={0: 256, 1: 256}, align_limit=45 << 20, least_tiles=3
     )
-    assert {sl[1].stop - sl[1].start for sl in tight} == {512}
+    assert {sl[0].stop - sl[0].start for sl in tight} == {512, 1000 - 512}
+    # at a URL, rows of tiles (what lies together in a file): one chunk tall, ``least`` wide
+    across = plan_blocks(
+        shape, 2, per_pixel, 32 << 20, align={0: 256, 1: 256}, align_limit=256 << 20, least_tiles=least,
+        columns=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(_covering(across, shape, 2), 1)
+    assert max(sl[1].stop - sl[1].start for sl in across) == 256 * least
+    assert {sl[0].stop - sl[0].start for sl in across} == {256, 1000 - 768}
     # contiguous blocks (a pipe) are never tiles
     rows = plan_blocks(
         shape, 2, per_pixel, 32 << 20, contiguous=True, align={0: 256, 1: 256}, align_limit=256 << 20
@@ -428,3 +438,99 @@ def test_boxes_kept_from_a_compressed_reader_keep_their_values(tmp_path, kind):
             np.testing.assert_array_equal(view, x[index][::2])
     finally:
         source.close()
+
+
+def _compressed_file(tmp_path, kind, x):
+    """``x`` (rows, cols, bands) stored in chunks or tiles of 16 x 16 pixels, all bands."""
+    if kind.startswith("zarr"):
+        zarr = pytest.importorskip("zarr")
+        codec = zarr.codecs.ZstdCodec(level=1) if kind == "zarr zstd" else zarr.codecs.BloscCodec(cname="zstd")
+        path = tmp_path / "x.zarr"
+        z = zarr.create_array(
+            path, shape=x.shape, dtype=x.dtype, chunks=(16, 16, x.shape[2]), compressors=codec, zarr_format=3
+        )
+        z[...] = x
+        return path
+    if kind == "hdf5 gzip":
+        path = tmp_path / "x.h5"
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("x", data=x, chunks=(16, 16, x.shape[2]), compression="gzip")
+        return path
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "x.tif"
+    compression, predictor = {"tiff deflate": ("zlib", False), "tiff zstd predictor 2": ("zstd", True)}[kind]
+    tifffile.imwrite(
+        path, x, tile=(16, 16), compression=compression, predictor=predictor, planarconfig="contig",
+        photometric="minisblack",
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zarr zstd", "zarr blosc", "hdf5 gzip", "tiff deflate", "tiff zstd predictor 2"])
+def test_whole_chunks_are_decoded_straight_into_a_box_one_chunk_wide(tmp_path, monkeypatch, kind):
+    """In a box one chunk wide each whole chunk is one run of the box and is decoded straight
+    into it; chunks cut by the box or by the array's edge go through a buffer. Either way the
+    box holds the stored values."""
+    from pwconv.io import codecs
+
+    rng = np.random.default_rng(13)
+    if kind.endswith("predictor 2"):  # TIFF's horizontal predictor: integers
+        x = rng.integers(0, 60000, (64, 40, 3)).astype(np.uint16)
+    else:
+        x = (np.round(rng.standard_normal((64, 40, 3)) * 64) / 64).astype(np.float32)
+    path = _compressed_file(tmp_path, kind, x)
+    straight: list[int] = []
+    decode_into = codecs.decode_into
+
+    def counted(codec, data, target, name, holder="file"):
+        straight.append(target.nbytes)
+        decode_into(codec, data, target, name, holder)
+
+    monkeypatch.setattr(codecs, "decode_into", counted)
+    source = open_source(parse_spec(str(path)))
+    try:
+        cases = [
+            ((slice(16, 64), slice(16, 32)), 3),  # three whole chunks, one run each
+            ((slice(0, 32), slice(0, 32)), 0),  # two chunks wide: no chunk is one run
+            ((slice(8, 40), slice(16, 32)), 1),  # rows cut through the first and last chunk
+            ((slice(0, 32), slice(32, 40)), 0),  # the right edge: part of each chunk is outside
+        ]
+        for (rows, cols), whole in cases:
+            straight.clear()
+            box = source.read((rows, cols, slice(0, 3)))
+            np.testing.assert_array_equal(box, x[rows, cols])
+            assert straight == [16 * 16 * 3 * x.itemsize] * whole
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("kind", ["zarr zstd", "hdf5 gzip", "tiff deflate"])
+def test_a_damaged_chunk_decoded_straight_into_a_box_is_a_one_line_error(tmp_path, kind):
+    """A chunk whose stored bytes are damaged fails the same way when it is decoded straight
+    into the box (the array is one chunk wide): one line, the exit code of a bad input, no
+    output."""
+    rng = np.random.default_rng(14)
+    x = (np.round(rng.standard_normal((64, 16, 3)) * 64) / 64).astype(np.float32)
+    path = _compressed_file(tmp_path, kind, x)
+    if kind == "zarr zstd":
+        chunk = path / "c" / "1" / "0" / "0"
+        chunk.write_bytes(chunk.read_bytes()[:-20])  # a frame cut short
+    else:
+        if kind == "hdf5 gzip":
+            with h5py.File(path) as handle:
+                info = handle["x"].id.get_chunk_info_by_coord((16, 0, 0))
+                offset, size = info.byte_offset, info.size
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                offset, size = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
+        with open(path, "r+b") as handle:
+            handle.seek(offset + size // 2)
+            handle.write(bytes(size - size // 2))
+    np.save(tmp_path / "w.npy", np.ones((2, 3), np.float32))
+    proc = run_cli("apply", path, "w.npy", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "damaged" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.npy").exists()

@@ -16,6 +16,7 @@ def plan_blocks(
     align: dict[int, int] | None = None,
     align_limit: int = 0,
     least_tiles: int = 1,
+    columns: bool = True,
 ) -> list[tuple[slice, ...]]:
     """Split ``shape`` into blocks along non-channel axes, each costing at most ``max_bytes``.
 
@@ -25,10 +26,11 @@ def plan_blocks(
     contiguous run of a C-ordered array (what a pipe needs). ``align`` maps an axis to a
     multiple that block starts should keep (HDF5 chunk extents); a block smaller than one
     chunk is stretched to whole chunks (reading or writing part of a compressed chunk or tile
-    means decoding or encoding all of it): to tiles of ``least_tiles`` whole chunks or more
-    where the next axis is chunked too (one for each codec thread, so that a block decodes
-    on every core), else to a whole chunk along the axis cut when that costs at most
-    ``align_limit``.
+    means decoding or encoding all of it): where the next axis is chunked too, to one chunk
+    across and ``least_tiles`` whole chunks or more along the axis cut (one for each codec
+    thread, so that a block decodes on every core; with ``columns`` False, one chunk along
+    the axis cut and as many across), else to a whole chunk along the axis cut, when that
+    costs at most ``align_limit``.
 
     >>> plan_blocks((4, 3, 2), 2, 8, 48)
     [(slice(0, 2, None), slice(0, 3, None), slice(0, 2, None)), (slice(2, 4, None), slice(0, 3, None), slice(0, 2, None))]
@@ -57,7 +59,9 @@ def plan_blocks(
         tiles = (
             None
             if contiguous
-            else _tile_blocks(shape, cut, candidates, align, cost, max_bytes, least_tiles, align_limit)
+            else _tile_blocks(
+                shape, cut, candidates, align, cost, max_bytes, least_tiles, align_limit, columns
+            )
         )
         if tiles:
             return tiles
@@ -102,16 +106,29 @@ def _tile_blocks(
     max_bytes: int,
     least: int = 1,
     limit: int = 0,
+    columns: bool = True,
 ) -> list[tuple[slice, ...]] | None:
-    """Blocks of whole chunks along ``cut`` and as many whole chunks of the next axis as fit
-    (the tiles of a tiled raster), at least ``least`` of them while they cost at most
-    ``limit``; None when the next axis is not chunked."""
+    """Blocks one chunk wide along the axis after ``cut`` and as many whole chunks along
+    ``cut`` as fit (columns of tiles of a tiled raster), at least ``least`` of them while
+    they cost at most ``limit``; with ``columns`` False, one chunk along ``cut`` and as many
+    along the next axis (rows of tiles); None when the next axis is not chunked.
+
+    A block one chunk wide holds each of its chunks as one run of its memory (where the
+    chunks hold every later axis whole), so a reader decodes a chunk straight into the block
+    and a writer encodes one straight from it. A row of tiles is what lies together in a
+    file, so that a block at a URL is fetched in fewer requests.
+
+    >>> def starts(columns): return [(b[0].start, b[1].start) for b in _tile_blocks(
+    ...     (8, 8), 0, [0, 1], {0: 2, 1: 4}, lambda a: 8 if a else 64, 64, 2, 200, columns)]
+    >>> starts(True), starts(False)
+    ([(0, 0), (0, 4), (4, 0), (4, 4)], [(0, 0), (2, 0), (4, 0), (6, 0)])
+    """
     inner = next((i for i in candidates if i > cut), None)
     if inner is None or align.get(inner, 1) <= 1:
         return None
-    rows = align[cut]
-    per_chunk = max(rows * align[inner] * cost(inner), 1)
-    cols = align[inner] * max(1, max_bytes // per_chunk, min(least, limit // per_chunk))
+    per_chunk = max(align[cut] * align[inner] * cost(inner), 1)
+    count = max(1, max_bytes // per_chunk, min(least, limit // per_chunk))
+    rows, cols = (align[cut] * count, align[inner]) if columns else (align[cut], align[inner] * count)
     outer = [i for i in candidates if i < cut]
     count = math.prod(shape[i] for i in outer) * -(-shape[cut] // rows) * -(-shape[inner] // cols)
     check_block_count(count, shape, max_bytes)

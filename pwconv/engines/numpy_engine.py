@@ -81,6 +81,7 @@ def _plan(
         align=align,
         align_limit=max_bytes // 2,
         least_tiles=codecs.thread_count(),
+        columns=not stream,  # at a URL, rows of tiles: neighbours in the file, fetched together
     )
 
 

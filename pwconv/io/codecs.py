@@ -157,11 +157,32 @@ def can_decode(codec: str) -> bool:
     return fast is not None and codec in flags and bool(getattr(fast, flags[codec]).available)
 
 
-def decode_between(codec: str, data: Any, least: int, most: int, name: str, holder: str = "file") -> Any:
+def decode_into(codec: str, data: Any, target: np.ndarray, name: str, holder: str = "file") -> None:
+    """Decode ``data`` (see :func:`decode_between`) into ``target``, a C-contiguous array of
+    exactly the decoded size: a chunk that is one run of a block goes straight there instead
+    of through this thread's buffer and a copy (a 1 GiB zstd Zarr: 16 MiB copied per chunk).
+
+    >>> target = np.zeros(3, np.uint8)
+    >>> decode_into("deflate", zlib.compress(b"abc"), target, "x"); bytes(target)
+    b'abc'
+    """
+    size = target.nbytes
+    flat = target.reshape(-1).view(np.uint8)
+    # LZW is decoded one byte longer (to tell a longer stream), zlib only into its own buffer
+    if codec == "lzw" or (codec == "deflate" and _fast() is None):
+        flat[...] = np.frombuffer(decode_between(codec, data, size, size, name, holder), np.uint8)
+        return
+    decode_between(codec, data, size, size, name, holder, into=flat)
+
+
+def decode_between(
+    codec: str, data: Any, least: int, most: int, name: str, holder: str = "file", into: Any = None
+) -> Any:
     """What ``data`` holds encoded with ``codec`` (``deflate``, ``zstd``, ``lzw`` or ``blosc``, see
     :func:`can_decode`): from ``least`` to ``most`` bytes of it (a buffer valid until this
-    thread's next decode); anything else is a one-line error naming ``name`` and saying
-    that its ``holder`` (file or store) is damaged.
+    thread's next decode, or ``into``, a writable buffer of ``most`` bytes, where given: not
+    for LZW or the standard library's zlib); anything else is a one-line error naming
+    ``name`` and saying that its ``holder`` (file or store) is damaged.
 
     >>> bytes(decode_between("deflate", zlib.compress(b"abc"), 2, 8, "x"))
     b'abc'
@@ -174,12 +195,13 @@ def decode_between(codec: str, data: Any, least: int, most: int, name: str, hold
             if len(out) > most:
                 raise ValueError("the stream holds more data than expected")
             return out
+        target = _buffer(most) if into is None else into
         if codec == "zstd":
-            return fast.zstd_decode(data, out=_buffer(most))
+            return fast.zstd_decode(data, out=target)
         if codec == "blosc":  # one thread: the chunks are decoded on every core already
-            return fast.blosc_decode(data, numthreads=1, out=_buffer(most))
+            return fast.blosc_decode(data, numthreads=1, out=target)
         if fast is not None:
-            return fast.deflate_decode(data, out=_buffer(most))
+            return fast.deflate_decode(data, out=target)
         inflater = zlib.decompressobj()
         out = inflater.decompress(data, most)
         if inflater.unconsumed_tail or not inflater.eof:
@@ -306,6 +328,36 @@ def started() -> bool:
     """Whether the codec threads have started: chunks are being decoded or encoded on every
     core, beside whatever else runs."""
     return _pool is not None
+
+
+def each_done(
+    work: Callable[[T], R], items: Iterable[T], then: Callable[[T, R], None], *, later: bool = False
+) -> None:
+    """``work`` over ``items`` on the codec threads (``later``: after any decoding that
+    waits), and ``then(item, result)`` on the calling thread for each as soon as it is done,
+    in the order they finish: a chunk is written while the next are still encoded, where
+    :func:`in_parallel` waits for the last. The first failure, of ``work`` or of ``then``, is
+    raised once every item has been tried (so no thread still touches the caller's buffers).
+
+    >>> done = []
+    >>> each_done(lambda n: n * n, [1, 2, 3], lambda n, square: done.append((n, square)))
+    >>> sorted(done)
+    [(1, 1), (2, 4), (3, 9)]
+    """
+    from concurrent.futures import as_completed
+
+    codec_threads = pool()
+    futures = {codec_threads.submit(work, item, later=later): item for item in items}
+    failure: BaseException | None = None
+    for future in as_completed(futures):
+        try:
+            result = future.result()
+            if failure is None:
+                then(futures[future], result)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others finished
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def in_parallel(

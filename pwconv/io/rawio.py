@@ -181,6 +181,23 @@ def chunk_pieces(bounds: list[tuple[int, int]], chunks: tuple[int, ...]) -> Iter
         yield ChunkPiece(tuple(coords), inner, outer)
 
 
+def whole_slab(out: np.ndarray, piece: ChunkPiece, chunks: tuple[int, ...]) -> np.ndarray | None:
+    """``out[piece.outer]`` where the piece is a whole chunk and that part of ``out`` is one
+    run of memory (a block one chunk wide, see ``plan_blocks``), for a chunk to be decoded
+    straight into; else None.
+
+    >>> box = np.zeros((4, 2, 3))
+    >>> [whole_slab(box, p, (2, 2, 3)) is not None for p in chunk_pieces([(0, 4), (0, 2), (0, 3)], (2, 2, 3))]
+    [True, True]
+    >>> [whole_slab(box, p, (2, 1, 3)) is not None for p in chunk_pieces([(0, 4), (0, 2), (0, 3)], (2, 1, 3))]
+    [False, False, False, False]
+    """
+    if any(s.stop - s.start != c for s, c in zip(piece.inner, chunks)):
+        return None
+    part = out[piece.outer]
+    return part if part.flags.c_contiguous else None
+
+
 def drop_pages(mapping: mmap.mmap, start: int, stop: int) -> None:
     """Drop the pages wholly inside bytes ``start``-``stop`` of a read-only map from this
     process's memory (they stay in the page cache), so that resident memory follows the

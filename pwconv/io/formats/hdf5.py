@@ -25,11 +25,26 @@ import numpy as np
 from pwconv.core.blocks import chunk_shape
 from pwconv.errors import FormatError, OutputExistsError, PwconvError, UsageError
 from pwconv.io import codecs
-from pwconv.io.atomic import FileSink, check_output_path, setting_up, write_atomically, write_failure
+from pwconv.io.atomic import (
+    FileSink,
+    check_output_path,
+    made_anew,
+    setting_up,
+    write_atomically,
+    write_failure,
+)
 from pwconv.io.checks import check_readable, first_line, label_text, numeric_dtype, refuse_external
 from pwconv.io.interface import Backend, Description, Sink, SinkRequest, Source
 from pwconv.io.names import pick_name, printable
-from pwconv.io.rawio import BlockMemory, RawChunks, box_of, chunk_pieces, raw_paths_enabled, read_all
+from pwconv.io.rawio import (
+    BlockMemory,
+    RawChunks,
+    box_of,
+    chunk_pieces,
+    raw_paths_enabled,
+    read_all,
+    whole_slab,
+)
 from pwconv.io.stores import RangedFile, RemoteObject, exists, is_url, shown
 
 if TYPE_CHECKING:
@@ -184,14 +199,24 @@ class DeflateChunks:
                     f"found a file of {size} bytes; the file is truncated or damaged, write it again"
                 )
 
-    def _decoded(self, coords: tuple[int, ...], data: Any = None) -> np.ndarray:
-        """One chunk decoded: its stored bytes ``data`` where fetched already, else read."""
+    def _decoded(
+        self, coords: tuple[int, ...], data: Any = None, into: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One chunk decoded: its stored bytes ``data`` where fetched already, else read;
+        straight into ``into`` (a whole chunk's run of a box) where given and the chunk is
+        gzip alone."""
         offset, size, mask = self.stored[coords]
         where = f"{self.name} chunk {coords}"
         if data is None:
             assert isinstance(self.fd, int)
             data = codecs.read_buffer(size)
             read_all(self.fd, data.data, offset, where)
+        if into is not None:
+            if self.filters == (_DEFLATE,) and not mask & 1:
+                codecs.decode_into("deflate", data, into, where)
+            else:
+                into[...] = self._decoded(coords, data)
+            return into
         # Undo the pipeline from its last filter back, skipping those the mask says were skipped.
         for position in reversed(range(len(self.filters))):
             if mask >> position & 1:
@@ -230,10 +255,12 @@ class DeflateChunks:
             fetched = dict(zip(wanted, self.fd.read_spans(starts, ends)))
 
         def one(piece: Any) -> None:
-            if piece.coords in self.stored:
-                out[piece.outer] = self._decoded(piece.coords, fetched.get(piece.coords))[piece.inner]
-            else:
+            if piece.coords not in self.stored:
                 out[piece.outer] = self.fill
+            elif (slab := whole_slab(out, piece, self.chunks)) is not None:
+                self._decoded(piece.coords, fetched.get(piece.coords), into=slab)
+            else:
+                out[piece.outer] = self._decoded(piece.coords, fetched.get(piece.coords))[piece.inner]
 
         codecs.in_parallel(one, pieces)
         return out
@@ -300,13 +327,17 @@ class DeflateChunkWriter:
         self._store(complete)
 
     def _store(self, complete: list[tuple[tuple[int, ...], np.ndarray]]) -> None:
-        encoded = codecs.in_parallel(lambda item: codecs.deflate(item[1], self._level), complete)
-        for (coords, _), data in zip(complete, encoded):
-            offset = tuple(g * c for g, c in zip(coords, self.chunks))
+        """Encode the complete chunks after any decoding that waits (the next block's read
+        goes first), each written as soon as it is encoded."""
+
+        def write(item: tuple[tuple[int, ...], np.ndarray], data: bytes) -> None:
+            offset = tuple(g * c for g, c in zip(item[0], self.chunks))
             try:
                 self._ds.id.write_direct_chunk(offset, data, 0)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise write_failure(self._name, exc) from None
+
+        codecs.each_done(lambda item: codecs.deflate(item[1], self._level), complete, write, later=True)
 
     def flush(self) -> None:
         """Write the chunks no block completed (none, when every block was written)."""
@@ -603,7 +634,7 @@ class H5Sink(FileSink):
         self._chunk_writer: DeflateChunkWriter | None = None
         direct = not request.compression and raw_paths_enabled()
         with setting_up(self, f"{path}:{self.dataset}"):
-            self._file = _open_file(self.temp.path, "w")
+            self._file = _open_file(made_anew(self.temp.path), "x")
             self._ds = self._file.create_dataset(
                 self.dataset, shape=request.shape, dtype=np.dtype(request.dtype),
                 **_dataset_options(request, direct),

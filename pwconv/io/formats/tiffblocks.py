@@ -31,7 +31,7 @@ import numpy as np
 
 from pwconv.errors import FormatError
 from pwconv.io import codecs
-from pwconv.io.rawio import BlockMemory, box_of, chunk_pieces, read_all
+from pwconv.io.rawio import BlockMemory, box_of, chunk_pieces, read_all, whole_slab
 from pwconv.io.stores import shown
 
 if TYPE_CHECKING:
@@ -319,6 +319,10 @@ class TiffBlocks:
                 rows = np.frombuffer(data, layout.dtype, size // layout.dtype.itemsize)
                 rows = rows.reshape(-1, layout.block[1], layout.samples)
                 out[piece.outer] = rows[(slice(None),) + piece.inner[1:]]
+            elif (slab := whole_slab(out, piece, layout.chunks)) is not None:
+                decoded_block(
+                    layout, piece.coords[0], data, f"block {piece.coords} of {self.name}", into=slab
+                )
             else:
                 out[piece.outer] = self._decoded(piece.coords, data)[piece.inner]
 
@@ -326,11 +330,23 @@ class TiffBlocks:
         return out[steps]
 
 
-def decoded_block(layout: BlockLayout, row: int, data: Any, name: str) -> np.ndarray:
+def decoded_block(
+    layout: BlockLayout, row: int, data: Any, name: str, into: np.ndarray | None = None
+) -> np.ndarray:
     """The rows inside the image of a block of block row ``row``, from its stored bytes, as
     (rows, cols, samples) in the file's dtype (a buffer valid until this thread's next
-    decode); damaged bytes are a one-line error naming ``name``."""
+    decode, or ``into``, a whole block's run of a box, where given); damaged bytes are a
+    one-line error naming ``name``."""
     least, most = layout.decoded_bytes(row)
+    if into is not None:
+        if layout.codec is not None and layout.predictor != 3 and least == most == into.nbytes:
+            codecs.decode_into(layout.codec, data, into, name)  # no copy through a buffer
+            if layout.predictor == 2:
+                same_width = into.view(f"u{layout.dtype.itemsize}")
+                np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
+        else:
+            into[...] = decoded_block(layout, row, data, name)
+        return into
     if layout.codec is not None:
         data = codecs.decode_between(layout.codec, data, least, most, name)
     shape = (layout.rows_inside(row), layout.block[1], layout.samples)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pwconv.io import codecs, threads
+from pwconv.io.atomic import open_empty
 from pwconv.io.formats.tiffblocks import BlockLayout, predicted
 
 #: pwconv's codec names -> tifffile's.
@@ -194,7 +195,7 @@ class EncodedBlocks:
         encoded blocks in order)`` on the block writer's thread. The file is opened here, not
         on that thread: a run stopped by a signal removes its temp files, and a thread opening
         the file by name after that made it again (an empty file left behind)."""
-        self._file = open(target, "wb") if isinstance(target, str) else target  # noqa: SIM115 - closed by finish() or drop()
+        self._file = open_empty(target) if isinstance(target, str) else target  # closed by finish() or drop()
         file = self._file
 
         def run() -> None:
