@@ -292,3 +292,21 @@ def test_arrays_nested_in_groups_are_listed_and_read_by_path(tmp_path):
         source.close()
     with pytest.raises(Exception, match="closest"):
         open_source(parse_spec(str(tmp_path / "g.zarr:sub/../top")))
+
+
+def test_a_blosc_frame_cut_short_is_refused_not_read_past_its_end():
+    """blosc's decoder takes a frame's length from its header: bytes cut short (an empty or
+    truncated chunk) that lie in front of a whole frame in memory would decode as that frame.
+    They are refused."""
+    import imagecodecs
+
+    from pwconv.errors import FormatError
+    from pwconv.io import codecs
+
+    raw = np.arange(256, dtype=np.float32).tobytes()
+    frame = bytes(imagecodecs.blosc_encode(raw))
+    memory = np.frombuffer(frame + frame, np.uint8)  # a buffer holding a whole frame
+    assert bytes(codecs.decode_between("blosc", memory[: len(frame)], len(raw), len(raw), "x")) == raw
+    for cut in (0, 10, len(frame) - 1):
+        with pytest.raises(FormatError, match="damaged"):
+            codecs.decode_between("blosc", memory[:cut], len(raw), len(raw), "x")

@@ -80,7 +80,8 @@ def _plan(
         contiguous=contiguous,
         align=align,
         align_limit=max_bytes // 2,
-        least_tiles=codecs.thread_count(),
+        # a chunk per codec thread where chunks are decoded, so that every core decodes a block
+        least_tiles=codecs.thread_count() if align and source.decoded_piece() is not None else 1,
         columns=not stream,  # at a URL, rows of tiles: neighbours in the file, fetched together
     )
 

@@ -199,6 +199,7 @@ def decode_between(
         if codec == "zstd":
             return fast.zstd_decode(data, out=target)
         if codec == "blosc":  # one thread: the chunks are decoded on every core already
+            _check_blosc_frame(data)
             return fast.blosc_decode(data, numthreads=1, out=target)
         if fast is not None:
             return fast.deflate_decode(data, out=target)
@@ -215,6 +216,28 @@ def decode_between(
         "blosc": "a blosc frame",
     }[codec]
     return _checked(decode, most, name, stream, holder, least=least)
+
+
+# A blosc frame's header: version bytes and flags, then its decoded size, block size and
+# stored size (the whole frame's), each a little-endian uint32.
+_BLOSC_HEADER = 16
+
+
+def _check_blosc_frame(data: Any) -> None:
+    """Refuse bytes that are not one whole blosc frame: blosc's decoder takes the frame's
+    length from its header, not from the bytes it is given, so a frame cut short (an empty
+    chunk file) is read past its end, into whatever memory follows it.
+
+    >>> _check_blosc_frame(bytes(8))
+    Traceback (most recent call last):
+    ValueError: expected a blosc frame of at least 16 bytes, found 8
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < _BLOSC_HEADER:
+        raise ValueError(f"expected a blosc frame of at least {_BLOSC_HEADER} bytes, found {len(view)}")
+    stored = int.from_bytes(view[12:16], "little")
+    if stored != len(view):
+        raise ValueError(f"the frame's header says {stored} bytes, the chunk holds {len(view)}")
 
 
 # From 1 MiB up, numcodecs' zstd (where zarr brought it) encodes a product's output in

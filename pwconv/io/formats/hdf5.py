@@ -634,7 +634,14 @@ class H5Sink(FileSink):
         self._chunk_writer: DeflateChunkWriter | None = None
         direct = not request.compression and raw_paths_enabled()
         with setting_up(self, f"{path}:{self.dataset}"):
-            self._file = _open_file(made_anew(self.temp.path), "x")
+            # A file h5py keeps open for the whole run is created anew, not truncated: see
+            # atomic.open_empty. A file for raw offsets is truncated: h5py closes it once the
+            # dataset exists, and that small flush also places h5py's first bytes, which ext4
+            # otherwise leaves for later, so that replacing an older output wrote the whole
+            # file back at the rename (0.16 s per 256 MiB).
+            self._file = (
+                _open_file(self.temp.path, "w") if direct else _open_file(made_anew(self.temp.path), "x")
+            )
             self._ds = self._file.create_dataset(
                 self.dataset, shape=request.shape, dtype=np.dtype(request.dtype),
                 **_dataset_options(request, direct),
