@@ -444,7 +444,9 @@ def _compressed_file(tmp_path, kind, x):
     """``x`` (rows, cols, bands) stored in chunks or tiles of 16 x 16 pixels, all bands."""
     if kind.startswith("zarr"):
         zarr = pytest.importorskip("zarr")
-        codec = zarr.codecs.ZstdCodec(level=1) if kind == "zarr zstd" else zarr.codecs.BloscCodec(cname="zstd")
+        codec = (
+            zarr.codecs.ZstdCodec(level=1) if kind == "zarr zstd" else zarr.codecs.BloscCodec(cname="zstd")
+        )
         path = tmp_path / "x.zarr"
         z = zarr.create_array(
             path, shape=x.shape, dtype=x.dtype, chunks=(16, 16, x.shape[2]), compressors=codec, zarr_format=3
@@ -466,7 +468,9 @@ def _compressed_file(tmp_path, kind, x):
     return path
 
 
-@pytest.mark.parametrize("kind", ["zarr zstd", "zarr blosc", "hdf5 gzip", "tiff deflate", "tiff zstd predictor 2"])
+@pytest.mark.parametrize(
+    "kind", ["zarr zstd", "zarr blosc", "hdf5 gzip", "tiff deflate", "tiff zstd predictor 2"]
+)
 def test_whole_chunks_are_decoded_straight_into_a_box_one_chunk_wide(tmp_path, monkeypatch, kind):
     """In a box one chunk wide each whole chunk is one run of the box and is decoded straight
     into it; chunks cut by the box or by the array's edge go through a buffer. Either way the
