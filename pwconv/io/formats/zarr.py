@@ -1,10 +1,11 @@
 """Zarr (v3) arrays: read lazily by block, written chunk by chunk into a folder renamed on commit.
 
-An array of plain little-endian chunk files (no compression, a regular grid) needs no zarr at
-all: its ``zarr.json`` is parsed here, as strictly as zarr itself parses it, and its chunks
-are read straight from their files, several times faster than zarr's codec pipeline (and
-without zarr's import, about 0.4 s). An uncompressed output is written the same way.
-Anything else (compression, sharding, big-endian data, v2 stores) goes through zarr.
+An array of little-endian chunk files on a regular grid, plain or each one zstd or blosc
+frame, needs no zarr at all: its ``zarr.json`` is parsed here, as strictly as zarr itself
+parses it, and its chunks are read straight from their files (decoded by imagecodecs on every
+core where compressed), several times faster than zarr's codec pipeline and without zarr's
+import (0.15-0.4 s). An uncompressed or zstd output is written the same way. Anything else
+(other codecs, sharding, big-endian data, v2 stores) goes through zarr.
 """
 
 from __future__ import annotations
