@@ -127,8 +127,8 @@ def _tile_blocks(
     if inner is None or align.get(inner, 1) <= 1:
         return None
     per_chunk = max(align[cut] * align[inner] * cost(inner), 1)
-    count = max(1, max_bytes // per_chunk, min(least, limit // per_chunk))
-    rows, cols = (align[cut] * count, align[inner]) if columns else (align[cut], align[inner] * count)
+    stacked = max(1, max_bytes // per_chunk, min(least, limit // per_chunk))  # chunks a block
+    rows, cols = (align[cut] * stacked, align[inner]) if columns else (align[cut], align[inner] * stacked)
     outer = [i for i in candidates if i < cut]
     count = math.prod(shape[i] for i in outer) * -(-shape[cut] // rows) * -(-shape[inner] // cols)
     check_block_count(count, shape, max_bytes)

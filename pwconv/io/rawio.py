@@ -50,8 +50,8 @@ class BlockMemory:
     system time. Kept buffers stay resident, so this pays only where it was measured to: the
     stdin reader, the numpy engine's output blocks, and the boxes of the compressed chunk
     readers (HDF5 gzip, Zarr, TIFF blocks), two kept each. The chunk readers' boxes measured
-    slower kept while they were whole rows of chunks (128 MiB and more); as tiles of a few
-    chunks they measured 2-7% faster, for 30-36 MiB more at the peak.
+    slower kept while they were whole rows of chunks (128 MiB and more); as tiles (now
+    columns) of a few chunks they measured 2-7% faster, for 30-36 MiB more at the peak.
 
     A buffer is free when no block, and no view of one, refers to it any longer: its
     reference count is what it was when it was new. Where that cannot be told (the count

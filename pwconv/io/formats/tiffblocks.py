@@ -279,9 +279,9 @@ class TiffBlocks:
             )
         return offset, (min(stored, least) if layout.codec is None else stored)
 
-    def _decoded(self, coords: tuple[int, ...], data: Any) -> np.ndarray:
+    def _decoded(self, coords: tuple[int, ...], data: Any, into: np.ndarray | None = None) -> np.ndarray:
         """The rows of block ``coords`` inside the image (see :func:`decoded_block`)."""
-        return decoded_block(self.layout, coords[0], data, f"block {coords} of {self.name}")
+        return decoded_block(self.layout, coords[0], data, f"block {coords} of {self.name}", into)
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """Any selection (steps too) of (rows, cols, bands): its step-1 box read, then stepped.
@@ -320,9 +320,7 @@ class TiffBlocks:
                 rows = rows.reshape(-1, layout.block[1], layout.samples)
                 out[piece.outer] = rows[(slice(None),) + piece.inner[1:]]
             elif (slab := whole_slab(out, piece, layout.chunks)) is not None:
-                decoded_block(
-                    layout, piece.coords[0], data, f"block {piece.coords} of {self.name}", into=slab
-                )
+                self._decoded(piece.coords, data, into=slab)
             else:
                 out[piece.outer] = self._decoded(piece.coords, data)[piece.inner]
 
@@ -335,24 +333,22 @@ def decoded_block(
 ) -> np.ndarray:
     """The rows inside the image of a block of block row ``row``, from its stored bytes, as
     (rows, cols, samples) in the file's dtype (a buffer valid until this thread's next
-    decode, or ``into``, a whole block's run of a box, where given); damaged bytes are a
-    one-line error naming ``name``."""
+    decode; or, with ``into``, a whole block's run of a box, those values written there);
+    damaged bytes are a one-line error naming ``name``."""
     least, most = layout.decoded_bytes(row)
     if into is not None:
-        if layout.codec is not None and layout.predictor != 3 and least == most == into.nbytes:
-            codecs.decode_into(layout.codec, data, into, name)  # no copy through a buffer
-            if layout.predictor == 2:
-                same_width = into.view(f"u{layout.dtype.itemsize}")
-                np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
-        else:
-            into[...] = decoded_block(layout, row, data, name)
-        return into
-    if layout.codec is not None:
-        data = codecs.decode_between(layout.codec, data, least, most, name)
+        if layout.codec is None or layout.predictor == 3 or not least == most == into.nbytes:
+            into[...] = decoded_block(layout, row, data, name)  # through this thread's buffer
+            return into
+        codecs.decode_into(layout.codec, data, into, name)  # straight into the box, undone there
+        pixels = into.reshape(-1).view(np.uint8)
+    else:
+        if layout.codec is not None:
+            data = codecs.decode_between(layout.codec, data, least, most, name)
+        pixels = np.frombuffer(data, np.uint8, least)
+        if not pixels.flags.writeable and layout.predictor != 1:
+            pixels = pixels.copy()
     shape = (layout.rows_inside(row), layout.block[1], layout.samples)
-    pixels = np.frombuffer(data, np.uint8, least)
-    if not pixels.flags.writeable and layout.predictor != 1:
-        pixels = pixels.copy()
     if layout.predictor == 2:  # each sample the difference from the one to its left
         same_width = pixels.view(f"u{layout.dtype.itemsize}").reshape(shape)
         np.cumsum(same_width, axis=1, dtype=same_width.dtype, out=same_width)
