@@ -465,6 +465,7 @@ def _vrt(source: str, relative: bool, raw: bool = False) -> str:
         ("simple_up.vrt", "a VRT source outside its folder"),
         ("nested.vrt", "a VRT source outside its folder"),
         ("url.vrt", "not a plain file"),
+        ("declared.vrt", "not a plain file"),  # an XML declaration first: still a VRT to GDAL
         ("missing.vrt", "found no such file"),
     ],
 )
@@ -481,6 +482,9 @@ def test_a_vrt_naming_files_outside_its_folder_is_read_only_when_allowed(tmp_pat
     (folder / "nested.vrt").write_text(_vrt("sub/inner.vrt", relative=True))
     (folder / "url.vrt").write_text(_vrt("/vsicurl/http://127.0.0.1:9/x.tif", relative=False))
     (folder / "missing.vrt").write_text(_vrt("gone.tif", relative=True))
+    (folder / "declared.vrt").write_text(
+        '<?xml version="1.0"?>\n' + _vrt("/vsicurl/http://127.0.0.1:9/x.tif", relative=False)
+    )
     proc = run_cli("apply", name, "1", "-o", "out.npy", cwd=folder)
     assert_clean_error(proc, 2, fragment)
     assert not (folder / "out.npy").exists()

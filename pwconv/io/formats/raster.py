@@ -100,20 +100,25 @@ def claims(path: str) -> bool:
     return bool(tags & _GEO_TAGS)
 
 
-# How deep VRTs naming VRTs are followed, and the largest VRT file parsed.
+# How deep VRTs naming VRTs are followed, the largest VRT file parsed, and how much of a
+# file's start is searched for the VRT's root element (GDAL looks in its first 1 KiB).
 _VRT_DEPTH = 8
 _VRT_BYTES = 16 << 20
+_VRT_HEAD = 4096
 _VRT_SOURCE_TAGS = ("SourceFilename", "SourceDataset")
 
 
 def _vrt_sources(path: str) -> list[str]:
-    """The files a VRT names (its sources, at any depth of its XML); [] for any other file."""
+    """The files a VRT names (its sources, at any depth of its XML); [] for any other file.
+    Only a file with ``<VRTDataset`` in its first bytes is read whole, as GDAL opens only
+    such a file as a VRT, an XML declaration before it included."""
     import xml.etree.ElementTree as ElementTree
 
     with open(path, "rb") as handle:
-        text = handle.read(_VRT_BYTES + 1)
-    if not text.lstrip()[:11] == b"<VRTDataset":
-        return []
+        text = handle.read(_VRT_HEAD)
+        if b"<VRTDataset" not in text:
+            return []
+        text += handle.read(_VRT_BYTES + 1 - len(text))
     if len(text) > _VRT_BYTES:
         raise FormatError(
             f"expected a VRT of at most {_VRT_BYTES >> 20} MiB at {path!r}, found a larger file"
