@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from .conftest import assert_clean_error, file_size_limit, run_cli, wait_for_temp
+from .conftest import assert_clean_error, file_size_limit, run_cli, wait_for_temp, write_geotiff
 
 
 @pytest.mark.parametrize(
@@ -492,6 +492,18 @@ def test_a_vrt_naming_files_outside_its_folder_is_read_only_when_allowed(tmp_pat
         allowed = run_cli("apply", name, "1", "-o", "out.npy", "--allow-external", cwd=folder)
         assert allowed.returncode == 0, allowed.stderr
         np.testing.assert_array_equal(np.load(folder / "out.npy")[..., 0], secret)
+
+
+def test_a_geotiff_whose_description_names_a_vrt_is_read_as_a_geotiff(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    data = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    write_geotiff(tmp_path / "in.tif", data)
+    with rasterio.open(tmp_path / "in.tif", "r+") as ds:  # a raw ASCII tag in the file's first bytes
+        ds.update_tags(TIFFTAG_IMAGEDESCRIPTION="tiles of a <VRTDataset> mosaic")
+    assert b"<VRTDataset" in (tmp_path / "in.tif").read_bytes()[:4096]
+    proc = run_cli("apply", "in.tif", "1,2", "-o", "out.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[..., 0], data[0] + 2 * data[1], rtol=1e-6)
 
 
 def test_a_vrt_reading_files_in_its_own_folder_needs_no_flag(tmp_path):

@@ -110,13 +110,14 @@ _VRT_SOURCE_TAGS = ("SourceFilename", "SourceDataset")
 
 def _vrt_sources(path: str) -> list[str]:
     """The files a VRT names (its sources, at any depth of its XML); [] for any other file.
-    Only a file with ``<VRTDataset`` in its first bytes is read whole, as GDAL opens only
-    such a file as a VRT, an XML declaration before it included."""
+    Only an XML text with ``<VRTDataset`` in its first bytes is read whole: GDAL opens such a
+    file as a VRT, an XML declaration or comment before the root included. A binary file (a
+    GeoTIFF whose description names a VRT) is not one."""
     import xml.etree.ElementTree as ElementTree
 
     with open(path, "rb") as handle:
         text = handle.read(_VRT_HEAD)
-        if b"<VRTDataset" not in text:
+        if not (text.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"<" and b"<VRTDataset" in text):
             return []
         text += handle.read(_VRT_BYTES + 1 - len(text))
     if len(text) > _VRT_BYTES:
